@@ -1,0 +1,138 @@
+"""The backend contract every model format implements, and the registry of backends.
+
+A backend lives inside one model replica. The replica calls `load()` once (in a
+thread, it may block), then serves many concurrent requests through the async
+methods below. Async is the contract so that a batching engine can interleave many
+sequences; a backend whose engine is blocking uses `ThreadedBackend`, which runs it
+on a worker thread and never blocks the replica's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import AsyncIterator, Callable, ClassVar, Iterator
+
+from deployments.config import ModelConfig
+from deployments.errors import InvalidRequest
+from deployments.types import GenerationChunk, GenerationRequest
+
+_BACKENDS: dict[str, type["Backend"]] = {}
+
+
+def register_backend(name: str) -> Callable[[type["Backend"]], type["Backend"]]:
+    """Class decorator: `@register_backend("gguf")` makes `type: "gguf"` load this class."""
+
+    def decorate(cls: type[Backend]) -> type[Backend]:
+        cls.type_name = name
+        _BACKENDS[name] = cls
+        return cls
+
+    return decorate
+
+
+def get_backend(name: str) -> type["Backend"]:
+    # Importing the package registers the built-in backends.
+    import deployments.backends  # noqa: F401
+
+    if name not in _BACKENDS:
+        raise KeyError(f"no backend registered for type {name!r} (known: {sorted(_BACKENDS)})")
+    return _BACKENDS[name]
+
+
+class Backend(ABC):
+    """One loaded model.
+
+    `stream(request)` yields `GenerationChunk`s: zero or more with text, as it is
+    decoded, then exactly one final chunk with `finish_reason` ("stop" or "length")
+    and `usage` (token counts from the model's own tokenizer). Closing the iterator
+    early (client gone) must stop the generation. Invalid requests raise
+    `deployments.errors.InvalidRequest` (or a subclass) before any chunk.
+    """
+
+    type_name: ClassVar[str] = ""
+
+    def __init__(self, model_name: str, config: ModelConfig, weights: Path):
+        self.model_name = model_name
+        self.config = config
+        self.weights = weights
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the weights (blocking; called once, off the event loop)."""
+
+    @abstractmethod
+    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Generate for one request; see the class docstring for the yield contract."""
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        raise InvalidRequest(f"model {self.model_name!r} does not produce embeddings", param="model")
+
+    def health(self) -> None:
+        """Raise if the backend can no longer serve (Ray then replaces the replica)."""
+
+    def unload(self) -> None:
+        """Free the weights; the replica is going away."""
+
+
+class _End:
+    pass
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class ThreadedBackend(Backend):
+    """Adapts a blocking engine: `generate_blocking` runs on one worker thread per replica.
+
+    One thread because engines like llama.cpp keep one context that is not thread-safe;
+    concurrent requests queue for it while the event loop stays free.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{self.model_name}")
+
+    @abstractmethod
+    def generate_blocking(
+        self, request: GenerationRequest, cancel: threading.Event
+    ) -> Iterator[GenerationChunk]:
+        """Blocking generator with the same yield contract; stop when `cancel` is set."""
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+
+        def run() -> None:
+            try:
+                if cancel.is_set():
+                    return
+                for chunk in self.generate_blocking(request, cancel):
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+                    if cancel.is_set():
+                        break
+            except BaseException as error:  # delivered to the awaiting coroutine
+                loop.call_soon_threadsafe(queue.put_nowait, _Failure(error))
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _End())
+
+        loop.run_in_executor(self._executor, run)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, _End):
+                    return
+                if isinstance(item, _Failure):
+                    raise item.error
+                yield item
+        finally:
+            cancel.set()
+
+    def unload(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

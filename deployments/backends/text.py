@@ -1,0 +1,35 @@
+"""Streaming text helpers shared by backends: stop sequences with hold-back."""
+
+from __future__ import annotations
+
+
+class StopMatcher:
+    """Feeds decoded text and releases only what cannot be the start of a stop string.
+
+    `feed(text)` returns (text safe to emit, stopped). Once stopped, the text before
+    the stop string has been emitted and nothing after it.
+    """
+
+    def __init__(self, stops: tuple[str, ...] | list[str]):
+        self.stops = [s for s in stops if s]
+        self._pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        buffer = self._pending + text
+        hits = [buffer.find(s) for s in self.stops if s in buffer]
+        if hits:
+            self._pending = ""
+            return buffer[: min(hits)], True
+        hold = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(buffer)), 0, -1):
+                if buffer.endswith(stop[:size]):
+                    hold = max(hold, size)
+                    break
+        self._pending = buffer[len(buffer) - hold:] if hold else ""
+        return buffer[: len(buffer) - hold], False
+
+    def flush(self) -> str:
+        """Text held back when generation ended without a stop string."""
+        rest, self._pending = self._pending, ""
+        return rest

@@ -1,0 +1,117 @@
+"""The model registry: `models.json`, validated with pydantic.
+
+A bad file fails at start with a message naming the model and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class AutoscalingConfig(BaseModel):
+    """Replica bounds for one model's Ray Serve deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(1, ge=0, description="Replicas kept alive; 0 lets the model scale to zero.")
+    max_replicas: int = Field(1, ge=1, description="Upper bound on replicas for this model.")
+    target_ongoing_requests: float = Field(
+        8, gt=0, description="Ongoing requests per replica that the autoscaler aims for."
+    )
+    downscale_delay_s: float = Field(300, ge=0, description="Idle seconds before a replica is removed.")
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _max_not_below_min(cls, value: int, info) -> int:
+        low = info.data.get("min_replicas", 1)
+        if value < low:
+            raise ValueError(f"max_replicas ({value}) is below min_replicas ({low})")
+        return value
+
+
+class ModelConfig(BaseModel):
+    """One entry of `models.json`: what to load, how, and what Ray gives it."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    type: Literal["gguf", "transformers", "onnx"] = Field(description="Backend that serves the model.")
+    path: str = Field(
+        description=(
+            "Weights: `package://<pkg>/<file>` (a file inside an installed package), "
+            "`package-assemble://<pkg>` (a package whose `assemble(path)` builds the file into "
+            "MODEL_CACHE_DIR once), an absolute path, or a path relative to MODEL_CACHE_DIR "
+            "or the config file's folder."
+        )
+    )
+    format: Optional[str] = Field(None, description="Weight format label shown in listings, e.g. `Q4_1`.")
+    context_length: int = Field(2048, ge=16, description="Context window in tokens (prompt + completion).")
+    threads: int = Field(2, ge=1, description="CPU threads the engine uses for inference.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run; auto picks CUDA if present.")
+    quantization: Optional[str] = Field(None, description="Quantization applied at load (backend-specific).")
+    max_memory: Optional[str] = Field(None, description="Memory cap for the weights, e.g. `2GiB`.")
+    default_max_tokens: int = Field(
+        512, ge=1, description="Completion tokens when a request gives no max_tokens (capped by the context)."
+    )
+    chat_format: Optional[str] = Field(
+        None, description="Chat template name used when the weights carry none (llama.cpp names, e.g. `gemma`)."
+    )
+    description: Optional[str] = Field(None, description="Free text shown in model listings.")
+    num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved per replica (fractional allowed).")
+    memory: Optional[int] = Field(None, ge=0, description="Ray memory (bytes) reserved per replica.")
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica accepts at once.")
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+
+
+class ModelsFile(BaseModel):
+    """The whole registry file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: dict[str, ModelConfig] = Field(description="Model name -> configuration.")
+
+    @field_validator("models")
+    @classmethod
+    def _names_usable(cls, models: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        if not models:
+            raise ValueError("at least one model must be configured")
+        for name in models:
+            if not name or ":" in name or name != name.strip():
+                raise ValueError(f"model name {name!r} is not usable (non-empty, no ':' or edge spaces)")
+        return models
+
+
+class ModelConfigError(ValueError):
+    """models.json is missing or invalid; the message names the model and field."""
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = list(item["loc"])
+        if len(loc) >= 2 and loc[0] == "models":
+            where = f"model {loc[1]!r}, field {'.'.join(str(p) for p in loc[2:]) or '(entry)'}"
+        else:
+            where = "field " + ".".join(str(p) for p in loc)
+        lines.append(f"{where}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def parse_models(data: dict, source: str = "models config") -> ModelsFile:
+    try:
+        return ModelsFile.model_validate(data)
+    except ValidationError as exc:
+        raise ModelConfigError(f"{source}: {_describe(exc)}") from None
+
+
+def load_models_file(path: Path) -> ModelsFile:
+    if not path.is_file():
+        raise ModelConfigError(f"model config {path} not found (set MODEL_CONFIG_PATH)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelConfigError(f"{path}: not valid JSON ({exc})") from None
+    return parse_models(data, str(path))

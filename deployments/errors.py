@@ -1,0 +1,62 @@
+"""Typed errors. Each carries its HTTP status, OpenAI error type, param and code.
+
+They are raised anywhere (ingress or model replica); Ray re-raises a replica's
+exception in the caller as a subclass of the original, so `isinstance` still works,
+and `serve_app.errors` turns any of them into one OpenAI error body.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class AICoreError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: Optional[str] = None
+
+    def __init__(self, message: str, *, param: Optional[str] = None, code: Optional[str] = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def __reduce__(self):  # keep param/code when pickled across Ray
+        return (_rebuild, (type(self), self.message, self.param, self.code))
+
+
+def _rebuild(cls, message, param, code):
+    return cls(message, param=param, code=code)
+
+
+class InvalidRequest(AICoreError):
+    status, type = 400, "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class PromptTooLong(AICoreError):
+    status, type, code = 413, "invalid_request_error", "prompt_too_long"
+
+
+class AuthenticationFailed(AICoreError):
+    status, type, code = 401, "authentication_error", "invalid_api_key"
+
+
+class ModelNotFound(AICoreError):
+    status, type, code = 404, "invalid_request_error", "model_not_found"
+
+
+class ModelUnavailable(AICoreError):
+    """The model cannot answer now (not schedulable, loading too long, failed)."""
+
+    status, type, code = 503, "server_error", "model_unavailable"
+
+
+class BackendFailure(AICoreError):
+    """The engine failed; the message sent to the client stays generic."""
+
+    status, type, code = 500, "server_error", "backend_error"

@@ -1,0 +1,60 @@
+"""What crosses a Ray handle between the ingress and a model replica.
+
+Small picklable dataclasses only: never a Starlette request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: Optional[int] = None
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    stop: tuple[str, ...] = ()
+    seed: Optional[int] = None
+    repeat_penalty: float = 1.1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Either `prompt` (plain completion) or `messages` (chat) is set."""
+
+    request_id: str
+    sampling: SamplingParams
+    prompt: Optional[str] = None
+    messages: Optional[tuple[dict, ...]] = None
+    key_id: Optional[str] = None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class GenerationChunk:
+    """One piece of a stream. The last chunk has `finish_reason` and `usage` set."""
+
+    text: str = ""
+    finish_reason: Optional[str] = None
+    usage: Optional[Usage] = None
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    finish_reason: str
+    usage: Usage = field(default_factory=Usage)
+    first_token_s: Optional[float] = None

@@ -1,0 +1,87 @@
+"""The one place where any exception becomes an OpenAI-style error body."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deployments.errors import AICoreError, InvalidRequest, ModelUnavailable
+from serve_app.logs import request_id_var
+
+logger = logging.getLogger("aicore.errors")
+
+
+def _ray_unavailable(exc: BaseException) -> bool:
+    try:
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+    except ImportError:  # pragma: no cover - ray is a dependency
+        return False
+    return isinstance(exc, (BackPressureError, DeploymentUnavailableError))
+
+
+def to_aicore_error(exc: BaseException) -> AICoreError:
+    """Classify by type (Ray re-raises a replica's AICoreError as a subclass of it)."""
+    if isinstance(exc, AICoreError):
+        return exc
+    if _ray_unavailable(exc) or isinstance(exc, asyncio.TimeoutError):
+        return ModelUnavailable("the model is not available right now; retry shortly")
+    logger.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))
+    return AICoreError("internal server error")
+
+
+def error_body(error: AICoreError) -> dict:
+    return {
+        "error": {
+            "message": error.message,
+            "type": error.type,
+            "param": error.param,
+            "code": error.code,
+            "request_id": request_id_var.get(),
+        }
+    }
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    error = to_aicore_error(exc)
+    headers = {"Retry-After": "5"} if error.status == 503 else None
+    return JSONResponse(error_body(error), status_code=error.status, headers=headers)
+
+
+def sse_error_event(exc: BaseException) -> str:
+    return f"data: {json.dumps(error_body(to_aicore_error(exc)))}\n\n"
+
+
+def _validation_error(exc: RequestValidationError) -> InvalidRequest:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return InvalidRequest(f"malformed JSON body: {first.get('msg')}", code="invalid_json")
+    param = ".".join(loc) or None
+    return InvalidRequest(f"{param or 'body'}: {first.get('msg')}", param=param, code="invalid_value")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError):
+        return error_response(_validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException):
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        error = AICoreError(str(exc.detail))
+        error.status, error.type = exc.status_code, kind
+        return error_response(error)
+
+    @app.exception_handler(AICoreError)  # inside the middleware: the response gets X-Request-ID
+    async def _ours(_: Request, exc: AICoreError):
+        return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _any(_: Request, exc: Exception):
+        return error_response(exc)

@@ -1,0 +1,53 @@
+"""Logging for every process: plain text or one JSON object per line, with the request id."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import time
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """json.dumps escapes newlines and control characters, so a value cannot forge a line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", None) or request_id_var.get(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD and k != "request_id"})
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extras = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+        message = json.dumps(record.getMessage())[1:-1]  # escaped: no forged lines
+        base = f"{self.formatTime(record)} {record.levelname} {record.name}: {message}"
+        if record.exc_info:
+            base += "\n" + self.formatException(record.exc_info)
+        rid = extras.pop("request_id", None) or request_id_var.get()
+        tail = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in extras.items())
+        return f"{base} request_id={rid} {tail}".rstrip()
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Idempotent: our loggers (`aicore.*`) get one handler in the chosen format."""
+    logger = logging.getLogger("aicore")
+    logger.setLevel(level.upper())
+    logger.propagate = False
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter() if fmt == "json" else TextFormatter()
+    )
+    logger.handlers = [handler]

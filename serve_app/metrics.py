@@ -1,0 +1,99 @@
+"""Prometheus metrics that stay correct across ingress replicas and nodes.
+
+prometheus_client counts per process, so each ingress replica buffers request events
+and ships them to one `MetricsHub` deployment, which owns the registry that
+`GET /api/v1/metrics` renders. A scrape first flushes the answering replica's buffer;
+other replicas' events arrive within `METRICS_FLUSH_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+logger = logging.getLogger("aicore.metrics")
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+
+
+@dataclass(frozen=True)
+class RequestEvent:
+    route: str
+    model: str
+    status: int
+    latency_s: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_token_s: Optional[float] = None
+
+
+class MetricsHub:
+    """Owns the aggregated registry (one replica)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["route", "model", "status"]
+        self.requests = Counter("aicore_requests", "HTTP requests.", labels, registry=self.registry)
+        self.latency = Histogram(
+            "aicore_request_duration_seconds", "Request latency.", labels, buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.completion_tokens = Counter(
+            "aicore_completion_tokens", "Tokens generated.", ["model"], registry=self.registry
+        )
+        self.prompt_tokens = Counter("aicore_prompt_tokens", "Prompt tokens processed.", ["model"], registry=self.registry)
+        self.ttft = Histogram(
+            "aicore_time_to_first_token_seconds", "Time to first token.", ["model"], buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def record(self, events: list[RequestEvent]) -> None:
+        for e in events:
+            status = str(e.status)
+            self.requests.labels(e.route, e.model, status).inc()
+            self.latency.labels(e.route, e.model, status).observe(e.latency_s)
+            if e.completion_tokens:
+                self.completion_tokens.labels(e.model).inc(e.completion_tokens)
+            if e.prompt_tokens:
+                self.prompt_tokens.labels(e.model).inc(e.prompt_tokens)
+            if e.first_token_s is not None:
+                self.ttft.labels(e.model).observe(e.first_token_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsRecorder:
+    """Per ingress replica: buffers events, flushes them to the hub in the background."""
+
+    def __init__(self, hub: Any, flush_s: float):
+        self.hub = hub  # a DeploymentHandle to the MetricsHub deployment
+        self.flush_s = flush_s
+        self._buffer: list[RequestEvent] = []
+        self._task: Optional[asyncio.Task] = None
+
+    def record(self, event: RequestEvent) -> None:
+        self._buffer.append(event)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.flush_s)
+        await self.flush()
+
+    async def flush(self) -> None:
+        events, self._buffer = self._buffer, []
+        if not events:
+            return
+        try:
+            await self.hub.record.remote(events)
+        except Exception:
+            logger.warning("could not ship %d metric events", len(events), exc_info=True)
+
+    async def render(self) -> bytes:
+        await self.flush()
+        return await self.hub.render.remote()

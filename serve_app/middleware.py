@@ -1,0 +1,98 @@
+"""Per-request context: request id, one access-log line, one metrics event.
+
+Pure ASGI (not BaseHTTPMiddleware) so streamed responses pass through untouched and
+the log line is written when the stream really ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Callable, Optional
+
+from serve_app.logs import request_id_var
+from serve_app.metrics import RequestEvent
+
+access_log = logging.getLogger("aicore.access")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _incoming_id(scope) -> Optional[str]:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            return text if _SAFE_ID.match(text) else None
+    return None
+
+
+def _serve_request_id() -> Optional[str]:
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return _get_serve_request_context().request_id or None
+    except Exception:
+        return None
+
+
+class RequestContextMiddleware:
+    def __init__(self, app, record: Callable[[RequestEvent], None]):
+        self.app = app
+        self.record = record
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        serve_id = _serve_request_id()  # Ray Serve's proxy already returns it as X-Request-ID
+        request_id = serve_id or _incoming_id(scope) or uuid.uuid4().hex
+        request_id_var.set(request_id)  # each request runs in its own task context
+        started = time.monotonic()
+        status = {"code": 500}
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            if message["type"] == "http.response.start" and not serve_id:
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self._finish(scope, status["code"], time.monotonic() - started)
+
+    def _finish(self, scope, status: int, latency: float) -> None:
+        state = scope.get("state") or {}
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        model = state.get("model") or "-"
+        event = RequestEvent(
+            route=route,
+            model=model,
+            status=status,
+            latency_s=latency,
+            prompt_tokens=state.get("prompt_tokens", 0),
+            completion_tokens=state.get("completion_tokens", 0),
+            first_token_s=state.get("first_token_s"),
+        )
+        client = scope.get("client")
+        access_log.info(
+            "request",
+            extra={
+                "method": scope.get("method", "WS"),
+                "route": route,
+                "status": status,
+                "latency_ms": round(latency * 1000, 2),
+                "model": model,
+                "key_id": state.get("key_id"),
+                "client_ip": client[0] if client else None,
+                "prompt_tokens": event.prompt_tokens,
+                "completion_tokens": event.completion_tokens,
+            },
+        )
+        try:
+            self.record(event)
+        except RuntimeError:  # no running loop (shutdown): drop the event
+            pass

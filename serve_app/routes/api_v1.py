@@ -1,0 +1,99 @@
+"""HTTP routes of `/api/v1`: a few lines each; the logic lives in serving.py."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Optional, Union
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from serve_app.auth import Principal, require_key
+from serve_app.logs import request_id_var
+from serve_app.protocol.api_v1 import (
+    ChatRequest,
+    GenerateRequest,
+    GenerateResponse,
+    HealthResponse,
+    ModelInfo,
+    ModelsResponse,
+)
+from serve_app.serving import Generation
+from serve_app.streaming import note_usage, sse_stream
+
+router = APIRouter(prefix="/api/v1")
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _summary(generation: Generation, text: str) -> dict:
+    return {
+        "response": text,
+        "model": generation.entry.name,
+        "tokens_used": generation.usage.total_tokens,
+        "processing_time": round(time.monotonic() - generation.started, 4),
+        "timestamp": _now_iso(),
+    }
+
+
+async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], principal: Principal,
+               prompt: Optional[str] = None, messages: Optional[list[dict]] = None):
+    generation = await request.app.state.generation.start(
+        body.model, request_id_var.get(), body.to_sampling_params(),
+        prompt=prompt, messages=messages, key_id=principal.key_id,
+    )
+    request.state.model = generation.entry.name
+    if body.stream:
+        name = generation.entry.name
+        return sse_stream(
+            request,
+            generation,
+            on_chunk=lambda c: [{"response": c.text, "model": name, "done": False}] if c.text else [],
+            on_end=lambda g: [{**_summary(g, ""), "done": True, "finish_reason": g.finish_reason}],
+        )
+    result = await generation.collect()
+    note_usage(request, generation)
+    return GenerateResponse(**_summary(generation, result.text))
+
+
+@router.post("/generate", response_model=GenerateResponse)
+async def generate(body: GenerateRequest, request: Request, principal: Principal = Depends(require_key)):
+    return await _run(request, body, principal, prompt=body.prompt)
+
+
+@router.post("/chat", response_model=GenerateResponse)
+async def chat(body: ChatRequest, request: Request, principal: Principal = Depends(require_key)):
+    return await _run(request, body, principal, messages=[m.as_dict() for m in body.messages])
+
+
+@router.get("/models", response_model=ModelsResponse)
+async def models(request: Request, _: Principal = Depends(require_key)):
+    states = await request.app.state.model_status.states()
+    listing = [
+        ModelInfo(
+            name=name,
+            type=entry.config.type,
+            format=entry.config.format,
+            state=states.get(name, ("unknown", 0))[0],
+            replicas=states.get(name, ("unknown", 0))[1],
+            description=entry.config.description,
+        )
+        for name, entry in request.app.state.router.entries.items()
+    ]
+    return ModelsResponse(models=listing, default_model=request.app.state.router.default_model)
+
+
+@router.get("/health", response_model=HealthResponse)
+async def health(request: Request):
+    states = await request.app.state.model_status.states()
+    return HealthResponse(status="ok", models={name: state for name, (state, _) in states.items()})
+
+
+@router.get("/metrics")
+async def metrics(request: Request, _: Principal = Depends(require_key)):
+    body = await request.app.state.metrics.render()
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+

@@ -1,0 +1,116 @@
+"""HTTP routes of the OpenAI-compatible `/v1` API."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi import APIRouter, Depends, Request
+
+from serve_app.auth import Principal, require_key
+from serve_app.logs import request_id_var
+from serve_app.protocol.openai import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessageOut,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    Delta,
+    ModelCard,
+    ModelList,
+    UsageInfo,
+)
+from serve_app.serving import Generation
+from serve_app.streaming import note_usage, sse_stream
+
+router = APIRouter(prefix="/v1")
+
+
+def _usage(generation: Generation) -> UsageInfo:
+    u = generation.usage
+    return UsageInfo(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens)
+
+
+def _dump(model) -> dict:
+    return model.model_dump(exclude_none=False)
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request, principal: Principal = Depends(require_key)):
+    generation = await request.app.state.generation.start(
+        body.model, request_id_var.get(), body.to_sampling_params(),
+        messages=[m.as_dict() for m in body.messages], key_id=principal.key_id,
+    )
+    request.state.model = name = generation.entry.name
+    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def chunk(delta: Delta, finish=None, choices=True) -> dict:
+        choice = [ChatChunkChoice(delta=delta, finish_reason=finish)] if choices else []
+        return _dump(ChatCompletionChunk(id=cid, created=created, model=name, choices=choice))
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def on_end(g: Generation) -> list[dict]:
+            events = [chunk(Delta(), g.finish_reason)]
+            if include_usage:
+                events.append({**chunk(Delta(), choices=False), "usage": _dump(_usage(g))})
+            return events
+
+        return sse_stream(
+            request, generation,
+            on_chunk=lambda c: [chunk(Delta(content=c.text))] if c.text else [],
+            on_end=on_end,
+            first=[chunk(Delta(role="assistant", content=""))],
+        )
+    result = await generation.collect()
+    note_usage(request, generation)
+    return ChatCompletion(
+        id=cid, created=created, model=name,
+        choices=[ChatChoice(message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason)],
+        usage=_usage(generation),
+    )
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request, principal: Principal = Depends(require_key)):
+    generation = await request.app.state.generation.start(
+        body.model, request_id_var.get(), body.to_sampling_params(), prompt=body.prompt, key_id=principal.key_id,
+    )
+    request.state.model = name = generation.entry.name
+    cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def completion(text: str, finish=None, usage=None) -> dict:
+        return _dump(Completion(id=cid, created=created, model=name,
+                                choices=[CompletionChoice(text=text, finish_reason=finish)], usage=usage))
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse_stream(
+            request, generation,
+            on_chunk=lambda c: [completion(c.text)] if c.text else [],
+            on_end=lambda g: [completion("", g.finish_reason, _usage(g) if include_usage else None)],
+        )
+    result = await generation.collect()
+    note_usage(request, generation)
+    return Completion(
+        id=cid, created=created, model=name,
+        choices=[CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
+        usage=_usage(generation),
+    )
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models(request: Request, _: Principal = Depends(require_key)):
+    created = request.app.state.started_at
+    return ModelList(data=[ModelCard(id=name, created=created) for name in request.app.state.router.entries])
+
+
+@router.get("/models/{model_id}", response_model=ModelCard)
+async def get_model(model_id: str, request: Request, _: Principal = Depends(require_key)):
+    entry = request.app.state.router.resolve(model_id)
+    return ModelCard(id=entry.name, created=request.app.state.started_at)

@@ -1,0 +1,60 @@
+"""Model states read from Ray Serve's controller (cached briefly: listings are polled)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Optional
+
+logger = logging.getLogger("aicore.status")
+
+States = dict[str, tuple[str, int]]  # model -> (state, running replicas)
+
+
+def _state(status: str, running: int) -> str:
+    if status in ("UNHEALTHY", "DEPLOY_FAILED"):
+        return "failed"
+    if running > 0:
+        return "ready"
+    if status in ("UPDATING", "UPSCALING"):
+        return "loading"
+    return "unloaded"
+
+
+def read_states(app_name: Optional[str], deployments: dict[str, str]) -> States:
+    """Blocking: ask the Serve controller. `deployments` maps model -> deployment name."""
+    from ray import serve
+
+    apps = serve.status().applications
+    app = apps.get(app_name) if app_name else next(iter(apps.values()), None)
+    found = app.deployments if app else {}
+    states: States = {}
+    for model, deployment in deployments.items():
+        info = found.get(deployment)
+        if info is None:
+            states[model] = ("unknown", 0)
+            continue
+        running = sum(n for s, n in info.replica_states.items() if str(getattr(s, "value", s)) == "RUNNING")
+        states[model] = (_state(str(getattr(info.status, "value", info.status)), running), running)
+    return states
+
+
+class ModelStatus:
+    def __init__(self, app_name: Optional[str], deployments: dict[str, str], ttl_s: float = 1.0):
+        self.app_name = app_name
+        self.deployments = deployments
+        self.ttl_s = ttl_s
+        self._cached: tuple[float, States] = (0.0, {})
+
+    async def states(self) -> States:
+        at, cached = self._cached
+        if time.monotonic() - at < self.ttl_s:
+            return cached
+        try:
+            states = await asyncio.to_thread(read_states, self.app_name, self.deployments)
+        except Exception:
+            logger.warning("could not read model states from Ray Serve", exc_info=True)
+            states = {model: ("unknown", 0) for model in self.deployments}
+        self._cached = (time.monotonic(), states)
+        return states

@@ -1,0 +1,58 @@
+"""Server-Sent Events: every stream ends with exactly one `data: [DONE]`, also after an error."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import AsyncIterator, Callable, Iterable, Optional
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from deployments.types import GenerationChunk
+from serve_app.errors import sse_error_event
+from serve_app.serving import Generation
+
+logger = logging.getLogger("aicore.stream")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def note_usage(request: Request, generation: Generation) -> None:
+    """Hand token counts to the access log and metrics (read by the middleware)."""
+    request.state.prompt_tokens = generation.usage.prompt_tokens
+    request.state.completion_tokens = generation.usage.completion_tokens
+    request.state.first_token_s = generation.first_token_s
+
+
+def sse_stream(
+    request: Request,
+    generation: Generation,
+    on_chunk: Callable[[GenerationChunk], Iterable[dict]],
+    on_end: Callable[[Generation], Iterable[dict]],
+    first: Iterable[dict] = (),
+) -> StreamingResponse:
+    async def events() -> AsyncIterator[str]:
+        try:
+            for payload in first:
+                yield _event(payload)
+            async for chunk in generation.chunks():
+                for payload in on_chunk(chunk):
+                    yield _event(payload)
+            for payload in on_end(generation):
+                yield _event(payload)
+        except Exception as error:  # after headers are sent, errors travel as an event
+            yield sse_error_event(error)
+        finally:
+            note_usage(request, generation)
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def optional(payload: Optional[dict]) -> list[dict]:
+    return [payload] if payload else []
