@@ -12,8 +12,9 @@ from typing import AsyncIterator, Optional
 from deployments.backends import get_backend
 from deployments.config import ModelConfig
 from deployments.errors import AICoreError, BackendFailure
-from deployments.types import GenerationChunk, GenerationRequest, GenerationResult, Usage
+from deployments.types import GenerationChunk, GenerationRequest
 from deployments.weights import resolve_weights
+from serve_app.logs import configure_logging, request_id_var
 
 logger = logging.getLogger("aicore.model")
 
@@ -38,8 +39,6 @@ def _rss_bytes() -> int:
 
 class ModelDeployment:
     def __init__(self, model_name: str, config: ModelConfig, context: ReplicaContext):
-        from serve_app.logs import configure_logging  # one logging setup for every process
-
         configure_logging(context.log_level, context.log_format)
         self.model_name = model_name
         started = time.monotonic()
@@ -55,6 +54,7 @@ class ModelDeployment:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream chunks; the ingress consumes this with `handle.options(stream=True)`."""
+        request_id_var.set(request.request_id)  # this replica's log lines carry the ingress's id
         self.in_flight += 1
         self.last_used = time.time()
         try:
@@ -68,19 +68,6 @@ class ModelDeployment:
         finally:
             self.in_flight -= 1
 
-    async def complete(self, request: GenerationRequest) -> GenerationResult:
-        started = time.monotonic()
-        parts: list[str] = []
-        first: Optional[float] = None
-        finish, usage = "length", Usage()
-        async for chunk in self.stream(request):
-            if chunk.text:
-                first = first if first is not None else time.monotonic() - started
-                parts.append(chunk.text)
-            if chunk.finish_reason:
-                finish, usage = chunk.finish_reason, chunk.usage or usage
-        return GenerationResult(text="".join(parts), finish_reason=finish, usage=usage, first_token_s=first)
-
     async def embed(self, texts: list[str]) -> list[list[float]]:
         self.last_used = time.time()
         return await self.backend.embed(texts)
@@ -90,6 +77,7 @@ class ModelDeployment:
             "load_time_s": round(self.load_time_s, 3),
             "last_used": self.last_used,
             "in_flight": self.in_flight,
+            "cancelled": self.backend.cancelled,
             "rss_bytes": _rss_bytes(),
         }
 

@@ -20,6 +20,7 @@ class SamplingParams:
     repeat_penalty: float = 1.1
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,11 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
     }
     hub = serve.deployment(MetricsHub, name="metrics-hub", num_replicas=1, ray_actor_options={"num_cpus": 0.01})
     ingress = serve.deployment(
-        Ingress, name="ingress", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256
+        Ingress,
+        name="ingress",
+        num_replicas=settings.ingress_replicas,
+        ray_actor_options={"num_cpus": 0.1},
+        max_ongoing_requests=256,
     )
     return ingress.bind(
         settings,

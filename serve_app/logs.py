@@ -9,7 +9,8 @@ import time
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# Attributes every record has, plus the ones Ray's handlers add: not repeated as extras.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "_ray_timestamp_ns"}
 
 
 class JsonFormatter(logging.Formatter):

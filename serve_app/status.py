@@ -58,3 +58,10 @@ class ModelStatus:
             states = {model: ("unknown", 0) for model in self.deployments}
         self._cached = (time.monotonic(), states)
         return states
+
+    async def replica_info(self, handle) -> dict:
+        try:
+            return await asyncio.wait_for(handle.info.remote(), 5)
+        except Exception:
+            logger.warning("could not read replica info", exc_info=True)
+            return {}

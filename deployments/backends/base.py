@@ -10,6 +10,7 @@ on a worker thread and never blocks the replica's event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,8 @@ from typing import AsyncIterator, Callable, ClassVar, Iterator
 from deployments.config import ModelConfig
 from deployments.errors import InvalidRequest
 from deployments.types import GenerationChunk, GenerationRequest
+
+logger = logging.getLogger("aicore.backend")
 
 _BACKENDS: dict[str, type["Backend"]] = {}
 
@@ -59,6 +62,11 @@ class Backend(ABC):
         self.model_name = model_name
         self.config = config
         self.weights = weights
+        self.cancelled = 0  # generations stopped because their client went away
+
+    def note_cancelled(self, produced_tokens: int) -> None:
+        self.cancelled += 1
+        logger.info("generation cancelled", extra={"model": self.model_name, "completion_tokens": produced_tokens})
 
     @abstractmethod
     def load(self) -> None:

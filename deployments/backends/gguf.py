@@ -111,8 +111,9 @@ class GGUFBackend(ThreadedBackend):
             frequency_penalty=s.frequency_penalty,
         ):
             if cancel.is_set():
+                self.note_cancelled(produced)
                 return
-            if self._llama_cpp.llama_vocab_is_eog(vocab, token):
+            if not s.ignore_eos and self._llama_cpp.llama_vocab_is_eog(vocab, token):
                 finish = "stop"
                 break
             produced += 1

@@ -39,6 +39,10 @@ class ModelInfo(BaseModel):
     state: str
     replicas: int = 0
     description: Optional[str] = None
+    in_flight: Optional[int] = Field(None, description="Requests the model is working on (loaded models).")
+    cancelled: Optional[int] = Field(None, description="Generations stopped because the client left.")
+    load_time_s: Optional[float] = None
+    resident_memory_bytes: Optional[int] = None
 
 
 class ModelsResponse(BaseModel):

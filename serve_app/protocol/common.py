@@ -37,6 +37,7 @@ class SamplingFields(BaseModel):
     repeat_penalty: float = Field(1.1, gt=0, le=10)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    ignore_eos: bool = Field(False, description="Extension (as in vLLM): keep generating past end-of-sequence.")
 
     @field_validator("stop")
     @classmethod
@@ -57,4 +58,5 @@ class SamplingFields(BaseModel):
             repeat_penalty=self.repeat_penalty,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
+            ignore_eos=self.ignore_eos,
         )

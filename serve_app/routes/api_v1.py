@@ -71,18 +71,21 @@ async def chat(body: ChatRequest, request: Request, principal: Principal = Depen
 
 @router.get("/models", response_model=ModelsResponse)
 async def models(request: Request, _: Principal = Depends(require_key)):
-    states = await request.app.state.model_status.states()
-    listing = [
-        ModelInfo(
-            name=name,
-            type=entry.config.type,
-            format=entry.config.format,
-            state=states.get(name, ("unknown", 0))[0],
-            replicas=states.get(name, ("unknown", 0))[1],
-            description=entry.config.description,
+    status = request.app.state.model_status
+    states = await status.states()
+    listing = []
+    for name, entry in request.app.state.router.entries.items():
+        state, replicas = states.get(name, ("unknown", 0))
+        # Ask a replica for live figures only when one runs: a call would wake a scaled-to-zero model.
+        live = await status.replica_info(entry.handle) if state == "ready" else {}
+        listing.append(
+            ModelInfo(
+                name=name, type=entry.config.type, format=entry.config.format, state=state, replicas=replicas,
+                description=entry.config.description, in_flight=live.get("in_flight"),
+                cancelled=live.get("cancelled"), load_time_s=live.get("load_time_s"),
+                resident_memory_bytes=live.get("rss_bytes"),
+            )
         )
-        for name, entry in request.app.state.router.entries.items()
-    ]
     return ModelsResponse(models=listing, default_model=request.app.state.router.default_model)
 
 

@@ -1,0 +1,88 @@
+"""Start `serve run` on a copy of serve_config.yaml (own port, own settings), wait until ready, stop it.
+
+Used by the integration tests and the benchmarks, so both drive the real app exactly as
+`serve run serve_config.yaml` does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    def __init__(self, env: Optional[dict] = None, args: Optional[dict] = None, log_path: Optional[Path] = None):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+                    "RAY_DEDUP_LOGS": "0", **(env or {})}
+        self.args = args or {}
+        self.log_path = log_path or Path(tempfile.mkstemp(prefix="aicore-serve-", suffix=".log")[1])
+        self.proc: Optional[subprocess.Popen] = None
+
+    def _config(self) -> Path:
+        config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+        config["http_options"]["port"] = self.port
+        config["applications"][0]["args"].update(self.args)
+        path = Path(tempfile.mkstemp(prefix="aicore-serve-", suffix=".yaml")[1])
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def start(self, ready_models: tuple[str, ...] = (), timeout_s: float = 300) -> "ServeProcess":
+        serve_bin = Path(sys.executable).parent / "serve"
+        self.proc = subprocess.Popen(
+            [str(serve_bin), "run", str(self._config())],
+            cwd=ROOT, env=self.env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve run exited ({self.proc.returncode}); log: {self.log_path}\n{self.log()[-3000:]}")
+            try:
+                states = httpx.get(self.base_url + "/api/v1/health", timeout=5).json().get("models", {})
+                if states and all(states.get(m) == "ready" for m in ready_models or states):
+                    return self
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(1)
+        self.stop()
+        raise TimeoutError(f"server not ready in {timeout_s}s; log: {self.log_path}\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM makes `serve run` shut down Serve and the Ray processes it started."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> "ServeProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,67 @@
+"""The official `openai` package, pointed at /v1, works unchanged."""
+
+import openai
+import pytest
+
+from tests.integration.conftest import DEFAULT, GEMMA, KEY
+
+
+@pytest.fixture
+def oai(base_url):
+    return openai.OpenAI(base_url=base_url + "/v1", api_key=KEY, max_retries=0)
+
+
+def test_list_models(oai):
+    assert {m.id for m in oai.models.list()} == {DEFAULT, GEMMA}
+    assert oai.models.retrieve(GEMMA).id == GEMMA
+
+
+def test_chat_completion(oai):
+    r = oai.chat.completions.create(
+        model=DEFAULT, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16, temperature=0
+    )
+    assert r.object == "chat.completion" and r.model == DEFAULT
+    assert r.choices[0].message.role == "assistant" and r.choices[0].message.content.strip()
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > 0 and 0 < r.usage.completion_tokens <= 16
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_chat_stream_with_usage(oai):
+    stream = oai.chat.completions.create(
+        model=DEFAULT, messages=[{"role": "user", "content": "Name a colour."}], max_tokens=12,
+        stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+def test_completion_plain_and_stream(oai):
+    r = oai.completions.create(model=GEMMA, prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert r.object == "text_completion" and r.choices[0].text.strip() and r.usage.completion_tokens > 0
+    parts = [c.choices[0].text for c in oai.completions.create(
+        model=GEMMA, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True)]
+    assert "".join(parts) == r.choices[0].text  # greedy: streamed text equals the plain answer
+
+
+def test_model_omitted_means_default(base_url):
+    import httpx
+
+    r = httpx.post(base_url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                   json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}, timeout=120)
+    assert r.status_code == 200 and r.json()["model"] == DEFAULT
+
+
+def test_errors_surface_as_openai_exceptions(oai):
+    with pytest.raises(openai.NotFoundError) as info:
+        oai.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert info.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model=DEFAULT, messages=[{"role": "user", "content": "x"}], temperature=-1)
+    bad = openai.OpenAI(base_url=oai.base_url, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()

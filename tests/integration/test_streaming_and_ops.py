@@ -1,0 +1,110 @@
+"""Concurrency, client disconnects, metrics across ingress replicas, JSON logs with request ids."""
+
+import asyncio
+import json
+import re
+import time
+
+import httpx
+
+from tests.integration.conftest import DEFAULT, GEMMA, KEY
+from tests.integration.sse import parse_sse
+
+
+def _model_figures(client, name):
+    return next(m for m in client.get("/api/v1/models").json()["models"] if m["name"] == name)
+
+
+def test_concurrent_streams_to_both_models(base_url):
+    async def one(client, model, i):
+        body = {"model": model, "prompt": f"Story number {i}:", "max_tokens": 16, "stream": True, "ignore_eos": True}
+        r = await client.post("/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+        events = parse_sse(r.text)
+        assert events[-1]["choices"][0]["finish_reason"] == "length"
+        return "".join(e["choices"][0]["text"] for e in events)
+
+    async def main():
+        async with httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": KEY}, timeout=300) as client:
+            jobs = [one(client, model, i) for i in range(6) for model in (DEFAULT, GEMMA)]
+            return await asyncio.gather(*jobs)
+
+    texts = asyncio.run(main())
+    assert len(texts) == 12 and all(t.strip() for t in texts)
+
+
+def test_client_disconnect_cancels_generation(client):
+    before = _model_figures(client, DEFAULT)["cancelled"]
+    body = {"prompt": "Count forever:", "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    with client.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        received = 0
+        for line in r.iter_lines():
+            received += line.startswith("data: ")
+            if received >= 3:
+                break  # leaving the block closes the connection mid-stream
+    for _ in range(300):  # bounded wait for the replica to notice; a full run would not count as cancelled
+        figures = _model_figures(client, DEFAULT)
+        if figures["cancelled"] > before and figures["in_flight"] == 0:
+            break
+        time.sleep(0.2)
+    assert figures["cancelled"] == before + 1
+    assert figures["in_flight"] == 0
+    assert client.post("/api/v1/generate", json={"prompt": "Hi", "max_tokens": 2}).status_code == 200
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line[line.index("{"):line.index("}")]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_count_every_request_across_ingress_replicas(base_url):
+    # Fresh keep-alive-less requests spread over both ingress replicas.
+    headers = {"X-API-Key": KEY}
+    scrape = lambda: httpx.get(base_url + "/api/v1/metrics", headers=headers, timeout=60).text  # noqa: E731
+    route = "/api/v1/generate"
+    start = scrape()
+    before_ok = _metric(start, "aicore_requests_total", route=route, model=GEMMA, status="200")
+    before_tokens = _metric(start, "aicore_completion_tokens_total", model=GEMMA)
+    tokens = 0
+    for i in range(8):
+        r = httpx.post(base_url + route, headers=headers, timeout=120,
+                       json={"model": GEMMA, "prompt": f"Fact {i}:", "max_tokens": 3, "ignore_eos": True})
+        assert r.status_code == 200
+        tokens += 3
+    for _ in range(100):  # the other replica ships its events within METRICS_FLUSH_S
+        text = scrape()
+        if _metric(text, "aicore_requests_total", route=route, model=GEMMA, status="200") >= before_ok + 8:
+            break
+        time.sleep(0.2)
+    assert _metric(text, "aicore_requests_total", route=route, model=GEMMA, status="200") == before_ok + 8
+    assert _metric(text, "aicore_completion_tokens_total", model=GEMMA) == before_tokens + tokens
+    assert _metric(text, "aicore_request_duration_seconds_count", route=route, model=GEMMA, status="200") >= 8
+    assert "aicore_time_to_first_token_seconds_bucket" in text
+
+
+def test_json_access_log_has_request_id_and_never_the_key(server, client):
+    r = client.post("/api/v1/generate", json={"prompt": "Log me", "max_tokens": 2})
+    request_id = r.headers["x-request-id"]
+    records = []
+    for _ in range(50):
+        records = []
+        for line in server.log().splitlines():
+            start = line.find("{")
+            if request_id in line and start >= 0:
+                try:
+                    records.append(json.loads(line[start:]))
+                except ValueError:
+                    continue
+        if any(rec.get("logger") == "aicore.access" for rec in records):
+            break
+        time.sleep(0.2)
+    access = [rec for rec in records if rec.get("logger") == "aicore.access"]
+    assert access and access[0]["route"] == "/api/v1/generate" and access[0]["status"] == 200
+    assert access[0]["key_id"].startswith("boot-") and KEY not in json.dumps(records)
