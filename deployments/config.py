@@ -56,6 +56,9 @@ class ModelConfig(BaseModel):
     default_max_tokens: int = Field(
         512, ge=1, description="Completion tokens when a request gives no max_tokens (capped by the context)."
     )
+    stream_interval_ms: float = Field(
+        50, ge=0, description="Streamed text is sent at most this often after the first token (0: every token)."
+    )
     chat_format: Optional[str] = Field(
         None, description="Chat template name used when the weights carry none (llama.cpp names, e.g. `gemma`)."
     )

@@ -12,6 +12,7 @@ from typing import AsyncIterator, Optional
 from deployments.backends import get_backend
 from deployments.config import ModelConfig
 from deployments.errors import AICoreError, BackendFailure
+from deployments.streaming import coalesce
 from deployments.types import GenerationChunk, GenerationRequest
 from deployments.weights import resolve_weights
 from serve_app.logs import configure_logging, request_id_var
@@ -41,6 +42,7 @@ class ModelDeployment:
     def __init__(self, model_name: str, config: ModelConfig, context: ReplicaContext):
         configure_logging(context.log_level, context.log_format)
         self.model_name = model_name
+        self.stream_interval_s = config.stream_interval_ms / 1000
         started = time.monotonic()
         weights = resolve_weights(
             config.path, Path(context.cache_dir), Path(context.config_dir) if context.config_dir else None
@@ -58,7 +60,7 @@ class ModelDeployment:
         self.in_flight += 1
         self.last_used = time.time()
         try:
-            async for chunk in self.backend.stream(request):
+            async for chunk in coalesce(self.backend.stream(request), self.stream_interval_s):
                 yield chunk
         except AICoreError:
             raise

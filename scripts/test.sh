@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Command two: install what the tests need (Redis included), start services, run the whole suite.
+# Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v redis-server >/dev/null; then
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq redis-server >/dev/null
+fi
+EXTRAS=test scripts/setup.sh
+
+# A private Redis on a free loopback port for the tests that need one; stopped on exit.
+REDIS_PORT=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --daemonize no >/tmp/aicore-test-redis.log 2>&1 &
+REDIS_PID=$!
+trap 'kill "$REDIS_PID" 2>/dev/null || true' EXIT
+export AICORE_TEST_REDIS_URL="redis://127.0.0.1:${REDIS_PORT}/0"
+export HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
+
+.venv/bin/python -m pytest tests "$@"
