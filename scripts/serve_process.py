@@ -33,7 +33,8 @@ class ServeProcess:
     def __init__(self, env: Optional[dict] = None, args: Optional[dict] = None, log_path: Optional[Path] = None):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.env = server_env({"PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0", **(env or {})})
+        # RAY_ADDRESS=local: always a private Ray instance, never a cluster already running here.
+        self.env = server_env({"PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0", "RAY_ADDRESS": "local", **(env or {})})
         self.args = args or {}
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="aicore-serve-", suffix=".log")[1])
         self.proc: Optional[subprocess.Popen] = None
