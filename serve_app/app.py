@@ -15,6 +15,7 @@ from serve_app.routes import api_v1, openai
 from serve_app.serving import GenerationService, ModelRouter
 from serve_app.settings import Settings
 from serve_app.status import ModelStatus
+from serve_app.store import make_store
 
 
 def create_app(settings: Settings, router: ModelRouter, metrics_hub: Any, model_status: ModelStatus) -> FastAPI:
@@ -25,6 +26,7 @@ def create_app(settings: Settings, router: ModelRouter, metrics_hub: Any, model_
     app.state.keys = KeyStore(settings.bootstrap_keys(), settings.api_key_header)
     app.state.metrics = MetricsRecorder(metrics_hub, settings.metrics_flush_s)
     app.state.model_status = model_status
+    app.state.store = make_store(settings.redis_url)
     app.state.started_at = int(time.time())
     install_error_handlers(app)
     app.include_router(api_v1.router)

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         300, gt=0, description="Longest wait for a model's first token before answering 503."
     )
+    redis_url: Optional[str] = Field(
+        None, description="Redis for cache, sessions, keys and limits; unset: one process's memory (one ingress replica)."
+    )
     ingress_replicas: int = Field(1, ge=1, description="Ingress replicas (each is one HTTP worker).")
     metrics_flush_s: float = Field(1.0, gt=0, description="How often an ingress replica ships metrics to the hub.")
 

@@ -1,0 +1,179 @@
+"""Shared state for the ingress: Redis when REDIS_URL is set, else one process's memory.
+
+A small set of primitives (strings with TTL, atomic windowed counters, hashes, sets) that
+both implementations provide with the same meaning, so the cache, sessions, API keys and
+rate limits are written once. Every Redis failure becomes `StoreUnavailable` (503), and
+each caller decides what a failure means (the cache skips, sessions answer 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Optional, Protocol
+
+from deployments.errors import AICoreError
+
+
+class StoreUnavailable(AICoreError):
+    status, type, code = 503, "server_error", "store_unavailable"
+
+
+class Store(Protocol):
+    kind: str
+
+    async def get(self, key: str) -> Optional[str]: ...
+    async def set(self, key: str, value: str, ttl_s: Optional[float] = None) -> None: ...
+    async def delete(self, *keys: str) -> None: ...
+    async def incr_window(self, key: str, amount: int, window_s: int) -> int: ...
+    async def hset(self, key: str, mapping: dict[str, str]) -> None: ...
+    async def hgetall(self, key: str) -> dict[str, str]: ...
+    async def hincrby(self, key: str, field: str, amount: int) -> int: ...
+    async def sadd(self, key: str, member: str) -> None: ...
+    async def srem(self, key: str, member: str) -> None: ...
+    async def smembers(self, key: str) -> set[str]: ...
+    async def ping(self) -> bool: ...
+
+
+# INCRBY then set the window's expiry once, atomically: concurrent callers see distinct totals.
+_INCR_WINDOW = """
+local total = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return total
+"""
+
+
+class RedisStore:
+    kind = "redis"
+
+    def __init__(self, url: str, timeout_s: float = 1.0):
+        import redis.asyncio as redis
+
+        self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
+        self.client = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            health_check_interval=15,
+        )
+        self._incr = self.client.register_script(_INCR_WINDOW)
+
+    async def _call(self, coro):
+        try:
+            return await coro
+        except self._errors as error:
+            raise StoreUnavailable(f"Redis is unreachable ({type(error).__name__})") from None
+
+    async def get(self, key):
+        return await self._call(self.client.get(key))
+
+    async def set(self, key, value, ttl_s=None):
+        await self._call(self.client.set(key, value, ex=int(ttl_s) if ttl_s else None))
+
+    async def delete(self, *keys):
+        if keys:
+            await self._call(self.client.delete(*keys))
+
+    async def incr_window(self, key, amount, window_s):
+        return int(await self._call(self._incr(keys=[key], args=[amount, window_s])))
+
+    async def hset(self, key, mapping):
+        await self._call(self.client.hset(key, mapping=mapping))
+
+    async def hgetall(self, key):
+        return await self._call(self.client.hgetall(key))
+
+    async def hincrby(self, key, field, amount):
+        return int(await self._call(self.client.hincrby(key, field, amount)))
+
+    async def sadd(self, key, member):
+        await self._call(self.client.sadd(key, member))
+
+    async def srem(self, key, member):
+        await self._call(self.client.srem(key, member))
+
+    async def smembers(self, key):
+        return set(await self._call(self.client.smembers(key)))
+
+    async def ping(self):
+        try:
+            return bool(await self.client.ping())
+        except self._errors:
+            return False
+
+
+class MemoryStore:
+    """The single-replica default: the same semantics in one process (the event loop serialises)."""
+
+    kind = "memory"
+
+    def __init__(self) -> None:
+        self._data: dict[str, object] = {}
+        self._expiry: dict[str, float] = {}
+
+    def _live(self, key: str):
+        deadline = self._expiry.get(key)
+        if deadline is not None and deadline <= time.monotonic():
+            self._data.pop(key, None)
+            self._expiry.pop(key, None)
+        return self._data.get(key)
+
+    def _expire(self, key: str, ttl_s: Optional[float]) -> None:
+        if ttl_s:
+            self._expiry[key] = time.monotonic() + ttl_s
+        else:
+            self._expiry.pop(key, None)
+
+    async def get(self, key):
+        value = self._live(key)
+        return value if isinstance(value, str) else None
+
+    async def set(self, key, value, ttl_s=None):
+        self._data[key] = value
+        self._expire(key, ttl_s)
+
+    async def delete(self, *keys):
+        for key in keys:
+            self._data.pop(key, None)
+            self._expiry.pop(key, None)
+
+    async def incr_window(self, key, amount, window_s):
+        current = self._live(key)
+        if current is None:
+            self._expire(key, window_s)
+        total = int(current or 0) + amount
+        self._data[key] = str(total)
+        return total
+
+    async def hset(self, key, mapping):
+        current = self._live(key)
+        self._data[key] = {**(current if isinstance(current, dict) else {}), **mapping}
+
+    async def hgetall(self, key):
+        value = self._live(key)
+        return dict(value) if isinstance(value, dict) else {}
+
+    async def hincrby(self, key, field, amount):
+        current = self._live(key)
+        mapping = current if isinstance(current, dict) else {}
+        mapping[field] = str(int(mapping.get(field, 0)) + amount)
+        self._data[key] = mapping
+        return int(mapping[field])
+
+    async def sadd(self, key, member):
+        current = self._live(key)
+        self._data[key] = (current if isinstance(current, set) else set()) | {member}
+
+    async def srem(self, key, member):
+        current = self._live(key)
+        if isinstance(current, set):
+            current.discard(member)
+
+    async def smembers(self, key):
+        value = self._live(key)
+        return set(value) if isinstance(value, set) else set()
+
+    async def ping(self):
+        return True
+
+
+def make_store(redis_url: Optional[str]) -> Store:
+    return RedisStore(redis_url) if redis_url else MemoryStore()
