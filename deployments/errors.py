@@ -50,6 +50,10 @@ class ModelNotFound(AICoreError):
     status, type, code = 404, "invalid_request_error", "model_not_found"
 
 
+class SessionNotFound(AICoreError):
+    status, type, code = 404, "invalid_request_error", "session_not_found"
+
+
 class ModelUnavailable(AICoreError):
     """The model cannot answer now (not schedulable, loading too long, failed)."""
 

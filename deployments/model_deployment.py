@@ -52,12 +52,14 @@ class ModelDeployment:
         self.load_time_s = time.monotonic() - started
         self.last_used = time.time()
         self.in_flight = 0
+        self.served = 0  # generation requests this replica has started
         logger.info("model loaded", extra={"model": model_name, "load_time_s": round(self.load_time_s, 3)})
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream chunks; the ingress consumes this with `handle.options(stream=True)`."""
         request_id_var.set(request.request_id)  # this replica's log lines carry the ingress's id
         self.in_flight += 1
+        self.served += 1
         self.last_used = time.time()
         try:
             async for chunk in coalesce(self.backend.stream(request), self.stream_interval_s):
@@ -70,6 +72,10 @@ class ModelDeployment:
         finally:
             self.in_flight -= 1
 
+    def count_message_tokens(self, messages: list[dict]) -> list[int]:
+        """Per message: its content's tokens plus a few for the role markers of a chat template."""
+        return [self.backend.count_tokens(m["content"]) + 4 for m in messages]
+
     async def embed(self, texts: list[str]) -> list[list[float]]:
         self.last_used = time.time()
         return await self.backend.embed(texts)
@@ -79,6 +85,7 @@ class ModelDeployment:
             "load_time_s": round(self.load_time_s, 3),
             "last_used": self.last_used,
             "in_flight": self.in_flight,
+            "served": self.served,
             "cancelled": self.backend.cancelled,
             "rss_bytes": _rss_bytes(),
         }

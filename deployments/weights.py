@@ -52,3 +52,20 @@ def resolve_weights(path: str, cache_dir: Path, config_dir: Path | None = None) 
     if not found.exists():
         raise WeightsNotFound(f"weights not found: {path} (looked at {found})")
     return found
+
+
+def weights_revision(path: str, cache_dir: Path, config_dir: Path | None = None) -> str:
+    """A cheap revision of the weights (no hashing of gigabytes): file size and mtime, or the
+    version of the package that assembles them. Changes when the weights are replaced."""
+    if path.startswith(ASSEMBLE):
+        from importlib.metadata import packages_distributions, version
+
+        package = path[len(ASSEMBLE):].strip("/")
+        dists = packages_distributions().get(package) or [package]
+        return f"{package}=={version(dists[0])}"
+    try:
+        found = resolve_weights(path, cache_dir, config_dir)
+    except WeightsNotFound:
+        return "missing"
+    files = [found] if found.is_file() else sorted(p for p in found.rglob("*") if p.is_file())
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)

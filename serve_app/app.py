@@ -15,6 +15,8 @@ from serve_app.routes import api_v1, openai
 from serve_app.serving import GenerationService, ModelRouter
 from serve_app.settings import Settings
 from serve_app.status import ModelStatus
+from serve_app.cache import ResponseCache
+from serve_app.sessions import SessionStore
 from serve_app.store import make_store
 
 
@@ -22,11 +24,13 @@ def create_app(settings: Settings, router: ModelRouter, metrics_hub: Any, model_
     app = FastAPI(title="AI Core", version="0.1.0", description="Self-hosted model serving on Ray Serve.")
     app.state.settings = settings
     app.state.router = router
-    app.state.generation = GenerationService(router, settings)
+    app.state.store = store = make_store(settings.redis_url)
+    app.state.sessions = SessionStore(store, settings.session_ttl_s)
+    cache = ResponseCache(store, settings.cache_ttl_s) if settings.cache_enabled else None
+    app.state.generation = GenerationService(router, settings, cache, app.state.sessions)
     app.state.keys = KeyStore(settings.bootstrap_keys(), settings.api_key_header)
     app.state.metrics = MetricsRecorder(metrics_hub, settings.metrics_flush_s)
     app.state.model_status = model_status
-    app.state.store = make_store(settings.redis_url)
     app.state.started_at = int(time.time())
     install_error_handlers(app)
     app.include_router(api_v1.router)

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from pathlib import Path
 from typing import Any, Optional
 
 from ray import serve
@@ -14,7 +16,8 @@ from ray.serve.config import AutoscalingConfig as RayAutoscaling
 
 from deployments.config import ModelConfig, ModelsFile, load_models_file
 from deployments.model_deployment import ModelDeployment, ReplicaContext
-from serve_app.ingress import Ingress
+from deployments.weights import weights_revision
+from serve_app.ingress import Ingress, ModelSpec
 from serve_app.logs import configure_logging
 from serve_app.metrics import MetricsHub
 from serve_app.settings import Settings
@@ -97,11 +100,14 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         ray_actor_options={"num_cpus": 0.1},
         max_ongoing_requests=256,
     )
-    return ingress.bind(
-        settings,
-        dict(models.models),
-        handles,
-        {name: deployment_name(name) for name in models.models},
-        default_model,
-        hub.bind(),
-    )
+    specs = {
+        name: ModelSpec(config, deployment_name(name), model_identity(config, context))
+        for name, config in models.models.items()
+    }
+    return ingress.bind(settings, specs, handles, default_model, hub.bind())
+
+
+def model_identity(config: ModelConfig, context: ReplicaContext) -> str:
+    config_dir = Path(context.config_dir) if context.config_dir else None
+    revision = weights_revision(config.path, Path(context.cache_dir), config_dir)
+    return hashlib.sha256((revision + config.model_dump_json()).encode()).hexdigest()[:16]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
@@ -14,25 +15,35 @@ from serve_app.settings import Settings
 from serve_app.status import ModelStatus
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the ingress knows of a model besides its handle."""
+
+    config: ModelConfig
+    deployment_name: str
+    identity: str  # weights revision + config, part of cache keys
+
+
 @serve.ingress()
 class Ingress:
     def __init__(
         self,
         settings: Settings,
-        models: dict[str, ModelConfig],
+        models: dict[str, ModelSpec],
         handles: dict[str, Any],
-        deployment_names: dict[str, str],
         default_model: str,
         metrics_hub: Any,
     ):
         configure_logging(settings.log_level, settings.log_format)
-        entries = {name: ModelEntry(name, models[name], handles[name]) for name in models}
+        entries = {
+            name: ModelEntry(name, spec.config, handles[name], spec.identity) for name, spec in models.items()
+        }
         app_name = serve.get_replica_context().app_name
         self._app = create_app(
             settings,
             ModelRouter(entries, default_model),
             metrics_hub,
-            ModelStatus(app_name, deployment_names),
+            ModelStatus(app_name, {name: spec.deployment_name for name, spec in models.items()}),
         )
 
     def __serve_build_asgi_app__(self):

@@ -29,6 +29,7 @@ class RequestEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     first_token_s: Optional[float] = None
+    cache: Optional[str] = None  # "hit" / "miss" when the request was cacheable
 
 
 class MetricsHub:
@@ -51,6 +52,11 @@ class MetricsHub:
             registry=self.registry,
         )
 
+        self.cache_requests = Counter(
+            "aicore_cache_requests", "Cacheable requests by result (hit/miss).", ["model", "result"],
+            registry=self.registry,
+        )
+
     def record(self, events: list[RequestEvent]) -> None:
         for e in events:
             status = str(e.status)
@@ -60,8 +66,10 @@ class MetricsHub:
                 self.completion_tokens.labels(e.model).inc(e.completion_tokens)
             if e.prompt_tokens:
                 self.prompt_tokens.labels(e.model).inc(e.prompt_tokens)
-            if e.first_token_s is not None:
+            if e.first_token_s is not None and e.cache != "hit":
                 self.ttft.labels(e.model).observe(e.first_token_s)
+            if e.cache:
+                self.cache_requests.labels(e.model, e.cache).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -76,6 +76,7 @@ class RequestContextMiddleware:
             prompt_tokens=state.get("prompt_tokens", 0),
             completion_tokens=state.get("completion_tokens", 0),
             first_token_s=state.get("first_token_s"),
+            cache=state.get("cache"),
         )
         client = scope.get("client")
         access_log.info(
@@ -90,6 +91,7 @@ class RequestContextMiddleware:
                 "client_ip": client[0] if client else None,
                 "prompt_tokens": event.prompt_tokens,
                 "completion_tokens": event.completion_tokens,
+                "cache": event.cache,
             },
         )
         try:

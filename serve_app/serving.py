@@ -10,12 +10,21 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional
+import logging
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from deployments.config import ModelConfig
-from deployments.errors import ContextLengthExceeded, ModelNotFound, ModelUnavailable, PromptTooLong
+from deployments.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, ModelUnavailable, PromptTooLong
 from deployments.types import GenerationChunk, GenerationRequest, GenerationResult, SamplingParams, Usage
+from serve_app.cache import ResponseCache, cache_key, wants_cache
+from serve_app.sessions import SessionStore, trim_to_fit
 from serve_app.settings import Settings
+from serve_app.store import StoreUnavailable
+
+logger = logging.getLogger("aicore.serving")
+
+# Room left for the chat template's own tokens when trimming a session to the context.
+TEMPLATE_MARGIN_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,7 @@ class ModelEntry:
     name: str
     config: ModelConfig
     handle: Any  # ray.serve.handle.DeploymentHandle
+    identity: str = ""  # weights revision + config: part of every cache key
 
 
 class ModelRouter:
@@ -38,10 +48,45 @@ class ModelRouter:
         return entry
 
 
-class Generation:
-    """A started generation: the first chunk is in hand, the rest streams."""
+@dataclass(frozen=True)
+class RequestOptions:
+    """Per-request choices that are not generation parameters."""
 
-    def __init__(self, entry: ModelEntry, first: Optional[GenerationChunk], rest: Any, started: float):
+    endpoint: str
+    tenant: str = "-"
+    cache: Optional[bool] = None  # True: cache even if not deterministic; False: bypass
+    no_cache: bool = False  # Cache-Control: no-cache
+    session_id: Optional[str] = None
+    owner: str = "-"  # the caller's key id: sessions are per key
+
+
+OnComplete = Callable[[GenerationResult], Awaitable[None]]
+
+
+class _Replay:
+    """The rest of a stream that is already known (a cache hit)."""
+
+    def __init__(self, chunks: list[GenerationChunk]):
+        self._chunks = list(chunks)
+
+    async def __anext__(self) -> GenerationChunk:
+        if not self._chunks:
+            raise StopAsyncIteration
+        return self._chunks.pop(0)
+
+    def cancel(self) -> None:
+        self._chunks.clear()
+
+
+class Generation:
+    """A started generation: the first chunk is in hand, the rest streams.
+
+    When the stream completes, `on_complete` callbacks get the whole result (cache
+    fill, session update); a stream the client abandoned completes nothing.
+    """
+
+    def __init__(self, entry: ModelEntry, first: Optional[GenerationChunk], rest: Any, started: float,
+                 on_complete: tuple[OnComplete, ...] = (), cache: Optional[str] = None):
         self.entry = entry
         self._first = first
         self._rest = rest
@@ -49,20 +94,34 @@ class Generation:
         self.first_token_s: Optional[float] = time.monotonic() - started if first else None
         self.usage = Usage()
         self.finish_reason: Optional[str] = None
+        self.cache = cache  # "hit", "miss" or None (not cacheable)
+        self._on_complete = on_complete
         self._done = first is None
 
+    @classmethod
+    def replay(cls, entry: ModelEntry, result: GenerationResult) -> "Generation":
+        final = GenerationChunk(finish_reason=result.finish_reason, usage=result.usage)
+        first = GenerationChunk(text=result.text) if result.text else final
+        rest = _Replay([final] if result.text else [])
+        return cls(entry, first, rest, time.monotonic(), cache="hit")
+
     async def chunks(self) -> AsyncIterator[GenerationChunk]:
+        parts: list[str] = []
         try:
             chunk = self._first
             while chunk is not None:
                 if chunk.finish_reason:
                     self.finish_reason, self.usage = chunk.finish_reason, chunk.usage or self.usage
+                parts.append(chunk.text)
                 yield chunk
                 chunk = await _next(self._rest)
             self._done = True
         finally:
             if not self._done:  # the client went away: stop the model's work
                 self._rest.cancel()
+        result = GenerationResult("".join(parts), self.finish_reason or "length", self.usage, self.first_token_s)
+        for callback in self._on_complete:
+            await callback(result)
 
     async def collect(self) -> GenerationResult:
         parts = [chunk.text async for chunk in self.chunks() if chunk.text]
@@ -77,9 +136,12 @@ async def _next(stream: Any) -> Optional[GenerationChunk]:
 
 
 class GenerationService:
-    def __init__(self, router: ModelRouter, settings: Settings):
+    def __init__(self, router: ModelRouter, settings: Settings, cache: Optional[ResponseCache] = None,
+                 sessions: Optional[SessionStore] = None):
         self.router = router
         self.settings = settings
+        self.cache = cache
+        self.sessions = sessions
 
     def _check(self, entry: ModelEntry, request: GenerationRequest) -> None:
         if request.prompt is not None:
@@ -98,6 +160,28 @@ class GenerationService:
                 param="max_tokens",
             )
 
+    async def _with_history(self, entry: ModelEntry, options: RequestOptions, messages: list[dict],
+                            sampling: SamplingParams) -> tuple[list[dict], OnComplete]:
+        """Prepend the stored conversation, trimmed to the context; return the saver for the answer."""
+        if self.sessions is None:
+            raise InvalidRequest("sessions are not enabled on this server", param="session_id")
+        record = await self.sessions.load(options.owner, options.session_id)
+        history = record["messages"] if record else []
+        combined = history + messages
+        counts = await entry.handle.count_message_tokens.remote(combined)
+        answer_room = sampling.max_tokens or entry.config.default_max_tokens
+        budget = entry.config.context_length - answer_room - TEMPLATE_MARGIN_TOKENS
+        combined = trim_to_fit(combined, counts, budget)
+
+        async def save(result: GenerationResult) -> None:
+            turns = combined + [{"role": "assistant", "content": result.text}]
+            try:
+                await self.sessions.save(options.owner, options.session_id, entry.name, turns)
+            except StoreUnavailable:
+                logger.error("session %s not saved: store unavailable", options.session_id)
+
+        return combined, save
+
     async def start(
         self,
         model: Optional[str],
@@ -107,8 +191,14 @@ class GenerationService:
         prompt: Optional[str] = None,
         messages: Optional[list[dict]] = None,
         key_id: Optional[str] = None,
+        options: Optional[RequestOptions] = None,
     ) -> Generation:
+        options = options or RequestOptions(endpoint="-", tenant=key_id or "-")
         entry = self.router.resolve(model)
+        callbacks: list[OnComplete] = []
+        if options.session_id is not None and messages is not None:
+            messages, save = await self._with_history(entry, options, messages, sampling)
+            callbacks.append(save)
         request = GenerationRequest(
             request_id=request_id,
             sampling=sampling,
@@ -117,6 +207,19 @@ class GenerationService:
             key_id=key_id,
         )
         self._check(entry, request)
+        cache_state = None
+        if self.cache is not None and options.session_id is None and wants_cache(request, options.cache, options.no_cache):
+            key = cache_key(request, tenant=options.tenant, endpoint=options.endpoint, model=entry.name,
+                            identity=entry.identity)
+            hit = await self.cache.get(key)
+            if hit is not None:
+                return Generation.replay(entry, hit)
+            cache_state = "miss"
+
+            async def fill(result: GenerationResult, key: str = key) -> None:
+                await self.cache.put(key, result)
+
+            callbacks.append(fill)
         started = time.monotonic()
         stream = entry.handle.options(stream=True).stream.remote(request)
         try:
@@ -129,4 +232,4 @@ class GenerationService:
         except BaseException:
             stream.cancel()
             raise
-        return Generation(entry, first, stream, started)
+        return Generation(entry, first, stream, started, tuple(callbacks), cache_state)

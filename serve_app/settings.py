@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     redis_url: Optional[str] = Field(
         None, description="Redis for cache, sessions, keys and limits; unset: one process's memory (one ingress replica)."
     )
+    cache_enabled: bool = Field(True, description="Answer repeated deterministic requests from the cache.")
+    cache_ttl_s: float = Field(3600, gt=0, description="How long a cached answer lives.")
+    cache_shared_across_keys: bool = Field(
+        False, description="Let identical requests under different keys share cache entries."
+    )
+    session_ttl_s: float = Field(86400, gt=0, description="A chat session expires this long after its last turn.")
     ingress_replicas: int = Field(1, ge=1, description="Ingress replicas (each is one HTTP worker).")
     metrics_flush_s: float = Field(1.0, gt=0, description="How often an ingress replica ships metrics to the hub.")
 

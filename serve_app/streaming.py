@@ -35,6 +35,7 @@ def sse_stream(
     on_chunk: Callable[[GenerationChunk], Iterable[dict]],
     on_end: Callable[[Generation], Iterable[dict]],
     first: Iterable[dict] = (),
+    headers: Optional[dict[str, str]] = None,
 ) -> StreamingResponse:
     async def events() -> AsyncIterator[str]:
         try:
@@ -51,8 +52,4 @@ def sse_stream(
             note_usage(request, generation)
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
-
-
-def optional(payload: Optional[dict]) -> list[dict]:
-    return [payload] if payload else []
+    return StreamingResponse(events(), media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})})

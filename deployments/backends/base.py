@@ -76,6 +76,10 @@ class Backend(ABC):
     def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Generate for one request; see the class docstring for the yield contract."""
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` by the model's own tokenizer (used to trim sessions to the context)."""
+        raise NotImplementedError
+
     async def embed(self, texts: list[str]) -> list[list[float]]:
         raise InvalidRequest(f"model {self.model_name!r} does not produce embeddings", param="model")
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.protocol.common import ChatMessage, SamplingFields
+from serve_app.protocol.common import SESSION_ID_PATTERN, ChatMessage, SamplingFields
 
 
 class _Request(SamplingFields):
@@ -14,6 +14,9 @@ class _Request(SamplingFields):
 
     model: Optional[str] = Field(None, description="Model name; omitted means DEFAULT_MODEL.")
     stream: bool = Field(False, description="Answer as Server-Sent Events.")
+    cache: Optional[bool] = Field(
+        None, description="true: cache even a sampled answer; false: bypass the cache. Default: cache deterministic requests."
+    )
 
 
 class GenerateRequest(_Request):
@@ -21,7 +24,8 @@ class GenerateRequest(_Request):
 
 
 class ChatRequest(_Request):
-    messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
+    messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far (new turns only with a session).")
+    session_id: Optional[str] = Field(None, pattern=SESSION_ID_PATTERN, description="Keep this conversation on the server.")
 
 
 class GenerateResponse(BaseModel):
@@ -30,6 +34,26 @@ class GenerateResponse(BaseModel):
     tokens_used: int = Field(description="Prompt plus completion tokens.")
     processing_time: float = Field(description="Seconds spent on the request.")
     timestamp: str = Field(description="ISO-8601 UTC time of the answer.")
+    cached: bool = Field(False, description="Answered from the response cache.")
+    session_id: Optional[str] = Field(None, description="The session this turn was added to.")
+
+
+class SessionSummary(BaseModel):
+    session_id: str
+    model: str
+    messages: int
+    updated: float
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionSummary]
+
+
+class SessionDetail(BaseModel):
+    session_id: str
+    model: str
+    messages: list[dict]
+    updated: float
 
 
 class ModelInfo(BaseModel):
@@ -41,6 +65,7 @@ class ModelInfo(BaseModel):
     description: Optional[str] = None
     in_flight: Optional[int] = Field(None, description="Requests the model is working on (loaded models).")
     cancelled: Optional[int] = Field(None, description="Generations stopped because the client left.")
+    served: Optional[int] = Field(None, description="Generation requests the model has run (cache hits excluded).")
     load_time_s: Optional[float] = None
     resident_memory_bytes: Optional[int] = None
 

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from deployments.types import SamplingParams
 
 
+SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+
+
 class TextPart(BaseModel):
     type: Literal["text"]
     text: str

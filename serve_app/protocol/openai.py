@@ -6,7 +6,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from serve_app.protocol.common import ChatMessage, SamplingFields
+from serve_app.protocol.common import SESSION_ID_PATTERN, ChatMessage, SamplingFields
 
 
 class StreamOptions(BaseModel):
@@ -25,6 +25,7 @@ class _OpenAIRequest(SamplingFields):
     n: int = Field(1, description="Only 1 is supported.")
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
+    cache: Optional[bool] = Field(None, description="Extension: true caches a sampled answer, false bypasses.")
 
     @field_validator("n")
     @classmethod
@@ -37,6 +38,7 @@ class _OpenAIRequest(SamplingFields):
 class ChatCompletionRequest(_OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
+    session_id: Optional[str] = Field(None, pattern=SESSION_ID_PATTERN, description="Extension: server-side history.")
 
     def to_sampling_params(self):
         params = super().to_sampling_params()

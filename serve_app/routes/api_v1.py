@@ -7,8 +7,9 @@ from datetime import datetime, timezone
 from typing import Optional, Union
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
+from deployments.errors import SessionNotFound
 from serve_app.auth import Principal, require_key
 from serve_app.logs import request_id_var
 from serve_app.protocol.api_v1 import (
@@ -18,7 +19,10 @@ from serve_app.protocol.api_v1 import (
     HealthResponse,
     ModelInfo,
     ModelsResponse,
+    SessionDetail,
+    SessionList,
 )
+from serve_app.routes.common import cache_headers, request_options
 from serve_app.serving import Generation
 from serve_app.streaming import note_usage, sse_stream
 
@@ -29,44 +33,70 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _summary(generation: Generation, text: str) -> dict:
-    return {
+def _summary(generation: Generation, text: str, session_id: Optional[str]) -> dict:
+    summary = {
         "response": text,
         "model": generation.entry.name,
         "tokens_used": generation.usage.total_tokens,
         "processing_time": round(time.monotonic() - generation.started, 4),
         "timestamp": _now_iso(),
+        "cached": generation.cache == "hit",
     }
+    return {**summary, "session_id": session_id} if session_id else summary
 
 
 async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], principal: Principal,
-               prompt: Optional[str] = None, messages: Optional[list[dict]] = None):
+               endpoint: str, prompt: Optional[str] = None, messages: Optional[list[dict]] = None):
+    session_id = getattr(body, "session_id", None)
     generation = await request.app.state.generation.start(
         body.model, request_id_var.get(), body.to_sampling_params(),
         prompt=prompt, messages=messages, key_id=principal.key_id,
+        options=request_options(request, principal, endpoint, body.cache, session_id),
     )
     request.state.model = generation.entry.name
+    headers = cache_headers(request, generation)
     if body.stream:
         name = generation.entry.name
         return sse_stream(
             request,
             generation,
             on_chunk=lambda c: [{"response": c.text, "model": name, "done": False}] if c.text else [],
-            on_end=lambda g: [{**_summary(g, ""), "done": True, "finish_reason": g.finish_reason}],
+            on_end=lambda g: [{**_summary(g, "", session_id), "done": True, "finish_reason": g.finish_reason}],
+            headers=headers,
         )
     result = await generation.collect()
     note_usage(request, generation)
-    return GenerateResponse(**_summary(generation, result.text))
+    return JSONResponse(_summary(generation, result.text, session_id), headers=headers)
 
 
 @router.post("/generate", response_model=GenerateResponse)
 async def generate(body: GenerateRequest, request: Request, principal: Principal = Depends(require_key)):
-    return await _run(request, body, principal, prompt=body.prompt)
+    return await _run(request, body, principal, "generate", prompt=body.prompt)
 
 
 @router.post("/chat", response_model=GenerateResponse)
 async def chat(body: ChatRequest, request: Request, principal: Principal = Depends(require_key)):
-    return await _run(request, body, principal, messages=[m.as_dict() for m in body.messages])
+    return await _run(request, body, principal, "chat", messages=[m.as_dict() for m in body.messages])
+
+
+@router.get("/sessions", response_model=SessionList)
+async def list_sessions(request: Request, principal: Principal = Depends(require_key)):
+    return SessionList(sessions=await request.app.state.sessions.list(principal.key_id))
+
+
+@router.get("/sessions/{session_id}", response_model=SessionDetail)
+async def get_session(session_id: str, request: Request, principal: Principal = Depends(require_key)):
+    record = await request.app.state.sessions.load(principal.key_id, session_id)
+    if record is None:  # another key's session looks exactly like a missing one
+        raise SessionNotFound(f"session {session_id!r} does not exist", param="session_id")
+    return SessionDetail(**record)
+
+
+@router.delete("/sessions/{session_id}")
+async def delete_session(session_id: str, request: Request, principal: Principal = Depends(require_key)):
+    if not await request.app.state.sessions.delete(principal.key_id, session_id):
+        raise SessionNotFound(f"session {session_id!r} does not exist", param="session_id")
+    return {"session_id": session_id, "deleted": True}
 
 
 @router.get("/models", response_model=ModelsResponse)
@@ -82,7 +112,7 @@ async def models(request: Request, _: Principal = Depends(require_key)):
             ModelInfo(
                 name=name, type=entry.config.type, format=entry.config.format, state=state, replicas=replicas,
                 description=entry.config.description, in_flight=live.get("in_flight"),
-                cancelled=live.get("cancelled"), load_time_s=live.get("load_time_s"),
+                cancelled=live.get("cancelled"), served=live.get("served"), load_time_s=live.get("load_time_s"),
                 resident_memory_bytes=live.get("rss_bytes"),
             )
         )

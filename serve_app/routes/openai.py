@@ -6,6 +6,7 @@ import time
 import uuid
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 
 from serve_app.auth import Principal, require_key
 from serve_app.logs import request_id_var
@@ -24,6 +25,7 @@ from serve_app.protocol.openai import (
     ModelList,
     UsageInfo,
 )
+from serve_app.routes.common import cache_headers, request_options
 from serve_app.serving import Generation
 from serve_app.streaming import note_usage, sse_stream
 
@@ -44,8 +46,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, princi
     generation = await request.app.state.generation.start(
         body.model, request_id_var.get(), body.to_sampling_params(),
         messages=[m.as_dict() for m in body.messages], key_id=principal.key_id,
+        options=request_options(request, principal, "chat.completions", body.cache, body.session_id),
     )
     request.state.model = name = generation.entry.name
+    headers = cache_headers(request, generation)
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(delta: Delta, finish=None, choices=True) -> dict:
@@ -66,22 +70,25 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, princi
             on_chunk=lambda c: [chunk(Delta(content=c.text))] if c.text else [],
             on_end=on_end,
             first=[chunk(Delta(role="assistant", content=""))],
+            headers=headers,
         )
     result = await generation.collect()
     note_usage(request, generation)
-    return ChatCompletion(
+    return JSONResponse(_dump(ChatCompletion(
         id=cid, created=created, model=name,
         choices=[ChatChoice(message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason)],
         usage=_usage(generation),
-    )
+    )), headers=headers)
 
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request, principal: Principal = Depends(require_key)):
     generation = await request.app.state.generation.start(
         body.model, request_id_var.get(), body.to_sampling_params(), prompt=body.prompt, key_id=principal.key_id,
+        options=request_options(request, principal, "completions", body.cache),
     )
     request.state.model = name = generation.entry.name
+    headers = cache_headers(request, generation)
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
     def completion(text: str, finish=None, usage=None) -> dict:
@@ -94,14 +101,11 @@ async def completions(body: CompletionRequest, request: Request, principal: Prin
             request, generation,
             on_chunk=lambda c: [completion(c.text)] if c.text else [],
             on_end=lambda g: [completion("", g.finish_reason, _usage(g) if include_usage else None)],
+            headers=headers,
         )
     result = await generation.collect()
     note_usage(request, generation)
-    return Completion(
-        id=cid, created=created, model=name,
-        choices=[CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
-        usage=_usage(generation),
-    )
+    return JSONResponse(completion(result.text, result.finish_reason, _usage(generation)), headers=headers)
 
 
 @router.get("/models", response_model=ModelList)

@@ -5,7 +5,7 @@ from datetime import datetime
 from tests.integration.conftest import DEFAULT, GEMMA
 from tests.integration.sse import parse_sse
 
-FIELDS = {"response", "model", "tokens_used", "processing_time", "timestamp"}
+FIELDS = {"response", "model", "tokens_used", "processing_time", "timestamp", "cached"}
 
 
 def _check_response(body: dict, model: str) -> None:
@@ -88,7 +88,7 @@ def test_stop_sequence_and_max_tokens(client):
 
 
 def test_seed_makes_sampling_repeatable(client):
-    body = {"prompt": "My favourite food is", "max_tokens": 16, "temperature": 1.0, "seed": 1234}
+    body = {"prompt": "My favourite food is", "max_tokens": 16, "temperature": 1.0, "seed": 1234, "cache": False}
     first = client.post("/api/v1/generate", json=body).json()["response"]
     second = client.post("/api/v1/generate", json=body).json()["response"]
     assert first == second

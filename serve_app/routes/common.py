@@ -1,0 +1,24 @@
+"""Bits every generation route shares: per-request options and cache headers."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from fastapi import Request
+
+from serve_app.auth import Principal
+from serve_app.serving import Generation, RequestOptions
+
+
+def request_options(request: Request, principal: Principal, endpoint: str, cache: Optional[bool] = None,
+                    session_id: Optional[str] = None) -> RequestOptions:
+    settings = request.app.state.settings
+    no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
+    tenant = "shared" if settings.cache_shared_across_keys else principal.key_id
+    return RequestOptions(endpoint=endpoint, tenant=tenant, cache=cache, no_cache=no_cache, session_id=session_id,
+                          owner=principal.key_id)
+
+
+def cache_headers(request: Request, generation: Generation) -> dict[str, str]:
+    request.state.cache = generation.cache
+    return {"X-Cache": generation.cache.upper()} if generation.cache else {}

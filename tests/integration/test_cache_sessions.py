@@ -1,0 +1,189 @@
+"""Response cache and chat sessions on a real Redis, two ingress replicas, the real SmolLM2."""
+
+import json
+import time
+
+import httpx
+import pytest
+
+from scripts.serve_process import ROOT, ServeProcess
+from tests.integration.redis_process import RedisProcess
+from tests.integration.sse import parse_sse
+
+MODEL = "smollm2-135m-instruct"
+K1, K2 = "cache-key-1", "cache-key-2"
+CACHE_TTL_S = 8
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    process = RedisProcess().start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def app(redis_server, tmp_path_factory):
+    models = json.loads((ROOT / "models.json").read_text())
+    entry = {**models["models"][MODEL], "context_length": 512, "default_max_tokens": 16}
+    path = tmp_path_factory.mktemp("cfg") / "models.json"
+    path.write_text(json.dumps({"models": {MODEL: entry}}))
+    env = {"API_KEYS": f"{K1},{K2}", "REDIS_URL": redis_server.url, "INGRESS_REPLICAS": "2",
+           "CACHE_TTL_S": str(CACHE_TTL_S), "LOG_FORMAT": "json"}
+    server = ServeProcess(env=env, args={"model_config_path": str(path)}).start(ready_models=(MODEL,))
+    yield server
+    server.stop()
+
+
+def post(app, path, body, key=K1, **headers):
+    # A new connection per call: requests spread over both ingress replicas.
+    return httpx.post(app.base_url + path, json=body, headers={"X-API-Key": key, **headers}, timeout=120)
+
+
+def served(app) -> int:
+    models = httpx.get(app.base_url + "/api/v1/models", headers={"X-API-Key": K1}, timeout=60).json()["models"]
+    return models[0]["served"]
+
+
+BASE = {"prompt": "Three facts about owls:", "max_tokens": 6, "temperature": 0}
+
+
+def test_hit_after_miss_costs_no_model_compute(app):
+    body = {**BASE, "prompt": "Tell me about the moon."}
+    first = post(app, "/api/v1/generate", body)
+    assert first.headers["x-cache"] == "MISS" and first.json()["cached"] is False
+    before = served(app)
+    second = post(app, "/api/v1/generate", body)
+    assert second.headers["x-cache"] == "HIT" and second.json()["cached"] is True
+    assert second.json()["response"] == first.json()["response"]
+    assert second.json()["tokens_used"] == first.json()["tokens_used"]  # still counts as usage
+    assert served(app) == before
+
+
+@pytest.mark.parametrize("change", [
+    {"max_tokens": 7}, {"top_p": 0.5}, {"top_k": 5}, {"stop": ["zzz"]}, {"seed": 3},
+    {"repeat_penalty": 1.3}, {"presence_penalty": 0.5}, {"frequency_penalty": 0.5}, {"prompt": "Three facts about cats:"},
+])
+def test_any_single_parameter_change_misses(app, change):
+    post(app, "/api/v1/generate", BASE)
+    assert post(app, "/api/v1/generate", BASE).headers["x-cache"] == "HIT"
+    assert post(app, "/api/v1/generate", {**BASE, **change}).headers["x-cache"] == "MISS"
+
+
+def test_endpoint_is_part_of_the_key(app):
+    post(app, "/api/v1/generate", BASE)
+    r = post(app, "/v1/completions", BASE)
+    assert r.headers["x-cache"] == "MISS" and r.json()["object"] == "text_completion"
+
+
+def test_entries_expire_after_the_ttl(app):
+    body = {**BASE, "prompt": "Expiring question?"}
+    post(app, "/api/v1/generate", body)
+    assert post(app, "/api/v1/generate", body).headers["x-cache"] == "HIT"
+    time.sleep(CACHE_TTL_S + 1)
+    assert post(app, "/api/v1/generate", body).headers["x-cache"] == "MISS"
+
+
+def test_streamed_replay_is_a_valid_sse_stream(app):
+    body = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, "temperature": 0}
+    plain = post(app, "/v1/chat/completions", body).json()["choices"][0]["message"]["content"]
+    r = post(app, "/v1/chat/completions", {**body, "stream": True})
+    assert r.headers["x-cache"] == "HIT" and r.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(r.text)
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events) == plain
+    assert events[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    api = post(app, "/api/v1/chat", {**body, "stream": True})
+    assert api.headers["x-cache"] == "MISS"  # a different endpoint
+    replay = parse_sse(post(app, "/api/v1/chat", {**body, "stream": True}).text)
+    assert replay[-1]["done"] is True and replay[-1]["cached"] is True
+
+
+def test_sampled_requests_are_not_cached_unless_asked(app):
+    body = {"prompt": "Random thought:", "max_tokens": 4, "temperature": 0.9}
+    before = served(app)
+    for _ in range(2):
+        assert "x-cache" not in post(app, "/api/v1/generate", body).headers
+    assert served(app) == before + 2
+    opted = {**body, "cache": True}
+    assert post(app, "/api/v1/generate", opted).headers["x-cache"] == "MISS"
+    assert post(app, "/api/v1/generate", opted).headers["x-cache"] == "HIT"
+    assert "x-cache" not in post(app, "/api/v1/generate", {**BASE, "cache": False}).headers
+    assert "x-cache" not in post(app, "/api/v1/generate", BASE, **{"Cache-Control": "no-cache"}).headers
+
+
+def test_cache_entries_are_per_key(app):
+    body = {**BASE, "prompt": "Per-key question."}
+    post(app, "/api/v1/generate", body, key=K1)
+    assert post(app, "/api/v1/generate", body, key=K1).headers["x-cache"] == "HIT"
+    assert post(app, "/api/v1/generate", body, key=K2).headers["x-cache"] == "MISS"
+
+
+def _ingress_pid(app, request_id: str):
+    for _ in range(50):
+        for line in app.log().splitlines():
+            if request_id in line and '"aicore.access"' in line and "ingress pid=" in line:
+                return line.split("ingress pid=")[1].split(")")[0]
+        time.sleep(0.2)
+    return None
+
+
+def test_session_continues_across_ingress_replicas_and_is_private(app):
+    pids = set()
+    turns = ["My name is Alice.", "What is my name?", "Thanks.", "Bye.", "One more.", "Last one."]
+    for i, text in enumerate(turns, start=1):
+        r = post(app, "/api/v1/chat", {"session_id": "s-alice", "messages": [{"role": "user", "content": text}],
+                                        "max_tokens": 8})
+        assert r.status_code == 200 and r.json()["session_id"] == "s-alice"
+        pids.add(_ingress_pid(app, r.headers["x-request-id"]))
+        history = httpx.get(app.base_url + "/api/v1/sessions/s-alice", headers={"X-API-Key": K1}).json()
+        assert [m["content"] for m in history["messages"][::2]] == turns[:i]  # every user turn, in order
+        assert [m["role"] for m in history["messages"]] == ["user", "assistant"] * i
+    assert len(pids - {None}) == 2, pids  # both ingress replicas served turns of one session
+    other = httpx.get(app.base_url + "/api/v1/sessions/s-alice", headers={"X-API-Key": K2})
+    assert other.status_code == 404
+    assert httpx.get(app.base_url + "/api/v1/sessions", headers={"X-API-Key": K2}).json()["sessions"] == []
+    mine = httpx.get(app.base_url + "/api/v1/sessions", headers={"X-API-Key": K1}).json()["sessions"]
+    assert [s["session_id"] for s in mine] == ["s-alice"] and mine[0]["messages"] == 12
+    assert httpx.delete(app.base_url + "/api/v1/sessions/s-alice", headers={"X-API-Key": K2}).status_code == 404
+    assert httpx.delete(app.base_url + "/api/v1/sessions/s-alice", headers={"X-API-Key": K1}).status_code == 200
+    assert httpx.get(app.base_url + "/api/v1/sessions/s-alice", headers={"X-API-Key": K1}).status_code == 404
+
+
+def test_session_trimming_keeps_the_system_prompt(app):
+    system = {"role": "system", "content": "You are a terse assistant."}
+    long_turn = "Here is a long remark about the weather and the sea. " * 12  # ~130 tokens
+    first = post(app, "/v1/chat/completions", {"session_id": "s-trim", "max_tokens": 8,
+                                              "messages": [system, {"role": "user", "content": long_turn}]})
+    assert first.status_code == 200
+    for i in range(5):  # far past the 512-token context in total
+        r = post(app, "/v1/chat/completions", {"session_id": "s-trim", "max_tokens": 8,
+                                              "messages": [{"role": "user", "content": f"{i}: {long_turn}"}]})
+        assert r.status_code == 200, r.text
+    messages = httpx.get(app.base_url + "/api/v1/sessions/s-trim", headers={"X-API-Key": K1}).json()["messages"]
+    assert messages[0] == system
+    assert messages[-2]["content"].startswith("4: ") and messages[-1]["role"] == "assistant"
+    assert len(messages) < 1 + 2 * 6  # older turns were dropped
+
+
+def test_redis_outage_degrades_and_recovers_without_restart(app, redis_server):
+    redis_server.stop()
+    try:
+        r = post(app, "/api/v1/generate", {**BASE, "prompt": "During the outage."})
+        assert r.status_code == 200 and r.json()["response"]  # generation keeps working, uncached
+        s = post(app, "/api/v1/chat", {"session_id": "s-down", "messages": [{"role": "user", "content": "hi"}]})
+        assert s.status_code == 503 and s.json()["error"]["code"] == "store_unavailable"
+        listing = httpx.get(app.base_url + "/api/v1/sessions", headers={"X-API-Key": K1})
+        assert listing.status_code == 503
+    finally:
+        redis_server.start()
+    for _ in range(100):  # recovers on its own once Redis answers again
+        s = post(app, "/api/v1/chat", {"session_id": "s-down", "messages": [{"role": "user", "content": "hi"}],
+                                        "max_tokens": 4})
+        if s.status_code == 200:
+            break
+        time.sleep(0.3)
+    assert s.status_code == 200
+    body = {**BASE, "prompt": "After the outage."}
+    post(app, "/api/v1/generate", body)
+    assert post(app, "/api/v1/generate", body).headers["x-cache"] == "HIT"
