@@ -24,12 +24,14 @@ def create_app(settings: Settings, router: ModelRouter, metrics_hub: Any, model_
     app = FastAPI(title="AI Core", version="0.1.0", description="Self-hosted model serving on Ray Serve.")
     app.state.settings = settings
     app.state.router = router
-    app.state.store = store = make_store(settings.redis_url)
+    metrics = app.state.metrics = MetricsRecorder(metrics_hub, settings.metrics_flush_s)
+    app.state.store = store = make_store(settings.redis_url, on_error=lambda: metrics.count("store_errors"))
     app.state.sessions = SessionStore(store, settings.session_ttl_s)
-    cache = ResponseCache(store, settings.cache_ttl_s) if settings.cache_enabled else None
+    cache = None
+    if settings.cache_enabled:
+        cache = ResponseCache(store, settings.cache_ttl_s, on_write=lambda n: metrics.count("cache_bytes", n))
     app.state.generation = GenerationService(router, settings, cache, app.state.sessions)
     app.state.keys = KeyStore(settings.bootstrap_keys(), settings.api_key_header)
-    app.state.metrics = MetricsRecorder(metrics_hub, settings.metrics_flush_s)
     app.state.model_status = model_status
     app.state.started_at = int(time.time())
     install_error_handlers(app)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict
-from typing import Optional
+from typing import Callable, Optional
 
 from deployments.types import GenerationRequest, GenerationResult, Usage
 from serve_app.store import Store, StoreUnavailable
@@ -47,9 +47,10 @@ def cache_key(request: GenerationRequest, *, tenant: str, endpoint: str, model: 
 
 
 class ResponseCache:
-    def __init__(self, store: Store, ttl_s: float):
+    def __init__(self, store: Store, ttl_s: float, on_write: Callable[[int], None] = lambda n: None):
         self.store = store
         self.ttl_s = ttl_s
+        self._on_write = on_write
 
     async def get(self, key: str) -> Optional[GenerationResult]:
         try:
@@ -71,4 +72,5 @@ class ResponseCache:
         except StoreUnavailable:
             logger.warning("cache write skipped: store unavailable")
             return 0
+        self._on_write(len(raw))
         return len(raw)

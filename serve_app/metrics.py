@@ -32,6 +32,14 @@ class RequestEvent:
     cache: Optional[str] = None  # "hit" / "miss" when the request was cacheable
 
 
+@dataclass(frozen=True)
+class CountEvent:
+    """An increment of one of the hub's plain counters (not tied to one request)."""
+
+    name: str  # a key of MetricsHub.counters
+    amount: float = 1
+
+
 class MetricsHub:
     """Owns the aggregated registry (one replica)."""
 
@@ -57,8 +65,18 @@ class MetricsHub:
             registry=self.registry,
         )
 
-    def record(self, events: list[RequestEvent]) -> None:
+        self.counters = {
+            "store_errors": Counter("aicore_store_errors", "Failed calls to the shared store (Redis).",
+                                    registry=self.registry),
+            "cache_bytes": Counter("aicore_cache_written_bytes", "Bytes written to the response cache.",
+                                   registry=self.registry),
+        }
+
+    def record(self, events: list) -> None:
         for e in events:
+            if isinstance(e, CountEvent):
+                self.counters[e.name].inc(e.amount)
+                continue
             status = str(e.status)
             self.requests.labels(e.route, e.model, status).inc()
             self.latency.labels(e.route, e.model, status).observe(e.latency_s)
@@ -81,10 +99,13 @@ class MetricsRecorder:
     def __init__(self, hub: Any, flush_s: float):
         self.hub = hub  # a DeploymentHandle to the MetricsHub deployment
         self.flush_s = flush_s
-        self._buffer: list[RequestEvent] = []
+        self._buffer: list = []
         self._task: Optional[asyncio.Task] = None
 
-    def record(self, event: RequestEvent) -> None:
+    def count(self, name: str, amount: float = 1) -> None:
+        self.record(CountEvent(name, amount))
+
+    def record(self, event) -> None:
         self._buffer.append(event)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._flush_later())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from deployments.errors import AICoreError
 
@@ -33,6 +33,7 @@ class Store(Protocol):
     async def srem(self, key: str, member: str) -> None: ...
     async def smembers(self, key: str) -> set[str]: ...
     async def ping(self) -> bool: ...
+    async def count(self, prefix: str) -> int: ...
 
 
 # INCRBY then set the window's expiry once, atomically: concurrent callers see distinct totals.
@@ -46,9 +47,10 @@ return total
 class RedisStore:
     kind = "redis"
 
-    def __init__(self, url: str, timeout_s: float = 1.0):
+    def __init__(self, url: str, timeout_s: float = 1.0, on_error: Callable[[], None] = lambda: None):
         import redis.asyncio as redis
 
+        self._on_error = on_error
         self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
         self.client = redis.Redis.from_url(
             url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
@@ -60,6 +62,7 @@ class RedisStore:
         try:
             return await coro
         except self._errors as error:
+            self._on_error()
             raise StoreUnavailable(f"Redis is unreachable ({type(error).__name__})") from None
 
     async def get(self, key):
@@ -98,6 +101,12 @@ class RedisStore:
             return bool(await self.client.ping())
         except self._errors:
             return False
+
+    async def count(self, prefix):
+        async def scan() -> int:
+            return sum([1 async for _ in self.client.scan_iter(match=prefix + "*", count=500)])
+
+        return await self._call(scan())
 
 
 class MemoryStore:
@@ -174,6 +183,9 @@ class MemoryStore:
     async def ping(self):
         return True
 
+    async def count(self, prefix):
+        return sum(1 for key in list(self._data) if key.startswith(prefix) and self._live(key) is not None)
 
-def make_store(redis_url: Optional[str]) -> Store:
-    return RedisStore(redis_url) if redis_url else MemoryStore()
+
+def make_store(redis_url: Optional[str], on_error: Callable[[], None] = lambda: None) -> Store:
+    return RedisStore(redis_url, on_error=on_error) if redis_url else MemoryStore()

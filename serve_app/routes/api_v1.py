@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from deployments.errors import SessionNotFound
+from serve_app.store import StoreUnavailable
 from serve_app.auth import Principal, require_key
 from serve_app.logs import request_id_var
 from serve_app.protocol.api_v1 import (
@@ -128,5 +129,11 @@ async def health(request: Request):
 @router.get("/metrics")
 async def metrics(request: Request, _: Principal = Depends(require_key)):
     body = await request.app.state.metrics.render()
+    try:  # a shared figure: read from the store at scrape time
+        sessions = await request.app.state.store.count("session:")
+        body += (b"# HELP aicore_sessions_active Chat sessions stored.\n# TYPE aicore_sessions_active gauge\n"
+                 + f"aicore_sessions_active {sessions}\n".encode())
+    except StoreUnavailable:
+        pass
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -187,3 +187,20 @@ def test_redis_outage_degrades_and_recovers_without_restart(app, redis_server):
     body = {**BASE, "prompt": "After the outage."}
     post(app, "/api/v1/generate", body)
     assert post(app, "/api/v1/generate", body).headers["x-cache"] == "HIT"
+    for _ in range(50):  # metrics from both replicas arrive within METRICS_FLUSH_S
+        text = httpx.get(app.base_url + "/api/v1/metrics", headers={"X-API-Key": K1}).text
+        hits = _value(text, 'aicore_cache_requests_total{model="%s",result="hit"}' % MODEL)
+        if _value(text, "aicore_store_errors_total") > 0 and hits > 0:
+            break
+        time.sleep(0.2)
+    assert _value(text, "aicore_store_errors_total") > 0
+    assert _value(text, 'aicore_cache_requests_total{model="%s",result="hit"}' % MODEL) > 0
+    assert _value(text, "aicore_cache_written_bytes_total") > 0
+    assert _value(text, "aicore_sessions_active") >= 1  # s-down, stored after the recovery
+
+
+def _value(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
