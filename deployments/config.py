@@ -17,17 +17,23 @@ class AutoscalingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_replicas: int = Field(1, ge=0, description="Replicas kept alive; 0 lets the model scale to zero.")
+    min_replicas: Optional[int] = Field(
+        None, ge=0,
+        description="Replicas kept alive; 0 loads the model on first use and unloads it when idle. "
+        "Default: 1 for the default model and models with preload, else 0.",
+    )
     max_replicas: int = Field(1, ge=1, description="Upper bound on replicas for this model.")
     target_ongoing_requests: float = Field(
         8, gt=0, description="Ongoing requests per replica that the autoscaler aims for."
     )
-    downscale_delay_s: float = Field(300, ge=0, description="Idle seconds before a replica is removed.")
+    downscale_delay_s: float = Field(
+        300, ge=0, description="Idle seconds before a replica is removed (the idle-unload timeout at min 0)."
+    )
 
     @field_validator("max_replicas")
     @classmethod
     def _max_not_below_min(cls, value: int, info) -> int:
-        low = info.data.get("min_replicas", 1)
+        low = info.data.get("min_replicas") or 0
         if value < low:
             raise ValueError(f"max_replicas ({value}) is below min_replicas ({low})")
         return value
@@ -66,7 +72,13 @@ class ModelConfig(BaseModel):
     num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved per replica (fractional allowed).")
     memory: Optional[int] = Field(None, ge=0, description="Ray memory (bytes) reserved per replica.")
     max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica accepts at once.")
+    preload: bool = Field(False, description="Keep one replica loaded even when idle (min_replicas 1).")
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+
+    def min_replicas(self, is_default: bool) -> int:
+        if self.autoscaling.min_replicas is not None:
+            return self.autoscaling.min_replicas
+        return 1 if (self.preload or is_default) else 0
 
 
 class ModelsFile(BaseModel):

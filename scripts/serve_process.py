@@ -56,7 +56,9 @@ class ServeProcess:
                 raise RuntimeError(f"serve run exited ({self.proc.returncode}); log: {self.log_path}\n{self.log()[-3000:]}")
             try:
                 states = httpx.get(self.base_url + "/api/v1/health", timeout=5).json().get("models", {})
-                if states and all(states.get(m) == "ready" for m in ready_models or states):
+                # Named models must be ready; otherwise every model settled (lazy ones may stay unloaded).
+                settled = bool(states) and all(s in ("ready", "unloaded") for s in states.values())
+                if all(states.get(m) == "ready" for m in ready_models) if ready_models else settled:
                     return self
             except (httpx.HTTPError, ValueError):
                 pass

@@ -27,7 +27,7 @@ def deployment_name(model: str) -> str:
     return "model-" + re.sub(r"[^A-Za-z0-9_.-]", "_", model)
 
 
-def _model_options(name: str, config: ModelConfig) -> dict:
+def _model_options(name: str, config: ModelConfig, is_default: bool) -> dict:
     actor_options: dict[str, Any] = {"num_cpus": config.num_cpus}
     if config.memory:
         actor_options["memory"] = config.memory
@@ -38,11 +38,13 @@ def _model_options(name: str, config: ModelConfig) -> dict:
         "max_ongoing_requests": config.max_ongoing_requests,
         "health_check_period_s": 10,
     }
-    if scaling.min_replicas == scaling.max_replicas:
-        options["num_replicas"] = scaling.min_replicas
-    else:
+    low = config.min_replicas(is_default)
+    if low == scaling.max_replicas:
+        options["num_replicas"] = low
+    else:  # from min 0 Ray Serve starts a replica on the first request: lazy load, idle unload
         options["autoscaling_config"] = RayAutoscaling(
-            min_replicas=scaling.min_replicas,
+            min_replicas=low,
+            initial_replicas=low,
             max_replicas=scaling.max_replicas,
             target_ongoing_requests=scaling.target_ongoing_requests,
             downscale_delay_s=scaling.downscale_delay_s,
@@ -89,7 +91,9 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         log_format=settings.log_format,
     )
     handles = {
-        name: serve.deployment(ModelDeployment, **_model_options(name, config)).bind(name, config, context)
+        name: serve.deployment(ModelDeployment, **_model_options(name, config, name == default_model)).bind(
+            name, config, context
+        )
         for name, config in models.models.items()
     }
     hub = serve.deployment(MetricsHub, name="metrics-hub", num_replicas=1, ray_actor_options={"num_cpus": 0.01})
