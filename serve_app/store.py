@@ -33,6 +33,7 @@ class Store(Protocol):
     async def srem(self, key: str, member: str) -> None: ...
     async def smembers(self, key: str) -> set[str]: ...
     async def ping(self) -> bool: ...
+    async def ttl(self, key: str) -> Optional[float]: ...
 
 
 # INCRBY then set the window's expiry once, atomically: concurrent callers see distinct totals.
@@ -98,6 +99,11 @@ class RedisStore:
             return bool(await self.client.ping())
         except self._errors:
             return False
+
+    async def ttl(self, key):
+        """Seconds until the key expires; None when it has no expiry or does not exist."""
+        remaining = int(await self._call(self.client.pttl(key)))
+        return remaining / 1000 if remaining >= 0 else None
 
 
 class MemoryStore:
@@ -173,6 +179,10 @@ class MemoryStore:
 
     async def ping(self):
         return True
+
+    async def ttl(self, key):
+        deadline = self._expiry.get(key) if self._live(key) is not None else None
+        return max(0.0, deadline - time.monotonic()) if deadline is not None else None
 
 
 def make_store(redis_url: Optional[str]) -> Store:
