@@ -7,11 +7,14 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from serve_app.auth import KeyStore
+from serve_app.auth import Authenticator
 from serve_app.errors import install_error_handlers
+from serve_app.guard import GuardMiddleware
+from serve_app.keys import KeyService
 from serve_app.metrics import MetricsRecorder
 from serve_app.middleware import RequestContextMiddleware
-from serve_app.routes import api_v1, openai
+from serve_app.ratelimit import RateLimiter
+from serve_app.routes import api_v1, keys, openai
 from serve_app.serving import GenerationService, ModelRouter
 from serve_app.settings import Settings
 from serve_app.status import ModelStatus
@@ -23,13 +26,20 @@ def create_app(settings: Settings, router: ModelRouter, metrics_hub: Any, model_
     app.state.settings = settings
     app.state.router = router
     app.state.generation = GenerationService(router, settings)
-    app.state.keys = KeyStore(settings.bootstrap_keys(), settings.api_key_header)
     app.state.metrics = MetricsRecorder(metrics_hub, settings.metrics_flush_s)
     app.state.model_status = model_status
     app.state.store = make_store(settings.redis_url)
+    app.state.keys = KeyService(app.state.store, router.entries)
+    app.state.limiter = RateLimiter(app.state.store, settings.rate_limit_per_minute, settings.tokens_per_minute)
+    app.state.auth = Authenticator(
+        settings.bootstrap_keys(), settings.api_key_header, app.state.keys, app.state.store,
+        settings.store_failure_mode,
+    )
     app.state.started_at = int(time.time())
     install_error_handlers(app)
     app.include_router(api_v1.router)
     app.include_router(openai.router)
+    app.include_router(keys.router)
+    app.add_middleware(GuardMiddleware, settings=settings, keys=app.state.keys, limiter=app.state.limiter)
     app.add_middleware(RequestContextMiddleware, record=app.state.metrics.record)
     return app

@@ -15,6 +15,8 @@ from typing import Any, AsyncIterator, Optional
 from deployments.config import ModelConfig
 from deployments.errors import ContextLengthExceeded, ModelNotFound, ModelUnavailable, PromptTooLong
 from deployments.types import GenerationChunk, GenerationRequest, GenerationResult, SamplingParams, Usage
+from serve_app.access_errors import TooManyMessages
+from serve_app.content_filter import ContentPolicy
 from serve_app.settings import Settings
 
 
@@ -50,6 +52,9 @@ class Generation:
         self.usage = Usage()
         self.finish_reason: Optional[str] = None
         self._done = first is None
+        self.screen = None  # optional output check (content policy), called with each piece of text
+        self.output_text: Optional[str] = None  # kept when the log wants it
+        self.prompt_text: Optional[str] = None
 
     async def chunks(self) -> AsyncIterator[GenerationChunk]:
         try:
@@ -57,6 +62,10 @@ class Generation:
             while chunk is not None:
                 if chunk.finish_reason:
                     self.finish_reason, self.usage = chunk.finish_reason, chunk.usage or self.usage
+                if self.screen is not None:
+                    self.screen(chunk.text)
+                if self.output_text is not None:
+                    self.output_text += chunk.text
                 yield chunk
                 chunk = await _next(self._rest)
             self._done = True
@@ -80,11 +89,16 @@ class GenerationService:
     def __init__(self, router: ModelRouter, settings: Settings):
         self.router = router
         self.settings = settings
+        self.policy = ContentPolicy.from_settings(settings)
 
     def _check(self, entry: ModelEntry, request: GenerationRequest) -> None:
         if request.prompt is not None:
             size, param = len(request.prompt), "prompt"
         else:
+            if len(request.messages or ()) > self.settings.max_messages:
+                raise TooManyMessages(
+                    f"{len(request.messages)} messages; the limit is {self.settings.max_messages}", param="messages"
+                )
             size, param = sum(len(m["content"]) for m in request.messages or ()), "messages"
         if size > self.settings.max_prompt_length:
             raise PromptTooLong(
@@ -97,6 +111,8 @@ class GenerationService:
                 f"{entry.config.context_length} tokens",
                 param="max_tokens",
             )
+        texts = [request.prompt] if request.prompt is not None else [m["content"] for m in request.messages or ()]
+        self.policy.check_prompt(texts, param)
 
     async def start(
         self,
@@ -107,8 +123,12 @@ class GenerationService:
         prompt: Optional[str] = None,
         messages: Optional[list[dict]] = None,
         key_id: Optional[str] = None,
+        principal: Any = None,  # serve_app.auth.Principal: default model, allowed models
     ) -> Generation:
-        entry = self.router.resolve(model)
+        entry = self.router.resolve(model or getattr(principal, "default_model", None))
+        if principal is not None:
+            principal.check_model(entry.name)
+            key_id = key_id or principal.key_id
         request = GenerationRequest(
             request_id=request_id,
             sampling=sampling,
@@ -129,4 +149,11 @@ class GenerationService:
         except BaseException:
             stream.cancel()
             raise
-        return Generation(entry, first, stream, started)
+        generation = Generation(entry, first, stream, started)
+        generation.screen = self.policy.output_screen()
+        if self.settings.log_prompts:
+            generation.output_text = ""
+            generation.prompt_text = prompt if prompt is not None else "\n".join(
+                f"{m['role']}: {m['content']}" for m in messages or ()
+            )
+        return generation

@@ -9,7 +9,7 @@ from typing import Optional, Union
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from serve_app.auth import Principal, require_key
+from serve_app.auth import Principal, require_any_key, require_key
 from serve_app.logs import request_id_var
 from serve_app.protocol.api_v1 import (
     ChatRequest,
@@ -43,7 +43,7 @@ async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], prin
                prompt: Optional[str] = None, messages: Optional[list[dict]] = None):
     generation = await request.app.state.generation.start(
         body.model, request_id_var.get(), body.to_sampling_params(),
-        prompt=prompt, messages=messages, key_id=principal.key_id,
+        prompt=prompt, messages=messages, principal=principal,
     )
     request.state.model = generation.entry.name
     if body.stream:
@@ -70,11 +70,13 @@ async def chat(body: ChatRequest, request: Request, principal: Principal = Depen
 
 
 @router.get("/models", response_model=ModelsResponse)
-async def models(request: Request, _: Principal = Depends(require_key)):
+async def models(request: Request, principal: Principal = Depends(require_key)):
     status = request.app.state.model_status
     states = await status.states()
     listing = []
     for name, entry in request.app.state.router.entries.items():
+        if name not in principal.allowed_models([name]):
+            continue
         state, replicas = states.get(name, ("unknown", 0))
         # Ask a replica for live figures only when one runs: a call would wake a scaled-to-zero model.
         live = await status.replica_info(entry.handle) if state == "ready" else {}
@@ -96,7 +98,7 @@ async def health(request: Request):
 
 
 @router.get("/metrics")
-async def metrics(request: Request, _: Principal = Depends(require_key)):
+async def metrics(request: Request, _: Principal = Depends(require_any_key)):
     body = await request.app.state.metrics.render()
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -43,7 +43,7 @@ def _dump(model) -> dict:
 async def chat_completions(body: ChatCompletionRequest, request: Request, principal: Principal = Depends(require_key)):
     generation = await request.app.state.generation.start(
         body.model, request_id_var.get(), body.to_sampling_params(),
-        messages=[m.as_dict() for m in body.messages], key_id=principal.key_id,
+        messages=[m.as_dict() for m in body.messages], principal=principal,
     )
     request.state.model = name = generation.entry.name
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -79,7 +79,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, princi
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request, principal: Principal = Depends(require_key)):
     generation = await request.app.state.generation.start(
-        body.model, request_id_var.get(), body.to_sampling_params(), prompt=body.prompt, key_id=principal.key_id,
+        body.model, request_id_var.get(), body.to_sampling_params(), prompt=body.prompt, principal=principal,
     )
     request.state.model = name = generation.entry.name
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -105,12 +105,14 @@ async def completions(body: CompletionRequest, request: Request, principal: Prin
 
 
 @router.get("/models", response_model=ModelList)
-async def list_models(request: Request, _: Principal = Depends(require_key)):
+async def list_models(request: Request, principal: Principal = Depends(require_key)):
     created = request.app.state.started_at
-    return ModelList(data=[ModelCard(id=name, created=created) for name in request.app.state.router.entries])
+    names = principal.allowed_models(request.app.state.router.entries)
+    return ModelList(data=[ModelCard(id=name, created=created) for name in names])
 
 
 @router.get("/models/{model_id}", response_model=ModelCard)
-async def get_model(model_id: str, request: Request, _: Principal = Depends(require_key)):
+async def get_model(model_id: str, request: Request, principal: Principal = Depends(require_key)):
     entry = request.app.state.router.resolve(model_id)
+    principal.check_model(entry.name)
     return ModelCard(id=entry.name, created=request.app.state.started_at)
