@@ -37,15 +37,6 @@ class GuardMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         state = scope.setdefault("state", {})
-        peer = scope.get("client")
-        address = client_address(peer[0] if peer else None, _header(scope, b"x-forwarded-for"), self.trusted)
-        state["client_ip"] = str(address) if address else None
-        if not allowed(address, self.allowlist):
-            return await error_response(AddressNotAllowed("this address may not use the API"))(scope, receive, send)
-        try:
-            receive = await self._bounded_body(scope, receive)
-        except BodyTooLarge as error:
-            return await error_response(error)(scope, receive, send)
         status = {"code": 500}
 
         async def guarded_send(message):
@@ -60,6 +51,16 @@ class GuardMiddleware:
                 await self._account(state, status["code"])
             await send(message)
 
+        peer = scope.get("client")
+        address = client_address(peer[0] if peer else None, _header(scope, b"x-forwarded-for"), self.trusted)
+        state["client_ip"] = str(address) if address else None
+        if not allowed(address, self.allowlist):
+            error = AddressNotAllowed("this address may not use the API")
+            return await error_response(error)(scope, receive, guarded_send)
+        try:
+            receive = await self._bounded_body(scope, receive)
+        except BodyTooLarge as error:
+            return await error_response(error)(scope, receive, guarded_send)
         await self.app(scope, receive, guarded_send)
 
     async def _bounded_body(self, scope, receive):
