@@ -25,7 +25,6 @@ from serve_app.access_errors import (
 )
 from serve_app.keys import KeyService, StoredKey, hash_key
 from serve_app.netguard import allowed, parse_address, parse_networks
-from serve_app.ratelimit import Limits
 from serve_app.store import Store, StoreUnavailable
 
 __all__ = ["Principal", "Authenticator", "hash_key", "require_key", "require_admin", "require_any_key"]
@@ -47,8 +46,11 @@ class Principal:
         if self.models is not None and name not in self.models:
             raise ModelNotAllowed(f"this API key may not use model {name!r}", param="model")
 
-    def allowed_models(self, names):
-        return [n for n in names if self.models is None or n in self.models]
+    def may_use(self, name: str) -> bool:
+        return self.models is None or name in self.models
+
+    def allowed_models(self, names) -> list[str]:
+        return [n for n in names if self.may_use(n)]
 
     @classmethod
     def from_record(cls, record: StoredKey) -> "Principal":
@@ -136,7 +138,3 @@ async def require_admin(request: Request) -> Principal:
 
 async def require_any_key(request: Request) -> Principal:
     return await _authorize(request, None)
-
-
-def limits_of(state: dict) -> Optional[Limits]:
-    return state.get("limits")

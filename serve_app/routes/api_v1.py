@@ -75,7 +75,7 @@ async def models(request: Request, principal: Principal = Depends(require_key)):
     states = await status.states()
     listing = []
     for name, entry in request.app.state.router.entries.items():
-        if name not in principal.allowed_models([name]):
+        if not principal.may_use(name):
             continue
         state, replicas = states.get(name, ("unknown", 0))
         # Ask a replica for live figures only when one runs: a call would wake a scaled-to-zero model.
