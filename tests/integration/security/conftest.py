@@ -1,5 +1,7 @@
 """One `serve run` for the security tests: SmolLM2 only, two ingress replicas, its own Redis.
 
+Package-scoped: it stops when this package's tests end, before the other integration tests run.
+
 The Redis is private to this server (started and stopped here) so that one test can stop
 it to check the store-down behaviour. Clients reach the server from 127.0.0.1 (a trusted
 proxy here) or, by binding their source address, from 127.0.0.2 (not trusted).
@@ -60,7 +62,7 @@ class RedisServer:
             self.proc.wait(timeout=30)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def redis_server():
     server = RedisServer().start()
     yield server
@@ -75,7 +77,7 @@ def _one_model_file() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def sec_server(redis_server):
     env = {
         "API_KEYS": ADMIN_KEY,
@@ -99,7 +101,7 @@ def sec_server(redis_server):
     process.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def url(sec_server):
     return sec_server.base_url
 
