@@ -7,15 +7,18 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from serve_app.auth import KeyStore
+from serve_app.auth import Authenticator
+from serve_app.cache import ResponseCache
 from serve_app.errors import install_error_handlers
+from serve_app.guard import GuardMiddleware
+from serve_app.keys import KeyService
 from serve_app.metrics import MetricsRecorder
 from serve_app.middleware import RequestContextMiddleware
-from serve_app.routes import api_v1, openai
+from serve_app.ratelimit import RateLimiter
+from serve_app.routes import api_v1, keys, openai
 from serve_app.serving import GenerationService, ModelRouter
 from serve_app.settings import Settings
 from serve_app.status import ModelStatus
-from serve_app.cache import ResponseCache
 from serve_app.sessions import SessionStore
 from serve_app.store import make_store
 
@@ -31,11 +34,17 @@ def create_app(settings: Settings, router: ModelRouter, metrics_hub: Any, model_
     if settings.cache_enabled:
         cache = ResponseCache(store, settings.cache_ttl_s, on_write=lambda n: metrics.count("cache_bytes", n))
     app.state.generation = GenerationService(router, settings, cache, app.state.sessions)
-    app.state.keys = KeyStore(settings.bootstrap_keys(), settings.api_key_header)
     app.state.model_status = model_status
+    app.state.keys = KeyService(store, router.entries)
+    app.state.limiter = RateLimiter(store, settings.rate_limit_per_minute, settings.tokens_per_minute)
+    app.state.auth = Authenticator(
+        settings.bootstrap_keys(), settings.api_key_header, app.state.keys, store, settings.store_failure_mode,
+    )
     app.state.started_at = int(time.time())
     install_error_handlers(app)
     app.include_router(api_v1.router)
     app.include_router(openai.router)
+    app.include_router(keys.router)
+    app.add_middleware(GuardMiddleware, settings=settings, keys=app.state.keys, limiter=app.state.limiter)
     app.add_middleware(RequestContextMiddleware, record=app.state.metrics.record)
     return app

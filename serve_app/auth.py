@@ -1,59 +1,140 @@
-"""API key authentication. Keys are kept only as SHA-256 hashes and compared in constant time."""
+"""Who is calling: bootstrap keys (API_KEYS, admin) and managed keys (serve_app.keys).
+
+Keys are kept only as SHA-256 hashes and compared in constant time. `require_key` (inference
+scope), `require_admin` and `require_any_key` are the FastAPI dependencies every route uses;
+they also check the key's IP allowlist and admit the request under its rate limits.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+import time
 from dataclasses import dataclass
 from typing import Optional
 
 from fastapi import Request
 
 from deployments.errors import AuthenticationFailed
+from serve_app.access_errors import (
+    AddressNotAllowed,
+    KeyDisabled,
+    KeyExpired,
+    KeyRevoked,
+    ModelNotAllowed,
+    PermissionDenied,
+)
+from serve_app.keys import KeyService, StoredKey, hash_key
+from serve_app.netguard import allowed, parse_address, parse_networks
+from serve_app.store import Store, StoreUnavailable
 
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+__all__ = ["Principal", "Authenticator", "hash_key", "require_key", "require_admin", "require_any_key"]
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a key id (never the key) and its scopes."""
+    """A verified caller: a key id (never the key) and what the key may do."""
 
     key_id: str
     scopes: frozenset[str] = frozenset({"inference", "admin"})
+    models: Optional[frozenset[str]] = None  # None: every model
+    default_model: Optional[str] = None
+    rate_limit_per_minute: Optional[int] = None  # None: the default setting
+    tokens_per_minute: Optional[int] = None
+    bootstrap: bool = False
+
+    def check_model(self, name: str) -> None:
+        if self.models is not None and name not in self.models:
+            raise ModelNotAllowed(f"this API key may not use model {name!r}", param="model")
+
+    def may_use(self, name: str) -> bool:
+        return self.models is None or name in self.models
+
+    def allowed_models(self, names) -> list[str]:
+        return [n for n in names if self.may_use(n)]
+
+    @classmethod
+    def from_record(cls, record: StoredKey) -> "Principal":
+        return cls(
+            key_id=record.id, scopes=frozenset(record.scopes),
+            models=frozenset(record.models) if record.models is not None else None,
+            default_model=record.default_model, rate_limit_per_minute=record.rate_limit_per_minute,
+            tokens_per_minute=record.tokens_per_minute,
+        )
 
 
-class KeyStore:
-    def __init__(self, bootstrap_keys: list[str], header: str):
+class Authenticator:
+    def __init__(self, bootstrap_keys: list[str], header: str, keys: KeyService, store: Store, failure_mode: str):
         self._hashes = [hash_key(k) for k in bootstrap_keys]
+        self.bootstrap_ids = {"boot-" + h[:12] for h in self._hashes}
         self.header = header
+        self.keys = keys
+        self.store = store
+        self.failure_mode = failure_mode
 
-    def _presented(self, request: Request) -> Optional[str]:
+    def presented(self, request: Request) -> Optional[str]:
         key = request.headers.get(self.header)
         if key:
             return key.strip()
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
-    def authenticate(self, request: Request) -> Principal:
-        key = self._presented(request)
-        if key is None:
-            raise AuthenticationFailed(
-                f"missing API key: send it in the {self.header} header or as 'Authorization: Bearer <key>'"
-            )
+    def _bootstrap(self, key: str) -> Optional[Principal]:
         digest = hash_key(key)
         match = None
         for stored in self._hashes:  # check every key: timing does not reveal which matched
             if hmac.compare_digest(stored, digest):
                 match = stored
-        if match is None:
+        return Principal(key_id="boot-" + match[:12], bootstrap=True) if match else None
+
+    async def authenticate(self, request: Request) -> Principal:
+        key = self.presented(request)
+        if key is None:
+            raise AuthenticationFailed(
+                f"missing API key: send it in the {self.header} header or as 'Authorization: Bearer <key>'"
+            )
+        principal = self._bootstrap(key)
+        if principal is not None:
+            if self.failure_mode == "strict" and not await self.store.ping():
+                raise StoreUnavailable("the key store is unreachable (STORE_FAILURE_MODE=strict)")
+            return principal
+        record = await self.keys.lookup(key)  # StoreUnavailable: 503, fails closed
+        if record is None:
             raise AuthenticationFailed("invalid API key")
-        return Principal(key_id="boot-" + match[:12])
+        if record.revoked_at is not None:
+            raise KeyRevoked("this API key has been revoked")
+        if not record.enabled:
+            raise KeyDisabled("this API key is disabled")
+        if record.expires_at is not None and record.expires_at <= time.time():
+            raise KeyExpired("this API key has expired")
+        if record.ip_allowlist:
+            client = parse_address(getattr(request.state, "client_ip", None))
+            if not allowed(client, parse_networks(record.ip_allowlist)):
+                raise AddressNotAllowed("this API key may not be used from this address")
+        return Principal.from_record(record)
 
 
-def require_key(request: Request) -> Principal:
-    """FastAPI dependency: the app's KeyStore lives on `app.state.keys`."""
-    principal = request.app.state.keys.authenticate(request)
+async def _authorize(request: Request, scope: Optional[str]) -> Principal:
+    state = request.app.state
+    principal = await state.auth.authenticate(request)
     request.state.key_id = principal.key_id
+    request.state.principal = principal
+    if scope is not None and scope not in principal.scopes:
+        raise PermissionDenied(f"this API key lacks the {scope!r} scope")
+    if not principal.bootstrap:
+        limits = state.limiter.limits(principal.rate_limit_per_minute, principal.tokens_per_minute)
+        request.state.limits = limits
+        request.state.ratelimit_headers = await state.limiter.admit(principal.key_id, limits)
     return principal
+
+
+async def require_key(request: Request) -> Principal:
+    """Inference routes (and model listings): the `inference` scope, under the key's rate limits."""
+    return await _authorize(request, "inference")
+
+
+async def require_admin(request: Request) -> Principal:
+    return await _authorize(request, "admin")
+
+
+async def require_any_key(request: Request) -> Principal:
+    return await _authorize(request, None)

@@ -19,7 +19,9 @@ from deployments.model_deployment import ModelDeployment, ReplicaContext
 from deployments.weights import weights_revision
 from serve_app.ingress import Ingress, ModelSpec
 from serve_app.logs import configure_logging
+from serve_app.content_filter import ContentPolicy
 from serve_app.metrics import MetricsHub
+from serve_app.netguard import parse_networks
 from serve_app.settings import Settings
 
 
@@ -77,6 +79,8 @@ def _cluster_resources() -> tuple[Optional[float], Optional[float]]:
 def build_app(args: Optional[dict] = None) -> serve.Application:
     settings = Settings(**{k.lower(): v for k, v in (args or {}).items()})
     configure_logging(settings.log_level, settings.log_format)
+    parse_networks(settings.ip_allowlist_list() + settings.trusted_proxies_list())  # bad CIDRs stop the start
+    ContentPolicy.from_settings(settings)  # so do bad content-filter patterns
     config_path = settings.resolve(settings.model_config_path)
     models = load_models_file(config_path)
     check_fits(models, *_cluster_resources())

@@ -50,6 +50,7 @@ def error_body(error: AICoreError) -> dict:
 def error_response(exc: BaseException) -> JSONResponse:
     error = to_aicore_error(exc)
     headers = {"Retry-After": "5"} if error.status == 503 else None
+    headers = getattr(error, "headers", None) or headers  # e.g. a 429's Retry-After
     return JSONResponse(error_body(error), status_code=error.status, headers=headers)
 
 

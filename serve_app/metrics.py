@@ -30,6 +30,7 @@ class RequestEvent:
     completion_tokens: int = 0
     first_token_s: Optional[float] = None
     cache: Optional[str] = None  # "hit" / "miss" when the request was cacheable
+    key_id: str = "-"
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class MetricsHub:
             "aicore_time_to_first_token_seconds", "Time to first token.", ["model"], buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.key_requests = Counter("aicore_key_requests", "Requests per API key id.", ["key_id"], registry=self.registry)
+        self.key_errors = Counter("aicore_key_errors", "Error answers (4xx/5xx) per API key id.", ["key_id"],
+                                  registry=self.registry)
+        self.key_tokens = Counter("aicore_key_tokens", "Tokens per API key id.", ["key_id", "kind"],
+                                  registry=self.registry)
 
         self.cache_requests = Counter(
             "aicore_cache_requests", "Cacheable requests by result (hit/miss).", ["model", "result"],
@@ -88,6 +94,14 @@ class MetricsHub:
                 self.ttft.labels(e.model).observe(e.first_token_s)
             if e.cache:
                 self.cache_requests.labels(e.model, e.cache).inc()
+            if e.key_id != "-":
+                self.key_requests.labels(e.key_id).inc()
+                if e.status >= 400:
+                    self.key_errors.labels(e.key_id).inc()
+                if e.prompt_tokens:
+                    self.key_tokens.labels(e.key_id, "prompt").inc(e.prompt_tokens)
+                if e.completion_tokens:
+                    self.key_tokens.labels(e.key_id, "completion").inc(e.completion_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -77,8 +77,10 @@ class RequestContextMiddleware:
             completion_tokens=state.get("completion_tokens", 0),
             first_token_s=state.get("first_token_s"),
             cache=state.get("cache"),
+            key_id=state.get("key_id") or "-",
         )
         client = scope.get("client")
+        prompt_fields = {k: state[k] for k in ("log_prompt", "log_response") if k in state}  # only with LOG_PROMPTS
         access_log.info(
             "request",
             extra={
@@ -88,10 +90,11 @@ class RequestContextMiddleware:
                 "latency_ms": round(latency * 1000, 2),
                 "model": model,
                 "key_id": state.get("key_id"),
-                "client_ip": client[0] if client else None,
+                "client_ip": state.get("client_ip", client[0] if client else None),  # resolved by the guard
                 "prompt_tokens": event.prompt_tokens,
                 "completion_tokens": event.completion_tokens,
                 "cache": event.cache,
+                **prompt_fields,
             },
         )
         try:

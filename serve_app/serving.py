@@ -18,6 +18,8 @@ from deployments.errors import ContextLengthExceeded, InvalidRequest, ModelNotFo
 from deployments.types import GenerationChunk, GenerationRequest, GenerationResult, SamplingParams, Usage
 from serve_app.cache import ResponseCache, cache_key, wants_cache
 from serve_app.sessions import SessionStore, trim_to_fit
+from serve_app.access_errors import TooManyMessages
+from serve_app.content_filter import ContentPolicy
 from serve_app.settings import Settings
 from serve_app.store import StoreUnavailable
 
@@ -97,6 +99,9 @@ class Generation:
         self.cache = cache  # "hit", "miss" or None (not cacheable)
         self._on_complete = on_complete
         self._done = first is None
+        self.screen = None  # optional output check (content policy), called with each piece of text
+        self.output_text: Optional[str] = None  # kept when the log wants it
+        self.prompt_text: Optional[str] = None
 
     @classmethod
     def replay(cls, entry: ModelEntry, result: GenerationResult) -> "Generation":
@@ -113,6 +118,10 @@ class Generation:
                 if chunk.finish_reason:
                     self.finish_reason, self.usage = chunk.finish_reason, chunk.usage or self.usage
                 parts.append(chunk.text)
+                if self.screen is not None:
+                    self.screen(chunk.text)
+                if self.output_text is not None:
+                    self.output_text += chunk.text
                 yield chunk
                 chunk = await _next(self._rest)
             self._done = True
@@ -142,11 +151,16 @@ class GenerationService:
         self.settings = settings
         self.cache = cache
         self.sessions = sessions
+        self.policy = ContentPolicy.from_settings(settings)
 
     def _check(self, entry: ModelEntry, request: GenerationRequest) -> None:
         if request.prompt is not None:
             size, param = len(request.prompt), "prompt"
         else:
+            if len(request.messages or ()) > self.settings.max_messages:
+                raise TooManyMessages(
+                    f"{len(request.messages)} messages; the limit is {self.settings.max_messages}", param="messages"
+                )
             size, param = sum(len(m["content"]) for m in request.messages or ()), "messages"
         if size > self.settings.max_prompt_length:
             raise PromptTooLong(
@@ -159,6 +173,8 @@ class GenerationService:
                 f"{entry.config.context_length} tokens",
                 param="max_tokens",
             )
+        texts = [request.prompt] if request.prompt is not None else [m["content"] for m in request.messages or ()]
+        self.policy.check_prompt(texts, param)
 
     async def _with_history(self, entry: ModelEntry, options: RequestOptions, messages: list[dict],
                             sampling: SamplingParams) -> tuple[list[dict], OnComplete]:
@@ -192,9 +208,13 @@ class GenerationService:
         messages: Optional[list[dict]] = None,
         key_id: Optional[str] = None,
         options: Optional[RequestOptions] = None,
+        principal: Any = None,  # serve_app.auth.Principal: default model, allowed models
     ) -> Generation:
-        options = options or RequestOptions(endpoint="-", tenant=key_id or "-")
-        entry = self.router.resolve(model)
+        entry = self.router.resolve(model or getattr(principal, "default_model", None))
+        if principal is not None:
+            principal.check_model(entry.name)
+            key_id = key_id or principal.key_id
+        options = options or RequestOptions(endpoint="-", tenant=key_id or "-", owner=key_id or "-")
         callbacks: list[OnComplete] = []
         if options.session_id is not None and messages is not None:
             messages, save = await self._with_history(entry, options, messages, sampling)
@@ -213,7 +233,7 @@ class GenerationService:
                             identity=entry.identity)
             hit = await self.cache.get(key)
             if hit is not None:
-                return Generation.replay(entry, hit)
+                return self._observe(Generation.replay(entry, hit), prompt, messages)
             cache_state = "miss"
 
             async def fill(result: GenerationResult, key: str = key) -> None:
@@ -232,4 +252,14 @@ class GenerationService:
         except BaseException:
             stream.cancel()
             raise
-        return Generation(entry, first, stream, started, tuple(callbacks), cache_state)
+        return self._observe(Generation(entry, first, stream, started, tuple(callbacks), cache_state), prompt, messages)
+
+    def _observe(self, generation: Generation, prompt: Optional[str], messages: Optional[list[dict]]) -> Generation:
+        """Attach the output content screen and, with LOG_PROMPTS, the texts for the access log."""
+        generation.screen = self.policy.output_screen()
+        if self.settings.log_prompts:
+            generation.output_text = ""
+            generation.prompt_text = prompt if prompt is not None else "\n".join(
+                f"{m['role']}: {m['content']}" for m in messages or ()
+            )
+        return generation

@@ -38,9 +38,33 @@ class Settings(BaseSettings):
     session_ttl_s: float = Field(86400, gt=0, description="A chat session expires this long after its last turn.")
     ingress_replicas: int = Field(1, ge=1, description="Ingress replicas (each is one HTTP worker).")
     metrics_flush_s: float = Field(1.0, gt=0, description="How often an ingress replica ships metrics to the hub.")
+    # Security (issue 5). Lists are comma-separated strings so env vars and `args` read alike.
+    rate_limit_per_minute: int = Field(0, ge=0, description="Default requests per minute per stored key; 0: unlimited.")
+    tokens_per_minute: int = Field(0, ge=0, description="Default tokens (prompt+completion) per minute per stored key; 0: unlimited.")
+    ip_allowlist: str = Field("", description="Comma-separated CIDRs allowed to call any route; empty: everyone.")
+    trusted_proxies: str = Field("", description="Comma-separated CIDRs whose X-Forwarded-For is believed.")
+    max_messages: int = Field(256, ge=1, description="Most chat messages in one request.")
+    max_body_bytes: int = Field(1_048_576, ge=1, description="Largest request body (bytes); larger answers 413.")
+    content_filter_terms: str = Field("", description="Comma-separated terms refused in prompts (case-insensitive words).")
+    content_filter_patterns: str = Field("", description="JSON list of regular expressions refused in prompts.")
+    content_filter_output_terms: str = Field("", description="Comma-separated terms refused in model output.")
+    content_filter_output_patterns: str = Field("", description="JSON list of regular expressions refused in model output.")
+    log_prompts: bool = Field(False, description="Log prompts and responses (truncated) in the access log.")
+    log_prompt_chars: int = Field(200, ge=1, description="Characters of prompt/response kept when LOG_PROMPTS is on.")
+    store_failure_mode: Literal["closed", "strict"] = Field(
+        "closed",
+        description="Redis unreachable: `closed` = stored keys answer 503, bootstrap keys keep working (unlimited); "
+        "`strict` = every authenticated request answers 503.",
+    )
 
     def bootstrap_keys(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    def ip_allowlist_list(self) -> list[str]:
+        return _split(self.ip_allowlist)
+
+    def trusted_proxies_list(self) -> list[str]:
+        return _split(self.trusted_proxies)
 
     def resolve(self, value: str) -> Path:
         """A relative path means the working directory if it exists there, else the project root."""
@@ -48,3 +72,7 @@ class Settings(BaseSettings):
         if path.is_absolute() or path.exists():
             return path.resolve()
         return (PROJECT_ROOT / path).resolve()
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]

@@ -34,6 +34,7 @@ class Store(Protocol):
     async def smembers(self, key: str) -> set[str]: ...
     async def ping(self) -> bool: ...
     async def count(self, prefix: str) -> int: ...
+    async def ttl(self, key: str) -> Optional[float]: ...
 
 
 # INCRBY then set the window's expiry once, atomically: concurrent callers see distinct totals.
@@ -107,6 +108,11 @@ class RedisStore:
             return sum([1 async for _ in self.client.scan_iter(match=prefix + "*", count=500)])
 
         return await self._call(scan())
+
+    async def ttl(self, key):
+        """Seconds until the key expires; None when it has no expiry or does not exist."""
+        remaining = int(await self._call(self.client.pttl(key)))
+        return remaining / 1000 if remaining >= 0 else None
 
 
 class MemoryStore:
@@ -185,6 +191,11 @@ class MemoryStore:
 
     async def count(self, prefix):
         return sum(1 for key in list(self._data) if key.startswith(prefix) and self._live(key) is not None)
+
+    async def ttl(self, key):
+        deadline = self._expiry.get(key) if self._live(key) is not None else None
+        return max(0.0, deadline - time.monotonic()) if deadline is not None else None
+
 
 
 def make_store(redis_url: Optional[str], on_error: Callable[[], None] = lambda: None) -> Store:

@@ -27,6 +27,10 @@ def note_usage(request: Request, generation: Generation) -> None:
     request.state.prompt_tokens = generation.usage.prompt_tokens
     request.state.completion_tokens = generation.usage.completion_tokens
     request.state.first_token_s = generation.first_token_s
+    if generation.prompt_text is not None:  # LOG_PROMPTS: truncated copies for the access log
+        limit = request.app.state.settings.log_prompt_chars
+        request.state.log_prompt = generation.prompt_text[:limit]
+        request.state.log_response = (generation.output_text or "")[:limit]
 
 
 def sse_stream(

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from deployments.errors import SessionNotFound
+from serve_app.auth import Principal, require_any_key, require_key
 from serve_app.store import StoreUnavailable
-from serve_app.auth import Principal, require_key
 from serve_app.logs import request_id_var
 from serve_app.protocol.api_v1 import (
     ChatRequest,
@@ -51,7 +51,7 @@ async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], prin
     session_id = getattr(body, "session_id", None)
     generation = await request.app.state.generation.start(
         body.model, request_id_var.get(), body.to_sampling_params(),
-        prompt=prompt, messages=messages, key_id=principal.key_id,
+        prompt=prompt, messages=messages, principal=principal,
         options=request_options(request, principal, endpoint, body.cache, session_id),
     )
     request.state.model = generation.entry.name
@@ -101,11 +101,13 @@ async def delete_session(session_id: str, request: Request, principal: Principal
 
 
 @router.get("/models", response_model=ModelsResponse)
-async def models(request: Request, _: Principal = Depends(require_key)):
+async def models(request: Request, principal: Principal = Depends(require_key)):
     status = request.app.state.model_status
     states = await status.states()
     listing = []
     for name, entry in request.app.state.router.entries.items():
+        if not principal.may_use(name):
+            continue
         state, replicas = states.get(name, ("unknown", 0))
         # Ask a replica for live figures only when one runs: a call would wake a scaled-to-zero model.
         live = await status.replica_info(entry.handle) if state == "ready" else {}
@@ -127,7 +129,7 @@ async def health(request: Request):
 
 
 @router.get("/metrics")
-async def metrics(request: Request, _: Principal = Depends(require_key)):
+async def metrics(request: Request, _: Principal = Depends(require_any_key)):
     body = await request.app.state.metrics.render()
     try:  # a shared figure: read from the store at scrape time
         sessions = await request.app.state.store.count("session:")

@@ -45,7 +45,7 @@ def _dump(model) -> dict:
 async def chat_completions(body: ChatCompletionRequest, request: Request, principal: Principal = Depends(require_key)):
     generation = await request.app.state.generation.start(
         body.model, request_id_var.get(), body.to_sampling_params(),
-        messages=[m.as_dict() for m in body.messages], key_id=principal.key_id,
+        messages=[m.as_dict() for m in body.messages], principal=principal,
         options=request_options(request, principal, "chat.completions", body.cache, body.session_id),
     )
     request.state.model = name = generation.entry.name
@@ -84,7 +84,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, princi
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request, principal: Principal = Depends(require_key)):
     generation = await request.app.state.generation.start(
-        body.model, request_id_var.get(), body.to_sampling_params(), prompt=body.prompt, key_id=principal.key_id,
+        body.model, request_id_var.get(), body.to_sampling_params(), prompt=body.prompt, principal=principal,
         options=request_options(request, principal, "completions", body.cache),
     )
     request.state.model = name = generation.entry.name
@@ -109,12 +109,14 @@ async def completions(body: CompletionRequest, request: Request, principal: Prin
 
 
 @router.get("/models", response_model=ModelList)
-async def list_models(request: Request, _: Principal = Depends(require_key)):
+async def list_models(request: Request, principal: Principal = Depends(require_key)):
     created = request.app.state.started_at
-    return ModelList(data=[ModelCard(id=name, created=created) for name in request.app.state.router.entries])
+    names = principal.allowed_models(request.app.state.router.entries)
+    return ModelList(data=[ModelCard(id=name, created=created) for name in names])
 
 
 @router.get("/models/{model_id}", response_model=ModelCard)
-async def get_model(model_id: str, request: Request, _: Principal = Depends(require_key)):
+async def get_model(model_id: str, request: Request, principal: Principal = Depends(require_key)):
     entry = request.app.state.router.resolve(model_id)
+    principal.check_model(entry.name)
     return ModelCard(id=entry.name, created=request.app.state.started_at)

@@ -1,0 +1,106 @@
+"""Request guard (pure ASGI, inside the request-context middleware so its errors carry the id).
+
+Before the app: resolve the client address (X-Forwarded-For only from TRUSTED_PROXIES),
+apply the global IP allowlist (403), refuse bodies over MAX_BODY_BYTES (413) before any
+parsing, chunked bodies included. On the way out: `X-Content-Type-Options: nosniff` and the
+key's x-ratelimit-* headers on every response, and, before the last body byte leaves, the
+key's usage and real token count are recorded (so the next request sees them).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from serve_app.access_errors import AddressNotAllowed, BodyTooLarge
+from serve_app.errors import error_response
+from serve_app.netguard import allowed, client_address, parse_networks
+
+logger = logging.getLogger("aicore.guard")
+
+
+def _header(scope, name: bytes) -> Optional[str]:
+    values = [v.decode("latin-1") for k, v in scope.get("headers", []) if k == name]
+    return ",".join(values) if values else None
+
+
+class GuardMiddleware:
+    def __init__(self, app, settings: Any, keys: Any, limiter: Any):
+        self.app = app
+        self.allowlist = parse_networks(settings.ip_allowlist_list())
+        self.trusted = parse_networks(settings.trusted_proxies_list())
+        self.max_body = settings.max_body_bytes
+        self.keys = keys
+        self.limiter = limiter
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = scope.setdefault("state", {})
+        status = {"code": 500}
+
+        async def guarded_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-content-type-options"]
+                headers.append((b"x-content-type-options", b"nosniff"))
+                for name, value in (state.get("ratelimit_headers") or {}).items():
+                    headers.append((name.encode(), value.encode()))
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                await self._account(state, status["code"])
+            await send(message)
+
+        peer = scope.get("client")
+        address = client_address(peer[0] if peer else None, _header(scope, b"x-forwarded-for"), self.trusted)
+        state["client_ip"] = str(address) if address else None
+        if not allowed(address, self.allowlist):
+            error = AddressNotAllowed("this address may not use the API")
+            return await error_response(error)(scope, receive, guarded_send)
+        try:
+            receive = await self._bounded_body(scope, receive)
+        except BodyTooLarge as error:
+            return await error_response(error)(scope, receive, guarded_send)
+        await self.app(scope, receive, guarded_send)
+
+    async def _bounded_body(self, scope, receive):
+        """Read the whole body up front (it is small by construction) and replay it to the app."""
+        length = _header(scope, b"content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self.max_body:
+            raise BodyTooLarge(f"request body of {int(length)} bytes exceeds the limit of {self.max_body}")
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE") and length is None:
+            return receive
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                chunks = None
+                first = message
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_body:
+                raise BodyTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        if chunks is None:  # disconnected while sending: hand that on
+            replay = [first]
+        else:
+            replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replayed():
+            return replay.pop(0) if replay else await receive()
+
+        return replayed
+
+    async def _account(self, state: dict, status: int) -> None:
+        key_id, principal = state.get("key_id"), state.get("principal")
+        if not key_id or principal is None:
+            return
+        prompt, completion = state.get("prompt_tokens", 0), state.get("completion_tokens", 0)
+        try:
+            limits = state.get("limits")
+            if limits is not None:
+                await self.limiter.add_tokens(key_id, limits, prompt + completion)
+            await self.keys.record_usage(key_id, status, prompt, completion)
+        except Exception as error:  # the answer is already on its way: never fail it here
+            logger.warning("could not record usage for %s: %s", key_id, type(error).__name__)

@@ -1,0 +1,152 @@
+"""Managed API keys: create, list, update, rotate, revoke, look up, count usage. No HTTP here.
+
+Stored through the shared store (Redis or one process's memory):
+  aicore:key:<id>        the record as JSON (with the SHA-256 of the key, never the key)
+  aicore:keyhash:<sha>   -> id, to find a presented key's record
+  aicore:keys            set of ids
+  aicore:usage:<id>      hash of counters: requests, errors, prompt_tokens, completion_tokens, last_used_at
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from typing import Iterable, Optional
+
+from deployments.errors import InvalidRequest
+from serve_app.access_errors import KeyNotFound
+from serve_app.protocol.keys import KeyCreate, KeyCreated, KeyUpdate, KeyUsage, KeyView
+from serve_app.store import Store
+
+KEY_PREFIX = "aic-"
+_RECORD, _BY_HASH, _IDS, _USAGE = "aicore:key:", "aicore:keyhash:", "aicore:keys", "aicore:usage:"
+
+
+def hash_key(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class StoredKey(KeyView):
+    hash: str
+
+    def view(self) -> KeyView:
+        return KeyView(**self.model_dump(exclude={"hash"}))
+
+
+class KeyService:
+    def __init__(self, store: Store, model_names: Iterable[str]):
+        self.store = store
+        self.model_names = set(model_names)
+
+    # -- administration -------------------------------------------------------------------
+    async def create(self, spec: KeyCreate) -> KeyCreated:
+        self._check_models(spec.models, spec.default_model)
+        now = int(time.time())
+        key, key_id = KEY_PREFIX + secrets.token_urlsafe(32), "key-" + secrets.token_hex(8)
+        fields = spec.model_dump(exclude={"expires_in_s"})
+        if spec.expires_in_s:
+            fields["expires_at"] = now + spec.expires_in_s
+        record = StoredKey(id=key_id, key_prefix=key[:8], created_at=now, hash=hash_key(key), **fields)
+        await self._save(record)
+        await self.store.set(_BY_HASH + record.hash, key_id)
+        await self.store.sadd(_IDS, key_id)
+        return KeyCreated(key=key, **record.view().model_dump())
+
+    async def list(self) -> list[KeyView]:
+        ids = sorted(await self.store.smembers(_IDS))
+        records = [await self._load(key_id) for key_id in ids]
+        return sorted((r.view() for r in records if r), key=lambda r: r.created_at)
+
+    async def get(self, key_id: str) -> KeyView:
+        return (await self._require(key_id)).view()
+
+    async def update(self, key_id: str, patch: KeyUpdate) -> KeyView:
+        record = await self._require(key_id)
+        changes = patch.model_dump(include=patch.model_fields_set)
+        for required in ("name", "scopes", "ip_allowlist", "enabled"):
+            if required in changes and changes[required] is None:
+                raise InvalidRequest(f"{required} cannot be null", param=required)
+        updated = record.model_copy(update=changes)
+        self._check_models(updated.models, updated.default_model)
+        await self._save(updated)
+        return updated.view()
+
+    async def revoke(self, key_id: str) -> KeyView:
+        record = await self._require(key_id)
+        if record.revoked_at is None:
+            record = record.model_copy(update={"revoked_at": int(time.time()), "enabled": False})
+            await self._save(record)
+        return record.view()
+
+    async def rotate(self, key_id: str) -> KeyCreated:
+        """A new secret for the same id and settings; the old secret stops working at once."""
+        record = await self._require(key_id)
+        if record.revoked_at is not None:
+            raise InvalidRequest(f"key {key_id!r} is revoked and cannot be rotated", param="id", code="key_revoked")
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        old_hash = record.hash
+        record = record.model_copy(update={"hash": hash_key(key), "key_prefix": key[:8]})
+        await self._save(record)
+        await self.store.set(_BY_HASH + record.hash, key_id)
+        await self.store.delete(_BY_HASH + old_hash)
+        return KeyCreated(key=key, **record.view().model_dump())
+
+    # -- authentication -------------------------------------------------------------------
+    async def lookup(self, key: str) -> Optional[StoredKey]:
+        digest = hash_key(key)
+        key_id = await self.store.get(_BY_HASH + digest)
+        record = await self._load(key_id) if key_id else None
+        if record is None or not hmac.compare_digest(record.hash, digest):
+            return None
+        return record
+
+    # -- usage ----------------------------------------------------------------------------
+    async def record_usage(self, key_id: str, status: int, prompt_tokens: int, completion_tokens: int) -> None:
+        name = _USAGE + key_id
+        await self.store.hincrby(name, "requests", 1)
+        if status >= 400:
+            await self.store.hincrby(name, "errors", 1)
+        if prompt_tokens:
+            await self.store.hincrby(name, "prompt_tokens", prompt_tokens)
+        if completion_tokens:
+            await self.store.hincrby(name, "completion_tokens", completion_tokens)
+        await self.store.hset(name, {"last_used_at": str(int(time.time()))})
+
+    async def usage(self, key_id: str, known: bool = False) -> KeyUsage:
+        if not known:
+            await self._require(key_id)
+        counters = await self.store.hgetall(_USAGE + key_id)
+        numbers = {k: int(v) for k, v in counters.items() if k != "last_used_at"}
+        last = counters.get("last_used_at")
+        return KeyUsage(
+            id=key_id, **numbers, total_tokens=numbers.get("prompt_tokens", 0) + numbers.get("completion_tokens", 0),
+            last_used_at=int(last) if last else None,
+        )
+
+    # -- internals ------------------------------------------------------------------------
+    def _check_models(self, models: Optional[list[str]], default_model: Optional[str]) -> None:
+        for name in models or ():
+            if name not in self.model_names:
+                raise InvalidRequest(f"model {name!r} does not exist", param="models", code="model_not_found")
+        if default_model is not None:
+            if default_model not in self.model_names:
+                raise InvalidRequest(f"model {default_model!r} does not exist", param="default_model",
+                                     code="model_not_found")
+            if models is not None and default_model not in models:
+                raise InvalidRequest("default_model must be one of models", param="default_model")
+
+    async def _save(self, record: StoredKey) -> None:
+        await self.store.set(_RECORD + record.id, record.model_dump_json())
+
+    async def _load(self, key_id: str) -> Optional[StoredKey]:
+        raw = await self.store.get(_RECORD + key_id)
+        return StoredKey.model_validate_json(raw) if raw else None
+
+    async def _require(self, key_id: str) -> StoredKey:
+        record = await self._load(key_id)
+        if record is None:
+            raise KeyNotFound(f"no API key with id {key_id!r}", param="id")
+        return record

@@ -1,0 +1,107 @@
+"""Command-line key management through the admin API (works with Redis or the in-memory store).
+
+    python -m serve_app.keys_cli create --name telegram-bot --scopes inference --rpm 60
+    python -m serve_app.keys_cli list
+    python -m serve_app.keys_cli show KEY_ID | usage KEY_ID | rotate KEY_ID | revoke KEY_ID
+    python -m serve_app.keys_cli update KEY_ID --disable --models smollm2-135m-instruct
+
+The server is AICORE_URL (default http://127.0.0.1:8000); the admin key is AICORE_ADMIN_KEY
+(a bootstrap key from API_KEYS, or a managed key with the admin scope). Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Optional
+
+
+def _call(base: str, admin_key: str, method: str, path: str, body: Optional[dict] = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        base.rstrip("/") + "/api/v1/keys" + path, data=data, method=method,
+        headers={"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def _csv(value: Optional[str]) -> Optional[list[str]]:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _fields(args: argparse.Namespace) -> dict:
+    fields = {
+        "name": args.name, "owner": args.owner, "scopes": _csv(args.scopes), "models": _csv(args.models),
+        "default_model": args.default_model, "rate_limit_per_minute": args.rpm, "tokens_per_minute": args.tpm,
+        "ip_allowlist": _csv(args.ip_allowlist), "expires_at": args.expires_at,
+    }
+    if getattr(args, "expires_in_s", None) is not None:
+        fields["expires_in_s"] = args.expires_in_s
+    if args.enable or args.disable:
+        fields["enabled"] = bool(args.enable)
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serve_app.keys_cli", description="Manage AI Core API keys.")
+    parser.add_argument("--url", default=os.environ.get("AICORE_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--admin-key", default=os.environ.get("AICORE_ADMIN_KEY"),
+                        help="default: $AICORE_ADMIN_KEY")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("create", "update"):
+        sub = commands.add_parser(name)
+        if name == "update":
+            sub.add_argument("id")
+        sub.add_argument("--name", required=name == "create")
+        sub.add_argument("--owner")
+        sub.add_argument("--scopes", help="comma-separated: inference,admin")
+        sub.add_argument("--models", help="comma-separated model names (default: all)")
+        sub.add_argument("--default-model")
+        sub.add_argument("--rpm", type=int, help="requests per minute (0: unlimited)")
+        sub.add_argument("--tpm", type=int, help="tokens per minute (0: unlimited)")
+        sub.add_argument("--ip-allowlist", help="comma-separated CIDRs")
+        sub.add_argument("--expires-at", type=int, help="unix time")
+        if name == "create":
+            sub.add_argument("--expires-in-s", type=int)
+        sub.add_argument("--enable", action="store_true")
+        sub.add_argument("--disable", action="store_true")
+    commands.add_parser("list")
+    for name in ("show", "usage", "rotate", "revoke"):
+        commands.add_parser(name).add_argument("id")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if not args.admin_key:
+        print("an admin key is needed: --admin-key or AICORE_ADMIN_KEY", file=sys.stderr)
+        return 2
+    routes = {
+        "create": lambda: ("POST", "", _fields(args)),
+        "update": lambda: ("PATCH", f"/{args.id}", _fields(args)),
+        "list": lambda: ("GET", "", None),
+        "show": lambda: ("GET", f"/{args.id}", None),
+        "usage": lambda: ("GET", f"/{args.id}/usage", None),
+        "rotate": lambda: ("POST", f"/{args.id}/rotate", None),
+        "revoke": lambda: ("DELETE", f"/{args.id}", None),
+    }
+    method, path, body = routes[args.command]()
+    try:
+        status, payload = _call(args.url, args.admin_key, method, path, body)
+    except (urllib.error.URLError, OSError) as error:
+        print(f"cannot reach {args.url}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(payload, indent=2))
+    return 0 if status < 400 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Wire types of the key-management API (`/api/v1/keys`)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serve_app.netguard import parse_networks
+
+Scope = Literal["inference", "admin"]
+
+
+class _KeyFields(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @field_validator("ip_allowlist", check_fields=False)
+    @classmethod
+    def _cidrs(cls, value):
+        if value is not None:
+            parse_networks(value)
+        return value
+
+
+class KeyCreate(_KeyFields):
+    name: str = Field(min_length=1, max_length=100, description="What the key is for, e.g. 'telegram-bot'.")
+    owner: Optional[str] = Field(None, max_length=100, description="Who is responsible for it.")
+    scopes: list[Scope] = Field(["inference"], min_length=1, description="`inference` and/or `admin`.")
+    models: Optional[list[str]] = Field(None, description="Models the key may use; omitted: all.")
+    default_model: Optional[str] = Field(None, description="Model used when a request names none.")
+    rate_limit_per_minute: Optional[int] = Field(None, ge=0, description="Requests per minute; omitted: RATE_LIMIT_PER_MINUTE; 0: unlimited.")
+    tokens_per_minute: Optional[int] = Field(None, ge=0, description="Tokens per minute; omitted: TOKENS_PER_MINUTE; 0: unlimited.")
+    ip_allowlist: list[str] = Field([], description="CIDRs (IPv4/IPv6) the key may be used from; empty: anywhere.")
+    expires_at: Optional[int] = Field(None, description="Unix time after which the key stops working.")
+    expires_in_s: Optional[int] = Field(None, gt=0, description="Alternative to expires_at: seconds from now.")
+    enabled: bool = True
+
+
+class KeyUpdate(_KeyFields):
+    """Only the fields sent are changed; `null` clears an optional field."""
+
+    name: Optional[str] = Field(None, min_length=1, max_length=100)
+    owner: Optional[str] = Field(None, max_length=100)
+    scopes: Optional[list[Scope]] = Field(None, min_length=1)
+    models: Optional[list[str]] = None
+    default_model: Optional[str] = None
+    rate_limit_per_minute: Optional[int] = Field(None, ge=0)
+    tokens_per_minute: Optional[int] = Field(None, ge=0)
+    ip_allowlist: Optional[list[str]] = None
+    expires_at: Optional[int] = None
+    enabled: Optional[bool] = None
+
+
+class KeyView(BaseModel):
+    """A key as stored, without its secret (only its first characters, to recognise it)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str
+    object: Literal["api_key"] = "api_key"
+    name: str
+    owner: Optional[str] = None
+    key_prefix: str
+    scopes: list[Scope]
+    models: Optional[list[str]] = None
+    default_model: Optional[str] = None
+    rate_limit_per_minute: Optional[int] = None
+    tokens_per_minute: Optional[int] = None
+    ip_allowlist: list[str] = []
+    expires_at: Optional[int] = None
+    enabled: bool = True
+    created_at: int
+    revoked_at: Optional[int] = None
+
+
+class KeyCreated(KeyView):
+    key: str = Field(description="The secret: shown only in this response.")
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyView]
+
+
+class KeyUsage(BaseModel):
+    id: str
+    object: Literal["api_key.usage"] = "api_key.usage"
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    last_used_at: Optional[int] = None

@@ -1,0 +1,51 @@
+"""HTTP routes of key management (`/api/v1/keys`, admin scope); the logic lives in serve_app/keys.py."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from serve_app.auth import require_admin
+from serve_app.protocol.keys import KeyCreate, KeyCreated, KeyList, KeyUpdate, KeyUsage, KeyView
+
+router = APIRouter(prefix="/api/v1/keys", dependencies=[Depends(require_admin)])
+
+
+def _keys(request: Request):
+    return request.app.state.keys
+
+
+@router.post("", response_model=KeyCreated, status_code=201)
+async def create_key(body: KeyCreate, request: Request):
+    return await _keys(request).create(body)
+
+
+@router.get("", response_model=KeyList)
+async def list_keys(request: Request):
+    return KeyList(data=await _keys(request).list())
+
+
+@router.get("/{key_id}", response_model=KeyView)
+async def get_key(key_id: str, request: Request):
+    return await _keys(request).get(key_id)
+
+
+@router.patch("/{key_id}", response_model=KeyView)
+async def update_key(key_id: str, body: KeyUpdate, request: Request):
+    return await _keys(request).update(key_id, body)
+
+
+@router.delete("/{key_id}", response_model=KeyView)
+async def revoke_key(key_id: str, request: Request):
+    return await _keys(request).revoke(key_id)
+
+
+@router.post("/{key_id}/rotate", response_model=KeyCreated)
+async def rotate_key(key_id: str, request: Request):
+    return await _keys(request).rotate(key_id)
+
+
+@router.get("/{key_id}/usage", response_model=KeyUsage)
+async def key_usage(key_id: str, request: Request):
+    bootstrap = key_id in request.app.state.auth.bootstrap_ids
+    return await _keys(request).usage(key_id, known=bootstrap)
+

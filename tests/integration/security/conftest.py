@@ -1,0 +1,126 @@
+"""One `serve run` for the security tests: SmolLM2 only, two ingress replicas, its own Redis.
+
+Package-scoped: it stops when this package's tests end, before the other integration tests run.
+
+The Redis is private to this server (started and stopped here) so that one test can stop
+it to check the store-down behaviour. Clients reach the server from 127.0.0.1 (a trusted
+proxy here) or, by binding their source address, from 127.0.0.2 (not trusted).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from scripts.serve_process import ROOT, ServeProcess, free_port
+
+ADMIN_KEY = "sec-admin-bootstrap-key"
+MODEL = "smollm2-135m-instruct"
+MAX_BODY_BYTES = 20000
+MAX_MESSAGES = 8
+MAX_PROMPT_LENGTH = 4000
+PROMPT_TERM = "forbiddenword"
+OUTPUT_TERM = "zebra"
+GLOBAL_ALLOWLIST = "127.0.0.0/8,::1/128,10.0.0.0/8,2001:db8::/32"
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+
+    def start(self) -> "RedisServer":
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed (scripts/test.sh installs it)")
+        self.proc = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    return self
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="package")
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def _one_model_file() -> Path:
+    data = json.loads((ROOT / "models.json").read_text())
+    data["models"] = {MODEL: data["models"][MODEL]}
+    path = Path(tempfile.mkdtemp(prefix="aicore-sec-")) / "models.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture(scope="package")
+def sec_server(redis_server):
+    env = {
+        "API_KEYS": ADMIN_KEY,
+        "REDIS_URL": redis_server.url,
+        "INGRESS_REPLICAS": "2",
+        "LOG_FORMAT": "text",
+        "LOG_PROMPTS": "1",
+        "TRUSTED_PROXIES": "127.0.0.1/32",
+        "IP_ALLOWLIST": GLOBAL_ALLOWLIST,
+        "MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        "MAX_MESSAGES": str(MAX_MESSAGES),
+        "MAX_PROMPT_LENGTH": str(MAX_PROMPT_LENGTH),
+        "CONTENT_FILTER_TERMS": PROMPT_TERM,
+        "CONTENT_FILTER_PATTERNS": json.dumps([r"secret-\d{4}"]),
+        "CONTENT_FILTER_OUTPUT_TERMS": OUTPUT_TERM,
+        "METRICS_FLUSH_S": "0.5",
+    }
+    process = ServeProcess(env=env, args={"model_config_path": str(_one_model_file())})
+    process.start(ready_models=(MODEL,))
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="package")
+def url(sec_server):
+    return sec_server.base_url
+
+
+@pytest.fixture
+def admin(url):
+    with httpx.Client(base_url=url, headers={"X-API-Key": ADMIN_KEY}, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture
+def make_key(admin):
+    def make(**fields) -> dict:
+        r = admin.post("/api/v1/keys", json={"name": "test", **fields})
+        assert r.status_code == 201, r.text
+        return r.json()
+    return make
+
+
+def from_address(url: str, source: str, **kwargs) -> httpx.Client:
+    """A client whose connections leave from `source` (127.0.0.2 is a peer the server does not trust)."""
+    return httpx.Client(base_url=url, transport=httpx.HTTPTransport(local_address=source), timeout=120, **kwargs)

@@ -1,0 +1,176 @@
+"""Every route against every way a key can be refused, over a real serve run with real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.integration.security.conftest import ADMIN_KEY, MODEL, from_address
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+INFERENCE = [
+    ("GET", "/api/v1/models", None),
+    ("POST", "/api/v1/generate", {"prompt": "hi", "max_tokens": 2, "model": MODEL}),
+    ("POST", "/api/v1/chat", {**CHAT, "model": MODEL}),
+    ("GET", "/v1/models", None),
+    ("GET", f"/v1/models/{MODEL}", None),
+    ("POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2, "model": MODEL}),
+    ("POST", "/v1/chat/completions", {**CHAT, "model": MODEL}),
+]
+ADMIN = [
+    ("GET", "/api/v1/keys", None),
+    ("POST", "/api/v1/keys", {"name": "made-by-test"}),
+    ("GET", "/api/v1/keys/{id}", None),
+    ("PATCH", "/api/v1/keys/{id}", {"owner": "someone"}),
+    ("DELETE", "/api/v1/keys/{id}", None),
+    ("POST", "/api/v1/keys/{id}/rotate", None),
+    ("GET", "/api/v1/keys/{id}/usage", None),
+]
+ANY_SCOPE = [("GET", "/api/v1/metrics", None)]
+ALL = INFERENCE + ADMIN + ANY_SCOPE
+MODEL_ROUTES = [r for r in INFERENCE if r[2] is not None or r[1].endswith(MODEL)]
+ids = lambda routes: [f"{m} {p}" for m, p, _ in routes]  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def keys(url):
+    with httpx.Client(base_url=url, headers={"X-API-Key": ADMIN_KEY}, timeout=60) as admin:
+        def make(**fields):
+            r = admin.post("/api/v1/keys", json={"name": "access-test", **fields})
+            assert r.status_code == 201, r.text
+            return r.json()
+
+        made = {
+            "full": make(scopes=["inference", "admin"]),
+            "inference": make(scopes=["inference"]),
+            "admin_only": make(scopes=["admin"]),
+            "revoked": make(scopes=["inference", "admin"]),
+            "disabled": make(scopes=["inference", "admin"], enabled=False),
+            "expired": make(scopes=["inference", "admin"], expires_at=int(time.time()) - 5),
+            "no_models": make(models=[]),
+            "v6_only": make(scopes=["inference", "admin"], ip_allowlist=["2001:db8:1::/48"]),
+            "v4_only": make(scopes=["inference", "admin"], ip_allowlist=["127.0.0.2/32"]),
+            "target": make(),
+        }
+        assert admin.delete(f"/api/v1/keys/{made['revoked']['id']}").json()["revoked_at"] is not None
+        return made
+
+
+def _path(path: str, url: str) -> str:
+    if "{id}" not in path:
+        return path
+    with httpx.Client(base_url=url, headers={"X-API-Key": ADMIN_KEY}, timeout=60) as admin:
+        return path.replace("{id}", admin.post("/api/v1/keys", json={"name": "target"}).json()["id"])
+
+
+def _error(r: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    error = r.json()["error"]
+    assert error["message"] and error["request_id"] == r.headers["x-request-id"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+def _call(client: httpx.Client, method: str, path: str, body, key=None, **headers):
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    return client.request(method, path, json=body, headers=headers)
+
+
+@pytest.mark.parametrize("method,path,body", ALL, ids=ids(ALL))
+def test_every_route_refuses_bad_keys(url, keys, method, path, body):
+    path = _path(path, url)
+    with httpx.Client(base_url=url, timeout=60) as c:
+        assert _error(_call(c, method, path, body), 401)["type"] == "authentication_error"
+        assert _error(_call(c, method, path, body, key="aic-not-a-real-key"), 401, "invalid_api_key")
+        assert _error(_call(c, method, path, body, key=keys["revoked"]["key"]), 401, "key_revoked")
+        assert _error(_call(c, method, path, body, key=keys["disabled"]["key"]), 401, "key_disabled")
+        assert _error(_call(c, method, path, body, key=keys["expired"]["key"]), 401, "key_expired")
+
+
+@pytest.mark.parametrize("method,path,body", ALL, ids=ids(ALL))
+def test_every_route_refuses_addresses_outside_the_key_allowlist(url, keys, method, path, body):
+    path = _path(path, url)
+    with httpx.Client(base_url=url, timeout=60) as c:  # from 127.0.0.1, which the v6 key does not allow
+        assert _error(_call(c, method, path, body, key=keys["v6_only"]["key"]), 403, "ip_not_allowed")["type"] \
+            == "permission_error"
+        assert _error(_call(c, method, path, body, key=keys["v4_only"]["key"]), 403, "ip_not_allowed")
+        # IPv6 client behind the trusted proxy 127.0.0.1, but outside the key's /48
+        r = _call(c, method, path, body, key=keys["v6_only"]["key"], **{"X-Forwarded-For": "2001:db8:2::5"})
+        _error(r, 403, "ip_not_allowed")
+    with from_address(url, "127.0.0.2") as c:  # untrusted peer: its X-Forwarded-For is ignored
+        r = _call(c, method, path, body, key=keys["v6_only"]["key"], **{"X-Forwarded-For": "2001:db8:1::5"})
+        _error(r, 403, "ip_not_allowed")
+
+
+@pytest.mark.parametrize("method,path,body", ALL, ids=ids(ALL))
+def test_every_route_accepts_keys_from_allowed_addresses(url, keys, method, path, body):
+    with httpx.Client(base_url=url, timeout=120) as c:
+        r = _call(c, method, _path(path, url), body, key=keys["v6_only"]["key"], **{"X-Forwarded-For": "2001:db8:1::5"})
+        assert r.status_code in (200, 201), r.text
+        r = _call(c, method, _path(path, url), body, key=keys["full"]["key"])
+        assert r.status_code in (200, 201), r.text
+        assert r.headers["x-content-type-options"] == "nosniff"
+    with from_address(url, "127.0.0.2") as c:
+        r = _call(c, method, _path(path, url), body, key=keys["v4_only"]["key"])
+        assert r.status_code in (200, 201), r.text
+
+
+@pytest.mark.parametrize("method,path,body", ALL, ids=ids(ALL))
+def test_global_allowlist_applies_to_every_route(url, keys, method, path, body):
+    path = _path(path, url)
+    with httpx.Client(base_url=url, timeout=60) as c:
+        r = _call(c, method, path, body, key=ADMIN_KEY, **{"X-Forwarded-For": "192.0.2.7"})
+        _error(r, 403, "ip_not_allowed")
+        r = _call(c, method, path, body, key=ADMIN_KEY, **{"X-Forwarded-For": "2001:db9::1"})
+        _error(r, 403, "ip_not_allowed")
+
+
+def test_global_allowlist_covers_health(url):
+    r = httpx.get(url + "/api/v1/health", headers={"X-Forwarded-For": "192.0.2.7"}, timeout=60)
+    _error(r, 403, "ip_not_allowed")
+    assert httpx.get(url + "/api/v1/health", headers={"X-Forwarded-For": "10.1.2.3"}, timeout=60).status_code == 200
+
+
+@pytest.mark.parametrize("method,path,body", INFERENCE, ids=ids(INFERENCE))
+def test_inference_routes_need_the_inference_scope(url, keys, method, path, body):
+    with httpx.Client(base_url=url, timeout=60) as c:
+        error = _error(_call(c, method, path, body, key=keys["admin_only"]["key"]), 403, "insufficient_scope")
+        assert error["type"] == "permission_error" and "inference" in error["message"]
+
+
+@pytest.mark.parametrize("method,path,body", ADMIN, ids=ids(ADMIN))
+def test_admin_routes_need_the_admin_scope(url, keys, method, path, body):
+    with httpx.Client(base_url=url, timeout=60) as c:
+        error = _error(_call(c, method, _path(path, url), body, key=keys["inference"]["key"]), 403,
+                       "insufficient_scope")
+        assert "admin" in error["message"]
+
+
+def test_metrics_take_either_scope(url, keys):
+    for name in ("inference", "admin_only"):
+        r = httpx.get(url + "/api/v1/metrics", headers={"X-API-Key": keys[name]["key"]}, timeout=60)
+        assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("method,path,body", MODEL_ROUTES, ids=ids(MODEL_ROUTES))
+def test_model_not_allowed_is_403(url, keys, method, path, body):
+    with httpx.Client(base_url=url, timeout=60) as c:
+        error = _error(_call(c, method, path, body, key=keys["no_models"]["key"]), 403, "model_not_allowed")
+        assert MODEL in error["message"] and error["param"] == "model"
+        if body is not None:  # the default model is refused the same way
+            body = {k: v for k, v in body.items() if k != "model"}
+            _error(_call(c, method, path, body, key=keys["no_models"]["key"]), 403, "model_not_allowed")
+
+
+def test_model_listings_show_only_allowed_models(url, keys):
+    headers = {"X-API-Key": keys["no_models"]["key"]}
+    assert httpx.get(url + "/v1/models", headers=headers, timeout=60).json()["data"] == []
+    assert httpx.get(url + "/api/v1/models", headers=headers, timeout=60).json()["models"] == []
+    headers = {"X-API-Key": keys["inference"]["key"]}
+    assert [m["id"] for m in httpx.get(url + "/v1/models", headers=headers, timeout=60).json()["data"]] == [MODEL]

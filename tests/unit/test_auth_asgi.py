@@ -1,0 +1,69 @@
+"""The HTTP surface of keys in-process (no Ray): the memory store, and STORE_FAILURE_MODE with Redis down.
+
+Model handles are never called here (only listings), so a router without handles suffices;
+the real app with real models and Redis is tested in tests/integration/security.
+"""
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployments.config import load_models_file
+from scripts.serve_process import free_port
+from serve_app.app import create_app
+from serve_app.serving import ModelEntry, ModelRouter
+from serve_app.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+BOOT = "unit-boot-key"
+
+
+class _Status:
+    async def states(self):
+        return {}
+
+
+def _app(**settings):
+    models = load_models_file(ROOT / "models.json").models
+    router = ModelRouter({n: ModelEntry(n, c, None) for n, c in models.items()}, next(iter(models)))
+    return create_app(Settings(api_keys=BOOT, **settings), router, None, _Status())
+
+
+def _run(app, scenario, client_ip="127.0.0.1"):
+    async def main():
+        transport = httpx.ASGITransport(app=app, client=(client_ip, 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            await scenario(client)
+    asyncio.run(main())
+
+
+def test_memory_store_keys_limits_and_revocation():
+    async def scenario(c):
+        boot = {"X-API-Key": BOOT}
+        made = (await c.post("/api/v1/keys", headers=boot, json={"name": "m", "rate_limit_per_minute": 2})).json()
+        key = {"Authorization": f"Bearer {made['key']}"}
+        first = await c.get("/v1/models", headers=key)
+        assert first.status_code == 200 and first.headers["x-ratelimit-remaining-requests"] == "1"
+        assert (await c.get("/v1/models", headers=key)).status_code == 200
+        third = await c.get("/v1/models", headers=key)
+        assert third.status_code == 429 and third.json()["error"]["type"] == "requests"
+        assert (await c.delete(f"/api/v1/keys/{made['id']}", headers=boot)).status_code == 200
+        assert (await c.get("/v1/models", headers=key)).json()["error"]["code"] == "key_revoked"
+        usage = (await c.get(f"/api/v1/keys/{made['id']}/usage", headers=boot)).json()
+        assert usage["requests"] == 3 and usage["errors"] == 1
+    _run(_app(), scenario)
+
+
+@pytest.mark.parametrize("mode,boot_status", [("closed", 200), ("strict", 503)])
+def test_redis_down_follows_store_failure_mode(mode, boot_status):
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+
+    async def scenario(c):
+        r = await c.get("/v1/models", headers={"X-API-Key": BOOT})
+        assert r.status_code == boot_status, r.text
+        r = await c.get("/v1/models", headers={"X-API-Key": "aic-some-managed-key"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+        assert (await c.get("/v1/models")).status_code == 401
+    _run(_app(redis_url=dead, store_failure_mode=mode), scenario)
