@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from deployments.errors import AuthenticationFailed
 
@@ -29,16 +30,20 @@ class KeyStore:
         self._hashes = [hash_key(k) for k in bootstrap_keys]
         self.header = header
 
-    def _presented(self, request: Request) -> Optional[str]:
+    def _presented(self, request: HTTPConnection) -> Optional[str]:
         key = request.headers.get(self.header)
         if key:
             return key.strip()
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
-    def authenticate(self, request: Request) -> Principal:
-        key = self._presented(request)
-        if key is None:
+    def authenticate(self, request: HTTPConnection) -> Principal:
+        """The key in the request's headers (HTTP request or WebSocket handshake)."""
+        return self.check(self._presented(request))
+
+    def check(self, key: Optional[str]) -> Principal:
+        """A key presented some other way (a WebSocket message, the Telegram bot's configured key)."""
+        if not key:
             raise AuthenticationFailed(
                 f"missing API key: send it in the {self.header} header or as 'Authorization: Bearer <key>'"
             )

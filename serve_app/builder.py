@@ -14,6 +14,7 @@ from ray.serve.config import AutoscalingConfig as RayAutoscaling
 
 from deployments.config import ModelConfig, ModelsFile, load_models_file
 from deployments.model_deployment import ModelDeployment, ReplicaContext
+from serve_app.chat_history import ChatHistoryHub
 from serve_app.ingress import Ingress
 from serve_app.logs import configure_logging
 from serve_app.metrics import MetricsHub
@@ -90,6 +91,7 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         for name, config in models.models.items()
     }
     hub = serve.deployment(MetricsHub, name="metrics-hub", num_replicas=1, ray_actor_options={"num_cpus": 0.01})
+    chats = serve.deployment(ChatHistoryHub, name="chat-history", num_replicas=1, ray_actor_options={"num_cpus": 0.01})
     ingress = serve.deployment(
         Ingress,
         name="ingress",
@@ -104,4 +106,5 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         {name: deployment_name(name) for name in models.models},
         default_model,
         hub.bind(),
+        chats.bind(settings.telegram_history_chats, settings.telegram_history_messages, settings.telegram_history_ttl_s),
     )

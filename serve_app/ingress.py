@@ -24,6 +24,7 @@ class Ingress:
         deployment_names: dict[str, str],
         default_model: str,
         metrics_hub: Any,
+        chat_hub: Any = None,
     ):
         configure_logging(settings.log_level, settings.log_format)
         entries = {name: ModelEntry(name, models[name], handles[name]) for name in models}
@@ -33,6 +34,7 @@ class Ingress:
             ModelRouter(entries, default_model),
             metrics_hub,
             ModelStatus(app_name, deployment_names),
+            chat_hub,
         )
 
     def __serve_build_asgi_app__(self):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from datetime import datetime, timezone
 from typing import Optional, Union
 
 from fastapi import APIRouter, Depends, Request
@@ -19,24 +17,10 @@ from serve_app.protocol.api_v1 import (
     ModelInfo,
     ModelsResponse,
 )
-from serve_app.serving import Generation
+from serve_app.replies import generate_response, summary
 from serve_app.streaming import note_usage, sse_stream
 
 router = APIRouter(prefix="/api/v1")
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _summary(generation: Generation, text: str) -> dict:
-    return {
-        "response": text,
-        "model": generation.entry.name,
-        "tokens_used": generation.usage.total_tokens,
-        "processing_time": round(time.monotonic() - generation.started, 4),
-        "timestamp": _now_iso(),
-    }
 
 
 async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], principal: Principal,
@@ -52,19 +36,19 @@ async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], prin
             request,
             generation,
             on_chunk=lambda c: [{"response": c.text, "model": name, "done": False}] if c.text else [],
-            on_end=lambda g: [{**_summary(g, ""), "done": True, "finish_reason": g.finish_reason}],
+            on_end=lambda g: [{**summary(g, ""), "done": True, "finish_reason": g.finish_reason}],
         )
     result = await generation.collect()
     note_usage(request, generation)
-    return GenerateResponse(**_summary(generation, result.text))
+    return generate_response(generation, result.text, body)
 
 
-@router.post("/generate", response_model=GenerateResponse)
+@router.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True)
 async def generate(body: GenerateRequest, request: Request, principal: Principal = Depends(require_key)):
     return await _run(request, body, principal, prompt=body.prompt)
 
 
-@router.post("/chat", response_model=GenerateResponse)
+@router.post("/chat", response_model=GenerateResponse, response_model_exclude_none=True)
 async def chat(body: ChatRequest, request: Request, principal: Principal = Depends(require_key)):
     return await _run(request, body, principal, messages=[m.as_dict() for m in body.messages])
 
