@@ -21,8 +21,8 @@ from deployments.errors import AICoreError, AuthenticationFailed, InvalidRequest
 from serve_app.auth import KeyStore, Principal
 from serve_app.errors import validation_error, error_body, to_aicore_error
 from serve_app.protocol.ws import (
+    CLIENT_MESSAGES,
     WsAuth,
-    WsCancel,
     WsChat,
     WsClientMessage,
     WsDone,
@@ -84,13 +84,17 @@ class WsSession:
         self.ws.state.key_id = self.principal.key_id
         return True
 
-    def _parse(self, raw: str) -> Union[WsAuth, WsGenerate, WsChat, WsCancel]:
+    def _parse(self, raw: str) -> WsClientMessage:
         try:
             data = json.loads(raw)
         except ValueError as error:
             raise InvalidRequest(f"malformed JSON message: {error}", code="invalid_json") from None
+        kind = data.get("type") if isinstance(data, dict) else None
+        model = CLIENT_MESSAGES.get(kind) if isinstance(kind, str) else None
+        if model is None:
+            raise InvalidRequest(f"type must be one of {', '.join(CLIENT_MESSAGES)}", param="type")
         try:
-            return WsClientMessage.validate_python(data)
+            return model.model_validate(data)
         except ValidationError as error:
             raise validation_error(RequestValidationError(error.errors())) from None
 
@@ -102,7 +106,7 @@ class WsSession:
             return await self._send_error(request_id, error)
         if isinstance(message, WsAuth):
             return await self._send_error(None, InvalidRequest("already authenticated", param="type"))
-        if isinstance(message, WsCancel):
+        if message.type == "cancel":
             task = self.tasks.get(message.id)
             if task is not None:
                 task.cancel()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.protocol.api_v1 import ChatRequest, GenerateRequest
 
@@ -41,9 +41,8 @@ class WsCancel(BaseModel):
     id: RequestId
 
 
-WsClientMessage = TypeAdapter(
-    Annotated[Union[WsAuth, WsGenerate, WsChat, WsCancel], Field(discriminator="type")]
-)
+WsClientMessage = Union[WsAuth, WsGenerate, WsChat, WsCancel]
+CLIENT_MESSAGES: dict[str, type[BaseModel]] = {"auth": WsAuth, "generate": WsGenerate, "chat": WsChat, "cancel": WsCancel}
 
 
 class WsUsage(BaseModel):
