@@ -72,3 +72,9 @@ class NotEnabled(AICoreError):
     """A feature that configuration leaves off (e.g. the Telegram webhook without a secret)."""
 
     status, type, code = 404, "invalid_request_error", "not_enabled"
+
+
+class RequestCancelled(AICoreError):
+    """The client withdrew the request (a WebSocket `cancel`); nginx's 499 "client closed request"."""
+
+    status, type, code = 499, "invalid_request_error", "cancelled"

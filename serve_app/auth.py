@@ -30,7 +30,7 @@ class KeyStore:
         self._hashes = [hash_key(k) for k in bootstrap_keys]
         self.header = header
 
-    def _presented(self, request: HTTPConnection) -> Optional[str]:
+    def presented(self, request: HTTPConnection) -> Optional[str]:
         key = request.headers.get(self.header)
         if key:
             return key.strip()
@@ -39,7 +39,7 @@ class KeyStore:
 
     def authenticate(self, request: HTTPConnection) -> Principal:
         """The key in the request's headers (HTTP request or WebSocket handshake)."""
-        return self.check(self._presented(request))
+        return self.check(self.presented(request))
 
     def check(self, key: Optional[str]) -> Principal:
         """A key presented some other way (a WebSocket message, the Telegram bot's configured key)."""

@@ -17,7 +17,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from deployments.errors import AICoreError, AuthenticationFailed, InvalidRequest
+from deployments.errors import AICoreError, AuthenticationFailed, InvalidRequest, RequestCancelled
 from serve_app.auth import KeyStore, Principal
 from serve_app.errors import validation_error, error_body, to_aicore_error
 from serve_app.protocol.ws import (
@@ -37,6 +37,7 @@ from serve_app.serving import GenerationService
 logger = logging.getLogger("aicore.ws")
 
 AUTH_TIMEOUT_S = 60
+MAX_IN_FLIGHT = 8  # requests one socket may have running at once
 POLICY_VIOLATION = 1008  # WebSocket close code for a failed authentication
 
 
@@ -65,7 +66,7 @@ class WsSession:
 
     async def _authenticate(self) -> bool:
         try:
-            if self.keys._presented(self.ws) is not None:
+            if self.keys.presented(self.ws) is not None:
                 self.principal = self.keys.authenticate(self.ws)
             else:
                 raw = await asyncio.wait_for(self.ws.receive_text(), AUTH_TIMEOUT_S)
@@ -107,12 +108,12 @@ class WsSession:
         if isinstance(message, WsAuth):
             return await self._send_error(None, InvalidRequest("already authenticated", param="type"))
         if message.type == "cancel":
-            task = self.tasks.get(message.id)
-            if task is not None:
-                task.cancel()
-            return
+            return await self._cancel(message.id)
         if message.id in self.tasks:
             return await self._send_error(message.id, InvalidRequest(f"request {message.id!r} is still running", param="id"))
+        if len(self.tasks) >= MAX_IN_FLIGHT:
+            return await self._send_error(message.id, InvalidRequest(
+                f"at most {MAX_IN_FLIGHT} requests may run at once on one socket", code="too_many_requests"))
         if message.format != "text":
             return await self._send_error(message.id, InvalidRequest("format 'email' is not available here", param="format"))
         self.tasks[message.id] = asyncio.create_task(self._serve(message))
@@ -144,6 +145,14 @@ class WsSession:
             await self._send_error(message.id, error)
         finally:
             self.tasks.pop(message.id, None)
+
+    async def _cancel(self, request_id: str) -> None:
+        task = self.tasks.get(request_id)
+        if task is None:
+            return await self._send_error(request_id, InvalidRequest(f"no request {request_id!r} is running", param="id"))
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await self._send_error(request_id, RequestCancelled(f"request {request_id!r} was cancelled"))
 
     async def _send(self, payload: BaseModel) -> None:
         async with self._send_lock:

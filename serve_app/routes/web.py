@@ -10,6 +10,12 @@ from fastapi.responses import FileResponse
 from serve_app.ws_session import WsSession
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+# Only the page's own files and its own WebSocket: no inline script, nothing from elsewhere.
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 
 router = APIRouter()
 
@@ -21,4 +27,4 @@ async def websocket(ws: WebSocket):
 
 @router.get("/", include_in_schema=False)
 async def chat_page():
-    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)

@@ -97,6 +97,32 @@ def test_ws_close_cancels_generation(base_url):
     assert figures["in_flight"] == 0
 
 
+def test_ws_cancel_message_stops_one_request_and_the_socket_goes_on(base_url):
+    before = _model_figures(base_url, DEFAULT)["cancelled"]
+    with connect(_ws_url(base_url), additional_headers={"X-API-Key": KEY}) as ws:
+        assert _recv(ws)["type"] == "ready"
+        ws.send(json.dumps({"type": "generate", "id": "long", "prompt": "Count:", "max_tokens": 1500,
+                            "ignore_eos": True}))
+        while _recv(ws)["type"] != "token":
+            pass
+        ws.send(json.dumps({"type": "cancel", "id": "long"}))
+        while (message := _recv(ws))["type"] == "token":
+            pass
+        assert message["type"] == "error" and message["id"] == "long"
+        assert message["error"]["code"] == "cancelled"
+        ws.send(json.dumps({"type": "cancel", "id": "long"}))
+        assert _recv(ws)["error"]["param"] == "id"  # nothing left to cancel
+        ws.send(json.dumps({"type": "generate", "id": "next", "prompt": "Hi", "max_tokens": 2}))
+        while (message := _recv(ws))["type"] == "token":
+            pass
+        assert message["type"] == "done" and message["id"] == "next"
+    for _ in range(300):
+        if _model_figures(base_url, DEFAULT)["cancelled"] > before:
+            break
+        time.sleep(0.2)
+    assert _model_figures(base_url, DEFAULT)["cancelled"] == before + 1
+
+
 def test_cors_preflight_and_simple_request(base_url):
     preflight = {"Origin": ALLOWED_ORIGIN, "Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "content-type,x-api-key"}
@@ -120,6 +146,7 @@ def test_chat_page_and_its_files_are_served(base_url):
     page = httpx.get(base_url + "/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<script src="/static/chat.js">' in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
     script = httpx.get(base_url + "/static/chat.js")
     assert script.status_code == 200 and "/api/v1/ws" in script.text
     assert "innerHTML" not in script.text and "insertAdjacentHTML" not in script.text
