@@ -5,6 +5,7 @@ Flags keep it off the network (this machine has none) and out of any existing pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -42,7 +43,8 @@ class Browser:
         port = self._devtools_port()
         pages = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=30).json()
         target = next(p for p in pages if p["type"] == "page")
-        self.ws = connect(target["webSocketDebuggerUrl"], max_size=None, open_timeout=60)
+        self._stack = contextlib.ExitStack()
+        self.ws = self._stack.enter_context(connect(target["webSocketDebuggerUrl"], max_size=None, open_timeout=60))
         self._next_id = 0
         self.call("Runtime.enable")
         self.call("Page.enable")
@@ -84,7 +86,7 @@ class Browser:
 
     def close(self) -> None:
         try:
-            self.ws.close()
+            self._stack.close()
         finally:
             self.proc.terminate()
             try:
