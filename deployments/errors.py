@@ -64,3 +64,21 @@ class BackendFailure(AICoreError):
     """The engine failed; the message sent to the client stays generic."""
 
     status, type, code = 500, "server_error", "backend_error"
+
+
+class PermissionDenied(AICoreError):
+    """Credentials were presented but are wrong for this resource (e.g. a webhook secret)."""
+
+    status, type, code = 403, "permission_error", "permission_denied"
+
+
+class NotEnabled(AICoreError):
+    """A feature that configuration leaves off (e.g. the Telegram webhook without a secret)."""
+
+    status, type, code = 404, "invalid_request_error", "not_enabled"
+
+
+class RequestCancelled(AICoreError):
+    """The client withdrew the request (a WebSocket `cancel`); nginx's 499 "client closed request"."""
+
+    status, type, code = 499, "invalid_request_error", "cancelled"

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Command two: install what the tests need (Redis included), start services, run the whole suite.
+# Command two: install what the tests need (Redis and Chromium included), start services, run the whole suite.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v redis-server >/dev/null; then
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v chromium >/dev/null || missing+=(chromium)  # the chat page's browser test (headless)
+if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq
-  as_root apt-get install -y -qq redis-server >/dev/null
+  as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 EXTRAS=test scripts/setup.sh
 

@@ -6,24 +6,32 @@ import time
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from serve_app.auth import Authenticator
+from serve_app.batch import BatchService
 from serve_app.cache import ResponseCache
+from serve_app.chat_history import InMemoryChatHistory, RemoteChatHistory
+from serve_app.cors import ConfiguredCORS
 from serve_app.errors import install_error_handlers
 from serve_app.guard import GuardMiddleware
 from serve_app.keys import KeyService
 from serve_app.metrics import MetricsRecorder
 from serve_app.middleware import RequestContextMiddleware
 from serve_app.ratelimit import RateLimiter
-from serve_app.routes import api_v1, keys, openai
+from serve_app.routes import api_v1, integrations, keys, openai, web
 from serve_app.serving import GenerationService, ModelRouter
+from serve_app.sessions import SessionStore
 from serve_app.settings import Settings
 from serve_app.status import ModelStatus
-from serve_app.sessions import SessionStore
 from serve_app.store import make_store
+from serve_app.telegram import TelegramBot
 
 
-def create_app(settings: Settings, router: ModelRouter, metrics_hub: Any, model_status: ModelStatus) -> FastAPI:
+def create_app(
+    settings: Settings, router: ModelRouter, metrics_hub: Any, model_status: ModelStatus, chat_hub: Any = None
+) -> FastAPI:
+    """`chat_hub`: the ChatHistoryHub handle shared by ingress replicas; None keeps chat state in-process."""
     app = FastAPI(title="AI Core", version="0.1.0", description="Self-hosted model serving on Ray Serve.")
     app.state.settings = settings
     app.state.router = router
@@ -34,17 +42,31 @@ def create_app(settings: Settings, router: ModelRouter, metrics_hub: Any, model_
     if settings.cache_enabled:
         cache = ResponseCache(store, settings.cache_ttl_s, on_write=lambda n: metrics.count("cache_bytes", n))
     app.state.generation = GenerationService(router, settings, cache, app.state.sessions)
+    app.state.batch = BatchService(app.state.generation, settings)
     app.state.model_status = model_status
     app.state.keys = KeyService(store, router.entries)
     app.state.limiter = RateLimiter(store, settings.rate_limit_per_minute, settings.tokens_per_minute)
     app.state.auth = Authenticator(
         settings.bootstrap_keys(), settings.api_key_header, app.state.keys, store, settings.store_failure_mode,
     )
+    chats = RemoteChatHistory(chat_hub) if chat_hub is not None else InMemoryChatHistory(
+        settings.telegram_history_chats, settings.telegram_history_messages, settings.telegram_history_ttl_s
+    )
+    app.state.telegram = TelegramBot(settings, app.state.generation, app.state.auth, chats)
     app.state.started_at = int(time.time())
     install_error_handlers(app)
     app.include_router(api_v1.router)
     app.include_router(openai.router)
     app.include_router(keys.router)
+    app.include_router(integrations.router)
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     app.add_middleware(GuardMiddleware, settings=settings, keys=app.state.keys, limiter=app.state.limiter)
+    origins, methods, headers = settings.cors()
+    if origins:  # inside the request-context middleware: preflights are logged with an id too
+        app.add_middleware(
+            ConfiguredCORS, allow_origins=origins, allow_methods=methods, allow_headers=headers,
+            expose_headers=["X-Request-ID"], max_age=600,
+        )
     app.add_middleware(RequestContextMiddleware, record=app.state.metrics.record)
     return app

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from deployments.errors import AuthenticationFailed
 from serve_app.access_errors import (
@@ -71,7 +72,7 @@ class Authenticator:
         self.store = store
         self.failure_mode = failure_mode
 
-    def presented(self, request: Request) -> Optional[str]:
+    def presented(self, request: HTTPConnection) -> Optional[str]:
         key = request.headers.get(self.header)
         if key:
             return key.strip()
@@ -86,9 +87,13 @@ class Authenticator:
                 match = stored
         return Principal(key_id="boot-" + match[:12], bootstrap=True) if match else None
 
-    async def authenticate(self, request: Request) -> Principal:
-        key = self.presented(request)
-        if key is None:
+    async def authenticate(self, request: HTTPConnection) -> Principal:
+        """The key in the request's headers (HTTP request or WebSocket handshake)."""
+        return await self.check(self.presented(request), request)
+
+    async def check(self, key: Optional[str], connection: Optional[HTTPConnection] = None) -> Principal:
+        """Any presented key: from headers, a WebSocket message, or the Telegram bot's configured key."""
+        if not key:
             raise AuthenticationFailed(
                 f"missing API key: send it in the {self.header} header or as 'Authorization: Bearer <key>'"
             )
@@ -107,7 +112,8 @@ class Authenticator:
         if record.expires_at is not None and record.expires_at <= time.time():
             raise KeyExpired("this API key has expired")
         if record.ip_allowlist:
-            client = parse_address(getattr(request.state, "client_ip", None))
+            client_ip = getattr(connection.state, "client_ip", None) if connection is not None else None
+            client = parse_address(client_ip)
             if not allowed(client, parse_networks(record.ip_allowlist)):
                 raise AddressNotAllowed("this API key may not be used from this address")
         return Principal.from_record(record)

@@ -17,6 +17,7 @@ from ray.serve.config import AutoscalingConfig as RayAutoscaling
 from deployments.config import ModelConfig, ModelsFile, load_models_file
 from deployments.model_deployment import ModelDeployment, ReplicaContext
 from deployments.weights import weights_revision
+from serve_app.chat_history import ChatHistoryHub
 from serve_app.ingress import Ingress, ModelSpec
 from serve_app.logs import configure_logging
 from serve_app.content_filter import ContentPolicy
@@ -101,6 +102,7 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         for name, config in models.models.items()
     }
     hub = serve.deployment(MetricsHub, name="metrics-hub", num_replicas=1, ray_actor_options={"num_cpus": 0.01})
+    chats = serve.deployment(ChatHistoryHub, name="chat-history", num_replicas=1, ray_actor_options={"num_cpus": 0.01})
     ingress = serve.deployment(
         Ingress,
         name="ingress",
@@ -112,7 +114,10 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         name: ModelSpec(config, deployment_name(name), model_identity(config, context))
         for name, config in models.models.items()
     }
-    return ingress.bind(settings, specs, handles, default_model, hub.bind())
+    chats_bound = chats.bind(
+        settings.telegram_history_chats, settings.telegram_history_messages, settings.telegram_history_ttl_s
+    )
+    return ingress.bind(settings, specs, handles, default_model, hub.bind(), chats_bound)
 
 
 def model_identity(config: ModelConfig, context: ReplicaContext) -> str:

@@ -58,7 +58,7 @@ def sse_error_event(exc: BaseException) -> str:
     return f"data: {json.dumps(error_body(to_aicore_error(exc)))}\n\n"
 
 
-def _validation_error(exc: RequestValidationError) -> InvalidRequest:
+def validation_error(exc: RequestValidationError) -> InvalidRequest:
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     if first.get("type") == "json_invalid":
@@ -70,7 +70,7 @@ def _validation_error(exc: RequestValidationError) -> InvalidRequest:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
-        return error_response(_validation_error(exc))
+        return error_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):

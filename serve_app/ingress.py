@@ -33,6 +33,7 @@ class Ingress:
         handles: dict[str, Any],
         default_model: str,
         metrics_hub: Any,
+        chat_hub: Any = None,
     ):
         configure_logging(settings.log_level, settings.log_format)
         entries = {
@@ -44,6 +45,7 @@ class Ingress:
             ModelRouter(entries, default_model),
             metrics_hub,
             ModelStatus(app_name, {name: spec.deployment_name for name, spec in models.items()}),
+            chat_hub,
         )
 
     def __serve_build_asgi_app__(self):

@@ -56,6 +56,25 @@ class Settings(BaseSettings):
         description="Redis unreachable: `closed` = stored keys answer 503, bootstrap keys keep working (unlimited); "
         "`strict` = every authenticated request answers 503.",
     )
+    # Web clients
+    cors_origins: str = Field("", description="Comma-separated origins allowed by CORS (`*` for any); empty: CORS off.")
+    cors_methods: str = Field("GET,POST,OPTIONS", description="Comma-separated methods allowed by CORS.")
+    cors_headers: str = Field(
+        "Content-Type,Authorization,X-API-Key,X-Request-ID", description="Comma-separated request headers CORS allows."
+    )
+    # Email / batch
+    batch_max_items: int = Field(16, ge=1, description="Most items one POST /api/v1/generate/batch may carry.")
+    batch_concurrency: int = Field(4, ge=1, description="Items of one batch generated at the same time.")
+    # Telegram
+    telegram_webhook_secret: str = Field("", description="X-Telegram-Bot-Api-Secret-Token expected; empty: webhook off.")
+    telegram_api_key: str = Field("", description="API key the Telegram bot's generations run under (one of API_KEYS).")
+    telegram_bot_username: str = Field("", description="The bot's @username; commands addressed to other bots are ignored.")
+    telegram_model: Optional[str] = Field(None, description="Model a chat starts with; default: DEFAULT_MODEL.")
+    telegram_models: str = Field("", description="Comma-separated models /model may pick; empty: every model.")
+    telegram_max_tokens: int = Field(400, ge=1, description="Longest answer (tokens) the bot generates.")
+    telegram_history_messages: int = Field(20, ge=2, description="Messages of a chat's history sent to the model.")
+    telegram_history_chats: int = Field(10000, ge=1, description="Chats whose history is kept (least recently used dropped).")
+    telegram_history_ttl_s: float = Field(86400, gt=0, description="A chat's history is forgotten after this idle time.")
 
     def bootstrap_keys(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
@@ -65,6 +84,15 @@ class Settings(BaseSettings):
 
     def trusted_proxies_list(self) -> list[str]:
         return _split(self.trusted_proxies)
+    @staticmethod
+    def _csv(value: str) -> list[str]:
+        return [v.strip() for v in value.split(",") if v.strip()]
+
+    def cors(self) -> tuple[list[str], list[str], list[str]]:
+        return self._csv(self.cors_origins), self._csv(self.cors_methods), self._csv(self.cors_headers)
+
+    def telegram_model_list(self) -> list[str]:
+        return self._csv(self.telegram_models)
 
     def resolve(self, value: str) -> Path:
         """A relative path means the working directory if it exists there, else the project root."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve_app.protocol.common import SESSION_ID_PATTERN, ChatMessage, SamplingFields
+from serve_app.protocol.email import EmailOptions, EmailReply
 
 
 class _Request(SamplingFields):
@@ -17,6 +18,18 @@ class _Request(SamplingFields):
     cache: Optional[bool] = Field(
         None, description="true: cache even a sampled answer; false: bypass the cache. Default: cache deterministic requests."
     )
+    format: Literal["text", "email"] = Field("text", description="`email` adds a ready-to-send reply.")
+    email: Optional[EmailOptions] = Field(None, description="The email being answered (with format `email`).")
+
+    @model_validator(mode="after")
+    def _email_options(self):
+        if self.format == "email" and self.stream:
+            raise ValueError("format 'email' cannot be streamed; send stream: false")
+        if self.email is not None and self.format != "email":
+            raise ValueError("email options need format 'email'")
+        if self.email is not None and self.email.quote_original and not self.email.original:
+            raise ValueError("email.quote_original needs email.original")
+        return self
 
 
 class GenerateRequest(_Request):
@@ -54,6 +67,7 @@ class SessionDetail(BaseModel):
     model: str
     messages: list[dict]
     updated: float
+    email: Optional[EmailReply] = Field(None, description="With format `email`: the reply, ready to send.")
 
 
 class ModelInfo(BaseModel):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from datetime import datetime, timezone
 from typing import Optional, Union
 
 from fastapi import APIRouter, Depends, Request
@@ -23,27 +21,11 @@ from serve_app.protocol.api_v1 import (
     SessionDetail,
     SessionList,
 )
+from serve_app.replies import generate_response, summary
 from serve_app.routes.common import cache_headers, request_options
-from serve_app.serving import Generation
 from serve_app.streaming import note_usage, sse_stream
 
 router = APIRouter(prefix="/api/v1")
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _summary(generation: Generation, text: str, session_id: Optional[str]) -> dict:
-    summary = {
-        "response": text,
-        "model": generation.entry.name,
-        "tokens_used": generation.usage.total_tokens,
-        "processing_time": round(time.monotonic() - generation.started, 4),
-        "timestamp": _now_iso(),
-        "cached": generation.cache == "hit",
-    }
-    return {**summary, "session_id": session_id} if session_id else summary
 
 
 async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], principal: Principal,
@@ -62,20 +44,21 @@ async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], prin
             request,
             generation,
             on_chunk=lambda c: [{"response": c.text, "model": name, "done": False}] if c.text else [],
-            on_end=lambda g: [{**_summary(g, "", session_id), "done": True, "finish_reason": g.finish_reason}],
+            on_end=lambda g: [{**summary(g, "", session_id), "done": True, "finish_reason": g.finish_reason}],
             headers=headers,
         )
     result = await generation.collect()
     note_usage(request, generation)
-    return JSONResponse(_summary(generation, result.text, session_id), headers=headers)
+    reply = generate_response(generation, result.text, body, session_id)
+    return JSONResponse(reply.model_dump(exclude_none=True), headers=headers)
 
 
-@router.post("/generate", response_model=GenerateResponse)
+@router.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True)
 async def generate(body: GenerateRequest, request: Request, principal: Principal = Depends(require_key)):
     return await _run(request, body, principal, "generate", prompt=body.prompt)
 
 
-@router.post("/chat", response_model=GenerateResponse)
+@router.post("/chat", response_model=GenerateResponse, response_model_exclude_none=True)
 async def chat(body: ChatRequest, request: Request, principal: Principal = Depends(require_key)):
     return await _run(request, body, principal, "chat", messages=[m.as_dict() for m in body.messages])
 

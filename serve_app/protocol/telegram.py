@@ -1,0 +1,57 @@
+"""The parts of Telegram Bot API objects the webhook reads, and the method it answers with.
+
+Unknown fields are ignored: Telegram adds fields over time and sends many we do not need.
+See https://core.telegram.org/bots/api#update and #sendmessage.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _TelegramObject(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TgChat(_TelegramObject):
+    id: int
+    type: str = Field(description="private, group, supergroup or channel.")
+    title: Optional[str] = None
+    username: Optional[str] = None
+
+
+class TgMessage(_TelegramObject):
+    message_id: int
+    chat: TgChat
+    date: Optional[int] = None
+    message_thread_id: Optional[int] = None
+    text: Optional[str] = None
+    caption: Optional[str] = None
+
+
+class TgUpdate(_TelegramObject):
+    update_id: int
+    message: Optional[TgMessage] = None
+    edited_message: Optional[TgMessage] = None
+    channel_post: Optional[TgMessage] = None
+    edited_channel_post: Optional[TgMessage] = None
+
+    def carried_message(self) -> Optional[TgMessage]:
+        return self.message or self.edited_message or self.channel_post or self.edited_channel_post
+
+
+class TgReplyParameters(BaseModel):
+    message_id: int
+    allow_sending_without_reply: bool = True
+
+
+class TgSendMessage(BaseModel):
+    """Returned as the webhook's response body: Telegram then calls sendMessage itself."""
+
+    method: Literal["sendMessage"] = "sendMessage"
+    chat_id: int
+    text: str = Field(min_length=1, max_length=4096)
+    message_thread_id: Optional[int] = None
+    reply_parameters: Optional[TgReplyParameters] = None

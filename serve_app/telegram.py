@@ -1,0 +1,182 @@
+"""The Telegram bot behind `POST /api/v1/webhooks/telegram` (no HTTP here).
+
+An update is answered by returning a `sendMessage` method as the webhook's response, so no
+outbound connection to Telegram is needed. An answer longer than Telegram's 4096 characters
+is split: the first part is the reply, the rest waits in the chat's state and `/more` sends
+the next part. Updates the bot cannot use (no text, repeated update_id, a command for
+another bot) get nothing back (HTTP 200 with `{}`), so Telegram does not retry them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Optional
+
+from deployments.errors import AICoreError, AuthenticationFailed, NotEnabled, PermissionDenied
+from deployments.types import SamplingParams
+from serve_app.auth import Authenticator
+from serve_app.chat_history import ChatHistoryStore
+from serve_app.protocol.telegram import TgMessage, TgReplyParameters, TgSendMessage, TgUpdate
+from serve_app.serving import GenerationService
+from serve_app.settings import Settings
+
+logger = logging.getLogger("aicore.telegram")
+
+TELEGRAM_LIMIT = 4096  # characters of one message, counted in UTF-16 code units
+MORE_HINT = "\n\n[/more]"
+
+
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def split_message(text: str, limit: int = TELEGRAM_LIMIT) -> list[str]:
+    """Parts of at most `limit` UTF-16 units, cut at a paragraph, line or word break when one
+    lies in the part's second half; joined back (with the breaks) they give `text`."""
+    parts: list[str] = []
+    rest = text
+    while utf16_len(rest) > limit:
+        cut = _fit(rest, limit)
+        window = rest[:cut]
+        for sep in ("\n\n", "\n", " "):
+            at = window.rfind(sep)
+            if at >= cut // 2:
+                cut = at + len(sep)
+                break
+        parts.append(rest[:cut])
+        rest = rest[cut:]
+    if rest or not parts:
+        parts.append(rest)
+    return parts
+
+
+def _fit(text: str, limit: int) -> int:
+    """The longest prefix (in characters) within `limit` UTF-16 units."""
+    used = 0
+    for i, ch in enumerate(text):
+        used += 2 if ord(ch) > 0xFFFF else 1
+        if used > limit:
+            return i
+    return len(text)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # without the slash, lower case
+    bot: Optional[str]  # the @botname it was addressed to, if any
+    args: str
+
+
+def parse_command(text: str) -> Optional[Command]:
+    """`/model@my_bot gemma` -> Command("model", "my_bot", "gemma"); plain text -> None."""
+    if not text.startswith("/") or len(text) < 2:
+        return None
+    head, _, args = text[1:].partition(" ")
+    name, _, bot = head.partition("@")
+    if not name or not name.replace("_", "").isalnum():
+        return None
+    return Command(name.lower(), bot or None, args.strip())
+
+
+class TelegramBot:
+    def __init__(self, settings: Settings, service: GenerationService, keys: Authenticator, store: ChatHistoryStore):
+        self.settings = settings
+        self.service = service
+        self.keys = keys
+        self.store = store
+        models = list(service.router.entries)
+        self.allowed = [m for m in settings.telegram_model_list() if m in models] or models
+        default = settings.telegram_model or service.router.default_model
+        self.default_model = default if default in self.allowed else self.allowed[0]
+
+    def check_secret(self, presented: Optional[str]) -> None:
+        secret = self.settings.telegram_webhook_secret
+        if not secret:
+            raise NotEnabled("the Telegram webhook is off: set TELEGRAM_WEBHOOK_SECRET")
+        if not presented:
+            raise AuthenticationFailed("missing X-Telegram-Bot-Api-Secret-Token header")
+        if not hmac.compare_digest(presented.encode(), secret.encode()):
+            raise PermissionDenied("wrong X-Telegram-Bot-Api-Secret-Token")
+
+    async def handle(self, update: TgUpdate) -> Optional[TgSendMessage]:
+        """The sendMessage to return, or None when the update needs no answer."""
+        message = update.carried_message()
+        text = None if message is None else (message.text if message.text is not None else message.caption)
+        if not await self.store.first_delivery(f"tg:{update.update_id}"):
+            return None
+        if message is None or not text or not text.strip():
+            return None
+        chat = f"tg:{message.chat.id}"
+        command = parse_command(text.strip())
+        if command is None:
+            answer = await self._answer(chat, text.strip())
+        elif command.bot and not self._addressed_to_me(command.bot):
+            return None
+        else:
+            answer = await self._command(chat, command)
+        return self._reply(message, answer)
+
+    def _addressed_to_me(self, bot: str) -> bool:
+        mine = self.settings.telegram_bot_username.lstrip("@")
+        return not mine or bot.lower() == mine.lower()
+
+    async def _command(self, chat: str, command: Command) -> str:
+        if command.name in ("start", "help"):
+            state = await self.store.get(chat)
+            return (f"Hello! I answer with the model {state.model or self.default_model}. Send me a message.\n"
+                    f"/reset starts a new conversation, /model <name> picks a model "
+                    f"({', '.join(self.allowed)}), /more sends the rest of a long answer.")
+        if command.name == "reset":
+            await self.store.reset(chat)
+            return "Conversation cleared."
+        if command.name == "model":
+            return await self._choose_model(chat, command.args)
+        if command.name == "more":
+            state = await self.store.get(chat)
+            if not state.pending:
+                return "Nothing more to send."
+            await self.store.set_pending(chat, state.pending[1:])
+            return state.pending[0] + (MORE_HINT if len(state.pending) > 1 else "")
+        return f"Unknown command /{command.name}. Try /help."
+
+    async def _choose_model(self, chat: str, name: str) -> str:
+        current = (await self.store.get(chat)).model or self.default_model
+        if not name:
+            return f"Current model: {current}. Available: {', '.join(self.allowed)}."
+        if name not in self.allowed:
+            return f"Unknown model {name!r}. Available: {', '.join(self.allowed)}."
+        await self.store.set_model(chat, name)
+        return f"Model set to {name}."
+
+    async def _answer(self, chat: str, text: str) -> str:
+        principal = await self.keys.check(self.settings.telegram_api_key or None)
+        state = await self.store.get(chat)
+        model = state.model if state.model in self.allowed else self.default_model
+        user = {"role": "user", "content": text}
+        history = (state.messages + [user])[-self.settings.telegram_history_messages:]
+        try:
+            generation = await self.service.start(
+                model, uuid.uuid4().hex, SamplingParams(max_tokens=self.settings.telegram_max_tokens),
+                messages=history, principal=principal,
+            )
+            answer = (await generation.collect()).text.strip() or "(the model gave an empty answer)"
+        except AICoreError as error:  # tell the chat; an HTTP error would make Telegram retry
+            logger.warning("telegram answer failed", extra={"model": model, "error": error.message})
+            shown = error.message if error.status < 500 else "the model failed; try again later"
+            return f"Sorry, I could not answer: {shown}"
+        await self.store.append(chat, [user, {"role": "assistant", "content": answer}])
+        parts = split_message(answer, TELEGRAM_LIMIT - len(MORE_HINT))
+        await self.store.set_pending(chat, parts[1:])
+        return parts[0] + MORE_HINT if len(parts) > 1 else parts[0]
+
+    def _reply(self, message: TgMessage, text: str) -> TgSendMessage:
+        group = message.chat.type in ("group", "supergroup")
+        return TgSendMessage(
+            chat_id=message.chat.id,
+            text=text,
+            message_thread_id=message.message_thread_id,
+            reply_parameters=TgReplyParameters(message_id=message.message_id) if group else None,
+        )
