@@ -49,6 +49,7 @@ class GenerateResponse(BaseModel):
     timestamp: str = Field(description="ISO-8601 UTC time of the answer.")
     cached: bool = Field(False, description="Answered from the response cache.")
     session_id: Optional[str] = Field(None, description="The session this turn was added to.")
+    email: Optional[EmailReply] = Field(None, description="With format `email`: the reply, ready to send.")
 
 
 class SessionSummary(BaseModel):
@@ -67,7 +68,6 @@ class SessionDetail(BaseModel):
     model: str
     messages: list[dict]
     updated: float
-    email: Optional[EmailReply] = Field(None, description="With format `email`: the reply, ready to send.")
 
 
 class ModelInfo(BaseModel):
