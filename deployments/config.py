@@ -39,6 +39,9 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     type: Literal["gguf", "transformers", "onnx"] = Field(description="Backend that serves the model.")
+    task: Literal["generate", "embed"] = Field(
+        "generate", description="`generate` (chat and completions) or `embed` (embeddings)."
+    )
     path: str = Field(
         description=(
             "Weights: `package://<pkg>/<file>` (a file inside an installed package), "
@@ -47,10 +50,16 @@ class ModelConfig(BaseModel):
             "or the config file's folder."
         )
     )
+    tokenizer: Optional[str] = Field(
+        None, description="Tokenizer folder or tokenizer.json (same forms as `path`) when the weights carry none."
+    )
     format: Optional[str] = Field(None, description="Weight format label shown in listings, e.g. `Q4_1`.")
     context_length: int = Field(2048, ge=16, description="Context window in tokens (prompt + completion).")
     threads: int = Field(2, ge=1, description="CPU threads the engine uses for inference.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run; auto picks CUDA if present.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weight dtype (transformers): auto is float32 on CPU, the checkpoint's dtype on CUDA."
+    )
     quantization: Optional[str] = Field(None, description="Quantization applied at load (backend-specific).")
     max_memory: Optional[str] = Field(None, description="Memory cap for the weights, e.g. `2GiB`.")
     default_max_tokens: int = Field(

@@ -59,3 +59,11 @@ class GenerationResult:
     finish_reason: str
     usage: Usage = field(default_factory=Usage)
     first_token_s: Optional[float] = None
+
+
+@dataclass
+class EmbeddingResult:
+    """Unit-length vectors, one per input, and the tokens the model read."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int

@@ -12,7 +12,7 @@ from serve_app.errors import install_error_handlers
 from serve_app.metrics import MetricsRecorder
 from serve_app.middleware import RequestContextMiddleware
 from serve_app.routes import api_v1, openai
-from serve_app.serving import GenerationService, ModelRouter
+from serve_app.serving import EmbeddingService, GenerationService, ModelRouter
 from serve_app.settings import Settings
 from serve_app.status import ModelStatus
 
@@ -22,6 +22,7 @@ def create_app(settings: Settings, router: ModelRouter, metrics_hub: Any, model_
     app.state.settings = settings
     app.state.router = router
     app.state.generation = GenerationService(router, settings)
+    app.state.embeddings = EmbeddingService(router, settings)
     app.state.keys = KeyStore(settings.bootstrap_keys(), settings.api_key_header)
     app.state.metrics = MetricsRecorder(metrics_hub, settings.metrics_flush_s)
     app.state.model_status = model_status

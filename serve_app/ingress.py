@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from ray import serve
 
@@ -22,15 +22,16 @@ class Ingress:
         models: dict[str, ModelConfig],
         handles: dict[str, Any],
         deployment_names: dict[str, str],
-        default_model: str,
+        default_model: Optional[str],
         metrics_hub: Any,
+        default_embedding_model: Optional[str] = None,
     ):
         configure_logging(settings.log_level, settings.log_format)
         entries = {name: ModelEntry(name, models[name], handles[name]) for name in models}
         app_name = serve.get_replica_context().app_name
         self._app = create_app(
             settings,
-            ModelRouter(entries, default_model),
+            ModelRouter(entries, default_model, default_embedding_model),
             metrics_hub,
             ModelStatus(app_name, deployment_names),
         )

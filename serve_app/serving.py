@@ -13,8 +13,21 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Optional
 
 from deployments.config import ModelConfig
-from deployments.errors import ContextLengthExceeded, ModelNotFound, ModelUnavailable, PromptTooLong
-from deployments.types import GenerationChunk, GenerationRequest, GenerationResult, SamplingParams, Usage
+from deployments.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    ModelUnavailable,
+    PromptTooLong,
+)
+from deployments.types import (
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    Usage,
+)
 from serve_app.settings import Settings
 
 
@@ -26,15 +39,29 @@ class ModelEntry:
 
 
 class ModelRouter:
-    def __init__(self, entries: dict[str, ModelEntry], default_model: str):
+    def __init__(
+        self, entries: dict[str, ModelEntry], default_model: Optional[str], default_embedding_model: Optional[str]
+    ):
         self.entries = entries
         self.default_model = default_model
+        self.default_embedding_model = default_embedding_model
 
-    def resolve(self, name: Optional[str]) -> ModelEntry:
-        name = name or self.default_model
+    def resolve(self, name: Optional[str], task: Optional[str] = None) -> ModelEntry:
+        """The model `name` (or the default for `task`); a model of another task is a 400."""
+        if not name:
+            name = self.default_embedding_model if task == "embed" else self.default_model
+            if name is None:
+                raise InvalidRequest(f"no {'embedding' if task == 'embed' else 'generation'} model is configured",
+                                     param="model")
         entry = self.entries.get(name)
         if entry is None:
             raise ModelNotFound(f"model {name!r} does not exist", param="model")
+        if task is not None and entry.config.task != task:
+            if task == "embed":
+                raise InvalidRequest(f"model {name!r} does not produce embeddings", param="model")
+            raise InvalidRequest(
+                f"model {name!r} is an embedding model: use /v1/embeddings or /api/v1/embeddings", param="model"
+            )
         return entry
 
 
@@ -108,7 +135,7 @@ class GenerationService:
         messages: Optional[list[dict]] = None,
         key_id: Optional[str] = None,
     ) -> Generation:
-        entry = self.router.resolve(model)
+        entry = self.router.resolve(model, "generate")
         request = GenerationRequest(
             request_id=request_id,
             sampling=sampling,
@@ -130,3 +157,39 @@ class GenerationService:
             stream.cancel()
             raise
         return Generation(entry, first, stream, started)
+
+
+MAX_EMBEDDING_INPUTS = 2048  # as OpenAI
+
+
+class EmbeddingService:
+    def __init__(self, router: ModelRouter, settings: Settings):
+        self.router = router
+        self.settings = settings
+
+    def _check(self, texts: list[str]) -> None:
+        if not texts:
+            raise InvalidRequest("input must not be empty", param="input")
+        if len(texts) > MAX_EMBEDDING_INPUTS:
+            raise InvalidRequest(f"input has {len(texts)} items; the limit is {MAX_EMBEDDING_INPUTS}", param="input")
+        for index, text in enumerate(texts):
+            if not text:
+                raise InvalidRequest(f"input[{index}] is empty", param="input")
+            if len(text) > self.settings.max_prompt_length:
+                raise PromptTooLong(
+                    f"input[{index}] is {len(text)} characters; the limit is {self.settings.max_prompt_length}",
+                    param="input",
+                )
+
+    async def embed(self, model: Optional[str], request_id: str, texts: list[str]) -> tuple[ModelEntry, EmbeddingResult]:
+        entry = self.router.resolve(model, "embed")
+        self._check(texts)
+        try:
+            result = await asyncio.wait_for(
+                entry.handle.embed.remote(request_id, texts), self.settings.request_timeout_s
+            )
+        except asyncio.TimeoutError:
+            raise ModelUnavailable(
+                f"model {entry.name!r} did not answer within {self.settings.request_timeout_s:g}s"
+            ) from None
+        return entry, result

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +24,25 @@ class ChatRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
 
 
+class EmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: Optional[str] = Field(None, description="An embedding model; omitted means DEFAULT_EMBEDDING_MODEL.")
+    input: Union[str, list[str]] = Field(description="A string or a list of strings.")
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class EmbedResponse(BaseModel):
+    embeddings: list[list[float]] = Field(description="One unit-length vector per input, in input order.")
+    model: str
+    dimensions: int
+    tokens_used: int = Field(description="Tokens the model read.")
+    processing_time: float
+    timestamp: str
+
+
 class GenerateResponse(BaseModel):
     response: str
     model: str
@@ -35,6 +54,7 @@ class GenerateResponse(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     type: str
+    task: str = Field(description="`generate` (chat, completions) or `embed` (embeddings).")
     format: Optional[str]
     state: str
     replicas: int = 0
@@ -47,7 +67,8 @@ class ModelInfo(BaseModel):
 
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
-    default_model: str
+    default_model: Optional[str]
+    default_embedding_model: Optional[str] = None
 
 
 class HealthResponse(BaseModel):

@@ -13,6 +13,8 @@ from serve_app.auth import Principal, require_key
 from serve_app.logs import request_id_var
 from serve_app.protocol.api_v1 import (
     ChatRequest,
+    EmbedRequest,
+    EmbedResponse,
     GenerateRequest,
     GenerateResponse,
     HealthResponse,
@@ -69,6 +71,18 @@ async def chat(body: ChatRequest, request: Request, principal: Principal = Depen
     return await _run(request, body, principal, messages=[m.as_dict() for m in body.messages])
 
 
+@router.post("/embeddings", response_model=EmbedResponse)
+async def embeddings(body: EmbedRequest, request: Request, _: Principal = Depends(require_key)):
+    started = time.monotonic()
+    entry, result = await request.app.state.embeddings.embed(body.model, request_id_var.get(), body.texts())
+    request.state.model = entry.name
+    request.state.prompt_tokens = result.prompt_tokens
+    return EmbedResponse(
+        embeddings=result.vectors, model=entry.name, dimensions=len(result.vectors[0]),
+        tokens_used=result.prompt_tokens, processing_time=round(time.monotonic() - started, 4), timestamp=_now_iso(),
+    )
+
+
 @router.get("/models", response_model=ModelsResponse)
 async def models(request: Request, _: Principal = Depends(require_key)):
     status = request.app.state.model_status
@@ -80,13 +94,16 @@ async def models(request: Request, _: Principal = Depends(require_key)):
         live = await status.replica_info(entry.handle) if state == "ready" else {}
         listing.append(
             ModelInfo(
-                name=name, type=entry.config.type, format=entry.config.format, state=state, replicas=replicas,
-                description=entry.config.description, in_flight=live.get("in_flight"),
+                name=name, type=entry.config.type, task=entry.config.task, format=entry.config.format,
+                state=state, replicas=replicas, description=entry.config.description, in_flight=live.get("in_flight"),
                 cancelled=live.get("cancelled"), load_time_s=live.get("load_time_s"),
                 resident_memory_bytes=live.get("rss_bytes"),
             )
         )
-    return ModelsResponse(models=listing, default_model=request.app.state.router.default_model)
+    router = request.app.state.router
+    return ModelsResponse(
+        models=listing, default_model=router.default_model, default_embedding_model=router.default_embedding_model
+    )
 
 
 @router.get("/health", response_model=HealthResponse)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import array
+import base64
+import sys
 import time
 import uuid
+from typing import Union
 
 from fastapi import APIRouter, Depends, Request
 
+from deployments.errors import InvalidRequest
 from serve_app.auth import Principal, require_key
 from serve_app.logs import request_id_var
 from serve_app.protocol.openai import (
@@ -20,6 +25,10 @@ from serve_app.protocol.openai import (
     CompletionChoice,
     CompletionRequest,
     Delta,
+    Embedding,
+    EmbeddingList,
+    EmbeddingRequest,
+    EmbeddingUsage,
     ModelCard,
     ModelList,
     UsageInfo,
@@ -101,6 +110,31 @@ async def completions(body: CompletionRequest, request: Request, principal: Prin
         id=cid, created=created, model=name,
         choices=[CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
         usage=_usage(generation),
+    )
+
+
+def _encode(vector: list[float], encoding_format: str) -> Union[list[float], str]:
+    if encoding_format == "base64":  # what the openai package asks for by default
+        packed = array.array("f", vector)
+        if sys.byteorder == "big":
+            packed.byteswap()  # the wire format is little-endian float32
+        return base64.b64encode(packed.tobytes()).decode("ascii")
+    return vector
+
+
+@router.post("/embeddings", response_model=EmbeddingList)
+async def embeddings(body: EmbeddingRequest, request: Request, _: Principal = Depends(require_key)):
+    entry, result = await request.app.state.embeddings.embed(body.model, request_id_var.get(), body.texts())
+    request.state.model = entry.name
+    request.state.prompt_tokens = result.prompt_tokens
+    size = len(result.vectors[0])
+    if body.dimensions is not None and body.dimensions != size:
+        raise InvalidRequest(f"model {entry.name!r} gives {size} dimensions, not {body.dimensions}",
+                             param="dimensions")
+    return EmbeddingList(
+        data=[Embedding(index=i, embedding=_encode(v, body.encoding_format)) for i, v in enumerate(result.vectors)],
+        model=entry.name,
+        usage=EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
     )
 
 

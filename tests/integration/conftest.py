@@ -1,4 +1,5 @@
-"""One real `serve run` for the integration tests: both shipped GGUF models, two ingress replicas."""
+"""One real `serve run` for the integration tests: the shipped models.json (two GGUF chat models,
+two embedding models), two ingress replicas."""
 
 import pytest
 
@@ -9,6 +10,9 @@ OTHER_KEY = "test-key-2"
 MAX_PROMPT_LENGTH = 6000
 DEFAULT = "smollm2-135m-instruct"
 GEMMA = "gemma3-270m"
+MINILM = "minilm-l6-v2"  # SafeTensors, transformers
+MINILM_INT8 = "minilm-l6-v2-int8"  # int8 ONNX, onnxruntime
+ALL_MODELS = {DEFAULT, GEMMA, MINILM, MINILM_INT8}
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +23,7 @@ def server():
         "LOG_FORMAT": "json",
         "INGRESS_REPLICAS": "2",
     }
-    process = ServeProcess(env=env).start(ready_models=(DEFAULT, GEMMA))
+    process = ServeProcess(env=env).start(ready_models=tuple(ALL_MODELS))
     yield process
     process.stop()
 
