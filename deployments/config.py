@@ -71,11 +71,26 @@ class ModelConfig(BaseModel):
     chat_format: Optional[str] = Field(
         None, description="Chat template name used when the weights carry none (llama.cpp names, e.g. `gemma`)."
     )
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="LoRA adapters, name -> path (same forms as `path`); a request picks one with "
+        "`\"model\": \"<model>:<adapter>\"`. Loaded on first use.",
+    )
+    max_adapters: int = Field(2, ge=1, description="Adapters kept loaded per replica; the least recently used goes.")
     description: Optional[str] = Field(None, description="Free text shown in model listings.")
     num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved per replica (fractional allowed).")
     memory: Optional[int] = Field(None, ge=0, description="Ray memory (bytes) reserved per replica.")
     max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica accepts at once.")
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, adapters: dict[str, str]) -> dict[str, str]:
+        for name in adapters:
+            if not name or ":" in name or name != name.strip():
+                raise ValueError(f"adapter name {name!r} is not usable (non-empty, no ':' or edge spaces)")
+        return adapters
 
 
 class ModelsFile(BaseModel):

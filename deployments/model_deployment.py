@@ -48,6 +48,12 @@ class ModelDeployment:
         weights = resolve_weights(config.path, cache_dir, config_dir)
         tokenizer = resolve_weights(config.tokenizer, cache_dir, config_dir) if config.tokenizer else None
         self.backend = get_backend(config.type, config.task)(model_name, config, weights, tokenizer)
+        self.backend.cache_dir = cache_dir
+        if config.adapters and not self.backend.supports_adapters:
+            raise ValueError(f"model {model_name!r}: backend {config.type!r} does not serve adapters")
+        self.backend.adapter_paths = {
+            name: resolve_weights(path, cache_dir, config_dir) for name, path in config.adapters.items()
+        }
         self.backend.load()
         self.load_time_s = time.monotonic() - started
         self.last_used = time.time()
@@ -91,6 +97,7 @@ class ModelDeployment:
             "in_flight": self.in_flight,
             "cancelled": self.backend.cancelled,
             "rss_bytes": _rss_bytes(),
+            "adapters": self.backend.loaded_adapters(),
         }
 
     def check_health(self) -> None:

@@ -32,6 +32,7 @@ class GenerationRequest:
     prompt: Optional[str] = None
     messages: Optional[tuple[dict, ...]] = None
     key_id: Optional[str] = None
+    adapter: Optional[str] = None  # a LoRA adapter of the model (`"model": "<model>:<adapter>"`)
 
 
 @dataclass

@@ -58,12 +58,15 @@ class Backend(ABC):
     """
 
     type_name: ClassVar[str] = ""
+    supports_adapters: ClassVar[bool] = False  # True: serves the `adapters` of its models.json entry
 
     def __init__(self, model_name: str, config: ModelConfig, weights: Path, tokenizer: Optional[Path] = None):
         self.model_name = model_name
         self.config = config
         self.weights = weights
         self.tokenizer_path = tokenizer  # config.tokenizer resolved, when set
+        self.cache_dir: Optional[Path] = None  # MODEL_CACHE_DIR, for what a backend converts at load
+        self.adapter_paths: dict[str, Path] = {}  # config.adapters resolved
         self.cancelled = 0  # generations stopped because their client went away
 
     def note_cancelled(self, produced_tokens: int) -> None:
@@ -81,6 +84,10 @@ class Backend(ABC):
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         """Unit-length vectors for `texts` (embedding backends only)."""
         raise InvalidRequest(f"model {self.model_name!r} does not produce embeddings", param="model")
+
+    def loaded_adapters(self) -> list[str]:
+        """Adapters in memory now, least recently used first."""
+        return []
 
     def health(self) -> None:
         """Raise if the backend can no longer serve (Ray then replaces the replica)."""
