@@ -64,12 +64,29 @@ class ModelRouter:
             )
         return entry
 
+    def resolve_adapter(self, name: Optional[str], task: Optional[str]) -> tuple[ModelEntry, Optional[str]]:
+        """`<model>` or `<model>:<adapter>` (an adapter listed in the model's entry)."""
+        base, colon, adapter = (name or "").partition(":")
+        entry = self.resolve(base or None, task)
+        if colon and adapter not in entry.config.adapters:
+            raise ModelNotFound(f"model {name!r} does not exist", param="model")
+        return entry, adapter or None
+
+    def model_ids(self) -> list[str]:
+        """Every id a request may name: each model, then each of its adapters as `<model>:<adapter>`."""
+        ids = []
+        for name, entry in self.entries.items():
+            ids += [name] + [f"{name}:{adapter}" for adapter in entry.config.adapters]
+        return ids
+
 
 class Generation:
     """A started generation: the first chunk is in hand, the rest streams."""
 
-    def __init__(self, entry: ModelEntry, first: Optional[GenerationChunk], rest: Any, started: float):
+    def __init__(self, entry: ModelEntry, first: Optional[GenerationChunk], rest: Any, started: float,
+                 adapter: Optional[str] = None):
         self.entry = entry
+        self.model_id = f"{entry.name}:{adapter}" if adapter else entry.name  # echoed in responses
         self._first = first
         self._rest = rest
         self.started = started
@@ -135,8 +152,9 @@ class GenerationService:
         messages: Optional[list[dict]] = None,
         key_id: Optional[str] = None,
     ) -> Generation:
-        entry = self.router.resolve(model, "generate")
+        entry, adapter = self.router.resolve_adapter(model, "generate")
         request = GenerationRequest(
+            adapter=adapter,
             request_id=request_id,
             sampling=sampling,
             prompt=prompt,
@@ -156,7 +174,7 @@ class GenerationService:
         except BaseException:
             stream.cancel()
             raise
-        return Generation(entry, first, stream, started)
+        return Generation(entry, first, stream, started, adapter)
 
 
 MAX_EMBEDDING_INPUTS = 2048  # as OpenAI

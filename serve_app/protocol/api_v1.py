@@ -63,6 +63,8 @@ class ModelInfo(BaseModel):
     cancelled: Optional[int] = Field(None, description="Generations stopped because the client left.")
     load_time_s: Optional[float] = None
     resident_memory_bytes: Optional[int] = None
+    adapters: list[str] = Field(default_factory=list, description="LoRA adapters: request `<model>:<adapter>`.")
+    loaded_adapters: Optional[list[str]] = Field(None, description="Adapters in memory, least recently used first.")
 
 
 class ModelsResponse(BaseModel):

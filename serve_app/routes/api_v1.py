@@ -34,7 +34,7 @@ def _now_iso() -> str:
 def _summary(generation: Generation, text: str) -> dict:
     return {
         "response": text,
-        "model": generation.entry.name,
+        "model": generation.model_id,
         "tokens_used": generation.usage.total_tokens,
         "processing_time": round(time.monotonic() - generation.started, 4),
         "timestamp": _now_iso(),
@@ -47,9 +47,9 @@ async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], prin
         body.model, request_id_var.get(), body.to_sampling_params(),
         prompt=prompt, messages=messages, key_id=principal.key_id,
     )
-    request.state.model = generation.entry.name
+    request.state.model = generation.model_id
     if body.stream:
-        name = generation.entry.name
+        name = generation.model_id
         return sse_stream(
             request,
             generation,
@@ -97,7 +97,8 @@ async def models(request: Request, _: Principal = Depends(require_key)):
                 name=name, type=entry.config.type, task=entry.config.task, format=entry.config.format,
                 state=state, replicas=replicas, description=entry.config.description, in_flight=live.get("in_flight"),
                 cancelled=live.get("cancelled"), load_time_s=live.get("load_time_s"),
-                resident_memory_bytes=live.get("rss_bytes"),
+                resident_memory_bytes=live.get("rss_bytes"), adapters=list(entry.config.adapters),
+                loaded_adapters=live.get("adapters"),
             )
         )
     router = request.app.state.router

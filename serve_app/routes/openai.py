@@ -54,7 +54,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, princi
         body.model, request_id_var.get(), body.to_sampling_params(),
         messages=[m.as_dict() for m in body.messages], key_id=principal.key_id,
     )
-    request.state.model = name = generation.entry.name
+    request.state.model = name = generation.model_id
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(delta: Delta, finish=None, choices=True) -> dict:
@@ -90,7 +90,7 @@ async def completions(body: CompletionRequest, request: Request, principal: Prin
     generation = await request.app.state.generation.start(
         body.model, request_id_var.get(), body.to_sampling_params(), prompt=body.prompt, key_id=principal.key_id,
     )
-    request.state.model = name = generation.entry.name
+    request.state.model = name = generation.model_id
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
     def completion(text: str, finish=None, usage=None) -> dict:
@@ -141,10 +141,10 @@ async def embeddings(body: EmbeddingRequest, request: Request, _: Principal = De
 @router.get("/models", response_model=ModelList)
 async def list_models(request: Request, _: Principal = Depends(require_key)):
     created = request.app.state.started_at
-    return ModelList(data=[ModelCard(id=name, created=created) for name in request.app.state.router.entries])
+    return ModelList(data=[ModelCard(id=name, created=created) for name in request.app.state.router.model_ids()])
 
 
 @router.get("/models/{model_id}", response_model=ModelCard)
 async def get_model(model_id: str, request: Request, _: Principal = Depends(require_key)):
-    entry = request.app.state.router.resolve(model_id)
-    return ModelCard(id=entry.name, created=request.app.state.started_at)
+    request.app.state.router.resolve_adapter(model_id, None)
+    return ModelCard(id=model_id, created=request.app.state.started_at)
