@@ -78,3 +78,16 @@ def test_models_json_round_trips(tmp_path):
     path = tmp_path / "models.json"
     path.write_text(json.dumps(data))
     assert load_models_file(path).models.keys() == data["models"].keys()
+
+
+def test_task_adapters_and_tokenizer_fields():
+    models = parse_models({"models": {
+        "vec": {"type": "onnx", "task": "embed", "path": "m.onnx", "tokenizer": "package://p/tok"},
+        "lm": {"type": "transformers", "path": "d", "adapters": {"a": "/x"}, "max_adapters": 1},
+    }}).models
+    assert models["vec"].task == "embed" and models["lm"].task == "generate"
+    assert models["lm"].adapters == {"a": "/x"}
+    with pytest.raises(ModelConfigError, match=r"model 'lm', field adapters"):
+        parse_models({"models": {"lm": {"type": "transformers", "path": "d", "adapters": {"a:b": "/x"}}}})
+    with pytest.raises(ModelConfigError, match=r"field task"):
+        parse_models({"models": {"m": {"type": "gguf", "path": "x", "task": "classify"}}})
