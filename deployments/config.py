@@ -45,6 +45,9 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     type: Literal["gguf", "transformers", "onnx"] = Field(description="Backend that serves the model.")
+    task: Literal["generate", "embed"] = Field(
+        "generate", description="`generate` (chat and completions) or `embed` (embeddings)."
+    )
     path: str = Field(
         description=(
             "Weights: `package://<pkg>/<file>` (a file inside an installed package), "
@@ -53,10 +56,16 @@ class ModelConfig(BaseModel):
             "or the config file's folder."
         )
     )
+    tokenizer: Optional[str] = Field(
+        None, description="Tokenizer folder or tokenizer.json (same forms as `path`) when the weights carry none."
+    )
     format: Optional[str] = Field(None, description="Weight format label shown in listings, e.g. `Q4_1`.")
     context_length: int = Field(2048, ge=16, description="Context window in tokens (prompt + completion).")
     threads: int = Field(2, ge=1, description="CPU threads the engine uses for inference.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to run; auto picks CUDA if present.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weight dtype (transformers): auto is float32 on CPU, the checkpoint's dtype on CUDA."
+    )
     quantization: Optional[str] = Field(None, description="Quantization applied at load (backend-specific).")
     max_memory: Optional[str] = Field(None, description="Memory cap for the weights, e.g. `2GiB`.")
     default_max_tokens: int = Field(
@@ -68,6 +77,12 @@ class ModelConfig(BaseModel):
     chat_format: Optional[str] = Field(
         None, description="Chat template name used when the weights carry none (llama.cpp names, e.g. `gemma`)."
     )
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="LoRA adapters, name -> path (same forms as `path`); a request picks one with "
+        "`\"model\": \"<model>:<adapter>\"`. Loaded on first use.",
+    )
+    max_adapters: int = Field(2, ge=1, description="Adapters kept loaded per replica; the least recently used goes.")
     description: Optional[str] = Field(None, description="Free text shown in model listings.")
     num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved per replica (fractional allowed).")
     memory: Optional[int] = Field(None, ge=0, description="Ray memory (bytes) reserved per replica.")
@@ -79,6 +94,15 @@ class ModelConfig(BaseModel):
         if self.autoscaling.min_replicas is not None:
             return self.autoscaling.min_replicas
         return 1 if (self.preload or is_default) else 0
+
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, adapters: dict[str, str]) -> dict[str, str]:
+        for name in adapters:
+            if not name or ":" in name or name != name.strip():
+                raise ValueError(f"adapter name {name!r} is not usable (non-empty, no ':' or edge spaces)")
+        return adapters
 
 
 class ModelsFile(BaseModel):

@@ -13,7 +13,7 @@ from deployments.backends import get_backend
 from deployments.config import ModelConfig
 from deployments.errors import AICoreError, BackendFailure
 from deployments.streaming import coalesce
-from deployments.types import GenerationChunk, GenerationRequest
+from deployments.types import EmbeddingResult, GenerationChunk, GenerationRequest
 from deployments.weights import resolve_weights
 from serve_app.logs import configure_logging, request_id_var
 
@@ -44,10 +44,16 @@ class ModelDeployment:
         self.model_name = model_name
         self.stream_interval_s = config.stream_interval_ms / 1000
         started = time.monotonic()
-        weights = resolve_weights(
-            config.path, Path(context.cache_dir), Path(context.config_dir) if context.config_dir else None
-        )
-        self.backend = get_backend(config.type)(model_name, config, weights)
+        cache_dir, config_dir = Path(context.cache_dir), Path(context.config_dir) if context.config_dir else None
+        weights = resolve_weights(config.path, cache_dir, config_dir)
+        tokenizer = resolve_weights(config.tokenizer, cache_dir, config_dir) if config.tokenizer else None
+        self.backend = get_backend(config.type, config.task)(model_name, config, weights, tokenizer)
+        self.backend.cache_dir = cache_dir
+        if config.adapters and not self.backend.supports_adapters:
+            raise ValueError(f"model {model_name!r}: backend {config.type!r} does not serve adapters")
+        self.backend.adapter_paths = {
+            name: resolve_weights(path, cache_dir, config_dir) for name, path in config.adapters.items()
+        }
         self.backend.load()
         self.load_time_s = time.monotonic() - started
         self.last_used = time.time()
@@ -76,9 +82,19 @@ class ModelDeployment:
         """Per message: its content's tokens plus a few for the role markers of a chat template."""
         return [self.backend.count_tokens(m["content"]) + 4 for m in messages]
 
-    async def embed(self, texts: list[str]) -> list[list[float]]:
+    async def embed(self, request_id: str, texts: list[str]) -> EmbeddingResult:
+        request_id_var.set(request_id)
+        self.in_flight += 1
         self.last_used = time.time()
-        return await self.backend.embed(texts)
+        try:
+            return await self.backend.embed(texts)
+        except AICoreError:
+            raise
+        except Exception as error:
+            logger.exception("embedding failed", extra={"model": self.model_name, "request_id": request_id})
+            raise BackendFailure("the model failed to compute embeddings") from error
+        finally:
+            self.in_flight -= 1
 
     def info(self) -> dict:
         return {
@@ -88,6 +104,7 @@ class ModelDeployment:
             "served": self.served,
             "cancelled": self.backend.cancelled,
             "rss_bytes": _rss_bytes(),
+            "adapters": self.backend.loaded_adapters(),
         }
 
     def check_health(self) -> None:

@@ -32,6 +32,7 @@ class GenerationRequest:
     prompt: Optional[str] = None
     messages: Optional[tuple[dict, ...]] = None
     key_id: Optional[str] = None
+    adapter: Optional[str] = None  # a LoRA adapter of the model (`"model": "<model>:<adapter>"`)
 
 
 @dataclass
@@ -59,3 +60,11 @@ class GenerationResult:
     finish_reason: str
     usage: Usage = field(default_factory=Usage)
     first_token_s: Optional[float] = None
+
+
+@dataclass
+class EmbeddingResult:
+    """Unit-length vectors, one per input, and the tokens the model read."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int

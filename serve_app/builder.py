@@ -68,6 +68,25 @@ def check_fits(models: ModelsFile, cluster_cpus: Optional[float], cluster_memory
             )
 
 
+def pick_defaults(models: ModelsFile, settings: Settings) -> tuple[Optional[str], Optional[str]]:
+    """DEFAULT_MODEL (else the first generation model) and DEFAULT_EMBEDDING_MODEL (else the first
+    embedding model, or none)."""
+    def first(task: str) -> Optional[str]:
+        return next((name for name, config in models.models.items() if config.task == task), None)
+
+    chosen = {"generate": settings.default_model or first("generate"),
+              "embed": settings.default_embedding_model or first("embed")}
+    for task, variable in (("generate", "DEFAULT_MODEL"), ("embed", "DEFAULT_EMBEDDING_MODEL")):
+        name = chosen[task]
+        if name is not None and (name not in models.models or models.models[name].task != task):
+            raise ValueError(f"{variable} {name!r} is not a {task} model in {config_source(settings)}")
+    return chosen["generate"], chosen["embed"]
+
+
+def config_source(settings: Settings) -> str:
+    return str(settings.resolve(settings.model_config_path))
+
+
 def _cluster_resources() -> tuple[Optional[float], Optional[float]]:
     import ray
 
@@ -85,9 +104,7 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
     config_path = settings.resolve(settings.model_config_path)
     models = load_models_file(config_path)
     check_fits(models, *_cluster_resources())
-    default_model = settings.default_model or next(iter(models.models))
-    if default_model not in models.models:
-        raise ValueError(f"DEFAULT_MODEL {default_model!r} is not in {config_path}")
+    default_model, default_embedding_model = pick_defaults(models, settings)
 
     context = ReplicaContext(
         cache_dir=str(settings.resolve(settings.model_cache_dir)),
@@ -117,7 +134,7 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
     chats_bound = chats.bind(
         settings.telegram_history_chats, settings.telegram_history_messages, settings.telegram_history_ttl_s
     )
-    return ingress.bind(settings, specs, handles, default_model, hub.bind(), chats_bound)
+    return ingress.bind(settings, specs, handles, default_model, hub.bind(), chats_bound, default_embedding_model)
 
 
 def model_identity(config: ModelConfig, context: ReplicaContext) -> str:

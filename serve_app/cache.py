@@ -41,6 +41,7 @@ def cache_key(request: GenerationRequest, *, tenant: str, endpoint: str, model: 
         "prompt": _normalize(request.prompt) if request.prompt is not None else None,
         "messages": [{"role": m["role"], "content": _normalize(m["content"])} for m in request.messages or ()],
         "sampling": asdict(request.sampling),
+        "adapter": request.adapter,
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     return f"cache:{digest}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from ray import serve
 
@@ -31,9 +31,10 @@ class Ingress:
         settings: Settings,
         models: dict[str, ModelSpec],
         handles: dict[str, Any],
-        default_model: str,
+        default_model: Optional[str],
         metrics_hub: Any,
         chat_hub: Any = None,
+        default_embedding_model: Optional[str] = None,
     ):
         configure_logging(settings.log_level, settings.log_format)
         entries = {
@@ -42,7 +43,7 @@ class Ingress:
         app_name = serve.get_replica_context().app_name
         self._app = create_app(
             settings,
-            ModelRouter(entries, default_model),
+            ModelRouter(entries, default_model, default_embedding_model),
             metrics_hub,
             ModelStatus(app_name, {name: spec.deployment_name for name, spec in models.items()}),
             chat_hub,

@@ -18,7 +18,7 @@ def now_iso() -> str:
 def summary(generation: Generation, text: str, session_id: Optional[str] = None) -> dict:
     fields = {
         "response": text,
-        "model": generation.entry.name,
+        "model": generation.model_id,
         "tokens_used": generation.usage.total_tokens,
         "processing_time": round(time.monotonic() - generation.started, 4),
         "timestamp": now_iso(),

@@ -14,12 +14,25 @@ import logging
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from deployments.config import ModelConfig
-from deployments.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, ModelUnavailable, PromptTooLong
-from deployments.types import GenerationChunk, GenerationRequest, GenerationResult, SamplingParams, Usage
-from serve_app.cache import ResponseCache, cache_key, wants_cache
-from serve_app.sessions import SessionStore, trim_to_fit
+from deployments.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    ModelUnavailable,
+    PromptTooLong,
+)
+from deployments.types import (
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    Usage,
+)
 from serve_app.access_errors import TooManyMessages
+from serve_app.cache import ResponseCache, cache_key, wants_cache
 from serve_app.content_filter import ContentPolicy
+from serve_app.sessions import SessionStore, trim_to_fit
 from serve_app.settings import Settings
 from serve_app.store import StoreUnavailable
 
@@ -38,16 +51,45 @@ class ModelEntry:
 
 
 class ModelRouter:
-    def __init__(self, entries: dict[str, ModelEntry], default_model: str):
+    def __init__(
+        self, entries: dict[str, ModelEntry], default_model: Optional[str], default_embedding_model: Optional[str] = None
+    ):
         self.entries = entries
         self.default_model = default_model
+        self.default_embedding_model = default_embedding_model
 
-    def resolve(self, name: Optional[str]) -> ModelEntry:
-        name = name or self.default_model
+    def resolve(self, name: Optional[str], task: Optional[str] = None) -> ModelEntry:
+        """The model `name` (or the default for `task`); a model of another task is a 400."""
+        if not name:
+            name = self.default_embedding_model if task == "embed" else self.default_model
+            if name is None:
+                raise InvalidRequest(f"no {'embedding' if task == 'embed' else 'generation'} model is configured",
+                                     param="model")
         entry = self.entries.get(name)
         if entry is None:
             raise ModelNotFound(f"model {name!r} does not exist", param="model")
+        if task is not None and entry.config.task != task:
+            if task == "embed":
+                raise InvalidRequest(f"model {name!r} does not produce embeddings", param="model")
+            raise InvalidRequest(
+                f"model {name!r} is an embedding model: use /v1/embeddings or /api/v1/embeddings", param="model"
+            )
         return entry
+
+    def resolve_adapter(self, name: Optional[str], task: Optional[str]) -> tuple[ModelEntry, Optional[str]]:
+        """`<model>` or `<model>:<adapter>` (an adapter listed in the model's entry)."""
+        base, colon, adapter = (name or "").partition(":")
+        entry = self.resolve(base or None, task)
+        if colon and adapter not in entry.config.adapters:
+            raise ModelNotFound(f"model {name!r} does not exist", param="model")
+        return entry, adapter or None
+
+    def model_ids(self) -> list[str]:
+        """Every id a request may name: each model, then each of its adapters as `<model>:<adapter>`."""
+        ids = []
+        for name, entry in self.entries.items():
+            ids += [name] + [f"{name}:{adapter}" for adapter in entry.config.adapters]
+        return ids
 
 
 @dataclass(frozen=True)
@@ -88,8 +130,10 @@ class Generation:
     """
 
     def __init__(self, entry: ModelEntry, first: Optional[GenerationChunk], rest: Any, started: float,
-                 on_complete: tuple[OnComplete, ...] = (), cache: Optional[str] = None):
+                 on_complete: tuple[OnComplete, ...] = (), cache: Optional[str] = None,
+                 adapter: Optional[str] = None):
         self.entry = entry
+        self.model_id = f"{entry.name}:{adapter}" if adapter else entry.name  # echoed in responses
         self._first = first
         self._rest = rest
         self.started = started
@@ -104,11 +148,11 @@ class Generation:
         self.prompt_text: Optional[str] = None
 
     @classmethod
-    def replay(cls, entry: ModelEntry, result: GenerationResult) -> "Generation":
+    def replay(cls, entry: ModelEntry, result: GenerationResult, adapter: Optional[str] = None) -> "Generation":
         final = GenerationChunk(finish_reason=result.finish_reason, usage=result.usage)
         first = GenerationChunk(text=result.text) if result.text else final
         rest = _Replay([final] if result.text else [])
-        return cls(entry, first, rest, time.monotonic(), cache="hit")
+        return cls(entry, first, rest, time.monotonic(), cache="hit", adapter=adapter)
 
     async def chunks(self) -> AsyncIterator[GenerationChunk]:
         parts: list[str] = []
@@ -210,7 +254,7 @@ class GenerationService:
         options: Optional[RequestOptions] = None,
         principal: Any = None,  # serve_app.auth.Principal: default model, allowed models
     ) -> Generation:
-        entry = self.router.resolve(model or getattr(principal, "default_model", None))
+        entry, adapter = self.router.resolve_adapter(model or getattr(principal, "default_model", None), "generate")
         if principal is not None:
             principal.check_model(entry.name)
             key_id = key_id or principal.key_id
@@ -220,6 +264,7 @@ class GenerationService:
             messages, save = await self._with_history(entry, options, messages, sampling)
             callbacks.append(save)
         request = GenerationRequest(
+            adapter=adapter,
             request_id=request_id,
             sampling=sampling,
             prompt=prompt,
@@ -233,7 +278,7 @@ class GenerationService:
                             identity=entry.identity)
             hit = await self.cache.get(key)
             if hit is not None:
-                return self._observe(Generation.replay(entry, hit), prompt, messages)
+                return self._observe(Generation.replay(entry, hit, adapter), prompt, messages)
             cache_state = "miss"
 
             async def fill(result: GenerationResult, key: str = key) -> None:
@@ -252,7 +297,8 @@ class GenerationService:
         except BaseException:
             stream.cancel()
             raise
-        return self._observe(Generation(entry, first, stream, started, tuple(callbacks), cache_state), prompt, messages)
+        generation = Generation(entry, first, stream, started, tuple(callbacks), cache_state, adapter)
+        return self._observe(generation, prompt, messages)
 
     def _observe(self, generation: Generation, prompt: Optional[str], messages: Optional[list[dict]]) -> Generation:
         """Attach the output content screen and, with LOG_PROMPTS, the texts for the access log."""
@@ -263,3 +309,39 @@ class GenerationService:
                 f"{m['role']}: {m['content']}" for m in messages or ()
             )
         return generation
+
+
+MAX_EMBEDDING_INPUTS = 2048  # as OpenAI
+
+
+class EmbeddingService:
+    def __init__(self, router: ModelRouter, settings: Settings):
+        self.router = router
+        self.settings = settings
+
+    def _check(self, texts: list[str]) -> None:
+        if not texts:
+            raise InvalidRequest("input must not be empty", param="input")
+        if len(texts) > MAX_EMBEDDING_INPUTS:
+            raise InvalidRequest(f"input has {len(texts)} items; the limit is {MAX_EMBEDDING_INPUTS}", param="input")
+        for index, text in enumerate(texts):
+            if not text:
+                raise InvalidRequest(f"input[{index}] is empty", param="input")
+            if len(text) > self.settings.max_prompt_length:
+                raise PromptTooLong(
+                    f"input[{index}] is {len(text)} characters; the limit is {self.settings.max_prompt_length}",
+                    param="input",
+                )
+
+    async def embed(self, model: Optional[str], request_id: str, texts: list[str]) -> tuple[ModelEntry, EmbeddingResult]:
+        entry = self.router.resolve(model, "embed")
+        self._check(texts)
+        try:
+            result = await asyncio.wait_for(
+                entry.handle.embed.remote(request_id, texts), self.settings.request_timeout_s
+            )
+        except asyncio.TimeoutError:
+            raise ModelUnavailable(
+                f"model {entry.name!r} did not answer within {self.settings.request_timeout_s:g}s"
+            ) from None
+        return entry, result

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     model_config_path: str = Field("models.json", description="The model registry file.")
     model_cache_dir: str = Field("models", description="Where assembled/converted weights are kept.")
     default_model: Optional[str] = Field(None, description="Model used when a request names none; default: the first.")
+    default_embedding_model: Optional[str] = Field(
+        None, description="Embedding model used when a request names none; default: the first with task embed."
+    )
     api_key_header: str = Field("X-API-Key", description="Header that carries the API key.")
     api_keys: str = Field("", description="Comma-separated bootstrap API keys (admin).")
     max_prompt_length: int = Field(32000, ge=1, description="Longest prompt (characters) accepted.")

@@ -15,35 +15,36 @@ import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import AsyncIterator, Callable, ClassVar, Iterator
+from typing import AsyncIterator, Callable, ClassVar, Iterator, Optional
 
 from deployments.config import ModelConfig
 from deployments.errors import InvalidRequest
-from deployments.types import GenerationChunk, GenerationRequest
+from deployments.types import EmbeddingResult, GenerationChunk, GenerationRequest
 
 logger = logging.getLogger("aicore.backend")
 
-_BACKENDS: dict[str, type["Backend"]] = {}
+_BACKENDS: dict[tuple[str, str], type["Backend"]] = {}
 
 
-def register_backend(name: str) -> Callable[[type["Backend"]], type["Backend"]]:
-    """Class decorator: `@register_backend("gguf")` makes `type: "gguf"` load this class."""
+def register_backend(name: str, task: str = "generate") -> Callable[[type["Backend"]], type["Backend"]]:
+    """Class decorator: `@register_backend("gguf")` makes `type: "gguf"` load this class;
+    `@register_backend("onnx", task="embed")` serves `"type": "onnx", "task": "embed"`."""
 
     def decorate(cls: type[Backend]) -> type[Backend]:
         cls.type_name = name
-        _BACKENDS[name] = cls
+        _BACKENDS[(name, task)] = cls
         return cls
 
     return decorate
 
 
-def get_backend(name: str) -> type["Backend"]:
+def get_backend(name: str, task: str = "generate") -> type["Backend"]:
     # Importing the package registers the built-in backends.
     import deployments.backends  # noqa: F401
 
-    if name not in _BACKENDS:
-        raise KeyError(f"no backend registered for type {name!r} (known: {sorted(_BACKENDS)})")
-    return _BACKENDS[name]
+    if (name, task) not in _BACKENDS:
+        raise KeyError(f"no backend registered for type {name!r}, task {task!r} (known: {sorted(_BACKENDS)})")
+    return _BACKENDS[(name, task)]
 
 
 class Backend(ABC):
@@ -57,11 +58,15 @@ class Backend(ABC):
     """
 
     type_name: ClassVar[str] = ""
+    supports_adapters: ClassVar[bool] = False  # True: serves the `adapters` of its models.json entry
 
-    def __init__(self, model_name: str, config: ModelConfig, weights: Path):
+    def __init__(self, model_name: str, config: ModelConfig, weights: Path, tokenizer: Optional[Path] = None):
         self.model_name = model_name
         self.config = config
         self.weights = weights
+        self.tokenizer_path = tokenizer  # config.tokenizer resolved, when set
+        self.cache_dir: Optional[Path] = None  # MODEL_CACHE_DIR, for what a backend converts at load
+        self.adapter_paths: dict[str, Path] = {}  # config.adapters resolved
         self.cancelled = 0  # generations stopped because their client went away
 
     def note_cancelled(self, produced_tokens: int) -> None:
@@ -77,11 +82,17 @@ class Backend(ABC):
         """Generate for one request; see the class docstring for the yield contract."""
 
     def count_tokens(self, text: str) -> int:
-        """Tokens in `text` by the model's own tokenizer (used to trim sessions to the context)."""
-        raise NotImplementedError
+        """Tokens in `text` (used to trim sessions to the context). Backends with a tokenizer
+        override this; the fallback is a deliberate over-estimate (about 3 characters a token)."""
+        return max(1, len(text) // 3 + 1)
 
-    async def embed(self, texts: list[str]) -> list[list[float]]:
+    async def embed(self, texts: list[str]) -> EmbeddingResult:
+        """Unit-length vectors for `texts` (embedding backends only)."""
         raise InvalidRequest(f"model {self.model_name!r} does not produce embeddings", param="model")
+
+    def loaded_adapters(self) -> list[str]:
+        """Adapters in memory now, least recently used first."""
+        return []
 
     def health(self) -> None:
         """Raise if the backend can no longer serve (Ray then replaces the replica)."""

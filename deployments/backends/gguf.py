@@ -10,11 +10,11 @@ import codecs
 import inspect
 import random
 import threading
-from typing import Iterator, Optional
+from typing import Iterator
 
 from deployments.backends.base import ThreadedBackend, register_backend
-from deployments.backends.text import StopMatcher
-from deployments.errors import ContextLengthExceeded, InvalidRequest
+from deployments.backends.text import StopMatcher, token_budget
+from deployments.errors import InvalidRequest
 from deployments.types import GenerationChunk, GenerationRequest, Usage
 
 
@@ -74,28 +74,11 @@ class GGUFBackend(ThreadedBackend):
         tokens = self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
         return tokens, stops
 
-    def _budget(self, prompt_len: int, requested: Optional[int], param: str) -> int:
-        n_ctx = self.llm.n_ctx()
-        if prompt_len >= n_ctx:
-            raise ContextLengthExceeded(
-                f"the prompt is {prompt_len} tokens; model {self.model_name!r} has a context of {n_ctx}",
-                param=param,
-            )
-        room = n_ctx - prompt_len
-        if requested is None:
-            return min(self.config.default_max_tokens, room)
-        if requested > room:
-            raise ContextLengthExceeded(
-                f"max_tokens {requested} plus the prompt's {prompt_len} tokens exceeds "
-                f"model {self.model_name!r}'s context of {n_ctx}",
-                param="max_tokens",
-            )
-        return requested
-
     def generate_blocking(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[GenerationChunk]:
         tokens, template_stops = self._prompt(request)
         s = request.sampling
-        budget = self._budget(len(tokens), s.max_tokens, "prompt" if request.messages is None else "messages")
+        budget = token_budget(self.model_name, self.llm.n_ctx(), self.config.default_max_tokens, len(tokens),
+                              s.max_tokens, "prompt" if request.messages is None else "messages")
         self.llm.set_seed(s.seed if s.seed is not None else random.randint(0, 2**31 - 1))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         matcher = StopMatcher(list(s.stop) + template_stops)

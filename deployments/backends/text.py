@@ -1,6 +1,28 @@
-"""Streaming text helpers shared by backends: stop sequences with hold-back."""
+"""Text helpers shared by backends: the completion-token budget, stop sequences with hold-back."""
 
 from __future__ import annotations
+
+from typing import Optional
+
+from deployments.errors import ContextLengthExceeded
+
+
+def token_budget(model: str, n_ctx: int, default: int, prompt_len: int, requested: Optional[int], param: str) -> int:
+    """Completion tokens allowed: `requested`, else `default`, within the room the prompt leaves."""
+    if prompt_len >= n_ctx:
+        raise ContextLengthExceeded(
+            f"the prompt is {prompt_len} tokens; model {model!r} has a context of {n_ctx}", param=param
+        )
+    room = n_ctx - prompt_len
+    if requested is None:
+        return min(default, room)
+    if requested > room:
+        raise ContextLengthExceeded(
+            f"max_tokens {requested} plus the prompt's {prompt_len} tokens exceeds "
+            f"model {model!r}'s context of {n_ctx}",
+            param="max_tokens",
+        )
+    return requested
 
 
 class StopMatcher:

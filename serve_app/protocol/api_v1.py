@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -41,6 +41,25 @@ class ChatRequest(_Request):
     session_id: Optional[str] = Field(None, pattern=SESSION_ID_PATTERN, description="Keep this conversation on the server.")
 
 
+class EmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: Optional[str] = Field(None, description="An embedding model; omitted means DEFAULT_EMBEDDING_MODEL.")
+    input: Union[str, list[str]] = Field(description="A string or a list of strings.")
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class EmbedResponse(BaseModel):
+    embeddings: list[list[float]] = Field(description="One unit-length vector per input, in input order.")
+    model: str
+    dimensions: int
+    tokens_used: int = Field(description="Tokens the model read.")
+    processing_time: float
+    timestamp: str
+
+
 class GenerateResponse(BaseModel):
     response: str
     model: str
@@ -73,6 +92,7 @@ class SessionDetail(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     type: str
+    task: str = Field(description="`generate` (chat, completions) or `embed` (embeddings).")
     format: Optional[str]
     state: str
     replicas: int = 0
@@ -82,11 +102,14 @@ class ModelInfo(BaseModel):
     served: Optional[int] = Field(None, description="Generation requests the model has run (cache hits excluded).")
     load_time_s: Optional[float] = None
     resident_memory_bytes: Optional[int] = None
+    adapters: list[str] = Field(default_factory=list, description="LoRA adapters: request `<model>:<adapter>`.")
+    loaded_adapters: Optional[list[str]] = Field(None, description="Adapters in memory, least recently used first.")
 
 
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
-    default_model: str
+    default_model: Optional[str]
+    default_embedding_model: Optional[str] = None
 
 
 class HealthResponse(BaseModel):

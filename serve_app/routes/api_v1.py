@@ -13,6 +13,8 @@ from serve_app.store import StoreUnavailable
 from serve_app.logs import request_id_var
 from serve_app.protocol.api_v1 import (
     ChatRequest,
+    EmbedRequest,
+    EmbedResponse,
     GenerateRequest,
     GenerateResponse,
     HealthResponse,
@@ -36,10 +38,10 @@ async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], prin
         prompt=prompt, messages=messages, principal=principal,
         options=request_options(request, principal, endpoint, body.cache, session_id),
     )
-    request.state.model = generation.entry.name
+    request.state.model = generation.model_id
     headers = cache_headers(request, generation)
     if body.stream:
-        name = generation.entry.name
+        name = generation.model_id
         return sse_stream(
             request,
             generation,
@@ -83,6 +85,18 @@ async def delete_session(session_id: str, request: Request, principal: Principal
     return {"session_id": session_id, "deleted": True}
 
 
+@router.post("/embeddings", response_model=EmbedResponse)
+async def embeddings(body: EmbedRequest, request: Request, _: Principal = Depends(require_key)):
+    started = time.monotonic()
+    entry, result = await request.app.state.embeddings.embed(body.model, request_id_var.get(), body.texts())
+    request.state.model = entry.name
+    request.state.prompt_tokens = result.prompt_tokens
+    return EmbedResponse(
+        embeddings=result.vectors, model=entry.name, dimensions=len(result.vectors[0]),
+        tokens_used=result.prompt_tokens, processing_time=round(time.monotonic() - started, 4), timestamp=_now_iso(),
+    )
+
+
 @router.get("/models", response_model=ModelsResponse)
 async def models(request: Request, principal: Principal = Depends(require_key)):
     status = request.app.state.model_status
@@ -96,13 +110,17 @@ async def models(request: Request, principal: Principal = Depends(require_key)):
         live = await status.replica_info(entry.handle) if state == "ready" else {}
         listing.append(
             ModelInfo(
-                name=name, type=entry.config.type, format=entry.config.format, state=state, replicas=replicas,
-                description=entry.config.description, in_flight=live.get("in_flight"),
+                name=name, type=entry.config.type, task=entry.config.task, format=entry.config.format,
+                state=state, replicas=replicas, description=entry.config.description, in_flight=live.get("in_flight"),
                 cancelled=live.get("cancelled"), served=live.get("served"), load_time_s=live.get("load_time_s"),
-                resident_memory_bytes=live.get("rss_bytes"),
+                resident_memory_bytes=live.get("rss_bytes"), adapters=list(entry.config.adapters),
+                loaded_adapters=live.get("adapters"),
             )
         )
-    return ModelsResponse(models=listing, default_model=request.app.state.router.default_model)
+    router = request.app.state.router
+    return ModelsResponse(
+        models=listing, default_model=router.default_model, default_embedding_model=router.default_embedding_model
+    )
 
 
 @router.get("/health", response_model=HealthResponse)

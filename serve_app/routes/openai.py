@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import array
+import base64
+import sys
 import time
 import uuid
+from typing import Union
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from deployments.errors import InvalidRequest
 from serve_app.auth import Principal, require_key
 from serve_app.logs import request_id_var
 from serve_app.protocol.openai import (
@@ -21,6 +26,10 @@ from serve_app.protocol.openai import (
     CompletionChoice,
     CompletionRequest,
     Delta,
+    Embedding,
+    EmbeddingList,
+    EmbeddingRequest,
+    EmbeddingUsage,
     ModelCard,
     ModelList,
     UsageInfo,
@@ -48,7 +57,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, princi
         messages=[m.as_dict() for m in body.messages], principal=principal,
         options=request_options(request, principal, "chat.completions", body.cache, body.session_id),
     )
-    request.state.model = name = generation.entry.name
+    request.state.model = name = generation.model_id
     headers = cache_headers(request, generation)
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -87,7 +96,7 @@ async def completions(body: CompletionRequest, request: Request, principal: Prin
         body.model, request_id_var.get(), body.to_sampling_params(), prompt=body.prompt, principal=principal,
         options=request_options(request, principal, "completions", body.cache),
     )
-    request.state.model = name = generation.entry.name
+    request.state.model = name = generation.model_id
     headers = cache_headers(request, generation)
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -108,15 +117,40 @@ async def completions(body: CompletionRequest, request: Request, principal: Prin
     return JSONResponse(completion(result.text, result.finish_reason, _usage(generation)), headers=headers)
 
 
+def _encode(vector: list[float], encoding_format: str) -> Union[list[float], str]:
+    if encoding_format == "base64":  # what the openai package asks for by default
+        packed = array.array("f", vector)
+        if sys.byteorder == "big":
+            packed.byteswap()  # the wire format is little-endian float32
+        return base64.b64encode(packed.tobytes()).decode("ascii")
+    return vector
+
+
+@router.post("/embeddings", response_model=EmbeddingList)
+async def embeddings(body: EmbeddingRequest, request: Request, _: Principal = Depends(require_key)):
+    entry, result = await request.app.state.embeddings.embed(body.model, request_id_var.get(), body.texts())
+    request.state.model = entry.name
+    request.state.prompt_tokens = result.prompt_tokens
+    size = len(result.vectors[0])
+    if body.dimensions is not None and body.dimensions != size:
+        raise InvalidRequest(f"model {entry.name!r} gives {size} dimensions, not {body.dimensions}",
+                             param="dimensions")
+    return EmbeddingList(
+        data=[Embedding(index=i, embedding=_encode(v, body.encoding_format)) for i, v in enumerate(result.vectors)],
+        model=entry.name,
+        usage=EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
+    )
+
+
 @router.get("/models", response_model=ModelList)
 async def list_models(request: Request, principal: Principal = Depends(require_key)):
     created = request.app.state.started_at
-    names = principal.allowed_models(request.app.state.router.entries)
-    return ModelList(data=[ModelCard(id=name, created=created) for name in names])
+    ids = [i for i in request.app.state.router.model_ids() if principal.may_use(i.partition(":")[0])]
+    return ModelList(data=[ModelCard(id=name, created=created) for name in ids])
 
 
 @router.get("/models/{model_id}", response_model=ModelCard)
 async def get_model(model_id: str, request: Request, principal: Principal = Depends(require_key)):
-    entry = request.app.state.router.resolve(model_id)
+    entry, _ = request.app.state.router.resolve_adapter(model_id, None)
     principal.check_model(entry.name)
-    return ModelCard(id=entry.name, created=request.app.state.started_at)
+    return ModelCard(id=model_id, created=request.app.state.started_at)

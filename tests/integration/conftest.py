@@ -1,5 +1,7 @@
-"""One real `serve run` for the integration tests: both shipped GGUF models, two ingress replicas."""
+"""One real `serve run` for the integration tests: the shipped models.json (two GGUF chat models,
+two embedding models), two ingress replicas."""
 
+import json
 import os
 
 import pytest
@@ -15,6 +17,9 @@ ALLOWED_ORIGIN = "http://chat.example"
 TELEGRAM_SECRET = "tg-secret-0123456789"
 TELEGRAM_BOT = "aicore_test_bot"
 BATCH_MAX_ITEMS = 4
+MINILM = "minilm-l6-v2"  # SafeTensors, transformers
+MINILM_INT8 = "minilm-l6-v2-int8"  # int8 ONNX, onnxruntime
+ALL_MODELS = {DEFAULT, GEMMA, MINILM, MINILM_INT8}
 
 
 def server_env() -> dict:
@@ -34,9 +39,57 @@ def server_env() -> dict:
 
 @pytest.fixture(scope="session")
 def server():
-    process = ServeProcess(env=server_env()).start(ready_models=(DEFAULT, GEMMA))
+    process = ServeProcess(env=server_env()).start(ready_models=tuple(ALL_MODELS))
     yield process
     process.stop()
+
+
+TINY = "tiny-llama"  # SafeTensors, transformers backend
+TINY_4BIT = "tiny-llama-4bit"  # the same weights through bitsandbytes 4-bit
+TINY_ONNX = "tiny-llama-onnx"  # the same weights exported to ONNX with past key/values
+TINY_ONNX_INT8 = "tiny-llama-onnx-int8"  # that graph quantized to int8 at load
+FORMATS_MODELS = (TINY, TINY_4BIT, TINY_ONNX, TINY_ONNX_INT8)
+ADAPTERS = ("alpha", "beta", "gamma")  # peft LoRA adapters of TINY; at most 2 loaded per replica
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    from tests.tiny_models import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def formats_server(tmp_path_factory, tiny_dir):
+    """A second Serve app: the non-GGUF generation backends on tiny models generated here."""
+    common = {"type": "transformers", "path": str(tiny_dir), "context_length": 2048, "threads": 1,
+              "num_cpus": 0.05, "default_max_tokens": 32}
+    from scripts.convert_to_onnx import export
+
+    from tests.tiny_models import tiny_lora
+
+    folder = tmp_path_factory.mktemp("formats")
+    onnx_dir = export(tiny_dir, folder / "tiny-llama-onnx")
+    onnx = {**common, "type": "onnx", "path": str(onnx_dir)}
+    adapters = {name: str(tiny_lora(tiny_dir, folder / f"lora-{name}", seed)) for seed, name in enumerate(ADAPTERS)}
+    models = {"models": {TINY: {**common, "adapters": adapters, "max_adapters": 2},
+                         TINY_4BIT: {**common, "quantization": "4bit"},
+                         TINY_ONNX: onnx, TINY_ONNX_INT8: {**onnx, "quantization": "int8"}}}
+    config = folder / "models.json"
+    config.write_text(json.dumps(models))
+    # serve_config.yaml names models.json in `args`, which wins over the environment.
+    args = {"model_config_path": str(config), "model_cache_dir": str(folder / "cache")}
+    process = ServeProcess(env={"API_KEYS": KEY, "LOG_FORMAT": "json"}, args=args).start(ready_models=FORMATS_MODELS)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def formats_client(formats_server):
+    import httpx
+
+    with httpx.Client(base_url=formats_server.base_url, headers={"X-API-Key": KEY}, timeout=120) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from tests.integration.conftest import DEFAULT, GEMMA
+from tests.integration.conftest import ALL_MODELS, DEFAULT, GEMMA, MINILM, MINILM_INT8
 from tests.integration.sse import parse_sse
 
 FIELDS = {"response", "model", "tokens_used", "processing_time", "timestamp", "cached"}
@@ -23,16 +23,20 @@ def test_health_needs_no_key_and_lists_states(base_url):
 
     r = httpx.get(base_url + "/api/v1/health")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "models": {DEFAULT: "ready", GEMMA: "ready"}}
+    assert r.json() == {"status": "ok", "models": {name: "ready" for name in ALL_MODELS}}
 
 
 def test_models_listing(client):
     body = client.get("/api/v1/models").json()
     assert body["default_model"] == DEFAULT
     models = {m["name"]: m for m in body["models"]}
-    assert set(models) == {DEFAULT, GEMMA}
+    assert set(models) == ALL_MODELS
+    assert body["default_embedding_model"] == MINILM
     smol = models[DEFAULT]
-    assert (smol["type"], smol["format"], smol["state"], smol["replicas"]) == ("gguf", "Q4_1", "ready", 1)
+    assert (smol["type"], smol["task"], smol["format"], smol["state"], smol["replicas"]) == (
+        "gguf", "generate", "Q4_1", "ready", 1)
+    assert (models[MINILM]["type"], models[MINILM]["task"]) == ("transformers", "embed")
+    assert (models[MINILM_INT8]["type"], models[MINILM_INT8]["task"]) == ("onnx", "embed")
     assert smol["resident_memory_bytes"] > 50_000_000  # the weights really are in the replica
 
 

