@@ -53,9 +53,15 @@ class RedisStore:
 
         self._on_error = on_error
         self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # One immediate retry: a pooled connection that died with a Redis restart is replaced
+        # transparently instead of failing the first call after the restart.
         self.client = redis.Redis.from_url(
             url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            health_check_interval=15,
+            health_check_interval=15, retry=Retry(NoBackoff(), 1),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         self._incr = self.client.register_script(_INCR_WINDOW)
 
