@@ -6,9 +6,18 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v redis-server >/dev/null; then
-  as_root apt-get update -qq
-  as_root apt-get install -y -qq redis-server >/dev/null
+# OS packages the tests drive: Redis, nginx (configs/nginx.conf), openssl (test certificates) and
+# Compose (docker-compose.yml is parsed, no engine needed). The lock timeout waits out other apt runs.
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v nginx >/dev/null || missing+=(nginx)
+command -v openssl >/dev/null || missing+=(openssl)
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
+  missing+=(docker-compose)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  as_root apt-get -o DPkg::Lock::Timeout=600 update -qq
+  as_root apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 EXTRAS=test scripts/setup.sh
 
