@@ -38,6 +38,16 @@ def _rss_bytes() -> int:
         return 0
 
 
+def _node_id() -> Optional[str]:
+    """The Ray node this replica runs on (models can be pinned to nodes by custom resources)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:
+        return None
+
+
 class ModelDeployment:
     def __init__(self, model_name: str, config: ModelConfig, context: ReplicaContext):
         configure_logging(context.log_level, context.log_format)
@@ -81,6 +91,7 @@ class ModelDeployment:
             "in_flight": self.in_flight,
             "cancelled": self.backend.cancelled,
             "rss_bytes": _rss_bytes(),
+            "node_id": _node_id(),
         }
 
     def check_health(self) -> None:

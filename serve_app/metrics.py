@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 logger = logging.getLogger("aicore.metrics")
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+SPEED_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class RequestEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     first_token_s: Optional[float] = None
+    tokens_per_s: Optional[float] = None  # decode speed after the first token
+    error_type: Optional[str] = None  # OpenAI error type of a failed request (also mid-stream)
+    error_code: Optional[str] = None
 
 
 class MetricsHub:
@@ -50,6 +54,13 @@ class MetricsHub:
             "aicore_time_to_first_token_seconds", "Time to first token.", ["model"], buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.speed = Histogram(
+            "aicore_generation_tokens_per_second", "Decode speed of one request after its first token.", ["model"],
+            buckets=SPEED_BUCKETS, registry=self.registry,
+        )
+        self.errors = Counter(
+            "aicore_errors", "Failed requests by OpenAI error type and code.", ["type", "code"], registry=self.registry
+        )
 
     def record(self, events: list[RequestEvent]) -> None:
         for e in events:
@@ -62,6 +73,10 @@ class MetricsHub:
                 self.prompt_tokens.labels(e.model).inc(e.prompt_tokens)
             if e.first_token_s is not None:
                 self.ttft.labels(e.model).observe(e.first_token_s)
+            if e.tokens_per_s is not None:
+                self.speed.labels(e.model).observe(e.tokens_per_s)
+            if e.error_type:
+                self.errors.labels(e.error_type, e.error_code or "none").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -68,6 +68,9 @@ class RequestContextMiddleware:
         state = scope.get("state") or {}
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         model = state.get("model") or "-"
+        error_type, error_code = state.get("error_type"), state.get("error_code")
+        if status >= 400 and not error_type:  # answered outside our handlers (e.g. an unhandled 500)
+            error_type = "server_error" if status >= 500 else "invalid_request_error"
         event = RequestEvent(
             route=route,
             model=model,
@@ -76,6 +79,9 @@ class RequestContextMiddleware:
             prompt_tokens=state.get("prompt_tokens", 0),
             completion_tokens=state.get("completion_tokens", 0),
             first_token_s=state.get("first_token_s"),
+            tokens_per_s=state.get("tokens_per_s"),
+            error_type=error_type,
+            error_code=error_code,
         )
         client = scope.get("client")
         access_log.info(

@@ -23,10 +23,11 @@ def _event(payload: dict) -> str:
 
 
 def note_usage(request: Request, generation: Generation) -> None:
-    """Hand token counts to the access log and metrics (read by the middleware)."""
+    """Hand token counts and decode speed to the access log and metrics (read by the middleware)."""
     request.state.prompt_tokens = generation.usage.prompt_tokens
     request.state.completion_tokens = generation.usage.completion_tokens
     request.state.first_token_s = generation.first_token_s
+    request.state.tokens_per_s = generation.decode_speed()
 
 
 def sse_stream(
@@ -46,7 +47,7 @@ def sse_stream(
             for payload in on_end(generation):
                 yield _event(payload)
         except Exception as error:  # after headers are sent, errors travel as an event
-            yield sse_error_event(error)
+            yield sse_error_event(error, request)
         finally:
             note_usage(request, generation)
         yield "data: [DONE]\n\n"

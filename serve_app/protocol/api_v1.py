@@ -43,6 +43,7 @@ class ModelInfo(BaseModel):
     cancelled: Optional[int] = Field(None, description="Generations stopped because the client left.")
     load_time_s: Optional[float] = None
     resident_memory_bytes: Optional[int] = None
+    node_id: Optional[str] = Field(None, description="Ray node of the replica that reported the live figures.")
 
 
 class ModelsResponse(BaseModel):
@@ -53,3 +54,9 @@ class ModelsResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: str
     models: dict[str, str]
+
+
+class ReadinessResponse(BaseModel):
+    status: str = Field(description="`ready` (HTTP 200) or `not_ready` (HTTP 503).")
+    default_model: str
+    models: dict[str, str] = Field(description="Each model's state: ready, loading, unloaded, failed, unknown.")

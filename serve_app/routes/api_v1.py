@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Optional, Union
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from serve_app.auth import Principal, require_key
 from serve_app.logs import request_id_var
@@ -18,8 +18,11 @@ from serve_app.protocol.api_v1 import (
     HealthResponse,
     ModelInfo,
     ModelsResponse,
+    ReadinessResponse,
 )
+from serve_app.model_metrics import render_model_metrics
 from serve_app.serving import Generation
+from serve_app.status import ModelView, model_views
 from serve_app.streaming import note_usage, sse_stream
 
 router = APIRouter(prefix="/api/v1")
@@ -71,32 +74,50 @@ async def chat(body: ChatRequest, request: Request, principal: Principal = Depen
 
 @router.get("/models", response_model=ModelsResponse)
 async def models(request: Request, _: Principal = Depends(require_key)):
-    status = request.app.state.model_status
-    states = await status.states()
-    listing = []
-    for name, entry in request.app.state.router.entries.items():
-        state, replicas = states.get(name, ("unknown", 0))
-        # Ask a replica for live figures only when one runs: a call would wake a scaled-to-zero model.
-        live = await status.replica_info(entry.handle) if state == "ready" else {}
-        listing.append(
-            ModelInfo(
-                name=name, type=entry.config.type, format=entry.config.format, state=state, replicas=replicas,
-                description=entry.config.description, in_flight=live.get("in_flight"),
-                cancelled=live.get("cancelled"), load_time_s=live.get("load_time_s"),
-                resident_memory_bytes=live.get("rss_bytes"),
-            )
+    views = await _views(request)
+    listing = [
+        ModelInfo(
+            name=name, type=entry.config.type, format=entry.config.format, state=views[name].state,
+            replicas=views[name].replicas, description=entry.config.description,
+            in_flight=views[name].live.get("in_flight"), cancelled=views[name].live.get("cancelled"),
+            load_time_s=views[name].live.get("load_time_s"),
+            resident_memory_bytes=views[name].live.get("rss_bytes"), node_id=views[name].live.get("node_id"),
         )
+        for name, entry in request.app.state.router.entries.items()
+    ]
     return ModelsResponse(models=listing, default_model=request.app.state.router.default_model)
+
+
+async def _views(request: Request) -> dict[str, ModelView]:
+    handles = {name: entry.handle for name, entry in request.app.state.router.entries.items()}
+    return await model_views(request.app.state.model_status, handles)
 
 
 @router.get("/health", response_model=HealthResponse)
 async def health(request: Request):
+    """Liveness: the ingress answers; each model's state is listed. Always 200."""
     states = await request.app.state.model_status.states()
     return HealthResponse(status="ok", models={name: state for name, (state, _) in states.items()})
 
 
+@router.get("/health/ready", response_model=ReadinessResponse, responses={503: {"model": ReadinessResponse}})
+async def ready(request: Request):
+    """Readiness for a load balancer: 200 when the default model can serve, 503 (with Retry-After) when not."""
+    states = await request.app.state.model_status.states()
+    default = request.app.state.router.default_model
+    is_ready = states.get(default, ("unknown", 0))[0] == "ready"
+    body = ReadinessResponse(
+        status="ready" if is_ready else "not_ready",
+        default_model=default,
+        models={name: state for name, (state, _) in states.items()},
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if is_ready else 503,
+                        headers=None if is_ready else {"Retry-After": "5"})
+
+
 @router.get("/metrics")
 async def metrics(request: Request, _: Principal = Depends(require_key)):
-    body = await request.app.state.metrics.render()
-    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
-
+    """Prometheus text: counters from every ingress replica, model gauges read now."""
+    counted = await request.app.state.metrics.render()
+    gauges = render_model_metrics(await _views(request), request.app.state.router.default_model)
+    return Response(counted + gauges, media_type="text/plain; version=0.0.4; charset=utf-8")

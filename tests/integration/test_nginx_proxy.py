@@ -1,5 +1,6 @@
 """The shipped nginx.conf in front of the real app: TLS termination, redirect, SSE, body limit."""
 
+import ssl
 import subprocess
 import time
 
@@ -21,7 +22,7 @@ def nginx(tmp_path_factory, server):
     proc = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     base = f"https://127.0.0.1:{https_port}"
-    verify = str(certs / "fullchain.pem")
+    verify = ssl.create_default_context(cafile=str(certs / "fullchain.pem"))
     for _ in range(100):
         if proc.poll() is not None:
             pytest.fail("nginx exited: " + proc.stderr.read().decode())
