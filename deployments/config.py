@@ -66,6 +66,13 @@ class ModelConfig(BaseModel):
     num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved per replica (fractional allowed).")
     memory: Optional[int] = Field(None, ge=0, description="Ray memory (bytes) reserved per replica.")
     max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica accepts at once.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Custom Ray resources each replica needs, e.g. {\"worker_node\": 1}: the replica is placed "
+            "only on nodes started with `ray start --resources` offering them (pins a model to nodes)."
+        ),
+    )
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
 
 

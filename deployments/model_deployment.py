@@ -28,6 +28,7 @@ class ReplicaContext:
     config_dir: Optional[str] = None
     log_level: str = "INFO"
     log_format: str = "text"
+    log_dir: Optional[str] = None
 
 
 def _rss_bytes() -> int:
@@ -50,7 +51,7 @@ def _node_id() -> Optional[str]:
 
 class ModelDeployment:
     def __init__(self, model_name: str, config: ModelConfig, context: ReplicaContext):
-        configure_logging(context.log_level, context.log_format)
+        configure_logging(context.log_level, context.log_format, context.log_dir)
         self.model_name = model_name
         self.stream_interval_s = config.stream_interval_ms / 1000
         started = time.monotonic()

@@ -42,7 +42,10 @@ class ServeProcess:
     def _config(self) -> Path:
         return render_config("127.0.0.1", self.port, self.args)
 
-    def start(self, ready_models: tuple[str, ...] = (), timeout_s: float = 300) -> "ServeProcess":
+    def start(self, ready_models: tuple[str, ...] = (), timeout_s: float = 300,
+              answering_only: bool = False) -> "ServeProcess":
+        """Wait until every model in `ready_models` (default: all) is ready, or with
+        `answering_only` until the ingress answers at all."""
         serve_bin = Path(sys.executable).parent / "serve"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
@@ -56,7 +59,7 @@ class ServeProcess:
                 raise RuntimeError(f"serve run exited ({self.proc.returncode}); log: {self.log_path}\n{self.log()[-3000:]}")
             try:
                 states = httpx.get(self.base_url + "/api/v1/health", timeout=5).json().get("models", {})
-                if states and all(states.get(m) == "ready" for m in ready_models or states):
+                if states and (answering_only or all(states.get(m) == "ready" for m in ready_models or states)):
                     return self
             except (httpx.HTTPError, ValueError):
                 pass

@@ -19,6 +19,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get -o DPkg::Lock::Timeout=600 update -qq
   as_root apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# promtool (checks configs/prometheus-alerts.yml): only that binary, taken from Debian's
+# prometheus package without installing it (which would bring a Prometheus server and its service).
+if ! command -v promtool >/dev/null && [ ! -x .tools/bin/promtool ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get -o DPkg::Lock::Timeout=600 download prometheus >/dev/null 2>&1 \
+     || { as_root apt-get -o DPkg::Lock::Timeout=600 update -qq && apt-get download prometheus >/dev/null; })
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+  mkdir -p .tools/bin && cp "$tmp/x/usr/bin/promtool" .tools/bin/
+  rm -rf "$tmp"
+fi
+export PATH="$PWD/.tools/bin:$PATH"
 EXTRAS=test scripts/setup.sh
 
 # A private Redis on a free loopback port for the tests that need one; stopped on exit.

@@ -25,7 +25,7 @@ class Ingress:
         default_model: str,
         metrics_hub: Any,
     ):
-        configure_logging(settings.log_level, settings.log_format)
+        configure_logging(settings.log_level, settings.log_format, settings.log_dir)
         entries = {name: ModelEntry(name, models[name], handles[name]) for name in models}
         app_name = serve.get_replica_context().app_name
         self._app = create_app(

@@ -12,8 +12,14 @@ GEMMA = "gemma3-270m"
 
 
 @pytest.fixture(scope="session")
-def server():
+def log_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def server(log_dir):
     env = {
+        "LOG_DIR": str(log_dir),
         "API_KEYS": f"{KEY},{OTHER_KEY}",
         "MAX_PROMPT_LENGTH": str(MAX_PROMPT_LENGTH),
         "LOG_FORMAT": "json",

@@ -155,3 +155,17 @@ def test_readiness_is_200_when_the_default_model_is_ready(base_url, client):
     assert r.json() == {"status": "ready", "default_model": DEFAULT, "models": {DEFAULT: "ready", GEMMA: "ready"}}
     listing = {m["name"]: m for m in client.get("/api/v1/models").json()["models"]}
     assert all(len(listing[m]["node_id"]) == 56 for m in (DEFAULT, GEMMA))  # a Ray node id (hex)
+
+
+def test_log_dir_gets_json_records_from_ingress_and_model_replicas(log_dir, client):
+    r = client.post("/api/v1/generate", json={"prompt": "File me", "max_tokens": 2})
+    request_id = r.headers["x-request-id"]
+    path = log_dir / "aicore.log"
+    for _ in range(50):
+        records = [json.loads(line) for line in path.read_text().splitlines()]  # every line is one JSON object
+        if any(rec["request_id"] == request_id and rec["logger"] == "aicore.access" for rec in records):
+            break
+        time.sleep(0.2)
+    assert any(rec["request_id"] == request_id and rec["logger"] == "aicore.access" for rec in records)
+    loaded = {rec.get("model") for rec in records if rec["logger"] == "aicore.model" and rec["message"] == "model loaded"}
+    assert loaded == {DEFAULT, GEMMA}  # written by the model replicas, not only the ingress
