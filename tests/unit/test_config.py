@@ -78,3 +78,15 @@ def test_models_json_round_trips(tmp_path):
     path = tmp_path / "models.json"
     path.write_text(json.dumps(data))
     assert load_models_file(path).models.keys() == data["models"].keys()
+
+
+def test_resources_pin_replicas_through_ray_actor_options():
+    from serve_app.builder import _model_options
+
+    models = parse_models({"models": {"m": {"type": "gguf", "path": "x", "resources": {"worker_node": 1}}}})
+    options = _model_options("m", models.models["m"])
+    assert options["ray_actor_options"]["resources"] == {"worker_node": 1.0}
+    plain = parse_models({"models": {"m": {"type": "gguf", "path": "x"}}}).models["m"]
+    assert "resources" not in _model_options("m", plain)["ray_actor_options"]
+    with pytest.raises(ValueError, match="resources"):
+        parse_models({"models": {"m": {"type": "gguf", "path": "x", "resources": {"worker_node": "lots"}}}})
