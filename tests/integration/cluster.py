@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,7 @@ class LocalCluster:
     def stop(self) -> None:
         while self.groups:
             self._kill(self.groups.pop())
+        shutil.rmtree(self.root, ignore_errors=True)  # Ray's session files and logs of both nodes
 
     @staticmethod
     def _kill(group: int) -> None:
