@@ -66,12 +66,26 @@ def _metric(text: str, name: str, **labels) -> float:
     return total
 
 
+def _settled_scrape(scrape) -> str:
+    """A scrape taken once earlier tests' events (other than scrapes) have all reached the hub:
+    the other ingress replica ships its events up to METRICS_FLUSH_S after a request ends."""
+    def counted(text):
+        return _metric(text, "aicore_requests_total") - _metric(text, "aicore_requests_total", route="/api/v1/metrics")
+
+    for _ in range(30):
+        start = scrape()
+        time.sleep(1.5)  # longer than METRICS_FLUSH_S (1 s in the tests)
+        if counted(scrape()) == counted(start):
+            break
+    return start
+
+
 def test_metrics_count_every_request_across_ingress_replicas(base_url):
     # Fresh keep-alive-less requests spread over both ingress replicas.
     headers = {"X-API-Key": KEY}
     scrape = lambda: httpx.get(base_url + "/api/v1/metrics", headers=headers, timeout=60).text  # noqa: E731
     route = "/api/v1/generate"
-    start = scrape()
+    start = _settled_scrape(scrape)
     before_ok = _metric(start, "aicore_requests_total", route=route, model=GEMMA, status="200")
     before_tokens = _metric(start, "aicore_completion_tokens_total", model=GEMMA)
     tokens = 0
@@ -115,7 +129,7 @@ def test_json_access_log_has_request_id_and_never_the_key(server, client):
 def test_metrics_show_both_models_gauges_errors_and_speed(base_url):
     headers = {"X-API-Key": KEY}
     scrape = lambda: httpx.get(base_url + "/api/v1/metrics", headers=headers, timeout=60).text  # noqa: E731
-    start = scrape()
+    start = _settled_scrape(scrape)
     errors_before = _metric(start, "aicore_errors_total", type="invalid_request_error", code="context_length_exceeded")
     auth_before = _metric(start, "aicore_errors_total", type="authentication_error", code="invalid_api_key")
     speed_before = {m: _metric(start, "aicore_generation_tokens_per_second_count", model=m) for m in (DEFAULT, GEMMA)}
