@@ -88,6 +88,13 @@ class ModelConfig(BaseModel):
     memory: Optional[int] = Field(None, ge=0, description="Ray memory (bytes) reserved per replica.")
     max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica accepts at once.")
     preload: bool = Field(False, description="Keep one replica loaded even when idle (min_replicas 1).")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Custom Ray resources each replica needs, e.g. {\"worker_node\": 1}: the replica is placed "
+            "only on nodes started with `ray start --resources` offering them (pins a model to nodes)."
+        ),
+    )
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
 
     def min_replicas(self, is_default: bool) -> int:

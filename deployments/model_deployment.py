@@ -28,6 +28,7 @@ class ReplicaContext:
     config_dir: Optional[str] = None
     log_level: str = "INFO"
     log_format: str = "text"
+    log_dir: Optional[str] = None
 
 
 def _rss_bytes() -> int:
@@ -38,9 +39,19 @@ def _rss_bytes() -> int:
         return 0
 
 
+def _node_id() -> Optional[str]:
+    """The Ray node this replica runs on (models can be pinned to nodes by custom resources)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:
+        return None
+
+
 class ModelDeployment:
     def __init__(self, model_name: str, config: ModelConfig, context: ReplicaContext):
-        configure_logging(context.log_level, context.log_format)
+        configure_logging(context.log_level, context.log_format, context.log_dir)
         self.model_name = model_name
         self.stream_interval_s = config.stream_interval_ms / 1000
         started = time.monotonic()
@@ -105,6 +116,7 @@ class ModelDeployment:
             "cancelled": self.backend.cancelled,
             "rss_bytes": _rss_bytes(),
             "adapters": self.backend.loaded_adapters(),
+            "node_id": _node_id(),
         }
 
     def check_health(self) -> None:

@@ -42,7 +42,10 @@ class ServeProcess:
     def _config(self) -> Path:
         return render_config("127.0.0.1", self.port, self.args)
 
-    def start(self, ready_models: tuple[str, ...] = (), timeout_s: float = 300) -> "ServeProcess":
+    def start(self, ready_models: tuple[str, ...] = (), timeout_s: float = 300,
+              answering_only: bool = False) -> "ServeProcess":
+        """Wait until every model in `ready_models` (default: all) is ready, or with
+        `answering_only` until the ingress answers at all."""
         serve_bin = Path(sys.executable).parent / "serve"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
@@ -58,7 +61,8 @@ class ServeProcess:
                 states = httpx.get(self.base_url + "/api/v1/health", timeout=5).json().get("models", {})
                 # Named models must be ready; otherwise every model settled (lazy ones may stay unloaded).
                 settled = bool(states) and all(s in ("ready", "unloaded") for s in states.values())
-                if all(states.get(m) == "ready" for m in ready_models) if ready_models else settled:
+                named = all(states.get(m) == "ready" for m in ready_models) if ready_models else settled
+                if states and (answering_only or named):
                     return self
             except (httpx.HTTPError, ValueError):
                 pass

@@ -6,13 +6,31 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# OS packages the tests drive: Redis, nginx (configs/nginx.conf), openssl (test certificates) and
+# Compose (docker-compose.yml is parsed, no engine needed). The lock timeout waits out other apt runs.
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)  # the chat page's browser test (headless)
-if [ "${#missing[@]}" -gt 0 ]; then
-  as_root apt-get update -qq
-  as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+command -v nginx >/dev/null || missing+=(nginx)
+command -v openssl >/dev/null || missing+=(openssl)
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
+  missing+=(docker-compose)
 fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  as_root apt-get -o DPkg::Lock::Timeout=600 update -qq
+  as_root apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null
+fi
+# promtool (checks configs/prometheus-alerts.yml): only that binary, taken from Debian's
+# prometheus package without installing it (which would bring a Prometheus server and its service).
+if ! command -v promtool >/dev/null && [ ! -x .tools/bin/promtool ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get -o DPkg::Lock::Timeout=600 download prometheus >/dev/null 2>&1 \
+     || { as_root apt-get -o DPkg::Lock::Timeout=600 update -qq && apt-get download prometheus >/dev/null; })
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+  mkdir -p .tools/bin && cp "$tmp/x/usr/bin/promtool" .tools/bin/
+  rm -rf "$tmp"
+fi
+export PATH="$PWD/.tools/bin:$PATH"
 EXTRAS=test scripts/setup.sh
 
 # A private Redis on a free loopback port for the tests that need one; stopped on exit.

@@ -34,6 +34,8 @@ def _model_options(name: str, config: ModelConfig, is_default: bool) -> dict:
     actor_options: dict[str, Any] = {"num_cpus": config.num_cpus}
     if config.memory:
         actor_options["memory"] = config.memory
+    if config.resources:  # not checked against the cluster: the node offering them may join later
+        actor_options["resources"] = dict(config.resources)
     scaling = config.autoscaling
     options: dict[str, Any] = {
         "name": deployment_name(name),
@@ -98,7 +100,9 @@ def _cluster_resources() -> tuple[Optional[float], Optional[float]]:
 
 def build_app(args: Optional[dict] = None) -> serve.Application:
     settings = Settings(**{k.lower(): v for k, v in (args or {}).items()})
-    configure_logging(settings.log_level, settings.log_format)
+    if settings.log_dir:  # absolute, so replicas (other working directories) write to the same place
+        settings = settings.model_copy(update={"log_dir": str(settings.resolve(settings.log_dir))})
+    configure_logging(settings.log_level, settings.log_format, settings.log_dir)
     parse_networks(settings.ip_allowlist_list() + settings.trusted_proxies_list())  # bad CIDRs stop the start
     ContentPolicy.from_settings(settings)  # so do bad content-filter patterns
     config_path = settings.resolve(settings.model_config_path)
@@ -111,6 +115,7 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         config_dir=str(config_path.parent),
         log_level=settings.log_level,
         log_format=settings.log_format,
+        log_dir=settings.log_dir,
     )
     handles = {
         name: serve.deployment(ModelDeployment, **_model_options(name, config, name == default_model)).bind(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -47,15 +48,24 @@ def error_body(error: AICoreError) -> dict:
     }
 
 
-def error_response(exc: BaseException) -> JSONResponse:
+def _note(request: Optional[Request], error: AICoreError) -> None:
+    """Hand the error's type and code to the metrics event (read by the middleware)."""
+    if request is not None:
+        request.state.error_type, request.state.error_code = error.type, error.code
+
+
+def error_response(exc: BaseException, request: Optional[Request] = None) -> JSONResponse:
     error = to_aicore_error(exc)
+    _note(request, error)
     headers = {"Retry-After": "5"} if error.status == 503 else None
     headers = getattr(error, "headers", None) or headers  # e.g. a 429's Retry-After
     return JSONResponse(error_body(error), status_code=error.status, headers=headers)
 
 
-def sse_error_event(exc: BaseException) -> str:
-    return f"data: {json.dumps(error_body(to_aicore_error(exc)))}\n\n"
+def sse_error_event(exc: BaseException, request: Optional[Request] = None) -> str:
+    error = to_aicore_error(exc)
+    _note(request, error)
+    return f"data: {json.dumps(error_body(error))}\n\n"
 
 
 def validation_error(exc: RequestValidationError) -> InvalidRequest:
@@ -69,20 +79,20 @@ def validation_error(exc: RequestValidationError) -> InvalidRequest:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError):
-        return error_response(validation_error(exc))
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return error_response(validation_error(exc), request)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException):
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         error = AICoreError(str(exc.detail))
         error.status, error.type = exc.status_code, kind
-        return error_response(error)
+        return error_response(error, request)
 
     @app.exception_handler(AICoreError)  # inside the middleware: the response gets X-Request-ID
-    async def _ours(_: Request, exc: AICoreError):
-        return error_response(exc)
+    async def _ours(request: Request, exc: AICoreError):
+        return error_response(exc, request)
 
     @app.exception_handler(Exception)
-    async def _any(_: Request, exc: Exception):
-        return error_response(exc)
+    async def _any(request: Request, exc: Exception):
+        return error_response(exc, request)

@@ -36,7 +36,7 @@ class Ingress:
         chat_hub: Any = None,
         default_embedding_model: Optional[str] = None,
     ):
-        configure_logging(settings.log_level, settings.log_format)
+        configure_logging(settings.log_level, settings.log_format, settings.log_dir)
         entries = {
             name: ModelEntry(name, spec.config, handles[name], spec.identity) for name, spec in models.items()
         }

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import logging.handlers
 import time
+from pathlib import Path
+from typing import Optional
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -42,13 +45,18 @@ class TextFormatter(logging.Formatter):
         return f"{base} request_id={rid} {tail}".rstrip()
 
 
-def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Idempotent: our loggers (`aicore.*`) get one handler in the chosen format."""
+def configure_logging(level: str = "INFO", fmt: str = "text", log_dir: Optional[str] = None) -> None:
+    """Idempotent: our loggers (`aicore.*`) get one stream handler in the chosen format, and with
+    `log_dir` also a file handler appending to `<log_dir>/aicore.log` (every process, one line
+    per record; WatchedFileHandler reopens the file after logrotate moves it)."""
     logger = logging.getLogger("aicore")
     logger.setLevel(level.upper())
     logger.propagate = False
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        JsonFormatter() if fmt == "json" else TextFormatter()
-    )
-    logger.handlers = [handler]
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_dir:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.handlers.WatchedFileHandler(Path(log_dir) / "aicore.log", encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    logger.handlers = handlers

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 logger = logging.getLogger("aicore.metrics")
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+SPEED_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class RequestEvent:
     first_token_s: Optional[float] = None
     cache: Optional[str] = None  # "hit" / "miss" when the request was cacheable
     key_id: str = "-"
+    tokens_per_s: Optional[float] = None  # decode speed after the first token
+    error_type: Optional[str] = None  # OpenAI error type of a failed request (also mid-stream)
+    error_code: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,13 @@ class MetricsHub:
                                   registry=self.registry)
         self.key_tokens = Counter("aicore_key_tokens", "Tokens per API key id.", ["key_id", "kind"],
                                   registry=self.registry)
+        self.speed = Histogram(
+            "aicore_generation_tokens_per_second", "Decode speed of one request after its first token.", ["model"],
+            buckets=SPEED_BUCKETS, registry=self.registry,
+        )
+        self.errors = Counter(
+            "aicore_errors", "Failed requests by OpenAI error type and code.", ["type", "code"], registry=self.registry
+        )
 
         self.cache_requests = Counter(
             "aicore_cache_requests", "Cacheable requests by result (hit/miss).", ["model", "result"],
@@ -102,6 +113,10 @@ class MetricsHub:
                     self.key_tokens.labels(e.key_id, "prompt").inc(e.prompt_tokens)
                 if e.completion_tokens:
                     self.key_tokens.labels(e.key_id, "completion").inc(e.completion_tokens)
+            if e.tokens_per_s is not None:
+                self.speed.labels(e.model).observe(e.tokens_per_s)
+            if e.error_type:
+                self.errors.labels(e.error_type, e.error_code or "none").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -72,6 +72,9 @@ class RequestContextMiddleware:
         state = scope.get("state") or {}
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         model = state.get("model") or "-"
+        error_type, error_code = state.get("error_type"), state.get("error_code")
+        if status >= 400 and not error_type:  # answered outside our handlers (e.g. an unhandled 500)
+            error_type = "server_error" if status >= 500 else "invalid_request_error"
         event = RequestEvent(
             route=route,
             model=model,
@@ -82,6 +85,9 @@ class RequestContextMiddleware:
             first_token_s=state.get("first_token_s"),
             cache=state.get("cache"),
             key_id=state.get("key_id") or "-",
+            tokens_per_s=state.get("tokens_per_s"),
+            error_type=error_type,
+            error_code=error_code,
         )
         client = scope.get("client")
         prompt_fields = {k: state[k] for k in ("log_prompt", "log_response") if k in state}  # only with LOG_PROMPTS

@@ -176,6 +176,13 @@ class Generation:
         for callback in self._on_complete:
             await callback(result)
 
+    def decode_speed(self) -> Optional[float]:
+        """Completion tokens per second after the first one, once the stream has ended."""
+        if not self._done or self.first_token_s is None or self.usage.completion_tokens < 2:
+            return None
+        decode_s = time.monotonic() - self.started - self.first_token_s
+        return (self.usage.completion_tokens - 1) / decode_s if decode_s > 0 else None
+
     async def collect(self) -> GenerationResult:
         parts = [chunk.text async for chunk in self.chunks() if chunk.text]
         return GenerationResult("".join(parts), self.finish_reason or "length", self.usage, self.first_token_s)

@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, description="Port the HTTP server listens on.")
     log_level: str = Field("INFO", description="Python log level for every process.")
     log_format: Literal["text", "json"] = Field("text", description="`json` gives one JSON object per line.")
+    log_dir: Optional[str] = Field(None, description="Also append every process's log to <dir>/aicore.log.")
     model_config_path: str = Field("models.json", description="The model registry file.")
     model_cache_dir: str = Field("models", description="Where assembled/converted weights are kept.")
     default_model: Optional[str] = Field(None, description="Model used when a request names none; default: the first.")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 logger = logging.getLogger("aicore.status")
 
@@ -65,3 +66,25 @@ class ModelStatus:
         except Exception:
             logger.warning("could not read replica info", exc_info=True)
             return {}
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One model as the listing, the health views and the metrics see it."""
+
+    state: str
+    replicas: int
+    live: dict = field(default_factory=dict)  # a running replica's info(): in_flight, rss_bytes, node_id...
+
+
+async def model_views(status: ModelStatus, handles: dict[str, Any]) -> dict[str, ModelView]:
+    """States for every model, live figures from one replica of each ready model.
+
+    Only ready models are asked: a call would wake a scaled-to-zero model.
+    """
+    states = await status.states()
+    names = list(handles)
+    ready = [n for n in names if states.get(n, ("unknown", 0))[0] == "ready"]
+    infos = await asyncio.gather(*(status.replica_info(handles[n]) for n in ready))
+    live = dict(zip(ready, infos))
+    return {n: ModelView(*states.get(n, ("unknown", 0)), live=live.get(n, {})) for n in names}

@@ -23,7 +23,7 @@ def _event(payload: dict) -> str:
 
 
 def note_usage(request: Request, generation: Generation) -> None:
-    """Hand token counts to the access log and metrics (read by the middleware)."""
+    """Hand token counts and decode speed to the access log and metrics (read by the middleware)."""
     request.state.prompt_tokens = generation.usage.prompt_tokens
     request.state.completion_tokens = generation.usage.completion_tokens
     request.state.first_token_s = generation.first_token_s
@@ -31,6 +31,7 @@ def note_usage(request: Request, generation: Generation) -> None:
         limit = request.app.state.settings.log_prompt_chars
         request.state.log_prompt = generation.prompt_text[:limit]
         request.state.log_response = (generation.output_text or "")[:limit]
+    request.state.tokens_per_s = generation.decode_speed()
 
 
 def sse_stream(
@@ -51,7 +52,7 @@ def sse_stream(
             for payload in on_end(generation):
                 yield _event(payload)
         except Exception as error:  # after headers are sent, errors travel as an event
-            yield sse_error_event(error)
+            yield sse_error_event(error, request)
         finally:
             note_usage(request, generation)
         yield "data: [DONE]\n\n"

@@ -87,10 +87,11 @@ class TelegramBot:
         self.service = service
         self.keys = keys
         self.store = store
-        models = list(service.router.entries)
+        entries = service.router.entries
+        models = [n for n, e in entries.items() if getattr(getattr(e, "config", None), "task", "generate") == "generate"]
         self.allowed = [m for m in settings.telegram_model_list() if m in models] or models
         default = settings.telegram_model or service.router.default_model
-        self.default_model = default if default in self.allowed else self.allowed[0]
+        self.default_model = default if default in self.allowed else next(iter(self.allowed), None)
 
     def check_secret(self, presented: Optional[str]) -> None:
         secret = self.settings.telegram_webhook_secret

@@ -104,6 +104,7 @@ class ModelInfo(BaseModel):
     resident_memory_bytes: Optional[int] = None
     adapters: list[str] = Field(default_factory=list, description="LoRA adapters: request `<model>:<adapter>`.")
     loaded_adapters: Optional[list[str]] = Field(None, description="Adapters in memory, least recently used first.")
+    node_id: Optional[str] = Field(None, description="Ray node of the replica that reported the live figures.")
 
 
 class ModelsResponse(BaseModel):
@@ -115,3 +116,9 @@ class ModelsResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: str
     models: dict[str, str]
+
+
+class ReadinessResponse(BaseModel):
+    status: str = Field(description="`ready` (HTTP 200) or `not_ready` (HTTP 503).")
+    default_model: str
+    models: dict[str, str] = Field(description="Each model's state: ready, loading, unloaded, failed, unknown.")

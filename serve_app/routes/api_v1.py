@@ -20,11 +20,14 @@ from serve_app.protocol.api_v1 import (
     HealthResponse,
     ModelInfo,
     ModelsResponse,
+    ReadinessResponse,
     SessionDetail,
     SessionList,
 )
+from serve_app.model_metrics import render_model_metrics
 from serve_app.replies import generate_response, summary
 from serve_app.routes.common import cache_headers, request_options
+from serve_app.status import ModelView, model_views
 from serve_app.streaming import note_usage, sse_stream
 
 router = APIRouter(prefix="/api/v1")
@@ -99,22 +102,20 @@ async def embeddings(body: EmbedRequest, request: Request, _: Principal = Depend
 
 @router.get("/models", response_model=ModelsResponse)
 async def models(request: Request, principal: Principal = Depends(require_key)):
-    status = request.app.state.model_status
-    states = await status.states()
+    views = await _views(request)
     listing = []
     for name, entry in request.app.state.router.entries.items():
         if not principal.may_use(name):
             continue
-        state, replicas = states.get(name, ("unknown", 0))
-        # Ask a replica for live figures only when one runs: a call would wake a scaled-to-zero model.
-        live = await status.replica_info(entry.handle) if state == "ready" else {}
+        view = views[name]
+        live = view.live
         listing.append(
             ModelInfo(
                 name=name, type=entry.config.type, task=entry.config.task, format=entry.config.format,
-                state=state, replicas=replicas, description=entry.config.description, in_flight=live.get("in_flight"),
-                cancelled=live.get("cancelled"), served=live.get("served"), load_time_s=live.get("load_time_s"),
-                resident_memory_bytes=live.get("rss_bytes"), adapters=list(entry.config.adapters),
-                loaded_adapters=live.get("adapters"),
+                state=view.state, replicas=view.replicas, description=entry.config.description,
+                in_flight=live.get("in_flight"), cancelled=live.get("cancelled"), served=live.get("served"),
+                load_time_s=live.get("load_time_s"), resident_memory_bytes=live.get("rss_bytes"),
+                node_id=live.get("node_id"), adapters=list(entry.config.adapters), loaded_adapters=live.get("adapters"),
             )
         )
     router = request.app.state.router
@@ -123,15 +124,38 @@ async def models(request: Request, principal: Principal = Depends(require_key)):
     )
 
 
+async def _views(request: Request) -> dict[str, ModelView]:
+    handles = {name: entry.handle for name, entry in request.app.state.router.entries.items()}
+    return await model_views(request.app.state.model_status, handles)
+
+
 @router.get("/health", response_model=HealthResponse)
 async def health(request: Request):
+    """Liveness: the ingress answers; each model's state is listed. Always 200."""
     states = await request.app.state.model_status.states()
     return HealthResponse(status="ok", models={name: state for name, (state, _) in states.items()})
 
 
+@router.get("/health/ready", response_model=ReadinessResponse, responses={503: {"model": ReadinessResponse}})
+async def ready(request: Request):
+    """Readiness for a load balancer: 200 when the default model can serve, 503 (with Retry-After) when not."""
+    states = await request.app.state.model_status.states()
+    default = request.app.state.router.default_model
+    is_ready = states.get(default, ("unknown", 0))[0] == "ready"
+    body = ReadinessResponse(
+        status="ready" if is_ready else "not_ready",
+        default_model=default,
+        models={name: state for name, (state, _) in states.items()},
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if is_ready else 503,
+                        headers=None if is_ready else {"Retry-After": "5"})
+
+
 @router.get("/metrics")
 async def metrics(request: Request, _: Principal = Depends(require_any_key)):
+    """Prometheus text: counters from every ingress replica, model gauges read now."""
     body = await request.app.state.metrics.render()
+    body += render_model_metrics(await _views(request), request.app.state.router.default_model)
     try:  # a shared figure: read from the store at scrape time
         sessions = await request.app.state.store.count("session:")
         body += (b"# HELP aicore_sessions_active Chat sessions stored.\n# TYPE aicore_sessions_active gauge\n"

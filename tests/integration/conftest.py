@@ -22,8 +22,14 @@ MINILM_INT8 = "minilm-l6-v2-int8"  # int8 ONNX, onnxruntime
 ALL_MODELS = {DEFAULT, GEMMA, MINILM, MINILM_INT8}
 
 
-def server_env() -> dict:
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("logs")
+
+
+def server_env(log_dir=None) -> dict:
     return {
+        **({"LOG_DIR": str(log_dir)} if log_dir else {}),
         "API_KEYS": f"{KEY},{OTHER_KEY}",
         "MAX_PROMPT_LENGTH": str(MAX_PROMPT_LENGTH),
         "LOG_FORMAT": "json",
@@ -38,8 +44,8 @@ def server_env() -> dict:
 
 
 @pytest.fixture(scope="session")
-def server():
-    process = ServeProcess(env=server_env()).start(ready_models=tuple(ALL_MODELS))
+def server(log_dir):
+    process = ServeProcess(env=server_env(log_dir)).start(ready_models=tuple(ALL_MODELS))
     yield process
     process.stop()
 

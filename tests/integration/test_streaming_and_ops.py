@@ -56,6 +56,8 @@ def test_client_disconnect_cancels_generation(client):
 def _metric(text: str, name: str, **labels) -> float:
     total = 0.0
     for line in text.splitlines():
+        if line.startswith(name + " ") and not labels:
+            total += float(line.rsplit(" ", 1)[1])
         if not line.startswith(name + "{"):
             continue
         found = dict(re.findall(r'(\w+)="([^"]*)"', line[line.index("{"):line.index("}")]))
@@ -64,12 +66,26 @@ def _metric(text: str, name: str, **labels) -> float:
     return total
 
 
+def _settled_scrape(scrape) -> str:
+    """A scrape taken once earlier tests' events (other than scrapes) have all reached the hub:
+    the other ingress replica ships its events up to METRICS_FLUSH_S after a request ends."""
+    def counted(text):
+        return _metric(text, "aicore_requests_total") - _metric(text, "aicore_requests_total", route="/api/v1/metrics")
+
+    for _ in range(30):
+        start = scrape()
+        time.sleep(1.5)  # longer than METRICS_FLUSH_S (1 s in the tests)
+        if counted(scrape()) == counted(start):
+            break
+    return start
+
+
 def test_metrics_count_every_request_across_ingress_replicas(base_url):
     # Fresh keep-alive-less requests spread over both ingress replicas.
     headers = {"X-API-Key": KEY}
     scrape = lambda: httpx.get(base_url + "/api/v1/metrics", headers=headers, timeout=60).text  # noqa: E731
     route = "/api/v1/generate"
-    start = scrape()
+    start = _settled_scrape(scrape)
     before_ok = _metric(start, "aicore_requests_total", route=route, model=GEMMA, status="200")
     before_tokens = _metric(start, "aicore_completion_tokens_total", model=GEMMA)
     tokens = 0
@@ -108,3 +124,62 @@ def test_json_access_log_has_request_id_and_never_the_key(server, client):
     access = [rec for rec in records if rec.get("logger") == "aicore.access"]
     assert access and access[0]["route"] == "/api/v1/generate" and access[0]["status"] == 200
     assert access[0]["key_id"].startswith("boot-") and KEY not in json.dumps(records)
+
+
+def test_metrics_show_both_models_gauges_errors_and_speed(base_url):
+    headers = {"X-API-Key": KEY}
+    scrape = lambda: httpx.get(base_url + "/api/v1/metrics", headers=headers, timeout=60).text  # noqa: E731
+    start = _settled_scrape(scrape)
+    errors_before = _metric(start, "aicore_errors_total", type="invalid_request_error", code="context_length_exceeded")
+    auth_before = _metric(start, "aicore_errors_total", type="authentication_error", code="invalid_api_key")
+    speed_before = {m: _metric(start, "aicore_generation_tokens_per_second_count", model=m) for m in (DEFAULT, GEMMA)}
+    for model in (DEFAULT, GEMMA):
+        r = httpx.post(base_url + "/v1/completions", headers=headers, timeout=120,
+                       json={"model": model, "prompt": "Numbers:", "max_tokens": 6, "ignore_eos": True})
+        assert r.status_code == 200
+    bad = httpx.post(base_url + "/api/v1/generate", headers=headers, json={"prompt": "x", "max_tokens": 5000})
+    assert bad.status_code == 400
+    assert httpx.get(base_url + "/api/v1/models", headers={"X-API-Key": "wrong"}).status_code == 401
+    for _ in range(100):  # events from the other ingress replica arrive within METRICS_FLUSH_S
+        text = scrape()
+        if (_metric(text, "aicore_errors_total", type="authentication_error", code="invalid_api_key") > auth_before
+                and _metric(text, "aicore_errors_total", code="context_length_exceeded") > errors_before
+                and all(_metric(text, "aicore_generation_tokens_per_second_count", model=m) > speed_before[m]
+                        for m in (DEFAULT, GEMMA))):
+            break
+        time.sleep(0.2)
+    assert _metric(text, "aicore_errors_total", type="invalid_request_error",
+                   code="context_length_exceeded") == errors_before + 1
+    assert _metric(text, "aicore_errors_total", type="authentication_error", code="invalid_api_key") == auth_before + 1
+    for model in (DEFAULT, GEMMA):
+        assert _metric(text, "aicore_generation_tokens_per_second_count", model=model) == speed_before[model] + 1
+        assert _metric(text, "aicore_generation_tokens_per_second_sum", model=model) > 0
+        assert _metric(text, "aicore_model_state", model=model, state="ready") == 1
+        assert _metric(text, "aicore_model_state", model=model, state="failed") == 0
+        assert _metric(text, "aicore_model_replicas", model=model) == 1
+        assert _metric(text, "aicore_model_resident_memory_bytes", model=model) > 50_000_000
+        assert f'aicore_model_requests_in_flight{{model="{model}",node="' in text
+    assert _metric(text, "aicore_ready") == 1
+    assert "# TYPE aicore_errors_total counter" in text and "# TYPE aicore_model_state gauge" in text
+
+
+def test_readiness_is_200_when_the_default_model_is_ready(base_url, client):
+    r = httpx.get(base_url + "/api/v1/health/ready")  # no key: load balancers probe it
+    assert r.status_code == 200
+    assert r.json() == {"status": "ready", "default_model": DEFAULT, "models": {DEFAULT: "ready", GEMMA: "ready"}}
+    listing = {m["name"]: m for m in client.get("/api/v1/models").json()["models"]}
+    assert all(len(listing[m]["node_id"]) == 56 for m in (DEFAULT, GEMMA))  # a Ray node id (hex)
+
+
+def test_log_dir_gets_json_records_from_ingress_and_model_replicas(log_dir, client):
+    r = client.post("/api/v1/generate", json={"prompt": "File me", "max_tokens": 2})
+    request_id = r.headers["x-request-id"]
+    path = log_dir / "aicore.log"
+    for _ in range(50):
+        records = [json.loads(line) for line in path.read_text().splitlines()]  # every line is one JSON object
+        if any(rec["request_id"] == request_id and rec["logger"] == "aicore.access" for rec in records):
+            break
+        time.sleep(0.2)
+    assert any(rec["request_id"] == request_id and rec["logger"] == "aicore.access" for rec in records)
+    loaded = {rec.get("model") for rec in records if rec["logger"] == "aicore.model" and rec["message"] == "model loaded"}
+    assert loaded == {DEFAULT, GEMMA}  # written by the model replicas, not only the ingress

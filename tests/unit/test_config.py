@@ -99,3 +99,15 @@ def test_task_adapters_and_tokenizer_fields():
         parse_models({"models": {"lm": {"type": "transformers", "path": "d", "adapters": {"a:b": "/x"}}}})
     with pytest.raises(ModelConfigError, match=r"field task"):
         parse_models({"models": {"m": {"type": "gguf", "path": "x", "task": "classify"}}})
+
+
+def test_resources_pin_replicas_through_ray_actor_options():
+    from serve_app.builder import _model_options
+
+    models = parse_models({"models": {"m": {"type": "gguf", "path": "x", "resources": {"worker_node": 1}}}})
+    options = _model_options("m", models.models["m"], True)
+    assert options["ray_actor_options"]["resources"] == {"worker_node": 1.0}
+    plain = parse_models({"models": {"m": {"type": "gguf", "path": "x"}}}).models["m"]
+    assert "resources" not in _model_options("m", plain, True)["ray_actor_options"]
+    with pytest.raises(ValueError, match="resources"):
+        parse_models({"models": {"m": {"type": "gguf", "path": "x", "resources": {"worker_node": "lots"}}}})
