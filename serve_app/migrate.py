@@ -1,0 +1,121 @@
+"""Move an instance's state to another: model configuration, API keys (as hashes), usage, chat sessions.
+
+    python -m serve_app.migrate export --redis redis://old:6379/0 --models models.json -o aicore-export.json
+    python -m serve_app.migrate import aicore-export.json --redis redis://new:6379/0 --models-out models.json --dry-run
+    python -m serve_app.migrate import aicore-export.json --redis redis://new:6379/0 --models-out models.json
+
+The file is versioned JSON. Keys travel as their SHA-256 records (the keys themselves are never
+stored anywhere), so the same keys authenticate on the new instance. Import refuses to overwrite
+anything that exists unless `--force`; `--dry-run` only reports. Response-cache entries and
+rate-limit windows are transient and are not moved. State lives in Redis: an instance without
+REDIS_URL keeps keys and sessions in its process memory, which no tool can read from outside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+FORMAT, VERSION = "aicore-migration", 1
+# What is moved: key records, hash index, id set, usage counters, sessions and their per-key index.
+PATTERNS = ("aicore:key:*", "aicore:keyhash:*", "aicore:keys", "aicore:usage:*", "session:*", "sessions:*")
+
+
+def _client(url: str):
+    import redis
+
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+
+
+def export_state(redis_url: str, models_path: Optional[Path]) -> dict:
+    client = _client(redis_url)
+    entries = []
+    for pattern in PATTERNS:
+        for name in sorted(client.scan_iter(match=pattern, count=500)):
+            kind = client.type(name)
+            value = {"string": client.get, "hash": client.hgetall, "set": lambda n: sorted(client.smembers(n))}.get(kind)
+            if value is None:
+                continue
+            ttl_ms = client.pttl(name)
+            entries.append({"key": name, "type": kind, "value": value(name), "ttl_ms": ttl_ms if ttl_ms > 0 else None})
+    models = json.loads(models_path.read_text()) if models_path else None
+    return {"format": FORMAT, "version": VERSION, "exported_at": int(time.time()), "models": models,
+            "entries": entries}
+
+
+def _check(data: dict) -> None:
+    if data.get("format") != FORMAT:
+        raise ValueError(f"not an AI Core export (format {data.get('format')!r})")
+    if data.get("version") != VERSION:
+        raise ValueError(f"export version {data.get('version')!r} is not supported (this tool reads {VERSION})")
+
+
+def import_state(data: dict, redis_url: str, models_out: Optional[Path], dry_run: bool, force: bool) -> dict:
+    """Returns a report; raises FileExistsError when something exists and `force` is not set."""
+    _check(data)
+    client = _client(redis_url)
+    existing = [e["key"] for e in data["entries"] if client.exists(e["key"])]
+    if models_out is not None and data.get("models") is not None and models_out.exists():
+        existing.append(str(models_out))
+    report = {"entries": len(data["entries"]), "existing": existing, "written": 0, "dry_run": dry_run}
+    if existing and not force:
+        raise FileExistsError(f"{len(existing)} targets exist already (first: {existing[0]}); use --force")
+    if dry_run:
+        return report
+    for entry in data["entries"]:
+        name, kind, value = entry["key"], entry["type"], entry["value"]
+        pipe = client.pipeline(transaction=True)
+        pipe.delete(name)
+        if kind == "string":
+            pipe.set(name, value)
+        elif kind == "hash" and value:
+            pipe.hset(name, mapping=value)
+        elif kind == "set" and value:
+            pipe.sadd(name, *value)
+        if entry.get("ttl_ms"):
+            pipe.pexpire(name, entry["ttl_ms"])
+        pipe.execute()
+        report["written"] += 1
+    if models_out is not None and data.get("models") is not None:
+        models_out.write_text(json.dumps(data["models"], indent=2) + "\n")
+    return report
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serve_app.migrate", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="write this instance's state to a JSON file")
+    ex.add_argument("--redis", required=True, help="REDIS_URL of the instance to export")
+    ex.add_argument("--models", type=Path, help="its models.json")
+    ex.add_argument("-o", "--output", type=Path, required=True)
+    ex.add_argument("--force", action="store_true", help="overwrite the output file")
+    im = sub.add_parser("import", help="load an export into another instance")
+    im.add_argument("file", type=Path)
+    im.add_argument("--redis", required=True, help="REDIS_URL of the instance to fill")
+    im.add_argument("--models-out", type=Path, help="where to write the exported models.json")
+    im.add_argument("--dry-run", action="store_true", help="report what would happen, write nothing")
+    im.add_argument("--force", action="store_true", help="overwrite keys, sessions and files that exist")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "export":
+            if args.output.exists() and not args.force:
+                raise FileExistsError(f"{args.output} exists; use --force")
+            data = export_state(args.redis, args.models)
+            args.output.write_text(json.dumps(data, indent=1))
+            print(f"exported {len(data['entries'])} entries to {args.output}")
+        else:
+            report = import_state(json.loads(args.file.read_text()), args.redis, args.models_out,
+                                  args.dry_run, args.force)
+            print(json.dumps(report))
+    except (FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
