@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Optional, Union
 
 from fastapi import APIRouter, Depends, Request
@@ -25,7 +26,7 @@ from serve_app.protocol.api_v1 import (
     SessionList,
 )
 from serve_app.model_metrics import render_model_metrics
-from serve_app.replies import generate_response, summary
+from serve_app.replies import generate_response, now_iso, summary
 from serve_app.routes.common import cache_headers, request_options
 from serve_app.status import ModelView, model_views
 from serve_app.streaming import note_usage, sse_stream
@@ -96,7 +97,7 @@ async def embeddings(body: EmbedRequest, request: Request, _: Principal = Depend
     request.state.prompt_tokens = result.prompt_tokens
     return EmbedResponse(
         embeddings=result.vectors, model=entry.name, dimensions=len(result.vectors[0]),
-        tokens_used=result.prompt_tokens, processing_time=round(time.monotonic() - started, 4), timestamp=_now_iso(),
+        tokens_used=result.prompt_tokens, processing_time=round(time.monotonic() - started, 4), timestamp=now_iso(),
     )
 
 
