@@ -69,7 +69,7 @@ def tiny_dir(tmp_path_factory):
 def formats_server(tmp_path_factory, tiny_dir):
     """A second Serve app: the non-GGUF generation backends on tiny models generated here."""
     common = {"type": "transformers", "path": str(tiny_dir), "context_length": 2048, "threads": 1,
-              "num_cpus": 0.05, "default_max_tokens": 32}
+              "num_cpus": 0.05, "default_max_tokens": 32, "preload": True}
     from scripts.convert_to_onnx import export
 
     from tests.tiny_models import tiny_lora

@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from tests.integration.conftest import DEFAULT, GEMMA, KEY
+from tests.integration.conftest import ALL_MODELS, DEFAULT, GEMMA, KEY
 from tests.integration.sse import parse_sse
 
 
@@ -166,9 +166,9 @@ def test_metrics_show_both_models_gauges_errors_and_speed(base_url):
 def test_readiness_is_200_when_the_default_model_is_ready(base_url, client):
     r = httpx.get(base_url + "/api/v1/health/ready")  # no key: load balancers probe it
     assert r.status_code == 200
-    assert r.json() == {"status": "ready", "default_model": DEFAULT, "models": {DEFAULT: "ready", GEMMA: "ready"}}
+    assert r.json() == {"status": "ready", "default_model": DEFAULT, "models": {m: "ready" for m in ALL_MODELS}}
     listing = {m["name"]: m for m in client.get("/api/v1/models").json()["models"]}
-    assert all(len(listing[m]["node_id"]) == 56 for m in (DEFAULT, GEMMA))  # a Ray node id (hex)
+    assert all(len(listing[m]["node_id"]) == 56 for m in ALL_MODELS)  # a Ray node id (hex)
 
 
 def test_log_dir_gets_json_records_from_ingress_and_model_replicas(log_dir, client):
@@ -182,4 +182,4 @@ def test_log_dir_gets_json_records_from_ingress_and_model_replicas(log_dir, clie
         time.sleep(0.2)
     assert any(rec["request_id"] == request_id and rec["logger"] == "aicore.access" for rec in records)
     loaded = {rec.get("model") for rec in records if rec["logger"] == "aicore.model" and rec["message"] == "model loaded"}
-    assert loaded == {DEFAULT, GEMMA}  # written by the model replicas, not only the ingress
+    assert loaded == ALL_MODELS  # written by the model replicas, not only the ingress
