@@ -10,16 +10,14 @@ proxy here) or, by binding their source address, from 127.0.0.2 (not trusted).
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from scripts.serve_process import ROOT, ServeProcess, free_port
+from scripts.serve_process import ROOT, ServeProcess
+from tests.integration.redis_process import RedisProcess
 
 ADMIN_KEY = "sec-admin-bootstrap-key"
 MODEL = "smollm2-135m-instruct"
@@ -31,35 +29,7 @@ OUTPUT_TERM = "zebra"
 GLOBAL_ALLOWLIST = "127.0.0.0/8,::1/128,10.0.0.0/8,2001:db8::/32"
 
 
-class RedisServer:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = None
-
-    def start(self) -> "RedisServer":
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed (scripts/test.sh installs it)")
-        self.proc = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        for _ in range(100):
-            try:
-                if client.ping():
-                    return self
-            except redis.ConnectionError:
-                time.sleep(0.1)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
+RedisServer = RedisProcess  # a private redis-server this package's tests may stop and start
 
 
 @pytest.fixture(scope="package")
