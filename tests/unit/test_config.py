@@ -111,3 +111,8 @@ def test_resources_pin_replicas_through_ray_actor_options():
     assert "resources" not in _model_options("m", plain, True)["ray_actor_options"]
     with pytest.raises(ValueError, match="resources"):
         parse_models({"models": {"m": {"type": "gguf", "path": "x", "resources": {"worker_node": "lots"}}}})
+
+
+def test_gguf_only_config_needs_no_torch_backend():
+    models = load_models_file(ROOT / "configs" / "models.gguf.json").models
+    assert models and all(m.type == "gguf" for m in models.values())
