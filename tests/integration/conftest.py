@@ -69,7 +69,8 @@ def tiny_dir(tmp_path_factory):
 def formats_server(tmp_path_factory, tiny_dir):
     """A second Serve app: the non-GGUF generation backends on tiny models generated here."""
     common = {"type": "transformers", "path": str(tiny_dir), "context_length": 2048, "threads": 1,
-              "num_cpus": 0.05, "default_max_tokens": 32, "preload": True}
+              "num_cpus": 0.05, "default_max_tokens": 32, "preload": True,
+              "stream_interval_ms": 0}  # these tests watch token-by-token streaming
     from scripts.convert_to_onnx import export
 
     from tests.tiny_models import tiny_lora
@@ -85,7 +86,9 @@ def formats_server(tmp_path_factory, tiny_dir):
     config.write_text(json.dumps(models))
     # serve_config.yaml names models.json in `args`, which wins over the environment.
     args = {"model_config_path": str(config), "model_cache_dir": str(folder / "cache")}
-    process = ServeProcess(env={"API_KEYS": KEY, "LOG_FORMAT": "json"}, args=args).start(ready_models=FORMATS_MODELS)
+    # No response cache: these tests check what the backends themselves do on every request.
+    env = {"API_KEYS": KEY, "LOG_FORMAT": "json", "CACHE_ENABLED": "false"}
+    process = ServeProcess(env=env, args=args).start(ready_models=FORMATS_MODELS)
     yield process
     process.stop()
 
