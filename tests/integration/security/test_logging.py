@@ -9,10 +9,11 @@ import httpx
 from tests.integration.security.conftest import ADMIN_KEY, MODEL
 
 
-def _lines_with(server, marker: str, want: int = 1) -> list[str]:
+def _lines_with(server, marker: str, want: int = 1, also: str = "aicore.access") -> list[str]:
+    """Log lines holding `marker` and `also` (Ray's own line for a request may arrive before ours)."""
     lines: list[str] = []
     for _ in range(100):
-        lines = [line for line in server.log().splitlines() if marker in line]
+        lines = [line for line in server.log().splitlines() if marker in line and also in line]
         if len(lines) >= want:
             break
         time.sleep(0.2)
