@@ -20,7 +20,7 @@ import numpy as np
 
 from deployments.backends.base import ThreadedBackend, register_backend
 from deployments.backends.sampling import choose
-from deployments.backends.text import StopMatcher, token_budget
+from deployments.backends.text import TokenText, token_budget
 from deployments.errors import InvalidRequest
 from deployments.types import GenerationChunk, GenerationRequest, Usage
 
@@ -106,9 +106,9 @@ class ONNXBackend(ThreadedBackend):
                               s.max_tokens, "prompt" if request.messages is None else "messages")
         rng = np.random.default_rng(s.seed if s.seed is not None else random.randint(0, 2**31 - 1))
         banned = tuple(self.eos_ids) if s.ignore_eos else ()
-        matcher = StopMatcher(list(s.stop))
-        produced: list[int] = []
-        sent, finish, stopped = "", "length", False
+        out = TokenText(lambda t: self.tokenizer.decode(t, skip_special_tokens=True), s.stop)
+        produced = out.produced
+        finish = "length"
         logits, past = self._step(ids, len(ids), self._empty_past())
         while True:
             if cancel.is_set():
@@ -118,16 +118,12 @@ class ONNXBackend(ThreadedBackend):
             if token in self.eos_ids and not s.ignore_eos:
                 finish = "stop"
                 break
-            produced.append(token)
-            text = self.tokenizer.decode(produced, skip_special_tokens=True)
-            if not text.endswith("\ufffd"):  # wait for the rest of a UTF-8 character
-                piece, stopped = matcher.feed(text[len(sent):])
-                sent = text
-                if piece:
-                    yield GenerationChunk(text=piece)
-                if stopped:
-                    finish = "stop"
-                    break
+            piece = out.push(token)
+            if piece:
+                yield GenerationChunk(text=piece)
+            if out.stopped:
+                finish = "stop"
+                break
             if len(produced) >= budget:
                 break
             total = len(ids) + len(produced)
@@ -135,10 +131,7 @@ class ONNXBackend(ThreadedBackend):
                 logits, past = self._step([token], total, past)
             else:  # logits-only graph: the whole prefix again
                 logits, _ = self._step(ids + produced, total, {})
-        if not stopped:
-            text = self.tokenizer.decode(produced, skip_special_tokens=True)
-            piece, stopped = matcher.feed(text[len(sent):])
-            rest = piece if stopped else piece + matcher.flush()
-            if rest:
-                yield GenerationChunk(text=rest)
+        rest = out.finish()
+        if rest:
+            yield GenerationChunk(text=rest)
         yield GenerationChunk(finish_reason=finish, usage=Usage(len(ids), len(produced)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from deployments.errors import ContextLengthExceeded
 
@@ -55,3 +55,34 @@ class StopMatcher:
         """Text held back when generation ended without a stop string."""
         rest, self._pending = self._pending, ""
         return rest
+
+
+class TokenText:
+    """Text of generated token ids, for tokenizers that decode whole sequences (Hugging Face).
+
+    `push(token)` returns the new text that is safe to send: nothing while the ids end inside a
+    UTF-8 character, and nothing a stop string could still claim. `stopped` turns true at a stop
+    string; `finish()` releases what was held back when generation ends another way.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], stops):
+        self._decode = decode
+        self._matcher = StopMatcher(list(stops))
+        self._sent = ""
+        self.produced: list[int] = []
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        self.produced.append(token)
+        text = self._decode(self.produced)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for the next token
+            return ""
+        piece, self.stopped = self._matcher.feed(text[len(self._sent):])
+        self._sent = text
+        return piece
+
+    def finish(self) -> str:
+        if self.stopped:
+            return ""
+        piece, self.stopped = self._matcher.feed(self._decode(self.produced)[len(self._sent):])
+        return piece if self.stopped else piece + self._matcher.flush()

@@ -21,7 +21,7 @@ from contextlib import nullcontext
 from typing import Any, Iterator, Optional
 
 from deployments.backends.base import ThreadedBackend, register_backend
-from deployments.backends.text import StopMatcher, token_budget
+from deployments.backends.text import TokenText, token_budget
 from deployments.errors import InvalidRequest
 from deployments.types import GenerationChunk, GenerationRequest, SamplingParams, Usage
 
@@ -247,9 +247,9 @@ class TransformersBackend(ThreadedBackend):
                               s.max_tokens, "prompt" if request.messages is None else "messages")
         stop = threading.Event()
         tokens = self._start(ids, s, budget, cancel, stop)
-        matcher = StopMatcher(list(s.stop))
-        produced: list[int] = []
-        sent, finish, stopped = "", "length", False
+        out = TokenText(lambda t: self.tokenizer.decode(t, skip_special_tokens=True), s.stop)
+        produced = out.produced
+        finish = "length"
         try:
             for token in tokens:
                 if cancel.is_set():
@@ -257,15 +257,10 @@ class TransformersBackend(ThreadedBackend):
                 if token in self.eos_ids and not s.ignore_eos:
                     finish = "stop"
                     break
-                produced.append(token)
-                text = self.tokenizer.decode(produced, skip_special_tokens=True)
-                if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for the next token
-                    continue
-                piece, stopped = matcher.feed(text[len(sent):])
-                sent = text
+                piece = out.push(token)
                 if piece:
                     yield GenerationChunk(text=piece)
-                if stopped:
+                if out.stopped:
                     finish = "stop"
                     break
                 if len(produced) >= budget:
@@ -277,10 +272,7 @@ class TransformersBackend(ThreadedBackend):
                 self.note_cancelled(len(produced))
         if cancel.is_set():
             return
-        if not stopped:
-            text = self.tokenizer.decode(produced, skip_special_tokens=True)
-            piece, stopped = matcher.feed(text[len(sent):])
-            rest = piece if stopped else piece + matcher.flush()
-            if rest:
-                yield GenerationChunk(text=rest)
+        rest = out.finish()
+        if rest:
+            yield GenerationChunk(text=rest)
         yield GenerationChunk(finish_reason=finish, usage=Usage(len(ids), len(produced)))

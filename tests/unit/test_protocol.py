@@ -56,3 +56,16 @@ def test_stop_matcher_flushes_unfinished_prefix():
     m = StopMatcher(["</end>"])
     assert m.feed("done </e") == ("done ", False)
     assert m.flush() == "</e"
+
+
+def test_token_text_waits_out_partial_characters_and_stop_prefixes():
+    from deployments.backends.text import TokenText
+
+    # a fake whole-sequence decoder: ids -> the text so far ("\ufffd" while a character is split)
+    decoded = {1: "Hel", 2: "Hello \ufffd", 3: "Hello wo", 4: "Hello world END tail"}
+    out = TokenText(lambda ids: decoded[len(ids)], ["END"])
+    assert out.push(1) == "Hel"
+    assert out.push(2) == ""  # split character: nothing yet
+    assert out.push(3) == "lo wo"
+    assert out.push(4) == "rld " and out.stopped
+    assert out.finish() == "" and len(out.produced) == 4
