@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         False, description="Let identical requests under different keys share cache entries."
     )
     session_ttl_s: float = Field(86400, gt=0, description="A chat session expires this long after its last turn.")
+    ready_requires_redis: bool = Field(
+        False, description="Readiness answers 503 while REDIS_URL is set and Redis is unreachable."
+    )
+    ready_min_memory_percent: float = Field(
+        2.0, ge=0, le=100, description="Readiness answers 503 below this share of available node memory."
+    )
     ingress_replicas: int = Field(1, ge=1, description="Ingress replicas (each is one HTTP worker).")
     metrics_flush_s: float = Field(1.0, gt=0, description="How often an ingress replica ships metrics to the hub.")
     # Security (issue 5). Lists are comma-separated strings so env vars and `args` read alike.

@@ -122,3 +122,6 @@ class ReadinessResponse(BaseModel):
     status: str = Field(description="`ready` (HTTP 200) or `not_ready` (HTTP 503).")
     default_model: str
     models: dict[str, str] = Field(description="Each model's state: ready, loading, unloaded, failed, unknown.")
+    redis: Optional[str] = Field(None, description="`ok` or `down` when REDIS_URL is set.")
+    memory_available_percent: Optional[float] = Field(None, description="The node's available memory.")
+    reasons: list[str] = Field(default_factory=list, description="Why the server is not ready.")

@@ -26,6 +26,7 @@ from serve_app.protocol.api_v1 import (
     SessionList,
 )
 from serve_app.model_metrics import render_model_metrics
+from serve_app.readiness import readiness
 from serve_app.replies import generate_response, now_iso, summary
 from serve_app.routes.common import cache_headers, request_options
 from serve_app.status import ModelView, model_views
@@ -139,15 +140,9 @@ async def health(request: Request):
 
 @router.get("/health/ready", response_model=ReadinessResponse, responses={503: {"model": ReadinessResponse}})
 async def ready(request: Request):
-    """Readiness for a load balancer: 200 when the default model can serve, 503 (with Retry-After) when not."""
-    states = await request.app.state.model_status.states()
-    default = request.app.state.router.default_model
-    is_ready = states.get(default, ("unknown", 0))[0] == "ready"
-    body = ReadinessResponse(
-        status="ready" if is_ready else "not_ready",
-        default_model=default,
-        models={name: state for name, (state, _) in states.items()},
-    )
+    """Readiness for a load balancer: 200 when the server can serve, 503 (with Retry-After) when not."""
+    is_ready, fields = await readiness(request.app)
+    body = ReadinessResponse(**fields)
     return JSONResponse(body.model_dump(), status_code=200 if is_ready else 503,
                         headers=None if is_ready else {"Retry-After": "5"})
 

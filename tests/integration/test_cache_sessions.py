@@ -29,7 +29,7 @@ def app(redis_server, tmp_path_factory):
     path = tmp_path_factory.mktemp("cfg") / "models.json"
     path.write_text(json.dumps({"models": {MODEL: entry}}))
     env = {"API_KEYS": f"{K1},{K2}", "REDIS_URL": redis_server.url, "INGRESS_REPLICAS": "2",
-           "CACHE_TTL_S": str(CACHE_TTL_S), "LOG_FORMAT": "json"}
+           "CACHE_TTL_S": str(CACHE_TTL_S), "LOG_FORMAT": "json", "READY_REQUIRES_REDIS": "true"}
     server = ServeProcess(env=env, args={"model_config_path": str(path)}).start(ready_models=(MODEL,))
     yield server
     server.stop()
@@ -175,6 +175,9 @@ def test_redis_outage_degrades_and_recovers_without_restart(app, redis_server):
         assert s.status_code == 503 and s.json()["error"]["code"] == "store_unavailable"
         listing = httpx.get(app.base_url + "/api/v1/sessions", headers={"X-API-Key": K1})
         assert listing.status_code == 503
+        ready = httpx.get(app.base_url + "/api/v1/health/ready")  # READY_REQUIRES_REDIS=true
+        assert ready.status_code == 503 and ready.json()["redis"] == "down"
+        assert "Redis is unreachable" in ready.json()["reasons"]
     finally:
         redis_server.start()
     for _ in range(100):  # recovers on its own once Redis answers again
@@ -184,6 +187,8 @@ def test_redis_outage_degrades_and_recovers_without_restart(app, redis_server):
             break
         time.sleep(0.3)
     assert s.status_code == 200
+    ready = httpx.get(app.base_url + "/api/v1/health/ready")
+    assert ready.status_code == 200 and ready.json()["redis"] == "ok"
     hit = False
     for attempt in range(10):  # the cache works again too (each ingress replica reconnects on its own)
         body = {**BASE, "prompt": f"After the outage, question {attempt}."}
