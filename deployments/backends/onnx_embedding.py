@@ -9,21 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 from deployments.backends.base import register_backend
+from deployments.backends.onnx_runtime import open_session
 from deployments.backends.embedding import EmbeddingBackend
 
 
 @register_backend("onnx", task="embed")
 class ONNXEmbeddingBackend(EmbeddingBackend):
     def load(self) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.config.threads
-        options.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        if self.config.device in ("cuda", "auto") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(self.weights), options, providers=providers)
+        self.session = open_session(self.weights, self.config)
         self._inputs = {i.name for i in self.session.get_inputs()}
         self.load_tokenizer()
 

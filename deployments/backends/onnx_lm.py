@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from deployments.backends.base import ThreadedBackend, register_backend
+from deployments.backends.onnx_runtime import open_session, quantized_copy
 from deployments.backends.sampling import choose
 from deployments.backends.text import TokenText, token_budget
 from deployments.errors import InvalidRequest
@@ -29,23 +29,9 @@ logger = logging.getLogger("aicore.backend.onnx")
 PAST_PREFIX = "past_key_values."
 
 
-def quantized_copy(source: Path, cache_dir: Path) -> Path:
-    """An int8 (dynamic, weights only) copy of `source` in `cache_dir`, built once."""
-    target = cache_dir / "onnx-int8" / f"{source.parent.name}-{source.stem}.int8.onnx"
-    if not target.is_file():
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial.onnx")
-        quantize_dynamic(str(source), str(partial), weight_type=QuantType.QInt8)
-        partial.rename(target)
-    return target
-
-
 @register_backend("onnx")
 class ONNXBackend(ThreadedBackend):
     def load(self) -> None:
-        import onnxruntime as ort
         from transformers import AutoTokenizer
 
         folder = self.weights if self.weights.is_dir() else self.weights.parent
@@ -54,13 +40,7 @@ class ONNXBackend(ThreadedBackend):
             graph = quantized_copy(graph, self.cache_dir or folder)
         elif self.config.quantization:
             raise ValueError(f"quantization {self.config.quantization!r} is not supported by ONNX models (use int8)")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.config.threads
-        options.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        if self.config.device in ("cuda", "auto") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(graph), options, providers=providers)
+        self.session = open_session(graph, self.config)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.past_names = [name for name in self.inputs if name.startswith(PAST_PREFIX)]
