@@ -27,7 +27,8 @@ class AutoscalingConfig(BaseModel):
         8, gt=0, description="Ongoing requests per replica that the autoscaler aims for."
     )
     downscale_delay_s: float = Field(
-        300, ge=0, description="Idle seconds before a replica is removed (the idle-unload timeout at min 0)."
+        300, ge=0, description="Seconds of low load before one of several replicas is removed "
+        "(the last replica goes after `idle_timeout_s`)."
     )
 
     @field_validator("max_replicas")
@@ -88,6 +89,14 @@ class ModelConfig(BaseModel):
     memory: Optional[int] = Field(None, ge=0, description="Ray memory (bytes) reserved per replica.")
     max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica accepts at once.")
     preload: bool = Field(False, description="Keep one replica loaded even when idle (min_replicas 1).")
+    eviction: Optional[Literal["none", "lru"]] = Field(
+        None, description="When loading this model would pass MODEL_MEMORY_BUDGET: `lru` unloads the least "
+        "recently used idle models first, `none` refuses (409). Default: MODEL_EVICTION."
+    )
+    idle_timeout_s: float = Field(
+        300, ge=0, description="Seconds without requests before the last replica is removed and the model's "
+        "memory returns to the OS (when min_replicas is 0)."
+    )
     resources: dict[str, float] = Field(
         default_factory=dict,
         description=(
@@ -101,7 +110,6 @@ class ModelConfig(BaseModel):
         if self.autoscaling.min_replicas is not None:
             return self.autoscaling.min_replicas
         return 1 if (self.preload or is_default) else 0
-
 
     @field_validator("adapters")
     @classmethod

@@ -60,6 +60,24 @@ class ModelUnavailable(AICoreError):
     status, type, code = 503, "server_error", "model_unavailable"
 
 
+class ModelUnloaded(ModelUnavailable):
+    """An administrator's forced unload stopped this request; the next request loads the model again."""
+
+    code = "model_unloaded"
+
+
+class ModelDisabled(ModelUnavailable):
+    """An administrator unloaded the model with `disable`; only an explicit load enables it."""
+
+    code = "model_disabled"
+
+
+class InsufficientMemory(AICoreError):
+    """Loading the model would pass the node's model memory budget."""
+
+    status, type, code = 409, "insufficient_memory", "model_memory_budget_exceeded"
+
+
 class BackendFailure(AICoreError):
     """The engine failed; the message sent to the client stays generic."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,9 @@ from typing import AsyncIterator, Optional
 
 from deployments.backends import get_backend
 from deployments.config import ModelConfig
-from deployments.errors import AICoreError, BackendFailure
+from deployments import lifecycle
+from deployments.errors import AICoreError, BackendFailure, ModelUnloaded
+from deployments.memory import node_memory
 from deployments.streaming import coalesce
 from deployments.types import EmbeddingResult, GenerationChunk, GenerationRequest
 from deployments.weights import resolve_weights
@@ -29,6 +32,7 @@ class ReplicaContext:
     log_level: str = "INFO"
     log_format: str = "text"
     log_dir: Optional[str] = None
+    memory_alert_percent: float = 90.0
 
 
 def _rss_bytes() -> int:
@@ -55,6 +59,7 @@ class ModelDeployment:
         self.model_name = model_name
         self.stream_interval_s = config.stream_interval_ms / 1000
         started = time.monotonic()
+        self.started_at = time.time()
         cache_dir, config_dir = Path(context.cache_dir), Path(context.config_dir) if context.config_dir else None
         weights = resolve_weights(config.path, cache_dir, config_dir)
         tokenizer = resolve_weights(config.tokenizer, cache_dir, config_dir) if config.tokenizer else None
@@ -70,16 +75,25 @@ class ModelDeployment:
         self.last_used = time.time()
         self.in_flight = 0
         self.served = 0  # generation requests this replica has started
+        self.cancel_before = 0.0  # a forced unload at this time stops generations started before it
         logger.info("model loaded", extra={"model": model_name, "load_time_s": round(self.load_time_s, 3)})
+        self._reporter = _Reporter(self, context.memory_alert_percent)
+
+    def report(self) -> dict:
+        """What this replica publishes for listings, metrics, drains and the memory budget."""
+        return {**self.info(), "started_at": self.started_at}
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream chunks; the ingress consumes this with `handle.options(stream=True)`."""
         request_id_var.set(request.request_id)  # this replica's log lines carry the ingress's id
         self.in_flight += 1
         self.served += 1
-        self.last_used = time.time()
+        self.last_used = started = time.time()
         try:
             async for chunk in coalesce(self.backend.stream(request), self.stream_interval_s):
+                if self.cancel_before > started:  # leaving the loop closes the engine's stream
+                    raise ModelUnloaded(f"model {self.model_name!r} was unloaded by an administrator "
+                                        "(forced); the next request loads it again")
                 yield chunk
         except AICoreError:
             raise
@@ -117,12 +131,70 @@ class ModelDeployment:
             "rss_bytes": _rss_bytes(),
             "adapters": self.backend.loaded_adapters(),
             "node_id": _node_id(),
+            "pid": os.getpid(),
         }
 
     def check_health(self) -> None:
         self.backend.health()
 
     def __del__(self):
+        reporter = getattr(self, "_reporter", None)
+        if reporter is not None:
+            reporter.stop()
         backend = getattr(self, "backend", None)
         if backend is not None:
             backend.unload()
+
+
+class _Reporter:
+    """A thread per replica: publishes the replica's report, applies forced unloads, and warns
+    once when the node's memory use passes MEMORY_ALERT_PERCENT."""
+
+    def __init__(self, replica: ModelDeployment, alert_percent: float):
+        self.replica = replica
+        self.alert_percent = alert_percent
+        self.alerting = False
+        self.app, self.replica_id = _replica_identity()
+        self._stop = threading.Event()
+        if self.replica_id is not None:  # outside Serve (unit use) nothing is published
+            threading.Thread(target=self._run, name="aicore-reporter", daemon=True).start()
+
+    def _run(self) -> None:
+        model = self.replica.model_name
+        while not self._stop.wait(lifecycle.REPORT_EVERY_S):
+            try:
+                control = lifecycle.read_control(self.app, model)
+                if control.mode == lifecycle.UNLOADING and control.force:
+                    self.replica.cancel_before = max(self.replica.cancel_before, control.at)
+                total, available = node_memory()
+                used_percent = 100.0 * (total - available) / total
+                self._alert(used_percent)
+                lifecycle.publish_report(self.app, model, self.replica_id, {
+                    **self.replica.report(), "node_memory_total": total, "node_memory_available": available,
+                    "memory_alert": self.alerting,
+                })
+            except Exception:  # the GCS unreachable for a moment: try again next tick
+                logger.debug("replica report failed", exc_info=True)
+        try:
+            lifecycle.forget_report(self.app, model, self.replica_id)
+        except Exception:
+            pass
+
+    def _alert(self, used_percent: float) -> None:
+        if used_percent >= self.alert_percent and not self.alerting:
+            logger.warning("node memory use %.1f%% passed MEMORY_ALERT_PERCENT %.0f%%", used_percent,
+                           self.alert_percent, extra={"model": self.replica.model_name, "node_id": _node_id()})
+        self.alerting = used_percent >= self.alert_percent
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _replica_identity() -> tuple[str, Optional[str]]:
+    try:
+        from ray import serve
+
+        context = serve.get_replica_context()
+        return context.app_name or "", context.replica_id.unique_id
+    except Exception:
+        return "", None

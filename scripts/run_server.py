@@ -25,6 +25,9 @@ QUIET_RAY_ENV = {
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "5000",  # Serve's own replica metrics (default 100 ms)
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",  # controller reconcile loop (default 0.1 s)
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Request counts reach the autoscaler every second (default 10 s): an unload waits for them.
+    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
     "HF_HUB_OFFLINE": "1",
 }
 

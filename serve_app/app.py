@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Optional
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -18,6 +18,7 @@ from serve_app.guard import GuardMiddleware
 from serve_app.keys import KeyService
 from serve_app.metrics import MetricsRecorder
 from serve_app.middleware import RequestContextMiddleware
+from serve_app.model_control import ModelControl
 from serve_app.ratelimit import RateLimiter
 from serve_app.routes import api_v1, integrations, keys, openai, web
 from serve_app.serving import EmbeddingService, GenerationService, ModelRouter
@@ -29,7 +30,8 @@ from serve_app.telegram import TelegramBot
 
 
 def create_app(
-    settings: Settings, router: ModelRouter, metrics_hub: Any, model_status: ModelStatus, chat_hub: Any = None
+    settings: Settings, router: ModelRouter, metrics_hub: Any, model_status: ModelStatus, chat_hub: Any = None,
+    footprints: Optional[dict[str, Optional[int]]] = None,
 ) -> FastAPI:
     """`chat_hub`: the ChatHistoryHub handle shared by ingress replicas; None keeps chat state in-process."""
     app = FastAPI(title="AI Core", version="0.1.0", description="Self-hosted model serving on Ray Serve.")
@@ -45,6 +47,8 @@ def create_app(
     app.state.batch = BatchService(app.state.generation, settings)
     app.state.embeddings = EmbeddingService(router, settings)
     app.state.model_status = model_status
+    app.state.control = ModelControl(router, model_status, settings, footprints or {})
+    app.state.generation.gate = app.state.embeddings.gate = app.state.control.before_request
     app.state.keys = KeyService(store, router.entries)
     app.state.limiter = RateLimiter(store, settings.rate_limit_per_minute, settings.tokens_per_minute)
     app.state.auth = Authenticator(

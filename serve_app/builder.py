@@ -13,8 +13,11 @@ from typing import Any, Optional
 
 from ray import serve
 from ray.serve.config import AutoscalingConfig as RayAutoscaling
+from ray.serve.config import AutoscalingPolicy
 
 from deployments.config import ModelConfig, ModelsFile, load_models_file
+from deployments.lifecycle import ModelScalingPolicy
+from deployments.memory import footprint
 from deployments.model_deployment import ModelDeployment, ReplicaContext
 from deployments.weights import weights_revision
 from serve_app.chat_history import ChatHistoryHub
@@ -30,43 +33,50 @@ def deployment_name(model: str) -> str:
     return "model-" + re.sub(r"[^A-Za-z0-9_.-]", "_", model)
 
 
-def _model_options(name: str, config: ModelConfig, is_default: bool) -> dict:
+def _model_options(name: str, config: ModelConfig, is_default: bool, footprint: Optional[int] = None,
+                   drain_timeout_s: float = 300) -> dict:
     actor_options: dict[str, Any] = {"num_cpus": config.num_cpus}
-    if config.memory:
-        actor_options["memory"] = config.memory
+    if footprint:  # Ray reserves the footprint: it never places a replica where it does not fit
+        actor_options["memory"] = footprint
     if config.resources:  # not checked against the cluster: the node offering them may join later
         actor_options["resources"] = dict(config.resources)
     scaling = config.autoscaling
-    options: dict[str, Any] = {
+    floor = config.min_replicas(is_default)
+    policy = AutoscalingPolicy(policy_function=ModelScalingPolicy,
+                               policy_kwargs={"model": name, "floor": floor, "idle_timeout_s": config.idle_timeout_s})
+    # Ray's bounds are 0..max so an admin can unload any model; the policy keeps the floor.
+    return {
         "name": deployment_name(name),
         "ray_actor_options": actor_options,
         "max_ongoing_requests": config.max_ongoing_requests,
         "health_check_period_s": 10,
-    }
-    low = config.min_replicas(is_default)
-    if low == scaling.max_replicas:
-        options["num_replicas"] = low
-    else:  # from min 0 Ray Serve starts a replica on the first request: lazy load, idle unload
-        options["autoscaling_config"] = RayAutoscaling(
-            min_replicas=low,
-            initial_replicas=low,
+        "graceful_shutdown_timeout_s": drain_timeout_s,  # a replaced replica finishes its streams
+        "autoscaling_config": RayAutoscaling(
+            min_replicas=0,
+            initial_replicas=floor,
             max_replicas=scaling.max_replicas,
             target_ongoing_requests=scaling.target_ongoing_requests,
             downscale_delay_s=scaling.downscale_delay_s,
-        )
-    return options
+            downscale_to_zero_delay_s=0,  # the policy counts idle_timeout_s itself
+            metrics_interval_s=1,
+            look_back_period_s=5,  # request counts settle to zero soon after a drain (unload waits for it)
+            policy=policy,
+        ),
+    }
 
 
-def check_fits(models: ModelsFile, cluster_cpus: Optional[float], cluster_memory: Optional[float]) -> None:
+def check_fits(models: ModelsFile, cluster_cpus: Optional[float], cluster_memory: Optional[float],
+               footprints: Optional[dict[str, Optional[int]]] = None) -> None:
     """An entry Ray could never place would make its requests hang: refuse it at start."""
     for name, config in models.models.items():
         if cluster_cpus is not None and config.num_cpus > cluster_cpus:
             raise ValueError(
                 f"model {name!r}: num_cpus {config.num_cpus} exceeds the cluster's {cluster_cpus:g} CPUs"
             )
-        if cluster_memory is not None and config.memory and config.memory > cluster_memory:
+        need = (footprints or {}).get(name) or config.memory
+        if cluster_memory is not None and need and need > cluster_memory:
             raise ValueError(
-                f"model {name!r}: memory {config.memory} bytes exceeds the cluster's {cluster_memory:.0f}"
+                f"model {name!r}: memory {need} bytes exceeds the cluster's {cluster_memory:.0f}"
             )
 
 
@@ -107,7 +117,6 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
     ContentPolicy.from_settings(settings)  # so do bad content-filter patterns
     config_path = settings.resolve(settings.model_config_path)
     models = load_models_file(config_path)
-    check_fits(models, *_cluster_resources())
     default_model, default_embedding_model = pick_defaults(models, settings)
 
     context = ReplicaContext(
@@ -116,11 +125,16 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         log_level=settings.log_level,
         log_format=settings.log_format,
         log_dir=settings.log_dir,
+        memory_alert_percent=settings.memory_alert_percent,
     )
+    footprints = {name: footprint(config, Path(context.cache_dir), config_path.parent)
+                  for name, config in models.models.items()}
+    check_fits(models, *_cluster_resources(), footprints)
     handles = {
-        name: serve.deployment(ModelDeployment, **_model_options(name, config, name == default_model)).bind(
-            name, config, context
-        )
+        name: serve.deployment(
+            ModelDeployment,
+            **_model_options(name, config, name == default_model, footprints[name], settings.drain_timeout_s),
+        ).bind(name, config, context)
         for name, config in models.models.items()
     }
     hub = serve.deployment(MetricsHub, name="metrics-hub", num_replicas=1, ray_actor_options={"num_cpus": 0.01})
@@ -133,7 +147,7 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         max_ongoing_requests=256,
     )
     specs = {
-        name: ModelSpec(config, deployment_name(name), model_identity(config, context))
+        name: ModelSpec(config, deployment_name(name), model_identity(config, context), footprints[name])
         for name, config in models.models.items()
     }
     chats_bound = chats.bind(

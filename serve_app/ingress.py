@@ -22,6 +22,7 @@ class ModelSpec:
     config: ModelConfig
     deployment_name: str
     identity: str  # weights revision + config, part of cache keys
+    footprint: Optional[int] = None  # bytes one replica needs (the memory budget's unit)
 
 
 @serve.ingress()
@@ -47,6 +48,7 @@ class Ingress:
             metrics_hub,
             ModelStatus(app_name, {name: spec.deployment_name for name, spec in models.items()}),
             chat_hub,
+            {name: spec.footprint for name, spec in models.items()},
         )
 
     def __serve_build_asgi_app__(self):

@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from serve_app.status import ModelView
 
-STATES = ("ready", "loading", "unloaded", "failed", "unknown")
+STATES = ("ready", "loading", "unloading", "unloaded", "failed", "unknown")
 
 
 class _Snapshot:
@@ -37,6 +37,11 @@ class _Snapshot:
                                         "Generations stopped because the client left (replica lifetime).",
                                         labels=["model", "node"])
         ready = GaugeMetricFamily("aicore_ready", "1 when the default model can serve (readiness).")
+        node_used = GaugeMetricFamily("aicore_node_memory_used_ratio", "Memory in use on a node running models (0-1).",
+                                      labels=["node"])
+        node_alert = GaugeMetricFamily("aicore_node_memory_alert",
+                                       "1 while a node's memory use is at or above MEMORY_ALERT_PERCENT.", labels=["node"])
+        nodes: dict[str, dict] = {}
         for name, view in self.views.items():
             for s in STATES:
                 state.add_metric([name, s], 1.0 if view.state == s else 0.0)
@@ -50,9 +55,16 @@ class _Snapshot:
                 load.add_metric([name, node], live["load_time_s"])
             if "cancelled" in live:
                 cancelled.add_metric([name, node], live["cancelled"])
+            for report in view.lifecycle.get("reports", ()):  # every replica, on every node
+                if report.get("node_memory_total"):
+                    nodes[report.get("node_id") or "unknown"] = report
         default = self.views.get(self.default_model)
         ready.add_metric([], 1.0 if default is not None and default.state == "ready" else 0.0)
-        yield from (state, replicas, in_flight, memory, load, cancelled, ready)
+        for node, report in nodes.items():
+            total, available = report["node_memory_total"], report["node_memory_available"]
+            node_used.add_metric([node], (total - available) / total)
+            node_alert.add_metric([node], 1.0 if report.get("memory_alert") else 0.0)
+        yield from (state, replicas, in_flight, memory, load, cancelled, ready, node_used, node_alert)
 
 
 def render_model_metrics(views: dict[str, ModelView], default_model: str) -> bytes:

@@ -15,6 +15,12 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_time(epoch: Optional[float]) -> Optional[str]:
+    if not epoch:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def summary(generation: Generation, text: str, session_id: Optional[str] = None) -> dict:
     fields = {
         "response": text,

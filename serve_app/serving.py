@@ -105,6 +105,13 @@ class RequestOptions:
 
 
 OnComplete = Callable[[GenerationResult], Awaitable[None]]
+Gate = Callable[["ModelEntry"], Awaitable[None]]
+
+
+async def admit(gate: Optional[Gate], entry: "ModelEntry") -> None:
+    """Let the lifecycle gate hold or refuse a request before it reaches the model's replicas."""
+    if gate is not None:
+        await gate(entry)
 
 
 class _Replay:
@@ -203,6 +210,7 @@ class GenerationService:
         self.cache = cache
         self.sessions = sessions
         self.policy = ContentPolicy.from_settings(settings)
+        self.gate: Optional[Gate] = None  # ModelControl.before_request: disabled, unloading, memory budget
 
     def _check(self, entry: ModelEntry, request: GenerationRequest) -> None:
         if request.prompt is not None:
@@ -235,6 +243,7 @@ class GenerationService:
         record = await self.sessions.load(options.owner, options.session_id)
         history = record["messages"] if record else []
         combined = history + messages
+        await admit(self.gate, entry)
         counts = await entry.handle.count_message_tokens.remote(combined)
         answer_room = sampling.max_tokens or entry.config.default_max_tokens
         budget = entry.config.context_length - answer_room - TEMPLATE_MARGIN_TOKENS
@@ -292,6 +301,7 @@ class GenerationService:
                 await self.cache.put(key, result)
 
             callbacks.append(fill)
+        await admit(self.gate, entry)
         started = time.monotonic()
         stream = entry.handle.options(stream=True).stream.remote(request)
         try:
@@ -325,6 +335,7 @@ class EmbeddingService:
     def __init__(self, router: ModelRouter, settings: Settings):
         self.router = router
         self.settings = settings
+        self.gate: Optional[Gate] = None
 
     def _check(self, texts: list[str]) -> None:
         if not texts:
@@ -343,6 +354,7 @@ class EmbeddingService:
     async def embed(self, model: Optional[str], request_id: str, texts: list[str]) -> tuple[ModelEntry, EmbeddingResult]:
         entry = self.router.resolve(model, "embed")
         self._check(texts)
+        await admit(self.gate, entry)
         try:
             result = await asyncio.wait_for(
                 entry.handle.embed.remote(request_id, texts), self.settings.request_timeout_s

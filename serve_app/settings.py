@@ -47,6 +47,20 @@ class Settings(BaseSettings):
         2.0, ge=0, le=100, description="Readiness answers 503 below this share of available node memory."
     )
     ingress_replicas: int = Field(1, ge=1, description="Ingress replicas (each is one HTTP worker).")
+    model_memory_budget: Optional[str] = Field(
+        None, description="Memory (bytes or e.g. `12GiB`) loaded models may take together; default: "
+        "total RAM minus MEMORY_HEADROOM. A load that does not fit is refused (409) or evicts (MODEL_EVICTION)."
+    )
+    memory_headroom: str = Field("2GiB", description="RAM left to Ray and the OS when MODEL_MEMORY_BUDGET is unset.")
+    model_eviction: Literal["none", "lru"] = Field(
+        "none", description="`lru`: a load that does not fit unloads the least recently used idle models first."
+    )
+    memory_alert_percent: float = Field(
+        90, gt=0, le=100, description="Node memory use (percent) that logs a warning and sets aicore_node_memory_alert."
+    )
+    drain_timeout_s: float = Field(
+        300, gt=0, description="How long an unload (or a replaced replica in a hot swap) waits for in-flight requests."
+    )
     metrics_flush_s: float = Field(1.0, gt=0, description="How often an ingress replica ships metrics to the hub.")
     # Security (issue 5). Lists are comma-separated strings so env vars and `args` read alike.
     rate_limit_per_minute: int = Field(0, ge=0, description="Default requests per minute per stored key; 0: unlimited.")

@@ -23,8 +23,11 @@ def _state(status: str, running: int) -> str:
     return "unloaded"
 
 
-def read_states(app_name: Optional[str], deployments: dict[str, str]) -> States:
-    """Blocking: ask the Serve controller. `deployments` maps model -> deployment name."""
+def read_states(app_name: Optional[str], deployments: dict[str, str], reasons: Optional[dict] = None,
+                present: Optional[dict] = None) -> States:
+    """Blocking: ask the Serve controller. `deployments` maps model -> deployment name; the
+    controller's message for a failed model goes into `reasons`, and the count of replicas in any
+    state (starting and stopping ones too) into `present`."""
     from ray import serve
 
     apps = serve.status().applications
@@ -38,6 +41,10 @@ def read_states(app_name: Optional[str], deployments: dict[str, str]) -> States:
             continue
         running = sum(n for s, n in info.replica_states.items() if str(getattr(s, "value", s)) == "RUNNING")
         states[model] = (_state(str(getattr(info.status, "value", info.status)), running), running)
+        if present is not None:
+            present[model] = sum(info.replica_states.values())
+        if reasons is not None and states[model][0] == "failed":
+            reasons[model] = (getattr(info, "message", "") or "")[-500:]
     return states
 
 
@@ -47,13 +54,18 @@ class ModelStatus:
         self.deployments = deployments
         self.ttl_s = ttl_s
         self._cached: tuple[float, States] = (0.0, {})
+        self.reasons: dict[str, str] = {}  # why a failed model failed (the controller's message)
+        self.present: dict[str, int] = {}  # replicas in any state, stopping ones included
 
-    async def states(self) -> States:
+    async def states(self, fresh: bool = False) -> States:
         at, cached = self._cached
-        if time.monotonic() - at < self.ttl_s:
+        if not fresh and time.monotonic() - at < self.ttl_s:
             return cached
         try:
-            states = await asyncio.to_thread(read_states, self.app_name, self.deployments)
+            reasons: dict[str, str] = {}
+            present: dict[str, int] = {}
+            states = await asyncio.to_thread(read_states, self.app_name, self.deployments, reasons, present)
+            self.reasons, self.present = reasons, present
         except Exception:
             logger.warning("could not read model states from Ray Serve", exc_info=True)
             states = {model: ("unknown", 0) for model in self.deployments}
@@ -75,6 +87,7 @@ class ModelView:
     state: str
     replicas: int
     live: dict = field(default_factory=dict)  # a running replica's info(): in_flight, rss_bytes, node_id...
+    lifecycle: dict = field(default_factory=dict)  # ModelControl.views(): disabled, last_used, all replicas' memory
 
 
 async def model_views(status: ModelStatus, handles: dict[str, Any]) -> dict[str, ModelView]:

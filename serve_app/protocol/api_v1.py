@@ -105,6 +105,35 @@ class ModelInfo(BaseModel):
     adapters: list[str] = Field(default_factory=list, description="LoRA adapters: request `<model>:<adapter>`.")
     loaded_adapters: Optional[list[str]] = Field(None, description="Adapters in memory, least recently used first.")
     node_id: Optional[str] = Field(None, description="Ray node of the replica that reported the live figures.")
+    pid: Optional[int] = Field(None, description="Process id of the replica that reported the live figures.")
+    last_used: Optional[str] = Field(None, description="When the model last got a request (ISO 8601, UTC).")
+    disabled: bool = Field(False, description="Unloaded with `disable`: refused until an explicit load.")
+    footprint_bytes: Optional[int] = Field(None, description="Memory one replica is budgeted (MODEL_MEMORY_BUDGET).")
+    state_reason: Optional[str] = Field(None, description="Why a `failed` model failed.")
+
+
+class ModelLoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(description="The model to load (a disabled model is enabled again).")
+    wait: bool = Field(True, description="Answer when the model is ready; false: answer 202 at once.")
+
+
+class ModelUnloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(description="The model to unload.")
+    force: bool = Field(False, description="Cancel in-flight requests (they end with `model_unloaded`) "
+                        "instead of letting them finish.")
+    disable: bool = Field(False, description="Refuse requests for the model until an explicit load.")
+    wait: bool = Field(True, description="Answer when the memory is freed; false: answer 202 once drained.")
+
+
+class ModelStateResponse(BaseModel):
+    model: str
+    state: str = Field(description="ready, loading, unloaded, unloading or failed.")
+    replicas: int
+    disabled: bool = False
 
 
 class ModelsResponse(BaseModel):

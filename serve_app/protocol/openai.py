@@ -133,6 +133,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "ai-core"
+    state: Optional[str] = Field(None, description="Extension: ready, loading, unloaded, unloading or failed.")
+    replicas: Optional[int] = Field(None, description="Extension: running replicas of the (base) model.")
 
 
 class ModelList(BaseModel):

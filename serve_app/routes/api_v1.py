@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from deployments.errors import SessionNotFound
-from serve_app.auth import Principal, require_any_key, require_key
+from serve_app.auth import Principal, require_admin, require_any_key, require_key
 from serve_app.store import StoreUnavailable
 from serve_app.logs import request_id_var
 from serve_app.protocol.api_v1 import (
@@ -20,16 +20,19 @@ from serve_app.protocol.api_v1 import (
     GenerateResponse,
     HealthResponse,
     ModelInfo,
+    ModelLoadRequest,
     ModelsResponse,
+    ModelStateResponse,
+    ModelUnloadRequest,
     ReadinessResponse,
     SessionDetail,
     SessionList,
 )
 from serve_app.model_metrics import render_model_metrics
 from serve_app.readiness import readiness
-from serve_app.replies import generate_response, now_iso, summary
+from serve_app.replies import generate_response, iso_time, now_iso, summary
 from serve_app.routes.common import cache_headers, request_options
-from serve_app.status import ModelView, model_views
+from serve_app.status import ModelView
 from serve_app.streaming import note_usage, sse_stream
 
 router = APIRouter(prefix="/api/v1")
@@ -110,14 +113,16 @@ async def models(request: Request, principal: Principal = Depends(require_key)):
         if not principal.may_use(name):
             continue
         view = views[name]
-        live = view.live
+        live, life = view.live, view.lifecycle
         listing.append(
             ModelInfo(
                 name=name, type=entry.config.type, task=entry.config.task, format=entry.config.format,
                 state=view.state, replicas=view.replicas, description=entry.config.description,
                 in_flight=live.get("in_flight"), cancelled=live.get("cancelled"), served=live.get("served"),
-                load_time_s=live.get("load_time_s"), resident_memory_bytes=live.get("rss_bytes"),
-                node_id=live.get("node_id"), adapters=list(entry.config.adapters), loaded_adapters=live.get("adapters"),
+                load_time_s=live.get("load_time_s"), resident_memory_bytes=life.get("resident_memory_bytes"),
+                node_id=live.get("node_id"), pid=live.get("pid"), adapters=list(entry.config.adapters), loaded_adapters=live.get("adapters"),
+                last_used=iso_time(life.get("last_used")), disabled=life.get("disabled", False),
+                footprint_bytes=life.get("footprint_bytes"), state_reason=life.get("reason"),
             )
         )
     router = request.app.state.router
@@ -128,7 +133,39 @@ async def models(request: Request, principal: Principal = Depends(require_key)):
 
 async def _views(request: Request) -> dict[str, ModelView]:
     handles = {name: entry.handle for name, entry in request.app.state.router.entries.items()}
-    return await model_views(request.app.state.model_status, handles)
+    return await request.app.state.control.views(handles)
+
+
+async def _model_state(request: Request, name: str) -> ModelStateResponse:
+    view = (await _views(request))[name]
+    return ModelStateResponse(model=name, state=view.state, replicas=view.replicas,
+                              disabled=view.lifecycle.get("disabled", False))
+
+
+@router.post("/models/load", response_model=ModelStateResponse, responses={202: {"model": ModelStateResponse}})
+async def load_model(body: ModelLoadRequest, request: Request, _: Principal = Depends(require_admin)):
+    """Load a model now (admin). Idempotent: a loaded model answers 200 at once."""
+    entry = request.app.state.router.resolve(body.model)
+    state, replicas = await request.app.state.control.load(entry.name, wait=body.wait)
+    if not body.wait and state != "ready":
+        reply = ModelStateResponse(model=entry.name, state=state, replicas=replicas)
+        return JSONResponse(reply.model_dump(), status_code=202)
+    return await _model_state(request, entry.name)
+
+
+@router.post("/models/unload", response_model=ModelStateResponse, responses={202: {"model": ModelStateResponse}})
+async def unload_model(body: ModelUnloadRequest, request: Request, _: Principal = Depends(require_admin)):
+    """Unload a model (admin): drain its requests (or cancel them with `force`), free its memory.
+    Idempotent. The next request loads it again unless `disable` was given. `wait: false`
+    answers 202 at once and unloads in the background."""
+    entry, control = request.app.state.router.resolve(body.model), request.app.state.control
+    if not body.wait:
+        control.start_unload(entry.name, force=body.force, disable=body.disable)
+        reply = ModelStateResponse(model=entry.name, state="unloading", replicas=(await control.replicas(entry.name))[1],
+                                   disabled=body.disable)
+        return JSONResponse(reply.model_dump(), status_code=202)
+    await control.unload(entry.name, force=body.force, disable=body.disable)
+    return await _model_state(request, entry.name)
 
 
 @router.get("/health", response_model=HealthResponse)

@@ -146,7 +146,14 @@ async def embeddings(body: EmbeddingRequest, request: Request, _: Principal = De
 async def list_models(request: Request, principal: Principal = Depends(require_key)):
     created = request.app.state.started_at
     ids = [i for i in request.app.state.router.model_ids() if principal.may_use(i.partition(":")[0])]
-    return ModelList(data=[ModelCard(id=name, created=created) for name in ids])
+    handles = {name: entry.handle for name, entry in request.app.state.router.entries.items()}
+    views = await request.app.state.control.views(handles)
+    cards = []
+    for model_id in ids:
+        view = views.get(model_id.partition(":")[0])
+        cards.append(ModelCard(id=model_id, created=created, state=view.state if view else None,
+                               replicas=view.replicas if view else None))
+    return ModelList(data=cards)
 
 
 @router.get("/models/{model_id}", response_model=ModelCard)

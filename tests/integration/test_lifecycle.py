@@ -1,36 +1,74 @@
-"""Lazy load and idle unload through Ray Serve autoscaling to zero, with the real gemma3 GGUF."""
+"""Model lifecycle with the real GGUF models: lazy load, idle unload, explicit load/unload (drain,
+force, disable, idempotence) and the memory budget (refusal, LRU eviction).
+
+One Serve app, three models: the default SmolLM2 (kept loaded), gemma3 (lazy, short idle
+timeout, refuses a load over the budget) and a second SmolLM2 entry "spare" (lazy, evicts the least
+recently used idle model when over the budget). MODEL_MEMORY_BUDGET holds two of the three.
+"""
 
 import asyncio
 import json
+import os
+import threading
 import time
 
 import httpx
 import pytest
 
 from scripts.serve_process import ROOT, ServeProcess
+from tests.integration.sse import parse_sse
 
-DEFAULT, LAZY = "smollm2-135m-instruct", "gemma3-270m"
+DEFAULT, LAZY, SPARE = "smollm2-135m-instruct", "gemma3-270m", "smollm2-spare"
 KEY = "life-key"
 IDLE_S = 4
+MIB = 2**20
+BUDGET = 1536 * MIB  # default 512 MiB + gemma3 768 MiB fit; any third model does not
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     models = json.loads((ROOT / "models.json").read_text())["models"]
-    lazy = {k: v for k, v in models[LAZY].items() if k != "autoscaling"}
-    lazy["autoscaling"] = {"max_replicas": 1, "downscale_delay_s": IDLE_S}  # min_replicas left to the default: 0
     default = {k: v for k, v in models[DEFAULT].items() if k != "autoscaling"}  # the default model: preloaded
+    lazy = {k: v for k, v in models[LAZY].items() if k != "autoscaling"}  # min_replicas left to the default: 0
+    lazy.update(idle_timeout_s=IDLE_S, memory=768 * MIB, eviction="none")
+    spare = {**default, "memory": 512 * MIB, "eviction": "lru", "description": "a second SmolLM2 entry"}
     path = tmp_path_factory.mktemp("life") / "models.json"
-    path.write_text(json.dumps({"models": {DEFAULT: default, LAZY: lazy}}))
-    server = ServeProcess(env={"API_KEYS": KEY}, args={"model_config_path": str(path)}).start(ready_models=(DEFAULT,))
+    path.write_text(json.dumps({"models": {DEFAULT: default, LAZY: lazy, SPARE: spare}}))
+    env = {"API_KEYS": KEY, "MODEL_MEMORY_BUDGET": str(BUDGET), "DRAIN_TIMEOUT_S": "120"}
+    server = ServeProcess(env=env, args={"model_config_path": str(path)}).start(ready_models=(DEFAULT,))
     yield server
     server.stop()
 
 
+def call(app, method, path, body=None, key=KEY):
+    return httpx.request(method, app.base_url + path, json=body, headers={"X-API-Key": key}, timeout=600)
+
+
+def entry(app, model):
+    listing = call(app, "GET", "/api/v1/models").json()["models"]
+    return next(m for m in listing if m["name"] == model)
+
+
 def state(app, model):
-    listing = httpx.get(app.base_url + "/api/v1/models", headers={"X-API-Key": KEY}, timeout=60).json()["models"]
-    entry = next(m for m in listing if m["name"] == model)
-    return entry["state"], entry["replicas"]
+    found = entry(app, model)
+    return found["state"], found["replicas"]
+
+
+def wait_for(app, model, wanted, polls=600):
+    for _ in range(polls):  # bounded: at most `polls` listings
+        current = state(app, model)
+        if current == wanted:
+            return current
+        time.sleep(0.5)
+    return current
+
+
+def complete(app, model, max_tokens=4):
+    return call(app, "POST", "/v1/completions", {"model": model, "prompt": "Hello", "max_tokens": max_tokens})
+
+
+def pid_alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
 
 
 def test_lazy_model_loads_once_on_first_use_then_unloads_when_idle(app):
@@ -46,15 +84,139 @@ def test_lazy_model_loads_once_on_first_use_then_unloads_when_idle(app):
     assert [r.status_code for r in responses] == [200] * 10
     assert all(r.json()["choices"][0]["text"] for r in responses)
     assert state(app, LAZY) == ("ready", 1)  # ten concurrent first requests, one replica, one load
+    assert entry(app, LAZY)["last_used"] is not None
 
-    for _ in range(300):  # idle past downscale_delay_s: Ray Serve removes the replica
-        current = state(app, LAZY)
-        if current == ("unloaded", 0):
-            break
-        time.sleep(0.5)
-    assert current == ("unloaded", 0)
+    assert wait_for(app, LAZY, ("unloaded", 0)) == ("unloaded", 0)  # idle past idle_timeout_s
     assert state(app, DEFAULT) == ("ready", 1)  # the default model stays loaded
+    assert complete(app, LAZY).status_code == 200  # and loads again on the next request
 
-    again = httpx.post(app.base_url + "/v1/completions", headers={"X-API-Key": KEY}, timeout=300,
-                       json={"model": LAZY, "prompt": "Hello", "max_tokens": 2})
-    assert again.status_code == 200  # and loads again on the next request
+
+def test_explicit_load_and_unload_are_idempotent_and_free_the_process(app):
+    loaded = call(app, "POST", "/api/v1/models/load", {"model": LAZY})
+    assert loaded.status_code == 200 and loaded.json() == {"model": LAZY, "state": "ready", "replicas": 1,
+                                                          "disabled": False}
+    again = call(app, "POST", "/api/v1/models/load", {"model": LAZY})
+    assert again.status_code == 200 and again.json()["state"] == "ready"
+    assert entry(app, LAZY)["resident_memory_bytes"] > 50 * MIB
+
+    unloaded = call(app, "POST", "/api/v1/models/unload", {"model": LAZY})
+    assert unloaded.status_code == 200 and unloaded.json()["state"] == "unloaded" and unloaded.json()["replicas"] == 0
+    assert call(app, "POST", "/api/v1/models/unload", {"model": LAZY}).json()["state"] == "unloaded"
+    assert entry(app, LAZY)["resident_memory_bytes"] is None
+
+    # Not waiting: 202 with the state, then the model gets there.
+    accepted = call(app, "POST", "/api/v1/models/load", {"model": LAZY, "wait": False})
+    assert accepted.status_code == 202 and accepted.json()["state"] == "loading"
+    assert wait_for(app, LAZY, ("ready", 1)) == ("ready", 1)
+    replica_pid = _replica_pid(app, LAZY)
+    assert pid_alive(replica_pid)
+    accepted = call(app, "POST", "/api/v1/models/unload", {"model": LAZY, "wait": False})
+    assert accepted.status_code == 202 and accepted.json()["state"] == "unloading"
+    assert wait_for(app, LAZY, ("unloaded", 0)) == ("unloaded", 0)
+    for _ in range(100):  # the replica's process exits: its memory is back with the OS
+        if not pid_alive(replica_pid):
+            break
+        time.sleep(0.2)
+    assert not pid_alive(replica_pid)
+
+
+def _replica_pid(app, model) -> int:
+    """The model replica's process id, from the live figures of /api/v1/models."""
+    pid = entry(app, model).get("pid")
+    assert isinstance(pid, int), entry(app, model)
+    return pid
+
+
+def test_unload_and_load_need_an_admin_key_and_a_known_model(app):
+    made = call(app, "POST", "/api/v1/keys", {"name": "inference-only", "scopes": ["inference"]})
+    assert made.status_code == 201
+    user_key = made.json()["key"]
+    for path in ("/api/v1/models/load", "/api/v1/models/unload"):
+        refused = call(app, "POST", path, {"model": LAZY}, key=user_key)
+        assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_error"
+        missing = call(app, "POST", path, {"model": "no-such-model"})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+        bad = call(app, "POST", path, {"model": LAZY, "unknown": 1})
+        assert bad.status_code == 400
+
+
+def _stream_in_thread(app, model, max_tokens, out: dict):
+    """A streamed completion on a thread; `out` gets its events (or the error) when it ends."""
+    def run():
+        body = {"model": model, "prompt": "Once upon a time", "max_tokens": max_tokens, "stream": True,
+                "ignore_eos": True, "temperature": 0}
+        with httpx.stream("POST", app.base_url + "/v1/completions", json=body, headers={"X-API-Key": KEY},
+                          timeout=600) as r:
+            out["status"] = r.status_code
+            text = ""
+            for piece in r.iter_text():
+                text += piece
+                out.setdefault("first_at", time.monotonic())
+            out["events"] = parse_sse(text)
+            out["ended_at"] = time.monotonic()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    for _ in range(1200):  # bounded wait for the first streamed bytes
+        if "first_at" in out or not thread.is_alive():
+            break
+        time.sleep(0.05)
+    return thread
+
+
+def test_unload_drains_a_live_stream_before_freeing(app):
+    assert call(app, "POST", "/api/v1/models/load", {"model": LAZY}).json()["state"] == "ready"
+    out: dict = {}
+    thread = _stream_in_thread(app, LAZY, 120, out)
+    assert "first_at" in out
+    unloaded = call(app, "POST", "/api/v1/models/unload", {"model": LAZY})
+    answered_at = time.monotonic()
+    thread.join()
+    assert unloaded.status_code == 200 and unloaded.json()["state"] == "unloaded"
+    assert out["status"] == 200
+    chunks = [e for e in out["events"] if "choices" in e]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"  # the stream ran to its end
+    assert not any("error" in e for e in out["events"])
+    assert out["ended_at"] <= answered_at  # ordering, not a time limit: drained first, then unloaded
+
+
+def test_forced_unload_cancels_in_flight_work_with_a_clear_error(app):
+    assert call(app, "POST", "/api/v1/models/load", {"model": LAZY}).json()["state"] == "ready"
+    out: dict = {}
+    thread = _stream_in_thread(app, LAZY, 1500, out)
+    assert "first_at" in out
+    unloaded = call(app, "POST", "/api/v1/models/unload", {"model": LAZY, "force": True})
+    thread.join()
+    assert unloaded.status_code == 200 and unloaded.json()["state"] == "unloaded"
+    errors = [e["error"] for e in out["events"] if "error" in e]
+    assert errors and errors[0]["code"] == "model_unloaded" and LAZY in errors[0]["message"]
+    assert complete(app, LAZY).status_code == 200  # the next request loads it again
+
+
+def test_a_disabled_model_is_refused_until_loaded(app):
+    off = call(app, "POST", "/api/v1/models/unload", {"model": LAZY, "disable": True})
+    assert off.status_code == 200 and off.json()["disabled"] is True and off.json()["replicas"] == 0
+    refused = complete(app, LAZY)
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "model_disabled"
+    assert state(app, LAZY) == ("unloaded", 0)  # the refused request did not load it
+    assert call(app, "POST", "/api/v1/models/load", {"model": LAZY}).json()["disabled"] is False
+    assert complete(app, LAZY).status_code == 200
+
+
+def test_memory_budget_evicts_lru_or_refuses(app):
+    assert call(app, "POST", "/api/v1/models/load", {"model": LAZY}).json()["state"] == "ready"
+    assert state(app, SPARE) == ("unloaded", 0)
+    # SPARE (eviction "lru") does not fit beside DEFAULT and LAZY: the idle LAZY goes first.
+    r = complete(app, SPARE)
+    assert r.status_code == 200
+    assert state(app, LAZY) == ("unloaded", 0) and state(app, SPARE) == ("ready", 1)
+    assert state(app, DEFAULT) == ("ready", 1)  # the default model is never evicted
+    # LAZY (eviction "none") does not fit now: refused with the figures, nothing loaded.
+    refused = complete(app, LAZY)
+    assert refused.status_code == 409
+    error = refused.json()["error"]
+    assert error["code"] == "model_memory_budget_exceeded" and error["param"] == "model"
+    assert LAZY in error["message"] and "0.75 GiB" in error["message"] and "1.50 GiB" in error["message"]
+    assert state(app, LAZY) == ("unloaded", 0)
+    explicit = call(app, "POST", "/api/v1/models/load", {"model": LAZY})
+    assert explicit.status_code == 409  # an explicit load is held to the same budget

@@ -27,6 +27,7 @@ ADMIN = [
     ("DELETE", "/api/v1/keys/{id}", None),
     ("POST", "/api/v1/keys/{id}/rotate", None),
     ("GET", "/api/v1/keys/{id}/usage", None),
+    ("POST", "/api/v1/models/load", {"model": MODEL}),  # loaded already: idempotent
 ]
 ANY_SCOPE = [("GET", "/api/v1/metrics", None)]
 ALL = INFERENCE + ADMIN + ANY_SCOPE

@@ -1,0 +1,152 @@
+"""The lifecycle control plane: admin commands and replica reports, shared through Ray's GCS.
+
+Three parties read and write small JSON records in Ray's internal key-value store (every Ray
+process can reach it, on every node, without another service):
+
+- the ingress writes a model's *control* record (`POST /api/v1/models/load|unload`);
+- each model replica publishes its *report* (in flight, last used, memory) twice a second and
+  reads the control record (a forced unload cancels its work);
+- `ModelScalingPolicy`, the custom Ray Serve autoscaling policy of every model deployment, runs
+  in the Serve controller and turns the control record and the idle clock into a replica count.
+
+Ray Serve still does the scaling itself (lazy load from zero, draining replicas it stops).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+NAMESPACE = "aicore"
+REPORT_EVERY_S = 0.5
+REPORT_FRESH_S = 5.0  # a report older than this belongs to a replica that is gone
+
+# Control modes. None: normal (lazy load, idle unload, `preload` floor).
+UNLOADING = "unloading"  # draining: the ingress holds new requests, replicas finish (or cancel) theirs,
+# and the policy scales to zero once Ray's request metrics read zero (scaling to zero earlier
+# would let Ray's cold-start path start a new replica for the requests still counted)
+UNLOADED = "unloaded"  # scale to zero now; the next request clears it and loads the model again
+DISABLED = "disabled"  # scale to zero and refuse requests until an explicit load
+LOADED = "loaded"  # load now; then the idle clock runs from the load
+
+
+@dataclass(frozen=True)
+class Control:
+    mode: Optional[str] = None
+    force: bool = False
+    at: float = field(default_factory=time.time)
+
+
+def _kv():
+    from ray.experimental import internal_kv
+
+    return internal_kv
+
+
+def _connected() -> bool:
+    """Outside a Ray process (unit tests, tools) there is no store: no records, nothing to do."""
+    try:
+        return bool(_kv()._internal_kv_initialized())
+    except Exception:
+        return False
+
+
+def _control_key(app: str, model: str) -> bytes:
+    return f"{app}/control/{model}".encode()
+
+
+def _report_prefix(app: str, model: str) -> bytes:
+    return f"{app}/report/{model}/".encode()
+
+
+def read_control(app: str, model: str) -> Control:
+    if not _connected():
+        return Control(mode=None, at=0.0)
+    raw = _kv()._internal_kv_get(_control_key(app, model), namespace=NAMESPACE)
+    return Control(**json.loads(raw)) if raw else Control(mode=None, at=0.0)
+
+
+def write_control(app: str, model: str, control: Optional[Control]) -> None:
+    if not _connected():
+        raise RuntimeError("model control needs the Ray cluster (run under Ray Serve)")
+    if control is None or control.mode is None:
+        _kv()._internal_kv_del(_control_key(app, model), namespace=NAMESPACE)
+    else:
+        _kv()._internal_kv_put(_control_key(app, model), json.dumps(asdict(control)).encode(),
+                               overwrite=True, namespace=NAMESPACE)
+
+
+def publish_report(app: str, model: str, replica: str, report: dict) -> None:
+    _kv()._internal_kv_put(_report_prefix(app, model) + replica.encode(),
+                           json.dumps({**report, "reported_at": time.time()}).encode(),
+                           overwrite=True, namespace=NAMESPACE)
+
+
+def forget_report(app: str, model: str, replica: str) -> None:
+    _kv()._internal_kv_del(_report_prefix(app, model) + replica.encode(), namespace=NAMESPACE)
+
+
+def read_reports(app: str, model: str) -> list[dict]:
+    """Fresh reports of the model's replicas (stopping replicas included while they report)."""
+    if not _connected():
+        return []
+    kv, prefix, now = _kv(), _report_prefix(app, model), time.time()
+    reports = []
+    for key in kv._internal_kv_list(prefix, namespace=NAMESPACE) or ():
+        raw = kv._internal_kv_get(key, namespace=NAMESPACE)
+        if raw:
+            report = json.loads(raw)
+            if now - report.get("reported_at", 0) < REPORT_FRESH_S:
+                reports.append(report)
+    return reports
+
+
+class ModelScalingPolicy:
+    """Ray Serve autoscaling policy of one model deployment (runs in the Serve controller).
+
+    Ray's bounds are 0..max_replicas; this policy adds the model's floor (1 for the default
+    model and `preload`), the idle timeout (keep a replica until `idle_timeout_s` without
+    requests) and the admin's control record. Ray applies its own delays after it, so the
+    deployment is given `downscale_to_zero_delay_s=0`: the idle timeout is counted here.
+    """
+
+    def __init__(self, model: str, floor: int, idle_timeout_s: float):
+        from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
+
+        self.model = model
+        self.floor = floor
+        self.idle_timeout_s = idle_timeout_s
+        self._queue_policy = replica_queue_length_autoscaling_policy
+        self._control = (0.0, Control(mode=None, at=0.0))
+
+    def control(self, app: str) -> Control:
+        at, control = self._control
+        if time.monotonic() - at > 0.2:  # the controller loop runs often: one GCS read per 0.2 s
+            try:
+                control = read_control(app, self.model)
+            except Exception:  # the GCS briefly unreachable: keep the last decision's input
+                pass
+            self._control = (time.monotonic(), control)
+        return control
+
+    def __call__(self, ctx) -> tuple[int, dict[str, Any]]:
+        state = dict(ctx.policy_state or {})
+        now = time.time()
+        if ctx.total_num_requests > 0:
+            state["last_busy"] = now
+        control = self.control(ctx.app_name or "")
+        if control.mode in (DISABLED, UNLOADED):
+            return 0, state
+        if control.mode == UNLOADING:
+            return (0 if ctx.total_num_requests == 0 else ctx.target_num_replicas), state
+        desired, queue_state = self._queue_policy(ctx)
+        state.update({k: v for k, v in queue_state.items() if k != "last_busy"})
+        desired = max(math.ceil(desired), self.floor)
+        recent = max(state.get("last_busy") or 0.0, control.at if control.mode == LOADED else 0.0)
+        if desired == 0 and now - recent < self.idle_timeout_s:
+            if ctx.current_num_replicas > 0 or control.mode == LOADED:
+                desired = 1  # not idle long enough yet (or an explicit load)
+        return desired, state

@@ -1,0 +1,230 @@
+"""Explicit load/unload, the memory budget and LRU eviction, from the ingress.
+
+The ingress writes a model's control record (deployments/lifecycle.py); the model's autoscaling
+policy in the Serve controller acts on it and Ray Serve starts or stops replicas. Requests for a
+model being unloaded wait here until it is gone, then load it again (lazy load).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from typing import Any, Optional
+
+from deployments import lifecycle
+from deployments.errors import InsufficientMemory, ModelDisabled, ModelUnavailable
+from deployments.lifecycle import Control
+from deployments.memory import node_memory, parse_size
+from serve_app.serving import ModelEntry, ModelRouter
+from serve_app.settings import Settings
+from serve_app.status import ModelStatus, ModelView, model_views
+
+logger = logging.getLogger("aicore.lifecycle")
+
+POLL_S = 0.2
+CONTROL_TTL_S = 0.5
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+class ModelControl:
+    def __init__(self, router: ModelRouter, status: ModelStatus, settings: Settings,
+                 footprints: dict[str, Optional[int]]):
+        self.router = router
+        self.status = status
+        self.settings = settings
+        self.footprints = footprints
+        self.app = getattr(status, "app_name", None) or ""
+        self._controls: dict[str, tuple[float, Control]] = {}
+        self._last_used: dict[str, float] = {}  # requests this ingress replica routed
+        self._budget_lock = asyncio.Lock()
+        self._background: set[asyncio.Task] = set()
+
+    # -- shared records -------------------------------------------------------------------
+
+    async def control(self, model: str, fresh: bool = False) -> Control:
+        at, control = self._controls.get(model, (0.0, None))
+        if fresh or control is None or time.monotonic() - at > CONTROL_TTL_S:
+            control = await asyncio.to_thread(lifecycle.read_control, self.app, model)
+            self._controls[model] = (time.monotonic(), control)
+        return control
+
+    async def _set(self, model: str, control: Optional[Control]) -> None:
+        await asyncio.to_thread(lifecycle.write_control, self.app, model, control)
+        self._controls[model] = (time.monotonic(), control or Control(mode=None, at=0.0))
+
+    async def reports(self, model: str) -> list[dict]:
+        return await asyncio.to_thread(lifecycle.read_reports, self.app, model)
+
+    async def replicas(self, model: str) -> tuple[str, int]:
+        return (await self.status.states(fresh=True)).get(model, ("unknown", 0))
+
+    def budget(self) -> int:
+        if self.settings.model_memory_budget:
+            return parse_size(self.settings.model_memory_budget)
+        total, _ = node_memory()
+        return max(0, total - parse_size(self.settings.memory_headroom))
+
+    def last_used(self, model: str, reports: list[dict]) -> Optional[float]:
+        times = [r["last_used"] for r in reports if r.get("last_used")] + [self._last_used.get(model, 0.0)]
+        return max(times) or None
+
+    async def views(self, handles: dict[str, Any]) -> dict[str, ModelView]:
+        """Serve's states and one replica's live figures, plus the lifecycle: `unloading` while an
+        unload is in progress, disabled, last use, the memory of all replicas, why it failed."""
+        views = await model_views(self.status, handles)
+        out = {}
+        for name, view in views.items():
+            control = await self.control(name)
+            reports = await self.reports(name) if view.replicas else []
+            state = view.state
+            if view.replicas and control.mode in (lifecycle.UNLOADING, lifecycle.UNLOADED, lifecycle.DISABLED):
+                state = "unloading"
+            memory = sum(r.get("rss_bytes") or 0 for r in reports) or view.live.get("rss_bytes")
+            out[name] = dataclasses.replace(view, state=state, lifecycle={
+                "disabled": control.mode == lifecycle.DISABLED,
+                "last_used": self.last_used(name, reports),
+                "resident_memory_bytes": memory,
+                "footprint_bytes": self.footprints.get(name),
+                "reason": self.status.reasons.get(name) if view.state == "failed" else None,
+                "reports": reports,
+            })
+        return out
+
+    # -- the request path -----------------------------------------------------------------
+
+    async def before_request(self, entry: ModelEntry) -> None:
+        """Refuse a disabled model, wait out an unload in progress, check the budget before a
+        lazy load."""
+        name = entry.name
+        self._last_used[name] = time.time()
+        control = await self.control(name)
+        if control.mode == lifecycle.DISABLED:
+            raise ModelDisabled(f"model {name!r} is disabled by an administrator; "
+                                "POST /api/v1/models/load enables it")
+        if control.mode in (lifecycle.UNLOADING, lifecycle.UNLOADED):
+            await self._wait_unloaded(name)
+            await self._set(name, None)  # this request loads it again
+        state, running = (await self.status.states()).get(name, ("unknown", 0))
+        if running == 0 and state != "loading":
+            await self.ensure_fits(name)
+
+    async def _wait_unloaded(self, name: str) -> None:
+        deadline = time.monotonic() + self.settings.drain_timeout_s + self.settings.request_timeout_s
+        while time.monotonic() < deadline:
+            control = await self.control(name, fresh=True)
+            if control.mode not in (lifecycle.UNLOADING, lifecycle.UNLOADED):
+                return
+            if control.mode == lifecycle.UNLOADED:
+                await self.replicas(name)
+                if self.status.present.get(name, 0) == 0:
+                    return
+            await asyncio.sleep(POLL_S)
+        raise ModelUnavailable(f"model {name!r} is still being unloaded")
+
+    # -- the memory budget ----------------------------------------------------------------
+
+    async def ensure_fits(self, name: str) -> None:
+        need = self.footprints.get(name)
+        if not need:
+            return  # unknown footprint: Ray's own memory accounting still applies
+        async with self._budget_lock:
+            budget = self.budget()
+            states = await self.status.states(fresh=True)
+            held = {m: (self.footprints.get(m) or 0) * max(n, 1 if s == "loading" else 0)
+                    for m, (s, n) in states.items() if m != name}
+            used = sum(held.values())
+            if used + need <= budget:
+                return
+            entry = self.router.entries.get(name)
+            eviction = (entry.config.eviction if entry else None) or self.settings.model_eviction
+            if eviction == "lru":
+                for victim in await self._eviction_order(name, held):
+                    logger.warning("evicting model %s (least recently used) to load %s", victim, name)
+                    await self.unload(victim)
+                    used -= held[victim]
+                    if used + need <= budget:
+                        return
+            loaded = ", ".join(f"{m} {_gib(b)}" for m, b in held.items() if b) or "none"
+            raise InsufficientMemory(
+                f"model {name!r} needs {_gib(need)} but only {_gib(max(0, budget - used))} of the "
+                f"{_gib(budget)} model memory budget is free (loaded: {loaded}); unload a model "
+                "(POST /api/v1/models/unload) or configure eviction \"lru\"", param="model")
+
+    async def _eviction_order(self, name: str, held: dict[str, int]) -> list[str]:
+        """Idle loaded models, least recently used first; never the default model."""
+        candidates = []
+        for model, size in held.items():
+            if not size or model == self.router.default_model:
+                continue
+            reports = await self.reports(model)
+            if any(r.get("in_flight") for r in reports):
+                continue
+            candidates.append((self.last_used(model, reports) or 0.0, model))
+        return [model for _, model in sorted(candidates)]
+
+    # -- admin commands -------------------------------------------------------------------
+
+    async def load(self, name: str, wait: bool = True) -> tuple[str, int]:
+        """Load now (enables a disabled model); returns (state, replicas)."""
+        state, running = await self.replicas(name)
+        control = await self.control(name, fresh=True)
+        if running > 0 and control.mode not in (lifecycle.UNLOADING, lifecycle.UNLOADED):
+            if control.mode == lifecycle.DISABLED:
+                await self._set(name, None)
+            return state, running
+        if control.mode in (lifecycle.UNLOADING, lifecycle.UNLOADED):
+            await self._wait_unloaded(name)
+        await self.ensure_fits(name)
+        await self._set(name, Control(mode=lifecycle.LOADED))
+        self._last_used[name] = time.time()
+        if not wait:
+            return "loading", 0
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        while time.monotonic() < deadline:
+            state, running = await self.replicas(name)
+            if state == "ready":
+                return state, running
+            if state == "failed":
+                raise ModelUnavailable(f"model {name!r} failed to load; see the Ray Serve logs")
+            await asyncio.sleep(POLL_S)
+        raise ModelUnavailable(f"model {name!r} did not load within {self.settings.request_timeout_s:g}s")
+
+    def start_unload(self, name: str, force: bool = False, disable: bool = False) -> None:
+        task = asyncio.create_task(self.unload(name, force=force, disable=disable))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def unload(self, name: str, force: bool = False, disable: bool = False) -> tuple[str, int]:
+        """Drain (or with `force` cancel) in-flight requests, then scale to zero. Idempotent."""
+        final = Control(mode=lifecycle.DISABLED if disable else lifecycle.UNLOADED)
+        state, running = await self.replicas(name)
+        if running == 0 and state != "loading":
+            if disable:
+                await self._set(name, final)
+            return "unloaded", 0
+        await self._set(name, Control(mode=lifecycle.UNLOADING, force=force))
+        if not await self._until_gone(name, self.settings.drain_timeout_s) and not force:
+            logger.warning("unload of %s: requests still running after DRAIN_TIMEOUT_S %ss; cancelling them",
+                           name, self.settings.drain_timeout_s)
+            await self._set(name, Control(mode=lifecycle.UNLOADING, force=True))
+            await self._until_gone(name, self.settings.drain_timeout_s)
+        await self._set(name, final)
+        state, running = await self.replicas(name)
+        if running:
+            raise ModelUnavailable(f"model {name!r} did not unload in time; see the Ray Serve logs")
+        return "unloaded", 0
+
+    async def _until_gone(self, name: str, timeout_s: float) -> bool:
+        """Wait until the model has no replica processes (Ray drains them, then stops them)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            await self.replicas(name)
+            if self.status.present.get(name, 0) == 0:
+                return True
+            await asyncio.sleep(POLL_S)
+        return False
