@@ -40,6 +40,18 @@ def _named_formatter(name: str):
     raise ValueError(f"unknown chat_format {name!r}")
 
 
+def token_bytes(llama_cpp, vocab, token: int) -> bytes:
+    """One token's text. `Llama.detokenize` copies through a 32-byte buffer and drops longer tokens
+    (SmolLM2 has whitespace runs of 46 bytes, for code indentation); this grows the buffer instead."""
+    size = 64
+    while True:
+        buffer = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, False)
+        if n >= 0:
+            return buffer.raw[:n]
+        size = -n  # llama.cpp answers -(bytes needed) when the buffer is too small
+
+
 @register_backend("gguf")
 class GGUFBackend(ThreadedBackend):
     supports_adapters = True
@@ -143,7 +155,7 @@ class GGUFBackend(ThreadedBackend):
                 finish = "stop"
                 break
             produced += 1
-            text, stopped = matcher.feed(decoder.decode(self.llm.detokenize([token])))
+            text, stopped = matcher.feed(decoder.decode(token_bytes(self._llama_cpp, vocab, token)))
             if text:
                 yield GenerationChunk(text=text)
             if stopped:
