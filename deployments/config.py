@@ -80,7 +80,8 @@ class ModelConfig(BaseModel):
     )
     adapters: dict[str, str] = Field(
         default_factory=dict,
-        description="LoRA adapters, name -> path (same forms as `path`); a request picks one with "
+        description="LoRA adapters, name -> path (same forms as `path`): peft folders for transformers "
+        "models, GGUF LoRA files for gguf models; a request picks one with "
         "`\"model\": \"<model>:<adapter>\"`. Loaded on first use.",
     )
     max_adapters: int = Field(2, ge=1, description="Adapters kept loaded per replica; the least recently used goes.")

@@ -2,20 +2,31 @@
 
 Decoding is our own loop over `Llama.generate` so that token counts are exact, a
 cancelled request stops within one token, and stop strings never leak into a stream.
+
+LoRA adapters (GGUF LoRA files, see scripts/convert_to_gguf.py) load on first use with
+llama.cpp's `llama_adapter_lora_init`, at most `max_adapters` at a time (least recently used
+freed); the context carries the adapter of the current request, none for a base request.
+The KV cache holds activations computed with one adapter, so switching adapters resets it
+(no prefix reuse across adapters). Requests run one at a time on the engine thread.
 """
 
 from __future__ import annotations
 
 import codecs
+import ctypes
 import inspect
+import logging
 import random
 import threading
-from typing import Iterator
+from collections import OrderedDict
+from typing import Any, Iterator, Optional
 
 from deployments.backends.base import ThreadedBackend, register_backend
 from deployments.backends.text import StopMatcher, token_budget
 from deployments.errors import InvalidRequest
 from deployments.types import GenerationChunk, GenerationRequest, Usage
+
+logger = logging.getLogger("aicore.backend.gguf")
 
 
 def _named_formatter(name: str):
@@ -29,8 +40,22 @@ def _named_formatter(name: str):
     raise ValueError(f"unknown chat_format {name!r}")
 
 
+def token_bytes(llama_cpp, vocab, token: int) -> bytes:
+    """One token's text. `Llama.detokenize` copies through a 32-byte buffer and drops longer tokens
+    (SmolLM2 has whitespace runs of 46 bytes, for code indentation); this grows the buffer instead."""
+    size = 64
+    while True:
+        buffer = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, False)
+        if n >= 0:
+            return buffer.raw[:n]
+        size = -n  # llama.cpp answers -(bytes needed) when the buffer is too small
+
+
 @register_backend("gguf")
 class GGUFBackend(ThreadedBackend):
+    supports_adapters = True
+
     def load(self) -> None:
         import llama_cpp
         from llama_cpp import Llama, llama_chat_format
@@ -56,6 +81,35 @@ class GGUFBackend(ThreadedBackend):
             )
         elif self.config.chat_format:
             self._formatter = _named_formatter(self.config.chat_format)
+        self._adapters: OrderedDict[str, Any] = OrderedDict()  # name -> llama_adapter_lora_p, LRU first
+        self._active: Optional[str] = None  # the adapter set on the context (None: the base model)
+
+    def loaded_adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    def _use_adapter(self, name: Optional[str]) -> None:
+        """Make `name` (None: the base model) the context's weights for one generation (engine thread only)."""
+        lib = self._llama_cpp
+        if name is not None:
+            if name not in self._adapters:
+                path = str(self.adapter_paths[name])
+                adapter = lib.llama_adapter_lora_init(self.llm._model.model, path.encode("utf-8"))
+                if not adapter:
+                    raise RuntimeError(f"model {self.model_name!r}: llama.cpp could not load LoRA {path}")
+                self._adapters[name] = adapter
+            self._adapters.move_to_end(name)
+        if name != self._active:
+            if name is None:
+                lib.llama_set_adapters_lora(self.llm._ctx.ctx, None, 0, None)
+            else:
+                adapters = (lib.llama_adapter_lora_p_ctypes * 1)(self._adapters[name])
+                lib.llama_set_adapters_lora(self.llm._ctx.ctx, adapters, 1, (ctypes.c_float * 1)(1.0))
+            self._active = name
+            self.llm.reset()  # the cached prefix was computed with other weights
+        while len(self._adapters) > self.config.max_adapters:  # never the active one: it is the newest
+            evicted, adapter = self._adapters.popitem(last=False)
+            lib.llama_adapter_lora_free(adapter)
+            logger.info("adapter evicted", extra={"model": self.model_name, "adapter": evicted})
 
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
@@ -76,6 +130,7 @@ class GGUFBackend(ThreadedBackend):
 
     def generate_blocking(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[GenerationChunk]:
         tokens, template_stops = self._prompt(request)
+        self._use_adapter(request.adapter)
         s = request.sampling
         budget = token_budget(self.model_name, self.llm.n_ctx(), self.config.default_max_tokens, len(tokens),
                               s.max_tokens, "prompt" if request.messages is None else "messages")
@@ -100,7 +155,7 @@ class GGUFBackend(ThreadedBackend):
                 finish = "stop"
                 break
             produced += 1
-            text, stopped = matcher.feed(decoder.decode(self.llm.detokenize([token])))
+            text, stopped = matcher.feed(decoder.decode(token_bytes(self._llama_cpp, vocab, token)))
             if text:
                 yield GenerationChunk(text=text)
             if stopped:

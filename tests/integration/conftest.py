@@ -3,6 +3,7 @@ two embedding models), two ingress replicas."""
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -54,8 +55,10 @@ TINY = "tiny-llama"  # SafeTensors, transformers backend
 TINY_4BIT = "tiny-llama-4bit"  # the same weights through bitsandbytes 4-bit
 TINY_ONNX = "tiny-llama-onnx"  # the same weights exported to ONNX with past key/values
 TINY_ONNX_INT8 = "tiny-llama-onnx-int8"  # that graph quantized to int8 at load
-FORMATS_MODELS = (TINY, TINY_4BIT, TINY_ONNX, TINY_ONNX_INT8)
+TINY_GGUF = "tiny-llama-gguf"  # the same weights converted to GGUF (f32), with alpha and beta as GGUF LoRAs
+FORMATS_MODELS = (TINY, TINY_4BIT, TINY_ONNX, TINY_ONNX_INT8, TINY_GGUF)
 ADAPTERS = ("alpha", "beta", "gamma")  # peft LoRA adapters of TINY; at most 2 loaded per replica
+GGUF_ADAPTERS = ADAPTERS[:2]  # converted to GGUF for TINY_GGUF; at most 1 loaded per replica
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +70,11 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def formats_server(tmp_path_factory, tiny_dir):
-    """A second Serve app: the non-GGUF generation backends on tiny models generated here."""
+    """A second Serve app: every generation backend on one tiny model generated here (and converted)."""
     common = {"type": "transformers", "path": str(tiny_dir), "context_length": 2048, "threads": 1,
               "num_cpus": 0.05, "default_max_tokens": 32, "preload": True,
               "stream_interval_ms": 0}  # these tests watch token-by-token streaming
+    from scripts.convert_to_gguf import convert_lora, convert_model
     from scripts.convert_to_onnx import export
 
     from tests.tiny_models import tiny_lora
@@ -79,9 +83,15 @@ def formats_server(tmp_path_factory, tiny_dir):
     onnx_dir = export(tiny_dir, folder / "tiny-llama-onnx")
     onnx = {**common, "type": "onnx", "path": str(onnx_dir)}
     adapters = {name: str(tiny_lora(tiny_dir, folder / f"lora-{name}", seed)) for seed, name in enumerate(ADAPTERS)}
+    # f32, so that llama.cpp's greedy output can equal transformers' for the same weights.
+    gguf_adapters = {name: str(convert_lora(Path(adapters[name]), tiny_dir, folder / f"lora-{name}.gguf", "f32"))
+                     for name in GGUF_ADAPTERS}
+    gguf = {**common, "type": "gguf", "path": str(convert_model(tiny_dir, folder / "tiny-llama.gguf", "f32")),
+            "adapters": gguf_adapters, "max_adapters": 1}
     models = {"models": {TINY: {**common, "adapters": adapters, "max_adapters": 2},
                          TINY_4BIT: {**common, "quantization": "4bit"},
-                         TINY_ONNX: onnx, TINY_ONNX_INT8: {**onnx, "quantization": "int8"}}}
+                         TINY_ONNX: onnx, TINY_ONNX_INT8: {**onnx, "quantization": "int8"},
+                         TINY_GGUF: gguf}}
     config = folder / "models.json"
     config.write_text(json.dumps(models))
     # serve_config.yaml names models.json in `args`, which wins over the environment.
