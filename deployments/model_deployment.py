@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -11,13 +12,13 @@ from pathlib import Path
 from typing import AsyncIterator, Optional
 
 from deployments.backends import get_backend
-from deployments.config import ModelConfig
+from deployments.config import ModelConfig, load_models_file
 from deployments import lifecycle
 from deployments.errors import AICoreError, BackendFailure, ModelUnloaded
 from deployments.memory import node_memory
 from deployments.streaming import coalesce
 from deployments.types import EmbeddingResult, GenerationChunk, GenerationRequest
-from deployments.weights import resolve_weights
+from deployments.weights import resolve_weights, weights_revision
 from serve_app.logs import configure_logging, request_id_var
 
 logger = logging.getLogger("aicore.model")
@@ -33,6 +34,7 @@ class ReplicaContext:
     log_format: str = "text"
     log_dir: Optional[str] = None
     memory_alert_percent: float = 90.0
+    config_path: Optional[str] = None  # models.json: a replica started by a redeploy reads its entry there
 
 
 def _rss_bytes() -> int:
@@ -57,6 +59,8 @@ class ModelDeployment:
     def __init__(self, model_name: str, config: ModelConfig, context: ReplicaContext):
         configure_logging(context.log_level, context.log_format, context.log_dir)
         self.model_name = model_name
+        config = current_entry(context, model_name, config)
+        self.config = config
         self.stream_interval_s = config.stream_interval_ms / 1000
         started = time.monotonic()
         self.started_at = time.time()
@@ -144,6 +148,33 @@ class ModelDeployment:
         backend = getattr(self, "backend", None)
         if backend is not None:
             backend.unload()
+
+
+REVISION_ENV = "AICORE_MODEL_REVISION"
+
+
+def entry_revision(config: ModelConfig, context: ReplicaContext) -> str:
+    """Weights revision + the entry: changes when the file or any parameter changes."""
+    config_dir = Path(context.config_dir) if context.config_dir else None
+    revision = weights_revision(config.path, Path(context.cache_dir), config_dir)
+    return hashlib.sha256((revision + config.model_dump_json()).encode()).hexdigest()[:16]
+
+
+def current_entry(context: ReplicaContext, model_name: str, bound: ModelConfig) -> ModelConfig:
+    """The entry this replica was deployed with. `scripts.deploy` restarts only the deployments
+    whose entry changed (their ray_actor_options carry the new revision in REVISION_ENV) without
+    rebuilding the app, so the entry bound at build time may be older than the deployed one."""
+    wanted = os.environ.get(REVISION_ENV)
+    if not wanted or not context.config_path or entry_revision(bound, context) == wanted:
+        return bound
+    try:
+        entry = load_models_file(Path(context.config_path)).models.get(model_name)
+    except Exception:
+        entry = None
+    if entry is not None and entry_revision(entry, context) == wanted:
+        return entry
+    logger.warning("models.json no longer matches the deployed revision of %s; using the built entry", model_name)
+    return bound
 
 
 class _Reporter:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -18,8 +17,7 @@ from ray.serve.config import AutoscalingPolicy
 from deployments.config import ModelConfig, ModelsFile, load_models_file
 from deployments.lifecycle import ModelScalingPolicy
 from deployments.memory import footprint
-from deployments.model_deployment import ModelDeployment, ReplicaContext
-from deployments.weights import weights_revision
+from deployments.model_deployment import REVISION_ENV, ModelDeployment, ReplicaContext, entry_revision
 from serve_app.chat_history import ChatHistoryHub
 from serve_app.ingress import Ingress, ModelSpec
 from serve_app.logs import configure_logging
@@ -33,13 +31,22 @@ def deployment_name(model: str) -> str:
     return "model-" + re.sub(r"[^A-Za-z0-9_.-]", "_", model)
 
 
-def _model_options(name: str, config: ModelConfig, is_default: bool, footprint: Optional[int] = None,
-                   drain_timeout_s: float = 300) -> dict:
+def model_actor_options(config: ModelConfig, footprint: Optional[int] = None, revision: Optional[str] = None) -> dict:
+    """Ray actor options of a model's replicas; `scripts.deploy` sends the same as overrides, so a
+    changed entry (a new revision) restarts that model's replicas and no other."""
     actor_options: dict[str, Any] = {"num_cpus": config.num_cpus}
     if footprint:  # Ray reserves the footprint: it never places a replica where it does not fit
         actor_options["memory"] = footprint
     if config.resources:  # not checked against the cluster: the node offering them may join later
         actor_options["resources"] = dict(config.resources)
+    if revision:
+        actor_options["runtime_env"] = {"env_vars": {REVISION_ENV: revision}}
+    return actor_options
+
+
+def _model_options(name: str, config: ModelConfig, is_default: bool, footprint: Optional[int] = None,
+                   drain_timeout_s: float = 300, revision: Optional[str] = None) -> dict:
+    actor_options = model_actor_options(config, footprint, revision)
     scaling = config.autoscaling
     floor = config.min_replicas(is_default)
     policy = AutoscalingPolicy(policy_function=ModelScalingPolicy,
@@ -126,14 +133,17 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         log_format=settings.log_format,
         log_dir=settings.log_dir,
         memory_alert_percent=settings.memory_alert_percent,
+        config_path=str(config_path),
     )
     footprints = {name: footprint(config, Path(context.cache_dir), config_path.parent)
                   for name, config in models.models.items()}
+    revisions = {name: entry_revision(config, context) for name, config in models.models.items()}
     check_fits(models, *_cluster_resources(), footprints)
     handles = {
         name: serve.deployment(
             ModelDeployment,
-            **_model_options(name, config, name == default_model, footprints[name], settings.drain_timeout_s),
+            **_model_options(name, config, name == default_model, footprints[name], settings.drain_timeout_s,
+                             revisions[name]),
         ).bind(name, config, context)
         for name, config in models.models.items()
     }
@@ -145,18 +155,15 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         num_replicas=settings.ingress_replicas,
         ray_actor_options={"num_cpus": 0.1},
         max_ongoing_requests=256,
+        user_config={"revisions": revisions},  # scripts.deploy changes it: the ingress re-reads models.json
     )
     specs = {
-        name: ModelSpec(config, deployment_name(name), model_identity(config, context), footprints[name])
+        name: ModelSpec(config, deployment_name(name), revisions[name], footprints[name])
         for name, config in models.models.items()
     }
     chats_bound = chats.bind(
         settings.telegram_history_chats, settings.telegram_history_messages, settings.telegram_history_ttl_s
     )
-    return ingress.bind(settings, specs, handles, default_model, hub.bind(), chats_bound, default_embedding_model)
+    return ingress.bind(settings, specs, handles, default_model, hub.bind(), chats_bound, default_embedding_model,
+                        context)
 
-
-def model_identity(config: ModelConfig, context: ReplicaContext) -> str:
-    config_dir = Path(context.config_dir) if context.config_dir else None
-    revision = weights_revision(config.path, Path(context.cache_dir), config_dir)
-    return hashlib.sha256((revision + config.model_dump_json()).encode()).hexdigest()[:16]

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from ray import serve
 
-from deployments.config import ModelConfig
+from deployments.config import ModelConfig, load_models_file
+from deployments.memory import footprint
+from deployments.model_deployment import ReplicaContext, entry_revision
 from serve_app.app import create_app
 from serve_app.logs import configure_logging
 from serve_app.serving import ModelEntry, ModelRouter
 from serve_app.settings import Settings
 from serve_app.status import ModelStatus
+
+
+logger = logging.getLogger("aicore.ingress")
 
 
 @dataclass(frozen=True)
@@ -36,11 +44,14 @@ class Ingress:
         metrics_hub: Any,
         chat_hub: Any = None,
         default_embedding_model: Optional[str] = None,
+        context: Optional[ReplicaContext] = None,
     ):
         configure_logging(settings.log_level, settings.log_format, settings.log_dir)
         entries = {
             name: ModelEntry(name, spec.config, handles[name], spec.identity) for name, spec in models.items()
         }
+        self._context = context
+        self._revisions = {name: spec.identity for name, spec in models.items()}
         app_name = serve.get_replica_context().app_name
         self._app = create_app(
             settings,
@@ -53,3 +64,22 @@ class Ingress:
 
     def __serve_build_asgi_app__(self):
         return self._app
+
+    def reconfigure(self, user_config: dict) -> None:
+        """`scripts.deploy` sends each model's revision: re-read the changed entries (limits, cache
+        identity, footprint) from models.json. Adding or removing a model needs a full deploy."""
+        revisions = user_config.get("revisions") or {}
+        changed = [name for name, rev in revisions.items() if self._revisions.get(name) != rev]
+        if not changed or self._context is None or not self._context.config_path:
+            return
+        models = load_models_file(Path(self._context.config_path)).models
+        router, control = self._app.state.router, self._app.state.control
+        for name in changed:
+            entry, config = router.entries.get(name), models.get(name)
+            if entry is None or config is None or entry_revision(config, self._context) != revisions[name]:
+                logger.warning("model %s: models.json does not match the deployed revision; kept as it was", name)
+                continue
+            router.entries[name] = dataclasses.replace(entry, config=config, identity=revisions[name])
+            control.footprints[name] = footprint(config, Path(self._context.cache_dir), Path(self._context.config_path).parent)
+            self._revisions[name] = revisions[name]
+            logger.info("model %s: now serving revision %s", name, revisions[name])

@@ -1,6 +1,6 @@
-"""A real two-node Ray cluster on this machine, for the multi-node test.
+"""A real Ray cluster on this machine (one or two nodes), for the multi-node and hot-swap tests.
 
-Every port is chosen free and bound to 127.0.0.1, the dashboard is off, token authentication
+Every port is chosen free and bound to 127.0.0.1, the dashboard is off unless asked for, token authentication
 is on (RAY_AUTH_MODE=token with a fresh RAY_AUTH_TOKEN), and each node keeps its files in its
 own temp dir. Stopping kills only the process groups this helper started (never `ray stop`,
 which would stop every Ray instance on the machine).
@@ -74,9 +74,13 @@ class LocalCluster:
         if proc.wait(timeout=300) != 0:
             raise RuntimeError(f"ray start ({name}) failed:\n{self.log(name)[-3000:]}")
 
-    def start_head(self, num_cpus: int = 1) -> "LocalCluster":
+    def start_head(self, num_cpus: int = 1, dashboard: bool = False) -> "LocalCluster":
+        """`dashboard`: on 127.0.0.1 (`serve deploy` talks to it), at `self.dashboard_url`."""
+        port = free_port()
+        self.dashboard_url = f"http://127.0.0.1:{port}"
         self._start("head", ["--head", f"--port={self.gcs_port}", f"--num-cpus={num_cpus}",
-                             "--include-dashboard=false", f"--dashboard-port={free_port()}",
+                             f"--include-dashboard={'true' if dashboard else 'false'}",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={port}",
                              f"--ray-client-server-port={free_port()}"])
         return self
 

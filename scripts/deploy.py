@@ -1,0 +1,75 @@
+"""Deploy (or update) the app on a running Ray cluster: `serve deploy` with per-model revisions.
+
+    python -m scripts.deploy [--config serve_config.yaml] [--address http://127.0.0.1:8265] [--dry-run]
+
+Ray Serve rebuilds an application only when serve_config.yaml itself changes, and a rebuild
+restarts every deployment. This command renders the config with an override per model deployment
+whose `ray_actor_options` carry the entry's revision (a hash of the entry and its weights' size
+and mtime): after an edit of models.json, Ray restarts only the changed models' replicas (old
+replicas finish their in-flight streams first), every other model keeps serving, and the ingress
+re-reads the changed entries. Adding or removing a model changes `args.model_set`: a full rebuild.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from scripts.run_server import ROOT, server_env
+
+
+def render(source: Path) -> dict:
+    from deployments.config import load_models_file
+    from deployments.memory import footprint
+    from deployments.model_deployment import ReplicaContext, entry_revision
+    from serve_app.builder import deployment_name, model_actor_options
+    from serve_app.settings import Settings
+
+    config = yaml.safe_load(source.read_text())
+    app = config["applications"][0]
+    args = app.setdefault("args", {})
+    settings = Settings(**{k.lower(): v for k, v in args.items()})
+    os.chdir(source.parent if source.parent != Path("") else ROOT)  # relative paths as `serve deploy` sees them
+    models_path = settings.resolve(settings.model_config_path)
+    models = load_models_file(models_path).models
+    context = ReplicaContext(cache_dir=str(settings.resolve(settings.model_cache_dir)), config_dir=str(models_path.parent))
+    revisions = {name: entry_revision(entry, context) for name, entry in models.items()}
+    args["model_set"] = hashlib.sha256(",".join(sorted(models)).encode()).hexdigest()[:12]
+    overrides = [
+        {"name": deployment_name(name),
+         "ray_actor_options": model_actor_options(entry, footprint(entry, Path(context.cache_dir), models_path.parent),
+                                                  revisions[name])}
+        for name, entry in models.items()
+    ]
+    overrides.append({"name": "ingress", "user_config": {"revisions": revisions}})
+    app["deployments"] = overrides
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "serve_config.yaml")
+    parser.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265"),
+                        help="The Ray dashboard of the cluster (RAY_DASHBOARD_ADDRESS).")
+    parser.add_argument("--dry-run", action="store_true", help="Print the rendered config, deploy nothing.")
+    options = parser.parse_args(argv)
+    rendered = yaml.safe_dump(render(options.config.resolve()), sort_keys=False)
+    if options.dry_run:
+        print(rendered)
+        return 0
+    fd, name = tempfile.mkstemp(prefix="aicore-deploy-", suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        f.write(rendered)
+    serve = Path(sys.executable).parent / "serve"
+    return subprocess.call([str(serve), "deploy", name, "--address", options.address], env=server_env())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
