@@ -23,7 +23,9 @@ def _exported_names() -> set[str]:
     hub.record([RequestEvent("/v1/completions", "m", 500, 0.5, 3, 4, 0.1, tokens_per_s=12.0,
                                error_type="server_error", error_code="backend_error")])
     live = {"in_flight": 1, "rss_bytes": 10, "load_time_s": 0.3, "cancelled": 0, "node_id": "n"}
-    text = (hub.render() + render_model_metrics({"m": ModelView("ready", 1, live)}, "m")).decode()
+    reports = [{"node_id": "n", "node_memory_total": 100, "node_memory_available": 40, "memory_alert": False}]
+    view = ModelView("ready", 1, live, lifecycle={"reports": reports})
+    text = (hub.render() + render_model_metrics({"m": view}, "m")).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
 
 

@@ -1,0 +1,97 @@
+"""The lifecycle's pure parts: the autoscaling policy's decisions, sizes, footprints, node metrics.
+
+The real scaling (Ray Serve, the GCS records, drains) is tested in tests/integration/test_lifecycle.py.
+"""
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from deployments import lifecycle
+from deployments.config import ModelConfig
+from deployments.lifecycle import Control, ModelScalingPolicy
+from deployments.memory import KV_BYTES_PER_CONTEXT_TOKEN, RUNTIME_OVERHEAD_BYTES, footprint, parse_size
+from serve_app.model_metrics import render_model_metrics
+from serve_app.status import ModelView
+
+
+def ctx(current=1, target=1, requests=0.0, state=None):
+    from ray.serve.config import AutoscalingConfig
+
+    return SimpleNamespace(current_num_replicas=current, target_num_replicas=target, total_num_requests=requests,
+                           policy_state=state or {}, app_name="app", config=AutoscalingConfig(max_replicas=4))
+
+
+@pytest.fixture
+def control(monkeypatch):
+    record = {"value": Control(mode=None, at=0.0)}
+    monkeypatch.setattr(lifecycle, "read_control", lambda app, model: record["value"])
+    return record
+
+
+def decide(policy, context):
+    policy._control = (0.0, None)  # no caching between the calls of a test
+    return policy(context)[0]
+
+
+def test_policy_keeps_the_floor_and_the_idle_timeout(control):
+    preloaded = ModelScalingPolicy("m", floor=1, idle_timeout_s=300)
+    assert decide(preloaded, ctx(current=1, requests=0)) == 1
+    lazy = ModelScalingPolicy("m", floor=0, idle_timeout_s=300)
+    assert decide(lazy, ctx(current=0, target=0)) == 0  # never loads by itself
+    busy = ctx(current=1, requests=2)
+    assert decide(lazy, busy) >= 1
+    recent = ctx(current=1, requests=0, state={"last_busy": time.time() - 10})
+    assert decide(lazy, recent) == 1  # idle for 10 s of 300: kept
+    idle = ctx(current=1, requests=0, state={"last_busy": time.time() - 301})
+    assert decide(lazy, idle) == 0  # idle past the timeout: unloaded
+
+
+def test_policy_follows_the_control_record(control):
+    policy = ModelScalingPolicy("m", floor=1, idle_timeout_s=300)
+    control["value"] = Control(mode=lifecycle.UNLOADING)
+    assert decide(policy, ctx(current=1, target=1, requests=1)) == 1  # draining: hold
+    assert decide(policy, ctx(current=1, target=1, requests=0)) == 0  # drained: scale to zero
+    control["value"] = Control(mode=lifecycle.UNLOADED)
+    assert decide(policy, ctx(current=1, requests=0)) == 0  # even below the floor
+    control["value"] = Control(mode=lifecycle.DISABLED)
+    assert decide(policy, ctx(current=0, target=0)) == 0
+    lazy = ModelScalingPolicy("m", floor=0, idle_timeout_s=300)
+    control["value"] = Control(mode=lifecycle.LOADED, at=time.time())
+    assert decide(lazy, ctx(current=0, target=0)) == 1  # an explicit load starts a replica
+    control["value"] = Control(mode=lifecycle.LOADED, at=time.time() - 400)
+    assert decide(lazy, ctx(current=1, requests=0)) == 0  # and the idle clock runs from it
+
+
+def test_sizes_parse_and_refuse_nonsense():
+    assert parse_size("2GiB") == 2 * 2**30
+    assert parse_size("512MB") == 512 * 10**6
+    assert parse_size("1.5g") == int(1.5 * 10**9)
+    assert parse_size("1073741824") == 2**30
+    for bad in ("lots", "2XB", ""):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_footprint_prefers_memory_then_max_memory_then_the_weights(tmp_path):
+    weights = tmp_path / "m.gguf"
+    weights.write_bytes(b"\0" * 4096)
+    base = {"type": "gguf", "path": str(weights), "context_length": 1024}
+    assert footprint(ModelConfig(**base, memory=123), tmp_path, None) == 123
+    assert footprint(ModelConfig(**base, max_memory="1MiB"), tmp_path, None) == 2**20 + RUNTIME_OVERHEAD_BYTES
+    expected = 4096 + 1024 * KV_BYTES_PER_CONTEXT_TOKEN + RUNTIME_OVERHEAD_BYTES
+    assert footprint(ModelConfig(**base), tmp_path, None) == expected
+    missing = {**base, "path": str(tmp_path / "missing.gguf")}
+    assert footprint(ModelConfig(**missing), tmp_path, None) is None
+
+
+def test_node_memory_metrics_come_from_every_replica_report():
+    reports = [{"node_id": "a", "node_memory_total": 100, "node_memory_available": 25, "memory_alert": True},
+               {"node_id": "b", "node_memory_total": 200, "node_memory_available": 150, "memory_alert": False}]
+    views = {"m": ModelView("unloading", 1, {"node_id": "a"}, lifecycle={"reports": reports})}
+    text = render_model_metrics(views, "m").decode()
+    assert 'aicore_node_memory_used_ratio{node="a"} 0.75' in text
+    assert 'aicore_node_memory_used_ratio{node="b"} 0.25' in text
+    assert 'aicore_node_memory_alert{node="a"} 1.0' in text and 'aicore_node_memory_alert{node="b"} 0.0' in text
+    assert 'aicore_model_state{model="m",state="unloading"} 1.0' in text
