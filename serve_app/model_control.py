@@ -162,10 +162,20 @@ class ModelControl:
             if not size or model == self.router.default_model:
                 continue
             reports = await self.reports(model)
-            if any(r.get("in_flight") for r in reports):
+            if await self._busy(model, reports):
                 continue
             candidates.append((self.last_used(model, reports) or 0.0, model))
         return [model for _, model in sorted(candidates)]
+
+    async def _busy(self, model: str, reports: list[dict]) -> bool:
+        """Requests in flight: asked of the replica itself when there is one (reports lag by up
+        to REPORT_EVERY_S), else read from every replica's report."""
+        entry = self.router.entries.get(model)
+        if entry is not None and len(reports) <= 1:
+            live = await self.status.replica_info(entry.handle)
+            if "in_flight" in live:
+                return live["in_flight"] > 0
+        return any(r.get("in_flight") for r in reports)
 
     # -- admin commands -------------------------------------------------------------------
 
