@@ -117,13 +117,14 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         log_format=settings.log_format,
         log_dir=settings.log_dir,
     )
+    # One bound hub, shared: model replicas report their loads to it, ingress replicas their requests.
+    hub = serve.deployment(MetricsHub, name="metrics-hub", num_replicas=1, ray_actor_options={"num_cpus": 0.01}).bind()
     handles = {
         name: serve.deployment(ModelDeployment, **_model_options(name, config, name == default_model)).bind(
-            name, config, context
+            name, config, context, hub
         )
         for name, config in models.models.items()
     }
-    hub = serve.deployment(MetricsHub, name="metrics-hub", num_replicas=1, ray_actor_options={"num_cpus": 0.01})
     chats = serve.deployment(ChatHistoryHub, name="chat-history", num_replicas=1, ray_actor_options={"num_cpus": 0.01})
     ingress = serve.deployment(
         Ingress,
@@ -139,7 +140,7 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
     chats_bound = chats.bind(
         settings.telegram_history_chats, settings.telegram_history_messages, settings.telegram_history_ttl_s
     )
-    return ingress.bind(settings, specs, handles, default_model, hub.bind(), chats_bound, default_embedding_model)
+    return ingress.bind(settings, specs, handles, default_model, hub, chats_bound, default_embedding_model)
 
 
 def model_identity(config: ModelConfig, context: ReplicaContext) -> str:

@@ -98,6 +98,7 @@ class ModelInfo(BaseModel):
     replicas: int = 0
     description: Optional[str] = None
     in_flight: Optional[int] = Field(None, description="Requests the model is working on (loaded models).")
+    queued: Optional[int] = Field(None, description="Of those in flight, requests waiting for the model's engine.")
     cancelled: Optional[int] = Field(None, description="Generations stopped because the client left.")
     served: Optional[int] = Field(None, description="Generation requests the model has run (cache hits excluded).")
     load_time_s: Optional[float] = None

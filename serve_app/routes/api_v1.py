@@ -115,7 +115,7 @@ async def models(request: Request, principal: Principal = Depends(require_key)):
             ModelInfo(
                 name=name, type=entry.config.type, task=entry.config.task, format=entry.config.format,
                 state=view.state, replicas=view.replicas, description=entry.config.description,
-                in_flight=live.get("in_flight"), cancelled=live.get("cancelled"), served=live.get("served"),
+                in_flight=live.get("in_flight"), queued=live.get("queued"), cancelled=live.get("cancelled"), served=live.get("served"),
                 load_time_s=live.get("load_time_s"), resident_memory_bytes=live.get("rss_bytes"),
                 node_id=live.get("node_id"), adapters=list(entry.config.adapters), loaded_adapters=live.get("adapters"),
             )
