@@ -59,7 +59,9 @@ def _load_backend(model_name: str, config: ModelConfig, context: ReplicaContext)
     backend.cache_dir = cache_dir
     if config.adapters and not backend.supports_adapters:
         raise ValueError(f"model {model_name!r}: backend {config.type!r} does not serve adapters")
-    backend.adapter_paths = {name: resolve_weights(path, cache_dir, config_dir) for name, path in config.adapters.items()}
+    backend.adapter_paths = {
+        name: resolve_weights(path, cache_dir, config_dir) for name, path in config.adapters.items()
+    }
     backend.load()
     return backend
 
