@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -20,6 +21,7 @@ from deployments.streaming import coalesce
 from deployments.types import EmbeddingResult, GenerationChunk, GenerationRequest
 from deployments.weights import resolve_weights, weights_revision
 from serve_app.logs import configure_logging, request_id_var
+from serve_app.metrics import ModelLoadEvent, report_load
 
 logger = logging.getLogger("aicore.model")
 
@@ -55,8 +57,28 @@ def _node_id() -> Optional[str]:
         return None
 
 
+def _load_backend(model_name: str, config: ModelConfig, context: ReplicaContext):
+    cache_dir, config_dir = Path(context.cache_dir), Path(context.config_dir) if context.config_dir else None
+    weights = resolve_weights(config.path, cache_dir, config_dir)
+    tokenizer = resolve_weights(config.tokenizer, cache_dir, config_dir) if config.tokenizer else None
+    backend = get_backend(config.type, config.task)(model_name, config, weights, tokenizer)
+    backend.cache_dir = cache_dir
+    if config.adapters and not backend.supports_adapters:
+        raise ValueError(f"model {model_name!r}: backend {config.type!r} does not serve adapters")
+    backend.adapter_paths = {
+        name: resolve_weights(path, cache_dir, config_dir) for name, path in config.adapters.items()
+    }
+    backend.load()
+    return backend
+
+
 class ModelDeployment:
-    def __init__(self, model_name: str, config: ModelConfig, context: ReplicaContext):
+    async def __init__(self, model_name: str, config: ModelConfig, context: ReplicaContext, metrics_hub=None):
+        """Load the model; report the load (ok or failed, with its duration) to `metrics_hub`.
+
+        Async so that a failed load is reported before the exception ends the replica; the
+        load itself still blocks this replica's event loop, which has nothing else to do yet.
+        """
         configure_logging(context.log_level, context.log_format, context.log_dir)
         self.model_name = model_name
         config = current_entry(context, model_name, config)
@@ -64,17 +86,12 @@ class ModelDeployment:
         self.stream_interval_s = config.stream_interval_ms / 1000
         started = time.monotonic()
         self.started_at = time.time()
-        cache_dir, config_dir = Path(context.cache_dir), Path(context.config_dir) if context.config_dir else None
-        weights = resolve_weights(config.path, cache_dir, config_dir)
-        tokenizer = resolve_weights(config.tokenizer, cache_dir, config_dir) if config.tokenizer else None
-        self.backend = get_backend(config.type, config.task)(model_name, config, weights, tokenizer)
-        self.backend.cache_dir = cache_dir
-        if config.adapters and not self.backend.supports_adapters:
-            raise ValueError(f"model {model_name!r}: backend {config.type!r} does not serve adapters")
-        self.backend.adapter_paths = {
-            name: resolve_weights(path, cache_dir, config_dir) for name, path in config.adapters.items()
-        }
-        self.backend.load()
+        try:
+            self.backend = _load_backend(model_name, config, context)
+        except BaseException:
+            if metrics_hub is not None:
+                await report_load(metrics_hub, ModelLoadEvent(model_name, False, time.monotonic() - started))
+            raise
         self.load_time_s = time.monotonic() - started
         self.last_used = time.time()
         self.in_flight = 0
@@ -82,6 +99,10 @@ class ModelDeployment:
         self.cancel_before = 0.0  # a forced unload at this time stops generations started before it
         logger.info("model loaded", extra={"model": model_name, "load_time_s": round(self.load_time_s, 3)})
         self._reporter = _Reporter(self, context.memory_alert_percent)
+        # In the background: readiness does not wait for the metrics hub.
+        self._load_report = None if metrics_hub is None else asyncio.get_running_loop().create_task(
+            report_load(metrics_hub, ModelLoadEvent(model_name, True, self.load_time_s))
+        )
 
     def report(self) -> dict:
         """What this replica publishes for listings, metrics, drains and the memory budget."""
@@ -129,7 +150,8 @@ class ModelDeployment:
         return {
             "load_time_s": round(self.load_time_s, 3),
             "last_used": self.last_used,
-            "in_flight": self.in_flight,
+            "in_flight": self.in_flight,  # includes the queued ones
+            "queued": self.backend.queued,
             "served": self.served,
             "cancelled": self.backend.cancelled,
             "rss_bytes": _rss_bytes(),

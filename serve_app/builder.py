@@ -139,15 +139,16 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
                   for name, config in models.models.items()}
     revisions = {name: entry_revision(config, context) for name, config in models.models.items()}
     check_fits(models, *_cluster_resources(), footprints)
+    # One bound hub, shared: model replicas report their loads to it, ingress replicas their requests.
+    hub = serve.deployment(MetricsHub, name="metrics-hub", num_replicas=1, ray_actor_options={"num_cpus": 0.01}).bind()
     handles = {
         name: serve.deployment(
             ModelDeployment,
             **_model_options(name, config, name == default_model, footprints[name], settings.drain_timeout_s,
                              revisions[name]),
-        ).bind(name, config, context)
+        ).bind(name, config, context, hub)
         for name, config in models.models.items()
     }
-    hub = serve.deployment(MetricsHub, name="metrics-hub", num_replicas=1, ray_actor_options={"num_cpus": 0.01})
     chats = serve.deployment(ChatHistoryHub, name="chat-history", num_replicas=1, ray_actor_options={"num_cpus": 0.01})
     ingress = serve.deployment(
         Ingress,
@@ -164,6 +165,6 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
     chats_bound = chats.bind(
         settings.telegram_history_chats, settings.telegram_history_messages, settings.telegram_history_ttl_s
     )
-    return ingress.bind(settings, specs, handles, default_model, hub.bind(), chats_bound, default_embedding_model,
+    return ingress.bind(settings, specs, handles, default_model, hub, chats_bound, default_embedding_model,
                         context)
 

@@ -3,7 +3,8 @@
 prometheus_client counts per process, so each ingress replica buffers request events
 and ships them to one `MetricsHub` deployment, which owns the registry that
 `GET /api/v1/metrics` renders. A scrape first flushes the answering replica's buffer;
-other replicas' events arrive within `METRICS_FLUSH_S`.
+other replicas' events arrive within `METRICS_FLUSH_S`. Model replicas report each load
+(`ModelLoadEvent`) to the same hub, so the count outlives replicas scaled to zero.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ logger = logging.getLogger("aicore.metrics")
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 SPEED_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
+LOAD_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,23 @@ class CountEvent:
 
     name: str  # a key of MetricsHub.counters
     amount: float = 1
+
+
+@dataclass(frozen=True)
+class ModelLoadEvent:
+    """A model replica finished loading its model (`ok`) or failed to."""
+
+    model: str
+    ok: bool
+    duration_s: float
+
+
+async def report_load(hub: Any, event: ModelLoadEvent, timeout_s: float = 30) -> None:
+    """Ship one load event from a model replica; a hub that does not answer costs a warning only."""
+    try:
+        await asyncio.wait_for(hub.record.remote([event]), timeout_s)
+    except Exception:
+        logger.warning("could not report the load of model %s", event.model, exc_info=True)
 
 
 class MetricsHub:
@@ -82,6 +101,13 @@ class MetricsHub:
             registry=self.registry,
         )
 
+        self.loads = Counter("aicore_model_loads", "Model loads by replicas, by outcome (ok/failed).",
+                             ["model", "outcome"], registry=self.registry)
+        self.load_duration = Histogram(
+            "aicore_model_load_duration_seconds", "How long successful model loads took.", ["model"],
+            buckets=LOAD_BUCKETS, registry=self.registry,
+        )
+
         self.counters = {
             "store_errors": Counter("aicore_store_errors", "Failed calls to the shared store (Redis).",
                                     registry=self.registry),
@@ -93,6 +119,11 @@ class MetricsHub:
         for e in events:
             if isinstance(e, CountEvent):
                 self.counters[e.name].inc(e.amount)
+                continue
+            if isinstance(e, ModelLoadEvent):
+                self.loads.labels(e.model, "ok" if e.ok else "failed").inc()
+                if e.ok:
+                    self.load_duration.labels(e.model).observe(e.duration_s)
                 continue
             status = str(e.status)
             self.requests.labels(e.route, e.model, status).inc()

@@ -1,8 +1,11 @@
-"""Model gauges read at scrape time: state, replicas, requests in flight, load time, memory.
+"""Model gauges read at scrape time: state, replicas, requests in flight and queued, load time, memory.
 
-Counters and histograms come from the MetricsHub (events from every ingress replica); these
-gauges describe the present, so the scraped ingress reads them from Ray Serve's controller and
-from one running replica of each model when the scrape arrives.
+Counters and histograms come from the MetricsHub (events from every ingress replica, and
+each model load reported by the model replica); these gauges describe the present, so the
+scraped ingress reads them from Ray Serve's controller and from one running replica of each
+model when the scrape arrives. With several replicas of a model, the per-replica gauges
+(in flight, queued, memory, load time, cancelled) are that one replica's figures, labelled
+with its node, not a sum over the replicas; `aicore_model_replicas` says how many there are.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ class _Snapshot:
         in_flight = GaugeMetricFamily("aicore_model_requests_in_flight",
                                       "Requests a model replica is working on or queueing for its engine.",
                                       labels=["model", "node"])
+        queued = GaugeMetricFamily("aicore_model_requests_queued",
+                                   "Requests in a model replica that wait for its engine (part of in flight).",
+                                   labels=["model", "node"])
         memory = GaugeMetricFamily("aicore_model_resident_memory_bytes", "Resident memory of a model replica.",
                                    labels=["model", "node"])
-        load = GaugeMetricFamily("aicore_model_load_duration_seconds", "How long the replica took to load the model.",
-                                 labels=["model", "node"])
+        load = GaugeMetricFamily("aicore_model_replica_load_duration_seconds",
+                                 "How long the running replica took to load the model.", labels=["model", "node"])
         cancelled = CounterMetricFamily("aicore_model_cancelled_generations",
                                         "Generations stopped because the client left (replica lifetime).",
                                         labels=["model", "node"])
@@ -49,6 +55,8 @@ class _Snapshot:
             live, node = view.live, view.live.get("node_id") or "unknown"
             if "in_flight" in live:
                 in_flight.add_metric([name, node], live["in_flight"])
+            if "queued" in live:
+                queued.add_metric([name, node], live["queued"])
             if live.get("rss_bytes"):
                 memory.add_metric([name, node], live["rss_bytes"])
             if "load_time_s" in live:
@@ -64,7 +72,7 @@ class _Snapshot:
             total, available = report["node_memory_total"], report["node_memory_available"]
             node_used.add_metric([node], (total - available) / total)
             node_alert.add_metric([node], 1.0 if report.get("memory_alert") else 0.0)
-        yield from (state, replicas, in_flight, memory, load, cancelled, ready, node_used, node_alert)
+        yield from (state, replicas, in_flight, queued, memory, load, cancelled, ready, node_used, node_alert)
 
 
 def render_model_metrics(views: dict[str, ModelView], default_model: str) -> bytes:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import AsyncIterator, Callable, ClassVar, Iterator, Optional
 
@@ -90,6 +90,11 @@ class Backend(ABC):
         """Unit-length vectors for `texts` (embedding backends only)."""
         raise InvalidRequest(f"model {self.model_name!r} does not produce embeddings", param="model")
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the engine (accepted by the replica, not yet running)."""
+        return 0
+
     def loaded_adapters(self) -> list[str]:
         """Adapters in memory now, least recently used first."""
         return []
@@ -99,6 +104,50 @@ class Backend(ABC):
 
     def unload(self) -> None:
         """Free the weights; the replica is going away."""
+
+
+class EngineThread:
+    """The one worker thread of a blocking engine, counting the jobs that wait for it.
+
+    A job counts as waiting from `submit` until the thread starts it (or it is cancelled
+    before starting, or the executor shuts down with it still queued).
+    """
+
+    def __init__(self, name: str):
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._lock = threading.Lock()
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def submit(self, fn: Callable, *args) -> Future:
+        left = False
+
+        def leave() -> None:  # once per job: started, cancelled or dropped
+            nonlocal left
+            with self._lock:
+                if not left:
+                    left = True
+                    self._waiting -= 1
+
+        def job():
+            leave()
+            return fn(*args)
+
+        with self._lock:
+            self._waiting += 1
+        try:
+            future = self._executor.submit(job)
+        except BaseException:
+            leave()
+            raise
+        future.add_done_callback(lambda _: leave())
+        return future
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 class _End:
@@ -114,12 +163,16 @@ class ThreadedBackend(Backend):
     """Adapts a blocking engine: `generate_blocking` runs on one worker thread per replica.
 
     One thread because engines like llama.cpp keep one context that is not thread-safe;
-    concurrent requests queue for it while the event loop stays free.
+    concurrent requests queue for it (counted in `queued`) while the event loop stays free.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{self.model_name}")
+        self._engine = EngineThread(f"engine-{self.model_name}")
+
+    @property
+    def queued(self) -> int:
+        return self._engine.waiting
 
     @abstractmethod
     def generate_blocking(
@@ -145,7 +198,7 @@ class ThreadedBackend(Backend):
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _End())
 
-        loop.run_in_executor(self._executor, run)
+        job = self._engine.submit(run)
         try:
             while True:
                 item = await queue.get()
@@ -156,6 +209,7 @@ class ThreadedBackend(Backend):
                 yield item
         finally:
             cancel.set()
+            job.cancel()  # a request still waiting for the thread leaves the queue now
 
     def unload(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._engine.shutdown()

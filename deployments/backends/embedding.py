@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from abc import abstractmethod
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import AsyncIterator
 
 import numpy as np
 
-from deployments.backends.base import Backend
+from deployments.backends.base import Backend, EngineThread
 from deployments.errors import ContextLengthExceeded, InvalidRequest
 from deployments.types import EmbeddingResult, GenerationChunk, GenerationRequest
 
@@ -65,7 +64,7 @@ class EmbeddingBackend(Backend):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{self.model_name}")
+        self._engine = EngineThread(f"embed-{self.model_name}")
         self.tokenize: FastTokenizer | None = None
 
     def load_tokenizer(self) -> None:
@@ -104,8 +103,12 @@ class EmbeddingBackend(Backend):
         vectors = [by_index[i] for i in range(len(ids))]
         return EmbeddingResult(vectors=vectors, prompt_tokens=sum(len(row) for row in ids))
 
+    @property
+    def queued(self) -> int:
+        return self._engine.waiting
+
     async def embed(self, texts: list[str]) -> EmbeddingResult:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.embed_blocking, texts)
+        return await asyncio.wrap_future(self._engine.submit(self.embed_blocking, texts))
 
     def unload(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._engine.shutdown()

@@ -33,16 +33,31 @@ class _Request(SamplingFields):
 
 
 class GenerateRequest(_Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "smollm2-135m-instruct", "prompt": "The sky is", "max_tokens": 20, "temperature": 0.7, "top_p": 0.95},
+        {"prompt": "Write a short thank-you note.", "max_tokens": 120, "format": "email",
+         "email": {"subject": "Order 1042", "sender": "ann@example.com", "original": "Thanks for the quick delivery!"}},
+    ]})
+
     prompt: str = Field(min_length=1, description="Text to complete.")
 
 
 class ChatRequest(_Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "smollm2-135m-instruct", "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                                                       {"role": "user", "content": "Say hello."}],
+         "max_tokens": 40, "stream": True},
+        {"messages": [{"role": "user", "content": "And in French?"}], "session_id": "tg-4211-chat"},
+    ]})
+
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far (new turns only with a session).")
     session_id: Optional[str] = Field(None, pattern=SESSION_ID_PATTERN, description="Keep this conversation on the server.")
 
 
 class EmbedRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": [
+        {"model": "minilm-l6-v2", "input": ["opening hours", "when are you open?"]},
+    ]})
 
     model: Optional[str] = Field(None, description="An embedding model; omitted means DEFAULT_EMBEDDING_MODEL.")
     input: Union[str, list[str]] = Field(description="A string or a list of strings.")
@@ -52,6 +67,11 @@ class EmbedRequest(BaseModel):
 
 
 class EmbedResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"embeddings": [[0.0132, -0.0871, 0.0412], [0.0207, -0.0798, 0.0385]], "model": "minilm-l6-v2",
+         "dimensions": 384, "tokens_used": 11, "processing_time": 0.0123, "timestamp": "2026-11-27T02:04:17.221Z"},
+    ]})
+
     embeddings: list[list[float]] = Field(description="One unit-length vector per input, in input order.")
     model: str
     dimensions: int
@@ -61,6 +81,11 @@ class EmbedResponse(BaseModel):
 
 
 class GenerateResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"response": " blue because air scatters blue light more than red.", "model": "smollm2-135m-instruct",
+         "tokens_used": 24, "processing_time": 0.31, "timestamp": "2026-11-27T02:04:17.221Z", "cached": False},
+    ]})
+
     response: str
     model: str
     tokens_used: int = Field(description="Prompt plus completion tokens.")
@@ -79,14 +104,31 @@ class SessionSummary(BaseModel):
 
 
 class SessionList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"sessions": [{"session_id": "tg-4211-chat", "model": "smollm2-135m-instruct", "messages": 4,
+                       "updated": 1795313057.2}]},
+    ]})
+
     sessions: list[SessionSummary]
 
 
 class SessionDetail(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"session_id": "tg-4211-chat", "model": "smollm2-135m-instruct", "updated": 1795313057.2,
+         "messages": [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello!"}]},
+    ]})
+
     session_id: str
     model: str
     messages: list[dict]
     updated: float
+
+
+class SessionDeleted(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"session_id": "tg-4211-chat", "deleted": True}]})
+
+    session_id: str
+    deleted: bool
 
 
 class ModelInfo(BaseModel):
@@ -98,6 +140,7 @@ class ModelInfo(BaseModel):
     replicas: int = 0
     description: Optional[str] = None
     in_flight: Optional[int] = Field(None, description="Requests the model is working on (loaded models).")
+    queued: Optional[int] = Field(None, description="Of those in flight, requests waiting for the model's engine.")
     cancelled: Optional[int] = Field(None, description="Generations stopped because the client left.")
     served: Optional[int] = Field(None, description="Generation requests the model has run (cache hits excluded).")
     load_time_s: Optional[float] = None
@@ -113,14 +156,19 @@ class ModelInfo(BaseModel):
 
 
 class ModelLoadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": [
+        {"model": "gemma3-270m"}, {"model": "gemma3-270m", "wait": False},
+    ]})
 
     model: str = Field(description="The model to load (a disabled model is enabled again).")
     wait: bool = Field(True, description="Answer when the model is ready; false: answer 202 at once.")
 
 
 class ModelUnloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": [
+        {"model": "gemma3-270m"}, {"model": "gemma3-270m", "force": True},
+        {"model": "gemma3-270m", "disable": True, "wait": False},
+    ]})
 
     model: str = Field(description="The model to unload.")
     force: bool = Field(False, description="Cancel in-flight requests (they end with `model_unloaded`) "
@@ -130,6 +178,11 @@ class ModelUnloadRequest(BaseModel):
 
 
 class ModelStateResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [
+        {"model": "gemma3-270m", "state": "ready", "replicas": 1, "disabled": False},
+        {"model": "gemma3-270m", "state": "unloading", "replicas": 1, "disabled": False},
+    ]})
+
     model: str
     state: str = Field(description="ready, loading, unloaded, unloading or failed.")
     replicas: int
@@ -137,20 +190,63 @@ class ModelStateResponse(BaseModel):
 
 
 class ModelsResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"models": [
+            {"name": "smollm2-135m-instruct", "type": "gguf", "task": "generate", "format": "Q4_1", "state": "ready",
+             "replicas": 1, "in_flight": 3, "queued": 2, "cancelled": 0, "served": 118, "load_time_s": 1.42,
+             "resident_memory_bytes": 312475648, "adapters": [], "loaded_adapters": [],
+             "node_id": "5f1c0a7e9d2b4c6f8e3a1b0d7c9e2f4a6b8d0c1e3f5a7b9c2d4e6f80", "pid": 48211,
+             "last_used": "2026-11-27T05:41:09.311Z", "disabled": False, "footprint_bytes": 536870912},
+            {"name": "gemma3-270m", "type": "gguf", "task": "generate", "format": "Q4_K_M", "state": "unloaded",
+             "replicas": 0, "adapters": [], "last_used": "2026-11-27T05:12:40.002Z", "disabled": False,
+             "footprint_bytes": 805306368},
+        ], "default_model": "smollm2-135m-instruct", "default_embedding_model": "minilm-l6-v2"},
+    ]})
+
     models: list[ModelInfo]
     default_model: Optional[str]
     default_embedding_model: Optional[str] = None
 
 
 class HealthResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"status": "ok", "models": {"smollm2-135m-instruct": "ready", "gemma3-270m": "unloaded"}},
+    ]})
+
     status: str
     models: dict[str, str]
 
 
 class ReadinessResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"status": "ready", "default_model": "smollm2-135m-instruct", "models": {"smollm2-135m-instruct": "ready"},
+         "redis": "ok", "memory_available_percent": 61.5, "reasons": []},
+        {"status": "not_ready", "default_model": "smollm2-135m-instruct",
+         "models": {"smollm2-135m-instruct": "loading"},
+         "redis": "down", "memory_available_percent": 61.5,
+         "reasons": ["default model 'smollm2-135m-instruct' is not ready", "Redis is unreachable"]},
+    ]})
+
     status: str = Field(description="`ready` (HTTP 200) or `not_ready` (HTTP 503).")
     default_model: str
     models: dict[str, str] = Field(description="Each model's state: ready, loading, unloaded, failed, unknown.")
     redis: Optional[str] = Field(None, description="`ok` or `down` when REDIS_URL is set.")
     memory_available_percent: Optional[float] = Field(None, description="The node's available memory.")
     reasons: list[str] = Field(default_factory=list, description="Why the server is not ready.")
+
+
+GENERATE_SSE_EXAMPLE = (
+    'data: {"response": "Hello", "model": "smollm2-135m-instruct", "done": false}\n\n'
+    'data: {"response": "!", "model": "smollm2-135m-instruct", "done": false}\n\n'
+    'data: {"response": "", "model": "smollm2-135m-instruct", "tokens_used": 41, "processing_time": 0.4, '
+    '"timestamp": "2026-11-27T02:04:17.221Z", "done": true, "finish_reason": "stop"}\n\n'
+    "data: [DONE]\n\n"
+)
+METRICS_EXAMPLE = (
+    "# TYPE aicore_requests_total counter\n"
+    'aicore_requests_total{model="smollm2-135m-instruct",route="/api/v1/generate",status="200"} 118.0\n'
+    "# TYPE aicore_model_loads_total counter\n"
+    'aicore_model_loads_total{model="smollm2-135m-instruct",outcome="ok"} 1.0\n'
+    "# TYPE aicore_model_requests_queued gauge\n"
+    'aicore_model_requests_queued{model="smollm2-135m-instruct",node="5f1c0a7e..."} 2.0\n'
+)

@@ -34,7 +34,14 @@ class BatchChatItem(_NoStream, ChatRequest):
 
 
 class BatchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"format": "email", "items": [
+            {"id": "mail-001", "prompt": "Reply politely: are you open on Sundays?", "max_tokens": 80,
+             "email": {"subject": "Opening hours", "sender": "bob@example.com"}},
+            {"id": "mail-002", "type": "chat", "model": "gpt-4", "max_tokens": 80,
+             "messages": [{"role": "user", "content": "I want a refund."}]},
+        ]},
+    ]})
 
     items: list[dict[str, Any]] = Field(
         min_length=1, description="Generate items (`prompt`) or chat items (`messages`), each with an `id`."
@@ -59,6 +66,19 @@ class BatchTotals(BaseModel):
 
 
 class BatchResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"object": "batch",
+         "results": [
+             {"index": 0, "id": "mail-001", "status": "ok", "result": {
+                 "response": "Yes, we are open on Sundays from 10 to 16.", "model": "smollm2-135m-instruct",
+                 "tokens_used": 41, "processing_time": 0.52, "timestamp": "2026-11-27T02:04:17.221Z", "cached": False}},
+             {"index": 1, "id": "mail-002", "status": "error", "error": {
+                 "message": "model 'gpt-4' does not exist", "type": "invalid_request_error", "param": "model",
+                 "code": "model_not_found"}},
+         ],
+         "totals": {"items": 2, "succeeded": 1, "failed": 1, "tokens_used": 41, "processing_time": 0.55}},
+    ]})
+
     object: Literal["batch"] = "batch"
     results: list[BatchItemResult]
     totals: BatchTotals

@@ -11,6 +11,14 @@ from serve_app.netguard import parse_networks
 Scope = Literal["inference", "admin"]
 
 
+KEY_EXAMPLE = {
+    "id": "key-7f3a9c2e51d04b86", "object": "api_key", "name": "telegram-bot", "owner": "ops@example.com",
+    "key_prefix": "aic-4kq3", "scopes": ["inference"], "models": ["smollm2-135m-instruct"], "default_model": None,
+    "rate_limit_per_minute": 60, "tokens_per_minute": 20000, "ip_allowlist": ["203.0.113.0/24"],
+    "expires_at": 1803089057, "enabled": True, "created_at": 1795313057, "revoked_at": None,
+}
+
+
 class _KeyFields(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -23,6 +31,12 @@ class _KeyFields(BaseModel):
 
 
 class KeyCreate(_KeyFields):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "telegram-bot", "owner": "ops@example.com", "scopes": ["inference"],
+         "models": ["smollm2-135m-instruct"], "rate_limit_per_minute": 60, "tokens_per_minute": 20000,
+         "ip_allowlist": ["203.0.113.0/24"], "expires_in_s": 7776000},
+    ]})
+
     name: str = Field(min_length=1, max_length=100, description="What the key is for, e.g. 'telegram-bot'.")
     owner: Optional[str] = Field(None, max_length=100, description="Who is responsible for it.")
     scopes: list[Scope] = Field(["inference"], min_length=1, description="`inference` and/or `admin`.")
@@ -39,6 +53,11 @@ class KeyCreate(_KeyFields):
 class KeyUpdate(_KeyFields):
     """Only the fields sent are changed; `null` clears an optional field."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"rate_limit_per_minute": 120, "models": None},
+        {"enabled": False},
+    ]})
+
     name: Optional[str] = Field(None, min_length=1, max_length=100)
     owner: Optional[str] = Field(None, max_length=100)
     scopes: Optional[list[Scope]] = Field(None, min_length=1)
@@ -54,7 +73,7 @@ class KeyUpdate(_KeyFields):
 class KeyView(BaseModel):
     """A key as stored, without its secret (only its first characters, to recognise it)."""
 
-    model_config = ConfigDict(protected_namespaces=())
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [KEY_EXAMPLE]})
 
     id: str
     object: Literal["api_key"] = "api_key"
@@ -74,15 +93,27 @@ class KeyView(BaseModel):
 
 
 class KeyCreated(KeyView):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {**KEY_EXAMPLE, "key": "aic-4kq3Jd9sL0pXw2Rz7NcV5bTg8hYe1uMfQa6WkD3xZ0E"},
+    ]})
+
     key: str = Field(description="The secret: shown only in this response.")
 
 
 class KeyList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"object": "list", "data": [KEY_EXAMPLE]}]})
+
     object: Literal["list"] = "list"
     data: list[KeyView]
 
 
 class KeyUsage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"id": "key-7f3a9c2e51d04b86", "object": "api_key.usage", "requests": 1520, "errors": 12,
+         "prompt_tokens": 48210,
+         "completion_tokens": 61877, "total_tokens": 110087, "last_used_at": 1795313057},
+    ]})
+
     id: str
     object: Literal["api_key.usage"] = "api_key.usage"
     requests: int = 0

@@ -36,6 +36,13 @@ class _OpenAIRequest(SamplingFields):
 
 
 class ChatCompletionRequest(_OpenAIRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Name three colours."}],
+         "max_tokens": 40},
+        {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Tell me a joke."}],
+         "stream": True, "stream_options": {"include_usage": True}},
+    ]})
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     session_id: Optional[str] = Field(None, pattern=SESSION_ID_PATTERN, description="Extension: server-side history.")
@@ -50,6 +57,10 @@ class ChatCompletionRequest(_OpenAIRequest):
 
 
 class CompletionRequest(_OpenAIRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "gemma3-270m", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0},
+    ]})
+
     prompt: Union[str, list[str]]
 
     @field_validator("prompt")
@@ -83,6 +94,14 @@ class ChatChoice(BaseModel):
 
 
 class ChatCompletion(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"id": "chatcmpl-3f9c2a7d5b1e4c0893a6f1d2e4b7c9a0", "object": "chat.completion", "created": 1795313057,
+         "model": "smollm2-135m-instruct",
+         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Red, green and blue."},
+                      "finish_reason": "stop", "logprobs": None}],
+         "usage": {"prompt_tokens": 31, "completion_tokens": 7, "total_tokens": 38}},
+    ]})
+
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
@@ -120,6 +139,13 @@ class CompletionChoice(BaseModel):
 
 
 class Completion(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"id": "cmpl-8a1d4f6c2e9b3a7051c0e2d4f6a8b9c1", "object": "text_completion", "created": 1795313057,
+         "model": "gemma3-270m",
+         "choices": [{"index": 0, "text": " Paris.", "finish_reason": "stop", "logprobs": None}],
+         "usage": {"prompt_tokens": 6, "completion_tokens": 3, "total_tokens": 9}},
+    ]})
+
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
@@ -129,6 +155,10 @@ class Completion(BaseModel):
 
 
 class ModelCard(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"id": "smollm2-135m-instruct", "object": "model", "created": 1795313000, "owned_by": "ai-core"},
+    ]})
+
     id: str
     object: Literal["model"] = "model"
     created: int
@@ -138,12 +168,22 @@ class ModelCard(BaseModel):
 
 
 class ModelList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"object": "list", "data": [
+            {"id": "smollm2-135m-instruct", "object": "model", "created": 1795313000, "owned_by": "ai-core"},
+            {"id": "tiny-llama:alpha", "object": "model", "created": 1795313000, "owned_by": "ai-core"},
+        ]},
+    ]})
+
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
 
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), json_schema_extra={"examples": [
+        {"model": "minilm-l6-v2", "input": ["opening hours", "when are you open?"]},
+        {"model": "minilm-l6-v2-int8", "input": "refund policy", "encoding_format": "base64"},
+    ]})
 
     model: Optional[str] = None
     input: Union[str, list[str]] = Field(description="A string or a list of strings (token arrays are not accepted).")
@@ -166,7 +206,34 @@ class EmbeddingUsage(BaseModel):
 
 
 class EmbeddingList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"object": "list", "model": "minilm-l6-v2",
+         "data": [{"object": "embedding", "index": 0, "embedding": [0.0132, -0.0871, 0.0412]},
+                  {"object": "embedding", "index": 1, "embedding": [0.0207, -0.0798, 0.0385]}],
+         "usage": {"prompt_tokens": 11, "total_tokens": 11}},
+    ]})
+
     object: Literal["list"] = "list"
     data: list[Embedding]
     model: str
     usage: EmbeddingUsage
+
+
+_CHUNK = ('data: {"id": "chatcmpl-3f9c2a7d5b1e4c0893a6f1d2e4b7c9a0", "object": "chat.completion.chunk", '
+          '"created": 1795313057, "model": "smollm2-135m-instruct", "choices": [{"index": 0, "delta": %s, '
+          '"finish_reason": %s, "logprobs": null}], "usage": null}\n\n')
+CHAT_SSE_EXAMPLE = (
+    _CHUNK % ('{"role": "assistant", "content": ""}', "null")
+    + _CHUNK % ('{"role": null, "content": "Why did the"}', "null")
+    + _CHUNK % ('{"role": null, "content": null}', '"stop"')
+    + "data: [DONE]\n\n"
+)
+COMPLETION_SSE_EXAMPLE = (
+    'data: {"id": "cmpl-8a1d4f6c2e9b3a7051c0e2d4f6a8b9c1", "object": "text_completion", "created": 1795313057, '
+    '"model": "gemma3-270m", "choices": [{"index": 0, "text": " Paris", "finish_reason": null, "logprobs": null}], '
+    '"usage": null}\n\n'
+    'data: {"id": "cmpl-8a1d4f6c2e9b3a7051c0e2d4f6a8b9c1", "object": "text_completion", "created": 1795313057, '
+    '"model": "gemma3-270m", "choices": [{"index": 0, "text": ".", "finish_reason": "stop", "logprobs": null}], '
+    '"usage": null}\n\n'
+    "data: [DONE]\n\n"
+)

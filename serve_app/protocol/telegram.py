@@ -32,6 +32,12 @@ class TgMessage(_TelegramObject):
 
 
 class TgUpdate(_TelegramObject):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"update_id": 829301457, "message": {
+            "message_id": 311, "date": 1795313057, "text": "What are your opening hours?",
+            "chat": {"id": 4211, "type": "private", "username": "ann"}}},
+    ]})
+
     update_id: int
     message: Optional[TgMessage] = None
     edited_message: Optional[TgMessage] = None
@@ -49,6 +55,11 @@ class TgReplyParameters(BaseModel):
 
 class TgSendMessage(BaseModel):
     """Returned as the webhook's response body: Telegram then calls sendMessage itself."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"method": "sendMessage", "chat_id": 4211, "text": "We are open Monday to Saturday, 9 to 18.",
+         "reply_parameters": {"message_id": 311, "allow_sending_without_reply": True}},
+    ]})
 
     method: Literal["sendMessage"] = "sendMessage"
     chat_id: int

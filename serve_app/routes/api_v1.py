@@ -6,13 +6,15 @@ import time
 from typing import Optional, Union
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from deployments.errors import SessionNotFound
 from serve_app.auth import Principal, require_admin, require_any_key, require_key
 from serve_app.store import StoreUnavailable
 from serve_app.logs import request_id_var
 from serve_app.protocol.api_v1 import (
+    GENERATE_SSE_EXAMPLE,
+    METRICS_EXAMPLE,
     ChatRequest,
     EmbedRequest,
     EmbedResponse,
@@ -25,13 +27,14 @@ from serve_app.protocol.api_v1 import (
     ModelStateResponse,
     ModelUnloadRequest,
     ReadinessResponse,
+    SessionDeleted,
     SessionDetail,
     SessionList,
 )
 from serve_app.model_metrics import render_model_metrics
 from serve_app.readiness import readiness
 from serve_app.replies import generate_response, iso_time, now_iso, summary
-from serve_app.routes.common import cache_headers, request_options
+from serve_app.routes.common import cache_headers, request_options, streamed
 from serve_app.status import ModelView
 from serve_app.streaming import note_usage, sse_stream
 
@@ -63,12 +66,14 @@ async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], prin
     return JSONResponse(reply.model_dump(exclude_none=True), headers=headers)
 
 
-@router.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True)
+@router.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True,
+             responses=streamed(GenerateResponse, GENERATE_SSE_EXAMPLE))
 async def generate(body: GenerateRequest, request: Request, principal: Principal = Depends(require_key)):
     return await _run(request, body, principal, "generate", prompt=body.prompt)
 
 
-@router.post("/chat", response_model=GenerateResponse, response_model_exclude_none=True)
+@router.post("/chat", response_model=GenerateResponse, response_model_exclude_none=True,
+             responses=streamed(GenerateResponse, GENERATE_SSE_EXAMPLE))
 async def chat(body: ChatRequest, request: Request, principal: Principal = Depends(require_key)):
     return await _run(request, body, principal, "chat", messages=[m.as_dict() for m in body.messages])
 
@@ -86,11 +91,11 @@ async def get_session(session_id: str, request: Request, principal: Principal = 
     return SessionDetail(**record)
 
 
-@router.delete("/sessions/{session_id}")
+@router.delete("/sessions/{session_id}", response_model=SessionDeleted)
 async def delete_session(session_id: str, request: Request, principal: Principal = Depends(require_key)):
     if not await request.app.state.sessions.delete(principal.key_id, session_id):
         raise SessionNotFound(f"session {session_id!r} does not exist", param="session_id")
-    return {"session_id": session_id, "deleted": True}
+    return SessionDeleted(session_id=session_id, deleted=True)
 
 
 @router.post("/embeddings", response_model=EmbedResponse)
@@ -118,9 +123,11 @@ async def models(request: Request, principal: Principal = Depends(require_key)):
             ModelInfo(
                 name=name, type=entry.config.type, task=entry.config.task, format=entry.config.format,
                 state=view.state, replicas=view.replicas, description=entry.config.description,
-                in_flight=live.get("in_flight"), cancelled=live.get("cancelled"), served=live.get("served"),
+                in_flight=live.get("in_flight"), queued=live.get("queued"), cancelled=live.get("cancelled"),
+                served=live.get("served"),
                 load_time_s=live.get("load_time_s"), resident_memory_bytes=life.get("resident_memory_bytes"),
-                node_id=live.get("node_id"), pid=live.get("pid"), adapters=list(entry.config.adapters), loaded_adapters=live.get("adapters"),
+                node_id=live.get("node_id"), pid=live.get("pid"), adapters=list(entry.config.adapters),
+                loaded_adapters=live.get("adapters"),
                 last_used=iso_time(life.get("last_used")), disabled=life.get("disabled", False),
                 footprint_bytes=life.get("footprint_bytes"), state_reason=life.get("reason"),
             )
@@ -184,7 +191,8 @@ async def ready(request: Request):
                         headers=None if is_ready else {"Retry-After": "5"})
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {"example": METRICS_EXAMPLE}}}})
 async def metrics(request: Request, _: Principal = Depends(require_any_key)):
     """Prometheus text: counters from every ingress replica, model gauges read now."""
     body = await request.app.state.metrics.render()

@@ -1,4 +1,4 @@
-"""Bits every generation route shares: per-request options and cache headers."""
+"""Bits every generation route shares: per-request options, cache headers, the streamed 200's docs."""
 
 from __future__ import annotations
 
@@ -22,3 +22,10 @@ def request_options(request: Request, principal: Principal, endpoint: str, cache
 def cache_headers(request: Request, generation: Generation) -> dict[str, str]:
     request.state.cache = generation.cache
     return {"X-Cache": generation.cache.upper()} if generation.cache else {}
+
+
+def streamed(model: type, example: str) -> dict:
+    """OpenAPI `responses` of an endpoint whose 200 is `model` as JSON or, with `"stream": true`,
+    Server-Sent Events (`example`)."""
+    return {200: {"model": model, "description": "JSON; with `\"stream\": true`, Server-Sent Events ending in "
+                  "`data: [DONE]`.", "content": {"text/event-stream": {"example": example}}}}

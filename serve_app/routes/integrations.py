@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from serve_app.auth import Principal, require_key
 from serve_app.protocol.batch import BatchRequest, BatchResponse
-from serve_app.protocol.telegram import TgUpdate
+from serve_app.protocol.telegram import TgSendMessage, TgUpdate
 
 router = APIRouter(prefix="/api/v1")
 
@@ -24,7 +24,10 @@ def telegram_secret(request: Request, x_telegram_bot_api_secret_token: Optional[
     request.app.state.telegram.check_secret(x_telegram_bot_api_secret_token)
 
 
-@router.post("/webhooks/telegram", dependencies=[Depends(telegram_secret)])
+@router.post("/webhooks/telegram", dependencies=[Depends(telegram_secret)], responses={200: {
+    "model": TgSendMessage,
+    "description": "A sendMessage call for Telegram to make, or `{}` when there is nothing to say.",
+}})
 async def telegram_webhook(update: TgUpdate, request: Request):
     reply = await request.app.state.telegram.handle(update)
     return JSONResponse(reply.model_dump(exclude_none=True) if reply else {})

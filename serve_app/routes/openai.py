@@ -16,6 +16,8 @@ from deployments.errors import InvalidRequest
 from serve_app.auth import Principal, require_key
 from serve_app.logs import request_id_var
 from serve_app.protocol.openai import (
+    CHAT_SSE_EXAMPLE,
+    COMPLETION_SSE_EXAMPLE,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletion,
@@ -34,7 +36,7 @@ from serve_app.protocol.openai import (
     ModelList,
     UsageInfo,
 )
-from serve_app.routes.common import cache_headers, request_options
+from serve_app.routes.common import cache_headers, request_options, streamed
 from serve_app.serving import Generation
 from serve_app.streaming import note_usage, sse_stream
 
@@ -50,7 +52,7 @@ def _dump(model) -> dict:
     return model.model_dump(exclude_none=False)
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=streamed(ChatCompletion, CHAT_SSE_EXAMPLE))
 async def chat_completions(body: ChatCompletionRequest, request: Request, principal: Principal = Depends(require_key)):
     generation = await request.app.state.generation.start(
         body.model, request_id_var.get(), body.to_sampling_params(),
@@ -90,7 +92,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, princi
     )), headers=headers)
 
 
-@router.post("/completions")
+@router.post("/completions", responses=streamed(Completion, COMPLETION_SSE_EXAMPLE))
 async def completions(body: CompletionRequest, request: Request, principal: Principal = Depends(require_key)):
     generation = await request.app.state.generation.start(
         body.model, request_id_var.get(), body.to_sampling_params(), prompt=body.prompt, principal=principal,

@@ -186,3 +186,62 @@ def test_log_dir_gets_json_records_from_ingress_and_model_replicas(log_dir, clie
     assert any(rec["request_id"] == request_id and rec["logger"] == "aicore.access" for rec in records)
     loaded = {rec.get("model") for rec in records if rec["logger"] == "aicore.model" and rec["message"] == "model loaded"}
     assert loaded == ALL_MODELS  # written by the model replicas, not only the ingress
+
+
+def test_requests_waiting_for_the_engine_show_as_queued(base_url, client):
+    """Three streams to one replica: its one engine thread runs one, the others wait (queued)."""
+    seen = {}
+
+    async def consume(http, i):
+        body = {"prompt": f"Queue story {i}:", "max_tokens": 400, "ignore_eos": True, "stream": True}
+        async with http.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            async for _ in r.aiter_lines():
+                pass
+
+    async def main():
+        async with httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": KEY}, timeout=300) as http:
+            streams = [asyncio.create_task(consume(http, i)) for i in range(3)]
+            try:
+                for _ in range(100):  # all three reach the replica within moments
+                    live = next(m for m in (await http.get("/api/v1/models")).json()["models"] if m["name"] == DEFAULT)
+                    if live["queued"]:
+                        seen.update(live, scrape=(await http.get("/api/v1/metrics")).text)
+                        break
+                    await asyncio.sleep(0.1)
+            finally:  # closing the connections cancels the generations
+                for task in streams:
+                    task.cancel()
+                outcomes = await asyncio.gather(*streams, return_exceptions=True)
+            assert all(o is None or isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
+
+    asyncio.run(main())
+    assert seen, "no request was ever reported queued"
+    assert 1 <= seen["queued"] <= 2 and seen["in_flight"] >= seen["queued"] + 1
+    assert f'aicore_model_requests_queued{{model="{DEFAULT}",node="' in seen["scrape"]
+    for _ in range(300):  # bounded wait for the replica to drop the cancelled requests
+        figures = _model_figures(client, DEFAULT)
+        if figures["in_flight"] == 0:
+            break
+        time.sleep(0.2)
+    assert figures["in_flight"] == 0 and figures["queued"] == 0
+
+
+def test_metrics_count_each_models_load_through_the_hub(base_url):
+    headers = {"X-API-Key": KEY}
+    scrape = lambda: httpx.get(base_url + "/api/v1/metrics", headers=headers, timeout=60).text  # noqa: E731
+    r = httpx.post(base_url + "/api/v1/generate", headers=headers, timeout=120, json={"prompt": "Hi", "max_tokens": 2})
+    assert r.status_code == 200
+    for _ in range(100):  # a replica reports its load in the background once it is ready
+        text = scrape()
+        if all(_metric(text, "aicore_model_loads_total", model=m, outcome="ok") >= 1 for m in ALL_MODELS):
+            break
+        time.sleep(0.2)
+    assert "# TYPE aicore_model_loads_total counter" in text
+    for model in ALL_MODELS:
+        loads = _metric(text, "aicore_model_loads_total", model=model, outcome="ok")
+        assert loads >= 1
+        assert _metric(text, "aicore_model_loads_total", model=model, outcome="failed") == 0
+        assert _metric(text, "aicore_model_load_duration_seconds_count", model=model) == loads
+        assert _metric(text, "aicore_model_load_duration_seconds_sum", model=model) > 0
+        assert _metric(text, "aicore_model_replica_load_duration_seconds", model=model) > 0

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from deployments.config import ModelConfig
-from serve_app.metrics import MetricsHub, RequestEvent
+from serve_app.metrics import MetricsHub, ModelLoadEvent, RequestEvent
 from serve_app.model_metrics import render_model_metrics
 from serve_app.status import ModelView
 from tests.conftest import ROOT
@@ -21,8 +21,9 @@ def _exported_names() -> set[str]:
     """Every series name AI Core exports, read from real renders of both metric sources."""
     hub = MetricsHub()
     hub.record([RequestEvent("/v1/completions", "m", 500, 0.5, 3, 4, 0.1, tokens_per_s=12.0,
-                               error_type="server_error", error_code="backend_error")])
-    live = {"in_flight": 1, "rss_bytes": 10, "load_time_s": 0.3, "cancelled": 0, "node_id": "n"}
+                               error_type="server_error", error_code="backend_error"),
+                ModelLoadEvent("m", True, 2.0), ModelLoadEvent("m", False, 0.1)])
+    live = {"in_flight": 1, "queued": 0, "rss_bytes": 10, "load_time_s": 0.3, "cancelled": 0, "node_id": "n"}
     reports = [{"node_id": "n", "node_memory_total": 100, "node_memory_available": 40, "memory_alert": False}]
     view = ModelView("ready", 1, live, lifecycle={"reports": reports})
     text = (hub.render() + render_model_metrics({"m": view}, "m")).decode()
