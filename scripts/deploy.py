@@ -7,7 +7,9 @@ restarts every deployment. This command renders the config with an override per 
 whose `ray_actor_options` carry the entry's revision (a hash of the entry and its weights' size
 and mtime): after an edit of models.json, Ray restarts only the changed models' replicas (old
 replicas finish their in-flight streams first), every other model keeps serving, and the ingress
-re-reads the changed entries. Adding or removing a model changes `args.model_set`: a full rebuild.
+re-reads the changed entries. Adding or removing a model changes `args.model_set`, and new code
+(any change under serve_app/ or deployments/) changes `args.code_revision`: both rebuild the
+whole app, replica by replica.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ from pathlib import Path
 import yaml
 
 from scripts.run_server import ROOT, server_env
+
+
+def code_revision() -> str:
+    """A hash of the app's source: a new install of the code makes Ray Serve rebuild the app."""
+    digest = hashlib.sha256()
+    for path in sorted(p for folder in ("serve_app", "deployments") for p in (ROOT / folder).rglob("*.py")):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def render(source: Path) -> dict:
@@ -42,6 +52,7 @@ def render(source: Path) -> dict:
     context = ReplicaContext(cache_dir=str(settings.resolve(settings.model_cache_dir)), config_dir=str(models_path.parent))
     revisions = {name: entry_revision(entry, context) for name, entry in models.items()}
     args["model_set"] = hashlib.sha256(",".join(sorted(models)).encode()).hexdigest()[:12]
+    args["code_revision"] = code_revision()
     overrides = [
         {"name": deployment_name(name),
          "ray_actor_options": model_actor_options(entry, footprint(entry, Path(context.cache_dir), models_path.parent),

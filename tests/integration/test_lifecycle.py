@@ -89,6 +89,19 @@ def test_lazy_model_loads_once_on_first_use_then_unloads_when_idle(app):
     assert wait_for(app, LAZY, ("unloaded", 0)) == ("unloaded", 0)  # idle past idle_timeout_s
     assert state(app, DEFAULT) == ("ready", 1)  # the default model stays loaded
     assert complete(app, LAZY).status_code == 200  # and loads again on the next request
+    assert wait_for_loads(app, LAZY, 2) == 2  # both loads counted, across the replica's absence
+
+
+def wait_for_loads(app, model, wanted, polls=60) -> float:
+    """aicore_model_loads_total{outcome="ok"} of `model` (replicas report loads in the background)."""
+    line = f'aicore_model_loads_total{{model="{model}",outcome="ok"}} '
+    for _ in range(polls):
+        text = call(app, "GET", "/api/v1/metrics").text
+        found = [float(x.split()[-1]) for x in text.splitlines() if x.startswith(line)]
+        if found and found[0] >= wanted:
+            return found[0]
+        time.sleep(0.5)
+    return found[0] if found else 0.0
 
 
 def test_explicit_load_and_unload_are_idempotent_and_free_the_process(app):

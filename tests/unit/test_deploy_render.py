@@ -1,0 +1,43 @@
+"""`scripts.deploy` renders serve_config.yaml with one revision per model: an edit of one entry
+changes that model's override only (so Ray Serve restarts only that deployment)."""
+
+import json
+
+import yaml
+
+from scripts.deploy import render
+from tests.conftest import ROOT
+
+
+def _write(folder, models):
+    (folder / "models.json").write_text(json.dumps({"models": models}))
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["applications"][0]["args"] = {"model_config_path": str(folder / "models.json")}
+    path = folder / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _overrides(rendered):
+    return {d["name"]: d for d in rendered["applications"][0]["deployments"]}
+
+
+def test_one_changed_entry_changes_one_override(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = json.loads((ROOT / "models.json").read_text())["models"]
+    models = {name: shipped[name] for name in ("smollm2-135m-instruct", "minilm-l6-v2")}
+    before = render(_write(tmp_path, models))
+    models["minilm-l6-v2"] = {**models["minilm-l6-v2"], "description": "changed"}
+    after = render(_write(tmp_path, models))
+
+    old, new = _overrides(before), _overrides(after)
+    assert old["model-smollm2-135m-instruct"] == new["model-smollm2-135m-instruct"]
+    assert old["model-minilm-l6-v2"] != new["model-minilm-l6-v2"]
+    env = new["model-minilm-l6-v2"]["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env["AICORE_MODEL_REVISION"] == new["ingress"]["user_config"]["revisions"]["minilm-l6-v2"]
+    args_before, args_after = before["applications"][0]["args"], after["applications"][0]["args"]
+    assert args_before == args_after  # same models, same code: no rebuild of the app
+
+    models["extra"] = models["minilm-l6-v2"]
+    added = render(_write(tmp_path, models))["applications"][0]["args"]
+    assert added["model_set"] != args_after["model_set"]  # a new model: the app is rebuilt
