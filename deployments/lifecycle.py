@@ -104,6 +104,21 @@ def read_reports(app: str, model: str) -> list[dict]:
     return reports
 
 
+_SUMMED = ("in_flight", "queued", "served", "cancelled", "rss_bytes")
+
+
+def combine_reports(reports: list[dict]) -> dict:
+    """One model's figures over its replicas: counts and memory summed, the rest (load time, pid,
+    node, adapters) from the newest replica."""
+    if not reports:
+        return {}
+    combined = dict(max(reports, key=lambda r: r.get("started_at", 0)))
+    for key in _SUMMED:
+        combined[key] = sum(r.get(key) or 0 for r in reports)
+    combined["last_used"] = max(r.get("last_used") or 0 for r in reports)
+    return combined
+
+
 class ModelScalingPolicy:
     """Ray Serve autoscaling policy of one model deployment (runs in the Serve controller).
 
@@ -120,33 +135,42 @@ class ModelScalingPolicy:
         self.floor = floor
         self.idle_timeout_s = idle_timeout_s
         self._queue_policy = replica_queue_length_autoscaling_policy
-        self._control = (0.0, Control(mode=None, at=0.0))
+        self._read_at = 0.0
+        self._control = Control(mode=None, at=0.0)
+        self._reports: list[dict] = []
 
-    def control(self, app: str) -> Control:
-        at, control = self._control
-        if time.monotonic() - at > 0.2:  # the controller loop runs often: one GCS read per 0.2 s
-            try:
-                control = read_control(app, self.model)
-            except Exception:  # the GCS briefly unreachable: keep the last decision's input
-                pass
-            self._control = (time.monotonic(), control)
-        return control
+    def _refresh(self, app: str) -> None:
+        """The control record and the replicas' reports, read at most every 0.2 s (GCS reads)."""
+        if time.monotonic() - self._read_at < 0.2:
+            return
+        try:
+            self._control = read_control(app, self.model)
+            self._reports = read_reports(app, self.model)
+        except Exception:  # the GCS briefly unreachable: keep the last decision's input
+            pass
+        self._read_at = time.monotonic()
 
     def __call__(self, ctx) -> tuple[int, dict[str, Any]]:
+        """Idleness comes from the replicas' reports (requests in flight, the last request): Ray's
+        request counts are a mean over a window and say nothing of a stream that outlives it."""
         state = dict(ctx.policy_state or {})
         now = time.time()
-        if ctx.total_num_requests > 0:
-            state["last_busy"] = now
-        control = self.control(ctx.app_name or "")
+        self._refresh(ctx.app_name or "")
+        control, reports = self._control, self._reports
+        busy = any(r.get("in_flight") for r in reports)
         if control.mode in (DISABLED, UNLOADED):
             return 0, state
-        if control.mode == UNLOADING:
-            return (0 if ctx.total_num_requests == 0 else ctx.target_num_replicas), state
+        if control.mode == UNLOADING:  # drained when no replica works and Ray counts no request
+            return (0 if not busy and ctx.total_num_requests == 0 else ctx.target_num_replicas), state
         desired, queue_state = self._queue_policy(ctx)
-        state.update({k: v for k, v in queue_state.items() if k != "last_busy"})
+        state.update(queue_state or {})
         desired = max(math.ceil(desired), self.floor)
-        recent = max(state.get("last_busy") or 0.0, control.at if control.mode == LOADED else 0.0)
-        if desired == 0 and now - recent < self.idle_timeout_s:
-            if ctx.current_num_replicas > 0 or control.mode == LOADED:
-                desired = 1  # not idle long enough yet (or an explicit load)
+        if desired == 0:
+            last = max([r.get("last_used") or 0.0 for r in reports] + [control.at if control.mode == LOADED else 0.0])
+            recent = now - last < self.idle_timeout_s
+            starting = ctx.current_num_replicas > 0 and not reports  # no report yet: just loaded
+            if ctx.current_num_replicas > 0 and (busy or recent or starting):
+                desired = 1
+            elif control.mode == LOADED and now - control.at < self.idle_timeout_s:
+                desired = 1  # an explicit load starts a replica
         return desired, state

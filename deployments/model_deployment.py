@@ -114,6 +114,7 @@ class ModelDeployment:
         self.in_flight += 1
         self.served += 1
         self.last_used = started = time.time()
+        self._reporter.poke()
         try:
             async for chunk in coalesce(self.backend.stream(request), self.stream_interval_s):
                 if self.cancel_before > started:  # leaving the loop closes the engine's stream
@@ -127,6 +128,7 @@ class ModelDeployment:
             raise BackendFailure("the model failed to generate a response") from error
         finally:
             self.in_flight -= 1
+            self._reporter.poke()
 
     def count_message_tokens(self, messages: list[dict]) -> list[int]:
         """Per message: its content's tokens plus a few for the role markers of a chat template."""
@@ -136,6 +138,7 @@ class ModelDeployment:
         request_id_var.set(request_id)
         self.in_flight += 1
         self.last_used = time.time()
+        self._reporter.poke()
         try:
             return await self.backend.embed(texts)
         except AICoreError:
@@ -145,6 +148,7 @@ class ModelDeployment:
             raise BackendFailure("the model failed to compute embeddings") from error
         finally:
             self.in_flight -= 1
+            self._reporter.poke()
 
     def info(self) -> dict:
         return {
@@ -209,12 +213,15 @@ class _Reporter:
         self.alerting = False
         self.app, self.replica_id = _replica_identity()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         if self.replica_id is not None:  # outside Serve (unit use) nothing is published
             threading.Thread(target=self._run, name="aicore-reporter", daemon=True).start()
 
     def _run(self) -> None:
         model = self.replica.model_name
-        while not self._stop.wait(lifecycle.REPORT_EVERY_S):
+        while not self._stop.is_set():
+            self._wake.wait(lifecycle.REPORT_EVERY_S)
+            self._wake.clear()
             try:
                 control = lifecycle.read_control(self.app, model)
                 if control.mode == lifecycle.UNLOADING and control.force:
@@ -239,8 +246,13 @@ class _Reporter:
                            self.alert_percent, extra={"model": self.replica.model_name, "node_id": _node_id()})
         self.alerting = used_percent >= self.alert_percent
 
+    def poke(self) -> None:
+        """Publish now: a request started or ended (listings, drains and the policy read reports)."""
+        self._wake.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
 
 def _replica_identity() -> tuple[str, Optional[str]]:

@@ -8,7 +8,6 @@ model being unloaded wait here until it is gone, then load it again (lazy load).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from typing import Any, Optional
@@ -19,7 +18,7 @@ from deployments.lifecycle import Control
 from deployments.memory import node_memory, parse_size
 from serve_app.serving import ModelEntry, ModelRouter
 from serve_app.settings import Settings
-from serve_app.status import ModelStatus, ModelView, model_views
+from serve_app.status import ModelStatus, ModelView
 
 logger = logging.getLogger("aicore.lifecycle")
 
@@ -73,24 +72,25 @@ class ModelControl:
         times = [r["last_used"] for r in reports if r.get("last_used")] + [self._last_used.get(model, 0.0)]
         return max(times) or None
 
-    async def views(self, handles: dict[str, Any]) -> dict[str, ModelView]:
-        """Serve's states and one replica's live figures, plus the lifecycle: `unloading` while an
-        unload is in progress, disabled, last use, the memory of all replicas, why it failed."""
-        views = await model_views(self.status, handles)
+    async def views(self, handles: Optional[dict[str, Any]] = None) -> dict[str, ModelView]:
+        """Serve's states plus what the replicas report (never a call to a replica: that would
+        count as use and keep an idle model loaded): `unloading` while an unload is in progress,
+        disabled, last use, in flight and memory summed over the replicas, why it failed."""
+        states = await self.status.states()
         out = {}
-        for name, view in views.items():
+        for name in self.router.entries:
+            state, running = states.get(name, ("unknown", 0))
             control = await self.control(name)
-            reports = await self.reports(name) if view.replicas else []
-            state = view.state
-            if view.replicas and control.mode in (lifecycle.UNLOADING, lifecycle.UNLOADED, lifecycle.DISABLED):
+            reports = await self.reports(name) if self.status.present.get(name, running) else []
+            if running and control.mode in (lifecycle.UNLOADING, lifecycle.UNLOADED, lifecycle.DISABLED):
                 state = "unloading"
-            memory = sum(r.get("rss_bytes") or 0 for r in reports) or view.live.get("rss_bytes")
-            out[name] = dataclasses.replace(view, state=state, lifecycle={
+            live = lifecycle.combine_reports(reports)
+            out[name] = ModelView(state, running, live=live, lifecycle={
                 "disabled": control.mode == lifecycle.DISABLED,
                 "last_used": self.last_used(name, reports),
-                "resident_memory_bytes": memory,
+                "resident_memory_bytes": live.get("rss_bytes"),
                 "footprint_bytes": self.footprints.get(name),
-                "reason": self.status.reasons.get(name) if view.state == "failed" else None,
+                "reason": self.status.reasons.get(name) if state == "failed" else None,
                 "reports": reports,
             })
         return out
@@ -168,13 +168,7 @@ class ModelControl:
         return [model for _, model in sorted(candidates)]
 
     async def _busy(self, model: str, reports: list[dict]) -> bool:
-        """Requests in flight: asked of the replica itself when there is one (reports lag by up
-        to REPORT_EVERY_S), else read from every replica's report."""
-        entry = self.router.entries.get(model)
-        if entry is not None and len(reports) <= 1:
-            live = await self.status.replica_info(entry.handle)
-            if "in_flight" in live:
-                return live["in_flight"] > 0
+        """Requests in flight on any replica (replicas report at once when one starts or ends)."""
         return any(r.get("in_flight") for r in reports)
 
     # -- admin commands -------------------------------------------------------------------

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 logger = logging.getLogger("aicore.status")
 
@@ -72,13 +72,6 @@ class ModelStatus:
         self._cached = (time.monotonic(), states)
         return states
 
-    async def replica_info(self, handle) -> dict:
-        try:
-            return await asyncio.wait_for(handle.info.remote(), 5)
-        except Exception:
-            logger.warning("could not read replica info", exc_info=True)
-            return {}
-
 
 @dataclass(frozen=True)
 class ModelView:
@@ -86,18 +79,5 @@ class ModelView:
 
     state: str
     replicas: int
-    live: dict = field(default_factory=dict)  # a running replica's info(): in_flight, rss_bytes, node_id...
+    live: dict = field(default_factory=dict)  # the replicas' reports combined: in_flight, rss_bytes, node_id...
     lifecycle: dict = field(default_factory=dict)  # ModelControl.views(): disabled, last_used, all replicas' memory
-
-
-async def model_views(status: ModelStatus, handles: dict[str, Any]) -> dict[str, ModelView]:
-    """States for every model, live figures from one replica of each ready model.
-
-    Only ready models are asked: a call would wake a scaled-to-zero model.
-    """
-    states = await status.states()
-    names = list(handles)
-    ready = [n for n in names if states.get(n, ("unknown", 0))[0] == "ready"]
-    infos = await asyncio.gather(*(status.replica_info(handles[n]) for n in ready))
-    live = dict(zip(ready, infos))
-    return {n: ModelView(*states.get(n, ("unknown", 0)), live=live.get(n, {})) for n in names}

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional
 
 from deployments.backends.base import ThreadedBackend, register_backend
 from deployments.backends.text import StopMatcher, token_budget
-from deployments.errors import InvalidRequest
+from deployments.errors import BackendFailure, InvalidRequest
 from deployments.types import GenerationChunk, GenerationRequest, Usage
 
 logger = logging.getLogger("aicore.backend.gguf")
@@ -94,8 +94,10 @@ class GGUFBackend(ThreadedBackend):
             if name not in self._adapters:
                 path = str(self.adapter_paths[name])
                 adapter = lib.llama_adapter_lora_init(self.llm._model.model, path.encode("utf-8"))
-                if not adapter:
-                    raise RuntimeError(f"model {self.model_name!r}: llama.cpp could not load LoRA {path}")
+                if not adapter:  # a file made for another base model, or not a GGUF LoRA
+                    logger.error("llama.cpp could not load LoRA %s", path, extra={"model": self.model_name})
+                    raise BackendFailure(f"adapter {name!r} of model {self.model_name!r} could not be loaded; "
+                                         "the server log has the reason")
                 self._adapters[name] = adapter
             self._adapters.move_to_end(name)
         if name != self._active:

@@ -2,8 +2,10 @@
 force, disable, idempotence) and the memory budget (refusal, LRU eviction).
 
 One Serve app, three models: the default SmolLM2 (kept loaded), gemma3 (lazy, short idle
-timeout, refuses a load over the budget) and a second SmolLM2 entry "spare" (lazy, evicts the least
-recently used idle model when over the budget). MODEL_MEMORY_BUDGET holds two of the three.
+timeout, evicts the least recently used idle model when over the budget) and a second SmolLM2
+entry "spare" (lazy, long idle timeout, refuses a load over the budget; the explicit load/unload
+tests use it so that no idle timeout runs during them). MODEL_MEMORY_BUDGET holds two of the
+three.
 """
 
 import asyncio
@@ -20,9 +22,9 @@ from tests.integration.sse import parse_sse
 
 DEFAULT, LAZY, SPARE = "smollm2-135m-instruct", "gemma3-270m", "smollm2-spare"
 KEY = "life-key"
-IDLE_S = 4
+IDLE_S = 15  # gemma3's idle timeout: short for the idle test, long enough for the budget test's steps
 MIB = 2**20
-BUDGET = 1536 * MIB  # default 512 MiB + gemma3 768 MiB fit; any third model does not
+BUDGET = 1536 * MIB  # default 512 MiB + gemma3 768 MiB, or + spare 512 MiB, fit; all three do not
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +32,8 @@ def app(tmp_path_factory):
     models = json.loads((ROOT / "models.json").read_text())["models"]
     default = {k: v for k, v in models[DEFAULT].items() if k != "autoscaling"}  # the default model: preloaded
     lazy = {k: v for k, v in models[LAZY].items() if k != "autoscaling"}  # min_replicas left to the default: 0
-    lazy.update(idle_timeout_s=IDLE_S, memory=768 * MIB, eviction="none")
-    spare = {**default, "memory": 512 * MIB, "eviction": "lru", "description": "a second SmolLM2 entry"}
+    lazy.update(idle_timeout_s=IDLE_S, memory=768 * MIB, eviction="lru")
+    spare = {**default, "memory": 512 * MIB, "eviction": "none", "description": "a second SmolLM2 entry"}
     path = tmp_path_factory.mktemp("life") / "models.json"
     path.write_text(json.dumps({"models": {DEFAULT: default, LAZY: lazy, SPARE: spare}}))
     env = {"API_KEYS": KEY, "MODEL_MEMORY_BUDGET": str(BUDGET), "DRAIN_TIMEOUT_S": "120"}
@@ -54,7 +56,7 @@ def state(app, model):
     return found["state"], found["replicas"]
 
 
-def wait_for(app, model, wanted, polls=600):
+def wait_for(app, model, wanted, polls=300):
     for _ in range(polls):  # bounded: at most `polls` listings
         current = state(app, model)
         if current == wanted:
@@ -105,27 +107,29 @@ def wait_for_loads(app, model, wanted, polls=60) -> float:
 
 
 def test_explicit_load_and_unload_are_idempotent_and_free_the_process(app):
-    loaded = call(app, "POST", "/api/v1/models/load", {"model": LAZY})
-    assert loaded.status_code == 200 and loaded.json() == {"model": LAZY, "state": "ready", "replicas": 1,
-                                                          "disabled": False}
-    again = call(app, "POST", "/api/v1/models/load", {"model": LAZY})
-    assert again.status_code == 200 and again.json()["state"] == "ready"
-    assert entry(app, LAZY)["resident_memory_bytes"] > 50 * MIB
-
-    unloaded = call(app, "POST", "/api/v1/models/unload", {"model": LAZY})
-    assert unloaded.status_code == 200 and unloaded.json()["state"] == "unloaded" and unloaded.json()["replicas"] == 0
+    # gemma3, loaded again by the test above, would leave no room for SPARE in the budget.
     assert call(app, "POST", "/api/v1/models/unload", {"model": LAZY}).json()["state"] == "unloaded"
-    assert entry(app, LAZY)["resident_memory_bytes"] is None
+    loaded = call(app, "POST", "/api/v1/models/load", {"model": SPARE})
+    assert loaded.status_code == 200 and loaded.json() == {"model": SPARE, "state": "ready", "replicas": 1,
+                                                          "disabled": False}
+    again = call(app, "POST", "/api/v1/models/load", {"model": SPARE})
+    assert again.status_code == 200 and again.json()["state"] == "ready"
+    assert entry(app, SPARE)["resident_memory_bytes"] > 50 * MIB
+
+    unloaded = call(app, "POST", "/api/v1/models/unload", {"model": SPARE})
+    assert unloaded.status_code == 200 and unloaded.json()["state"] == "unloaded" and unloaded.json()["replicas"] == 0
+    assert call(app, "POST", "/api/v1/models/unload", {"model": SPARE}).json()["state"] == "unloaded"
+    assert entry(app, SPARE)["resident_memory_bytes"] is None
 
     # Not waiting: 202 with the state, then the model gets there.
-    accepted = call(app, "POST", "/api/v1/models/load", {"model": LAZY, "wait": False})
+    accepted = call(app, "POST", "/api/v1/models/load", {"model": SPARE, "wait": False})
     assert accepted.status_code == 202 and accepted.json()["state"] == "loading"
-    assert wait_for(app, LAZY, ("ready", 1)) == ("ready", 1)
-    replica_pid = _replica_pid(app, LAZY)
+    assert wait_for(app, SPARE, ("ready", 1)) == ("ready", 1)
+    replica_pid = _replica_pid(app, SPARE)
     assert pid_alive(replica_pid)
-    accepted = call(app, "POST", "/api/v1/models/unload", {"model": LAZY, "wait": False})
+    accepted = call(app, "POST", "/api/v1/models/unload", {"model": SPARE, "wait": False})
     assert accepted.status_code == 202 and accepted.json()["state"] == "unloading"
-    assert wait_for(app, LAZY, ("unloaded", 0)) == ("unloaded", 0)
+    assert wait_for(app, SPARE, ("unloaded", 0)) == ("unloaded", 0)
     for _ in range(100):  # the replica's process exits: its memory is back with the OS
         if not pid_alive(replica_pid):
             break
@@ -145,11 +149,11 @@ def test_unload_and_load_need_an_admin_key_and_a_known_model(app):
     assert made.status_code == 201
     user_key = made.json()["key"]
     for path in ("/api/v1/models/load", "/api/v1/models/unload"):
-        refused = call(app, "POST", path, {"model": LAZY}, key=user_key)
+        refused = call(app, "POST", path, {"model": SPARE}, key=user_key)
         assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_error"
         missing = call(app, "POST", path, {"model": "no-such-model"})
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
-        bad = call(app, "POST", path, {"model": LAZY, "unknown": 1})
+        bad = call(app, "POST", path, {"model": SPARE, "unknown": 1})
         assert bad.status_code == 400
 
 
@@ -178,11 +182,11 @@ def _stream_in_thread(app, model, max_tokens, out: dict):
 
 
 def test_unload_drains_a_live_stream_before_freeing(app):
-    assert call(app, "POST", "/api/v1/models/load", {"model": LAZY}).json()["state"] == "ready"
+    assert call(app, "POST", "/api/v1/models/load", {"model": SPARE}).json()["state"] == "ready"
     out: dict = {}
-    thread = _stream_in_thread(app, LAZY, 120, out)
+    thread = _stream_in_thread(app, SPARE, 120, out)
     assert "first_at" in out
-    unloaded = call(app, "POST", "/api/v1/models/unload", {"model": LAZY})
+    unloaded = call(app, "POST", "/api/v1/models/unload", {"model": SPARE})
     answered_at = time.monotonic()
     thread.join()
     assert unloaded.status_code == 200 and unloaded.json()["state"] == "unloaded"
@@ -194,42 +198,44 @@ def test_unload_drains_a_live_stream_before_freeing(app):
 
 
 def test_forced_unload_cancels_in_flight_work_with_a_clear_error(app):
-    assert call(app, "POST", "/api/v1/models/load", {"model": LAZY}).json()["state"] == "ready"
+    assert call(app, "POST", "/api/v1/models/load", {"model": SPARE}).json()["state"] == "ready"
     out: dict = {}
-    thread = _stream_in_thread(app, LAZY, 1500, out)
+    thread = _stream_in_thread(app, SPARE, 1500, out)
     assert "first_at" in out
-    unloaded = call(app, "POST", "/api/v1/models/unload", {"model": LAZY, "force": True})
+    unloaded = call(app, "POST", "/api/v1/models/unload", {"model": SPARE, "force": True})
     thread.join()
     assert unloaded.status_code == 200 and unloaded.json()["state"] == "unloaded"
     errors = [e["error"] for e in out["events"] if "error" in e]
-    assert errors and errors[0]["code"] == "model_unloaded" and LAZY in errors[0]["message"]
-    assert complete(app, LAZY).status_code == 200  # the next request loads it again
+    assert errors and errors[0]["code"] == "model_unloaded" and SPARE in errors[0]["message"]
+    assert complete(app, SPARE).status_code == 200  # the next request loads it again
 
 
 def test_a_disabled_model_is_refused_until_loaded(app):
-    off = call(app, "POST", "/api/v1/models/unload", {"model": LAZY, "disable": True})
+    off = call(app, "POST", "/api/v1/models/unload", {"model": SPARE, "disable": True})
     assert off.status_code == 200 and off.json()["disabled"] is True and off.json()["replicas"] == 0
-    refused = complete(app, LAZY)
+    refused = complete(app, SPARE)
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "model_disabled"
-    assert state(app, LAZY) == ("unloaded", 0)  # the refused request did not load it
-    assert call(app, "POST", "/api/v1/models/load", {"model": LAZY}).json()["disabled"] is False
-    assert complete(app, LAZY).status_code == 200
+    assert state(app, SPARE) == ("unloaded", 0)  # the refused request did not load it
+    assert call(app, "POST", "/api/v1/models/load", {"model": SPARE}).json()["disabled"] is False
+    assert complete(app, SPARE).status_code == 200
 
 
 def test_memory_budget_evicts_lru_or_refuses(app):
-    assert call(app, "POST", "/api/v1/models/load", {"model": LAZY}).json()["state"] == "ready"
-    assert state(app, SPARE) == ("unloaded", 0)
-    # SPARE (eviction "lru") does not fit beside DEFAULT and LAZY: the idle LAZY goes first.
-    r = complete(app, SPARE)
+    assert call(app, "POST", "/api/v1/models/unload", {"model": LAZY}).json()["state"] == "unloaded"
+    assert call(app, "POST", "/api/v1/models/load", {"model": SPARE}).json()["state"] == "ready"
+    # LAZY (eviction "lru", 768 MiB) does not fit beside DEFAULT and SPARE: the idle SPARE goes first.
+    r = complete(app, LAZY)
     assert r.status_code == 200
-    assert state(app, LAZY) == ("unloaded", 0) and state(app, SPARE) == ("ready", 1)
+    assert state(app, SPARE) == ("unloaded", 0) and state(app, LAZY) == ("ready", 1)
     assert state(app, DEFAULT) == ("ready", 1)  # the default model is never evicted
-    # LAZY (eviction "none") does not fit now: refused with the figures, nothing loaded.
-    refused = complete(app, LAZY)
+    assert "evicting model smollm2-spare (least recently used) to load gemma3-270m" in app.log()
+    # SPARE (eviction "none", 512 MiB) does not fit now: refused with the figures, nothing loaded.
+    refused = complete(app, SPARE)
     assert refused.status_code == 409
     error = refused.json()["error"]
     assert error["code"] == "model_memory_budget_exceeded" and error["param"] == "model"
-    assert LAZY in error["message"] and "0.75 GiB" in error["message"] and "1.50 GiB" in error["message"]
-    assert state(app, LAZY) == ("unloaded", 0)
-    explicit = call(app, "POST", "/api/v1/models/load", {"model": LAZY})
+    assert SPARE in error["message"] and "needs 0.50 GiB" in error["message"] and "1.50 GiB" in error["message"]
+    assert "gemma3-270m 0.75 GiB" in error["message"]  # what holds the budget
+    assert state(app, SPARE) == ("unloaded", 0)
+    explicit = call(app, "POST", "/api/v1/models/load", {"model": SPARE})
     assert explicit.status_code == 409  # an explicit load is held to the same budget

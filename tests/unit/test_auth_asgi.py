@@ -21,7 +21,11 @@ BOOT = "unit-boot-key"
 
 
 class _Status:
-    async def states(self):
+    """ModelStatus without Ray Serve: no model has replicas."""
+
+    app_name, present, reasons = None, {}, {}
+
+    async def states(self, fresh=False):
         return {}
 
 

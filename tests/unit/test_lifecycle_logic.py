@@ -25,42 +25,52 @@ def ctx(current=1, target=1, requests=0.0, state=None):
 
 @pytest.fixture
 def control(monkeypatch):
-    record = {"value": Control(mode=None, at=0.0)}
+    """What the policy reads from the GCS: the control record and the replicas' reports."""
+    record = {"value": Control(mode=None, at=0.0), "reports": [{"in_flight": 0, "last_used": time.time()}]}
     monkeypatch.setattr(lifecycle, "read_control", lambda app, model: record["value"])
+    monkeypatch.setattr(lifecycle, "read_reports", lambda app, model: record["reports"])
     return record
 
 
 def decide(policy, context):
-    policy._control = (0.0, None)  # no caching between the calls of a test
+    policy._read_at = 0.0  # no caching between the calls of a test
     return policy(context)[0]
 
 
 def test_policy_keeps_the_floor_and_the_idle_timeout(control):
     preloaded = ModelScalingPolicy("m", floor=1, idle_timeout_s=300)
+    control["reports"] = [{"in_flight": 0, "last_used": time.time() - 1000}]
     assert decide(preloaded, ctx(current=1, requests=0)) == 1
     lazy = ModelScalingPolicy("m", floor=0, idle_timeout_s=300)
+    control["reports"] = []
     assert decide(lazy, ctx(current=0, target=0)) == 0  # never loads by itself
-    busy = ctx(current=1, requests=2)
-    assert decide(lazy, busy) >= 1
-    recent = ctx(current=1, requests=0, state={"last_busy": time.time() - 10})
-    assert decide(lazy, recent) == 1  # idle for 10 s of 300: kept
-    idle = ctx(current=1, requests=0, state={"last_busy": time.time() - 301})
-    assert decide(lazy, idle) == 0  # idle past the timeout: unloaded
+    assert decide(lazy, ctx(current=1, requests=0)) == 1  # started, no report yet: kept
+    control["reports"] = [{"in_flight": 1, "last_used": time.time() - 1000}]
+    assert decide(lazy, ctx(current=1, requests=0)) == 1  # a long request still running: kept
+    control["reports"] = [{"in_flight": 0, "last_used": time.time() - 10}]
+    assert decide(lazy, ctx(current=1, requests=0)) == 1  # idle for 10 s of 300: kept
+    control["reports"] = [{"in_flight": 0, "last_used": time.time() - 301}]
+    assert decide(lazy, ctx(current=1, requests=0)) == 0  # idle past the timeout: unloaded
 
 
 def test_policy_follows_the_control_record(control):
     policy = ModelScalingPolicy("m", floor=1, idle_timeout_s=300)
     control["value"] = Control(mode=lifecycle.UNLOADING)
+    control["reports"] = [{"in_flight": 1, "last_used": time.time()}]
     assert decide(policy, ctx(current=1, target=1, requests=1)) == 1  # draining: hold
+    control["reports"] = [{"in_flight": 0, "last_used": time.time()}]
+    assert decide(policy, ctx(current=1, target=1, requests=0.3)) == 1  # Ray still counts one: hold
     assert decide(policy, ctx(current=1, target=1, requests=0)) == 0  # drained: scale to zero
     control["value"] = Control(mode=lifecycle.UNLOADED)
     assert decide(policy, ctx(current=1, requests=0)) == 0  # even below the floor
     control["value"] = Control(mode=lifecycle.DISABLED)
     assert decide(policy, ctx(current=0, target=0)) == 0
     lazy = ModelScalingPolicy("m", floor=0, idle_timeout_s=300)
+    control["reports"] = []
     control["value"] = Control(mode=lifecycle.LOADED, at=time.time())
     assert decide(lazy, ctx(current=0, target=0)) == 1  # an explicit load starts a replica
     control["value"] = Control(mode=lifecycle.LOADED, at=time.time() - 400)
+    control["reports"] = [{"in_flight": 0, "last_used": time.time() - 400}]
     assert decide(lazy, ctx(current=1, requests=0)) == 0  # and the idle clock runs from it
 
 
