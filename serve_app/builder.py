@@ -32,8 +32,10 @@ def deployment_name(model: str) -> str:
 
 
 def model_actor_options(config: ModelConfig, footprint: Optional[int] = None, revision: Optional[str] = None) -> dict:
-    """Ray actor options of a model's replicas; `scripts.deploy` sends the same as overrides, so a
-    changed entry (a new revision) restarts that model's replicas and no other."""
+    """Ray actor options of a model's replicas. `scripts.deploy` sends them as overrides with the
+    entry's revision in the environment, so a changed entry restarts that model's replicas and no
+    other. The build itself sets no revision: a replica with its own runtime_env cannot use a
+    pre-started Ray worker, which costs ~0.7 s per cold start (docs/benchmarks.md)."""
     actor_options: dict[str, Any] = {"num_cpus": config.num_cpus}
     if footprint:  # Ray reserves the footprint: it never places a replica where it does not fit
         actor_options["memory"] = footprint
@@ -144,8 +146,7 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
     handles = {
         name: serve.deployment(
             ModelDeployment,
-            **_model_options(name, config, name == default_model, footprints[name], settings.drain_timeout_s,
-                             revisions[name]),
+            **_model_options(name, config, name == default_model, footprints[name], settings.drain_timeout_s),
         ).bind(name, config, context, hub)
         for name, config in models.models.items()
     }
