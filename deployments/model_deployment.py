@@ -235,6 +235,7 @@ class _Reporter:
                 })
             except Exception:  # the GCS unreachable for a moment: try again next tick
                 logger.debug("replica report failed", exc_info=True)
+            self._stop.wait(0.05)  # at most ~20 reports a second however busy the replica is
         try:
             lifecycle.forget_report(self.app, model, self.replica_id)
         except Exception:

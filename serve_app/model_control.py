@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Optional
+from typing import Optional
 
 from deployments import lifecycle
 from deployments.errors import InsufficientMemory, ModelDisabled, ModelUnavailable
@@ -72,7 +72,7 @@ class ModelControl:
         times = [r["last_used"] for r in reports if r.get("last_used")] + [self._last_used.get(model, 0.0)]
         return max(times) or None
 
-    async def views(self, handles: Optional[dict[str, Any]] = None) -> dict[str, ModelView]:
+    async def views(self) -> dict[str, ModelView]:
         """Serve's states plus what the replicas report (never a call to a replica: that would
         count as use and keep an idle model loaded): `unloading` while an unload is in progress,
         disabled, last use, in flight and memory summed over the replicas, why it failed."""
@@ -162,14 +162,10 @@ class ModelControl:
             if not size or model == self.router.default_model:
                 continue
             reports = await self.reports(model)
-            if await self._busy(model, reports):
+            if any(r.get("in_flight") for r in reports):  # replicas report at once when one starts or ends
                 continue
             candidates.append((self.last_used(model, reports) or 0.0, model))
         return [model for _, model in sorted(candidates)]
-
-    async def _busy(self, model: str, reports: list[dict]) -> bool:
-        """Requests in flight on any replica (replicas report at once when one starts or ends)."""
-        return any(r.get("in_flight") for r in reports)
 
     # -- admin commands -------------------------------------------------------------------
 

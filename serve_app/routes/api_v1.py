@@ -139,8 +139,7 @@ async def models(request: Request, principal: Principal = Depends(require_key)):
 
 
 async def _views(request: Request) -> dict[str, ModelView]:
-    handles = {name: entry.handle for name, entry in request.app.state.router.entries.items()}
-    return await request.app.state.control.views(handles)
+    return await request.app.state.control.views()
 
 
 async def _model_state(request: Request, name: str) -> ModelStateResponse:

@@ -148,8 +148,7 @@ async def embeddings(body: EmbeddingRequest, request: Request, _: Principal = De
 async def list_models(request: Request, principal: Principal = Depends(require_key)):
     created = request.app.state.started_at
     ids = [i for i in request.app.state.router.model_ids() if principal.may_use(i.partition(":")[0])]
-    handles = {name: entry.handle for name, entry in request.app.state.router.entries.items()}
-    views = await request.app.state.control.views(handles)
+    views = await request.app.state.control.views()
     cards = []
     for model_id in ids:
         view = views.get(model_id.partition(":")[0])
