@@ -29,6 +29,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortTaken(RuntimeError):
+    """`serve run` could not bind the port picked for it."""
+
+
 class ServeProcess:
     def __init__(self, env: Optional[dict] = None, args: Optional[dict] = None, log_path: Optional[Path] = None):
         self.port = free_port()
@@ -43,9 +47,23 @@ class ServeProcess:
         return render_config("127.0.0.1", self.port, self.args)
 
     def start(self, ready_models: tuple[str, ...] = (), timeout_s: float = 300,
-              answering_only: bool = False) -> "ServeProcess":
+              answering_only: bool = False, attempts: int = 3) -> "ServeProcess":
         """Wait until every model in `ready_models` (default: all) is ready, or with
-        `answering_only` until the ingress answers at all."""
+        `answering_only` until the ingress answers at all.
+
+        The port is picked free before `serve run` binds it, so another process (Ray starts many,
+        on random ports) can take it in between: then the run fails to bind and is started again
+        on a new port."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(ready_models, timeout_s, answering_only)
+            except PortTaken:
+                if attempt == attempts:
+                    raise
+                self.port = free_port()
+                self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def _start_once(self, ready_models: tuple[str, ...], timeout_s: float, answering_only: bool) -> "ServeProcess":
         serve_bin = Path(sys.executable).parent / "serve"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
@@ -56,7 +74,14 @@ class ServeProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"serve run exited ({self.proc.returncode}); log: {self.log_path}\n{self.log()[-3000:]}")
+                log = self.log()
+                if f"Failed to bind to address '127.0.0.1:{self.port}'" in log:
+                    try:  # whatever of its Ray instance is left in its session goes too
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    raise PortTaken(self.port)
+                raise RuntimeError(f"serve run exited ({self.proc.returncode}); log: {self.log_path}\n{log[-3000:]}")
             try:
                 states = httpx.get(self.base_url + "/api/v1/health", timeout=5).json().get("models", {})
                 # Named models must be ready; otherwise every model settled (lazy ones may stay unloaded).
