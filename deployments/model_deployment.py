@@ -99,6 +99,7 @@ class ModelDeployment:
         self.cancel_before = 0.0  # a forced unload at this time stops generations started before it
         logger.info("model loaded", extra={"model": model_name, "load_time_s": round(self.load_time_s, 3)})
         self._reporter = _Reporter(self, context.memory_alert_percent)
+        await self._reporter.published()  # listed with its figures as soon as Serve calls it ready
         # In the background: readiness does not wait for the metrics hub.
         self._load_report = None if metrics_hub is None else asyncio.get_running_loop().create_task(
             report_load(metrics_hub, ModelLoadEvent(model_name, True, self.load_time_s))
@@ -128,7 +129,7 @@ class ModelDeployment:
             raise BackendFailure("the model failed to generate a response") from error
         finally:
             self.in_flight -= 1
-            self._reporter.poke()
+            await self._reporter.published()
 
     def count_message_tokens(self, messages: list[dict]) -> list[int]:
         """Per message: its content's tokens plus a few for the role markers of a chat template."""
@@ -148,7 +149,7 @@ class ModelDeployment:
             raise BackendFailure("the model failed to compute embeddings") from error
         finally:
             self.in_flight -= 1
-            self._reporter.poke()
+            await self._reporter.published()
 
     def info(self) -> dict:
         return {
@@ -204,18 +205,38 @@ def current_entry(context: ReplicaContext, model_name: str, bound: ModelConfig) 
 
 
 class _Reporter:
-    """A thread per replica: publishes the replica's report, applies forced unloads, and warns
-    once when the node's memory use passes MEMORY_ALERT_PERCENT."""
+    """Publishes the replica's report: from a thread twice a second (which also applies forced
+    unloads and warns once when the node's memory use passes MEMORY_ALERT_PERCENT), and from the
+    request path when a request ends, so a listing right after a response is exact."""
 
     def __init__(self, replica: ModelDeployment, alert_percent: float):
         self.replica = replica
         self.alert_percent = alert_percent
         self.alerting = False
+        self.node_memory = node_memory()
         self.app, self.replica_id = _replica_identity()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._lock = threading.Lock()  # the report is built under it: the last write is the newest
         if self.replica_id is not None:  # outside Serve (unit use) nothing is published
             threading.Thread(target=self._run, name="aicore-reporter", daemon=True).start()
+
+    def publish(self) -> None:
+        if self.replica_id is None:
+            return
+        with self._lock:
+            total, available = self.node_memory
+            lifecycle.publish_report(self.app, self.replica.model_name, self.replica_id, {
+                **self.replica.report(), "node_memory_total": total, "node_memory_available": available,
+                "memory_alert": self.alerting,
+            })
+
+    async def published(self) -> None:
+        """Publish from the request path (a GCS write, off the event loop); never fails a request."""
+        try:
+            await asyncio.to_thread(self.publish)
+        except BaseException:  # cancelled or the GCS unreachable: the thread publishes soon anyway
+            self.poke()
 
     def _run(self) -> None:
         model = self.replica.model_name
@@ -226,16 +247,11 @@ class _Reporter:
                 control = lifecycle.read_control(self.app, model)
                 if control.mode == lifecycle.UNLOADING and control.force:
                     self.replica.cancel_before = max(self.replica.cancel_before, control.at)
-                total, available = node_memory()
-                used_percent = 100.0 * (total - available) / total
-                self._alert(used_percent)
-                lifecycle.publish_report(self.app, model, self.replica_id, {
-                    **self.replica.report(), "node_memory_total": total, "node_memory_available": available,
-                    "memory_alert": self.alerting,
-                })
+                self.node_memory = total, available = node_memory()
+                self._alert(100.0 * (total - available) / total)
+                self.publish()
             except Exception:  # the GCS unreachable for a moment: try again next tick
                 logger.debug("replica report failed", exc_info=True)
-            self._stop.wait(0.05)  # at most ~20 reports a second however busy the replica is
         try:
             lifecycle.forget_report(self.app, model, self.replica_id)
         except Exception:
