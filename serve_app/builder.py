@@ -47,8 +47,8 @@ def model_actor_options(config: ModelConfig, footprint: Optional[int] = None, re
 
 
 def _model_options(name: str, config: ModelConfig, is_default: bool, footprint: Optional[int] = None,
-                   drain_timeout_s: float = 300, revision: Optional[str] = None) -> dict:
-    actor_options = model_actor_options(config, footprint, revision)
+                   drain_timeout_s: float = 300) -> dict:
+    actor_options = model_actor_options(config, footprint)
     scaling = config.autoscaling
     floor = config.min_replicas(is_default)
     policy = AutoscalingPolicy(policy_function=ModelScalingPolicy,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Optional
+from typing import Awaitable, Callable, Optional
 
 from deployments import lifecycle
 from deployments.errors import InsufficientMemory, ModelDisabled, ModelUnavailable
@@ -114,17 +114,19 @@ class ModelControl:
             await self.ensure_fits(name)
 
     async def _wait_unloaded(self, name: str) -> None:
-        deadline = time.monotonic() + self.settings.drain_timeout_s + self.settings.request_timeout_s
-        while time.monotonic() < deadline:
+        async def over() -> bool:
             control = await self.control(name, fresh=True)
-            if control.mode not in (lifecycle.UNLOADING, lifecycle.UNLOADED):
-                return
             if control.mode == lifecycle.UNLOADED:
-                await self.replicas(name)
-                if self.status.present.get(name, 0) == 0:
-                    return
-            await asyncio.sleep(POLL_S)
-        raise ModelUnavailable(f"model {name!r} is still being unloaded")
+                return await self._gone(name)
+            return control.mode != lifecycle.UNLOADING
+
+        if not await _poll(over, self.settings.drain_timeout_s + self.settings.request_timeout_s):
+            raise ModelUnavailable(f"model {name!r} is still being unloaded")
+
+    async def _gone(self, name: str) -> bool:
+        """No replica process left (starting and stopping ones count too)."""
+        await self.replicas(name)  # refreshes status.present
+        return self.status.present.get(name, 0) == 0
 
     # -- the memory budget ----------------------------------------------------------------
 
@@ -184,15 +186,15 @@ class ModelControl:
         self._last_used[name] = time.time()
         if not wait:
             return "loading", 0
-        deadline = time.monotonic() + self.settings.request_timeout_s
-        while time.monotonic() < deadline:
-            state, running = await self.replicas(name)
-            if state == "ready":
-                return state, running
+        async def ready() -> bool:
+            state, _ = await self.replicas(name)
             if state == "failed":
                 raise ModelUnavailable(f"model {name!r} failed to load; see the Ray Serve logs")
-            await asyncio.sleep(POLL_S)
-        raise ModelUnavailable(f"model {name!r} did not load within {self.settings.request_timeout_s:g}s")
+            return state == "ready"
+
+        if not await _poll(ready, self.settings.request_timeout_s):
+            raise ModelUnavailable(f"model {name!r} did not load within {self.settings.request_timeout_s:g}s")
+        return await self.replicas(name)
 
     def start_unload(self, name: str, force: bool = False, disable: bool = False) -> None:
         task = asyncio.create_task(self.unload(name, force=force, disable=disable))
@@ -208,23 +210,23 @@ class ModelControl:
                 await self._set(name, final)
             return "unloaded", 0
         await self._set(name, Control(mode=lifecycle.UNLOADING, force=force))
-        if not await self._until_gone(name, self.settings.drain_timeout_s) and not force:
+        if not await _poll(lambda: self._gone(name), self.settings.drain_timeout_s) and not force:
             logger.warning("unload of %s: requests still running after DRAIN_TIMEOUT_S %ss; cancelling them",
                            name, self.settings.drain_timeout_s)
             await self._set(name, Control(mode=lifecycle.UNLOADING, force=True))
-            await self._until_gone(name, self.settings.drain_timeout_s)
+            await _poll(lambda: self._gone(name), self.settings.drain_timeout_s)
         await self._set(name, final)
         state, running = await self.replicas(name)
         if running:
             raise ModelUnavailable(f"model {name!r} did not unload in time; see the Ray Serve logs")
         return "unloaded", 0
 
-    async def _until_gone(self, name: str, timeout_s: float) -> bool:
-        """Wait until the model has no replica processes (Ray drains them, then stops them)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            await self.replicas(name)
-            if self.status.present.get(name, 0) == 0:
-                return True
-            await asyncio.sleep(POLL_S)
-        return False
+
+async def _poll(check: Callable[[], Awaitable[bool]], timeout_s: float) -> bool:
+    """Call `check` every POLL_S until it says True (-> True) or `timeout_s` passes (-> False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(POLL_S)
+    return False

@@ -1,6 +1,10 @@
-"""Strict SSE framing check used by the streaming tests."""
+"""Strict SSE framing check used by the streaming tests, and a stream on a thread."""
 
 import json
+import threading
+import time
+
+import httpx
 
 
 def parse_sse(body: str) -> list:
@@ -16,3 +20,30 @@ def parse_sse(body: str) -> list:
         events.append(payload if payload == "[DONE]" else json.loads(payload))
     assert events.count("[DONE]") == 1 and events[-1] == "[DONE]", "stream must end with exactly one [DONE]"
     return events[:-1]
+
+
+def stream_in_thread(base_url: str, key: str, model: str, max_tokens: int, out: dict):
+    """Start a greedy streamed completion on a thread and return it once the first bytes arrived.
+
+    `out` gets `status`, `first_at`, and when the stream ends its parsed `events` and `ended_at`
+    (time.monotonic()), so a test can order the stream's end against something else."""
+    def run():
+        body = {"model": model, "prompt": "Once upon a time", "max_tokens": max_tokens, "stream": True,
+                "ignore_eos": True, "temperature": 0}
+        with httpx.stream("POST", base_url + "/v1/completions", json=body, headers={"X-API-Key": key},
+                          timeout=600) as r:
+            out["status"], text = r.status_code, ""
+            for piece in r.iter_text():
+                text += piece
+                out.setdefault("first_at", time.monotonic())
+            out["events"] = parse_sse(text)
+            out["ended_at"] = time.monotonic()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    for _ in range(1200):  # bounded wait for the first streamed bytes
+        if "first_at" in out or not thread.is_alive():
+            break
+        time.sleep(0.05)
+    assert "first_at" in out, out
+    return thread

@@ -5,7 +5,6 @@ in-flight stream finishes on the old replica, and the other model streams on und
 import json
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 from scripts.run_server import render_config
 from scripts.serve_process import ROOT, free_port
 from tests.integration.cluster import LocalCluster
-from tests.integration.sse import parse_sse
+from tests.integration.sse import stream_in_thread
 
 DEFAULT, SWAPPED = "smollm2-135m-instruct", "gemma3-270m"
 KEY = "swap-key"
@@ -68,27 +67,6 @@ def app(tmp_path_factory):
         cluster.stop()
 
 
-def stream(app, model, max_tokens, out):
-    def run():
-        body = {"model": model, "prompt": "Once upon a time", "max_tokens": max_tokens, "stream": True,
-                "ignore_eos": True, "temperature": 0}
-        with httpx.stream("POST", app.base_url + "/v1/completions", json=body, headers={"X-API-Key": KEY},
-                          timeout=600) as r:
-            out["status"], text = r.status_code, ""
-            for piece in r.iter_text():
-                text, out["started"] = text + piece, True
-            out["events"] = parse_sse(text)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    for _ in range(1200):  # bounded wait for the first streamed bytes
-        if out.get("started") or not thread.is_alive():
-            break
-        time.sleep(0.05)
-    assert out.get("started"), out
-    return thread
-
-
 def finished_cleanly(out) -> bool:
     chunks = [e for e in out["events"] if "choices" in e]
     return (out["status"] == 200 and not any("error" in e for e in out["events"])
@@ -98,8 +76,8 @@ def finished_cleanly(out) -> bool:
 def test_one_model_is_replaced_while_both_stream(app):
     kept_pid, old_pid = app.entry(DEFAULT)["pid"], app.entry(SWAPPED)["pid"]
     kept_out, swapped_out = {}, {}
-    kept = stream(app, DEFAULT, 500, kept_out)
-    swapped = stream(app, SWAPPED, 300, swapped_out)
+    kept = stream_in_thread(app.base_url, KEY, DEFAULT, 500, kept_out)
+    swapped = stream_in_thread(app.base_url, KEY, SWAPPED, 300, swapped_out)
 
     app.models[SWAPPED] = {**app.models[SWAPPED], "description": "gemma3, swapped", "default_max_tokens": 7}
     app.write()

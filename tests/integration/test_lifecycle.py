@@ -11,14 +11,13 @@ three.
 import asyncio
 import json
 import os
-import threading
 import time
 
 import httpx
 import pytest
 
 from scripts.serve_process import ROOT, ServeProcess
-from tests.integration.sse import parse_sse
+from tests.integration.sse import stream_in_thread
 
 DEFAULT, LAZY, SPARE = "smollm2-135m-instruct", "gemma3-270m", "smollm2-spare"
 KEY = "life-key"
@@ -157,35 +156,10 @@ def test_unload_and_load_need_an_admin_key_and_a_known_model(app):
         assert bad.status_code == 400
 
 
-def _stream_in_thread(app, model, max_tokens, out: dict):
-    """A streamed completion on a thread; `out` gets its events (or the error) when it ends."""
-    def run():
-        body = {"model": model, "prompt": "Once upon a time", "max_tokens": max_tokens, "stream": True,
-                "ignore_eos": True, "temperature": 0}
-        with httpx.stream("POST", app.base_url + "/v1/completions", json=body, headers={"X-API-Key": KEY},
-                          timeout=600) as r:
-            out["status"] = r.status_code
-            text = ""
-            for piece in r.iter_text():
-                text += piece
-                out.setdefault("first_at", time.monotonic())
-            out["events"] = parse_sse(text)
-            out["ended_at"] = time.monotonic()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    for _ in range(1200):  # bounded wait for the first streamed bytes
-        if "first_at" in out or not thread.is_alive():
-            break
-        time.sleep(0.05)
-    return thread
-
-
 def test_unload_drains_a_live_stream_before_freeing(app):
     assert call(app, "POST", "/api/v1/models/load", {"model": SPARE}).json()["state"] == "ready"
     out: dict = {}
-    thread = _stream_in_thread(app, SPARE, 120, out)
-    assert "first_at" in out
+    thread = stream_in_thread(app.base_url, KEY, SPARE, 120, out)
     unloaded = call(app, "POST", "/api/v1/models/unload", {"model": SPARE})
     answered_at = time.monotonic()
     thread.join()
@@ -200,8 +174,7 @@ def test_unload_drains_a_live_stream_before_freeing(app):
 def test_forced_unload_cancels_in_flight_work_with_a_clear_error(app):
     assert call(app, "POST", "/api/v1/models/load", {"model": SPARE}).json()["state"] == "ready"
     out: dict = {}
-    thread = _stream_in_thread(app, SPARE, 1500, out)
-    assert "first_at" in out
+    thread = stream_in_thread(app.base_url, KEY, SPARE, 1500, out)
     unloaded = call(app, "POST", "/api/v1/models/unload", {"model": SPARE, "force": True})
     thread.join()
     assert unloaded.status_code == 200 and unloaded.json()["state"] == "unloaded"
