@@ -23,8 +23,9 @@ class AutoscalingConfig(BaseModel):
         "Default: 1 for the default model and models with preload, else 0.",
     )
     max_replicas: int = Field(1, ge=1, description="Upper bound on replicas for this model.")
-    target_ongoing_requests: float = Field(
-        8, gt=0, description="Ongoing requests per replica that the autoscaler aims for."
+    target_ongoing_requests: Optional[float] = Field(
+        None, gt=0, description="Ongoing requests (running plus queued) per replica that the autoscaler aims "
+        "for. Default: the model's `parallel` slots for gguf models (a queue starts another replica), else 8."
     )
     downscale_delay_s: float = Field(
         300, ge=0, description="Seconds of low load before one of several replicas is removed "
@@ -88,7 +89,33 @@ class ModelConfig(BaseModel):
     description: Optional[str] = Field(None, description="Free text shown in model listings.")
     num_cpus: float = Field(0.1, gt=0, description="Ray CPUs reserved per replica (fractional allowed).")
     memory: Optional[int] = Field(None, ge=0, description="Ray memory (bytes) reserved per replica.")
-    max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica accepts at once.")
+    max_ongoing_requests: Optional[int] = Field(
+        None, ge=1, description="Requests one replica accepts at once (running plus waiting). Default: "
+        "for gguf models `parallel` + `max_queued` + 8 (so the engine, not Ray, holds the queue), else 64."
+    )
+    parallel: Optional[int] = Field(
+        None, ge=1, le=256, description="gguf: sequences one replica decodes together (llama.cpp sequence "
+        "slots, `context_length` tokens of KV cache each). Default: as many as `kv_cache_budget` holds, at most 16."
+    )
+    kv_cache_budget: str = Field(
+        "1GiB", description="gguf: KV-cache memory that sizes the default `parallel` (e.g. `1GiB`, `4GiB`)."
+    )
+    max_queued: int = Field(
+        256, ge=0, description="gguf: requests one replica holds waiting for a slot; past it (or past an "
+        "estimated wait of `max_queue_wait_s`) a request is answered 503 with Retry-After at once."
+    )
+    max_queue_wait_s: Optional[float] = Field(
+        None, gt=0, description="gguf: refuse a request whose estimated wait for a slot passes this. "
+        "Default: REQUEST_TIMEOUT_S (waiting longer would time out anyway)."
+    )
+    interactive_reserve: Optional[int] = Field(
+        None, ge=0, description="gguf: slots that `batch`-priority work never takes, kept for interactive "
+        "requests. Default: 1 when `parallel` >= 2, else 0."
+    )
+    batch_tokens: int = Field(
+        512, ge=16, le=8192, description="gguf: tokens per engine step (one llama_decode): the next token "
+        "of every sequence plus prompt chunks; a longer prompt is prefilled over several steps."
+    )
     preload: bool = Field(False, description="Keep one replica loaded even when idle (min_replicas 1).")
     eviction: Optional[Literal["none", "lru"]] = Field(
         None, description="When loading this model would pass MODEL_MEMORY_BUDGET: `lru` unloads the least "
@@ -106,6 +133,19 @@ class ModelConfig(BaseModel):
         ),
     )
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+
+    def slots_hint(self) -> int:
+        """Slots a replica has, as far as is known before it loads (auto sizing: at most 16)."""
+        return self.parallel or 16 if self.type == "gguf" else 1
+
+    def ongoing_limit(self) -> int:
+        if self.max_ongoing_requests is not None:
+            return self.max_ongoing_requests
+        return self.slots_hint() + self.max_queued + 8 if self.type == "gguf" else 64
+
+    def reserve(self, parallel: int) -> int:
+        reserve = self.interactive_reserve if self.interactive_reserve is not None else (1 if parallel >= 2 else 0)
+        return min(reserve, max(0, parallel - 1))
 
     def min_replicas(self, is_default: bool) -> int:
         if self.autoscaling.min_replicas is not None:

@@ -100,3 +100,26 @@ class RequestCancelled(AICoreError):
     """The client withdrew the request (a WebSocket `cancel`); nginx's 499 "client closed request"."""
 
     status, type, code = 499, "invalid_request_error", "cancelled"
+
+
+class Overloaded(AICoreError):
+    """Every slot is busy and the waiting room is full (or the wait would pass the timeout):
+    answered at once with 503 and a Retry-After computed from the queue, never a silent wait."""
+
+    status, type, code = 503, "overloaded_error", "model_overloaded"
+
+    def __init__(self, message: str, *, param: Optional[str] = None, code: Optional[str] = None,
+                 retry_after: int = 1):
+        super().__init__(message, param=param, code=code)
+        self.retry_after = max(1, int(retry_after))
+
+    @property
+    def headers(self) -> dict:
+        return {"Retry-After": str(self.retry_after)}
+
+    def __reduce__(self):
+        return (_rebuild_overloaded, (type(self), self.message, self.param, self.code, self.retry_after))
+
+
+def _rebuild_overloaded(cls, message, param, code, retry_after):
+    return cls(message, param=param, code=code, retry_after=retry_after)

@@ -51,7 +51,22 @@ def footprint(config: ModelConfig, cache_dir: Path, config_dir: Optional[Path]) 
     if size is None:
         return None
     fp32_factor = 2 if config.type == "transformers" and config.dtype in ("auto", "float32") else 1
-    return size * fp32_factor + config.context_length * KV_BYTES_PER_CONTEXT_TOKEN + RUNTIME_OVERHEAD_BYTES
+    return size * fp32_factor + kv_cache_bytes(config, cache_dir, config_dir) + RUNTIME_OVERHEAD_BYTES
+
+
+def kv_cache_bytes(config: ModelConfig, cache_dir: Path, config_dir: Optional[Path]) -> int:
+    """KV cache of every slot: a GGUF replica holds `parallel` contexts (sized from the file's metadata)."""
+    if config.type != "gguf":
+        return config.context_length * KV_BYTES_PER_CONTEXT_TOKEN
+    from deployments.engine.sizing import auto_parallel, kv_bytes_per_token, read_gguf_metadata
+
+    try:
+        per_token = kv_bytes_per_token(read_gguf_metadata(str(resolve_weights(config.path, cache_dir, config_dir))))
+    except Exception:  # not assembled yet, unreadable: the generous figure
+        per_token = None
+    per_token = per_token or KV_BYTES_PER_CONTEXT_TOKEN
+    slots = config.parallel or auto_parallel(per_token, config.context_length, parse_size(config.kv_cache_budget))
+    return slots * config.context_length * per_token
 
 
 def node_memory() -> tuple[int, int]:

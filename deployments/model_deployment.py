@@ -37,6 +37,7 @@ class ReplicaContext:
     log_dir: Optional[str] = None
     memory_alert_percent: float = 90.0
     config_path: Optional[str] = None  # models.json: a replica started by a redeploy reads its entry there
+    request_timeout_s: float = 300.0  # the ingress's wait for a first token: longer queue waits are refused
 
 
 def _rss_bytes() -> int:
@@ -63,6 +64,7 @@ def _load_backend(model_name: str, config: ModelConfig, context: ReplicaContext)
     tokenizer = resolve_weights(config.tokenizer, cache_dir, config_dir) if config.tokenizer else None
     backend = get_backend(config.type, config.task)(model_name, config, weights, tokenizer)
     backend.cache_dir = cache_dir
+    backend.request_timeout_s = context.request_timeout_s
     if config.adapters and not backend.supports_adapters:
         raise ValueError(f"model {model_name!r}: backend {config.type!r} does not serve adapters")
     backend.adapter_paths = {
@@ -161,6 +163,7 @@ class ModelDeployment:
             "cancelled": self.backend.cancelled,
             "rss_bytes": _rss_bytes(),
             "adapters": self.backend.loaded_adapters(),
+            "engine": self.backend.engine_report(),
             "node_id": _node_id(),
             "pid": os.getpid(),
         }

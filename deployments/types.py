@@ -33,6 +33,7 @@ class GenerationRequest:
     messages: Optional[tuple[dict, ...]] = None
     key_id: Optional[str] = None
     adapter: Optional[str] = None  # a LoRA adapter of the model (`"model": "<model>:<adapter>"`)
+    priority: str = "interactive"  # or "batch": waits behind interactive work, never takes the reserved slots
 
 
 @dataclass

@@ -57,14 +57,17 @@ def _model_options(name: str, config: ModelConfig, is_default: bool, footprint: 
     return {
         "name": deployment_name(name),
         "ray_actor_options": actor_options,
-        "max_ongoing_requests": config.max_ongoing_requests,
+        "max_ongoing_requests": config.ongoing_limit(),
+        # Past every replica's limit Ray queues at the caller; past this bound it refuses at once (a 503).
+        "max_queued_requests": config.max_queued if config.type == "gguf" else -1,
         "health_check_period_s": 10,
         "graceful_shutdown_timeout_s": drain_timeout_s,  # a replaced replica finishes its streams
         "autoscaling_config": RayAutoscaling(
             min_replicas=0,
             initial_replicas=floor,
             max_replicas=scaling.max_replicas,
-            target_ongoing_requests=scaling.target_ongoing_requests,
+            target_ongoing_requests=scaling.target_ongoing_requests or (
+                config.slots_hint() if config.type == "gguf" else 8),
             downscale_delay_s=scaling.downscale_delay_s,
             downscale_to_zero_delay_s=0,  # the policy counts idle_timeout_s itself
             metrics_interval_s=1,
@@ -136,6 +139,7 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         log_dir=settings.log_dir,
         memory_alert_percent=settings.memory_alert_percent,
         config_path=str(config_path),
+        request_timeout_s=settings.request_timeout_s,
     )
     footprints = {name: footprint(config, Path(context.cache_dir), config_path.parent)
                   for name, config in models.models.items()}
@@ -156,7 +160,7 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         name="ingress",
         num_replicas=settings.ingress_replicas,
         ray_actor_options={"num_cpus": 0.1},
-        max_ongoing_requests=256,
+        max_ongoing_requests=1024,  # streams mostly wait on the models: an ingress replica holds many
         user_config={"revisions": revisions},  # scripts.deploy changes it: the ingress re-reads models.json
     )
     specs = {

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.errors import AICoreError, InvalidRequest, ModelUnavailable
+from deployments.errors import AICoreError, InvalidRequest, ModelUnavailable, Overloaded
 from serve_app.logs import request_id_var
 
 logger = logging.getLogger("aicore.errors")
@@ -20,16 +20,27 @@ logger = logging.getLogger("aicore.errors")
 
 def _ray_unavailable(exc: BaseException) -> bool:
     try:
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+        from ray.serve.exceptions import DeploymentUnavailableError
     except ImportError:  # pragma: no cover - ray is a dependency
         return False
-    return isinstance(exc, (BackPressureError, DeploymentUnavailableError))
+    return isinstance(exc, DeploymentUnavailableError)
+
+
+def _ray_backpressure(exc: BaseException) -> bool:
+    """Ray Serve refused the request at the handle: the deployment's `max_queued_requests` is full."""
+    try:
+        from ray.serve.exceptions import BackPressureError
+    except ImportError:  # pragma: no cover - ray is a dependency
+        return False
+    return isinstance(exc, BackPressureError)
 
 
 def to_aicore_error(exc: BaseException) -> AICoreError:
     """Classify by type (Ray re-raises a replica's AICoreError as a subclass of it)."""
     if isinstance(exc, AICoreError):
         return exc
+    if _ray_backpressure(exc):
+        return Overloaded("the model is overloaded: every replica's queue is full; retry later", retry_after=5)
     if _ray_unavailable(exc) or isinstance(exc, asyncio.TimeoutError):
         return ModelUnavailable("the model is not available right now; retry shortly")
     logger.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from serve_app.engine_metrics import engine_families
 from serve_app.status import ModelView
 
 STATES = ("ready", "loading", "unloading", "unloaded", "failed", "unknown")
@@ -73,6 +74,7 @@ class _Snapshot:
             node_used.add_metric([node], (total - available) / total)
             node_alert.add_metric([node], 1.0 if report.get("memory_alert") else 0.0)
         yield from (state, replicas, in_flight, queued, memory, load, cancelled, ready, node_used, node_alert)
+        yield from engine_families(self.views)
 
 
 def render_model_metrics(views: dict[str, ModelView], default_model: str) -> bytes:

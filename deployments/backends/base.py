@@ -68,6 +68,7 @@ class Backend(ABC):
         self.cache_dir: Optional[Path] = None  # MODEL_CACHE_DIR, for what a backend converts at load
         self.adapter_paths: dict[str, Path] = {}  # config.adapters resolved
         self.cancelled = 0  # generations stopped because their client went away
+        self.request_timeout_s = 300.0  # REQUEST_TIMEOUT_S: a queue wait past it is refused at once
 
     def note_cancelled(self, produced_tokens: int) -> None:
         self.cancelled += 1
@@ -94,6 +95,10 @@ class Backend(ABC):
     def queued(self) -> int:
         """Requests waiting for the engine (accepted by the replica, not yet running)."""
         return 0
+
+    def engine_report(self) -> Optional[dict]:
+        """A batching engine's slots, queue and counters (None: the backend has no such engine)."""
+        return None
 
     def loaded_adapters(self) -> list[str]:
         """Adapters in memory now, least recently used first."""

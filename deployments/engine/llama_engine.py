@@ -1,0 +1,369 @@
+"""Continuous batching over llama.cpp: many sequences, one `llama_decode` per step.
+
+One context per replica holds `parallel` sequence slots (a KV stream each, `context_length`
+cells per slot). One engine thread runs steps. Each step:
+
+1. starts waiting requests in free slots (interactive first; see `admission.WaitingRoom`), in
+   the free slot whose cached tokens share the longest prefix with the prompt (prefix reuse);
+2. builds one batch: the pending token of every decoding sequence, then prompt chunks of
+   prefilling sequences up to `batch_tokens` in all (chunked prefill: a long prompt never holds
+   the running streams back for more than one step's share);
+3. calls `llama_decode` once, samples every sequence whose logits came out with its own sampler
+   chain, detokenizes incrementally, applies stop strings and `max_tokens`, and hands text to
+   the request's sink.
+
+LoRA adapters are set per context, so sequences with different adapters cannot share a step:
+each step runs one adapter group, groups take turns (round robin) while several have work.
+A cancelled request leaves its slot at the next step; the slot keeps its cache for reuse.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import random
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Optional
+
+from deployments.engine.admission import WaitingRoom
+from deployments.engine.sequence import Sequence, Slot, common_prefix
+from deployments.engine.steps import StepLog, StepRecord
+from deployments.errors import BackendFailure, ModelUnavailable
+from deployments.types import SamplingParams
+
+logger = logging.getLogger("aicore.engine")
+
+MIN_P = 0.05  # as llama-cpp-python's generate, which served GGUF models before this engine
+PENALTY_LAST_N = 64
+
+
+def token_bytes(lib, vocab, token: int) -> bytes:
+    """One token's text. `Llama.detokenize` copies through a 32-byte buffer and drops longer tokens
+    (SmolLM2 has whitespace runs of 46 bytes, for code indentation); this grows the buffer instead."""
+    size = 64
+    while True:
+        buffer = ctypes.create_string_buffer(size)
+        n = lib.llama_token_to_piece(vocab, token, buffer, size, 0, False)
+        if n >= 0:
+            return buffer.raw[:n]
+        size = -n  # llama.cpp answers -(bytes needed) when the buffer is too small
+
+
+def sampler_chain(lib, sampling: SamplingParams, n_vocab: int):
+    """The sampler of one sequence: penalties, then greedy (temperature 0) or
+    top-k, top-p, min-p, temperature and a seeded draw."""
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    add = lib.llama_sampler_chain_add
+    add(chain, lib.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, sampling.repeat_penalty,
+                                                sampling.frequency_penalty, sampling.presence_penalty))
+    if sampling.temperature <= 0:
+        add(chain, lib.llama_sampler_init_greedy())
+        return chain
+    add(chain, lib.llama_sampler_init_top_k(sampling.top_k))
+    add(chain, lib.llama_sampler_init_top_p(sampling.top_p, 1))
+    add(chain, lib.llama_sampler_init_min_p(MIN_P, 1))
+    add(chain, lib.llama_sampler_init_temp(sampling.temperature))
+    seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**31 - 1)
+    add(chain, lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    return chain
+
+
+class Adapters:
+    """GGUF LoRA adapters in memory, least recently used first; never frees one a sequence uses."""
+
+    def __init__(self, lib, model, paths: dict[str, Any], keep: int, model_name: str):
+        self.lib, self.model, self.paths, self.keep, self.model_name = lib, model, paths, keep, model_name
+        self.loaded: OrderedDict[str, Any] = OrderedDict()
+
+    def get(self, name: str, in_use: set) -> Any:
+        if name not in self.loaded:
+            path = str(self.paths[name])
+            adapter = self.lib.llama_adapter_lora_init(self.model, path.encode("utf-8"))
+            if not adapter:  # a file made for another base model, or not a GGUF LoRA
+                logger.error("llama.cpp could not load LoRA %s", path, extra={"model": self.model_name})
+                raise BackendFailure(f"adapter {name!r} of model {self.model_name!r} could not be loaded; "
+                                     "the server log has the reason")
+            self.loaded[name] = adapter
+        self.loaded.move_to_end(name)
+        for old in [n for n in self.loaded if n not in in_use and n != name]:
+            if len(self.loaded) <= self.keep:
+                break
+            self.lib.llama_adapter_lora_free(self.loaded.pop(old))
+            logger.info("adapter evicted", extra={"model": self.model_name, "adapter": old})
+        return self.loaded[name]
+
+    def free(self) -> None:
+        for adapter in self.loaded.values():
+            self.lib.llama_adapter_lora_free(adapter)
+        self.loaded.clear()
+
+
+class LlamaBatchEngine:
+    def __init__(self, lib, model, *, model_name: str, parallel: int, context_length: int, batch_tokens: int,
+                 threads: int, room: WaitingRoom, adapters: Adapters, keep_steps: int = 2048):
+        self.lib, self.model_name = lib, model_name
+        self.parallel, self.context_length, self.batch_tokens = parallel, context_length, batch_tokens
+        self.room = room
+        self.adapters = adapters
+        self.log = StepLog(keep_steps)
+        self.vocab = lib.llama_model_get_vocab(model)
+        self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
+        params = lib.llama_context_default_params()
+        params.n_ctx = parallel * context_length
+        params.n_batch = params.n_ubatch = batch_tokens
+        params.n_seq_max = parallel
+        params.n_threads = params.n_threads_batch = threads
+        params.kv_unified = False  # each slot its own KV stream of context_length cells
+        params.swa_full = True  # sliding-window models keep whole prompts, so prefixes can be reused
+        params.no_perf = True
+        self.ctx = lib.llama_init_from_model(model, params)
+        if not self.ctx:
+            raise ModelUnavailable(f"llama.cpp could not create a context of {parallel} x {context_length} "
+                                   f"tokens for model {model_name!r} (memory?)")
+        self.memory = lib.llama_get_memory(self.ctx)
+        self.batch = lib.llama_batch_init(batch_tokens, 0, 1)
+        self.slots = [Slot(seq_id=i) for i in range(parallel)]
+        self._adapter: Optional[str] = None  # set on the context now
+        self._group_turn = 0
+        self._step = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.failure: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name=f"engine-{model_name}", daemon=True)
+        self._thread.start()
+
+    # ---- called from the replica's event loop ----
+
+    def submit(self, sequence: Sequence) -> None:
+        """Queue a request, or raise `Overloaded` at once."""
+        if self.failure is not None:
+            raise BackendFailure("the model's engine stopped; the replica is being replaced")
+        with self.room.lock:
+            free = sum(1 for s in self.slots if s.sequence is None)
+            self.room.admit(sequence, sequence.priority, free)
+        self._wake.set()
+
+    def cancel(self, sequence: Sequence) -> None:
+        """The client left: a waiting request leaves the queue now, a running one at the next step."""
+        sequence.cancelled = True
+        with self.room.lock:
+            self.room.remove(sequence)
+        self._wake.set()
+
+    @property
+    def busy_slots(self) -> int:
+        return sum(1 for s in self.slots if s.sequence is not None)
+
+    def slot_report(self) -> list[dict]:
+        return [{"id": s.seq_id, "busy": s.sequence is not None, "cached_tokens": len(s.cached),
+                 "adapter": s.adapter, "request_id": s.sequence.request_id if s.sequence else None}
+                for s in self.slots]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+        if self._thread.is_alive():  # a step still running: leave the memory to the process's end
+            return
+        for slot in self.slots:
+            if slot.sequence is not None:
+                self._release(slot.sequence)
+        self.adapters.free()
+        self.lib.llama_batch_free(self.batch)
+        self.lib.llama_free(self.ctx)
+
+    # ---- the engine thread ----
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self._step_once()
+            except BaseException as error:  # a bug or llama.cpp failure: fail what runs, keep serving
+                logger.exception("engine step failed", extra={"model": self.model_name})
+                self._fail_running(BackendFailure("the model failed to generate a response"))
+                worked = False
+                if not isinstance(error, Exception):
+                    self.failure = error
+                    return
+            if not worked:
+                self._wake.wait(0.5)
+                self._wake.clear()
+        with self.room.lock:
+            waiting = self.room.take(len(self.room) + self.parallel + 1)
+        for sequence, _ in waiting:
+            sequence.fail(ModelUnavailable(f"model {self.model_name!r} is shutting down; retry"))
+
+    def _step_once(self) -> bool:
+        record = StepRecord(step=self._step)
+        self._drop_cancelled()
+        with self.room.lock:
+            free = [s for s in self.slots if s.sequence is None]
+            starting = self.room.take(len(free))
+        for sequence, priority in starting:
+            try:
+                self._start(sequence, free)
+            except Exception as error:
+                if not isinstance(error, BackendFailure):
+                    logger.exception("starting a request failed", extra={"model": self.model_name})
+                    error = BackendFailure("the model failed to start the request")
+                self._release(sequence)
+                sequence.fail(error)
+            record.started.append(sequence.request_id)
+            record.priorities[sequence.request_id] = priority
+        running = [s.sequence for s in self.slots if s.sequence is not None and not s.sequence.finished]
+        if not running:
+            if record.started:
+                self.log.add(record)
+                self._step += 1
+            return False
+        group = self._choose_group(running)
+        members = [q for q in running if q.adapter == group]
+        entries = self._fill_batch(members, record)
+        record.adapter = group
+        if entries:
+            started = time.perf_counter()
+            self._decode()
+            record.seconds = time.perf_counter() - started
+            self._sample(entries)
+        self.log.add(record)
+        self._step += 1
+        return True
+
+    def _start(self, sequence: Sequence, free: list[Slot]) -> None:
+        """Give `sequence` the free slot with the longest cached prefix (else the least recently used)."""
+        in_use = {s.sequence.adapter for s in self.slots if s.sequence is not None} | {sequence.adapter}
+        if sequence.adapter is not None:
+            self.adapters.get(sequence.adapter, in_use)  # raises BackendFailure: the caller fails the request
+
+        def score(slot: Slot) -> tuple[int, float]:
+            same = slot.adapter == sequence.adapter
+            reuse = common_prefix(slot.cached, sequence.prompt) if same else 0
+            return (reuse if reuse >= min(32, len(sequence.prompt) // 2) else 0, -slot.last_used)
+
+        slot = max(free, key=score)
+        free.remove(slot)
+        keep = common_prefix(slot.cached, sequence.prompt) if slot.adapter == sequence.adapter else 0
+        keep = min(keep, len(sequence.prompt) - 1)  # the last prompt token is fed again for its logits
+        if not self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
+            self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)  # whole: never fails
+            keep = 0
+        del slot.cached[keep:]
+        slot.adapter = sequence.adapter
+        slot.sequence, sequence.slot = sequence, slot
+        sequence.fed = sequence.reused = keep
+        sequence.admitted_at = time.monotonic()
+        sequence.sampler = sampler_chain(self.lib, sequence.sampling, self.n_vocab)
+        self.log.stats.prefix_reused_tokens += keep
+
+    def _choose_group(self, running: list[Sequence]) -> Optional[str]:
+        """The adapter group that runs this step: groups with work take turns."""
+        groups = sorted({q.adapter for q in running}, key=lambda a: (a is not None, a or ""))
+        group = groups[self._group_turn % len(groups)]
+        self._group_turn += 1
+        if group != self._adapter:
+            self._set_adapter(group)
+        return group
+
+    def _set_adapter(self, name: Optional[str]) -> None:
+        lib = self.lib
+        if name is None:
+            lib.llama_set_adapters_lora(self.ctx, None, 0, None)
+        else:
+            adapters = (lib.llama_adapter_lora_p_ctypes * 1)(self.adapters.loaded[name])
+            lib.llama_set_adapters_lora(self.ctx, adapters, 1, (ctypes.c_float * 1)(1.0))
+        self._adapter = name
+
+    def _fill_batch(self, members: list[Sequence], record: StepRecord) -> list[tuple[Sequence, int]]:
+        """Decoding tokens first (every running stream advances), then prompt chunks in the room left."""
+        batch, n = self.batch, 0
+        entries: list[tuple[Sequence, int]] = []  # (sequence, batch index of its logits)
+
+        def put(token: int, pos: int, seq_id: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, pos, 1
+            batch.seq_id[n][0], batch.logits[n] = seq_id, logits
+            n += 1
+
+        for sequence in members:
+            if sequence.pending is not None:
+                slot = sequence.slot
+                put(sequence.pending, len(slot.cached), slot.seq_id, True)
+                slot.cached.append(sequence.pending)
+                sequence.pending = None
+                entries.append((sequence, n - 1))
+                record.decode[sequence.request_id] = 1
+        for sequence in sorted((q for q in members if q.prefilling), key=lambda q: q.admitted_at):
+            room = self.batch_tokens - n
+            if room <= 0:
+                break
+            slot = sequence.slot
+            chunk = sequence.prompt[sequence.fed:sequence.fed + room]
+            last = sequence.fed + len(chunk) == len(sequence.prompt)
+            for i, token in enumerate(chunk):
+                put(token, sequence.fed + i, slot.seq_id, last and i == len(chunk) - 1)
+            slot.cached.extend(chunk)
+            sequence.fed += len(chunk)
+            record.prefill[sequence.request_id] = len(chunk)
+            if last:
+                entries.append((sequence, n - 1))
+        batch.n_tokens = n
+        return entries
+
+    def _decode(self) -> None:
+        code = self.lib.llama_decode(self.ctx, self.batch)
+        if code != 0:
+            raise RuntimeError(f"llama_decode returned {code}")
+
+    def _sample(self, entries: list[tuple[Sequence, int]]) -> None:
+        lib = self.lib
+        for sequence, index in entries:
+            if sequence.cancelled:
+                continue
+            token = lib.llama_sampler_sample(sequence.sampler, self.ctx, index)
+            if not sequence.sampling.ignore_eos and lib.llama_vocab_is_eog(self.vocab, token):
+                self._finish(sequence, "stop")
+                continue
+            sequence.produced += 1
+            text, stopped = sequence.text_of(token_bytes(lib, self.vocab, token))
+            sequence.emit(text)
+            if stopped:
+                self._finish(sequence, "stop", stopped=True)
+            elif sequence.produced >= sequence.budget:
+                self._finish(sequence, "length")
+            else:
+                sequence.pending = token
+
+    def _finish(self, sequence: Sequence, reason: str, stopped: bool = False) -> None:
+        rest = "" if stopped else sequence.final_text()
+        self._release(sequence)
+        self.room.service.add(time.monotonic() - sequence.admitted_at)
+        self.log.stats.finished += 1
+        sequence.finish(reason, rest)
+
+    def _release(self, sequence: Sequence) -> None:
+        slot = sequence.slot
+        if slot is not None:
+            slot.sequence, slot.last_used = None, time.monotonic()
+        if sequence.sampler is not None:
+            self.lib.llama_sampler_free(sequence.sampler)
+            sequence.sampler = None
+
+    def _drop_cancelled(self) -> None:
+        for slot in self.slots:
+            sequence = slot.sequence
+            if sequence is not None and sequence.cancelled:
+                self._release(sequence)
+                sequence.finished = True
+                sequence.sink(None)
+
+    def _fail_running(self, error: BaseException) -> None:
+        for slot in self.slots:
+            sequence = slot.sequence
+            if sequence is not None:
+                self._release(sequence)
+                self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+                slot.cached.clear()
+                sequence.fail(error)
+

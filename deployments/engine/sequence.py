@@ -1,0 +1,92 @@
+"""One request inside the batching engine, and one sequence slot of the llama.cpp context."""
+
+from __future__ import annotations
+
+import codecs
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from deployments.backends.text import StopMatcher
+from deployments.types import GenerationChunk, SamplingParams, Usage
+
+# What the engine hands a request's consumer: a chunk, an exception (the request failed), or None (the end).
+Sink = Callable[[object], None]
+
+
+@dataclass(eq=False)
+class Sequence:
+    """A request from admission to its last chunk. Engine-thread state except `cancelled`,
+    which the consumer's event loop sets when its client goes away."""
+
+    request_id: str
+    prompt: list[int]
+    budget: int  # completion tokens allowed
+    sampling: SamplingParams
+    stops: list[str]
+    adapter: Optional[str]
+    priority: str
+    sink: Sink
+    cancelled: bool = False
+    queued_at: float = field(default_factory=time.monotonic)
+    # Set once the engine runs it:
+    slot: Optional["Slot"] = None
+    admitted_at: float = 0.0
+    fed: int = 0  # prompt tokens whose KV is in the slot (a reused prefix included)
+    reused: int = 0  # prompt tokens found in the slot's cache
+    produced: int = 0
+    pending: Optional[int] = None  # the last sampled token, fed at the next step
+    sampler: object = None  # llama_sampler_p
+    finished: bool = False
+
+    def __post_init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._matcher = StopMatcher(self.stops)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < len(self.prompt)
+
+    def text_of(self, piece: bytes) -> tuple[str, bool]:
+        """New text safe to send for one token's bytes, and whether a stop string was reached."""
+        return self._matcher.feed(self._decoder.decode(piece))
+
+    def final_text(self) -> str:
+        """Text held back (an unfinished UTF-8 character, a possible stop string) when generation ends."""
+        text, stopped = self._matcher.feed(self._decoder.decode(b"", final=True))
+        return text if stopped else text + self._matcher.flush()
+
+    def emit(self, text: str) -> None:
+        if text:
+            self.sink(GenerationChunk(text=text))
+
+    def finish(self, reason: str, rest: str = "") -> None:
+        self.emit(rest)
+        self.sink(GenerationChunk(finish_reason=reason, usage=Usage(len(self.prompt), self.produced)))
+        self.sink(None)
+        self.finished = True
+
+    def fail(self, error: BaseException) -> None:
+        self.sink(error)
+        self.sink(None)
+        self.finished = True
+
+
+@dataclass(eq=False)
+class Slot:
+    """One llama.cpp sequence id. `cached` are the tokens whose KV its cells hold, computed with
+    `adapter`: a new request sharing a prefix with them prefills only the rest."""
+
+    seq_id: int
+    cached: list[int] = field(default_factory=list)
+    adapter: Optional[str] = None
+    last_used: float = 0.0
+    sequence: Optional[Sequence] = None
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
