@@ -85,7 +85,7 @@ class BatchService:
                     item.model, uuid.uuid4().hex, item.to_sampling_params(),
                     prompt=item.prompt if isinstance(item, BatchGenerateItem) else None,
                     messages=[m.as_dict() for m in item.messages] if isinstance(item, BatchChatItem) else None,
-                    principal=principal,
+                    principal=principal, priority=item.priority or "batch",
                 )
                 result = await generation.collect()
             return BatchItemResult(index=index, id=item.id, status="ok",

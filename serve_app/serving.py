@@ -269,6 +269,7 @@ class GenerationService:
         key_id: Optional[str] = None,
         options: Optional[RequestOptions] = None,
         principal: Any = None,  # serve_app.auth.Principal: default model, allowed models
+        priority: Optional[str] = None,  # "interactive" (default) or "batch"
     ) -> Generation:
         entry, adapter = self.router.resolve_adapter(model or getattr(principal, "default_model", None), "generate")
         if principal is not None:
@@ -286,6 +287,7 @@ class GenerationService:
             prompt=prompt,
             messages=tuple(messages) if messages is not None else None,
             key_id=key_id,
+            priority=priority or "interactive",
         )
         self._check(entry, request)
         cache_state = None

@@ -41,6 +41,10 @@ class SamplingFields(BaseModel):
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     ignore_eos: bool = Field(False, description="Extension (as in vLLM): keep generating past end-of-sequence.")
+    priority: Optional[Literal["interactive", "batch"]] = Field(
+        None, description="Extension: `batch` work waits behind interactive requests and never takes the slots "
+        "kept for them. Default: `interactive` (`batch` for /api/v1/generate/batch items).",
+    )
 
     @field_validator("stop")
     @classmethod

@@ -46,7 +46,7 @@ async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], prin
     session_id = getattr(body, "session_id", None)
     generation = await request.app.state.generation.start(
         body.model, request_id_var.get(), body.to_sampling_params(),
-        prompt=prompt, messages=messages, principal=principal,
+        prompt=prompt, messages=messages, principal=principal, priority=body.priority,
         options=request_options(request, principal, endpoint, body.cache, session_id),
     )
     request.state.model = generation.model_id

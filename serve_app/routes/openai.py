@@ -56,7 +56,7 @@ def _dump(model) -> dict:
 async def chat_completions(body: ChatCompletionRequest, request: Request, principal: Principal = Depends(require_key)):
     generation = await request.app.state.generation.start(
         body.model, request_id_var.get(), body.to_sampling_params(),
-        messages=[m.as_dict() for m in body.messages], principal=principal,
+        messages=[m.as_dict() for m in body.messages], principal=principal, priority=body.priority,
         options=request_options(request, principal, "chat.completions", body.cache, body.session_id),
     )
     request.state.model = name = generation.model_id
@@ -96,7 +96,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, princi
 async def completions(body: CompletionRequest, request: Request, principal: Principal = Depends(require_key)):
     generation = await request.app.state.generation.start(
         body.model, request_id_var.get(), body.to_sampling_params(), prompt=body.prompt, principal=principal,
-        options=request_options(request, principal, "completions", body.cache),
+        priority=body.priority, options=request_options(request, principal, "completions", body.cache),
     )
     request.state.model = name = generation.model_id
     headers = cache_headers(request, generation)

