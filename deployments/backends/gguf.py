@@ -20,7 +20,7 @@ from deployments.backends.base import Backend, register_backend
 from deployments.backends.text import token_budget
 from deployments.engine.admission import WaitingRoom
 from deployments.engine.llama_engine import Adapters, LlamaBatchEngine
-from deployments.engine.sequence import Sequence
+from deployments.engine.sequence import Outlet, Sequence
 from deployments.engine.sizing import auto_parallel, kv_bytes_per_token
 from deployments.errors import InvalidRequest
 from deployments.memory import parse_size
@@ -119,12 +119,9 @@ class GGUFBackend(Backend):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
-        def sink(item: object) -> None:  # engine thread -> this event loop
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
         sequence = Sequence(request_id=request.request_id, prompt=tokens, budget=budget, sampling=s,
                             stops=list(s.stop) + template_stops, adapter=request.adapter,
-                            priority=request.priority, sink=sink)
+                            priority=request.priority, outlet=Outlet(loop, queue.put_nowait))
         self.engine.submit(sequence)
         try:
             while True:

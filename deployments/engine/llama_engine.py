@@ -10,7 +10,7 @@ cells per slot). One engine thread runs steps. Each step:
    the running streams back for more than one step's share);
 3. calls `llama_decode` once, samples every sequence whose logits came out with its own sampler
    chain, detokenizes incrementally, applies stop strings and `max_tokens`, and hands text to
-   the request's sink.
+   the request's consumer (one event-loop wake-up per step for all the streams of a loop).
 
 LoRA adapters are set per context, so sequences with different adapters cannot share a step:
 each step runs one adapter group, groups take turns (round robin) while several have work.
@@ -130,6 +130,7 @@ class LlamaBatchEngine:
         self._step = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._touched: list[Sequence] = []  # sequences with items to post after this step
         self.failure: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name=f"engine-{model_name}", daemon=True)
         self._thread.start()
@@ -156,20 +157,12 @@ class LlamaBatchEngine:
     def busy_slots(self) -> int:
         return sum(1 for s in self.slots if s.sequence is not None)
 
-    def slot_report(self) -> list[dict]:
-        return [{"id": s.seq_id, "busy": s.sequence is not None, "cached_tokens": len(s.cached),
-                 "adapter": s.adapter, "request_id": s.sequence.request_id if s.sequence else None}
-                for s in self.slots]
-
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=30)
         if self._thread.is_alive():  # a step still running: leave the memory to the process's end
             return
-        for slot in self.slots:
-            if slot.sequence is not None:
-                self._release(slot.sequence)
         self.adapters.free()
         self.lib.llama_batch_free(self.batch)
         self.lib.llama_free(self.ctx)
@@ -186,14 +179,20 @@ class LlamaBatchEngine:
                 worked = False
                 if not isinstance(error, Exception):
                     self.failure = error
+                    self._post()
                     return
+            self._post()
             if not worked:
                 self._wake.wait(0.5)
                 self._wake.clear()
         with self.room.lock:
             waiting = self.room.take(len(self.room) + self.parallel + 1)
+        gone = ModelUnavailable(f"model {self.model_name!r} is shutting down; retry")
         for sequence, _ in waiting:
-            sequence.fail(ModelUnavailable(f"model {self.model_name!r} is shutting down; retry"))
+            sequence.fail(gone)
+            self._touched.append(sequence)
+        self._fail_running(gone)
+        self._post()
 
     def _step_once(self) -> bool:
         record = StepRecord(step=self._step)
@@ -210,6 +209,7 @@ class LlamaBatchEngine:
                     error = BackendFailure("the model failed to start the request")
                 self._release(sequence)
                 sequence.fail(error)
+                self._touched.append(sequence)
             record.started.append(sequence.request_id)
             record.priorities[sequence.request_id] = priority
         running = [s.sequence for s in self.slots if s.sequence is not None and not s.sequence.finished]
@@ -322,6 +322,7 @@ class LlamaBatchEngine:
             if sequence.cancelled:
                 continue
             token = lib.llama_sampler_sample(sequence.sampler, self.ctx, index)
+            self._touched.append(sequence)
             if not sequence.sampling.ignore_eos and lib.llama_vocab_is_eog(self.vocab, token):
                 self._finish(sequence, "stop")
                 continue
@@ -356,7 +357,21 @@ class LlamaBatchEngine:
             if sequence is not None and sequence.cancelled:
                 self._release(sequence)
                 sequence.finished = True
-                sequence.sink(None)
+                sequence.outbox.clear()  # nobody listens any more
+
+    def _post(self) -> None:
+        """Hand this step's items to their consumers: one call_soon_threadsafe per event loop."""
+        by_loop: dict[Any, list] = {}
+        for sequence in self._touched:
+            if sequence.outbox:
+                by_loop.setdefault(sequence.outlet.loop, []).append((sequence.outlet.put, sequence.outbox))
+                sequence.outbox = []
+        self._touched = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that event loop is closed: its consumers are gone
+                pass
 
     def _fail_running(self, error: BaseException) -> None:
         for slot in self.slots:
@@ -366,4 +381,12 @@ class LlamaBatchEngine:
                 self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
                 slot.cached.clear()
                 sequence.fail(error)
+                self._touched.append(sequence)
 
+
+
+def _deliver(items: list) -> None:
+    """On the consumer's event loop: every item of one step, in order, to its stream."""
+    for put, outbox in items:
+        for item in outbox:
+            put(item)

@@ -5,13 +5,18 @@ from __future__ import annotations
 import codecs
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from deployments.backends.text import StopMatcher
 from deployments.types import GenerationChunk, SamplingParams, Usage
 
 # What the engine hands a request's consumer: a chunk, an exception (the request failed), or None (the end).
-Sink = Callable[[object], None]
+# `Outlet.put` runs on the consumer's event loop; the engine gathers a step's items per loop and
+# posts them with one call_soon_threadsafe, so 16 streams cost the loop one wake-up a step, not 16.
+@dataclass(frozen=True)
+class Outlet:
+    loop: Any  # asyncio.AbstractEventLoop
+    put: Callable[[object], None]
 
 
 @dataclass(eq=False)
@@ -26,7 +31,7 @@ class Sequence:
     stops: list[str]
     adapter: Optional[str]
     priority: str
-    sink: Sink
+    outlet: Outlet
     cancelled: bool = False
     queued_at: float = field(default_factory=time.monotonic)
     # Set once the engine runs it:
@@ -40,6 +45,7 @@ class Sequence:
     finished: bool = False
 
     def __post_init__(self) -> None:
+        self.outbox: list[object] = []  # items for the consumer, posted by the engine after each step
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._matcher = StopMatcher(self.stops)
 
@@ -58,17 +64,17 @@ class Sequence:
 
     def emit(self, text: str) -> None:
         if text:
-            self.sink(GenerationChunk(text=text))
+            self.outbox.append(GenerationChunk(text=text))
 
     def finish(self, reason: str, rest: str = "") -> None:
         self.emit(rest)
-        self.sink(GenerationChunk(finish_reason=reason, usage=Usage(len(self.prompt), self.produced)))
-        self.sink(None)
+        self.outbox.append(GenerationChunk(finish_reason=reason, usage=Usage(len(self.prompt), self.produced)))
+        self.outbox.append(None)
         self.finished = True
 
     def fail(self, error: BaseException) -> None:
-        self.sink(error)
-        self.sink(None)
+        self.outbox.append(error)
+        self.outbox.append(None)
         self.finished = True
 
 
