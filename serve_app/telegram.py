@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Optional
 
-from deployments.errors import AICoreError, AuthenticationFailed, NotEnabled, PermissionDenied
+from deployments.errors import AICoreError, AuthenticationFailed, NotEnabled, Overloaded, PermissionDenied
 from deployments.types import SamplingParams
 from serve_app.auth import Authenticator
 from serve_app.chat_history import ChatHistoryStore
@@ -166,7 +166,10 @@ class TelegramBot:
             answer = (await generation.collect()).text.strip() or "(the model gave an empty answer)"
         except AICoreError as error:  # tell the chat; an HTTP error would make Telegram retry
             logger.warning("telegram answer failed", extra={"model": model, "error": error.message})
-            shown = error.message if error.status < 500 else "the model failed; try again later"
+            if isinstance(error, Overloaded):
+                shown = f"the service is busy; try again in {error.retry_after} s"
+            else:
+                shown = error.message if error.status < 500 else "the model failed; try again later"
             return f"Sorry, I could not answer: {shown}"
         await self.store.append(chat, [user, {"role": "assistant", "content": answer}])
         parts = split_message(answer, TELEGRAM_LIMIT - len(MORE_HINT))
