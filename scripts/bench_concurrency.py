@@ -138,7 +138,8 @@ def report(run: dict) -> str:
     results, levels = run["results"], run["levels"]
     ours, theirs = results.get("AI Core"), results.get("llama-server")
     parts = [
-        f"Machine: {run['machine']['nproc']} cores ({run['machine']['cpu']}), {run['machine']['date']}",
+        f"Machine: {run['machine']['nproc']} cores ({run['machine']['cpu']}), {run['machine']['date']}, "
+        f"load average at start {run['machine']['load_average']:.2f}",
         f"Command: `{run['command']}`",
         f"Model: {run['model']} ({run['gguf']}), context {run['context_length']} per sequence; llama-server: "
         f"`{run['llama_server']}`",
@@ -157,7 +158,7 @@ def report(run: dict) -> str:
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu,
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu, "load_average": os.getloadavg()[0],
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 

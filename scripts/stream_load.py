@@ -133,7 +133,9 @@ async def _run(base_url: str, headers: dict, kind: str, model: str, clients: int
     bodies = [request_body(kind, model, max_tokens, temperature) for _ in range(requests)]
     queue = iter(bodies)
     outcomes: list[Outcome] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # A fresh connection per request: llama-server (cpp-httplib) closes a kept-alive connection
+    # after a few requests, and a request sent on it just then fails without an answer.
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=0)
     timeout = httpx.Timeout(900, connect=60)
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, limits=limits) as client:
         async def worker() -> None:
