@@ -123,3 +123,21 @@ def test_kv_cache_of_every_slot_is_sized_from_the_gguf_metadata(tmp_path):
     assert auto_parallel(per_token, 32768, 2**30) == 1  # 755 MB a 32k slot
     config = ModelConfig(type="gguf", path=path, context_length=2048, parallel=4)
     assert kv_cache_bytes(config, tmp_path, None) == 4 * 2048 * per_token
+
+
+def test_engine_metrics_come_from_a_replica_report():
+    engine = {"parallel": 16, "slots_busy": 3, "waiting": {"interactive": 2, "batch": 5},
+              "refused": {"interactive": 1, "batch": 0}, "prefill_tokens": 100, "decode_tokens": 400,
+              "prefix_reused_tokens": 30, "prefill_seconds": 0.5, "decode_seconds": 2.0,
+              "step_token_buckets": [1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], "step_token_sum": 3000}
+    views = {"m": ModelView("ready", 1, {"node_id": "a", "engine": engine}, lifecycle={})}
+    text = render_model_metrics(views, "m").decode()
+    assert 'aicore_engine_slots{model="m",node="a"} 16.0' in text
+    assert 'aicore_engine_slots_busy{model="m",node="a"} 3.0' in text
+    assert 'aicore_engine_queue_length{model="m",node="a",priority="batch"} 5.0' in text
+    assert 'aicore_engine_refused_overload_total{model="m",node="a",priority="interactive"} 1.0' in text
+    assert 'aicore_engine_decode_tokens_total{model="m",node="a"} 400.0' in text
+    assert 'aicore_engine_prefix_reused_tokens_total{model="m",node="a"} 30.0' in text
+    assert 'aicore_engine_step_tokens_bucket{le="4",model="m",node="a"} 3.0' in text
+    assert 'aicore_engine_step_tokens_bucket{le="+Inf",model="m",node="a"} 4.0' in text
+    assert 'aicore_engine_step_tokens_sum{model="m",node="a"} 3000.0' in text
