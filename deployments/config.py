@@ -74,7 +74,8 @@ class ModelConfig(BaseModel):
         512, ge=1, description="Completion tokens when a request gives no max_tokens (capped by the context)."
     )
     stream_interval_ms: float = Field(
-        50, ge=0, description="Streamed text is sent at most this often after the first token (0: every token)."
+        50, ge=0, description="Streamed text is sent at most this often after the first token (0: every token); "
+        "with more than 4 streams on a replica the interval grows with them (x streams/4, at most x8)."
     )
     chat_format: Optional[str] = Field(
         None, description="Chat template name used when the weights carry none (llama.cpp names, e.g. `gemma`)."

@@ -17,7 +17,7 @@ from deployments.config import ModelConfig, load_models_file
 from deployments import lifecycle
 from deployments.errors import AICoreError, BackendFailure, ModelUnloaded
 from deployments.memory import node_memory
-from deployments.streaming import coalesce
+from deployments.streaming import coalesce, load_scaled_interval
 from deployments.types import EmbeddingResult, GenerationChunk, GenerationRequest
 from deployments.weights import resolve_weights, weights_revision
 from serve_app.logs import configure_logging, request_id_var
@@ -85,7 +85,7 @@ class ModelDeployment:
         self.model_name = model_name
         config = current_entry(context, model_name, config)
         self.config = config
-        self.stream_interval_s = config.stream_interval_ms / 1000
+        self.stream_interval_s = config.stream_interval_ms / 1000  # lengthened while many streams run
         started = time.monotonic()
         self.started_at = time.time()
         try:
@@ -119,7 +119,8 @@ class ModelDeployment:
         self.last_used = started = time.time()
         self._reporter.poke()
         try:
-            async for chunk in coalesce(self.backend.stream(request), self.stream_interval_s):
+            interval = load_scaled_interval(self.stream_interval_s, lambda: self.in_flight)
+            async for chunk in coalesce(self.backend.stream(request), interval):
                 if self.cancel_before > started:  # leaving the loop closes the engine's stream
                     raise ModelUnloaded(f"model {self.model_name!r} was unloaded by an administrator "
                                         "(forced); the next request loads it again")

@@ -4,18 +4,34 @@ Each chunk that leaves a replica costs a Ray message, an ingress wake-up and an 
 write, all competing with the engine for the same cores. The first chunk goes out at
 once (time to first token is untouched); later text is gathered for up to
 `interval_s` and sent together, as Ray Serve LLM and vLLM do with a stream interval.
+
+`interval_s` may be a callable, read at the start of each window: the replica lengthens the
+interval while many streams run (`load_scaled_interval`), since then every token would
+otherwise be its own message and the messaging would take CPU from the batched decode.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable, Union
 
 from deployments.types import GenerationChunk
 
+STREAMS_PER_INTERVAL = 4  # up to this many concurrent streams keep the configured interval
+MAX_INTERVAL_FACTOR = 8
 
-async def coalesce(chunks: AsyncIterator[GenerationChunk], interval_s: float) -> AsyncIterator[GenerationChunk]:
-    if interval_s <= 0:
+
+def load_scaled_interval(base_s: float, streams: Callable[[], int]) -> Callable[[], float]:
+    """`base_s` while few streams run; `base_s` x streams / 4 (at most 8 x) under load."""
+    def interval() -> float:
+        return base_s * min(MAX_INTERVAL_FACTOR, max(1.0, streams() / STREAMS_PER_INTERVAL))
+    return interval
+
+
+async def coalesce(chunks: AsyncIterator[GenerationChunk],
+                   interval_s: Union[float, Callable[[], float]]) -> AsyncIterator[GenerationChunk]:
+    window = interval_s if callable(interval_s) else (lambda: interval_s)
+    if window() <= 0:
         async for chunk in chunks:
             yield chunk
         return
@@ -47,7 +63,7 @@ async def coalesce(chunks: AsyncIterator[GenerationChunk], interval_s: float) ->
                 yield chunk
                 continue
             pending.append(chunk.text)
-            deadline = deadline or loop.time() + interval_s
+            deadline = deadline or loop.time() + window()
         if pending:
             yield GenerationChunk(text="".join(pending))
     finally:
