@@ -64,10 +64,14 @@ def test_oversize_chunked_body_is_413(client, path):
 def test_chunked_body_under_the_limit_is_served(client):
     def chunks():
         yield b'{"prompt": "The sky '
-        yield b'is", "max_tokens": 3}'
+        yield b'is", "max_tokens": 3, "temperature": 0, "cache": false}'
 
     r = client.post("/api/v1/generate", content=chunks(), headers={"content-type": "application/json"})
-    assert r.status_code == 200, r.text and r.json()["response"] is not None
+    assert r.status_code == 200, r.text
+    body = r.json()
+    # both chunks arrived (the JSON parsed, the options of the second one applied) and the model answered
+    assert body["model"] == MODEL and body["response"].strip(), body
+    assert body["tokens_used"] > 3 and body.get("cached") is not True, body
 
 
 @pytest.mark.parametrize("path", INFERENCE_POSTS)
