@@ -9,6 +9,7 @@ PROXY_ENV: docs/security.md), which a plain `serve run` cannot do by itself.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -59,14 +60,12 @@ def ensure_private_ray_token() -> Path:
     path = Path.home() / ".ray" / "auth_token"
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not path.exists():
-        from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
-
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:  # another start made it meanwhile
             return path
         with os.fdopen(fd, "w") as f:
-            f.write(generate_new_authentication_token())
+            f.write(secrets.token_hex(32))  # as `ray get-auth-token --generate` makes it
     elif path.stat().st_mode & 0o077:
         print(f"WARNING: {path} (Ray's cluster token) is readable by other users: chmod 600 it.", file=sys.stderr)
     return path

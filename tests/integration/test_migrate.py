@@ -113,10 +113,11 @@ def test_import_refuses_entries_that_are_not_ours(instances, tmp_path, entry, co
     path = tmp_path / "foreign.json"
     path.write_text(json.dumps({"format": "aicore-migration", "version": 1, "models": None,
                                 "entries": [good, entry]}))
+    import redis
+
+    client = redis.Redis.from_url(new.url)
+    before = client.dump(entry["key"])  # aicore:keys exists there already (an earlier import)
     done = _cli("import", str(path), "--redis", new.url, "--force")
     assert done.returncode == 2 and complaint in done.stderr, done.stderr
     # refused before anything was written, the valid entry included
-    import redis
-
-    client = redis.Redis.from_url(new.url, decode_responses=True)
-    assert not client.exists(good["key"]) and not client.exists(entry["key"])
+    assert not client.exists(good["key"]) and client.dump(entry["key"]) == before
