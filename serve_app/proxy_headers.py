@@ -93,15 +93,13 @@ class ProxyTrust:
 def original_client(seen: Optional[str], forwarded_for: Optional[str], trusted: tuple[Network, ...],
                     proxy: ProxyTrust, server: Optional[str] = None) -> Optional[Address]:
     """The client address under TRUSTED_PROXIES alone, from the address the proxy handed on
-    (`seen`) and the header; None when it cannot be known. `server`: the address the proxy listens
-    on (a loopback listener has only loopback peers; an IPv4 one only IPv4 peers)."""
+    (`seen`) and the header; None when it cannot be known. `server`: the proxy's end of the
+    connection (scope["server"]): an IPv4 connection has an IPv4 peer."""
     if not forwarded_for or not proxy.rewrites or proxy.pick(forwarded_for) != seen:
         return client_address(seen, forwarded_for, trusted)  # the proxy changed nothing
     listener = parse_address(server)
-    loopback_only = listener is not None and listener.is_loopback
     outcomes = set()
-    seen_address = parse_address(seen)
-    if not proxy.trusts(seen) and not (loopback_only and (seen_address is None or not seen_address.is_loopback)):
+    if not proxy.trusts(seen) and parse_address(seen) is not None:  # a TCP peer has an address
         outcomes.add(client_address(seen, forwarded_for, trusted))  # a direct client named itself
     if proxy.always:
         return None  # any peer may have been rewritten
