@@ -32,3 +32,18 @@ def test_ray_token_file_is_private(monkeypatch, tmp_path, capsys):
     path.chmod(0o644)
     ensure_private_ray_token()
     assert "readable by other users" in capsys.readouterr().err
+
+
+def test_the_start_path_refuses_a_short_key_before_starting_anything():
+    import os
+    import subprocess
+    import sys
+
+    from scripts.run_server import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k not in ("ALLOW_SHORT_API_KEYS",)}
+    done = subprocess.run([sys.executable, "-m", "scripts.run_server"], cwd=ROOT, capture_output=True, text=True,
+                          env={**env, "API_KEYS": "change-me"}, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "shorter than 16 characters" in done.stderr and "change-me" not in done.stderr
+    assert "Traceback" not in done.stderr
