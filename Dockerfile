@@ -1,5 +1,5 @@
 # AI Core image: `docker build -t ai-core .`, or `docker compose up -d --build` (docker-compose.yml).
-#   docker run -p 127.0.0.1:8000:8000 -e API_KEYS=change-me --shm-size=2g \
+#   docker run -p 127.0.0.1:8000:8000 -e API_KEYS="$AICORE_KEY" --shm-size=2g \
 #     -v ./models:/app/models -v ./logs:/app/logs ai-core
 # Two stages: the compiler needed to build llama-cpp-python stays in the first one.
 

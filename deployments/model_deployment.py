@@ -17,6 +17,7 @@ from deployments.config import ModelConfig, load_models_file
 from deployments import lifecycle
 from deployments.errors import AICoreError, BackendFailure, ModelUnloaded
 from deployments.memory import node_memory
+from deployments.ray_net import bind_replica_grpc_to_node_ip
 from deployments.streaming import coalesce, load_scaled_interval
 from deployments.types import EmbeddingResult, GenerationChunk, GenerationRequest
 from deployments.weights import resolve_weights, weights_revision
@@ -81,6 +82,7 @@ class ModelDeployment:
         Async so that a failed load is reported before the exception ends the replica; the
         load itself still blocks this replica's event loop, which has nothing else to do yet.
         """
+        bind_replica_grpc_to_node_ip()
         configure_logging(context.log_level, context.log_format, context.log_dir)
         self.model_name = model_name
         config = current_entry(context, model_name, config)

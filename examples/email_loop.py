@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Email loop: answer every .eml in an inbox folder with one batch request, write replies to an outbox.
 
-    AICORE_URL=http://127.0.0.1:8000 AICORE_KEY=change-me python3 examples/email_loop.py examples/inbox /tmp/outbox
+    AICORE_URL=http://127.0.0.1:8000 python3 examples/email_loop.py examples/inbox /tmp/outbox
 
 Standard library only. A real bot would fetch mail with imaplib and send with smtplib; the
 batch request and the reply assembly are the same.
@@ -20,7 +20,7 @@ from email.parser import BytesParser
 from pathlib import Path
 
 URL = os.environ.get("AICORE_URL", "http://127.0.0.1:8000")
-KEY = os.environ.get("AICORE_KEY", "change-me")
+KEY = os.environ["AICORE_KEY"]  # e.g. the key in API_KEYS
 SYSTEM = "You are the support desk of a small shop. Answer the customer's email briefly and politely."
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Stream a chat answer over WS /api/v1/ws (needs the `websockets` package, in AI Core's test extra).
 
-    AICORE_URL=http://127.0.0.1:8000 AICORE_KEY=change-me .venv/bin/python examples/ws_client.py "Tell me a joke."
+    AICORE_URL=http://127.0.0.1:8000 .venv/bin/python examples/ws_client.py "Tell me a joke."
 """
 
 import json
@@ -11,7 +11,7 @@ import sys
 from websockets.sync.client import connect
 
 URL = os.environ.get("AICORE_URL", "http://127.0.0.1:8000").replace("http", "ws", 1) + "/api/v1/ws"
-KEY = os.environ.get("AICORE_KEY", "change-me")
+KEY = os.environ["AICORE_KEY"]  # e.g. the key in API_KEYS
 
 with connect(URL) as ws:
     ws.send(json.dumps({"type": "auth", "api_key": KEY}))

@@ -27,7 +27,7 @@ import httpx
 
 from scripts.serve_process import ServeProcess, free_port
 
-KEY = "bench-key"
+KEY = "bench-key-0123456789"
 BODY = {"prompt": "Name the largest planet.", "max_tokens": 8, "temperature": 0}
 
 FLOOR_APP = textwrap.dedent('''

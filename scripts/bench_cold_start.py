@@ -21,7 +21,7 @@ import httpx
 from scripts.serve_process import ROOT, ServeProcess
 
 MODEL = "smollm2-135m-instruct"
-KEY = "bench-key"
+KEY = "bench-key-0123456789"
 IDLE_S = 3
 
 

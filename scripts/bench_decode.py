@@ -26,7 +26,7 @@ from scripts.serve_process import ROOT, ServeProcess
 
 MODEL = "smollm2-135m-instruct"
 PROMPT = "Write a long story about a lighthouse keeper and the sea."
-KEY = "bench-key"
+KEY = "bench-key-0123456789"
 
 
 def direct_run(llm, tokens: int) -> tuple[float, float]:

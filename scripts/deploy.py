@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     with os.fdopen(fd, "w") as f:
         f.write(rendered)
     serve = Path(sys.executable).parent / "serve"
-    return subprocess.call([str(serve), "deploy", name, "--address", options.address], env=server_env())
+    # The CLI sends Ray's token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) only in token mode, which a
+    # cluster started by scripts.run_server or the multi-node guide always is.
+    env = server_env({"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")})
+    return subprocess.call([str(serve), "deploy", name, "--address", options.address], env=env)
 
 
 if __name__ == "__main__":

@@ -2,17 +2,20 @@
 
 Ray Serve reads host and port from the config file only; this renders a copy when the
 environment asks for other values, so the plain `serve run serve_config.yaml` and this
-script start the same app.
+script start the same app. This script also starts Ray the safe way (LOCAL_ONLY_ENV,
+PROXY_ENV: docs/security.md), which a plain `serve run` cannot do by itself.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import tempfile
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from serve_app.settings import Settings
 
@@ -32,8 +35,40 @@ QUIET_RAY_ENV = {
 }
 
 
-def server_env(extra: dict | None = None) -> dict:
-    return {**QUIET_RAY_ENV, **os.environ, **(extra or {})}
+# Set whatever the environment says (issue 15): only TRUSTED_PROXIES decides who the client is,
+# so Ray's HTTP proxy (uvicorn) must believe no X-Forwarded-For (serve_app/proxy_headers.py).
+# Applies to every Ray process this project starts, one node or a cluster.
+PROXY_ENV = {"FORWARDED_ALLOW_IPS": "none"}
+
+# The single-node run: nothing of Ray on the network. With "cluster" mode off (as Ray does on
+# macOS and Windows) the node's IP is 127.0.0.1, so the GCS, raylet, object manager, agents and
+# every worker bind loopback; the dashboard binds 127.0.0.1 by default and the Ray client server
+# is not started by a local `serve run`. Token authentication stays on (Ray's default for a new
+# local cluster, forced here so a stray RAY_AUTH_MODE=disabled cannot turn it off). Only the
+# API port listens where API_HOST says. Never for `ray start` of a multi-node cluster.
+LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+
+
+def server_env(extra: dict | None = None, local_only: bool = False) -> dict:
+    """The environment of a Ray start: quiet defaults < os.environ < `extra` < the safety settings."""
+    return {**QUIET_RAY_ENV, **os.environ, **(extra or {}), **PROXY_ENV, **(LOCAL_ONLY_ENV if local_only else {})}
+
+
+def ensure_private_ray_token() -> Path:
+    """Ray writes ~/.ray/auth_token with the default umask (often world-readable): create it first,
+    readable by its owner only, when it does not exist yet."""
+    path = Path.home() / ".ray" / "auth_token"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another start made it meanwhile
+            return path
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))  # as `ray get-auth-token --generate` makes it
+    elif path.stat().st_mode & 0o077:
+        print(f"WARNING: {path} (Ray's cluster token) is readable by other users: chmod 600 it.", file=sys.stderr)
+    return path
 
 
 def render_config(host: str, port: int, args: dict | None = None, source: Path = ROOT / "serve_config.yaml") -> Path:
@@ -49,13 +84,18 @@ def render_config(host: str, port: int, args: dict | None = None, source: Path =
 
 
 def main() -> None:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as error:  # e.g. a short API key: say why, without a traceback
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     if not settings.bootstrap_keys():
         print("WARNING: API_KEYS is empty: every endpoint except /api/v1/health will answer 401.", file=sys.stderr)
     config = render_config(settings.api_host, settings.api_port)
     serve = Path(sys.executable).parent / "serve"
     os.chdir(ROOT)
-    os.execve(str(serve), [str(serve), "run", str(config), *sys.argv[1:]], server_env())
+    ensure_private_ray_token()
+    os.execve(str(serve), [str(serve), "run", str(config), *sys.argv[1:]], server_env(local_only=True))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Optional
 
 import httpx
 
-from scripts.run_server import render_config, server_env
+from scripts.run_server import ensure_private_ray_token, render_config, server_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,17 +34,24 @@ class PortTaken(RuntimeError):
 
 
 class ServeProcess:
-    def __init__(self, env: Optional[dict] = None, args: Optional[dict] = None, log_path: Optional[Path] = None):
+    def __init__(self, env: Optional[dict] = None, args: Optional[dict] = None, log_path: Optional[Path] = None,
+                 plain: bool = False, host: str = "127.0.0.1"):
+        """The app started as `scripts.run_server` starts it (Ray on loopback, the proxy trusting no
+        X-Forwarded-For), or with `plain` as a bare `serve run` does: only `env` added to ours.
+        `host`: where the API port listens (API_HOST); clients use 127.0.0.1 either way."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         # RAY_ADDRESS=local: always a private Ray instance, never a cluster already running here.
-        self.env = server_env({"PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0", "RAY_ADDRESS": "local", **(env or {})})
+        ours = {"PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0", "RAY_ADDRESS": "local", **(env or {})}
+        self.env = {**os.environ, **ours} if plain else server_env(ours, local_only=True)
+        self.plain = plain
+        self.host = host
         self.args = args or {}
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="aicore-serve-", suffix=".log")[1])
         self.proc: Optional[subprocess.Popen] = None
 
     def _config(self) -> Path:
-        return render_config("127.0.0.1", self.port, self.args)
+        return render_config(self.host, self.port, self.args)
 
     def start(self, ready_models: tuple[str, ...] = (), timeout_s: float = 300,
               answering_only: bool = False, attempts: int = 3) -> "ServeProcess":
@@ -65,9 +72,12 @@ class ServeProcess:
 
     def _start_once(self, ready_models: tuple[str, ...], timeout_s: float, answering_only: bool) -> "ServeProcess":
         serve_bin = Path(sys.executable).parent / "serve"
+        if not self.plain:
+            ensure_private_ray_token()
+        self.config_path = self._config()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [str(serve_bin), "run", str(self._config())],
+            [str(serve_bin), "run", str(self.config_path)],
             cwd=ROOT, env=self.env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -75,7 +85,7 @@ class ServeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 log = self.log()
-                if f"Failed to bind to address '127.0.0.1:{self.port}'" in log:
+                if f"Failed to bind to address '{self.host}:{self.port}'" in log:
                     try:  # whatever of its Ray instance is left in its session goes too
                         os.killpg(self.proc.pid, signal.SIGKILL)
                     except ProcessLookupError:

@@ -39,6 +39,12 @@ class KeyNotFound(AICoreError):
     status, type, code = 404, "invalid_request_error", "key_not_found"
 
 
+class KeyConflict(AICoreError):
+    """A key record kept changing under an update (many concurrent changes of one key)."""
+
+    status, type, code = 409, "invalid_request_error", "key_conflict"
+
+
 class RateLimited(AICoreError):
     """429 as OpenAI sends it: type `requests` or `tokens`, code `rate_limit_exceeded`."""
 

@@ -34,7 +34,8 @@ def create_app(
     footprints: Optional[dict[str, Optional[int]]] = None,
 ) -> FastAPI:
     """`chat_hub`: the ChatHistoryHub handle shared by ingress replicas; None keeps chat state in-process."""
-    app = FastAPI(title="AI Core", version="0.1.0", description="Self-hosted model serving on Ray Serve.")
+    docs = {} if settings.docs_enabled else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="AI Core", version="0.1.0", description="Self-hosted model serving on Ray Serve.", **docs)
     app.state.settings = settings
     app.state.router = router
     metrics = app.state.metrics = MetricsRecorder(metrics_hub, settings.metrics_flush_s)

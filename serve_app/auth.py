@@ -1,8 +1,9 @@
 """Who is calling: bootstrap keys (API_KEYS, admin) and managed keys (serve_app.keys).
 
 Keys are kept only as SHA-256 hashes and compared in constant time. `require_key` (inference
-scope), `require_admin` and `require_any_key` are the FastAPI dependencies every route uses;
-they also check the key's IP allowlist and admit the request under its rate limits.
+scope), `require_admin` and `require_metrics` (the `metrics` or `admin` scope) are the FastAPI
+dependencies every route uses; they also check the key's IP allowlist and admit the request
+under its rate limits.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from serve_app.keys import KeyService, StoredKey, hash_key
 from serve_app.netguard import allowed, parse_address, parse_networks
 from serve_app.store import Store, StoreUnavailable
 
-__all__ = ["Principal", "Authenticator", "hash_key", "require_key", "require_admin", "require_any_key"]
+__all__ = ["Principal", "Authenticator", "hash_key", "require_key", "require_admin", "require_metrics"]
 
 
 @dataclass(frozen=True)
@@ -119,13 +120,14 @@ class Authenticator:
         return Principal.from_record(record)
 
 
-async def _authorize(request: Request, scope: Optional[str]) -> Principal:
+async def _authorize(request: Request, *scopes: str) -> Principal:
+    """The key needs one of `scopes`."""
     state = request.app.state
     principal = await state.auth.authenticate(request)
     request.state.key_id = principal.key_id
     request.state.principal = principal
-    if scope is not None and scope not in principal.scopes:
-        raise PermissionDenied(f"this API key lacks the {scope!r} scope")
+    if scopes and not principal.scopes.intersection(scopes):
+        raise PermissionDenied(f"this API key lacks the {' or '.join(repr(s) for s in scopes)} scope")
     if not principal.bootstrap:
         limits = state.limiter.limits(principal.rate_limit_per_minute, principal.tokens_per_minute)
         request.state.limits = limits
@@ -142,5 +144,7 @@ async def require_admin(request: Request) -> Principal:
     return await _authorize(request, "admin")
 
 
-async def require_any_key(request: Request) -> Principal:
-    return await _authorize(request, None)
+async def require_metrics(request: Request) -> Principal:
+    """Metrics list every key id and its usage: `metrics` (a scraper's key) or `admin`."""
+    return await _authorize(request, "metrics", "admin")
+

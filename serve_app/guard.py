@@ -1,6 +1,7 @@
 """Request guard (pure ASGI, inside the request-context middleware so its errors carry the id).
 
-Before the app: resolve the client address (X-Forwarded-For only from TRUSTED_PROXIES),
+Before the app: resolve the client address (X-Forwarded-For only from TRUSTED_PROXIES, whatever
+Ray's proxy did with it: serve_app/proxy_headers.py),
 apply the global IP allowlist (403), refuse bodies over MAX_BODY_BYTES (413) before any
 parsing, chunked bodies included. On the way out: `X-Content-Type-Options: nosniff` and the
 key's x-ratelimit-* headers on every response, and, before the last body byte leaves, the
@@ -14,7 +15,8 @@ from typing import Any, Optional
 
 from serve_app.access_errors import AddressNotAllowed, BodyTooLarge
 from serve_app.errors import error_response
-from serve_app.netguard import allowed, client_address, parse_networks
+from serve_app.netguard import allowed, parse_networks
+from serve_app.proxy_headers import ENV, NOTHING_TRUSTED, ProxyTrust, original_client
 
 logger = logging.getLogger("aicore.guard")
 
@@ -29,6 +31,13 @@ class GuardMiddleware:
         self.app = app
         self.allowlist = parse_networks(settings.ip_allowlist_list())
         self.trusted = parse_networks(settings.trusted_proxies_list())
+        self.proxy = ProxyTrust.from_environment()  # what Ray's proxy (uvicorn) believes: undone below
+        if self.proxy.rewrites:
+            logger.warning(
+                "Ray's HTTP proxy takes client addresses from X-Forwarded-For (%s is not %r where Ray was "
+                "started); AI Core undoes that, but a local client sending X-Forwarded-For without a trusted "
+                "proxy counts as unknown: start with scripts/serve.sh", ENV, NOTHING_TRUSTED,
+            )
         self.max_body = settings.max_body_bytes
         self.keys = keys
         self.limiter = limiter
@@ -51,8 +60,9 @@ class GuardMiddleware:
                 await self._account(state, status["code"])
             await send(message)
 
-        peer = scope.get("client")
-        address = client_address(peer[0] if peer else None, _header(scope, b"x-forwarded-for"), self.trusted)
+        peer, server = scope.get("client"), scope.get("server")
+        address = original_client(peer[0] if peer else None, _header(scope, b"x-forwarded-for"), self.trusted,
+                                  self.proxy, server[0] if server else None)
         state["client_ip"] = str(address) if address else None
         if not allowed(address, self.allowlist):
             error = AddressNotAllowed("this address may not use the API")

@@ -13,6 +13,7 @@ from ray import serve
 from deployments.config import ModelConfig, load_models_file
 from deployments.memory import footprint
 from deployments.model_deployment import ReplicaContext, entry_revision
+from deployments.ray_net import bind_replica_grpc_to_node_ip
 from serve_app.app import create_app
 from serve_app.logs import configure_logging
 from serve_app.serving import ModelEntry, ModelRouter
@@ -46,6 +47,7 @@ class Ingress:
         default_embedding_model: Optional[str] = None,
         context: Optional[ReplicaContext] = None,
     ):
+        bind_replica_grpc_to_node_ip()
         configure_logging(settings.log_level, settings.log_format, settings.log_dir)
         entries = {
             name: ModelEntry(name, spec.config, handles[name], spec.identity) for name, spec in models.items()

@@ -12,15 +12,16 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from deployments.errors import InvalidRequest
-from serve_app.access_errors import KeyNotFound
+from serve_app.access_errors import KeyConflict, KeyNotFound
 from serve_app.protocol.keys import KeyCreate, KeyCreated, KeyUpdate, KeyUsage, KeyView
 from serve_app.store import Store
 
 KEY_PREFIX = "aic-"
 _RECORD, _BY_HASH, _IDS, _USAGE = "aicore:key:", "aicore:keyhash:", "aicore:keys", "aicore:usage:"
+MODIFY_ATTEMPTS = 20  # a record changed this many times while one change is applied: 409
 
 
 def hash_key(key: str) -> str:
@@ -64,34 +65,43 @@ class KeyService:
         return (await self._require(key_id)).view()
 
     async def update(self, key_id: str, patch: KeyUpdate) -> KeyView:
-        record = await self._require(key_id)
         changes = patch.model_dump(include=patch.model_fields_set)
         for required in ("name", "scopes", "ip_allowlist", "enabled"):
             if required in changes and changes[required] is None:
                 raise InvalidRequest(f"{required} cannot be null", param=required)
-        updated = record.model_copy(update=changes)
-        self._check_models(updated.models, updated.default_model)
-        await self._save(updated)
-        return updated.view()
+
+        def change(record: StoredKey) -> StoredKey:
+            updated = record.model_copy(update=changes)
+            self._check_models(updated.models, updated.default_model)
+            return updated
+
+        return (await self._modify(key_id, change)).view()
 
     async def revoke(self, key_id: str) -> KeyView:
-        record = await self._require(key_id)
-        if record.revoked_at is None:
-            record = record.model_copy(update={"revoked_at": int(time.time()), "enabled": False})
-            await self._save(record)
-        return record.view()
+        def change(record: StoredKey) -> StoredKey:
+            if record.revoked_at is not None:
+                return record
+            return record.model_copy(update={"revoked_at": int(time.time()), "enabled": False})
+
+        return (await self._modify(key_id, change)).view()
 
     async def rotate(self, key_id: str) -> KeyCreated:
         """A new secret for the same id and settings; the old secret stops working at once."""
-        record = await self._require(key_id)
-        if record.revoked_at is not None:
-            raise InvalidRequest(f"key {key_id!r} is revoked and cannot be rotated", param="id", code="key_revoked")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        old_hash = record.hash
-        record = record.model_copy(update={"hash": hash_key(key), "key_prefix": key[:8]})
-        await self._save(record)
+        old_hashes: list[str] = []
+
+        def change(record: StoredKey) -> StoredKey:
+            if record.revoked_at is not None:
+                raise InvalidRequest(f"key {key_id!r} is revoked and cannot be rotated", param="id",
+                                     code="key_revoked")
+            old_hashes[:] = [record.hash]
+            return record.model_copy(update={"hash": hash_key(key), "key_prefix": key[:8]})
+
+        # The record (whose hash lookups compare against) changes first: from then on the old
+        # secret fails even while its index entry still exists, and a revoke sees the new record.
+        record = await self._modify(key_id, change)
         await self.store.set(_BY_HASH + record.hash, key_id)
-        await self.store.delete(_BY_HASH + old_hash)
+        await self.store.delete(_BY_HASH + old_hashes[0])
         return KeyCreated(key=key, **record.view().model_dump())
 
     # -- authentication -------------------------------------------------------------------
@@ -137,6 +147,22 @@ class KeyService:
                                      code="model_not_found")
             if models is not None and default_model not in models:
                 raise InvalidRequest("default_model must be one of models", param="default_model")
+
+    async def _modify(self, key_id: str, change: Callable[[StoredKey], StoredKey]) -> StoredKey:
+        """Read-modify-write of one record that never undoes a concurrent change (a revoke during
+        an update or a rotate): the write happens only if the record is still what was read,
+        otherwise the change is applied again to the newer record."""
+        for _ in range(MODIFY_ATTEMPTS):
+            raw = await self.store.get(_RECORD + key_id)
+            if raw is None:
+                raise KeyNotFound(f"no API key with id {key_id!r}", param="id")
+            current = StoredKey.model_validate_json(raw)
+            updated = change(current)
+            if updated == current:
+                return current
+            if await self.store.compare_and_set(_RECORD + key_id, raw, updated.model_dump_json()):
+                return updated
+        raise KeyConflict(f"key {key_id!r} is being changed by other requests; try again", param="id")
 
     async def _save(self, record: StoredKey) -> None:
         await self.store.set(_RECORD + record.id, record.model_dump_json())

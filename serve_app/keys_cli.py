@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("id")
         sub.add_argument("--name", required=name == "create")
         sub.add_argument("--owner")
-        sub.add_argument("--scopes", help="comma-separated: inference,admin")
+        sub.add_argument("--scopes", help="comma-separated: inference,admin,metrics")
         sub.add_argument("--models", help="comma-separated model names (default: all)")
         sub.add_argument("--default-model")
         sub.add_argument("--rpm", type=int, help="requests per minute (0: unlimited)")

@@ -14,15 +14,28 @@ REDIS_URL keeps keys and sessions in its process memory, which no tool can read 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 FORMAT, VERSION = "aicore-migration", 1
-# What is moved: key records, hash index, id set, usage counters, sessions and their per-key index.
-PATTERNS = ("aicore:key:*", "aicore:keyhash:*", "aicore:keys", "aicore:usage:*", "session:*", "sessions:*")
+# What is moved, and the Redis type each must have: key records, hash index, id set, usage
+# counters, sessions and their per-key index. Import writes nothing else.
+KINDS = {"aicore:key:*": "string", "aicore:keyhash:*": "string", "aicore:keys": "set", "aicore:usage:*": "hash",
+         "session:*": "string", "sessions:*": "set"}
+PATTERNS = tuple(KINDS)
+
+
+def expected_kind(name: str) -> Optional[str]:
+    """The Redis type an exported entry named `name` must have; None: not ours to import."""
+    for pattern, kind in KINDS.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return kind
+    return None
 
 
 def _client(url: str):
@@ -37,9 +50,9 @@ def export_state(redis_url: str, models_path: Optional[Path]) -> dict:
     for pattern in PATTERNS:
         for name in sorted(client.scan_iter(match=pattern, count=500)):
             kind = client.type(name)
-            value = {"string": client.get, "hash": client.hgetall, "set": lambda n: sorted(client.smembers(n))}.get(kind)
-            if value is None:
+            if kind != KINDS[pattern]:  # not one of ours: import would refuse it
                 continue
+            value = {"string": client.get, "hash": client.hgetall, "set": lambda n: sorted(client.smembers(n))}[kind]
             ttl_ms = client.pttl(name)
             entries.append({"key": name, "type": kind, "value": value(name), "ttl_ms": ttl_ms if ttl_ms > 0 else None})
     models = json.loads(models_path.read_text()) if models_path else None
@@ -52,6 +65,42 @@ def _check(data: dict) -> None:
         raise ValueError(f"not an AI Core export (format {data.get('format')!r})")
     if data.get("version") != VERSION:
         raise ValueError(f"export version {data.get('version')!r} is not supported (this tool reads {VERSION})")
+    entries = data.get("entries")
+    if not isinstance(entries, list):
+        raise ValueError("the export has no list of entries")
+    for index, entry in enumerate(entries):  # all checked before anything is written
+        name = entry.get("key") if isinstance(entry, dict) else None
+        kind = expected_kind(name) if isinstance(name, str) else None
+        if kind is None:
+            raise ValueError(f"entry {index} ({name!r}) is not an AI Core key, key index, usage or session record")
+        if entry.get("type") != kind or not _value_fits(kind, entry.get("value")):
+            raise ValueError(f"entry {index} ({name!r}) must be a Redis {kind}")
+        ttl = entry.get("ttl_ms")
+        if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0):
+            raise ValueError(f"entry {index} ({name!r}) has a bad ttl_ms {ttl!r}")
+
+
+def _value_fits(kind: str, value) -> bool:
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "hash":
+        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def write_private(path: Path, text: str, overwrite: bool) -> None:
+    """Create `path` readable by its owner only (0600, whatever the umask); an existing file is
+    replaced only with `overwrite`, and made 0600 too before anything is written into it."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            fd = -1
+            f.write(text)
+    finally:
+        if fd != -1:
+            os.close(fd)
 
 
 def import_state(data: dict, redis_url: str, models_out: Optional[Path], dry_run: bool, force: bool) -> dict:
@@ -105,7 +154,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if args.output.exists() and not args.force:
                 raise FileExistsError(f"{args.output} exists; use --force")
             data = export_state(args.redis, args.models)
-            args.output.write_text(json.dumps(data, indent=1))
+            write_private(args.output, json.dumps(data, indent=1), overwrite=args.force)
             print(f"exported {len(data['entries'])} entries to {args.output}")
         else:
             report = import_state(json.loads(args.file.read_text()), args.redis, args.models_out,

@@ -8,6 +8,7 @@ before the first token can still become a proper HTTP error, not a broken stream
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 import logging
@@ -150,7 +151,7 @@ class Generation:
         self.cache = cache  # "hit", "miss" or None (not cacheable)
         self._on_complete = on_complete
         self._done = first is None
-        self.screen = None  # optional output check (content policy), called with each piece of text
+        self.screen = None  # optional OutputScreen (content policy): holds text back until judged
         self.output_text: Optional[str] = None  # kept when the log wants it
         self.prompt_text: Optional[str] = None
 
@@ -169,12 +170,15 @@ class Generation:
                 if chunk.finish_reason:
                     self.finish_reason, self.usage = chunk.finish_reason, chunk.usage or self.usage
                 parts.append(chunk.text)
-                if self.screen is not None:
-                    self.screen(chunk.text)
                 if self.output_text is not None:
                     self.output_text += chunk.text
+                if self.screen is not None:  # only text already judged goes out
+                    released = self.screen.feed(chunk.text) + (self.screen.finish() if chunk.finish_reason else "")
+                    chunk = dataclasses.replace(chunk, text=released)
                 yield chunk
                 chunk = await _next(self._rest)
+            if self.screen is not None and (rest := self.screen.finish()):  # a stream without a final chunk
+                yield GenerationChunk(text=rest)
             self._done = True
         finally:
             if not self._done:  # the client went away: stop the model's work

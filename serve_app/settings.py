@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MIN_API_KEY_LENGTH = 16
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", protected_namespaces=(), case_sensitive=False)
+    # hide_input_in_errors: a refused setting never prints the values (API keys, secrets) in the error.
+    model_config = SettingsConfigDict(extra="ignore", protected_namespaces=(), case_sensitive=False,
+                                      hide_input_in_errors=True)
 
     api_host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
     api_port: int = Field(8000, description="Port the HTTP server listens on.")
@@ -26,7 +29,11 @@ class Settings(BaseSettings):
         None, description="Embedding model used when a request names none; default: the first with task embed."
     )
     api_key_header: str = Field("X-API-Key", description="Header that carries the API key.")
-    api_keys: str = Field("", description="Comma-separated bootstrap API keys (admin).")
+    api_keys: str = Field("", description="Comma-separated bootstrap API keys (admin), each at least 16 characters.")
+    allow_short_api_keys: bool = Field(
+        False, description="Accept API_KEYS shorter than 16 characters (never on a server others can reach)."
+    )
+    docs_enabled: bool = Field(True, description="Serve /docs, /redoc and /openapi.json; false: they answer 404.")
     max_prompt_length: int = Field(32000, ge=1, description="Longest prompt (characters) accepted.")
     request_timeout_s: float = Field(
         300, gt=0, description="Longest wait for a model's first token before answering 503."
@@ -73,6 +80,10 @@ class Settings(BaseSettings):
     content_filter_patterns: str = Field("", description="JSON list of regular expressions refused in prompts.")
     content_filter_output_terms: str = Field("", description="Comma-separated terms refused in model output.")
     content_filter_output_patterns: str = Field("", description="JSON list of regular expressions refused in model output.")
+    content_filter_holdback_chars: int = Field(
+        64, ge=1, description="With output patterns: streamed text held back until judged (a longer match may "
+        "start to be sent before it is recognised). Output terms always hold back their own length.",
+    )
     log_prompts: bool = Field(False, description="Log prompts and responses (truncated) in the access log.")
     log_prompt_chars: int = Field(200, ge=1, description="Characters of prompt/response kept when LOG_PROMPTS is on.")
     store_failure_mode: Literal["closed", "strict"] = Field(
@@ -99,6 +110,16 @@ class Settings(BaseSettings):
     telegram_history_messages: int = Field(20, ge=2, description="Messages of a chat's history sent to the model.")
     telegram_history_chats: int = Field(10000, ge=1, description="Chats whose history is kept (least recently used dropped).")
     telegram_history_ttl_s: float = Field(86400, gt=0, description="A chat's history is forgotten after this idle time.")
+
+    @model_validator(mode="after")
+    def _long_enough_keys(self) -> "Settings":
+        short = [k for k in self.bootstrap_keys() if len(k) < MIN_API_KEY_LENGTH]
+        if short and not self.allow_short_api_keys:  # never echo a key
+            raise ValueError(
+                f"API_KEYS: {len(short)} key(s) shorter than {MIN_API_KEY_LENGTH} characters; use generated keys, "
+                "e.g. $(python3 -c 'import secrets; print(secrets.token_hex(24))'), or set ALLOW_SHORT_API_KEYS=true"
+            )
+        return self
 
     def bootstrap_keys(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]

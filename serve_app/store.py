@@ -23,6 +23,7 @@ class Store(Protocol):
     kind: str
 
     async def get(self, key: str) -> Optional[str]: ...
+    async def compare_and_set(self, key: str, expected: str, value: str) -> bool: ...
     async def set(self, key: str, value: str, ttl_s: Optional[float] = None) -> None: ...
     async def delete(self, *keys: str) -> None: ...
     async def incr_window(self, key: str, amount: int, window_s: int) -> int: ...
@@ -42,6 +43,12 @@ _INCR_WINDOW = """
 local total = redis.call('INCRBY', KEYS[1], ARGV[1])
 if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return total
+"""
+
+# Replace a string only if it still holds what the caller read (an optimistic read-modify-write).
+_COMPARE_AND_SET = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end
+return 0
 """
 
 
@@ -64,6 +71,7 @@ class RedisStore:
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         self._incr = self.client.register_script(_INCR_WINDOW)
+        self._cas = self.client.register_script(_COMPARE_AND_SET)
 
     async def _call(self, coro):
         try:
@@ -77,6 +85,10 @@ class RedisStore:
 
     async def set(self, key, value, ttl_s=None):
         await self._call(self.client.set(key, value, ex=int(ttl_s) if ttl_s else None))
+
+    async def compare_and_set(self, key, expected, value):
+        """Set `key` to `value` only while it still holds `expected`; True when it was set."""
+        return bool(await self._call(self._cas(keys=[key], args=[expected, value])))
 
     async def delete(self, *keys):
         if keys:
@@ -150,6 +162,14 @@ class MemoryStore:
     async def set(self, key, value, ttl_s=None):
         self._data[key] = value
         self._expire(key, ttl_s)
+
+    async def compare_and_set(self, key, expected, value):
+        # No await between the read and the write: atomic on the event loop.
+        if self._live(key) != expected:
+            return False
+        self._data[key] = value
+        self._expiry.pop(key, None)  # as Redis's SET: no expiry afterwards
+        return True
 
     async def delete(self, *keys):
         for key in keys:

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serve_app.netguard import parse_networks
 
-Scope = Literal["inference", "admin"]
+Scope = Literal["inference", "admin", "metrics"]
 
 
 KEY_EXAMPLE = {
@@ -39,7 +39,7 @@ class KeyCreate(_KeyFields):
 
     name: str = Field(min_length=1, max_length=100, description="What the key is for, e.g. 'telegram-bot'.")
     owner: Optional[str] = Field(None, max_length=100, description="Who is responsible for it.")
-    scopes: list[Scope] = Field(["inference"], min_length=1, description="`inference` and/or `admin`.")
+    scopes: list[Scope] = Field(["inference"], min_length=1, description="`inference`, `admin` and/or `metrics` (read /api/v1/metrics only).")
     models: Optional[list[str]] = Field(None, description="Models the key may use; omitted: all.")
     default_model: Optional[str] = Field(None, description="Model used when a request names none.")
     rate_limit_per_minute: Optional[int] = Field(None, ge=0, description="Requests per minute; omitted: RATE_LIMIT_PER_MINUTE; 0: unlimited.")

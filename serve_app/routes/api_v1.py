@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from deployments.errors import SessionNotFound
-from serve_app.auth import Principal, require_admin, require_any_key, require_key
+from serve_app.auth import Principal, require_admin, require_key, require_metrics
 from serve_app.store import StoreUnavailable
 from serve_app.logs import request_id_var
 from serve_app.protocol.api_v1 import (
@@ -192,8 +192,9 @@ async def ready(request: Request):
 
 @router.get("/metrics", response_class=PlainTextResponse,
             responses={200: {"content": {"text/plain": {"example": METRICS_EXAMPLE}}}})
-async def metrics(request: Request, _: Principal = Depends(require_any_key)):
-    """Prometheus text: counters from every ingress replica, model gauges read now."""
+async def metrics(request: Request, _: Principal = Depends(require_metrics)):
+    """Prometheus text: counters from every ingress replica, model gauges read now. Needs the
+    `metrics` scope (a scraper's key) or `admin`: the text names every key id and its usage."""
     body = await request.app.state.metrics.render()
     body += render_model_metrics(await _views(request), request.app.state.router.default_model)
     try:  # a shared figure: read from the store at scrape time

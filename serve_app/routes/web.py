@@ -10,10 +10,14 @@ from fastapi.responses import FileResponse
 from serve_app.ws_session import WsSession
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-# Only the page's own files and its own WebSocket: no inline script, nothing from elsewhere.
+# Only the page's own files and its own WebSocket: no inline script, nothing from elsewhere; no
+# other site may frame the page (it holds a key: clickjacking).
 PAGE_HEADERS = {
     "Cache-Control": "no-cache",
-    "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'",
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; "
+                               "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
 }
 

@@ -1,4 +1,6 @@
-// AI Core chat page: one WebSocket to /api/v1/ws, the conversation kept in localStorage.
+// AI Core chat page: one WebSocket to /api/v1/ws, the conversation kept in localStorage, the key
+// only in sessionStorage (gone when the tab closes; never written where other tabs or later
+// visitors of this browser profile could read it).
 // Everything shown (model output included) is set with textContent, never parsed as HTML.
 "use strict";
 
@@ -7,6 +9,11 @@ const store = {
   get: (k, d) => { try { return JSON.parse(localStorage.getItem("aicore." + k)) ?? d; } catch { return d; } },
   set: (k, v) => localStorage.setItem("aicore." + k, JSON.stringify(v)),
 };
+const secret = {
+  get: () => sessionStorage.getItem("aicore.key") || "",
+  set: (v) => sessionStorage.setItem("aicore.key", v),
+};
+localStorage.removeItem("aicore.key"); // earlier versions of this page kept the key there
 
 let socket = null;
 let ready = null;          // a promise resolved with the socket once authenticated
@@ -124,9 +131,9 @@ $("composer").addEventListener("submit", send);
 $("message").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey) send(e);
 });
-$("api-key").value = store.get("key", "");
+$("api-key").value = secret.get();
 $("api-key").addEventListener("change", () => {
-  store.set("key", $("api-key").value.trim());
+  secret.set($("api-key").value.trim());
   if (socket) socket.close();
 });
 $("model").addEventListener("change", () => store.set("model", $("model").value));

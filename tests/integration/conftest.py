@@ -9,8 +9,8 @@ import pytest
 
 from scripts.serve_process import ServeProcess
 
-KEY = "test-key-1"
-OTHER_KEY = "test-key-2"
+KEY = "test-key-1-0123456789"  # API_KEYS must be 16 characters or more
+OTHER_KEY = "test-key-2-0123456789"
 MAX_PROMPT_LENGTH = 6000
 DEFAULT = "smollm2-135m-instruct"
 GEMMA = "gemma3-270m"

@@ -11,7 +11,7 @@ from tests.integration.redis_process import RedisProcess
 from tests.integration.sse import parse_sse
 
 MODEL = "smollm2-135m-instruct"
-K1, K2 = "cache-key-1", "cache-key-2"
+K1, K2 = "cache-key-1-0123456789", "cache-key-2-0123456789"
 CACHE_TTL_S = 8
 
 

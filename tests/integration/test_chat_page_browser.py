@@ -71,12 +71,16 @@ def test_chat_page_streams_an_answer_and_shows_model_html_as_text(base_url, brow
     second = _send(browser, "Thank you.")
     assert second["final"]["state"] == "done"
     assert browser.js("document.querySelectorAll('#log .msg').length") == 4
+    # the key lives in this tab's sessionStorage only, never in localStorage
+    assert browser.js("sessionStorage.getItem('aicore.key')") == KEY
+    assert browser.js("localStorage.getItem('aicore.key')") is None
     history = browser.js("JSON.parse(localStorage.getItem('aicore.history'))")
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
     assert history[1]["content"] == final["text"]
     browser.open(base_url + "/")
     assert browser.js("document.querySelectorAll('#log .msg').length") == 4
     assert browser.js("document.querySelectorAll('#log .msg')[1].textContent") == final["text"]
+    assert browser.js("document.getElementById('api-key').value") == KEY  # same tab: still there
 
 
 def test_chat_page_reports_a_wrong_key(base_url, browser):

@@ -16,7 +16,7 @@ from tests.integration.cluster import LocalCluster
 from tests.integration.sse import stream_in_thread
 
 DEFAULT, SWAPPED = "smollm2-135m-instruct", "gemma3-270m"
-KEY = "swap-key"
+KEY = "swap-key-0123456789"
 
 
 class SwapApp:

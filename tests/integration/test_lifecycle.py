@@ -20,7 +20,7 @@ from scripts.serve_process import ROOT, ServeProcess
 from tests.integration.sse import stream_in_thread
 
 DEFAULT, LAZY, SPARE = "smollm2-135m-instruct", "gemma3-270m", "smollm2-spare"
-KEY = "life-key"
+KEY = "life-key-0123456789"
 IDLE_S = 15  # gemma3's idle timeout: short for the idle test, long enough for the budget test's steps
 MIB = 2**20
 BUDGET = 1536 * MIB  # default 512 MiB + gemma3 768 MiB, or + spare 512 MiB, fit; all three do not

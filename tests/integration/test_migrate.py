@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -80,3 +82,42 @@ def test_import_refuses_foreign_or_newer_files(instances, tmp_path):
     bad.write_text(json.dumps({"format": "aicore-migration", "version": 99, "entries": []}))
     done = _cli("import", str(bad), "--redis", new.url)
     assert done.returncode == 2 and "version 99" in done.stderr
+
+
+def test_export_file_is_readable_by_its_owner_only(instances, tmp_path):
+    old, _ = instances
+    export = tmp_path / "private.json"
+    previous = os.umask(0o022)  # a umask that would leave a plain write readable by everyone
+    try:
+        done = _cli("export", "--redis", old.url, "-o", str(export))
+        assert done.returncode == 0, done.stderr
+        assert stat.S_IMODE(export.stat().st_mode) == 0o600
+        export.chmod(0o644)  # an older, readable export: --force writes it private again
+        done = _cli("export", "--redis", old.url, "-o", str(export), "--force")
+        assert done.returncode == 0, done.stderr
+        assert stat.S_IMODE(export.stat().st_mode) == 0o600
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.parametrize("entry,complaint", [
+    ({"key": "ray:gcs:anything", "type": "string", "value": "x"}, "is not an AI Core key"),
+    ({"key": "aicore:cache:abc", "type": "string", "value": "x"}, "is not an AI Core key"),
+    ({"key": "aicore:keys", "type": "string", "value": "x"}, "must be a Redis set"),
+    ({"key": "aicore:usage:key-1", "type": "string", "value": "x"}, "must be a Redis hash"),
+    ({"key": "aicore:key:key-1", "type": "string", "value": {"a": "b"}}, "must be a Redis string"),
+])
+def test_import_refuses_entries_that_are_not_ours(instances, tmp_path, entry, complaint):
+    _, new = instances
+    good = {"key": "session:key-x:chat-9", "type": "string", "value": "{}", "ttl_ms": None}
+    path = tmp_path / "foreign.json"
+    path.write_text(json.dumps({"format": "aicore-migration", "version": 1, "models": None,
+                                "entries": [good, entry]}))
+    import redis
+
+    client = redis.Redis.from_url(new.url)
+    before = client.dump(entry["key"])  # aicore:keys exists there already (an earlier import)
+    done = _cli("import", str(path), "--redis", new.url, "--force")
+    assert done.returncode == 2 and complaint in done.stderr, done.stderr
+    # refused before anything was written, the valid entry included
+    assert not client.exists(good["key"]) and client.dump(entry["key"]) == before

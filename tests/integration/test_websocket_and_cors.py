@@ -147,6 +147,8 @@ def test_chat_page_and_its_files_are_served(base_url):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<script src="/static/chat.js">' in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]  # no other site frames it
+    assert page.headers["x-frame-options"] == "DENY"
     script = httpx.get(base_url + "/static/chat.js")
     assert script.status_code == 200 and "/api/v1/ws" in script.text
     assert "innerHTML" not in script.text and "insertAdjacentHTML" not in script.text

@@ -17,7 +17,7 @@ from serve_app.serving import ModelEntry, ModelRouter
 from serve_app.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-BOOT = "unit-boot-key"
+BOOT = "unit-boot-key-0123456789"
 
 
 class _Status:
@@ -71,3 +71,34 @@ def test_redis_down_follows_store_failure_mode(mode, boot_status):
         assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
         assert (await c.get("/v1/models")).status_code == 401
     _run(_app(redis_url=dead, store_failure_mode=mode), scenario)
+
+
+def test_api_docs_can_be_turned_off():
+    async def on(c):
+        assert (await c.get("/openapi.json")).status_code == 200
+        assert (await c.get("/docs")).status_code == 200
+
+    async def off(c):
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            r = await c.get(path)
+            assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error", (path, r.text)
+        assert (await c.get("/api/v1/health")).status_code == 200  # the API itself is unchanged
+    _run(_app(), on)
+    _run(_app(docs_enabled=False), off)
+
+
+def test_metrics_refuse_keys_without_the_metrics_or_admin_scope():
+    """Only the refusals here: rendering needs the metrics hub (tests/integration/security/test_access.py)."""
+    async def scenario(c):
+        boot = {"X-API-Key": BOOT}
+        keys = {}
+        for scopes in (["inference"], ["metrics"]):
+            made = (await c.post("/api/v1/keys", headers=boot, json={"name": "m", "scopes": scopes})).json()
+            keys[scopes[0]] = {"X-API-Key": made["key"]}
+        refused = await c.get("/api/v1/metrics", headers=keys["inference"])
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "insufficient_scope"
+        # a scraper's key reads metrics and nothing else
+        for method, path in (("GET", "/v1/models"), ("GET", "/api/v1/keys"), ("POST", "/api/v1/generate")):
+            r = await c.request(method, path, headers=keys["metrics"], json={"prompt": "hi"})
+            assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope", (path, r.text)
+    _run(_app(), scenario)

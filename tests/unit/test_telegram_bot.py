@@ -31,9 +31,10 @@ class FakeService:
 
 
 def _bot(answer: str) -> tuple[TelegramBot, FakeService]:
-    settings = Settings(api_keys="k", telegram_api_key="k", telegram_webhook_secret="s", telegram_models="m1,m2")
+    key = "telegram-unit-key-0123"
+    settings = Settings(api_keys=key, telegram_api_key=key, telegram_webhook_secret="s", telegram_models="m1,m2")
     service = FakeService(answer)
-    auth = Authenticator(["k"], "X-API-Key", KeyService(MemoryStore(), {}), MemoryStore(), "closed")
+    auth = Authenticator([key], "X-API-Key", KeyService(MemoryStore(), {}), MemoryStore(), "closed")
     return TelegramBot(settings, service, auth, InMemoryChatHistory()), service
 
 

@@ -41,7 +41,7 @@ def redis_server():
 
 def _one_model_file() -> Path:
     data = json.loads((ROOT / "models.json").read_text())
-    data["models"] = {MODEL: data["models"][MODEL]}
+    data["models"] = {MODEL: {**data["models"][MODEL], "stream_interval_ms": 0}}  # every token its own chunk
     path = Path(tempfile.mkdtemp(prefix="aicore-sec-")) / "models.json"
     path.write_text(json.dumps(data))
     return path

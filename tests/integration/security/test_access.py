@@ -29,8 +29,8 @@ ADMIN = [
     ("GET", "/api/v1/keys/{id}/usage", None),
     ("POST", "/api/v1/models/load", {"model": MODEL}),  # loaded already: idempotent
 ]
-ANY_SCOPE = [("GET", "/api/v1/metrics", None)]
-ALL = INFERENCE + ADMIN + ANY_SCOPE
+METRICS = [("GET", "/api/v1/metrics", None)]
+ALL = INFERENCE + ADMIN + METRICS
 MODEL_ROUTES = [r for r in INFERENCE if r[2] is not None or r[1].endswith(MODEL)]
 ids = lambda routes: [f"{m} {p}" for m, p, _ in routes]  # noqa: E731
 
@@ -47,6 +47,7 @@ def keys(url):
             "full": make(scopes=["inference", "admin"]),
             "inference": make(scopes=["inference"]),
             "admin_only": make(scopes=["admin"]),
+            "metrics_only": make(scopes=["metrics"]),
             "revoked": make(scopes=["inference", "admin"]),
             "disabled": make(scopes=["inference", "admin"], enabled=False),
             "expired": make(scopes=["inference", "admin"], expires_at=int(time.time()) - 5),
@@ -153,10 +154,22 @@ def test_admin_routes_need_the_admin_scope(url, keys, method, path, body):
         assert "admin" in error["message"]
 
 
-def test_metrics_take_either_scope(url, keys):
-    for name in ("inference", "admin_only"):
+def test_metrics_need_the_metrics_or_admin_scope(url, keys):
+    for name in ("metrics_only", "admin_only"):
         r = httpx.get(url + "/api/v1/metrics", headers={"X-API-Key": keys[name]["key"]}, timeout=60)
         assert r.status_code == 200, r.text
+        assert "aicore_model_state" in r.text
+    # the text names every key id and its usage: an inference key may not read it
+    with httpx.Client(base_url=url, timeout=60) as c:
+        error = _error(_call(c, "GET", "/api/v1/metrics", None, key=keys["inference"]["key"]), 403,
+                       "insufficient_scope")
+        assert "metrics" in error["message"] and "admin" in error["message"]
+
+
+@pytest.mark.parametrize("method,path,body", INFERENCE + ADMIN, ids=ids(INFERENCE + ADMIN))
+def test_a_metrics_key_reads_only_metrics(url, keys, method, path, body):
+    with httpx.Client(base_url=url, timeout=60) as c:
+        _error(_call(c, method, _path(path, url), body, key=keys["metrics_only"]["key"]), 403, "insufficient_scope")
 
 
 @pytest.mark.parametrize("method,path,body", MODEL_ROUTES, ids=ids(MODEL_ROUTES))

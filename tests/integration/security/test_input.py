@@ -64,10 +64,14 @@ def test_oversize_chunked_body_is_413(client, path):
 def test_chunked_body_under_the_limit_is_served(client):
     def chunks():
         yield b'{"prompt": "The sky '
-        yield b'is", "max_tokens": 3}'
+        yield b'is", "max_tokens": 3, "temperature": 0, "cache": false}'
 
     r = client.post("/api/v1/generate", content=chunks(), headers={"content-type": "application/json"})
-    assert r.status_code == 200, r.text and r.json()["response"] is not None
+    assert r.status_code == 200, r.text
+    body = r.json()
+    # both chunks arrived (the JSON parsed, the options of the second one applied) and the model answered
+    assert body["model"] == MODEL and body["response"].strip(), body
+    assert body["tokens_used"] > 3 and body.get("cached") is not True, body
 
 
 @pytest.mark.parametrize("path", INFERENCE_POSTS)
@@ -113,6 +117,8 @@ def test_content_filter_ends_a_stream_with_an_error_event(client):
     assert error["type"] == "content_filter"
     sent = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-2])
     assert OUTPUT_TERM not in sent.lower()
+    # not even its first letters: the model streams token by token here (stream_interval_ms 0)
+    assert not any(sent.lower().endswith(OUTPUT_TERM[:n]) for n in range(1, len(OUTPUT_TERM))), sent
 
 
 def test_json_responses_are_nosniff(client, url):

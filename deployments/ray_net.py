@@ -1,0 +1,48 @@
+"""Keep a Serve replica's own gRPC server off the network's other interfaces.
+
+Ray Serve 2.60 starts an inter-deployment gRPC server in every replica, bound to `[::]:0` (all
+interfaces) with no setting to change it (`ray/serve/_private/replica.py`, `_on_initialized`).
+Every other Ray server binds the node's IP. `bind_replica_grpc_to_node_ip()`, called from each
+deployment's constructor (which runs before that server starts), makes the replica bind its
+node's IP instead: 127.0.0.1 on the single-node run (scripts.run_server), the node's address
+in a cluster, so replicas on other nodes still reach it. Token authentication guards the
+server either way; this removes the surface. When Ray's code differs (an upgrade), nothing is
+changed and the socket-table test (tests/integration/test_listeners.py) reports it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger("aicore.ray_net")
+
+ALL_INTERFACES = "[::]:0"
+
+
+def bind_replica_grpc_to_node_ip() -> bool:
+    """True when the replica's server will bind the node's IP (idempotent)."""
+    try:
+        from ray import serve
+        from ray.serve._private import replica
+        from ray.util import get_node_ip_address
+    except ImportError:
+        return False
+    try:
+        serve.get_replica_context()
+    except Exception:  # not inside a replica (a unit test): nothing to do
+        return False
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is None:
+        logger.warning("Ray Serve has no add_port_to_grpc_server: replica gRPC binding left as Ray sets it")
+        return False
+    if getattr(original, "_aicore_node_ip", False):
+        return True
+    node_ip = get_node_ip_address()
+    host = f"[{node_ip}]" if ":" in node_ip else node_ip
+
+    def add_port(server, address):
+        return original(server, f"{host}:0" if address == ALL_INTERFACES else address)
+
+    add_port._aicore_node_ip = True
+    replica.add_port_to_grpc_server = add_port
+    return True
