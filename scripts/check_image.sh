@@ -145,10 +145,18 @@ fi
 echo "user: uid $user; /app/serve_app and /app/.venv not writable; /app/models writable: $(podman exec "$name" sh -c 'test -w /app/models && echo yes || echo no')"
 say "OK: $IMAGE serves its models.json (ready, chat, embedding) as a non-root user with read-only code"
 
-# 6. Decode speed: the image's portable llama.cpp (GGML_NATIVE=OFF) against this checkout's .venv
+# 6. The Compose health check's restart: failing checks (a dead URL here) stop the container's init.
+started=$(date +%s)
+podman exec "$name" python -m scripts.healthcheck --url http://127.0.0.1:9/ --restart-after 1 >/dev/null 2>&1 || true
+until [ "$(podman inspect -f '{{.State.Running}}' "$name")" != true ]; do
+  if (( $(date +%s) - started > 120 )); then say "FAIL: the health check did not stop the container"; exit 1; fi
+  sleep 1
+done
+say "health check: after failed checks the container exited in $(( $(date +%s) - started )) s (code $(podman inspect -f '{{.State.ExitCode}}' "$name")): Compose's restart policy starts it again"
+
+# 7. Decode speed: the image's portable llama.cpp (GGML_NATIVE=OFF) against this checkout's .venv
 #    build (native by default), alternated, with the server stopped so nothing else runs.
 if [ "${BENCH:-1}" = 1 ]; then
-  podman stop -t 60 "$name" >/dev/null
   for round in 1 2; do
     if [ -x .venv/bin/python ]; then
       HF_HUB_OFFLINE=1 .venv/bin/python -m scripts.decode_speed --label "this machine's .venv (round $round)"
