@@ -25,10 +25,11 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 say() { printf '[check_image %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 # 1. Tools (Debian's podman; runc because crun fails on a cgroups v1+v2 hybrid).
-if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null; then
+# catatonit is podman's `--init` (Compose's `init: true`).
+if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null || [ ! -x /usr/libexec/podman/catatonit ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman buildah \
-    debootstrap fuse-overlayfs slirp4netns uidmap containernetworking-plugins iptables >/dev/null
+    debootstrap fuse-overlayfs slirp4netns uidmap containernetworking-plugins iptables catatonit >/dev/null
 fi
 mkdir -p "$WORK/storage"
 cat > "$WORK/storage.conf" <<EOF
