@@ -46,6 +46,9 @@ def render(source: Path) -> dict:
     app = config["applications"][0]
     args = app.setdefault("args", {})
     settings = Settings(**{k.lower(): v for k, v in args.items()})
+    # The cluster builds from the file these revisions come from: MODEL_CONFIG_PATH of this shell
+    # (as given, so it resolves on the head node as here) unless the config names one.
+    args.setdefault("model_config_path", settings.model_config_path)
     os.chdir(source.parent if source.parent != Path("") else ROOT)  # relative paths as `serve deploy` sees them
     models_path = settings.resolve(settings.model_config_path)
     models = load_models_file(models_path).models

@@ -39,11 +39,14 @@ def create_app(
     app.state.settings = settings
     app.state.router = router
     metrics = app.state.metrics = MetricsRecorder(metrics_hub, settings.metrics_flush_s)
-    app.state.store = store = make_store(settings.redis_url, on_error=lambda: metrics.count("store_errors"))
+    app.state.store = store = make_store(settings.redis_url, on_error=lambda: metrics.count("store_errors"),
+                                           password=settings.redis_password)
     app.state.sessions = SessionStore(store, settings.session_ttl_s)
     cache = None
     if settings.cache_enabled:
-        cache = ResponseCache(store, settings.cache_ttl_s, on_write=lambda n: metrics.count("cache_bytes", n))
+        cache_store = store if not settings.cache_redis_url else make_store(
+            settings.cache_redis_url, on_error=lambda: metrics.count("store_errors"), password=settings.redis_password)
+        cache = ResponseCache(cache_store, settings.cache_ttl_s, on_write=lambda n: metrics.count("cache_bytes", n))
     app.state.generation = GenerationService(router, settings, cache, app.state.sessions)
     app.state.batch = BatchService(app.state.generation, settings)
     app.state.embeddings = EmbeddingService(router, settings)

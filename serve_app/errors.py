@@ -47,6 +47,16 @@ def to_aicore_error(exc: BaseException) -> AICoreError:
     return AICoreError("internal server error")
 
 
+def _log_debug(exc: BaseException, error: AICoreError) -> None:
+    """DEBUG=true: every error answer in the log, a 5xx with its traceback (an unhandled exception
+    was logged with its traceback at ERROR already). The response body never carries either."""
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
+    unhandled = not isinstance(exc, AICoreError) and error.code is None and error.status == 500
+    trace = (type(exc), exc, exc.__traceback__) if error.status >= 500 and not unhandled else None
+    logger.debug("error answer %s %s: %s", error.status, error.code or error.type, error.message, exc_info=trace)
+
+
 def error_body(error: AICoreError) -> dict:
     return {
         "error": {
@@ -67,6 +77,7 @@ def _note(request: Optional[Request], error: AICoreError) -> None:
 
 def error_response(exc: BaseException, request: Optional[Request] = None) -> JSONResponse:
     error = to_aicore_error(exc)
+    _log_debug(exc, error)
     _note(request, error)
     headers = {"Retry-After": "5"} if error.status == 503 else None
     headers = getattr(error, "headers", None) or headers  # e.g. a 429's Retry-After
@@ -75,6 +86,7 @@ def error_response(exc: BaseException, request: Optional[Request] = None) -> JSO
 
 def sse_error_event(exc: BaseException, request: Optional[Request] = None) -> str:
     error = to_aicore_error(exc)
+    _log_debug(exc, error)
     _note(request, error)
     return f"data: {json.dumps(error_body(error))}\n\n"
 

@@ -56,6 +56,27 @@ class KeyService:
         await self.store.sadd(_IDS, key_id)
         return KeyCreated(key=key, **record.view().model_dump())
 
+    async def adopt(self, key: str, spec: KeyCreate, created_at: Optional[int] = None) -> Optional[KeyView]:
+        """Store a key that already exists elsewhere (an older system's plaintext key) by its hash,
+        so the same key keeps working. None when a stored key has that hash already."""
+        self._check_models(spec.models, spec.default_model)
+        digest = hash_key(key)
+        if await self.store.get(_BY_HASH + digest) is not None:
+            return None
+        fields = spec.model_dump(exclude={"expires_in_s"})
+        if spec.expires_in_s:
+            fields["expires_at"] = int(time.time()) + spec.expires_in_s
+        record = StoredKey(id="key-" + secrets.token_hex(8), key_prefix=key[:8],
+                           created_at=created_at or int(time.time()), hash=digest, **fields)
+        await self._save(record)
+        await self.store.set(_BY_HASH + digest, record.id)
+        await self.store.sadd(_IDS, record.id)
+        return record.view()
+
+    async def id_of(self, key: str) -> Optional[str]:
+        """The id of the stored key with this secret, if any (no checks of its state)."""
+        return await self.store.get(_BY_HASH + hash_key(key))
+
     async def list(self) -> list[KeyView]:
         ids = sorted(await self.store.smembers(_IDS))
         records = [await self._load(key_id) for key_id in ids]

@@ -3,12 +3,15 @@
     python -m serve_app.migrate export --redis redis://old:6379/0 --models models.json -o aicore-export.json
     python -m serve_app.migrate import aicore-export.json --redis redis://new:6379/0 --models-out models.json --dry-run
     python -m serve_app.migrate import aicore-export.json --redis redis://new:6379/0 --models-out models.json
+    python -m serve_app.migrate import-legacy --keys keys.csv --history chats.jsonl [--apply]
 
 The file is versioned JSON. Keys travel as their SHA-256 records (the keys themselves are never
 stored anywhere), so the same keys authenticate on the new instance. Import refuses to overwrite
 anything that exists unless `--force`; `--dry-run` only reports. Response-cache entries and
 rate-limit windows are transient and are not moved. State lives in Redis: an instance without
 REDIS_URL keeps keys and sessions in its process memory, which no tool can read from outside.
+`import-legacy` reads an older system's keys and chat histories (serve_app/legacy_import.py);
+without `--apply` it only checks and reports. REDIS_PASSWORD applies to every `--redis` URL.
 """
 
 from __future__ import annotations
@@ -41,7 +44,10 @@ def expected_kind(name: str) -> Optional[str]:
 def _client(url: str):
     import redis
 
-    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+    from serve_app.settings import Settings
+
+    return redis.Redis.from_url(url, password=Settings().redis_password, decode_responses=True,
+                                socket_timeout=5, socket_connect_timeout=5)
 
 
 def export_state(redis_url: str, models_path: Optional[Path]) -> dict:
@@ -148,9 +154,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     im.add_argument("--models-out", type=Path, help="where to write the exported models.json")
     im.add_argument("--dry-run", action="store_true", help="report what would happen, write nothing")
     im.add_argument("--force", action="store_true", help="overwrite keys, sessions and files that exist")
+    legacy = sub.add_parser("import-legacy", help="load an older system's keys (CSV/JSON) and chat histories "
+                            "(JSON lines); a dry run unless --apply (docs/migration.md)")
+    legacy.add_argument("--keys", type=Path, help="plaintext keys: .csv with a header row, or .json")
+    legacy.add_argument("--history", type=Path, help="chat messages, one JSON object per line")
+    legacy.add_argument("--redis", default=os.environ.get("REDIS_URL"), help="default: $REDIS_URL")
+    legacy.add_argument("--models", type=Path, help="the server's models.json (default: $MODEL_CONFIG_PATH)")
+    legacy.add_argument("--owner-key", default=os.environ.get("LEGACY_OWNER_KEY"),
+                        help="key owning conversations that name none (default: $LEGACY_OWNER_KEY)")
+    legacy.add_argument("--apply", action="store_true", help="write; without it nothing is written")
     args = parser.parse_args(argv)
     try:
-        if args.command == "export":
+        if args.command == "import-legacy":
+            from serve_app.legacy_import import run
+
+            if not args.redis or not (args.keys or args.history):
+                raise ValueError("import-legacy needs --redis (or REDIS_URL) and --keys and/or --history")
+            print(json.dumps(run(args.keys, args.history, args.redis, args.models, args.owner_key, args.apply)))
+        elif args.command == "export":
             if args.output.exists() and not args.force:
                 raise FileExistsError(f"{args.output} exists; use --force")
             data = export_state(args.redis, args.models)

@@ -48,8 +48,12 @@ class SessionStore:
         raw = await self.store.get(self._key(owner, session_id))
         return json.loads(raw) if raw else None
 
-    async def save(self, owner: str, session_id: str, model: str, messages: list[dict]) -> None:
-        record = {"session_id": session_id, "model": model, "messages": messages, "updated": time.time()}
+    async def save(self, owner: str, session_id: str, model: str, messages: list[dict],
+                   updated: Optional[float] = None) -> None:
+        """`updated`: when the last turn happened (default now; an import gives the original time).
+        The session expires SESSION_TTL_S after this call either way."""
+        record = {"session_id": session_id, "model": model, "messages": messages,
+                  "updated": time.time() if updated is None else updated}
         await self.store.set(self._key(owner, session_id), json.dumps(record), ttl_s=self.ttl_s)
         await self.store.sadd(self._index(owner), session_id)
 

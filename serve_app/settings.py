@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -20,9 +20,16 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
     api_port: int = Field(8000, description="Port the HTTP server listens on.")
     log_level: str = Field("INFO", description="Python log level for every process.")
+    debug: bool = Field(
+        False, description="Debug logs in every process (LOG_LEVEL becomes DEBUG) and a traceback in the log for "
+        "every 5xx; responses never carry tracebacks or internals.",
+    )
     log_format: Literal["text", "json"] = Field("text", description="`json` gives one JSON object per line.")
     log_dir: Optional[str] = Field(None, description="Also append every process's log to <dir>/aicore.log.")
-    model_config_path: str = Field("models.json", description="The model registry file.")
+    model_config_path: str = Field(
+        "models.json", description="The model registry file (MODEL_CONFIG_PATH; `args.model_config_path` in "
+        "serve_config.yaml wins over the environment, and the shipped serve_config.yaml names none).",
+    )
     model_cache_dir: str = Field("models", description="Where assembled/converted weights are kept.")
     default_model: Optional[str] = Field(None, description="Model used when a request names none; default: the first.")
     default_embedding_model: Optional[str] = Field(
@@ -41,6 +48,13 @@ class Settings(BaseSettings):
     redis_url: Optional[str] = Field(
         None, description="Redis for cache, sessions, keys and limits; unset: one process's memory (one ingress replica)."
     )
+    redis_password: Optional[str] = Field(
+        None, description="Password for REDIS_URL when the URL carries none (a password in the URL wins)."
+    )
+    cache_redis_url: Optional[str] = Field(
+        None, description="A Redis only for the response cache (it may evict, e.g. allkeys-lru), with REDIS_PASSWORD; "
+        "unset: the cache shares REDIS_URL (or memory) with keys and sessions.",
+    )
     cache_enabled: bool = Field(True, description="Answer repeated deterministic requests from the cache.")
     cache_ttl_s: float = Field(3600, gt=0, description="How long a cached answer lives.")
     cache_shared_across_keys: bool = Field(
@@ -53,7 +67,11 @@ class Settings(BaseSettings):
     ready_min_memory_percent: float = Field(
         2.0, ge=0, le=100, description="Readiness answers 503 below this share of available node memory."
     )
-    ingress_replicas: int = Field(1, ge=1, description="Ingress replicas (each is one HTTP worker).")
+    ingress_replicas: int = Field(
+        1, ge=1, validation_alias=AliasChoices("ingress_replicas", "api_workers"),
+        description="Ingress replicas (INGRESS_REPLICAS, or the spec's API_WORKERS; INGRESS_REPLICAS wins when "
+        "both are set): Ray actors each running the FastAPI app, behind Serve's one HTTP proxy.",
+    )
     model_memory_budget: Optional[str] = Field(
         None, description="Memory (bytes or e.g. `12GiB`) loaded models may take together; default: "
         "total RAM minus MEMORY_HEADROOM. A load that does not fit is refused (409) or evicts (MODEL_EVICTION)."
@@ -119,6 +137,12 @@ class Settings(BaseSettings):
                 f"API_KEYS: {len(short)} key(s) shorter than {MIN_API_KEY_LENGTH} characters; use generated keys, "
                 "e.g. $(python3 -c 'import secrets; print(secrets.token_hex(24))'), or set ALLOW_SHORT_API_KEYS=true"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _debug_logs(self) -> "Settings":
+        if self.debug:
+            self.log_level = "DEBUG"
         return self
 
     def bootstrap_keys(self) -> list[str]:

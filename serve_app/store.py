@@ -55,7 +55,8 @@ return 0
 class RedisStore:
     kind = "redis"
 
-    def __init__(self, url: str, timeout_s: float = 1.0, on_error: Callable[[], None] = lambda: None):
+    def __init__(self, url: str, timeout_s: float = 1.0, on_error: Callable[[], None] = lambda: None,
+                 password: Optional[str] = None):
         import redis.asyncio as redis
 
         self._on_error = on_error
@@ -65,8 +66,9 @@ class RedisStore:
 
         # One immediate retry: a pooled connection that died with a Redis restart is replaced
         # transparently instead of failing the first call after the restart.
+        # `password` (REDIS_PASSWORD) applies when the URL carries none: redis-py lets the URL's win.
         self.client = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            url, password=password or None, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             health_check_interval=15, retry=Retry(NoBackoff(), 1),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
@@ -224,5 +226,6 @@ class MemoryStore:
 
 
 
-def make_store(redis_url: Optional[str], on_error: Callable[[], None] = lambda: None) -> Store:
-    return RedisStore(redis_url, on_error=on_error) if redis_url else MemoryStore()
+def make_store(redis_url: Optional[str], on_error: Callable[[], None] = lambda: None,
+               password: Optional[str] = None) -> Store:
+    return RedisStore(redis_url, on_error=on_error, password=password) if redis_url else MemoryStore()

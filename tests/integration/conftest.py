@@ -98,7 +98,7 @@ def formats_server(tmp_path_factory, tiny_dir):
                                   "parallel": 1, "max_queued": 1, "stream_interval_ms": 0}}}
     config = folder / "models.json"
     config.write_text(json.dumps(models))
-    # serve_config.yaml names models.json in `args`, which wins over the environment.
+    # `args` win over the environment (test_spec_settings.py checks MODEL_CONFIG_PATH itself).
     args = {"model_config_path": str(config), "model_cache_dir": str(folder / "cache")}
     # No response cache: these tests check what the backends themselves do on every request.
     env = {"API_KEYS": KEY, "LOG_FORMAT": "json", "CACHE_ENABLED": "false"}
