@@ -80,7 +80,7 @@ def _router(handle=None):
 
 
 def _app(handle=None, **settings):
-    return create_app(Settings(**{"api_keys": "k", **settings}), _router(handle), None, _Status())
+    return create_app(Settings(**{"api_keys": "k", "allow_short_api_keys": True, **settings}), _router(handle), None, _Status())
 
 
 def _run(app, scenario):
@@ -101,6 +101,7 @@ def test_api_host_and_api_port_reach_serve_run(monkeypatch):
     monkeypatch.setenv("API_HOST", "0.0.0.0")
     monkeypatch.setenv("API_PORT", "8123")
     monkeypatch.setenv("API_KEYS", "k")
+    monkeypatch.setenv("ALLOW_SHORT_API_KEYS", "true")
     run_server.main()
     rendered = Path(calls[0][2])
     try:
@@ -228,7 +229,8 @@ def test_content_filter_output_patterns_refuse_output():
 
     screen = ContentPolicy.from_settings(Settings(content_filter_output_patterns=json.dumps([r"piece\d"]))).output_screen()
     with pytest.raises(Exception, match="content"):
-        screen("here is piece1")
+        screen.feed("here is piece1")
+        screen.finish()
     assert ContentPolicy.from_settings(Settings()).output_screen() is None
 
 

@@ -187,7 +187,7 @@ def test_app_uses_redis_password_and_a_separate_cache_redis(password_redis):
     models = load_models_file(ROOT / "models.json").models
     router = ModelRouter({n: ModelEntry(n, c, None) for n, c in models.items()}, SMOLLM)
 
-    settings = Settings(api_keys="k", redis_url=password_redis + "/0", cache_redis_url=password_redis + "/1",
+    settings = Settings(api_keys="k", allow_short_api_keys=True, redis_url=password_redis + "/0", cache_redis_url=password_redis + "/1",
                         redis_password="pw-123")
     app = create_app(settings, router, None, _Status())
 
