@@ -25,7 +25,7 @@ from serve_app.protocol.batch import (
     BatchTotals,
 )
 from serve_app.replies import generate_response
-from serve_app.serving import GenerationService
+from serve_app.serving import GenerationService, RequestOptions
 from serve_app.settings import Settings
 
 Item = Union[BatchGenerateItem, BatchChatItem]
@@ -113,6 +113,7 @@ class BatchService:
         `retry_overloaded` (asynchronous jobs): a model that refuses for overload (503) is asked
         again after its Retry-After, for as long as it takes; the job's cancel stops the wait."""
         item = entry.item
+        key_id = getattr(principal, "key_id", None) or "-"
         while True:
             try:
                 generation = await self.service.start(
@@ -120,6 +121,7 @@ class BatchService:
                     prompt=item.prompt if isinstance(item, BatchGenerateItem) else None,
                     messages=[m.as_dict() for m in item.messages] if isinstance(item, BatchChatItem) else None,
                     principal=principal, priority=item.priority or "batch",
+                    options=RequestOptions(endpoint="-", tenant=key_id, owner=key_id, cache=item.cache),
                 )
                 result = await generation.collect()
                 return BatchItemResult(index=entry.index, id=item.id, status="ok",
