@@ -10,6 +10,7 @@ from fastapi.staticfiles import StaticFiles
 
 from serve_app.auth import Authenticator
 from serve_app.batch import BatchService
+from serve_app.batch_jobs import BatchJobService
 from serve_app.cache import ResponseCache
 from serve_app.chat_history import InMemoryChatHistory, RemoteChatHistory
 from serve_app.cors import ConfiguredCORS
@@ -24,6 +25,7 @@ from serve_app.routes import api_v1, integrations, keys, openai, web
 from serve_app.serving import EmbeddingService, GenerationService, ModelRouter
 from serve_app.sessions import SessionStore
 from serve_app.settings import Settings
+from serve_app.shared_store import RemoteStore
 from serve_app.status import ModelStatus
 from serve_app.store import make_store
 from serve_app.telegram import TelegramBot
@@ -33,7 +35,8 @@ def create_app(
     settings: Settings, router: ModelRouter, metrics_hub: Any, model_status: ModelStatus, chat_hub: Any = None,
     footprints: Optional[dict[str, Optional[int]]] = None,
 ) -> FastAPI:
-    """`chat_hub`: the ChatHistoryHub handle shared by ingress replicas; None keeps chat state in-process."""
+    """`chat_hub`: the StateHub handle shared by ingress replicas (chat histories; batch jobs without
+    Redis); None keeps that state in-process."""
     docs = {} if settings.docs_enabled else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="AI Core", version="0.1.0", description="Self-hosted model serving on Ray Serve.", **docs)
     app.state.settings = settings
@@ -49,6 +52,10 @@ def create_app(
         cache = ResponseCache(cache_store, settings.cache_ttl_s, on_write=lambda n: metrics.count("cache_bytes", n))
     app.state.generation = GenerationService(router, settings, cache, app.state.sessions)
     app.state.batch = BatchService(app.state.generation, settings)
+    # Jobs are polled through any ingress replica: without Redis their state is in the shared hub.
+    job_store = RemoteStore(chat_hub) if chat_hub is not None and not settings.redis_url else store
+    app.state.batch_jobs = BatchJobService(app.state.batch, job_store, settings)
+    app.router.on_shutdown.append(app.state.batch_jobs.shutdown)  # the replica stops: jobs end interrupted
     app.state.embeddings = EmbeddingService(router, settings)
     app.state.model_status = model_status
     app.state.control = ModelControl(router, model_status, settings, footprints or {})

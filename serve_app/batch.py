@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from deployments.errors import InvalidRequest
+from deployments.errors import InvalidRequest, Overloaded
 from serve_app.errors import error_body, to_aicore_error, validation_error
 from serve_app.protocol.batch import (
     BatchChatItem,
@@ -25,10 +25,11 @@ from serve_app.protocol.batch import (
     BatchTotals,
 )
 from serve_app.replies import generate_response
-from serve_app.serving import GenerationService
+from serve_app.serving import GenerationService, RequestOptions
 from serve_app.settings import Settings
 
 Item = Union[BatchGenerateItem, BatchChatItem]
+MAX_OVERLOAD_WAIT_S = 30  # longest pause before a job asks an overloaded model again
 
 
 def parse_item(raw: dict, default_format: Optional[str]) -> Item:
@@ -44,6 +45,45 @@ def parse_item(raw: dict, default_format: Optional[str]) -> Item:
         raise validation_error(RequestValidationError(error.errors())) from None
 
 
+class Prepared:
+    """One item of a batch after validation: the item, or the error that is its result."""
+
+    def __init__(self, index: int, raw: Any, item: Optional[Item] = None, error: Optional[BaseException] = None):
+        self.index = index
+        self.item = item
+        self.error = error
+        self.id = item.id if item is not None else (raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None)
+
+    def failed(self, error: BaseException) -> BatchItemResult:
+        return BatchItemResult(index=self.index, id=self.id, status="error",
+                               error=error_body(to_aicore_error(error))["error"])
+
+
+def prepare(items: list[dict], default_format: Optional[str]) -> list[Prepared]:
+    """Validate every item in order; an id used by an earlier valid item is that item's error."""
+    seen: set[str] = set()
+    prepared = []
+    for index, raw in enumerate(items):
+        try:
+            item = parse_item(raw, default_format)
+            if item.id in seen:
+                raise InvalidRequest(f"id {item.id!r} is used by an earlier item", param="id")
+            seen.add(item.id)
+            prepared.append(Prepared(index, raw, item=item))
+        except Exception as error:
+            prepared.append(Prepared(index, raw, error=error))
+    return prepared
+
+
+def totals(results: list[BatchItemResult], started: float) -> BatchTotals:
+    ok = [r for r in results if r.status == "ok"]
+    return BatchTotals(
+        items=len(results), succeeded=len(ok), failed=len(results) - len(ok),
+        tokens_used=sum(r.result.tokens_used for r in ok),
+        processing_time=round(time.monotonic() - started, 4),
+    )
+
+
 class BatchService:
     def __init__(self, service: GenerationService, settings: Settings):
         self.service = service
@@ -57,39 +97,37 @@ class BatchService:
             )
         started = time.monotonic()
         gate = asyncio.Semaphore(self.settings.batch_concurrency)
-        seen: set[str] = set()
-        jobs = []
-        for index, raw in enumerate(body.items):
-            jobs.append(self._one(index, raw, body.format, seen, gate, principal))
-        results = await asyncio.gather(*jobs)
-        ok = [r for r in results if r.status == "ok"]
-        return BatchResponse(
-            results=list(results),
-            totals=BatchTotals(
-                items=len(results), succeeded=len(ok), failed=len(results) - len(ok),
-                tokens_used=sum(r.result.tokens_used for r in ok),
-                processing_time=round(time.monotonic() - started, 4),
-            ),
-        )
 
-    async def _one(self, index: int, raw: dict, default_format: Optional[str], seen: set[str],
-                   gate: asyncio.Semaphore, principal: Any) -> BatchItemResult:
-        item_id = raw.get("id") if isinstance(raw.get("id"), str) else None
-        try:
-            item = parse_item(raw, default_format)
-            if item.id in seen:
-                raise InvalidRequest(f"id {item.id!r} is used by an earlier item", param="id")
-            seen.add(item.id)
+        async def one(entry: Prepared) -> BatchItemResult:
+            if entry.error is not None:
+                return entry.failed(entry.error)
             async with gate:
+                return await self.generate(entry, principal)
+
+        results = list(await asyncio.gather(*(one(entry) for entry in prepare(body.items, body.format))))
+        return BatchResponse(results=results, totals=totals(results, started))
+
+    async def generate(self, entry: Prepared, principal: Any, retry_overloaded: bool = False) -> BatchItemResult:
+        """Run one valid item; its failure (unknown model, overload, ...) is its result.
+
+        `retry_overloaded` (asynchronous jobs): a model that refuses for overload (503) is asked
+        again after its Retry-After, for as long as it takes; the job's cancel stops the wait."""
+        item = entry.item
+        key_id = getattr(principal, "key_id", None) or "-"
+        while True:
+            try:
                 generation = await self.service.start(
                     item.model, uuid.uuid4().hex, item.to_sampling_params(),
                     prompt=item.prompt if isinstance(item, BatchGenerateItem) else None,
                     messages=[m.as_dict() for m in item.messages] if isinstance(item, BatchChatItem) else None,
                     principal=principal, priority=item.priority or "batch",
+                    options=RequestOptions(endpoint="-", tenant=key_id, owner=key_id, cache=item.cache),
                 )
                 result = await generation.collect()
-            return BatchItemResult(index=index, id=item.id, status="ok",
-                                   result=generate_response(generation, result.text, item))
-        except Exception as error:
-            return BatchItemResult(index=index, id=item_id, status="error",
-                                   error=error_body(to_aicore_error(error))["error"])
+                return BatchItemResult(index=entry.index, id=item.id, status="ok",
+                                       result=generate_response(generation, result.text, item))
+            except Exception as error:
+                mapped = to_aicore_error(error)
+                if not (retry_overloaded and isinstance(mapped, Overloaded)):
+                    return entry.failed(mapped)
+                await asyncio.sleep(min(mapped.retry_after, MAX_OVERLOAD_WAIT_S))

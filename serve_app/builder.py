@@ -18,13 +18,13 @@ from deployments.config import ModelConfig, ModelsFile, load_models_file
 from deployments.lifecycle import ModelScalingPolicy
 from deployments.memory import footprint
 from deployments.model_deployment import REVISION_ENV, ModelDeployment, ReplicaContext, entry_revision
-from serve_app.chat_history import ChatHistoryHub
 from serve_app.ingress import Ingress, ModelSpec
 from serve_app.logs import configure_logging
 from serve_app.content_filter import ContentPolicy
 from serve_app.metrics import MetricsHub
 from serve_app.netguard import parse_networks
 from serve_app.settings import Settings
+from serve_app.shared_store import StateHub
 
 
 def deployment_name(model: str) -> str:
@@ -154,7 +154,8 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         ).bind(name, config, context, hub)
         for name, config in models.models.items()
     }
-    chats = serve.deployment(ChatHistoryHub, name="chat-history", num_replicas=1, ray_actor_options={"num_cpus": 0.01})
+    # Shared in-memory state of the ingress replicas: chat histories, and batch jobs when REDIS_URL is unset.
+    chats = serve.deployment(StateHub, name="chat-history", num_replicas=1, ray_actor_options={"num_cpus": 0.01})
     ingress = serve.deployment(
         Ingress,
         name="ingress",

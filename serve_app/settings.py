@@ -118,6 +118,17 @@ class Settings(BaseSettings):
     # Email / batch
     batch_max_items: int = Field(16, ge=1, description="Most items one POST /api/v1/generate/batch may carry.")
     batch_concurrency: int = Field(4, ge=1, description="Items of one batch generated at the same time.")
+    # Asynchronous batch jobs: POST /api/v1/generate/batch/jobs (docs/integrations.md)
+    batch_job_max_items: int = Field(1000, ge=1, description="Most items one batch job may carry.")
+    batch_job_ttl_s: float = Field(
+        86400, gt=0, description="A batch job and its results are kept this long after its last change."
+    )
+    batch_jobs_per_replica: int = Field(
+        2, ge=1, description="Batch jobs one ingress replica runs at once; later ones wait `queued`."
+    )
+    batch_job_heartbeat_s: float = Field(
+        5, gt=0, description="How often a replica running a job says so; 6 missed beats mark the job interrupted."
+    )
     # Telegram
     telegram_webhook_secret: str = Field("", description="X-Telegram-Bot-Api-Secret-Token expected; empty: webhook off.")
     telegram_api_key: str = Field("", description="API key the Telegram bot's generations run under (one of API_KEYS).")

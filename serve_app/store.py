@@ -36,6 +36,7 @@ class Store(Protocol):
     async def ping(self) -> bool: ...
     async def count(self, prefix: str) -> int: ...
     async def ttl(self, key: str) -> Optional[float]: ...
+    async def expire(self, key: str, ttl_s: float) -> None: ...
 
 
 # INCRBY then set the window's expiry once, atomically: concurrent callers see distinct totals.
@@ -134,6 +135,10 @@ class RedisStore:
         remaining = int(await self._call(self.client.pttl(key)))
         return remaining / 1000 if remaining >= 0 else None
 
+    async def expire(self, key, ttl_s):
+        """Give an existing key (any kind) a time to live; a missing key stays missing."""
+        await self._call(self.client.pexpire(key, max(1, int(ttl_s * 1000))))
+
 
 class MemoryStore:
     """The single-replica default: the same semantics in one process (the event loop serialises)."""
@@ -223,6 +228,19 @@ class MemoryStore:
     async def ttl(self, key):
         deadline = self._expiry.get(key) if self._live(key) is not None else None
         return max(0.0, deadline - time.monotonic()) if deadline is not None else None
+
+    async def expire(self, key, ttl_s):
+        if self._live(key) is not None:
+            self._expire(key, ttl_s)
+
+    def purge_expired(self) -> int:
+        """Drop every expired key now (reads drop them lazily; a long-lived store calls this)."""
+        now = time.monotonic()
+        gone = [key for key, deadline in self._expiry.items() if deadline <= now]
+        for key in gone:
+            self._data.pop(key, None)
+            self._expiry.pop(key, None)
+        return len(gone)
 
 
 

@@ -1,14 +1,15 @@
-"""Routes for the bots: batch generation (email) and the Telegram webhook. Logic lives elsewhere."""
+"""Routes for the bots: batch generation and batch jobs (email), the Telegram webhook. Logic lives elsewhere."""
 
 from __future__ import annotations
 
 from typing import Optional
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 
 from serve_app.auth import Principal, require_key
 from serve_app.protocol.batch import BatchRequest, BatchResponse
+from serve_app.protocol.batch_jobs import TERMINAL, BatchJob
 from serve_app.protocol.telegram import TgSendMessage, TgUpdate
 
 router = APIRouter(prefix="/api/v1")
@@ -17,6 +18,32 @@ router = APIRouter(prefix="/api/v1")
 @router.post("/generate/batch", response_model=BatchResponse, response_model_exclude_none=True)
 async def generate_batch(body: BatchRequest, request: Request, principal: Principal = Depends(require_key)):
     return await request.app.state.batch.run(body, principal)
+
+
+def _job(job: BatchJob, status_code: int = 200) -> JSONResponse:
+    return JSONResponse(job.model_dump(mode="json", exclude_none=True), status_code=status_code,
+                        headers={"Location": job.status_url} if status_code == 202 else None)
+
+
+@router.post("/generate/batch/jobs", status_code=202, response_model=BatchJob, responses={202: {
+    "description": "Accepted: poll `status_url` (also in the `Location` header) for progress and results.",
+}})
+async def submit_batch_job(body: BatchRequest, request: Request, principal: Principal = Depends(require_key)):
+    return _job(await request.app.state.batch_jobs.submit(body, principal), 202)
+
+
+@router.get("/generate/batch/jobs/{job_id}", response_model=BatchJob, response_model_exclude_none=True)
+async def get_batch_job(job_id: str, request: Request, principal: Principal = Depends(require_key),
+                        results: bool = Query(True, description="false: status and counts only.")):
+    return _job(await request.app.state.batch_jobs.get(job_id, principal, with_results=results))
+
+
+@router.post("/generate/batch/jobs/{job_id}/cancel", response_model=BatchJob, responses={202: {
+    "model": BatchJob, "description": "Cancel requested; the job has not reached its final state yet: poll it.",
+}})
+async def cancel_batch_job(job_id: str, request: Request, principal: Principal = Depends(require_key)):
+    job = await request.app.state.batch_jobs.cancel(job_id, principal)
+    return _job(job, 200 if job.status in TERMINAL else 202)
 
 
 def telegram_secret(request: Request, x_telegram_bot_api_secret_token: Optional[str] = Header(None)) -> None:

@@ -4,7 +4,7 @@ from pydantic import BaseModel
 
 from scripts.export_openapi import TARGET, openapi_text
 from serve_app.batch import parse_item
-from serve_app.protocol import api_v1, batch, keys, openai, telegram
+from serve_app.protocol import api_v1, batch, batch_jobs, keys, openai, telegram
 
 
 def test_committed_openapi_is_current():
@@ -14,7 +14,10 @@ def test_committed_openapi_is_current():
 def test_openapi_lists_every_route():
     paths = json.loads(openapi_text())["paths"]
     assert {"/api/v1/generate", "/api/v1/chat", "/api/v1/models", "/api/v1/health", "/api/v1/health/ready",
-            "/api/v1/metrics", "/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(paths)
+            "/api/v1/metrics", "/v1/chat/completions", "/v1/completions", "/v1/models",
+            "/api/v1/generate/batch", "/api/v1/generate/batch/jobs", "/api/v1/generate/batch/jobs/{job_id}",
+            "/api/v1/generate/batch/jobs/{job_id}/cancel"} <= set(paths)
+    assert "202" in paths["/api/v1/generate/batch/jobs"]["post"]["responses"]
     assert "503" in paths["/api/v1/health/ready"]["get"]["responses"]
 
 
@@ -62,7 +65,7 @@ def test_every_successful_response_has_an_example():
 
 def _protocol_models() -> dict[str, type[BaseModel]]:
     models = {}
-    for module in (api_v1, batch, keys, openai, telegram):
+    for module in (api_v1, batch, batch_jobs, keys, openai, telegram):
         for name, value in vars(module).items():
             if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == module.__name__:
                 models[name] = value

@@ -1,0 +1,110 @@
+"""A `Store` every ingress replica shares when REDIS_URL is unset: a `MemoryStore` in one actor.
+
+Without Redis each ingress replica's `MemoryStore` is its own, which suits per-replica state
+(cache, limits) but not state another replica must read: a batch job accepted by one replica
+is polled through any. `StateHub` is the one-replica deployment that already holds the bots'
+chat histories (`ChatHistoryHub`); it also holds one `MemoryStore`, and `RemoteStore` reaches
+it through the deployment handle with the `Store` protocol's meaning. The hub's memory is lost
+when its actor restarts, as the chat histories are; with REDIS_URL set, Redis is used instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Optional
+
+from deployments.errors import AICoreError
+from serve_app.chat_history import ChatHistoryHub
+from serve_app.store import MemoryStore, StoreUnavailable
+
+logger = logging.getLogger("aicore.store")
+
+PURGE_EVERY_S = 60.0
+CALL_TIMEOUT_S = 5.0  # a hub that does not answer (stopped, restarting) is unavailable, never a hang
+STORE_METHODS = frozenset({
+    "get", "set", "delete", "incr_window", "hset", "hgetall", "hincrby", "sadd", "srem", "smembers",
+    "count", "ttl", "expire",
+})
+
+
+class StateHub(ChatHistoryHub):
+    """The shared-state deployment: chat histories (its base class) and one `MemoryStore`."""
+
+    def __init__(self, max_chats: int, max_messages: int, ttl_s: float):
+        super().__init__(max_chats, max_messages, ttl_s)
+        self.memory = MemoryStore()
+        self._purged_at = time.monotonic()
+
+    async def store_call(self, method: str, args: tuple) -> Any:
+        if method not in STORE_METHODS:
+            raise ValueError(f"not a store method: {method!r}")
+        if time.monotonic() - self._purged_at > PURGE_EVERY_S:  # expired entries nobody reads again
+            self._purged_at = time.monotonic()
+            self.memory.purge_expired()
+        return await getattr(self.memory, method)(*args)
+
+
+class RemoteStore:
+    """`Store` over a `StateHub` handle; an unreachable hub is `StoreUnavailable` (503)."""
+
+    kind = "hub"
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return await asyncio.wait_for(self.handle.store_call.remote(method, args), CALL_TIMEOUT_S)
+        except AICoreError:
+            raise
+        except Exception as error:  # an actor or handle failure: the state cannot be reached
+            logger.error("state hub call %s failed: %s", method, type(error).__name__)
+            raise StoreUnavailable(f"the shared state is unreachable ({type(error).__name__})") from None
+
+    async def get(self, key: str) -> Optional[str]:
+        return await self._call("get", key)
+
+    async def set(self, key: str, value: str, ttl_s: Optional[float] = None) -> None:
+        await self._call("set", key, value, ttl_s)
+
+    async def delete(self, *keys: str) -> None:
+        await self._call("delete", *keys)
+
+    async def incr_window(self, key: str, amount: int, window_s: int) -> int:
+        return await self._call("incr_window", key, amount, window_s)
+
+    async def hset(self, key: str, mapping: dict[str, str]) -> None:
+        await self._call("hset", key, mapping)
+
+    async def hgetall(self, key: str) -> dict[str, str]:
+        return await self._call("hgetall", key)
+
+    async def hincrby(self, key: str, field: str, amount: int) -> int:
+        return await self._call("hincrby", key, field, amount)
+
+    async def sadd(self, key: str, member: str) -> None:
+        await self._call("sadd", key, member)
+
+    async def srem(self, key: str, member: str) -> None:
+        await self._call("srem", key, member)
+
+    async def smembers(self, key: str) -> set[str]:
+        return await self._call("smembers", key)
+
+    async def ping(self) -> bool:
+        try:
+            await self._call("get", "aicore:ping")
+            return True
+        except StoreUnavailable:
+            return False
+
+    async def count(self, prefix: str) -> int:
+        return await self._call("count", prefix)
+
+    async def ttl(self, key: str) -> Optional[float]:
+        return await self._call("ttl", key)
+
+    async def expire(self, key: str, ttl_s: float) -> None:
+        await self._call("expire", key, ttl_s)

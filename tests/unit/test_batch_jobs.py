@@ -1,0 +1,270 @@
+"""Batch job logic in-process: order, ownership, cancel, queueing, interruption, expiry, overload retry.
+
+The item runner is a stand-in here (logic only); the real models run the jobs in
+tests/integration/test_batch_jobs.py and tests/integration/security/test_batch_jobs_access.py.
+Both store implementations are used; Redis when scripts/test.sh provides one.
+"""
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from deployments.config import load_models_file
+from deployments.errors import InvalidRequest, Overloaded
+from deployments.types import GenerationResult, Usage
+from serve_app import batch as batch_module
+from serve_app.auth import Principal
+from serve_app.batch import BatchService, prepare
+from serve_app.batch_job_records import JobRecord, JobRecords
+from serve_app.batch_jobs import STALE_BEATS, BatchJobService, JobNotFound
+from serve_app.protocol.api_v1 import GenerateResponse
+from serve_app.protocol.batch import BatchItemResult, BatchRequest
+from serve_app.serving import Generation, ModelEntry
+from serve_app.settings import Settings
+from serve_app.shared_store import RemoteStore, StateHub
+from serve_app.store import MemoryStore, RedisStore
+
+REDIS_URL = os.environ.get("AICORE_TEST_REDIS_URL")
+ROOT = Path(__file__).resolve().parent.parent.parent
+OWNER = Principal(key_id="key-a", scopes=frozenset({"inference"}))
+OTHER = Principal(key_id="key-b", scopes=frozenset({"inference"}))
+ADMIN = Principal(key_id="key-admin", scopes=frozenset({"inference", "admin"}))
+
+
+class _HubHandle:
+    """A StateHub reached as through its deployment handle (`handle.store_call.remote(...)`), in-process."""
+
+    def __init__(self):
+        hub = StateHub(10, 10, 60)
+
+        class _Method:
+            @staticmethod
+            def remote(method, args):
+                return hub.store_call(method, args)
+
+        self.store_call = _Method()
+
+
+def _stores():
+    yield pytest.param(MemoryStore, id="memory")
+    yield pytest.param(lambda: RemoteStore(_HubHandle()), id="hub")
+    yield pytest.param(
+        lambda: RedisStore(REDIS_URL), id="redis",
+        marks=pytest.mark.skipif(not REDIS_URL, reason="scripts/test.sh starts Redis and sets AICORE_TEST_REDIS_URL"),
+    )
+
+
+@pytest.fixture(params=list(_stores()))
+def make_store(request):
+    return request.param
+
+
+class Runner:
+    """Stands in for BatchService.generate: answers `r<index>`, or holds items until released."""
+
+    def __init__(self, hold=False):
+        self.hold = hold  # True: every item; a set: those indices
+        self.release = asyncio.Event()
+        self.started: list[int] = []
+        self.cancelled: list[int] = []
+
+    async def generate(self, entry, principal, retry_overloaded=False):
+        assert retry_overloaded  # jobs wait out overload instead of failing items
+        self.started.append(entry.index)
+        try:
+            if self.hold is True or (self.hold and entry.index in self.hold):
+                await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(entry.index)
+            raise
+        return BatchItemResult(index=entry.index, id=entry.id, status="ok", result=GenerateResponse(
+            response=f"r{entry.index}", model="m", tokens_used=3, processing_time=0.1, timestamp="t"))
+
+
+def _service(store, runner, clock=None, **settings) -> BatchJobService:
+    values = {"batch_concurrency": 2, "batch_jobs_per_replica": 1, "batch_job_heartbeat_s": 0.2, **settings}
+    extra = {"clock": clock} if clock else {}
+    return BatchJobService(runner, store, Settings(**values), **extra)
+
+
+def _body(n: int, **item) -> BatchRequest:
+    return BatchRequest(items=[{"id": f"m{i}", "prompt": f"p{i}", **item} for i in range(n)])
+
+
+async def _until(condition, polls: int = 500):
+    for _ in range(polls):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
+def test_job_results_in_item_order_with_item_errors_and_counts(make_store):
+    async def scenario():
+        service = _service(make_store(), Runner())
+        body = BatchRequest(items=[{"id": "a", "prompt": "x"}, {"id": "bad", "prompt": "x", "temperature": 9},
+                                   {"id": "a", "prompt": "dup"}, {"id": "c", "messages": [{"role": "user", "content": "hi"}]}])
+        accepted = await service.submit(body, OWNER)
+        assert accepted.status == "queued" and accepted.results is None and accepted.counts.pending == 4
+        assert accepted.status_url == f"/api/v1/generate/batch/jobs/{accepted.id}"
+        await service.jobs[accepted.id].task
+        job = await service.get(accepted.id, OWNER)
+        assert job.status == "completed" and job.finished_at is not None and job.expires_at > job.created_at
+        assert [(r.index, r.id, r.status) for r in job.results] == [
+            (0, "a", "ok"), (1, "bad", "error"), (2, "a", "error"), (3, "c", "ok")]
+        assert job.results[1].error["param"] == "temperature" and job.results[2].error["param"] == "id"
+        assert job.counts.model_dump() == {"items": 4, "succeeded": 2, "failed": 2, "cancelled": 0, "pending": 0}
+        assert job.tokens_used == 6
+        assert (await service.get(accepted.id, OWNER, with_results=False)).results is None
+    asyncio.run(scenario())
+
+
+def test_only_the_owner_and_admins_see_a_job(make_store):
+    async def scenario():
+        service = _service(make_store(), Runner())
+        job = await service.submit(_body(1), OWNER)
+        await service.jobs[job.id].task
+        for who, call in ((OTHER, service.get), (OTHER, service.cancel)):
+            with pytest.raises(JobNotFound):
+                await call(job.id, who)
+        assert (await service.get(job.id, ADMIN)).status == "completed"
+        for bad in ("bjob_" + "0" * 24, "../../etc", "bjob_x"):
+            with pytest.raises(JobNotFound):
+                await service.get(bad, OWNER)
+    asyncio.run(scenario())
+
+
+def test_too_many_items_is_refused_before_anything_runs(make_store):
+    async def scenario():
+        runner = Runner()
+        service = _service(make_store(), runner, batch_job_max_items=3)
+        with pytest.raises(InvalidRequest) as refused:
+            await service.submit(_body(4), OWNER)
+        assert refused.value.code == "too_many_items" and not service.jobs and not runner.started
+    asyncio.run(scenario())
+
+
+def test_cancel_stops_running_items_and_never_starts_the_rest(make_store):
+    async def scenario():
+        runner = Runner(hold=True)
+        service = _service(make_store(), runner)
+        job = await service.submit(_body(6), OWNER)
+        await _until(lambda: len(runner.started) == 2)  # batch_concurrency
+        done = await service.cancel(job.id, OWNER)
+        assert done.status == "cancelled" and done.cancel_requested
+        assert sorted(runner.cancelled) == [0, 1] and sorted(runner.started) == [0, 1]
+        assert [r.error["code"] for r in done.results] == ["cancelled"] * 6
+        assert [r.error["message"].endswith("while this item ran") for r in done.results] == [True] * 2 + [False] * 4
+        assert done.counts.cancelled == 6 and done.counts.pending == 0
+        again = await service.cancel(job.id, OWNER)  # a final job stays as it is
+        assert again.status == "cancelled"
+    asyncio.run(scenario())
+
+
+def test_a_second_job_waits_queued_and_can_be_cancelled_there(make_store):
+    async def scenario():
+        runner = Runner(hold=True)
+        service = _service(make_store(), runner)  # one job at a time per replica
+        first = await service.submit(_body(1), OWNER)
+        second = await service.submit(BatchRequest(items=[{"id": "z", "prompt": "x"}, {"id": "bad", "prompt": ""}]), OWNER)
+        await _until(lambda: runner.started == [0])
+        assert (await service.get(first.id, OWNER)).status == "running"
+        assert (await service.get(second.id, OWNER)).status == "queued"
+        cancelled = await service.cancel(second.id, OWNER)
+        assert cancelled.status == "cancelled" and cancelled.started_at is None
+        assert [r.error["code"] for r in cancelled.results] == ["cancelled", "invalid_value"]  # its own error kept
+        runner.release.set()
+        await service.jobs[first.id].task
+        assert (await service.get(first.id, OWNER)).status == "completed"
+    asyncio.run(scenario())
+
+
+def test_cancel_through_another_replica_reaches_the_runner(make_store):
+    async def scenario():
+        store = make_store()
+        runner = Runner(hold=True)
+        running_here, other_replica = _service(store, runner), _service(store, Runner())
+        job = await running_here.submit(_body(3), OWNER)
+        await _until(lambda: len(runner.started) == 2)
+        assert (await other_replica.get(job.id, OWNER)).status == "running"
+        done = await other_replica.cancel(job.id, OWNER)  # waits while the runner's watcher acts
+        assert done.status == "cancelled" and done.counts.cancelled == 3
+        assert sorted(runner.cancelled) == [0, 1]
+    asyncio.run(scenario())
+
+
+def test_replica_shutdown_fails_its_jobs_as_interrupted_keeping_finished_results(make_store):
+    async def scenario():
+        runner = Runner(hold={1, 2})
+        service = _service(make_store(), runner, batch_concurrency=1)
+        job = await service.submit(_body(3), OWNER)
+        await _until(lambda: runner.started == [0, 1])  # item 0 answered, item 1 generating
+        await service.shutdown()
+        view = await service.get(job.id, OWNER)
+        assert view.status == "failed" and view.error["code"] == "job_interrupted"
+        assert [(r.index, r.status) for r in view.results] == [(0, "ok")]
+        assert view.counts.succeeded == 1 and view.counts.pending == 2 and runner.cancelled == [1]
+    asyncio.run(scenario())
+
+
+def test_a_silent_runner_is_detected_and_its_job_marked_interrupted(make_store):
+    async def scenario():
+        store = make_store()
+        now = [1_000_000.0]
+        service = _service(store, Runner(), clock=lambda: now[0])
+        records = JobRecords(store, 60)
+        record = JobRecord(id="bjob_" + "a" * 24, owner=OWNER.key_id, status="running", items=5,
+                           created_at=now[0], started_at=now[0], runner="gone", heartbeat_at=now[0], succeeded=2)
+        await records.create(record)
+        now[0] += STALE_BEATS * 0.2 - 0.01  # within the allowed silence
+        assert (await service.get(record.id, OWNER)).status == "running"
+        now[0] += 0.1
+        view = await service.get(record.id, OWNER)
+        assert view.status == "failed" and view.error["code"] == "job_interrupted"
+        assert view.counts.pending == 3 and "3 items did not run" in view.error["message"]
+        assert (await records.load(record.id)).status == "failed"  # written: every replica now says so
+    asyncio.run(scenario())
+
+
+def test_jobs_expire_after_the_ttl(make_store):
+    async def scenario():
+        service = _service(make_store(), Runner(), batch_job_ttl_s=1)
+        job = await service.submit(_body(1), OWNER)
+        await service.jobs[job.id].task
+        assert (await service.get(job.id, OWNER)).status == "completed"
+        await asyncio.sleep(1.3)
+        with pytest.raises(JobNotFound):
+            await service.get(job.id, OWNER)
+    asyncio.run(scenario())
+
+
+class _OverloadedThenOk:
+    """GenerationService stand-in: refuses twice for overload, then answers from a replayed result."""
+
+    def __init__(self):
+        config = next(iter(load_models_file(ROOT / "models.json").models.values()))
+        self.entry = ModelEntry("m", config, None)
+        self.calls = 0
+
+    async def start(self, model, request_id, sampling, **kwargs):
+        self.calls += 1
+        if self.calls <= 2:
+            raise Overloaded("busy", retry_after=7)
+        return Generation.replay(self.entry, GenerationResult("hello", "stop", Usage(2, 1)))
+
+
+def test_items_of_a_job_wait_out_overload_while_the_sync_batch_reports_it(monkeypatch):
+    monkeypatch.setattr(batch_module, "MAX_OVERLOAD_WAIT_S", 0)
+
+    async def scenario():
+        (entry,) = prepare([{"id": "a", "prompt": "x"}], None)
+        service = _OverloadedThenOk()
+        batch = BatchService(service, Settings())
+        sync = await batch.generate(entry, OWNER)
+        assert sync.status == "error" and sync.error["type"] == "overloaded_error"
+        service.calls = 0
+        job_item = await batch.generate(entry, OWNER, retry_overloaded=True)
+        assert job_item.status == "ok" and job_item.result.response == "hello" and service.calls == 3
+    asyncio.run(scenario())
