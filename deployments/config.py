@@ -113,6 +113,9 @@ class ModelConfig(BaseModel):
         None, ge=0, description="gguf: slots that `batch`-priority work never takes, kept for interactive "
         "requests. Default: 1 when `parallel` >= 2, else 0."
     )
+    prefix_reuse: bool = Field(
+        True, description="gguf: a request sharing a prefix with a free slot's cached tokens prefills only the rest."
+    )
     batch_tokens: int = Field(
         512, ge=16, le=8192, description="gguf: tokens per engine step (one llama_decode): the next token "
         "of every sequence plus prompt chunks; a longer prompt is prefilled over several steps."

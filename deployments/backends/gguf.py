@@ -65,7 +65,7 @@ class GGUFBackend(Backend):
         self.engine = LlamaBatchEngine(
             llama_cpp, self.model.model, model_name=self.model_name, parallel=parallel,
             context_length=config.context_length, batch_tokens=max(config.batch_tokens, parallel),
-            threads=config.threads, room=room, adapters=adapters,
+            threads=config.threads, room=room, adapters=adapters, prefix_reuse=config.prefix_reuse,
         )
         logger.info("engine ready", extra={"model": self.model_name, "parallel": parallel,
                                            "kv_bytes_per_token": self.kv_bytes_per_token})

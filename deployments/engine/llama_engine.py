@@ -102,11 +102,13 @@ class Adapters:
 
 class LlamaBatchEngine:
     def __init__(self, lib, model, *, model_name: str, parallel: int, context_length: int, batch_tokens: int,
-                 threads: int, room: WaitingRoom, adapters: Adapters, keep_steps: int = 2048):
+                 threads: int, room: WaitingRoom, adapters: Adapters, keep_steps: int = 2048,
+                 prefix_reuse: bool = True):
         self.lib, self.model_name = lib, model_name
         self.parallel, self.context_length, self.batch_tokens = parallel, context_length, batch_tokens
         self.room = room
         self.adapters = adapters
+        self.prefix_reuse = prefix_reuse
         self.log = StepLog(keep_steps)
         self.vocab = lib.llama_model_get_vocab(model)
         self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
@@ -244,7 +246,8 @@ class LlamaBatchEngine:
 
         slot = max(free, key=score)
         free.remove(slot)
-        keep = common_prefix(slot.cached, sequence.prompt) if slot.adapter == sequence.adapter else 0
+        same = self.prefix_reuse and slot.adapter == sequence.adapter
+        keep = common_prefix(slot.cached, sequence.prompt) if same else 0
         keep = min(keep, len(sequence.prompt) - 1)  # the last prompt token is fed again for its logits
         if not self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
             self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)  # whole: never fails
