@@ -116,3 +116,25 @@ def test_resources_pin_replicas_through_ray_actor_options():
 def test_gguf_only_config_needs_no_torch_backend():
     models = load_models_file(ROOT / "configs" / "models.gguf.json").models
     assert models and all(m.type == "gguf" for m in models.values())
+
+
+def test_gguf_replicas_hold_their_own_queue_and_autoscale_on_it():
+    """Ray hands a GGUF replica its slots plus its waiting room (the engine answers overload, not a
+    silent queue in Ray), bounds Ray's own queue by max_queued, and scales out past `parallel`."""
+    from serve_app.builder import _model_options
+
+    gguf = parse_models({"models": {"m": {"type": "gguf", "path": "x", "parallel": 8, "max_queued": 40}}}).models["m"]
+    options = _model_options("m", gguf, True)
+    assert options["max_ongoing_requests"] == 8 + 40 + 8
+    assert options["max_queued_requests"] == 40
+    assert options["autoscaling_config"].target_ongoing_requests == 8
+    auto = parse_models({"models": {"m": {"type": "gguf", "path": "x"}}}).models["m"]
+    assert _model_options("m", auto, True)["max_ongoing_requests"] == 16 + 256 + 8  # auto: at most 16 slots
+    embed = parse_models({"models": {"e": {"type": "onnx", "task": "embed", "path": "x"}}}).models["e"]
+    options = _model_options("e", embed, True)
+    assert options["max_ongoing_requests"] == 64 and options["max_queued_requests"] == -1
+    assert options["autoscaling_config"].target_ongoing_requests == 8
+    explicit = parse_models({"models": {"m": {"type": "gguf", "path": "x", "max_ongoing_requests": 5,
+                                              "autoscaling": {"target_ongoing_requests": 3}}}}).models["m"]
+    options = _model_options("m", explicit, True)
+    assert options["max_ongoing_requests"] == 5 and options["autoscaling_config"].target_ongoing_requests == 3
