@@ -35,7 +35,7 @@ from scripts.serve_process import ROOT, ServeProcess
 from scripts.stream_load import LoadResult, run_load
 
 MODEL = "smollm2-135m-instruct"
-KEY = "bench-key"
+KEY = "bench-key-0123456789"
 PARALLEL = 16  # llama-server's slots (-np)
 CHAT_CLIENTS, CHAT_TOKENS = 256, 16
 SERVERS = ("AI Core", "llama-server")
