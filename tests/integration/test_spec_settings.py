@@ -16,7 +16,7 @@ import redis
 
 from scripts.serve_process import ROOT, ServeProcess, free_port
 
-ADMIN = "spec-admin-key"
+ADMIN = "spec-admin-key-0123456789"
 MODEL = "only-smollm"  # a name that exists only in this test's models file
 PASSWORD = "spec-redis-password"
 LEGACY = ROOT / "examples" / "legacy"
