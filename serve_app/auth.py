@@ -40,6 +40,7 @@ class Principal:
     scopes: frozenset[str] = frozenset({"inference", "admin"})
     models: Optional[frozenset[str]] = None  # None: every model
     default_model: Optional[str] = None
+    priority: str = "interactive"  # of requests that name none
     rate_limit_per_minute: Optional[int] = None  # None: the default setting
     tokens_per_minute: Optional[int] = None
     bootstrap: bool = False
@@ -59,7 +60,8 @@ class Principal:
         return cls(
             key_id=record.id, scopes=frozenset(record.scopes),
             models=frozenset(record.models) if record.models is not None else None,
-            default_model=record.default_model, rate_limit_per_minute=record.rate_limit_per_minute,
+            default_model=record.default_model, priority=record.priority,
+            rate_limit_per_minute=record.rate_limit_per_minute,
             tokens_per_minute=record.tokens_per_minute,
         )
 

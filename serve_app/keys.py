@@ -87,7 +87,7 @@ class KeyService:
 
     async def update(self, key_id: str, patch: KeyUpdate) -> KeyView:
         changes = patch.model_dump(include=patch.model_fields_set)
-        for required in ("name", "scopes", "ip_allowlist", "enabled"):
+        for required in ("name", "scopes", "ip_allowlist", "enabled", "priority"):
             if required in changes and changes[required] is None:
                 raise InvalidRequest(f"{required} cannot be null", param=required)
 

@@ -291,7 +291,7 @@ class GenerationService:
             prompt=prompt,
             messages=tuple(messages) if messages is not None else None,
             key_id=key_id,
-            priority=priority or "interactive",
+            priority=priority or getattr(principal, "priority", None) or "interactive",
         )
         self._check(entry, request)
         cache_state = None

@@ -9,12 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from serve_app.netguard import parse_networks
 
 Scope = Literal["inference", "admin", "metrics"]
+Priority = Literal["interactive", "batch"]
+PRIORITY_DESCRIPTION = ("Priority of the key's requests that name none: `batch` (bulk work such as the email "
+                        "bot's) waits behind `interactive` requests and never takes their reserved slots.")
 
 
 KEY_EXAMPLE = {
     "id": "key-7f3a9c2e51d04b86", "object": "api_key", "name": "telegram-bot", "owner": "ops@example.com",
     "key_prefix": "aic-4kq3", "scopes": ["inference"], "models": ["smollm2-135m-instruct"], "default_model": None,
-    "rate_limit_per_minute": 60, "tokens_per_minute": 20000, "ip_allowlist": ["203.0.113.0/24"],
+    "priority": "interactive", "rate_limit_per_minute": 60, "tokens_per_minute": 20000, "ip_allowlist": ["203.0.113.0/24"],
     "expires_at": 1803089057, "enabled": True, "created_at": 1795313057, "revoked_at": None,
 }
 
@@ -42,6 +45,7 @@ class KeyCreate(_KeyFields):
     scopes: list[Scope] = Field(["inference"], min_length=1, description="`inference`, `admin` and/or `metrics` (read /api/v1/metrics only).")
     models: Optional[list[str]] = Field(None, description="Models the key may use; omitted: all.")
     default_model: Optional[str] = Field(None, description="Model used when a request names none.")
+    priority: Priority = Field("interactive", description=PRIORITY_DESCRIPTION)
     rate_limit_per_minute: Optional[int] = Field(None, ge=0, description="Requests per minute; omitted: RATE_LIMIT_PER_MINUTE; 0: unlimited.")
     tokens_per_minute: Optional[int] = Field(None, ge=0, description="Tokens per minute; omitted: TOKENS_PER_MINUTE; 0: unlimited.")
     ip_allowlist: list[str] = Field([], description="CIDRs (IPv4/IPv6) the key may be used from; empty: anywhere.")
@@ -63,6 +67,7 @@ class KeyUpdate(_KeyFields):
     scopes: Optional[list[Scope]] = Field(None, min_length=1)
     models: Optional[list[str]] = None
     default_model: Optional[str] = None
+    priority: Optional[Priority] = Field(None, description=PRIORITY_DESCRIPTION)
     rate_limit_per_minute: Optional[int] = Field(None, ge=0)
     tokens_per_minute: Optional[int] = Field(None, ge=0)
     ip_allowlist: Optional[list[str]] = None
@@ -83,6 +88,7 @@ class KeyView(BaseModel):
     scopes: list[Scope]
     models: Optional[list[str]] = None
     default_model: Optional[str] = None
+    priority: Priority = "interactive"
     rate_limit_per_minute: Optional[int] = None
     tokens_per_minute: Optional[int] = None
     ip_allowlist: list[str] = []
