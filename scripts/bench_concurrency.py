@@ -155,7 +155,7 @@ def report(run: dict) -> str:
         f"load average at start {run['machine']['load_average']:.2f}",
         f"Command: `{run['command']}`",
         f"Model: {run['model']} ({run['gguf']}), context {run['context_length']} per sequence; llama-server: "
-        f"`{run['llama_server']}`",
+        f"{run['llama_server']}",
         f"Streamed /v1/completions, {run['tokens']} tokens each (end-of-sequence ignored), temperature 0, "
         f"distinct prompts; requests per level: max(2 x streams, 8). Ratios: AI Core / llama-server. "
         f"Other processes' CPU: the share of the machine that processes other than the benchmark and the "
@@ -197,18 +197,18 @@ def main() -> None:
 
     config = load_models_file(ROOT / "models.json").models[MODEL]
     gguf = resolve_weights(config.path, ROOT / "models")
-    cores = len(os.sched_getaffinity(0))
-    run = {"machine": machine(), "command": shlex.join([os.path.relpath(sys.executable, ROOT), "-m", "scripts.bench_concurrency",
-                                                         *sys.argv[1:]]),
-           "model": MODEL, "gguf": str(gguf), "context_length": config.context_length, "levels": levels,
-           "tokens": args.tokens, "chat": not args.skip_256, "results": {}}
-    llama = LlamaServer(gguf, threads=cores, parallel=PARALLEL, context_per_sequence=config.context_length)
-    run["llama_server"] = shlex.join([Path(llama.command[0]).name, *llama.command[1:]])
-    version = check_runs(ensure_binary()).splitlines()
-    run["llama_server_version"] = next((line for line in version if line.startswith("version")), version[0])
+    command = [os.path.relpath(sys.executable, ROOT), "-m", "scripts.bench_concurrency", *sys.argv[1:]]
+    run = {"machine": machine(), "command": shlex.join(command), "model": MODEL, "gguf": str(gguf),
+           "context_length": config.context_length, "levels": levels, "tokens": args.tokens,
+           "chat": not args.skip_256, "llama_server": "not run", "results": {}}
 
-    if not args.aicore_only:
-        print(f"llama-server ({run['llama_server_version']}):", file=sys.stderr)
+    if not args.aicore_only:  # only then is the binary needed (and built when missing)
+        llama = LlamaServer(gguf, threads=len(os.sched_getaffinity(0)), parallel=PARALLEL,
+                            context_per_sequence=config.context_length)
+        version = check_runs(ensure_binary()).splitlines()
+        version = next((line for line in version if line.startswith("version")), version[0])
+        run["llama_server"] = f"`{shlex.join([Path(llama.command[0]).name, *llama.command[1:]])}` ({version})"
+        print(f"llama-server ({version}):", file=sys.stderr)
         with llama:
             run["results"]["llama-server"] = measure(llama.base_url, {}, MODEL, levels, args.tokens, run["chat"],
                                                      llama.proc.pid)
