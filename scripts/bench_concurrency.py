@@ -32,7 +32,8 @@ from deployments.config import load_models_file
 from deployments.weights import resolve_weights
 from scripts.llama_server import LlamaServer, check_runs, ensure_binary
 from scripts.serve_process import ROOT, ServeProcess
-from scripts.stream_load import LoadResult, run_load
+from scripts.machine_load import OtherLoad
+from scripts.stream_load import run_load
 
 MODEL = "smollm2-135m-instruct"
 KEY = "bench-key-0123456789"
@@ -46,26 +47,31 @@ def requests_at(level: int) -> int:
     return max(2 * level, 8)
 
 
-def measure(base_url: str, headers: dict, model: str, levels: list[int], tokens: int, chat: bool) -> dict:
+def measure(base_url: str, headers: dict, model: str, levels: list[int], tokens: int, chat: bool,
+            server_pid: int) -> dict:
     warm = run_load(base_url, headers, "completions", model, 1, 1, 8)
     if warm.served != 1:
         raise RuntimeError(f"warm-up request failed: {warm.summary()['errors']}")
     results: dict = {"levels": {}}
-    for level in levels:
-        result = run_load(base_url, headers, "completions", model, level, requests_at(level), tokens)
-        results["levels"][str(level)] = result.summary()
-        _progress(f"{level} streams", result)
+    runs = [(str(level), "completions", level, requests_at(level), tokens) for level in levels]
     if chat:
-        result = run_load(base_url, headers, "chat", model, CHAT_CLIENTS, CHAT_CLIENTS, CHAT_TOKENS)
-        results["chat"] = result.summary()
-        _progress(f"{CHAT_CLIENTS} chat clients", result)
+        runs.append(("chat", "chat", CHAT_CLIENTS, CHAT_CLIENTS, CHAT_TOKENS))
+    for key, kind, clients, requests, max_tokens in runs:
+        others = OtherLoad([server_pid]).start()
+        summary = run_load(base_url, headers, kind, model, clients, requests, max_tokens).summary()
+        summary["others_cpu_share"] = others.share()
+        if kind == "chat":
+            results["chat"] = summary
+        else:
+            results["levels"][key] = summary
+        _progress(f"{clients} {'chat clients' if kind == 'chat' else 'streams'}", summary)
     return results
 
 
-def _progress(label: str, result: LoadResult) -> None:
-    s = result.summary()
+def _progress(label: str, s: dict) -> None:
     print(f"  {label}: {s['tokens_per_s']:.0f} tok/s, wall {s['wall_s']:.1f} s, served {s['served']}/{s['requests']}, "
-          f"503 {s['refused_503']}, other errors {s['other_errors']} {s['errors'][:2]}", file=sys.stderr, flush=True)
+          f"503 {s['refused_503']}, other errors {s['other_errors']} {s['errors'][:2]}, "
+          f"other processes' CPU {percent(s['others_cpu_share'])}", file=sys.stderr, flush=True)
 
 
 # ---- the report (pure functions of the results) ----
@@ -80,6 +86,10 @@ def seconds(value: Optional[float]) -> str:
     if value is None:
         return "-"
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
+
+
+def percent(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -100,7 +110,8 @@ def _errors(summary: Optional[dict]) -> str:
 
 def levels_table(ours: Optional[dict], theirs: Optional[dict], levels: list[int]) -> str:
     header = ["streams", "AI Core tok/s", "llama-server tok/s", "ratio", "AI Core TTFT p50 / p99",
-              "llama-server TTFT p50 / p99", "TTFT p50 ratio", "errors (AI Core / llama-server)"]
+              "llama-server TTFT p50 / p99", "TTFT p50 ratio", "errors (AI Core / llama-server)",
+              "other processes' CPU (AI Core / llama-server runs)"]
     rows = []
     for level in levels:
         a = (ours or {}).get("levels", {}).get(str(level))
@@ -112,6 +123,7 @@ def levels_table(ours: Optional[dict], theirs: Optional[dict], levels: list[int]
             f"{_cell(b, 'ttft_p50_s', seconds)} / {_cell(b, 'ttft_p99_s', seconds)}",
             ratio(a and a["ttft_p50_s"], b and b["ttft_p50_s"]),
             f"{_errors(a)} / {_errors(b)}",
+            f"{_cell(a, 'others_cpu_share', percent)} / {_cell(b, 'others_cpu_share', percent)}",
         ])
     return markdown_table(header, rows)
 
@@ -130,6 +142,7 @@ def chat_table(ours: Optional[dict], theirs: Optional[dict]) -> str:
          ratio(value(a, "ttft_p50_s"), value(b, "ttft_p50_s"))],
         ["TTFT p99", _cell(a, "ttft_p99_s", seconds), _cell(b, "ttft_p99_s", seconds),
          ratio(value(a, "ttft_p99_s"), value(b, "ttft_p99_s"))],
+        ["other processes' CPU", _cell(a, "others_cpu_share", percent), _cell(b, "others_cpu_share", percent), "-"],
     ]
     return markdown_table([f"{CHAT_CLIENTS} chat clients x {CHAT_TOKENS} tokens", *SERVERS, "ratio"], rows)
 
@@ -142,9 +155,11 @@ def report(run: dict) -> str:
         f"load average at start {run['machine']['load_average']:.2f}",
         f"Command: `{run['command']}`",
         f"Model: {run['model']} ({run['gguf']}), context {run['context_length']} per sequence; llama-server: "
-        f"`{run['llama_server']}`",
+        f"{run['llama_server']}",
         f"Streamed /v1/completions, {run['tokens']} tokens each (end-of-sequence ignored), temperature 0, "
-        f"distinct prompts; requests per level: max(2 x streams, 8). Ratios: AI Core / llama-server.",
+        f"distinct prompts; requests per level: max(2 x streams, 8). Ratios: AI Core / llama-server. "
+        f"Other processes' CPU: the share of the machine that processes other than the benchmark and the "
+        f"server under test used during that measurement (a shared machine's noise).",
         "",
         levels_table(ours, theirs, levels),
     ]
@@ -182,26 +197,27 @@ def main() -> None:
 
     config = load_models_file(ROOT / "models.json").models[MODEL]
     gguf = resolve_weights(config.path, ROOT / "models")
-    cores = len(os.sched_getaffinity(0))
-    run = {"machine": machine(), "command": shlex.join([os.path.relpath(sys.executable, ROOT), "-m", "scripts.bench_concurrency",
-                                                         *sys.argv[1:]]),
-           "model": MODEL, "gguf": str(gguf), "context_length": config.context_length, "levels": levels,
-           "tokens": args.tokens, "chat": not args.skip_256, "results": {}}
-    llama = LlamaServer(gguf, threads=cores, parallel=PARALLEL, context_per_sequence=config.context_length)
-    run["llama_server"] = shlex.join([Path(llama.command[0]).name, *llama.command[1:]])
-    version = check_runs(ensure_binary()).splitlines()
-    run["llama_server_version"] = next((line for line in version if line.startswith("version")), version[0])
+    command = [os.path.relpath(sys.executable, ROOT), "-m", "scripts.bench_concurrency", *sys.argv[1:]]
+    run = {"machine": machine(), "command": shlex.join(command), "model": MODEL, "gguf": str(gguf),
+           "context_length": config.context_length, "levels": levels, "tokens": args.tokens,
+           "chat": not args.skip_256, "llama_server": "not run", "results": {}}
 
-    if not args.aicore_only:
-        print(f"llama-server ({run['llama_server_version']}):", file=sys.stderr)
+    if not args.aicore_only:  # only then is the binary needed (and built when missing)
+        llama = LlamaServer(gguf, threads=len(os.sched_getaffinity(0)), parallel=PARALLEL,
+                            context_per_sequence=config.context_length)
+        version = check_runs(ensure_binary()).splitlines()
+        version = next((line for line in version if line.startswith("version")), version[0])
+        run["llama_server"] = f"`{shlex.join([Path(llama.command[0]).name, *llama.command[1:]])}` ({version})"
+        print(f"llama-server ({version}):", file=sys.stderr)
         with llama:
-            run["results"]["llama-server"] = measure(llama.base_url, {}, MODEL, levels, args.tokens, run["chat"])
+            run["results"]["llama-server"] = measure(llama.base_url, {}, MODEL, levels, args.tokens, run["chat"],
+                                                     llama.proc.pid)
     if not args.llama_only:
         print("AI Core:", file=sys.stderr)
         env = {"API_KEYS": KEY, "CACHE_ENABLED": "false"}
         with ServeProcess(env=env) as server:
             run["results"]["AI Core"] = measure(server.base_url, {"X-API-Key": KEY}, MODEL, levels, args.tokens,
-                                                run["chat"])
+                                                run["chat"], server.proc.pid)
 
     print(report(run))
     if args.json:

@@ -8,7 +8,9 @@ import json
 import httpx
 import pytest
 
-from scripts.bench_concurrency import chat_table, levels_table, markdown_table, ratio, requests_at, seconds
+from scripts.bench_concurrency import (chat_table, levels_table, markdown_table, percent, ratio, requests_at,
+                                       seconds)
+from scripts.machine_load import busy_ticks, process_ticks
 from scripts.stream_load import LoadResult, Outcome, one_stream, percentile, request_body
 
 
@@ -79,23 +81,44 @@ def test_formatting_helpers():
     assert ratio(None, 1.0) == ratio(1.0, None) == ratio(1.0, 0.0) == "-"
     assert seconds(0.0774) == "77 ms" and seconds(9.12) == "9.1 s" and seconds(None) == "-"
     assert requests_at(1) == 8 and requests_at(16) == 32
+    assert percent(0.034) == "3%" and percent(None) == "-"
     assert markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
 
 
 def _summary(tps: float, p50: float, wall: float = 10.0, refused: int = 0) -> dict:
     return {"tokens_per_s": tps, "ttft_p50_s": p50, "ttft_p99_s": p50 * 2, "wall_s": wall, "served": 256 - refused,
-            "requests": 256, "refused_503": refused, "other_errors": 0}
+            "requests": 256, "refused_503": refused, "other_errors": 0, "others_cpu_share": 0.05}
 
 
 def test_tables_side_by_side_and_with_one_server_missing():
     ours = {"levels": {"16": _summary(99.0, 9.1)}, "chat": _summary(0, 33.7, wall=60.6, refused=3)}
     theirs = {"levels": {"16": _summary(314.0, 0.354)}, "chat": _summary(0, 11.2, wall=21.7)}
     table = levels_table(ours, theirs, [16])
-    assert table.splitlines()[2] == "| 16 | 99 | 314 | 0.32 | 9.1 s / 18.2 s | 354 ms / 708 ms | 25.71 | 0 / 0 |"
+    assert table.splitlines()[2] == "| 16 | 99 | 314 | 0.32 | 9.1 s / 18.2 s | 354 ms / 708 ms | 25.71 | 0 / 0 | 5% / 5% |"
     chat = chat_table(ours, theirs).splitlines()
     assert "| served (all tokens) | 253/256 | 256/256 | - |" in chat
     assert "| 503 refusals | 3 | 0 | - |" in chat
     assert "| wall time | 60.6 s | 21.7 s | 2.79 |" in chat
     alone = levels_table(ours, None, [16]).splitlines()[2]
-    assert alone == "| 16 | 99 | - | - | 9.1 s / 18.2 s | - / - | - | 0 / - |"
+    assert alone == "| 16 | 99 | - | - | 9.1 s / 18.2 s | - / - | - | 0 / - | 5% / - |"
     assert "| wall time | - | 21.7 s | - |" in chat_table(None, theirs).splitlines()
+
+
+def test_proc_parsing():
+    stat = "cpu  100 5 50 1000 20 3 2 7 0 0\ncpu0 50 2 25 500 10 1 1 3 0 0\n"
+    assert busy_ticks(stat) == 100 + 5 + 50 + 3 + 2 + 7  # idle and iowait are not busy
+    line = "4242 (ray::Serve Replica) S 1 4242 4200 0 -1 4194304 100 0 0 0 35 12 0 0 20 0 9 0 1234 0 0"
+    assert process_ticks(line) == (4200, 47)
+
+
+def test_own_process_ticks_are_counted_as_ours():
+    import os
+    import time
+
+    from scripts.machine_load import _ours
+
+    before = _ours(set(), os.getpid())
+    spent = time.process_time()
+    while time.process_time() - spent < 0.1:  # CPU time, not wall time: as long as it takes
+        sum(i * i for i in range(10_000))
+    assert _ours(set(), os.getpid()) - before >= 0.05 * os.sysconf("SC_CLK_TCK")
