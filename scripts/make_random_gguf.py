@@ -73,7 +73,7 @@ def tokenizer_dir() -> Path:
     return convert_tokenizer(packaged_smollm2(), out)
 
 
-def _tensors(shape: Shape, vocab: int):
+def tensors(shape: Shape, vocab: int):
     """(name, shape, kind) of every tensor of a LlamaForCausalLM, in file order."""
     h, head = shape.hidden, shape.hidden // shape.heads
     yield "model.embed_tokens.weight", (vocab, h), "normal"
@@ -93,11 +93,22 @@ def _tensors(shape: Shape, vocab: int):
         yield "lm_head.weight", (vocab, h), "normal"
 
 
+def llama_config(shape: Shape, vocab: int, bos: int | None = None, eos: int | None = None):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        architectures=["LlamaForCausalLM"], vocab_size=vocab, hidden_size=shape.hidden, intermediate_size=shape.ffn,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+        max_position_embeddings=8192, rope_theta=10000.0, tie_word_embeddings=shape.tied,
+        bos_token_id=bos, eos_token_id=eos, torch_dtype="bfloat16",
+    )
+
+
 def write_safetensors(size: str, out: Path, seed: int = 0) -> Path:
     """config.json + tokenizer + random bf16 shards; a finished folder is reused."""
     import torch
     from safetensors.torch import save_file
-    from transformers import AutoTokenizer, LlamaConfig
+    from transformers import AutoTokenizer
 
     if (out / "model.safetensors.index.json").is_file():
         return out
@@ -107,12 +118,7 @@ def write_safetensors(size: str, out: Path, seed: int = 0) -> Path:
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    LlamaConfig(
-        architectures=["LlamaForCausalLM"], vocab_size=vocab, hidden_size=shape.hidden, intermediate_size=shape.ffn,
-        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
-        max_position_embeddings=8192, rope_theta=10000.0, tie_word_embeddings=shape.tied,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, torch_dtype="bfloat16",
-    ).save_pretrained(str(partial))
+    llama_config(shape, vocab, tokenizer.bos_token_id, tokenizer.eos_token_id).save_pretrained(str(partial))
     tokenizer.save_pretrained(str(partial))
 
     generator = torch.Generator().manual_seed(seed)
@@ -127,7 +133,7 @@ def write_safetensors(size: str, out: Path, seed: int = 0) -> Path:
         weight_map.update({k: name for k in shard})
         shard, shard_bytes = {}, 0
 
-    for name, dims, kind in _tensors(shape, vocab):
+    for name, dims, kind in tensors(shape, vocab):
         if kind == "ones":
             tensor = torch.ones(dims, dtype=torch.bfloat16)
         else:
