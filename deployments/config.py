@@ -120,6 +120,14 @@ class ModelConfig(BaseModel):
         512, ge=16, le=8192, description="gguf: tokens per engine step (one llama_decode): the next token "
         "of every sequence plus prompt chunks; a longer prompt is prefilled over several steps."
     )
+    batch_window_ms: float = Field(
+        5, ge=0, le=1000, description="embed: how long a request waits for concurrent ones to share its "
+        "forward pass (longer only while the previous pass runs); 0: no wait."
+    )
+    max_batch_size: int = Field(
+        32, ge=1, le=4096, description="embed: most inputs in one forward pass (concurrent requests "
+        "together; one larger request runs in passes of this size)."
+    )
     preload: bool = Field(False, description="Keep one replica loaded even when idle (min_replicas 1).")
     eviction: Optional[Literal["none", "lru"]] = Field(
         None, description="When loading this model would pass MODEL_MEMORY_BUDGET: `lru` unloads the least "

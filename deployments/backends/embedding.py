@@ -3,6 +3,12 @@
 A subclass implements `load()` (calling `load_tokenizer()`) and `hidden_states(batch)` (last hidden state for a padded batch); the sentence vector is
 the attention-masked mean of the hidden states, scaled to unit length, as
 sentence-transformers does for all-MiniLM-L6-v2.
+
+Concurrent requests share forward passes: a `MicroBatcher` gathers them for up to
+`batch_window_ms` (models.json) and the worker thread embeds all their inputs together, sorted
+by length, `max_batch_size` inputs a pass, then hands each request its own vectors. Padding is
+masked out of both attention and pooling, so a vector does not depend on its batch (within
+float rounding: tests/engine/test_embedding_batching.py).
 """
 
 from __future__ import annotations
@@ -10,15 +16,14 @@ from __future__ import annotations
 import asyncio
 from abc import abstractmethod
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Union
 
 import numpy as np
 
 from deployments.backends.base import Backend, EngineThread
+from deployments.backends.microbatch import MicroBatcher
 from deployments.errors import ContextLengthExceeded, InvalidRequest
 from deployments.types import EmbeddingResult, GenerationChunk, GenerationRequest
-
-BATCH_SIZE = 32
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -65,6 +70,11 @@ class EmbeddingBackend(Backend):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._engine = EngineThread(f"embed-{self.model_name}")
+        self._batcher: MicroBatcher[list[str], EmbeddingResult] = MicroBatcher(
+            self._engine, self.embed_many_blocking, self.config.batch_window_ms / 1000,
+            self.config.max_batch_size, size=len,
+        )
+        self.forward_passes = 0  # hidden_states calls (what micro-batching saves)
         self.tokenize: FastTokenizer | None = None
 
     def load_tokenizer(self) -> None:
@@ -82,7 +92,7 @@ class EmbeddingBackend(Backend):
             param="model",
         )
 
-    def embed_blocking(self, texts: list[str]) -> EmbeddingResult:
+    def _checked_ids(self, texts: list[str]) -> list[list[int]]:
         ids = self.tokenize(texts)
         limit = self.config.context_length
         for index, row in enumerate(ids):
@@ -91,24 +101,56 @@ class EmbeddingBackend(Backend):
                     f"input[{index}] is {len(row)} tokens; model {self.model_name!r} reads at most {limit}",
                     param="input",
                 )
-        # Sorting by length keeps padding (wasted compute) small inside each batch.
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        return ids
+
+    def embed_many_blocking(self, requests: list[list[str]]) -> list[Union[EmbeddingResult, BaseException]]:
+        """Several requests' texts in shared forward passes; each request gets its result or its error."""
+        answers: list[Union[EmbeddingResult, BaseException]] = []
+        rows: list[list[int]] = []  # every valid request's token ids, one after another
+        spans: list[tuple[int, int]] = []
+        for texts in requests:
+            try:
+                ids = self._checked_ids(texts)
+            except Exception as error:
+                answers.append(error)
+                spans.append((0, 0))
+                continue
+            answers.append(EmbeddingResult(vectors=[], prompt_tokens=sum(len(row) for row in ids)))
+            spans.append((len(rows), len(rows) + len(ids)))
+            rows.extend(ids)
+        vectors = self._vectors(rows)
+        for answer, (start, end) in zip(answers, spans):
+            if isinstance(answer, EmbeddingResult):
+                answer.vectors = vectors[start:end]
+        return answers
+
+    def _vectors(self, rows: list[list[int]]) -> list[list[float]]:
+        # Sorting by length keeps padding (wasted compute) small inside each pass.
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         by_index: dict[int, list[float]] = {}
-        for start in range(0, len(order), BATCH_SIZE):
-            chunk = order[start: start + BATCH_SIZE]
-            input_ids, mask = pad([ids[i] for i in chunk], self.tokenize.pad_id)
+        size = self.config.max_batch_size
+        for start in range(0, len(order), size):
+            chunk = order[start: start + size]
+            input_ids, mask = pad([rows[i] for i in chunk], self.tokenize.pad_id)
+            self.forward_passes += 1
             pooled = mean_pool(self.hidden_states(input_ids, mask), mask)
             for i, vector in zip(chunk, pooled):
                 by_index[i] = vector.astype(np.float32).tolist()
-        vectors = [by_index[i] for i in range(len(ids))]
-        return EmbeddingResult(vectors=vectors, prompt_tokens=sum(len(row) for row in ids))
+        return [by_index[i] for i in range(len(rows))]
+
+    def embed_blocking(self, texts: list[str]) -> EmbeddingResult:
+        """One request alone, on the calling thread (benchmarks, tests)."""
+        (answer,) = self.embed_many_blocking([texts])
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
     @property
     def queued(self) -> int:
-        return self._engine.waiting
+        return self._engine.waiting + self._batcher.waiting
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
-        return await asyncio.wrap_future(self._engine.submit(self.embed_blocking, texts))
+        return await self._batcher.submit(texts)
 
     def unload(self) -> None:
         self._engine.shutdown()
