@@ -56,8 +56,13 @@ class GGUFBackend(Backend):
         metadata = self.model.metadata()
         config = self.config
         self.kv_bytes_per_token = kv_bytes_per_token(metadata)
-        parallel = config.parallel or auto_parallel(self.kv_bytes_per_token, config.context_length,
-                                                    parse_size(config.kv_cache_budget))
+        budget = parse_size(config.kv_cache_budget)
+        parallel = config.parallel or auto_parallel(self.kv_bytes_per_token, config.context_length, budget)
+        slot_bytes = (self.kv_bytes_per_token or 0) * config.context_length
+        if config.parallel is None and slot_bytes > budget:  # one slot is the least a replica can have
+            logger.warning("one slot of %d tokens needs %.2f GiB of KV cache, over kv_cache_budget %s: "
+                           "lower context_length or raise kv_cache_budget", config.context_length,
+                           slot_bytes / 2**30, config.kv_cache_budget, extra={"model": self.model_name})
         room = WaitingRoom(slots=parallel, max_queued=config.max_queued,
                            max_wait_s=config.max_queue_wait_s or self.request_timeout_s,
                            interactive_reserve=config.reserve(parallel))
