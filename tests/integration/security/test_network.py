@@ -174,10 +174,12 @@ def test_scripts_deploy_works_against_the_token_protected_cluster(started):
     done = _cli(str(Path(sys.executable)), "-m", "scripts.deploy", "--config", str(started.config_path),
                 "--address", address)
     assert done.returncode == 0, done.stdout + done.stderr
-    for _ in range(600):  # bounded wait until Serve reports the redeployed app running
+    deadline = time.monotonic() + 600  # a hang guard, not a timing check: a failed deploy ends it at once
+    while True:
         status = _cli(SERVE, "status", "--address", address, RAY_AUTH_MODE="token").stdout
         if "status: RUNNING" in status and "UPDATING" not in status and "DEPLOYING" not in status:
             break
+        assert "DEPLOY_FAILED" not in status and time.monotonic() < deadline, status
         time.sleep(1)
     r = httpx.post(started.base_url + "/api/v1/generate", headers={"X-API-Key": KEY},
                    json={"prompt": "hi", "max_tokens": 2}, timeout=120)
