@@ -14,8 +14,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
-from deployments.ray_net import bind_replica_grpc_to_node_ip
-
 
 @dataclass
 class ChatState:
@@ -124,6 +122,8 @@ class ChatHistoryHub:
     """The Ray Serve deployment (one replica) that owns the shared in-process store."""
 
     def __init__(self, max_chats: int, max_messages: int, ttl_s: float):
+        from deployments.ray_net import bind_replica_grpc_to_node_ip  # here: deployments imports serve_app
+
         bind_replica_grpc_to_node_ip()
         self.store = InMemoryChatHistory(max_chats, max_messages, ttl_s)
 

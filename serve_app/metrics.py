@@ -16,8 +16,6 @@ from typing import Any, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from deployments.ray_net import bind_replica_grpc_to_node_ip
-
 logger = logging.getLogger("aicore.metrics")
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
@@ -70,6 +68,8 @@ class MetricsHub:
     """Owns the aggregated registry (one replica)."""
 
     def __init__(self) -> None:
+        from deployments.ray_net import bind_replica_grpc_to_node_ip  # here: deployments imports this module
+
         bind_replica_grpc_to_node_ip()
         self.registry = CollectorRegistry()
         labels = ["route", "model", "status"]

@@ -1,0 +1,17 @@
+"""Each deployment class's module imports first in a fresh process, as a replica imports it
+(a circular import between serve_app and deployments broke the metrics hub once)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from scripts.run_server import ROOT
+
+
+@pytest.mark.parametrize("module", ["serve_app.metrics", "serve_app.chat_history", "serve_app.ingress",
+                                    "deployments.model_deployment", "deployments.ray_net", "serve_app.builder"])
+def test_module_imports_first(module):
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
