@@ -121,7 +121,13 @@ until [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/api/v1/health/ready")" 
   fi
   sleep 3
 done
-say "ready: 200 after $(( $(date +%s) - started )) s"
+say "ready: 200 after $(( $(date +%s) - started )) s (the default model); waiting for every model"
+until python3 -c 'import json, sys; s = json.loads(sys.argv[1])["models"]; sys.exit(any(v in ("loading", "unknown") for v in s.values()))' \
+    "$(curl -s "$base/api/v1/health")" 2>/dev/null; do
+  if (( $(date +%s) - started > READY_TIMEOUT_S )); then say "FAIL: models still loading after ${READY_TIMEOUT_S}s"; exit 1; fi
+  sleep 2
+done
+say "every model settled after $(( $(date +%s) - started )) s"
 
 # 5. What it serves: the image's models.json, a chat answer, an embedding, its user, its code.
 check() { python3 -c "$1" "$2"; }
