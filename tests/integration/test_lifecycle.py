@@ -30,6 +30,7 @@ BUDGET = 1536 * MIB  # default 512 MiB + gemma3 768 MiB, or + spare 512 MiB, fit
 def app(tmp_path_factory):
     models = json.loads((ROOT / "models.json").read_text())["models"]
     default = {k: v for k, v in models[DEFAULT].items() if k != "autoscaling"}  # the default model: preloaded
+    default["memory"] = 512 * MIB  # the budget's arithmetic below, whatever models.json reserves
     lazy = {k: v for k, v in models[LAZY].items() if k != "autoscaling"}  # min_replicas left to the default: 0
     lazy.update(idle_timeout_s=IDLE_S, memory=768 * MIB, eviction="lru")
     spare = {**default, "memory": 512 * MIB, "eviction": "none", "description": "a second SmolLM2 entry"}
