@@ -121,7 +121,7 @@ class ModelConfig(BaseModel):
         "of every sequence plus prompt chunks; a longer prompt is prefilled over several steps."
     )
     batch_window_ms: float = Field(
-        5, ge=0, le=1000, description="embed: how long a request waits for concurrent ones to share its "
+        0, ge=0, le=1000, description="embed: how long a request waits for concurrent ones to share its "
         "forward pass (longer only while the previous pass runs); 0: no wait."
     )
     max_batch_size: int = Field(

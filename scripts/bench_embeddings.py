@@ -7,7 +7,7 @@ all-MiniLM-L6-v2 formats; in-process through the backends, and optionally throug
 Each client sends one sentence per request and waits for the answer before sending the next
 (a closed loop), as many small embedding calls from many users do. "batching off" is
 `max_batch_size: 1` (every request its own forward pass, as before micro-batching); "on" is the
-shipped default (`batch_window_ms: 5`, `max_batch_size: 32`).
+shipped default (`batch_window_ms: 0`, `max_batch_size: 32`).
 """
 
 from __future__ import annotations
