@@ -111,6 +111,7 @@ class LlamaBatchEngine:
         self.prefix_reuse = prefix_reuse
         self.log = StepLog(keep_steps)
         self.vocab = lib.llama_model_get_vocab(model)
+        self._pieces: dict[int, bytes] = {}  # token id -> its bytes: the vocabulary is fixed
         self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
         params = lib.llama_context_default_params()
         params.n_ctx = parallel * context_length
@@ -239,23 +240,22 @@ class LlamaBatchEngine:
         if sequence.adapter is not None:
             self.adapters.get(sequence.adapter, in_use)  # raises BackendFailure: the caller fails the request
 
-        def score(slot: Slot) -> tuple[int, float]:
-            same = slot.adapter == sequence.adapter
-            reuse = common_prefix(slot.cached, sequence.prompt) if same else 0
-            return (reuse if reuse >= min(32, len(sequence.prompt) // 2) else 0, -slot.last_used)
+        def reusable(slot: Slot) -> int:
+            same = self.prefix_reuse and slot.adapter == sequence.adapter
+            return common_prefix(slot.cached, sequence.prompt) if same else 0
 
-        slot = max(free, key=score)
+        shared = {slot.seq_id: reusable(slot) for slot in free}
+        worth = min(32, len(sequence.prompt) // 2)  # below this, keep recent caches: take the LRU slot
+        slot = max(free, key=lambda s: (shared[s.seq_id] if shared[s.seq_id] >= worth else 0, -s.last_used))
         free.remove(slot)
-        same = self.prefix_reuse and slot.adapter == sequence.adapter
-        keep = common_prefix(slot.cached, sequence.prompt) if same else 0
-        keep = min(keep, len(sequence.prompt) - 1)  # the last prompt token is fed again for its logits
+        keep = min(shared[slot.seq_id], len(sequence.prompt) - 1)  # the last prompt token is fed again for its logits
         if not self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
             self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)  # whole: never fails
             keep = 0
         del slot.cached[keep:]
         slot.adapter = sequence.adapter
         slot.sequence, sequence.slot = sequence, slot
-        sequence.fed = sequence.reused = keep
+        sequence.fed = keep
         sequence.admitted_at = time.monotonic()
         sequence.sampler = sampler_chain(self.lib, sequence.sampling, self.n_vocab)
         self.log.stats.prefix_reused_tokens += keep
@@ -330,7 +330,10 @@ class LlamaBatchEngine:
                 self._finish(sequence, "stop")
                 continue
             sequence.produced += 1
-            text, stopped = sequence.text_of(token_bytes(lib, self.vocab, token))
+            piece = self._pieces.get(token)
+            if piece is None:
+                piece = self._pieces[token] = token_bytes(lib, self.vocab, token)
+            text, stopped = sequence.text_of(piece)
             sequence.emit(text)
             if stopped:
                 self._finish(sequence, "stop", stopped=True)

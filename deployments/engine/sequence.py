@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -33,12 +32,10 @@ class Sequence:
     priority: str
     outlet: Outlet
     cancelled: bool = False
-    queued_at: float = field(default_factory=time.monotonic)
     # Set once the engine runs it:
     slot: Optional["Slot"] = None
     admitted_at: float = 0.0
     fed: int = 0  # prompt tokens whose KV is in the slot (a reused prefix included)
-    reused: int = 0  # prompt tokens found in the slot's cache
     produced: int = 0
     pending: Optional[int] = None  # the last sampled token, fed at the next step
     sampler: object = None  # llama_sampler_p
