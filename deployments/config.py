@@ -116,6 +116,11 @@ class ModelConfig(BaseModel):
     prefix_reuse: bool = Field(
         True, description="gguf: a request sharing a prefix with a free slot's cached tokens prefills only the rest."
     )
+    mmap: bool = Field(
+        True, description="gguf: map the weights file (llama.cpp's default). false: read the weights into memory; "
+        "for K-quants, whose weights llama.cpp repacks into a copy, RSS then holds them once instead of twice "
+        "(docs/sizing.md)."
+    )
     batch_tokens: int = Field(
         512, ge=16, le=8192, description="gguf: tokens per engine step (one llama_decode): the next token "
         "of every sequence plus prompt chunks; a longer prompt is prefilled over several steps."

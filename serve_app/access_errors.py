@@ -51,11 +51,11 @@ class RateLimited(AICoreError):
     status, code = 429, "rate_limit_exceeded"
 
     def __init__(self, message: str, *, kind: str = "requests", retry_after_s: int = 1,
-                 param: Optional[str] = None, code: Optional[str] = None):
+                 param: Optional[str] = None, code: Optional[str] = None, headers: Optional[dict] = None):
         super().__init__(message, param=param, code=code)
         self.type = kind
         self.retry_after_s = max(1, int(retry_after_s))
-        self.headers = {"Retry-After": str(self.retry_after_s)}
+        self.headers = {**(headers or {}), "Retry-After": str(self.retry_after_s)}
 
     def __reduce__(self):
         return (RateLimited, (self.message,), {"type": self.type, "retry_after_s": self.retry_after_s,

@@ -20,6 +20,7 @@ from serve_app.keys import KeyService
 from serve_app.metrics import MetricsRecorder
 from serve_app.middleware import RequestContextMiddleware
 from serve_app.model_control import ModelControl
+from serve_app.pipeline import Pipeline
 from serve_app.ratelimit import RateLimiter
 from serve_app.routes import api_v1, integrations, keys, openai, web
 from serve_app.serving import EmbeddingService, GenerationService, ModelRouter
@@ -51,7 +52,13 @@ def create_app(
             settings.cache_redis_url, on_error=lambda: metrics.count("store_errors"), password=settings.redis_password)
         cache = ResponseCache(cache_store, settings.cache_ttl_s, on_write=lambda n: metrics.count("cache_bytes", n))
     app.state.generation = GenerationService(router, settings, cache, app.state.sessions)
-    app.state.batch = BatchService(app.state.generation, settings)
+    app.state.keys = KeyService(store, router.entries)
+    app.state.limiter = RateLimiter(store, settings.rate_limit_per_minute, settings.tokens_per_minute)
+    app.state.auth = Authenticator(
+        settings.bootstrap_keys(), settings.api_key_header, app.state.keys, store, settings.store_failure_mode,
+    )
+    app.state.pipeline = Pipeline(app.state.auth, app.state.limiter, app.state.keys)
+    app.state.batch = BatchService(app.state.generation, settings, app.state.pipeline)
     # Jobs are polled through any ingress replica: without Redis their state is in the shared hub.
     job_store = RemoteStore(chat_hub) if chat_hub is not None and not settings.redis_url else store
     app.state.batch_jobs = BatchJobService(app.state.batch, job_store, settings)
@@ -60,15 +67,10 @@ def create_app(
     app.state.model_status = model_status
     app.state.control = ModelControl(router, model_status, settings, footprints or {})
     app.state.generation.gate = app.state.embeddings.gate = app.state.control.before_request
-    app.state.keys = KeyService(store, router.entries)
-    app.state.limiter = RateLimiter(store, settings.rate_limit_per_minute, settings.tokens_per_minute)
-    app.state.auth = Authenticator(
-        settings.bootstrap_keys(), settings.api_key_header, app.state.keys, store, settings.store_failure_mode,
-    )
     chats = RemoteChatHistory(chat_hub) if chat_hub is not None else InMemoryChatHistory(
         settings.telegram_history_chats, settings.telegram_history_messages, settings.telegram_history_ttl_s
     )
-    app.state.telegram = TelegramBot(settings, app.state.generation, app.state.auth, chats)
+    app.state.telegram = TelegramBot(settings, app.state.generation, app.state.pipeline, chats)
     app.state.started_at = int(time.time())
     install_error_handlers(app)
     app.include_router(api_v1.router)
@@ -77,7 +79,7 @@ def create_app(
     app.include_router(integrations.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
-    app.add_middleware(GuardMiddleware, settings=settings, keys=app.state.keys, limiter=app.state.limiter)
+    app.add_middleware(GuardMiddleware, settings=settings)
     origins, methods, headers = settings.cors()
     if origins:  # inside the request-context middleware: preflights are logged with an id too
         app.add_middleware(

@@ -1,9 +1,11 @@
 """Who is calling: bootstrap keys (API_KEYS, admin) and managed keys (serve_app.keys).
 
-Keys are kept only as SHA-256 hashes and compared in constant time. `require_key` (inference
-scope), `require_admin` and `require_metrics` (the `metrics` or `admin` scope) are the FastAPI
-dependencies every route uses; they also check the key's IP allowlist and admit the request
-under its rate limits.
+Keys are kept only as SHA-256 hashes and compared in constant time. The FastAPI dependencies
+below are the HTTP adapter of the one admission path (serve_app/pipeline.py): `require_key`
+(inference scope), `require_admin` and `require_metrics` (the `metrics` or `admin` scope)
+admit the request and count it against the key's limits at once; `require_caller` admits a
+generation, embedding or batch request whose limits the service takes once it knows the
+model and the request's size.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from serve_app.access_errors import (
     KeyExpired,
     KeyRevoked,
     ModelNotAllowed,
-    PermissionDenied,
 )
 from serve_app.keys import KeyService, StoredKey, hash_key
 from serve_app.netguard import allowed, parse_address, parse_networks
+from serve_app.pipeline import Admission, Outcome, RequestContext
 from serve_app.store import Store, StoreUnavailable
 
-__all__ = ["Principal", "Authenticator", "hash_key", "require_key", "require_admin", "require_metrics"]
+__all__ = ["Principal", "Authenticator", "hash_key", "require_key", "require_admin", "require_metrics",
+           "require_caller"]
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,9 @@ class Authenticator:
                 match = stored
         return Principal(key_id="boot-" + match[:12], bootstrap=True) if match else None
 
-    async def authenticate(self, request: HTTPConnection) -> Principal:
-        """The key in the request's headers (HTTP request or WebSocket handshake)."""
-        return await self.check(self.presented(request), request)
-
-    async def check(self, key: Optional[str], connection: Optional[HTTPConnection] = None) -> Principal:
-        """Any presented key: from headers, a WebSocket message, or the Telegram bot's configured key."""
+    async def check(self, key: Optional[str], client_ip: Optional[str]) -> Principal:
+        """Any presented key (headers, a WebSocket message, the Telegram bot's configured key), as
+        it stands now, used from `client_ip` (the address the guard resolved)."""
         if not key:
             raise AuthenticationFailed(
                 f"missing API key: send it in the {self.header} header or as 'Authorization: Bearer <key>'"
@@ -115,38 +115,39 @@ class Authenticator:
         if record.expires_at is not None and record.expires_at <= time.time():
             raise KeyExpired("this API key has expired")
         if record.ip_allowlist:
-            client_ip = getattr(connection.state, "client_ip", None) if connection is not None else None
-            client = parse_address(client_ip)
-            if not allowed(client, parse_networks(record.ip_allowlist)):
+            if not allowed(parse_address(client_ip), parse_networks(record.ip_allowlist)):
                 raise AddressNotAllowed("this API key may not be used from this address")
         return Principal.from_record(record)
 
 
-async def _authorize(request: Request, *scopes: str) -> Principal:
-    """The key needs one of `scopes`."""
-    state = request.app.state
-    principal = await state.auth.authenticate(request)
-    request.state.key_id = principal.key_id
-    request.state.principal = principal
-    if scopes and not principal.scopes.intersection(scopes):
-        raise PermissionDenied(f"this API key lacks the {' or '.join(repr(s) for s in scopes)} scope")
-    if not principal.bootstrap:
-        limits = state.limiter.limits(principal.rate_limit_per_minute, principal.tokens_per_minute)
-        request.state.limits = limits
-        request.state.ratelimit_headers = await state.limiter.admit(principal.key_id, limits)
-    return principal
+def http_context(connection: HTTPConnection, channel: str = "http") -> RequestContext:
+    """The request context of an HTTP request or WebSocket connection."""
+    outcome = Outcome.of(connection)
+    return RequestContext(channel, connection.app.state.auth.presented(connection), outcome.client_ip, outcome)
+
+
+async def _admitted(request: Request, *scopes: str, count: bool = True) -> Admission:
+    admission = await request.app.state.pipeline.admit(http_context(request), *scopes)
+    Outcome.of(request).admissions.append(admission)  # the guard closes it when the response ends
+    if count:
+        await admission.limit()
+    return admission
 
 
 async def require_key(request: Request) -> Principal:
-    """Inference routes (and model listings): the `inference` scope, under the key's rate limits."""
-    return await _authorize(request, "inference")
+    """Listings and sessions: the `inference` scope, counted against the key's request limit."""
+    return (await _admitted(request, "inference")).principal
+
+
+async def require_caller(request: Request) -> Admission:
+    """Generation, embedding and batch routes: the service takes the limits (model, size)."""
+    return await _admitted(request, "inference", count=False)
 
 
 async def require_admin(request: Request) -> Principal:
-    return await _authorize(request, "admin")
+    return (await _admitted(request, "admin")).principal
 
 
 async def require_metrics(request: Request) -> Principal:
     """Metrics list every key id and its usage: `metrics` (a scraper's key) or `admin`."""
-    return await _authorize(request, "metrics", "admin")
-
+    return (await _admitted(request, "metrics", "admin")).principal

@@ -2,6 +2,8 @@
 
 At most `batch_concurrency` items of one batch generate at a time, so a batch never takes
 more of a model than a few single requests would; one bad item is that item's error only.
+Each item is a request of its own in the admission pipeline: it counts against the key's
+requests and tokens per minute, and its usage is recorded (the batch call itself is not).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pydantic import ValidationError
 
 from deployments.errors import InvalidRequest, Overloaded
 from serve_app.errors import error_body, to_aicore_error, validation_error
+from serve_app.pipeline import Admission, Pipeline
 from serve_app.protocol.batch import (
     BatchChatItem,
     BatchGenerateItem,
@@ -85,11 +88,12 @@ def totals(results: list[BatchItemResult], started: float) -> BatchTotals:
 
 
 class BatchService:
-    def __init__(self, service: GenerationService, settings: Settings):
+    def __init__(self, service: GenerationService, settings: Settings, pipeline: Pipeline):
         self.service = service
         self.settings = settings
+        self.pipeline = pipeline
 
-    async def run(self, body: BatchRequest, principal: Any) -> BatchResponse:
+    async def run(self, body: BatchRequest, caller: Admission) -> BatchResponse:
         if len(body.items) > self.settings.batch_max_items:
             raise InvalidRequest(
                 f"{len(body.items)} items; a batch takes at most {self.settings.batch_max_items}",
@@ -102,32 +106,41 @@ class BatchService:
             if entry.error is not None:
                 return entry.failed(entry.error)
             async with gate:
-                return await self.generate(entry, principal)
+                return await self.generate(entry, caller)
 
         results = list(await asyncio.gather(*(one(entry) for entry in prepare(body.items, body.format))))
         return BatchResponse(results=results, totals=totals(results, started))
 
-    async def generate(self, entry: Prepared, principal: Any, retry_overloaded: bool = False) -> BatchItemResult:
+    async def generate(self, entry: Prepared, caller: Admission, retry_overloaded: bool = False) -> BatchItemResult:
         """Run one valid item; its failure (unknown model, overload, ...) is its result.
 
         `retry_overloaded` (asynchronous jobs): a model that refuses for overload (503) is asked
         again after its Retry-After, for as long as it takes; the job's cancel stops the wait."""
-        item = entry.item
-        key_id = getattr(principal, "key_id", None) or "-"
         while True:
+            admission = self.pipeline.admit_part(caller)
+            status = 499  # cancelled (a job's cancel) unless set below
             try:
-                generation = await self.service.start(
-                    item.model, uuid.uuid4().hex, item.to_sampling_params(),
-                    prompt=item.prompt if isinstance(item, BatchGenerateItem) else None,
-                    messages=[m.as_dict() for m in item.messages] if isinstance(item, BatchChatItem) else None,
-                    principal=principal, priority=item.priority or "batch",
-                    options=RequestOptions(endpoint="-", tenant=key_id, owner=key_id, cache=item.cache),
-                )
-                result = await generation.collect()
-                return BatchItemResult(index=entry.index, id=item.id, status="ok",
-                                       result=generate_response(generation, result.text, item))
+                result = await self._generate(entry, admission)
+                status = 200
+                return result
             except Exception as error:
                 mapped = to_aicore_error(error)
+                status = mapped.status
                 if not (retry_overloaded and isinstance(mapped, Overloaded)):
                     return entry.failed(mapped)
-                await asyncio.sleep(min(mapped.retry_after, MAX_OVERLOAD_WAIT_S))
+            finally:
+                await admission.close(status)
+            await asyncio.sleep(min(mapped.retry_after, MAX_OVERLOAD_WAIT_S))
+
+    async def _generate(self, entry: Prepared, admission: Admission) -> BatchItemResult:
+        item, key_id = entry.item, admission.key_id
+        generation = await self.service.start(
+            admission, item.model, uuid.uuid4().hex, item.to_sampling_params(),
+            prompt=item.prompt if isinstance(item, BatchGenerateItem) else None,
+            messages=[m.as_dict() for m in item.messages] if isinstance(item, BatchChatItem) else None,
+            priority=item.priority,
+            options=RequestOptions(endpoint="-", tenant=key_id, owner=key_id, cache=item.cache),
+        )
+        result = await generation.collect()
+        return BatchItemResult(index=entry.index, id=item.id, status="ok",
+                               result=generate_response(generation, result.text, item))

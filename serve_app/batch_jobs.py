@@ -55,7 +55,7 @@ class LocalJob:
 
     record: JobRecord
     entries: list[Prepared]
-    principal: Any
+    caller: Any  # the submitting request's Admission: each item is admitted as a part of it
     results: dict[int, BatchItemResult] = field(default_factory=dict)
     started: set[int] = field(default_factory=set)  # items whose generation began
     task: Optional[asyncio.Task] = None
@@ -83,16 +83,16 @@ class BatchJobService:
 
     # -- the three calls of the HTTP API --------------------------------------------------
 
-    async def submit(self, body: BatchRequest, principal: Any) -> BatchJob:
+    async def submit(self, body: BatchRequest, caller: Any) -> BatchJob:
         limit = self.settings.batch_job_max_items
         if len(body.items) > limit:
             raise InvalidRequest(f"{len(body.items)} items; a batch job takes at most {limit}",
                                  param="items", code="too_many_items")
         now = self.clock()
-        record = JobRecord(id="bjob_" + uuid.uuid4().hex[:24], owner=principal.key_id, status="queued",
+        record = JobRecord(id="bjob_" + uuid.uuid4().hex[:24], owner=caller.key_id, status="queued",
                            items=len(body.items), created_at=now, runner=self.runner_id, heartbeat_at=now)
         await self.records.create(record)  # the store is down: 503 before anything is accepted
-        job = LocalJob(record, prepare(body.items, body.format), principal)
+        job = LocalJob(record, prepare(body.items, body.format), caller)
         self.jobs[record.id] = job
         job.task = asyncio.create_task(self._run(job), name=f"batch-job-{record.id}")
         if self._watcher is None or self._watcher.done():
@@ -200,7 +200,7 @@ class BatchJobService:
         else:
             async with gate:
                 job.started.add(entry.index)
-                result = await self.batch.generate(entry, job.principal, retry_overloaded=True)
+                result = await self.batch.generate(entry, job.caller, retry_overloaded=True)
         job.results[entry.index] = result
         job.record.count(job.results)
         try:  # progress for pollers; the final write repeats everything

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.errors import AICoreError, InvalidRequest, ModelUnavailable, Overloaded
 from serve_app.logs import request_id_var
+from serve_app.pipeline import Outcome
 
 logger = logging.getLogger("aicore.errors")
 
@@ -72,7 +73,8 @@ def error_body(error: AICoreError) -> dict:
 def _note(request: Optional[Request], error: AICoreError) -> None:
     """Hand the error's type and code to the metrics event (read by the middleware)."""
     if request is not None:
-        request.state.error_type, request.state.error_code = error.type, error.code
+        outcome = Outcome.of(request)
+        outcome.error_type, outcome.error_code = error.type, error.code
 
 
 def error_response(exc: BaseException, request: Optional[Request] = None) -> JSONResponse:

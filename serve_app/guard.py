@@ -2,10 +2,12 @@
 
 Before the app: resolve the client address (X-Forwarded-For only from TRUSTED_PROXIES, whatever
 Ray's proxy did with it: serve_app/proxy_headers.py),
-apply the global IP allowlist (403), refuse bodies over MAX_BODY_BYTES (413) before any
-parsing, chunked bodies included. On the way out: `X-Content-Type-Options: nosniff` and the
-key's x-ratelimit-* headers on every response, and, before the last body byte leaves, the
-key's usage and real token count are recorded (so the next request sees them).
+apply the global IP allowlist to every HTTP request and WebSocket connection (403), refuse
+bodies over MAX_BODY_BYTES (413) before any parsing, chunked bodies included. On the way out:
+`X-Content-Type-Options: nosniff` and the key's x-ratelimit-* headers on every response, and,
+before the last body byte leaves, the request's admissions are closed (serve_app/pipeline.py:
+tokens settled, usage recorded, so the next request sees them); a response that never ends
+(the client left) closes them when the app returns.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Optional
 from serve_app.access_errors import AddressNotAllowed, BodyTooLarge
 from serve_app.errors import error_response
 from serve_app.netguard import allowed, parse_networks
+from serve_app.pipeline import CLIENT_GONE, Outcome
 from serve_app.proxy_headers import ENV, NOTHING_TRUSTED, ProxyTrust, original_client
 
 logger = logging.getLogger("aicore.guard")
@@ -27,7 +30,7 @@ def _header(scope, name: bytes) -> Optional[str]:
 
 
 class GuardMiddleware:
-    def __init__(self, app, settings: Any, keys: Any, limiter: Any):
+    def __init__(self, app, settings: Any):
         self.app = app
         self.allowlist = parse_networks(settings.ip_allowlist_list())
         self.trusted = parse_networks(settings.trusted_proxies_list())
@@ -39,31 +42,36 @@ class GuardMiddleware:
                 "proxy counts as unknown: start with scripts/serve.sh", ENV, NOTHING_TRUSTED,
             )
         self.max_body = settings.max_body_bytes
-        self.keys = keys
-        self.limiter = limiter
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        state = scope.setdefault("state", {})
-        status = {"code": 500}
+        outcome = Outcome.of(scope)
+        peer, server = scope.get("client"), scope.get("server")
+        address = original_client(peer[0] if peer else None, _header(scope, b"x-forwarded-for"), self.trusted,
+                                  self.proxy, server[0] if server else None)
+        outcome.client_ip = str(address) if address else None
+        if scope["type"] == "websocket":
+            if not allowed(address, self.allowlist):  # refused before the handshake: HTTP 403
+                return await send({"type": "websocket.close", "code": 1008, "reason": "address not allowed"})
+            return await self.app(scope, receive, send)
+        status = {"code": 500, "ended": False}
 
         async def guarded_send(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-content-type-options"]
                 headers.append((b"x-content-type-options", b"nosniff"))
-                for name, value in (state.get("ratelimit_headers") or {}).items():
-                    headers.append((name.encode(), value.encode()))
+                present = {k.lower() for k, _ in headers}
+                for name, value in outcome.ratelimit_headers.items():
+                    if name.encode() not in present:
+                        headers.append((name.encode(), value.encode()))
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body" and not message.get("more_body"):
-                await self._account(state, status["code"])
+                status["ended"] = True
+                await outcome.close_admissions(status["code"])
             await send(message)
 
-        peer, server = scope.get("client"), scope.get("server")
-        address = original_client(peer[0] if peer else None, _header(scope, b"x-forwarded-for"), self.trusted,
-                                  self.proxy, server[0] if server else None)
-        state["client_ip"] = str(address) if address else None
         if not allowed(address, self.allowlist):
             error = AddressNotAllowed("this address may not use the API")
             return await error_response(error)(scope, receive, guarded_send)
@@ -71,7 +79,10 @@ class GuardMiddleware:
             receive = await self._bounded_body(scope, receive)
         except BodyTooLarge as error:
             return await error_response(error)(scope, receive, guarded_send)
-        await self.app(scope, receive, guarded_send)
+        try:
+            await self.app(scope, receive, guarded_send)
+        finally:  # the client left mid-answer (or the app failed): settle what it got
+            await outcome.close_admissions(status["code"] if status["ended"] else CLIENT_GONE)
 
     async def _bounded_body(self, scope, receive):
         """Read the whole body up front (it is small by construction) and replay it to the app."""
@@ -101,16 +112,3 @@ class GuardMiddleware:
             return replay.pop(0) if replay else await receive()
 
         return replayed
-
-    async def _account(self, state: dict, status: int) -> None:
-        key_id, principal = state.get("key_id"), state.get("principal")
-        if not key_id or principal is None:
-            return
-        prompt, completion = state.get("prompt_tokens", 0), state.get("completion_tokens", 0)
-        try:
-            limits = state.get("limits")
-            if limits is not None:
-                await self.limiter.add_tokens(key_id, limits, prompt + completion)
-            await self.keys.record_usage(key_id, status, prompt, completion)
-        except Exception as error:  # the answer is already on its way: never fail it here
-            logger.warning("could not record usage for %s: %s", key_id, type(error).__name__)

@@ -128,23 +128,18 @@ class KeyService:
     # -- authentication -------------------------------------------------------------------
     async def lookup(self, key: str) -> Optional[StoredKey]:
         digest = hash_key(key)
-        key_id = await self.store.get(_BY_HASH + digest)
-        record = await self._load(key_id) if key_id else None
+        raw = await self.store.get_indirect(_BY_HASH + digest, _RECORD)  # one round trip
+        record = StoredKey.model_validate_json(raw) if raw else None
         if record is None or not hmac.compare_digest(record.hash, digest):
             return None
         return record
 
     # -- usage ----------------------------------------------------------------------------
     async def record_usage(self, key_id: str, status: int, prompt_tokens: int, completion_tokens: int) -> None:
-        name = _USAGE + key_id
-        await self.store.hincrby(name, "requests", 1)
-        if status >= 400:
-            await self.store.hincrby(name, "errors", 1)
-        if prompt_tokens:
-            await self.store.hincrby(name, "prompt_tokens", prompt_tokens)
-        if completion_tokens:
-            await self.store.hincrby(name, "completion_tokens", completion_tokens)
-        await self.store.hset(name, {"last_used_at": str(int(time.time()))})
+        counters = {"requests": 1, "errors": int(status >= 400), "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens}
+        await self.store.hupdate(_USAGE + key_id, {k: v for k, v in counters.items() if v},
+                                 {"last_used_at": str(int(time.time()))})  # one round trip
 
     async def usage(self, key_id: str, known: bool = False) -> KeyUsage:
         if not known:

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 from serve_app.logs import request_id_var
 from serve_app.metrics import RequestEvent
+from serve_app.pipeline import Outcome
 
 access_log = logging.getLogger("aicore.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -69,10 +70,10 @@ class RequestContextMiddleware:
             self._finish(scope, status["code"], time.monotonic() - started)
 
     def _finish(self, scope, status: int, latency: float) -> None:
-        state = scope.get("state") or {}
+        outcome = Outcome.of(scope)
         route = getattr(scope.get("route"), "path", None) or "unmatched"
-        model = state.get("model") or "-"
-        error_type, error_code = state.get("error_type"), state.get("error_code")
+        model = outcome.model or "-"
+        error_type, error_code = outcome.error_type, outcome.error_code
         if status >= 400 and not error_type:  # answered outside our handlers (e.g. an unhandled 500)
             error_type = "server_error" if status >= 500 else "invalid_request_error"
         event = RequestEvent(
@@ -80,17 +81,18 @@ class RequestContextMiddleware:
             model=model,
             status=status,
             latency_s=latency,
-            prompt_tokens=state.get("prompt_tokens", 0),
-            completion_tokens=state.get("completion_tokens", 0),
-            first_token_s=state.get("first_token_s"),
-            cache=state.get("cache"),
-            key_id=state.get("key_id") or "-",
-            tokens_per_s=state.get("tokens_per_s"),
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            first_token_s=outcome.first_token_s,
+            cache=outcome.cache,
+            key_id=outcome.key_id or "-",
+            tokens_per_s=outcome.tokens_per_s,
             error_type=error_type,
             error_code=error_code,
         )
         client = scope.get("client")
-        prompt_fields = {k: state[k] for k in ("log_prompt", "log_response") if k in state}  # only with LOG_PROMPTS
+        prompt_fields = {"log_prompt": outcome.log_prompt, "log_response": outcome.log_response} \
+            if outcome.log_prompt is not None else {}  # only with LOG_PROMPTS
         access_log.info(
             "request",
             extra={
@@ -99,8 +101,8 @@ class RequestContextMiddleware:
                 "status": status,
                 "latency_ms": round(latency * 1000, 2),
                 "model": model,
-                "key_id": state.get("key_id"),
-                "client_ip": state.get("client_ip", client[0] if client else None),  # resolved by the guard
+                "key_id": outcome.key_id,
+                "client_ip": outcome.client_ip or (client[0] if client else None),  # resolved by the guard
                 "prompt_tokens": event.prompt_tokens,
                 "completion_tokens": event.completion_tokens,
                 "cache": event.cache,

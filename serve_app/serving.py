@@ -33,6 +33,7 @@ from deployments.types import (
 from serve_app.access_errors import TooManyMessages
 from serve_app.cache import ResponseCache, cache_key, wants_cache
 from serve_app.content_filter import ContentPolicy
+from serve_app.pipeline import Admission, estimate_tokens
 from serve_app.sessions import SessionStore, trim_to_fit
 from serve_app.settings import Settings
 from serve_app.store import StoreUnavailable
@@ -140,6 +141,8 @@ class Generation:
     def __init__(self, entry: ModelEntry, first: Optional[GenerationChunk], rest: Any, started: float,
                  on_complete: tuple[OnComplete, ...] = (), cache: Optional[str] = None,
                  adapter: Optional[str] = None):
+        self.admission: Optional[Admission] = None  # charged with the tokens when the stream ends
+        self.prompt_estimate = 0  # charged for the prompt when the client leaves before the usage arrives
         self.entry = entry
         self.model_id = f"{entry.name}:{adapter}" if adapter else entry.name  # echoed in responses
         self._first = first
@@ -154,6 +157,7 @@ class Generation:
         self.screen = None  # optional OutputScreen (content policy): holds text back until judged
         self.output_text: Optional[str] = None  # kept when the log wants it
         self.prompt_text: Optional[str] = None
+        self.log_chars = 0
 
     @classmethod
     def replay(cls, entry: ModelEntry, result: GenerationResult, adapter: Optional[str] = None) -> "Generation":
@@ -183,9 +187,26 @@ class Generation:
         finally:
             if not self._done:  # the client went away: stop the model's work
                 self._rest.cancel()
+            self._report("".join(parts))
         result = GenerationResult("".join(parts), self.finish_reason or "length", self.usage, self.first_token_s)
         for callback in self._on_complete:
             await callback(result)
+
+    def _report(self, text: str) -> None:
+        """Charge the admission (what the model counted, or an estimate of what a client that left
+        received) and hand the figures to the request's outcome (access log, metrics)."""
+        if self.admission is None:
+            return
+        if self._done or self.usage.total_tokens:
+            self.admission.charge(self.usage.prompt_tokens, self.usage.completion_tokens)
+        else:
+            self.admission.charge(self.prompt_estimate, estimate_tokens(len(text)))
+        outcome = self.admission.context.outcome
+        outcome.model, outcome.cache = self.model_id, self.cache
+        outcome.first_token_s, outcome.tokens_per_s = self.first_token_s, self.decode_speed()
+        if self.prompt_text is not None:  # LOG_PROMPTS: truncated copies for the access log
+            outcome.log_prompt = self.prompt_text[:self.log_chars]
+            outcome.log_response = (self.output_text or "")[:self.log_chars]
 
     def decode_speed(self) -> Optional[float]:
         """Completion tokens per second after the first one, once the stream has ended."""
@@ -239,14 +260,15 @@ class GenerationService:
         texts = [request.prompt] if request.prompt is not None else [m["content"] for m in request.messages or ()]
         self.policy.check_prompt(texts, param)
 
-    async def _with_history(self, entry: ModelEntry, options: RequestOptions, messages: list[dict],
-                            sampling: SamplingParams) -> tuple[list[dict], OnComplete]:
-        """Prepend the stored conversation, trimmed to the context; return the saver for the answer."""
+    async def _history(self, options: RequestOptions) -> list[dict]:
         if self.sessions is None:
             raise InvalidRequest("sessions are not enabled on this server", param="session_id")
         record = await self.sessions.load(options.owner, options.session_id)
-        history = record["messages"] if record else []
-        combined = history + messages
+        return record["messages"] if record else []
+
+    async def _fit(self, entry: ModelEntry, options: RequestOptions, combined: list[dict],
+                   sampling: SamplingParams) -> tuple[list[dict], OnComplete]:
+        """The stored conversation and the new messages, trimmed to the context; the saver for the answer."""
         await admit(self.gate, entry)
         counts = await entry.handle.count_message_tokens.remote(combined)
         answer_room = sampling.max_tokens or entry.config.default_max_tokens
@@ -264,25 +286,30 @@ class GenerationService:
 
     async def start(
         self,
+        admission: Admission,
         model: Optional[str],
         request_id: str,
         sampling: SamplingParams,
         *,
         prompt: Optional[str] = None,
         messages: Optional[list[dict]] = None,
-        key_id: Optional[str] = None,
         options: Optional[RequestOptions] = None,
-        principal: Any = None,  # serve_app.auth.Principal: default model, allowed models
-        priority: Optional[str] = None,  # "interactive" (default) or "batch"
+        priority: Optional[str] = None,  # the request's own: "interactive" or "batch"
     ) -> Generation:
-        entry, adapter = self.router.resolve_adapter(model or getattr(principal, "default_model", None), "generate")
-        if principal is not None:
-            principal.check_model(entry.name)
-            key_id = key_id or principal.key_id
-        options = options or RequestOptions(endpoint="-", tenant=key_id or "-", owner=key_id or "-")
+        """Admit (model, limits with prompt + max_tokens reserved), then start the generation."""
+        principal = admission.principal
+        entry, adapter = self.router.resolve_adapter(model or principal.default_model, "generate")
+        key_id = principal.key_id
+        options = options or RequestOptions(endpoint="-", tenant=key_id, owner=key_id)
+        with_history = options.session_id is not None and messages is not None
+        if with_history:
+            messages = await self._history(options) + messages
+        texts = [prompt] if prompt is not None else [m["content"] for m in messages or ()]
+        prompt_estimate = estimate_tokens(sum(len(text) for text in texts))
+        await admission.limit(entry.name, prompt_estimate + (sampling.max_tokens or entry.config.default_max_tokens))
         callbacks: list[OnComplete] = []
-        if options.session_id is not None and messages is not None:
-            messages, save = await self._with_history(entry, options, messages, sampling)
+        if with_history:
+            messages, save = await self._fit(entry, options, messages, sampling)
             callbacks.append(save)
         request = GenerationRequest(
             adapter=adapter,
@@ -291,16 +318,23 @@ class GenerationService:
             prompt=prompt,
             messages=tuple(messages) if messages is not None else None,
             key_id=key_id,
-            priority=priority or getattr(principal, "priority", None) or "interactive",
+            priority=admission.priority(priority),
         )
         self._check(entry, request)
+        generation = await self._generate(entry, adapter, request, options, callbacks)
+        generation.admission, generation.prompt_estimate = admission, prompt_estimate
+        return self._observe(generation, prompt, messages)
+
+    async def _generate(self, entry: ModelEntry, adapter: Optional[str], request: GenerationRequest,
+                        options: RequestOptions, callbacks: list[OnComplete]) -> Generation:
+        """From the response cache, or from the model: the first chunk in hand."""
         cache_state = None
         if self.cache is not None and options.session_id is None and wants_cache(request, options.cache, options.no_cache):
             key = cache_key(request, tenant=options.tenant, endpoint=options.endpoint, model=entry.name,
                             identity=entry.identity)
             hit = await self.cache.get(key)
             if hit is not None:
-                return self._observe(Generation.replay(entry, hit, adapter), prompt, messages)
+                return Generation.replay(entry, hit, adapter)
             cache_state = "miss"
 
             async def fill(result: GenerationResult, key: str = key) -> None:
@@ -320,14 +354,13 @@ class GenerationService:
         except BaseException:
             stream.cancel()
             raise
-        generation = Generation(entry, first, stream, started, tuple(callbacks), cache_state, adapter)
-        return self._observe(generation, prompt, messages)
+        return Generation(entry, first, stream, started, tuple(callbacks), cache_state, adapter)
 
     def _observe(self, generation: Generation, prompt: Optional[str], messages: Optional[list[dict]]) -> Generation:
         """Attach the output content screen and, with LOG_PROMPTS, the texts for the access log."""
         generation.screen = self.policy.output_screen()
         if self.settings.log_prompts:
-            generation.output_text = ""
+            generation.output_text, generation.log_chars = "", self.settings.log_prompt_chars
             generation.prompt_text = prompt if prompt is not None else "\n".join(
                 f"{m['role']}: {m['content']}" for m in messages or ()
             )
@@ -357,9 +390,12 @@ class EmbeddingService:
                     param="input",
                 )
 
-    async def embed(self, model: Optional[str], request_id: str, texts: list[str]) -> tuple[ModelEntry, EmbeddingResult]:
+    async def embed(self, admission: Admission, model: Optional[str], request_id: str,
+                    texts: list[str]) -> tuple[ModelEntry, EmbeddingResult]:
         entry = self.router.resolve(model, "embed")
         self._check(texts)
+        await admission.limit(entry.name, estimate_tokens(sum(len(text) for text in texts)))
+        admission.context.outcome.model = entry.name
         await admit(self.gate, entry)
         try:
             result = await asyncio.wait_for(
@@ -369,4 +405,5 @@ class EmbeddingService:
             raise ModelUnavailable(
                 f"model {entry.name!r} did not answer within {self.settings.request_timeout_s:g}s"
             ) from None
+        admission.charge(result.prompt_tokens, 0)
         return entry, result

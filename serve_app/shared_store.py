@@ -24,7 +24,7 @@ logger = logging.getLogger("aicore.store")
 PURGE_EVERY_S = 60.0
 CALL_TIMEOUT_S = 5.0  # a hub that does not answer (stopped, restarting) is unavailable, never a hang
 STORE_METHODS = frozenset({
-    "get", "set", "delete", "incr_window", "hset", "hgetall", "hincrby", "sadd", "srem", "smembers",
+    "get", "set", "delete", "incr_window", "take_window", "settle_window", "get_indirect", "hupdate", "hset", "hgetall", "hincrby", "sadd", "srem", "smembers",
     "count", "ttl", "expire",
 })
 
@@ -74,6 +74,19 @@ class RemoteStore:
 
     async def incr_window(self, key: str, amount: int, window_s: int) -> int:
         return await self._call("incr_window", key, amount, window_s)
+
+    async def take_window(self, requests_key: str, tokens_key: str, rpm: int, tpm: int, reserve: int,
+                          window_s: int) -> tuple[int, float, int, float, int]:
+        return tuple(await self._call("take_window", requests_key, tokens_key, rpm, tpm, reserve, window_s))
+
+    async def settle_window(self, key: str, amount: int, window_s: int) -> None:
+        await self._call("settle_window", key, amount, window_s)
+
+    async def get_indirect(self, index_key: str, prefix: str) -> Optional[str]:
+        return await self._call("get_indirect", index_key, prefix)
+
+    async def hupdate(self, key: str, increments: dict[str, int], values: dict[str, str]) -> None:
+        await self._call("hupdate", key, increments, values)
 
     async def hset(self, key: str, mapping: dict[str, str]) -> None:
         await self._call("hset", key, mapping)

@@ -27,6 +27,11 @@ class Store(Protocol):
     async def set(self, key: str, value: str, ttl_s: Optional[float] = None) -> None: ...
     async def delete(self, *keys: str) -> None: ...
     async def incr_window(self, key: str, amount: int, window_s: int) -> int: ...
+    async def take_window(self, requests_key: str, tokens_key: str, rpm: int, tpm: int, reserve: int,
+                          window_s: int) -> tuple[int, float, int, float, int]: ...
+    async def settle_window(self, key: str, amount: int, window_s: int) -> None: ...
+    async def get_indirect(self, index_key: str, prefix: str) -> Optional[str]: ...
+    async def hupdate(self, key: str, increments: dict[str, int], values: dict[str, str]) -> None: ...
     async def hset(self, key: str, mapping: dict[str, str]) -> None: ...
     async def hgetall(self, key: str) -> dict[str, str]: ...
     async def hincrby(self, key: str, field: str, amount: int) -> int: ...
@@ -44,6 +49,47 @@ _INCR_WINDOW = """
 local total = redis.call('INCRBY', KEYS[1], ARGV[1])
 if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return total
+"""
+
+# A rate-limit admission in one round trip: count the request (RPM), then reserve `reserve`
+# tokens (TPM) unless the window already holds some and they would pass the limit (an empty
+# window takes any one request, so a reservation larger than the limit still runs, alone).
+# Returns requests used, its window's ms left, tokens used, its ms left, and the verdict:
+# 0 admitted, 1 over the request limit, 2 over the token limit (nothing reserved when refused).
+_TAKE_WINDOW = """
+local rpm, tpm, reserve, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local function add(key, amount)
+  local total = redis.call('INCRBY', key, amount)
+  if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, window) end
+  return total
+end
+local requests, tokens, verdict = 0, 0, 0
+if rpm > 0 then
+  requests = add(KEYS[1], 1)
+  if requests > rpm then verdict = 1 end
+end
+if tpm > 0 then
+  tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if verdict == 0 and (tokens >= tpm or (tokens > 0 and tokens + reserve > tpm)) then verdict = 2 end
+  if verdict == 0 and reserve > 0 then tokens = add(KEYS[2], reserve) end
+end
+return {requests, redis.call('PTTL', KEYS[1]), tokens, redis.call('PTTL', KEYS[2]), verdict}
+"""
+
+# Settle a reservation: add `amount` (negative gives tokens back) to a window that still lives;
+# a positive amount opens a new window, a negative one never makes a fresh window negative.
+_SETTLE_WINDOW = """
+local amount = tonumber(ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], amount)
+elseif amount > 0 then redis.call('SET', KEYS[1], amount, 'EX', ARGV[2]) end
+return 0
+"""
+
+# Follow an index in one round trip: the value at `prefix .. GET(index)` (an API key's record by hash).
+_GET_INDIRECT = """
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+return redis.call('GET', ARGV[1] .. id)
 """
 
 # Replace a string only if it still holds what the caller read (an optimistic read-modify-write).
@@ -75,6 +121,9 @@ class RedisStore:
         )
         self._incr = self.client.register_script(_INCR_WINDOW)
         self._cas = self.client.register_script(_COMPARE_AND_SET)
+        self._take = self.client.register_script(_TAKE_WINDOW)
+        self._settle = self.client.register_script(_SETTLE_WINDOW)
+        self._indirect = self.client.register_script(_GET_INDIRECT)
 
     async def _call(self, coro):
         try:
@@ -99,6 +148,27 @@ class RedisStore:
 
     async def incr_window(self, key, amount, window_s):
         return int(await self._call(self._incr(keys=[key], args=[amount, window_s])))
+
+    async def take_window(self, requests_key, tokens_key, rpm, tpm, reserve, window_s):
+        requests, requests_ms, tokens, tokens_ms, verdict = await self._call(
+            self._take(keys=[requests_key, tokens_key], args=[rpm, tpm, reserve, window_s]))
+        return int(requests), _seconds(requests_ms, window_s), int(tokens), _seconds(tokens_ms, window_s), int(verdict)
+
+    async def settle_window(self, key, amount, window_s):
+        if amount:
+            await self._call(self._settle(keys=[key], args=[amount, window_s]))
+
+    async def get_indirect(self, index_key, prefix):
+        return await self._call(self._indirect(keys=[index_key], args=[prefix]))
+
+    async def hupdate(self, key, increments, values):
+        """HINCRBY each counter and HSET the values in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for field, amount in increments.items():
+            pipe.hincrby(key, field, amount)
+        if values:
+            pipe.hset(key, mapping=values)
+        await self._call(pipe.execute())
 
     async def hset(self, key, mapping):
         await self._call(self.client.hset(key, mapping=mapping))
@@ -184,12 +254,50 @@ class MemoryStore:
             self._expiry.pop(key, None)
 
     async def incr_window(self, key, amount, window_s):
+        return self._add_window(key, amount, window_s)
+
+    async def take_window(self, requests_key, tokens_key, rpm, tpm, reserve, window_s):
+        # No await inside: atomic on the event loop, as the Lua script is in Redis.
+        requests = tokens = verdict = 0
+        if rpm > 0:
+            requests = self._add_window(requests_key, 1, window_s)
+            verdict = 1 if requests > rpm else 0
+        if tpm > 0:
+            tokens = int(self._live(tokens_key) or 0)
+            if verdict == 0 and (tokens >= tpm or (tokens > 0 and tokens + reserve > tpm)):
+                verdict = 2
+            if verdict == 0 and reserve > 0:
+                tokens = self._add_window(tokens_key, reserve, window_s)
+        return requests, self._left(requests_key, window_s), tokens, self._left(tokens_key, window_s), verdict
+
+    async def settle_window(self, key, amount, window_s):
+        if self._live(key) is not None:
+            self._data[key] = str(int(self._data[key]) + amount)
+        elif amount > 0:
+            self._add_window(key, amount, window_s)
+
+    def _add_window(self, key: str, amount: int, window_s: int) -> int:
         current = self._live(key)
         if current is None:
             self._expire(key, window_s)
         total = int(current or 0) + amount
         self._data[key] = str(total)
         return total
+
+    def _left(self, key: str, window_s: int) -> float:
+        deadline = self._expiry.get(key) if self._live(key) is not None else None
+        return max(0.0, deadline - time.monotonic()) if deadline is not None else float(window_s)
+
+    async def get_indirect(self, index_key, prefix):
+        target = await self.get(index_key)
+        return await self.get(prefix + target) if target is not None else None
+
+    async def hupdate(self, key, increments, values):
+        current = self._live(key)
+        record = dict(current) if isinstance(current, dict) else {}
+        for field, amount in increments.items():
+            record[field] = str(int(record.get(field, 0)) + amount)
+        self._data[key] = {**record, **values}
 
     async def hset(self, key, mapping):
         current = self._live(key)
@@ -242,6 +350,11 @@ class MemoryStore:
             self._expiry.pop(key, None)
         return len(gone)
 
+
+
+def _seconds(milliseconds: int, window_s: int) -> float:
+    """A PTTL answer in seconds (a key without expiry, or gone, counts as a whole window)."""
+    return int(milliseconds) / 1000 if int(milliseconds) >= 0 else float(window_s)
 
 
 def make_store(redis_url: Optional[str], on_error: Callable[[], None] = lambda: None,

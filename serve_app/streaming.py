@@ -22,18 +22,6 @@ def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def note_usage(request: Request, generation: Generation) -> None:
-    """Hand token counts and decode speed to the access log and metrics (read by the middleware)."""
-    request.state.prompt_tokens = generation.usage.prompt_tokens
-    request.state.completion_tokens = generation.usage.completion_tokens
-    request.state.first_token_s = generation.first_token_s
-    if generation.prompt_text is not None:  # LOG_PROMPTS: truncated copies for the access log
-        limit = request.app.state.settings.log_prompt_chars
-        request.state.log_prompt = generation.prompt_text[:limit]
-        request.state.log_response = (generation.output_text or "")[:limit]
-    request.state.tokens_per_s = generation.decode_speed()
-
-
 def sse_stream(
     request: Request,
     generation: Generation,
@@ -53,8 +41,6 @@ def sse_stream(
                 yield _event(payload)
         except Exception as error:  # after headers are sent, errors travel as an event
             yield sse_error_event(error, request)
-        finally:
-            note_usage(request, generation)
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})})

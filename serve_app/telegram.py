@@ -17,8 +17,8 @@ from typing import Optional
 
 from deployments.errors import AICoreError, AuthenticationFailed, NotEnabled, Overloaded, PermissionDenied
 from deployments.types import SamplingParams
-from serve_app.auth import Authenticator
 from serve_app.chat_history import ChatHistoryStore
+from serve_app.pipeline import CLIENT_GONE, Pipeline, RequestContext
 from serve_app.protocol.telegram import TgMessage, TgReplyParameters, TgSendMessage, TgUpdate
 from serve_app.serving import GenerationService
 from serve_app.settings import Settings
@@ -82,10 +82,10 @@ def parse_command(text: str) -> Optional[Command]:
 
 
 class TelegramBot:
-    def __init__(self, settings: Settings, service: GenerationService, keys: Authenticator, store: ChatHistoryStore):
+    def __init__(self, settings: Settings, service: GenerationService, pipeline: Pipeline, store: ChatHistoryStore):
         self.settings = settings
         self.service = service
-        self.keys = keys
+        self.pipeline = pipeline
         self.store = store
         entries = service.router.entries
         models = [n for n, e in entries.items() if getattr(getattr(e, "config", None), "task", "generate") == "generate"]
@@ -102,8 +102,9 @@ class TelegramBot:
         if not hmac.compare_digest(presented.encode(), secret.encode()):
             raise PermissionDenied("wrong X-Telegram-Bot-Api-Secret-Token")
 
-    async def handle(self, update: TgUpdate) -> Optional[TgSendMessage]:
-        """The sendMessage to return, or None when the update needs no answer."""
+    async def handle(self, update: TgUpdate, client_ip: Optional[str] = None) -> Optional[TgSendMessage]:
+        """The sendMessage to return, or None when the update needs no answer. `client_ip`: the
+        webhook caller's address (Telegram's servers), for the bot key's IP allowlist."""
         message = update.carried_message()
         text = None if message is None else (message.text if message.text is not None else message.caption)
         if not await self.store.first_delivery(f"tg:{update.update_id}"):
@@ -113,7 +114,7 @@ class TelegramBot:
         chat = f"tg:{message.chat.id}"
         command = parse_command(text.strip())
         if command is None:
-            answer = await self._answer(chat, text.strip())
+            answer = await self._answer(chat, text.strip(), client_ip)
         elif command.bot and not self._addressed_to_me(command.bot):
             return None
         else:
@@ -152,25 +153,33 @@ class TelegramBot:
         await self.store.set_model(chat, name)
         return f"Model set to {name}."
 
-    async def _answer(self, chat: str, text: str) -> str:
-        principal = await self.keys.check(self.settings.telegram_api_key or None)
+    async def _answer(self, chat: str, text: str, client_ip: Optional[str] = None) -> str:
         state = await self.store.get(chat)
         model = state.model if state.model in self.allowed else self.default_model
         user = {"role": "user", "content": text}
         history = (state.messages + [user])[-self.settings.telegram_history_messages:]
+        admission, status = None, CLIENT_GONE
         try:
+            # The Telegram adapter of the one admission path: the bot's key, checked for every update.
+            context = RequestContext("telegram", self.settings.telegram_api_key or None, client_ip)
+            admission = await self.pipeline.admit(context, "inference")
             generation = await self.service.start(
-                model, uuid.uuid4().hex, SamplingParams(max_tokens=self.settings.telegram_max_tokens),
-                messages=history, principal=principal,
+                admission, model, uuid.uuid4().hex, SamplingParams(max_tokens=self.settings.telegram_max_tokens),
+                messages=history,
             )
             answer = (await generation.collect()).text.strip() or "(the model gave an empty answer)"
+            status = 200
         except AICoreError as error:  # tell the chat; an HTTP error would make Telegram retry
+            status = error.status
             logger.warning("telegram answer failed", extra={"model": model, "error": error.message})
             if isinstance(error, Overloaded):
                 shown = f"the service is busy; try again in {error.retry_after} s"
             else:
                 shown = error.message if error.status < 500 else "the model failed; try again later"
             return f"Sorry, I could not answer: {shown}"
+        finally:
+            if admission is not None:
+                await admission.close(status)
         await self.store.append(chat, [user, {"role": "assistant", "content": answer}])
         parts = split_message(answer, TELEGRAM_LIMIT - len(MORE_HINT))
         await self.store.set_pending(chat, parts[1:])

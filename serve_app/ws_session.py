@@ -1,7 +1,10 @@
 """One WebSocket connection of `WS /api/v1/ws`: authenticate, then serve requests concurrently.
 
-Every request runs in its own task; the socket closing (or a `cancel` message) cancels the
-task, and `Generation.chunks()` then cancels the model's stream, so the replica stops.
+The WebSocket adapter of the one admission path (serve_app/pipeline.py): the key is checked
+at connect and again for every request message (a key revoked while the socket is open is
+refused at its next request), and each request takes the key's limits and records its usage
+like an HTTP request. Every request runs in its own task; the socket closing (or a `cancel`
+message) cancels the task, and `Generation.chunks()` then cancels the model's stream.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from deployments.errors import AICoreError, AuthenticationFailed, InvalidRequest, RequestCancelled
-from serve_app.auth import Authenticator, Principal
+from serve_app.auth import Principal
 from serve_app.errors import validation_error, error_body, to_aicore_error
+from serve_app.pipeline import CLIENT_GONE, Outcome, Pipeline, RequestContext
 from serve_app.protocol.ws import (
     CLIENT_MESSAGES,
     WsAuth,
@@ -42,13 +46,18 @@ POLICY_VIOLATION = 1008  # WebSocket close code for a failed authentication
 
 
 class WsSession:
-    def __init__(self, websocket: WebSocket, service: GenerationService, keys: Authenticator):
+    def __init__(self, websocket: WebSocket, service: GenerationService, pipeline: Pipeline):
         self.ws = websocket
         self.service = service
-        self.keys = keys
+        self.pipeline = pipeline
+        self.outcome = Outcome.of(websocket)  # the connection's: client address resolved by the guard
+        self.key: Optional[str] = None  # as presented: checked again for every request
         self.tasks: dict[str, asyncio.Task] = {}
         self._send_lock = asyncio.Lock()
         self.principal: Optional[Principal] = None
+
+    def _context(self) -> RequestContext:
+        return RequestContext("websocket", self.key, self.outcome.client_ip, Outcome(client_ip=self.outcome.client_ip))
 
     async def run(self) -> None:
         await self.ws.accept()
@@ -66,23 +75,23 @@ class WsSession:
 
     async def _authenticate(self) -> bool:
         try:
-            if self.keys.presented(self.ws) is not None:
-                self.principal = await self.keys.authenticate(self.ws)
-            else:
+            self.key = self.pipeline.auth.presented(self.ws)
+            if self.key is None:
                 raw = await asyncio.wait_for(self.ws.receive_text(), AUTH_TIMEOUT_S)
                 message = self._parse(raw)
                 if not isinstance(message, WsAuth):
                     raise AuthenticationFailed(
                         'send {"type": "auth", "api_key": "..."} first, or the key in the handshake headers'
                     )
-                self.principal = await self.keys.check(message.api_key, self.ws)
+                self.key = message.api_key
+            self.principal = (await self.pipeline.admit(self._context(), "inference")).principal
         except (AICoreError, asyncio.TimeoutError) as error:
             if isinstance(error, asyncio.TimeoutError):
                 error = AuthenticationFailed(f"no auth message within {AUTH_TIMEOUT_S}s")
             await self._send_error(None, error)
             await self.ws.close(POLICY_VIOLATION, "authentication failed")
             return False
-        self.ws.state.key_id = self.principal.key_id
+        self.outcome.key_id = self.principal.key_id
         return True
 
     def _parse(self, raw: str) -> WsClientMessage:
@@ -119,12 +128,14 @@ class WsSession:
         self.tasks[message.id] = asyncio.create_task(self._serve(message))
 
     async def _serve(self, message: Union[WsGenerate, WsChat]) -> None:
+        admission, status = None, CLIENT_GONE
         try:
+            admission = await self.pipeline.admit(self._context(), "inference")  # the key as it stands now
             prompt = message.prompt if isinstance(message, WsGenerate) else None
             messages = [m.as_dict() for m in message.messages] if isinstance(message, WsChat) else None
             generation = await self.service.start(
-                message.model, uuid.uuid4().hex, message.to_sampling_params(),
-                prompt=prompt, messages=messages, principal=self.principal,
+                admission, message.model, uuid.uuid4().hex, message.to_sampling_params(),
+                prompt=prompt, messages=messages, priority=message.priority,
             )
             parts = []
             async for chunk in generation.chunks():
@@ -139,12 +150,16 @@ class WsSession:
                               total_tokens=usage.total_tokens),
                 processing_time=round(time.monotonic() - generation.started, 4),
             ))
+            status = 200
         except asyncio.CancelledError:
             raise
         except Exception as error:
+            status = to_aicore_error(error).status
             await self._send_error(message.id, error)
         finally:
             self.tasks.pop(message.id, None)
+            if admission is not None:
+                await admission.close(status)
 
     async def _cancel(self, request_id: str) -> None:
         task = self.tasks.get(request_id)

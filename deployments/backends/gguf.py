@@ -52,6 +52,8 @@ class GGUFBackend(Backend):
         _logger.set_verbose(False)  # llama.cpp's own log lines (graph and buffer details) only on errors
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = -1 if self.config.device == "cuda" else 0
+        if not self.config.mmap:  # read, not mapped: a repacked K-quant is then resident once, not twice
+            params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
         self.model = LlamaModel(path_model=str(self.weights), params=params, verbose=False)
         metadata = self.model.metadata()
         config = self.config

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from deployments.errors import SessionNotFound
-from serve_app.auth import Principal, require_admin, require_key, require_metrics
+from serve_app.auth import Principal, require_admin, require_caller, require_key, require_metrics
+from serve_app.pipeline import Admission
 from serve_app.store import StoreUnavailable
 from serve_app.logs import request_id_var
 from serve_app.protocol.api_v1 import (
@@ -36,21 +37,20 @@ from serve_app.readiness import readiness
 from serve_app.replies import generate_response, iso_time, now_iso, summary
 from serve_app.routes.common import cache_headers, request_options, streamed
 from serve_app.status import ModelView
-from serve_app.streaming import note_usage, sse_stream
+from serve_app.streaming import sse_stream
 
 router = APIRouter(prefix="/api/v1")
 
 
-async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], principal: Principal,
+async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], admission: Admission,
                endpoint: str, prompt: Optional[str] = None, messages: Optional[list[dict]] = None):
     session_id = getattr(body, "session_id", None)
     generation = await request.app.state.generation.start(
-        body.model, request_id_var.get(), body.to_sampling_params(),
-        prompt=prompt, messages=messages, principal=principal, priority=body.priority,
-        options=request_options(request, principal, endpoint, body.cache, session_id),
+        admission, body.model, request_id_var.get(), body.to_sampling_params(),
+        prompt=prompt, messages=messages, priority=body.priority,
+        options=request_options(request, admission.principal, endpoint, body.cache, session_id),
     )
-    request.state.model = generation.model_id
-    headers = cache_headers(request, generation)
+    headers = cache_headers(generation)
     if body.stream:
         name = generation.model_id
         return sse_stream(
@@ -61,21 +61,20 @@ async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], prin
             headers=headers,
         )
     result = await generation.collect()
-    note_usage(request, generation)
     reply = generate_response(generation, result.text, body, session_id)
     return JSONResponse(reply.model_dump(exclude_none=True), headers=headers)
 
 
 @router.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True,
              responses=streamed(GenerateResponse, GENERATE_SSE_EXAMPLE))
-async def generate(body: GenerateRequest, request: Request, principal: Principal = Depends(require_key)):
-    return await _run(request, body, principal, "generate", prompt=body.prompt)
+async def generate(body: GenerateRequest, request: Request, admission: Admission = Depends(require_caller)):
+    return await _run(request, body, admission, "generate", prompt=body.prompt)
 
 
 @router.post("/chat", response_model=GenerateResponse, response_model_exclude_none=True,
              responses=streamed(GenerateResponse, GENERATE_SSE_EXAMPLE))
-async def chat(body: ChatRequest, request: Request, principal: Principal = Depends(require_key)):
-    return await _run(request, body, principal, "chat", messages=[m.as_dict() for m in body.messages])
+async def chat(body: ChatRequest, request: Request, admission: Admission = Depends(require_caller)):
+    return await _run(request, body, admission, "chat", messages=[m.as_dict() for m in body.messages])
 
 
 @router.get("/sessions", response_model=SessionList)
@@ -99,11 +98,9 @@ async def delete_session(session_id: str, request: Request, principal: Principal
 
 
 @router.post("/embeddings", response_model=EmbedResponse)
-async def embeddings(body: EmbedRequest, request: Request, _: Principal = Depends(require_key)):
+async def embeddings(body: EmbedRequest, request: Request, admission: Admission = Depends(require_caller)):
     started = time.monotonic()
-    entry, result = await request.app.state.embeddings.embed(body.model, request_id_var.get(), body.texts())
-    request.state.model = entry.name
-    request.state.prompt_tokens = result.prompt_tokens
+    entry, result = await request.app.state.embeddings.embed(admission, body.model, request_id_var.get(), body.texts())
     return EmbedResponse(
         embeddings=result.vectors, model=entry.name, dimensions=len(result.vectors[0]),
         tokens_used=result.prompt_tokens, processing_time=round(time.monotonic() - started, 4), timestamp=now_iso(),

@@ -19,8 +19,7 @@ def request_options(request: Request, principal: Principal, endpoint: str, cache
                           owner=principal.key_id)
 
 
-def cache_headers(request: Request, generation: Generation) -> dict[str, str]:
-    request.state.cache = generation.cache
+def cache_headers(generation: Generation) -> dict[str, str]:
     return {"X-Cache": generation.cache.upper()} if generation.cache else {}
 
 

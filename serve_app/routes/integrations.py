@@ -7,7 +7,8 @@ from typing import Optional
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 
-from serve_app.auth import Principal, require_key
+from serve_app.auth import Principal, require_caller, require_key
+from serve_app.pipeline import Admission, Outcome
 from serve_app.protocol.batch import BatchRequest, BatchResponse
 from serve_app.protocol.batch_jobs import TERMINAL, BatchJob
 from serve_app.protocol.telegram import TgSendMessage, TgUpdate
@@ -16,8 +17,8 @@ router = APIRouter(prefix="/api/v1")
 
 
 @router.post("/generate/batch", response_model=BatchResponse, response_model_exclude_none=True)
-async def generate_batch(body: BatchRequest, request: Request, principal: Principal = Depends(require_key)):
-    return await request.app.state.batch.run(body, principal)
+async def generate_batch(body: BatchRequest, request: Request, admission: Admission = Depends(require_caller)):
+    return await request.app.state.batch.run(body, admission)
 
 
 def _job(job: BatchJob, status_code: int = 200) -> JSONResponse:
@@ -28,8 +29,9 @@ def _job(job: BatchJob, status_code: int = 200) -> JSONResponse:
 @router.post("/generate/batch/jobs", status_code=202, response_model=BatchJob, responses={202: {
     "description": "Accepted: poll `status_url` (also in the `Location` header) for progress and results.",
 }})
-async def submit_batch_job(body: BatchRequest, request: Request, principal: Principal = Depends(require_key)):
-    return _job(await request.app.state.batch_jobs.submit(body, principal), 202)
+async def submit_batch_job(body: BatchRequest, request: Request, admission: Admission = Depends(require_caller)):
+    admission.delegated = True  # each item is a request of its own (limits and usage), the submission is not
+    return _job(await request.app.state.batch_jobs.submit(body, admission), 202)
 
 
 @router.get("/generate/batch/jobs/{job_id}", response_model=BatchJob, response_model_exclude_none=True)
@@ -56,5 +58,5 @@ def telegram_secret(request: Request, x_telegram_bot_api_secret_token: Optional[
     "description": "A sendMessage call for Telegram to make, or `{}` when there is nothing to say.",
 }})
 async def telegram_webhook(update: TgUpdate, request: Request):
-    reply = await request.app.state.telegram.handle(update)
+    reply = await request.app.state.telegram.handle(update, Outcome.of(request).client_ip)
     return JSONResponse(reply.model_dump(exclude_none=True) if reply else {})

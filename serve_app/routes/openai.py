@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from deployments.errors import InvalidRequest
-from serve_app.auth import Principal, require_key
+from serve_app.auth import Principal, require_caller, require_key
+from serve_app.pipeline import Admission
 from serve_app.logs import request_id_var
 from serve_app.protocol.openai import (
     CHAT_SSE_EXAMPLE,
@@ -38,7 +39,7 @@ from serve_app.protocol.openai import (
 )
 from serve_app.routes.common import cache_headers, request_options, streamed
 from serve_app.serving import Generation
-from serve_app.streaming import note_usage, sse_stream
+from serve_app.streaming import sse_stream
 
 router = APIRouter(prefix="/v1")
 
@@ -53,14 +54,15 @@ def _dump(model) -> dict:
 
 
 @router.post("/chat/completions", responses=streamed(ChatCompletion, CHAT_SSE_EXAMPLE))
-async def chat_completions(body: ChatCompletionRequest, request: Request, principal: Principal = Depends(require_key)):
+async def chat_completions(body: ChatCompletionRequest, request: Request,
+                           admission: Admission = Depends(require_caller)):
     generation = await request.app.state.generation.start(
-        body.model, request_id_var.get(), body.to_sampling_params(),
-        messages=[m.as_dict() for m in body.messages], principal=principal, priority=body.priority,
-        options=request_options(request, principal, "chat.completions", body.cache, body.session_id),
+        admission, body.model, request_id_var.get(), body.to_sampling_params(),
+        messages=[m.as_dict() for m in body.messages], priority=body.priority,
+        options=request_options(request, admission.principal, "chat.completions", body.cache, body.session_id),
     )
-    request.state.model = name = generation.model_id
-    headers = cache_headers(request, generation)
+    name = generation.model_id
+    headers = cache_headers(generation)
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(delta: Delta, finish=None, choices=True) -> dict:
@@ -84,7 +86,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, princi
             headers=headers,
         )
     result = await generation.collect()
-    note_usage(request, generation)
     return JSONResponse(_dump(ChatCompletion(
         id=cid, created=created, model=name,
         choices=[ChatChoice(message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason)],
@@ -93,13 +94,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, princi
 
 
 @router.post("/completions", responses=streamed(Completion, COMPLETION_SSE_EXAMPLE))
-async def completions(body: CompletionRequest, request: Request, principal: Principal = Depends(require_key)):
+async def completions(body: CompletionRequest, request: Request, admission: Admission = Depends(require_caller)):
     generation = await request.app.state.generation.start(
-        body.model, request_id_var.get(), body.to_sampling_params(), prompt=body.prompt, principal=principal,
-        priority=body.priority, options=request_options(request, principal, "completions", body.cache),
+        admission, body.model, request_id_var.get(), body.to_sampling_params(), prompt=body.prompt,
+        priority=body.priority, options=request_options(request, admission.principal, "completions", body.cache),
     )
-    request.state.model = name = generation.model_id
-    headers = cache_headers(request, generation)
+    name = generation.model_id
+    headers = cache_headers(generation)
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
     def completion(text: str, finish=None, usage=None) -> dict:
@@ -115,7 +116,6 @@ async def completions(body: CompletionRequest, request: Request, principal: Prin
             headers=headers,
         )
     result = await generation.collect()
-    note_usage(request, generation)
     return JSONResponse(completion(result.text, result.finish_reason, _usage(generation)), headers=headers)
 
 
@@ -129,10 +129,8 @@ def _encode(vector: list[float], encoding_format: str) -> Union[list[float], str
 
 
 @router.post("/embeddings", response_model=EmbeddingList)
-async def embeddings(body: EmbeddingRequest, request: Request, _: Principal = Depends(require_key)):
-    entry, result = await request.app.state.embeddings.embed(body.model, request_id_var.get(), body.texts())
-    request.state.model = entry.name
-    request.state.prompt_tokens = result.prompt_tokens
+async def embeddings(body: EmbeddingRequest, request: Request, admission: Admission = Depends(require_caller)):
+    entry, result = await request.app.state.embeddings.embed(admission, body.model, request_id_var.get(), body.texts())
     size = len(result.vectors[0])
     if body.dimensions is not None and body.dimensions != size:
         raise InvalidRequest(f"model {entry.name!r} gives {size} dimensions, not {body.dimensions}",

@@ -26,7 +26,7 @@ router = APIRouter()
 
 @router.websocket("/api/v1/ws")
 async def websocket(ws: WebSocket):
-    await WsSession(ws, ws.app.state.generation, ws.app.state.auth).run()
+    await WsSession(ws, ws.app.state.generation, ws.app.state.pipeline).run()
 
 
 @router.get("/", include_in_schema=False)

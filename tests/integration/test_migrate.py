@@ -64,7 +64,7 @@ def test_export_import_keeps_keys_and_sessions(instances, tmp_path):
     async def check_new_instance():
         store = RedisStore(new.url)
         auth = Authenticator([], "X-API-Key", KeyService(store, models), store, "closed")
-        principal = await auth.authenticate(_request_with(created.key))
+        principal = await auth.check(auth.presented(_request_with(created.key)), "127.0.0.1")
         assert principal.key_id == created.id
         session = await SessionStore(store, 3600).load(created.id, "chat-1")
         assert [m["content"] for m in session["messages"]] == ["hi", "hello"]

@@ -19,11 +19,14 @@ from serve_app.auth import Principal
 from serve_app.batch import BatchService, prepare
 from serve_app.batch_job_records import JobRecord, JobRecords
 from serve_app.batch_jobs import STALE_BEATS, BatchJobService, JobNotFound
+from serve_app.keys import KeyService
+from serve_app.pipeline import Admission, Pipeline, RequestContext
 from serve_app.protocol.api_v1 import GenerateResponse
 from serve_app.protocol.batch import BatchItemResult, BatchRequest
 from serve_app.serving import Generation, ModelEntry
 from serve_app.settings import Settings
 from serve_app.shared_store import RemoteStore, StateHub
+from serve_app.ratelimit import RateLimiter
 from serve_app.store import MemoryStore, RedisStore
 
 REDIS_URL = os.environ.get("AICORE_TEST_REDIS_URL")
@@ -248,7 +251,8 @@ class _OverloadedThenOk:
         self.entry = ModelEntry("m", config, None)
         self.calls = 0
 
-    async def start(self, model, request_id, sampling, **kwargs):
+    async def start(self, admission, model, request_id, sampling, **kwargs):
+        await admission.limit(model)
         self.calls += 1
         if self.calls <= 2:
             raise Overloaded("busy", retry_after=7)
@@ -261,10 +265,15 @@ def test_items_of_a_job_wait_out_overload_while_the_sync_batch_reports_it(monkey
     async def scenario():
         (entry,) = prepare([{"id": "a", "prompt": "x"}], None)
         service = _OverloadedThenOk()
-        batch = BatchService(service, Settings())
-        sync = await batch.generate(entry, OWNER)
+        store = MemoryStore()
+        pipeline = Pipeline(None, RateLimiter(store, 0, 0), KeyService(store, {}))
+        caller = Admission(pipeline, RequestContext("http", None, None), OWNER)
+        batch = BatchService(service, Settings(), pipeline)
+        sync = await batch.generate(entry, caller)
         assert sync.status == "error" and sync.error["type"] == "overloaded_error"
         service.calls = 0
-        job_item = await batch.generate(entry, OWNER, retry_overloaded=True)
+        job_item = await batch.generate(entry, caller, retry_overloaded=True)
         assert job_item.status == "ok" and job_item.result.response == "hello" and service.calls == 3
+        # every attempt of an item is a request of the key's (the batch call itself is not)
+        assert (await pipeline.keys.usage("key-a", known=True)).requests == 4 and caller.delegated
     asyncio.run(scenario())

@@ -13,6 +13,7 @@ from serve_app.protocol.batch import BatchRequest
 from serve_app.serving import GenerationService, ModelEntry, ModelRouter
 from serve_app.settings import Settings
 from tests.conftest import ROOT
+from tests.unit.admissions import admission, pipeline
 
 MODEL = "smollm2-135m-instruct"
 
@@ -67,8 +68,8 @@ def test_request_priority_then_key_default_then_interactive():
     async def run():
         for principal, priority in ((plain_key, None), (bulk_key, None), (bulk_key, "interactive"),
                                     (plain_key, "batch")):
-            generation = await service.start(MODEL, "r", SamplingParams(max_tokens=1), prompt="hi",
-                                             principal=principal, priority=priority)
+            generation = await service.start(admission(principal), MODEL, "r", SamplingParams(max_tokens=1),
+                                             prompt="hi", priority=priority)
             await generation.collect()
 
     asyncio.run(run())
@@ -77,9 +78,10 @@ def test_request_priority_then_key_default_then_interactive():
 
 def test_batch_items_default_to_batch_priority():
     handle = _Recording()
-    batch = BatchService(_service(handle), Settings(api_keys="k" * 16))
+    shared = pipeline()
+    batch = BatchService(_service(handle), Settings(api_keys="k" * 16), shared)
     principal = Principal(key_id="web", scopes=frozenset({"inference"}))
     items = [{"id": "a", "prompt": "hi", "max_tokens": 1}, {"id": "b", "prompt": "hi", "max_tokens": 1,
                                                            "priority": "interactive"}]
-    asyncio.run(batch.run(BatchRequest(items=items), principal))
+    asyncio.run(batch.run(BatchRequest(items=items), admission(principal, on=shared)))
     assert sorted(r.priority for r in handle.requests) == ["batch", "interactive"]

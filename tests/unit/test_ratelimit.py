@@ -1,11 +1,11 @@
-"""Rate-limit windows on both stores: exactly N admitted under concurrency, tokens counted after."""
+"""Rate-limit windows on both stores: exactly N admitted under concurrency, tokens reserved at admission."""
 
 import asyncio
 
 import pytest
 
 from serve_app.access_errors import RateLimited
-from serve_app.ratelimit import Limits, RateLimiter, reset_text
+from serve_app.ratelimit import Limits, RateLimiter, Reservation, reset_text
 from tests.unit.test_store import store  # noqa: F401  (both stores: memory, and Redis when available)
 
 
@@ -31,7 +31,7 @@ def test_exactly_n_requests_under_concurrency(store):  # noqa: F811
                 return error
 
         results = await asyncio.gather(*(one() for _ in range(40)))
-        admitted = [r for r in results if isinstance(r, dict)]
+        admitted = [r.headers for r in results if isinstance(r, Reservation)]
         refused = [r for r in results if isinstance(r, RateLimited)]
         assert len(admitted) == 5 and len(refused) == 35
         assert sorted(int(h["x-ratelimit-remaining-requests"]) for h in admitted) == [0, 1, 2, 3, 4]
@@ -39,20 +39,49 @@ def test_exactly_n_requests_under_concurrency(store):  # noqa: F811
     run(scenario())
 
 
-def test_tokens_admit_until_the_window_reaches_the_limit(store):  # noqa: F811
+def test_tokens_are_reserved_at_admission_and_settled_to_real_use(store):  # noqa: F811
     async def scenario():
         limiter = RateLimiter(store, 0, 100)
         key = f"unit-tok-{id(limiter)}"
         limits = limiter.limits(None, None)
         assert limits == Limits(0, 100)
-        headers = await limiter.admit(key, limits)
-        assert headers["x-ratelimit-remaining-tokens"] == "100" and "x-ratelimit-limit-requests" not in headers
-        await limiter.add_tokens(key, limits, 60)
-        assert (await limiter.admit(key, limits))["x-ratelimit-remaining-tokens"] == "40"
-        await limiter.add_tokens(key, limits, 45)
-        with pytest.raises(RateLimited) as caught:
-            await limiter.admit(key, limits)
-        assert caught.value.type == "tokens" and caught.value.headers["x-ratelimit-remaining-tokens"] == "0"
+        first = await limiter.admit(key, limits, reserve=60)
+        assert first.headers["x-ratelimit-remaining-tokens"] == "40" and "x-ratelimit-limit-requests" not in first.headers
+        with pytest.raises(RateLimited) as caught:  # 60 reserved + 45 would pass 100
+            await limiter.admit(key, limits, reserve=45)
+        assert caught.value.type == "tokens" and caught.value.headers["x-ratelimit-remaining-tokens"] == "40"
+        await limiter.settle(first, 20)  # it used 20 of its 60
+        await limiter.settle(first, 20)  # settling again changes nothing
+        second = await limiter.admit(key, limits, reserve=45)
+        assert second.headers["x-ratelimit-remaining-tokens"] == "35"
+        await limiter.settle(second, 0)  # refused later (overload): the reservation comes back
+        assert (await limiter.admit(key, limits, reserve=0)).headers["x-ratelimit-remaining-tokens"] == "80"
+    run(scenario())
+
+
+def test_concurrent_reservations_never_pass_the_token_limit(store):  # noqa: F811
+    async def scenario():
+        limiter = RateLimiter(store, 0, 1000)
+        key = f"unit-tpm-{id(limiter)}"
+
+        async def one():
+            try:
+                return await limiter.admit(key, limiter.limits(None, None), reserve=300)
+            except RateLimited as error:
+                return error
+
+        results = await asyncio.gather(*(one() for _ in range(20)))
+        assert sum(isinstance(r, Reservation) for r in results) == 3  # 3 x 300 fit in 1000, a 4th would not
+    run(scenario())
+
+
+def test_a_request_larger_than_the_limit_runs_alone_in_an_empty_window(store):  # noqa: F811
+    async def scenario():
+        limiter = RateLimiter(store, 0, 100)
+        key = f"unit-big-{id(limiter)}"
+        await limiter.admit(key, limiter.limits(None, None), reserve=150)
+        with pytest.raises(RateLimited):
+            await limiter.admit(key, limiter.limits(None, None), reserve=1)
     run(scenario())
 
 
@@ -60,5 +89,5 @@ def test_zero_means_unlimited(store):  # noqa: F811
     async def scenario():
         limiter = RateLimiter(store, 0, 0)
         for _ in range(20):
-            assert await limiter.admit("unit-unlimited", limiter.limits(None, 0)) == {}
+            assert (await limiter.admit("unit-unlimited", limiter.limits(None, 0), reserve=10)).headers == {}
     run(scenario())

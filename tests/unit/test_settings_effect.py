@@ -20,6 +20,7 @@ from serve_app.app import create_app
 from serve_app.serving import GenerationService, ModelEntry, ModelRouter
 from serve_app.settings import Settings
 from tests.conftest import ROOT
+from tests.unit.admissions import admission
 
 MODEL = "smollm2-135m-instruct"
 
@@ -160,7 +161,7 @@ def test_request_timeout_s_bounds_the_wait_for_a_first_token():
     service = GenerationService(_router(handle), Settings(request_timeout_s=0.3))
     started = time.monotonic()
     with pytest.raises(ModelUnavailable, match="within 0.3s"):
-        asyncio.run(service.start(MODEL, "r1", SamplingParams(max_tokens=4), prompt="hi"))
+        asyncio.run(service.start(admission(), MODEL, "r1", SamplingParams(max_tokens=4), prompt="hi"))
     assert time.monotonic() - started < 5 and handle.streams[0].cancelled
 
 

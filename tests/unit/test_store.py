@@ -61,6 +61,23 @@ def test_hashes_and_sets(store):
     run(scenario())
 
 
+def test_hupdate_get_indirect_and_settle_window(store):
+    async def scenario():
+        await store.delete("t:u", "t:idx", "t:rec:7", "t:w")
+        await store.hupdate("t:u", {"requests": 1, "errors": 1}, {"last": "9"})
+        await store.hupdate("t:u", {"requests": 2}, {})
+        assert await store.hgetall("t:u") == {"requests": "3", "errors": "1", "last": "9"}
+        assert await store.get_indirect("t:idx", "t:rec:") is None
+        await store.set("t:idx", "7"), await store.set("t:rec:7", "record")
+        assert await store.get_indirect("t:idx", "t:rec:") == "record"
+        await store.settle_window("t:w", -5, 60)  # no window: nothing to give back, never negative
+        assert await store.get("t:w") is None
+        await store.settle_window("t:w", 4, 60)
+        await store.settle_window("t:w", -3, 60)
+        assert await store.get("t:w") == "1" and 0 < await store.ttl("t:w") <= 60
+    run(scenario())
+
+
 def test_unreachable_redis_is_a_typed_503():
     store = RedisStore("redis://127.0.0.1:1/0", timeout_s=0.5)
 

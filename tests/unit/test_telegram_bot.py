@@ -10,6 +10,7 @@ from serve_app.protocol.telegram import TgUpdate
 from serve_app.settings import Settings
 from serve_app.store import MemoryStore
 from serve_app.telegram import MORE_HINT, TELEGRAM_LIMIT, TelegramBot
+from tests.unit.admissions import pipeline
 
 
 class FakeService:
@@ -20,8 +21,8 @@ class FakeService:
         self.calls = []
         self.router = SimpleNamespace(entries={"m1": None, "m2": None}, default_model="m1")
 
-    async def start(self, model, request_id, sampling, *, prompt=None, messages=None, principal=None):
-        self.calls.append(SimpleNamespace(model=model, messages=messages, key_id=principal.key_id))
+    async def start(self, admission, model, request_id, sampling, *, prompt=None, messages=None):
+        self.calls.append(SimpleNamespace(model=model, messages=messages, key_id=admission.key_id))
         answer = self.answer
 
         async def collect():
@@ -35,7 +36,7 @@ def _bot(answer: str) -> tuple[TelegramBot, FakeService]:
     settings = Settings(api_keys=key, telegram_api_key=key, telegram_webhook_secret="s", telegram_models="m1,m2")
     service = FakeService(answer)
     auth = Authenticator([key], "X-API-Key", KeyService(MemoryStore(), {}), MemoryStore(), "closed")
-    return TelegramBot(settings, service, auth, InMemoryChatHistory()), service
+    return TelegramBot(settings, service, pipeline(auth=auth), InMemoryChatHistory()), service
 
 
 _ids = iter(range(1, 10000))

@@ -1,4 +1,5 @@
-"""One `serve run` for the security tests: SmolLM2 only, two ingress replicas, its own Redis.
+"""One `serve run` for the security tests: SmolLM2 and the int8 MiniLM embedder, two ingress
+replicas, its own Redis, and the Telegram bot under a managed key made in that Redis first.
 
 Package-scoped: it stops when this package's tests end, before the other integration tests run.
 
@@ -13,14 +14,21 @@ import json
 import tempfile
 from pathlib import Path
 
+import asyncio
+
 import httpx
 import pytest
 
 from scripts.serve_process import ROOT, ServeProcess
+from serve_app.keys import KeyService
+from serve_app.protocol.keys import KeyCreate
+from serve_app.store import RedisStore
 from tests.integration.redis_process import RedisProcess
 
 ADMIN_KEY = "sec-admin-bootstrap-key"
 MODEL = "smollm2-135m-instruct"
+EMBEDDER = "minilm-l6-v2-int8"
+TELEGRAM_SECRET = "sec-telegram-webhook-secret"
 MAX_BODY_BYTES = 20000
 MAX_MESSAGES = 8
 MAX_PROMPT_LENGTH = 4000
@@ -41,15 +49,29 @@ def redis_server():
 
 def _one_model_file() -> Path:
     data = json.loads((ROOT / "models.json").read_text())
-    data["models"] = {MODEL: {**data["models"][MODEL], "stream_interval_ms": 0}}  # every token its own chunk
+    data["models"] = {MODEL: {**data["models"][MODEL], "stream_interval_ms": 0},  # every token its own chunk
+                      EMBEDDER: data["models"][EMBEDDER]}
     path = Path(tempfile.mkdtemp(prefix="aicore-sec-")) / "models.json"
     path.write_text(json.dumps(data))
     return path
 
 
 @pytest.fixture(scope="package")
-def sec_server(redis_server):
+def telegram_key(redis_server) -> dict:
+    """The bot's managed key, made in the server's Redis before the server starts (as an
+    operator does with `python -m serve_app.keys_cli`): {"id", "key"}."""
+    async def make():
+        created = await KeyService(RedisStore(redis_server.url), [MODEL, EMBEDDER]).create(
+            KeyCreate(name="telegram-bot", scopes=["inference"]))
+        return {"id": created.id, "key": created.key}
+    return asyncio.run(make())
+
+
+@pytest.fixture(scope="package")
+def sec_server(redis_server, telegram_key):
     env = {
+        "TELEGRAM_API_KEY": telegram_key["key"],
+        "TELEGRAM_WEBHOOK_SECRET": TELEGRAM_SECRET,
         "API_KEYS": ADMIN_KEY,
         "REDIS_URL": redis_server.url,
         "INGRESS_REPLICAS": "2",
@@ -66,7 +88,7 @@ def sec_server(redis_server):
         "METRICS_FLUSH_S": "0.5",
     }
     process = ServeProcess(env=env, args={"model_config_path": str(_one_model_file())})
-    process.start(ready_models=(MODEL,))
+    process.start(ready_models=(MODEL, EMBEDDER))
     yield process
     process.stop()
 

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from tests.integration.security.conftest import ADMIN_KEY, MODEL, from_address
+from tests.integration.security.conftest import ADMIN_KEY, EMBEDDER, MODEL, from_address
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 INFERENCE = [
@@ -187,4 +187,4 @@ def test_model_listings_show_only_allowed_models(url, keys):
     assert httpx.get(url + "/v1/models", headers=headers, timeout=60).json()["data"] == []
     assert httpx.get(url + "/api/v1/models", headers=headers, timeout=60).json()["models"] == []
     headers = {"X-API-Key": keys["inference"]["key"]}
-    assert [m["id"] for m in httpx.get(url + "/v1/models", headers=headers, timeout=60).json()["data"]] == [MODEL]
+    assert [m["id"] for m in httpx.get(url + "/v1/models", headers=headers, timeout=60).json()["data"]] == [MODEL, EMBEDDER]
