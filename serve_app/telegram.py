@@ -1,7 +1,9 @@
 """The Telegram bot behind `POST /api/v1/webhooks/telegram` (no HTTP here).
 
 An update is answered by returning a `sendMessage` method as the webhook's response, so no
-outbound connection to Telegram is needed. An answer longer than Telegram's 4096 characters
+outbound connection to Telegram is needed. Who is answered, under which key and limits, is
+`serve_app.telegram_access`; a refused chat is told so politely (HTTP 200), never with an error
+Telegram would retry. Chats live on the shared store (`serve_app.chat_history`). An answer longer than Telegram's 4096 characters
 is split: the first part is the reply, the rest waits in the chat's state and `/more` sends
 the next part. Updates the bot cannot use (no text, repeated update_id, a command for
 another bot) get nothing back (HTTP 200 with `{}`), so Telegram does not retry them.
@@ -15,13 +17,17 @@ import uuid
 from dataclasses import dataclass
 from typing import Optional
 
+from starlette.requests import HTTPConnection
+
 from deployments.errors import AICoreError, AuthenticationFailed, NotEnabled, Overloaded, PermissionDenied
-from deployments.types import SamplingParams
-from serve_app.auth import Authenticator
-from serve_app.chat_history import ChatHistoryStore
+from deployments.types import SamplingParams, Usage
+from serve_app.auth import Principal
+from serve_app.chat_history import ChatHistory
 from serve_app.protocol.telegram import TgMessage, TgReplyParameters, TgSendMessage, TgUpdate
+from serve_app.ratelimit import Limits
 from serve_app.serving import GenerationService
 from serve_app.settings import Settings
+from serve_app.telegram_access import UNAVAILABLE, ChatRefused, TelegramAccess
 
 logger = logging.getLogger("aicore.telegram")
 
@@ -64,6 +70,16 @@ def _fit(text: str, limit: int) -> int:
 
 
 @dataclass(frozen=True)
+class Chat:
+    id: int
+    connection: Optional[HTTPConnection] = None  # the webhook request that carried the update
+
+    @property
+    def key(self) -> str:
+        return str(self.id)
+
+
+@dataclass(frozen=True)
 class Command:
     name: str  # without the slash, lower case
     bot: Optional[str]  # the @botname it was addressed to, if any
@@ -82,11 +98,11 @@ def parse_command(text: str) -> Optional[Command]:
 
 
 class TelegramBot:
-    def __init__(self, settings: Settings, service: GenerationService, keys: Authenticator, store: ChatHistoryStore):
+    def __init__(self, settings: Settings, service: GenerationService, access: TelegramAccess, chats: ChatHistory):
         self.settings = settings
         self.service = service
-        self.keys = keys
-        self.store = store
+        self.access = access
+        self.chats = chats
         entries = service.router.entries
         models = [n for n, e in entries.items() if getattr(getattr(e, "config", None), "task", "generate") == "generate"]
         self.allowed = [m for m in settings.telegram_model_list() if m in models] or models
@@ -102,68 +118,84 @@ class TelegramBot:
         if not hmac.compare_digest(presented.encode(), secret.encode()):
             raise PermissionDenied("wrong X-Telegram-Bot-Api-Secret-Token")
 
-    async def handle(self, update: TgUpdate) -> Optional[TgSendMessage]:
-        """The sendMessage to return, or None when the update needs no answer."""
+    async def handle(self, update: TgUpdate, connection: Optional[HTTPConnection] = None) -> Optional[TgSendMessage]:
+        """The sendMessage to return, or None when the update needs no answer. `connection`: the
+        webhook request (its client address is checked against the bot key's IP allowlist)."""
         message = update.carried_message()
         text = None if message is None else (message.text if message.text is not None else message.caption)
-        if not await self.store.first_delivery(f"tg:{update.update_id}"):
+        if not await self.chats.first_delivery(update.update_id):
             return None
         if message is None or not text or not text.strip():
             return None
-        chat = f"tg:{message.chat.id}"
         command = parse_command(text.strip())
-        if command is None:
-            answer = await self._answer(chat, text.strip())
-        elif command.bot and not self._addressed_to_me(command.bot):
+        if command is not None and command.bot and not self._addressed_to_me(command.bot):
             return None
-        else:
-            answer = await self._command(chat, command)
+        chat = Chat(message.chat.id, connection)
+        try:
+            self.access.check_chat(chat.id)
+            answer = await (self._answer(chat, text.strip()) if command is None else self._command(chat, command))
+        except ChatRefused as refused:
+            answer = refused.reply
         return self._reply(message, answer)
 
     def _addressed_to_me(self, bot: str) -> bool:
         mine = self.settings.telegram_bot_username.lstrip("@")
         return not mine or bot.lower() == mine.lower()
 
-    async def _command(self, chat: str, command: Command) -> str:
+    def _models(self, principal: Principal) -> list[str]:
+        return principal.allowed_models(self.allowed)
+
+    def _model(self, chosen: Optional[str], principal: Principal) -> str:
+        """The chat's model if the bot's key may use it, else the bot's default, else the key's."""
+        models = self._models(principal)
+        for candidate in (chosen, self.default_model, principal.default_model):
+            if candidate in models:
+                return candidate
+        if not models:
+            logger.error("TELEGRAM_API_KEY %s may use none of the bot's models %s", principal.key_id, self.allowed)
+            raise ChatRefused(UNAVAILABLE)
+        return models[0]
+
+    async def _command(self, chat: Chat, command: Command) -> str:
         if command.name in ("start", "help"):
-            state = await self.store.get(chat)
-            return (f"Hello! I answer with the model {state.model or self.default_model}. Send me a message.\n"
+            principal = await self.access.principal(chat.connection)
+            model = self._model((await self.chats.get(chat.key)).model, principal)
+            return (f"Hello! I answer with the model {model}. Send me a message.\n"
                     f"/reset starts a new conversation, /model <name> picks a model "
-                    f"({', '.join(self.allowed)}), /more sends the rest of a long answer.")
+                    f"({', '.join(self._models(principal))}), /more sends the rest of a long answer.")
         if command.name == "reset":
-            await self.store.reset(chat)
+            await self.chats.reset(chat.key)
             return "Conversation cleared."
         if command.name == "model":
             return await self._choose_model(chat, command.args)
         if command.name == "more":
-            state = await self.store.get(chat)
+            state = await self.chats.get(chat.key)
             if not state.pending:
                 return "Nothing more to send."
-            await self.store.set_pending(chat, state.pending[1:])
+            await self.chats.set_pending(chat.key, state.pending[1:])
             return state.pending[0] + (MORE_HINT if len(state.pending) > 1 else "")
         return f"Unknown command /{command.name}. Try /help."
 
-    async def _choose_model(self, chat: str, name: str) -> str:
-        current = (await self.store.get(chat)).model or self.default_model
+    async def _choose_model(self, chat: Chat, name: str) -> str:
+        principal = await self.access.principal(chat.connection)
+        models = self._models(principal)
+        current = self._model((await self.chats.get(chat.key)).model, principal)
         if not name:
-            return f"Current model: {current}. Available: {', '.join(self.allowed)}."
-        if name not in self.allowed:
-            return f"Unknown model {name!r}. Available: {', '.join(self.allowed)}."
-        await self.store.set_model(chat, name)
+            return f"Current model: {current}. Available: {', '.join(models)}."
+        if name not in models:
+            return f"Unknown model {name!r}. Available: {', '.join(models)}."
+        await self.chats.set_model(chat.key, name)
         return f"Model set to {name}."
 
-    async def _answer(self, chat: str, text: str) -> str:
-        principal = await self.keys.check(self.settings.telegram_api_key or None)
-        state = await self.store.get(chat)
-        model = state.model if state.model in self.allowed else self.default_model
+    async def _answer(self, chat: Chat, text: str) -> str:
+        principal = await self.access.principal(chat.connection)
+        state = await self.chats.get(chat.key)
+        model = self._model(state.model, principal)
+        limits = await self.access.admit(principal, chat.id)
         user = {"role": "user", "content": text}
         history = (state.messages + [user])[-self.settings.telegram_history_messages:]
         try:
-            generation = await self.service.start(
-                model, uuid.uuid4().hex, SamplingParams(max_tokens=self.settings.telegram_max_tokens),
-                messages=history, principal=principal,
-            )
-            answer = (await generation.collect()).text.strip() or "(the model gave an empty answer)"
+            answer = await self._generate(model, history, principal, limits)
         except AICoreError as error:  # tell the chat; an HTTP error would make Telegram retry
             logger.warning("telegram answer failed", extra={"model": model, "error": error.message})
             if isinstance(error, Overloaded):
@@ -171,10 +203,27 @@ class TelegramBot:
             else:
                 shown = error.message if error.status < 500 else "the model failed; try again later"
             return f"Sorry, I could not answer: {shown}"
-        await self.store.append(chat, [user, {"role": "assistant", "content": answer}])
+        await self.chats.append(chat.key, [user, {"role": "assistant", "content": answer}])
         parts = split_message(answer, TELEGRAM_LIMIT - len(MORE_HINT))
-        await self.store.set_pending(chat, parts[1:])
+        await self.chats.set_pending(chat.key, parts[1:])
         return parts[0] + MORE_HINT if len(parts) > 1 else parts[0]
+
+    async def _generate(self, model: str, messages: list[dict], principal: Principal, limits: Optional[Limits]) -> str:
+        """The one place the bot starts a generation; its usage is charged to the bot's key."""
+        status, usage = 500, Usage()
+        try:
+            generation = await self.service.start(
+                model, uuid.uuid4().hex, SamplingParams(max_tokens=self.settings.telegram_max_tokens),
+                messages=messages, principal=principal,
+            )
+            result = await generation.collect()
+            status, usage = 200, result.usage
+            return result.text.strip() or "(the model gave an empty answer)"
+        except AICoreError as error:
+            status = error.status
+            raise
+        finally:
+            await self.access.settle(principal, limits, status, usage.prompt_tokens, usage.completion_tokens)
 
     def _reply(self, message: TgMessage, text: str) -> TgSendMessage:
         group = message.chat.type in ("group", "supergroup")

@@ -56,5 +56,5 @@ def telegram_secret(request: Request, x_telegram_bot_api_secret_token: Optional[
     "description": "A sendMessage call for Telegram to make, or `{}` when there is nothing to say.",
 }})
 async def telegram_webhook(update: TgUpdate, request: Request):
-    reply = await request.app.state.telegram.handle(update)
+    reply = await request.app.state.telegram.handle(update, request)
     return JSONResponse(reply.model_dump(exclude_none=True) if reply else {})
