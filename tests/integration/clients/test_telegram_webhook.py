@@ -158,7 +158,10 @@ def test_the_bots_key_is_checked_like_any_clients_key(url, admin, bot_key):
         assert _reply(url, _text(chat, "Hello"))["text"] == UNAVAILABLE
         assert admin.patch(path, json={"enabled": True, "scopes": ["inference", "admin"]}).status_code == 200
         assert _reply(url, _text(chat, "Hello"))["text"] == UNAVAILABLE  # an admin key is refused
-        assert admin.patch(path, json={"scopes": ["inference"], "models": [DEFAULT]}).status_code == 200
+        # its IP allowlist is checked against the webhook's caller (here 127.0.0.1)
+        assert admin.patch(path, json={"scopes": ["inference"], "ip_allowlist": ["10.0.0.0/8"]}).status_code == 200
+        assert _reply(url, _text(chat, "Hello"))["text"] == UNAVAILABLE
+        assert admin.patch(path, json={"ip_allowlist": ["127.0.0.0/8"], "models": [DEFAULT]}).status_code == 200
         assert _reply(url, _text(chat, "/model"))["text"] == f"Current model: {DEFAULT}. Available: {DEFAULT}."
         assert _reply(url, _text(chat, f"/model {GEMMA}"))["text"].startswith("Unknown model")
         assert admin.patch(path, json={"models": [DEFAULT, GEMMA], "rate_limit_per_minute": 1}).status_code == 200
@@ -168,7 +171,7 @@ def test_the_bots_key_is_checked_like_any_clients_key(url, admin, bot_key):
             "I am answering too many people right now. Please try again in ")  # the key's limit: every chat
     finally:
         restored = admin.patch(path, json={"enabled": True, "scopes": ["inference"], "models": [DEFAULT, GEMMA],
-                                           "rate_limit_per_minute": 0})
+                                           "rate_limit_per_minute": 0, "ip_allowlist": []})
         assert restored.status_code == 200, restored.text
 
 
