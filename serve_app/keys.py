@@ -21,7 +21,9 @@ from typing import Callable, Iterable, Optional
 
 from deployments.errors import InvalidRequest
 from serve_app.access_errors import KeyConflict, KeyNotFound
-from serve_app.protocol.keys import WEB_TOKEN_MAX_TTL_S, KeyCreate, KeyCreated, KeyUpdate, KeyUsage, KeyView, WebTokenCreate
+from serve_app.protocol.keys import (
+    WEB_TOKEN_MAX_TTL_S, KeyCreate, KeyCreated, KeyUpdate, KeyUsage, KeyView, WebTokenCreate,
+)
 from serve_app.store import Store
 
 KEY_PREFIX = "aic-"

@@ -3,9 +3,9 @@
 An update is answered by returning a `sendMessage` method as the webhook's response, so no
 outbound connection to Telegram is needed. Who is answered, under which key and limits, is
 `serve_app.telegram_access`; a refused chat is told so politely (HTTP 200), never with an error
-Telegram would retry. Chats live on the shared store (`serve_app.chat_history`). An answer longer than Telegram's 4096 characters
-is split: the first part is the reply, the rest waits in the chat's state and `/more` sends
-the next part. Updates the bot cannot use (no text, repeated update_id, a command for
+Telegram would retry. Chats live on the shared store (`serve_app.chat_history`). An answer
+longer than Telegram's 4096 characters is split: the first part is the reply, the rest waits in
+the chat's state and `/more` sends the next part. Updates the bot cannot use (no text, repeated update_id, a command for
 another bot) get nothing back (HTTP 200 with `{}`), so Telegram does not retry them.
 """
 
