@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Send the webhook an Update exactly as Telegram would, to try the bot without Telegram:
-#   TELEGRAM_WEBHOOK_SECRET=s3cret TELEGRAM_API_KEY=$AICORE_KEY API_KEYS=$AICORE_KEY scripts/serve.sh   # elsewhere
+#   TELEGRAM_WEBHOOK_SECRET=s3cret TELEGRAM_API_KEY=$BOT_KEY REDIS_URL=redis://127.0.0.1:6379/0 \
+#     API_KEYS=$AICORE_KEY scripts/serve.sh   # elsewhere; $BOT_KEY: docs/integrations.md#the-bots-key
 #   TELEGRAM_WEBHOOK_SECRET=s3cret examples/telegram_update.sh "Hello bot"
 #   TELEGRAM_WEBHOOK_SECRET=s3cret examples/telegram_update.sh "/model gemma3-270m"
 # The answer is the sendMessage call Telegram would make: {"method": "sendMessage", "chat_id": ..., "text": ...}

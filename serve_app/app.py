@@ -12,7 +12,7 @@ from serve_app.auth import Authenticator
 from serve_app.batch import BatchService
 from serve_app.batch_jobs import BatchJobService
 from serve_app.cache import ResponseCache
-from serve_app.chat_history import InMemoryChatHistory, RemoteChatHistory
+from serve_app.chat_history import ChatHistory
 from serve_app.cors import ConfiguredCORS
 from serve_app.errors import install_error_handlers
 from serve_app.guard import GuardMiddleware
@@ -30,6 +30,7 @@ from serve_app.shared_store import RemoteStore
 from serve_app.status import ModelStatus
 from serve_app.store import make_store
 from serve_app.telegram import TelegramBot
+from serve_app.telegram_access import TelegramAccess
 
 
 def create_app(
@@ -59,18 +60,17 @@ def create_app(
     )
     app.state.pipeline = Pipeline(app.state.auth, app.state.limiter, app.state.keys)
     app.state.batch = BatchService(app.state.generation, settings, app.state.pipeline)
-    # Jobs are polled through any ingress replica: without Redis their state is in the shared hub.
-    job_store = RemoteStore(chat_hub) if chat_hub is not None and not settings.redis_url else store
-    app.state.batch_jobs = BatchJobService(app.state.batch, job_store, settings)
+    # Jobs and Telegram chats are reached through any ingress replica: without Redis they live in the shared hub.
+    shared = RemoteStore(chat_hub) if chat_hub is not None and not settings.redis_url else store
+    app.state.batch_jobs = BatchJobService(app.state.batch, shared, settings)
     app.router.on_shutdown.append(app.state.batch_jobs.shutdown)  # the replica stops: jobs end interrupted
     app.state.embeddings = EmbeddingService(router, settings)
     app.state.model_status = model_status
     app.state.control = ModelControl(router, model_status, settings, footprints or {})
     app.state.generation.gate = app.state.embeddings.gate = app.state.control.before_request
-    chats = RemoteChatHistory(chat_hub) if chat_hub is not None else InMemoryChatHistory(
-        settings.telegram_history_chats, settings.telegram_history_messages, settings.telegram_history_ttl_s
-    )
-    app.state.telegram = TelegramBot(settings, app.state.generation, app.state.pipeline, chats)
+    chats = ChatHistory(shared, settings.telegram_history_messages, settings.telegram_history_ttl_s)
+    access = TelegramAccess(settings, app.state.pipeline, shared)
+    app.state.telegram = TelegramBot(settings, app.state.generation, access, chats)
     app.state.started_at = int(time.time())
     install_error_handlers(app)
     app.include_router(api_v1.router)

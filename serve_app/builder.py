@@ -154,7 +154,7 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         ).bind(name, config, context, hub)
         for name, config in models.models.items()
     }
-    # Shared in-memory state of the ingress replicas: chat histories, and batch jobs when REDIS_URL is unset.
+    # Shared in-memory state of the ingress replicas when REDIS_URL is unset: Telegram chats, batch jobs.
     chats = serve.deployment(StateHub, name="chat-history", num_replicas=1, ray_actor_options={"num_cpus": 0.01})
     ingress = serve.deployment(
         Ingress,
@@ -168,9 +168,6 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         name: ModelSpec(config, deployment_name(name), revisions[name], footprints[name])
         for name, config in models.models.items()
     }
-    chats_bound = chats.bind(
-        settings.telegram_history_chats, settings.telegram_history_messages, settings.telegram_history_ttl_s
-    )
-    return ingress.bind(settings, specs, handles, default_model, hub, chats_bound, default_embedding_model,
+    return ingress.bind(settings, specs, handles, default_model, hub, chats.bind(), default_embedding_model,
                         context)
 

@@ -5,6 +5,11 @@ Stored through the shared store (Redis or one process's memory):
   aicore:keyhash:<sha>   -> id, to find a presented key's record
   aicore:keys            set of ids
   aicore:usage:<id>      hash of counters: requests, errors, prompt_tokens, completion_tokens, last_used_at
+
+A web token (`mint_web_token`) is a key like the others, marked `web_token`, with the `inference`
+scope only, named models, limits and an expiry of at most a day. Its record and index entry
+expire WEB_TOKEN_KEEP_S after the token does (its usage stays readable that long), so a page
+minting one per visitor leaves nothing behind; a listing drops the ids left in `aicore:keys`.
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ from typing import Callable, Iterable, Optional
 
 from deployments.errors import InvalidRequest
 from serve_app.access_errors import KeyConflict, KeyNotFound
-from serve_app.protocol.keys import KeyCreate, KeyCreated, KeyUpdate, KeyUsage, KeyView
+from serve_app.protocol.keys import (
+    WEB_TOKEN_MAX_TTL_S, KeyCreate, KeyCreated, KeyUpdate, KeyUsage, KeyView, WebTokenCreate,
+)
 from serve_app.store import Store
 
 KEY_PREFIX = "aic-"
 _RECORD, _BY_HASH, _IDS, _USAGE = "aicore:key:", "aicore:keyhash:", "aicore:keys", "aicore:usage:"
 MODIFY_ATTEMPTS = 20  # a record changed this many times while one change is applied: 409
+WEB_TOKEN_KEEP_S = 86400  # an expired web token's record is kept this long, for its usage
 
 
 def hash_key(key: str) -> str:
@@ -43,18 +51,25 @@ class KeyService:
         self.model_names = set(model_names)
 
     # -- administration -------------------------------------------------------------------
-    async def create(self, spec: KeyCreate) -> KeyCreated:
+    async def create(self, spec: KeyCreate, web_token: bool = False) -> KeyCreated:
         self._check_models(spec.models, spec.default_model)
         now = int(time.time())
         key, key_id = KEY_PREFIX + secrets.token_urlsafe(32), "key-" + secrets.token_hex(8)
         fields = spec.model_dump(exclude={"expires_in_s"})
         if spec.expires_in_s:
             fields["expires_at"] = now + spec.expires_in_s
-        record = StoredKey(id=key_id, key_prefix=key[:8], created_at=now, hash=hash_key(key), **fields)
+        record = StoredKey(id=key_id, key_prefix=key[:8], created_at=now, hash=hash_key(key), web_token=web_token,
+                           **fields)
+        if web_token:
+            _check_web_token(record)
         await self._save(record)
-        await self.store.set(_BY_HASH + record.hash, key_id)
+        await self.store.set(_BY_HASH + record.hash, key_id, ttl_s=_keep_s(record))
         await self.store.sadd(_IDS, key_id)
         return KeyCreated(key=key, **record.view().model_dump())
+
+    async def mint_web_token(self, spec: WebTokenCreate) -> KeyCreated:
+        """A short-lived key for a public web page (inference only, its models and limits)."""
+        return await self.create(spec.as_key(), web_token=True)
 
     async def adopt(self, key: str, spec: KeyCreate, created_at: Optional[int] = None) -> Optional[KeyView]:
         """Store a key that already exists elsewhere (an older system's plaintext key) by its hash,
@@ -80,6 +95,10 @@ class KeyService:
     async def list(self) -> list[KeyView]:
         ids = sorted(await self.store.smembers(_IDS))
         records = [await self._load(key_id) for key_id in ids]
+        for key_id, record in zip(ids, records):
+            if record is None:  # a web token whose record expired: forget it
+                await self.store.srem(_IDS, key_id)
+                await self.store.delete(_USAGE + key_id)
         return sorted((r.view() for r in records if r), key=lambda r: r.created_at)
 
     async def get(self, key_id: str) -> KeyView:
@@ -94,6 +113,8 @@ class KeyService:
         def change(record: StoredKey) -> StoredKey:
             updated = record.model_copy(update=changes)
             self._check_models(updated.models, updated.default_model)
+            if updated.web_token:
+                _check_web_token(updated)
             return updated
 
         return (await self._modify(key_id, change)).view()
@@ -121,7 +142,7 @@ class KeyService:
         # The record (whose hash lookups compare against) changes first: from then on the old
         # secret fails even while its index entry still exists, and a revoke sees the new record.
         record = await self._modify(key_id, change)
-        await self.store.set(_BY_HASH + record.hash, key_id)
+        await self.store.set(_BY_HASH + record.hash, key_id, ttl_s=_keep_s(record))
         await self.store.delete(_BY_HASH + old_hashes[0])
         return KeyCreated(key=key, **record.view().model_dump())
 
@@ -177,11 +198,13 @@ class KeyService:
             if updated == current:
                 return current
             if await self.store.compare_and_set(_RECORD + key_id, raw, updated.model_dump_json()):
+                if updated.web_token:  # the write dropped the record's expiry
+                    await self.store.expire(_RECORD + key_id, _keep_s(updated))
                 return updated
         raise KeyConflict(f"key {key_id!r} is being changed by other requests; try again", param="id")
 
     async def _save(self, record: StoredKey) -> None:
-        await self.store.set(_RECORD + record.id, record.model_dump_json())
+        await self.store.set(_RECORD + record.id, record.model_dump_json(), ttl_s=_keep_s(record))
 
     async def _load(self, key_id: str) -> Optional[StoredKey]:
         raw = await self.store.get(_RECORD + key_id)
@@ -192,3 +215,23 @@ class KeyService:
         if record is None:
             raise KeyNotFound(f"no API key with id {key_id!r}", param="id")
         return record
+
+
+def _check_web_token(record: StoredKey) -> None:
+    """What makes a web token one, at minting and after any change."""
+    if set(record.scopes) != {"inference"}:
+        raise InvalidRequest("a web token has the inference scope only", param="scopes")
+    if not record.models:
+        raise InvalidRequest("a web token names the models it may use", param="models")
+    if not record.rate_limit_per_minute or not record.tokens_per_minute:
+        raise InvalidRequest("a web token has its own requests and tokens per minute (above 0)",
+                             param="rate_limit_per_minute" if not record.rate_limit_per_minute else "tokens_per_minute")
+    if record.expires_at is None or record.expires_at > time.time() + WEB_TOKEN_MAX_TTL_S:
+        raise InvalidRequest(f"a web token expires within {WEB_TOKEN_MAX_TTL_S} s", param="expires_at")
+
+
+def _keep_s(record: StoredKey) -> Optional[float]:
+    """How long a web token's entries live (until a while after it expires); other keys: for ever."""
+    if not record.web_token or record.expires_at is None:
+        return None
+    return max(1.0, record.expires_at - time.time()) + WEB_TOKEN_KEEP_S

@@ -4,6 +4,7 @@
     python -m serve_app.keys_cli list
     python -m serve_app.keys_cli show KEY_ID | usage KEY_ID | rotate KEY_ID | revoke KEY_ID
     python -m serve_app.keys_cli update KEY_ID --disable --models smollm2-135m-instruct
+    python -m serve_app.keys_cli web-token --models smollm2-135m-instruct --rpm 10 --tpm 5000 --ttl 3600
 
 The server is AICORE_URL (default http://127.0.0.1:8000); the admin key is AICORE_ADMIN_KEY
 (a bootstrap key from API_KEYS, or a managed key with the admin scope). Prints JSON.
@@ -50,6 +51,13 @@ def _fields(args: argparse.Namespace) -> dict:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def _web_token_fields(args: argparse.Namespace) -> dict:
+    fields = {"name": args.name, "models": _csv(args.models), "default_model": args.default_model,
+              "rate_limit_per_minute": args.rpm, "tokens_per_minute": args.tpm,
+              "ip_allowlist": _csv(args.ip_allowlist), "expires_in_s": args.ttl}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serve_app.keys_cli", description="Manage AI Core API keys.")
     parser.add_argument("--url", default=os.environ.get("AICORE_URL", "http://127.0.0.1:8000"))
@@ -73,6 +81,14 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--expires-in-s", type=int)
         sub.add_argument("--enable", action="store_true")
         sub.add_argument("--disable", action="store_true")
+    web = commands.add_parser("web-token", help="mint a short-lived key for a public web page")
+    web.add_argument("--models", required=True, help="comma-separated model names")
+    web.add_argument("--name")
+    web.add_argument("--default-model")
+    web.add_argument("--rpm", type=int, help="requests per minute (default 20)")
+    web.add_argument("--tpm", type=int, help="tokens per minute (default 20000)")
+    web.add_argument("--ip-allowlist", help="comma-separated CIDRs")
+    web.add_argument("--ttl", type=int, help="seconds until it expires (default 3600, at most 86400)")
     commands.add_parser("list")
     for name in ("show", "usage", "rotate", "revoke"):
         commands.add_parser(name).add_argument("id")
@@ -87,6 +103,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     routes = {
         "create": lambda: ("POST", "", _fields(args)),
         "update": lambda: ("PATCH", f"/{args.id}", _fields(args)),
+        "web-token": lambda: ("POST", "/web-tokens", _web_token_fields(args)),
         "list": lambda: ("GET", "", None),
         "show": lambda: ("GET", f"/{args.id}", None),
         "usage": lambda: ("GET", f"/{args.id}/usage", None),

@@ -1,4 +1,5 @@
-"""Move an instance's state to another: model configuration, API keys (as hashes), usage, chat sessions.
+"""Move an instance's state to another: model configuration, API keys (as hashes), usage, chat sessions,
+the Telegram bot's chats.
 
     python -m serve_app.migrate export --redis redis://old:6379/0 --models models.json -o aicore-export.json
     python -m serve_app.migrate import aicore-export.json --redis redis://new:6379/0 --models-out models.json --dry-run
@@ -27,9 +28,9 @@ from typing import Optional
 
 FORMAT, VERSION = "aicore-migration", 1
 # What is moved, and the Redis type each must have: key records, hash index, id set, usage
-# counters, sessions and their per-key index. Import writes nothing else.
+# counters, sessions and their per-key index, Telegram chats. Import writes nothing else.
 KINDS = {"aicore:key:*": "string", "aicore:keyhash:*": "string", "aicore:keys": "set", "aicore:usage:*": "hash",
-         "session:*": "string", "sessions:*": "set"}
+         "session:*": "string", "sessions:*": "set", "aicore:telegram:chat:*": "string"}
 PATTERNS = tuple(KINDS)
 
 
@@ -78,7 +79,7 @@ def _check(data: dict) -> None:
         name = entry.get("key") if isinstance(entry, dict) else None
         kind = expected_kind(name) if isinstance(name, str) else None
         if kind is None:
-            raise ValueError(f"entry {index} ({name!r}) is not an AI Core key, key index, usage or session record")
+            raise ValueError(f"entry {index} ({name!r}) is not an AI Core key, key index, usage, session or Telegram chat record")
         if entry.get("type") != kind or not _value_fits(kind, entry.get("value")):
             raise ValueError(f"entry {index} ({name!r}) must be a Redis {kind}")
         ttl = entry.get("ttl_ms")

@@ -131,13 +131,20 @@ class Settings(BaseSettings):
     )
     # Telegram
     telegram_webhook_secret: str = Field("", description="X-Telegram-Bot-Api-Secret-Token expected; empty: webhook off.")
-    telegram_api_key: str = Field("", description="API key the Telegram bot's generations run under (one of API_KEYS).")
+    telegram_api_key: str = Field(
+        "", description="The managed API key the bot's generations run under (its scopes, models and limits apply); "
+        "one of API_KEYS is refused at startup unless TELEGRAM_ALLOW_BOOTSTRAP_KEY=true.",
+    )
+    telegram_allow_bootstrap_key: bool = Field(
+        False, description="Let TELEGRAM_API_KEY be a bootstrap key (admin, unlimited): a local trial without Redis only.",
+    )
+    telegram_chat_rpm: int = Field(10, ge=0, description="Messages one chat may have answered per minute; 0: unlimited.")
+    telegram_allowed_chats: str = Field("", description="Comma-separated chat ids the bot answers; empty: every chat.")
     telegram_bot_username: str = Field("", description="The bot's @username; commands addressed to other bots are ignored.")
     telegram_model: Optional[str] = Field(None, description="Model a chat starts with; default: DEFAULT_MODEL.")
     telegram_models: str = Field("", description="Comma-separated models /model may pick; empty: every model.")
     telegram_max_tokens: int = Field(400, ge=1, description="Longest answer (tokens) the bot generates.")
     telegram_history_messages: int = Field(20, ge=2, description="Messages of a chat's history sent to the model.")
-    telegram_history_chats: int = Field(10000, ge=1, description="Chats whose history is kept (least recently used dropped).")
     telegram_history_ttl_s: float = Field(86400, gt=0, description="A chat's history is forgotten after this idle time.")
 
     @model_validator(mode="after")
@@ -148,6 +155,16 @@ class Settings(BaseSettings):
                 f"API_KEYS: {len(short)} key(s) shorter than {MIN_API_KEY_LENGTH} characters; use generated keys, "
                 "e.g. $(python3 -c 'import secrets; print(secrets.token_hex(24))'), or set ALLOW_SHORT_API_KEYS=true"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _telegram_key_is_managed(self) -> "Settings":
+        if self.telegram_api_key and self.telegram_api_key in self.bootstrap_keys() and not self.telegram_allow_bootstrap_key:
+            raise ValueError(
+                "TELEGRAM_API_KEY is one of API_KEYS (admin, no limits): create a managed key for the bot "
+                "(docs/integrations.md#telegram), or set TELEGRAM_ALLOW_BOOTSTRAP_KEY=true for a local trial"
+            )
+        self.telegram_chat_ids()  # a chat id that is not a number refuses to start
         return self
 
     @model_validator(mode="after")
@@ -173,6 +190,12 @@ class Settings(BaseSettings):
 
     def telegram_model_list(self) -> list[str]:
         return self._csv(self.telegram_models)
+
+    def telegram_chat_ids(self) -> frozenset[int]:
+        try:
+            return frozenset(int(v) for v in self._csv(self.telegram_allowed_chats))
+        except ValueError:
+            raise ValueError("TELEGRAM_ALLOWED_CHATS: comma-separated chat ids (integers, e.g. 4211,-1001234567890)") from None
 
     def resolve(self, value: str) -> Path:
         """A relative path means the working directory if it exists there, else the project root."""

@@ -2,10 +2,10 @@
 
 Without Redis each ingress replica's `MemoryStore` is its own, which suits per-replica state
 (cache, limits) but not state another replica must read: a batch job accepted by one replica
-is polled through any. `StateHub` is the one-replica deployment that already holds the bots'
-chat histories (`ChatHistoryHub`); it also holds one `MemoryStore`, and `RemoteStore` reaches
-it through the deployment handle with the `Store` protocol's meaning. The hub's memory is lost
-when its actor restarts, as the chat histories are; with REDIS_URL set, Redis is used instead.
+is polled through any, a Telegram chat's history is read by whichever replica gets its next
+update. `StateHub` is the one-replica deployment that holds one `MemoryStore`, and `RemoteStore`
+reaches it through the deployment handle with the `Store` protocol's meaning. The hub's memory
+is lost when its actor restarts; with REDIS_URL set, Redis is used instead.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import time
 from typing import Any, Optional
 
 from deployments.errors import AICoreError
-from serve_app.chat_history import ChatHistoryHub
 from serve_app.store import MemoryStore, StoreUnavailable
 
 logger = logging.getLogger("aicore.store")
@@ -24,16 +23,19 @@ logger = logging.getLogger("aicore.store")
 PURGE_EVERY_S = 60.0
 CALL_TIMEOUT_S = 5.0  # a hub that does not answer (stopped, restarting) is unavailable, never a hang
 STORE_METHODS = frozenset({
-    "get", "set", "delete", "incr_window", "take_window", "settle_window", "get_indirect", "hupdate", "hset", "hgetall", "hincrby", "sadd", "srem", "smembers",
+    "get", "set", "compare_and_set", "delete", "incr_window", "take_window", "settle_window", "get_indirect",
+    "hupdate", "hset", "hgetall", "hincrby", "sadd", "srem", "smembers",
     "count", "ttl", "expire",
 })
 
 
-class StateHub(ChatHistoryHub):
-    """The shared-state deployment: chat histories (its base class) and one `MemoryStore`."""
+class StateHub:
+    """The shared-state deployment (one replica): one `MemoryStore`."""
 
-    def __init__(self, max_chats: int, max_messages: int, ttl_s: float):
-        super().__init__(max_chats, max_messages, ttl_s)
+    def __init__(self) -> None:
+        from deployments.ray_net import bind_replica_grpc_to_node_ip  # here: deployments imports serve_app
+
+        bind_replica_grpc_to_node_ip()
         self.memory = MemoryStore()
         self._purged_at = time.monotonic()
 
@@ -68,6 +70,9 @@ class RemoteStore:
 
     async def set(self, key: str, value: str, ttl_s: Optional[float] = None) -> None:
         await self._call("set", key, value, ttl_s)
+
+    async def compare_and_set(self, key: str, expected: str, value: str) -> bool:
+        return await self._call("compare_and_set", key, expected, value)
 
     async def delete(self, *keys: str) -> None:
         await self._call("delete", *keys)

@@ -1,9 +1,11 @@
 """The Telegram bot behind `POST /api/v1/webhooks/telegram` (no HTTP here).
 
 An update is answered by returning a `sendMessage` method as the webhook's response, so no
-outbound connection to Telegram is needed. An answer longer than Telegram's 4096 characters
-is split: the first part is the reply, the rest waits in the chat's state and `/more` sends
-the next part. Updates the bot cannot use (no text, repeated update_id, a command for
+outbound connection to Telegram is needed. Who is answered, under which key and limits, is
+`serve_app.telegram_access`; a refused chat is told so politely (HTTP 200), never with an error
+Telegram would retry. Chats live on the shared store (`serve_app.chat_history`). An answer
+longer than Telegram's 4096 characters is split: the first part is the reply, the rest waits in
+the chat's state and `/more` sends the next part. Updates the bot cannot use (no text, repeated update_id, a command for
 another bot) get nothing back (HTTP 200 with `{}`), so Telegram does not retry them.
 """
 
@@ -17,11 +19,14 @@ from typing import Optional
 
 from deployments.errors import AICoreError, AuthenticationFailed, NotEnabled, Overloaded, PermissionDenied
 from deployments.types import SamplingParams
-from serve_app.chat_history import ChatHistoryStore
-from serve_app.pipeline import CLIENT_GONE, Pipeline, RequestContext
+from serve_app.access_errors import RateLimited
+from serve_app.auth import Principal
+from serve_app.chat_history import ChatHistory
+from serve_app.pipeline import CLIENT_GONE, Admission
 from serve_app.protocol.telegram import TgMessage, TgReplyParameters, TgSendMessage, TgUpdate
 from serve_app.serving import GenerationService
 from serve_app.settings import Settings
+from serve_app.telegram_access import UNAVAILABLE, ChatRefused, TelegramAccess
 
 logger = logging.getLogger("aicore.telegram")
 
@@ -64,6 +69,16 @@ def _fit(text: str, limit: int) -> int:
 
 
 @dataclass(frozen=True)
+class Chat:
+    id: int
+    client_ip: Optional[str] = None  # the webhook caller's address (the bot key's IP allowlist)
+
+    @property
+    def key(self) -> str:
+        return str(self.id)
+
+
+@dataclass(frozen=True)
 class Command:
     name: str  # without the slash, lower case
     bot: Optional[str]  # the @botname it was addressed to, if any
@@ -82,11 +97,11 @@ def parse_command(text: str) -> Optional[Command]:
 
 
 class TelegramBot:
-    def __init__(self, settings: Settings, service: GenerationService, pipeline: Pipeline, store: ChatHistoryStore):
+    def __init__(self, settings: Settings, service: GenerationService, access: TelegramAccess, chats: ChatHistory):
         self.settings = settings
         self.service = service
-        self.pipeline = pipeline
-        self.store = store
+        self.access = access
+        self.chats = chats
         entries = service.router.entries
         models = [n for n, e in entries.items() if getattr(getattr(e, "config", None), "task", "generate") == "generate"]
         self.allowed = [m for m in settings.telegram_model_list() if m in models] or models
@@ -104,86 +119,115 @@ class TelegramBot:
 
     async def handle(self, update: TgUpdate, client_ip: Optional[str] = None) -> Optional[TgSendMessage]:
         """The sendMessage to return, or None when the update needs no answer. `client_ip`: the
-        webhook caller's address (Telegram's servers), for the bot key's IP allowlist."""
+        webhook caller's address (checked against the bot key's IP allowlist)."""
         message = update.carried_message()
         text = None if message is None else (message.text if message.text is not None else message.caption)
-        if not await self.store.first_delivery(f"tg:{update.update_id}"):
+        if not await self.chats.first_delivery(update.update_id):
             return None
         if message is None or not text or not text.strip():
             return None
-        chat = f"tg:{message.chat.id}"
         command = parse_command(text.strip())
-        if command is None:
-            answer = await self._answer(chat, text.strip(), client_ip)
-        elif command.bot and not self._addressed_to_me(command.bot):
+        if command is not None and command.bot and not self._addressed_to_me(command.bot):
             return None
-        else:
-            answer = await self._command(chat, command)
+        chat = Chat(message.chat.id, client_ip)
+        try:
+            self.access.check_chat(chat.id)
+            answer = await (self._answer(chat, text.strip()) if command is None else self._command(chat, command))
+        except ChatRefused as refused:
+            answer = refused.reply
         return self._reply(message, answer)
 
     def _addressed_to_me(self, bot: str) -> bool:
         mine = self.settings.telegram_bot_username.lstrip("@")
         return not mine or bot.lower() == mine.lower()
 
-    async def _command(self, chat: str, command: Command) -> str:
+    def _models(self, principal: Principal) -> list[str]:
+        return principal.allowed_models(self.allowed)
+
+    def _model(self, chosen: Optional[str], principal: Principal) -> str:
+        """The chat's model if the bot's key may use it, else the bot's default, else the key's."""
+        models = self._models(principal)
+        for candidate in (chosen, self.default_model, principal.default_model):
+            if candidate in models:
+                return candidate
+        if not models:
+            logger.error("TELEGRAM_API_KEY %s may use none of the bot's models %s", principal.key_id, self.allowed)
+            raise ChatRefused(UNAVAILABLE)
+        return models[0]
+
+    async def _command(self, chat: Chat, command: Command) -> str:
         if command.name in ("start", "help"):
-            state = await self.store.get(chat)
-            return (f"Hello! I answer with the model {state.model or self.default_model}. Send me a message.\n"
+            principal = await self.access.principal(chat.client_ip)
+            model = self._model((await self.chats.get(chat.key)).model, principal)
+            return (f"Hello! I answer with the model {model}. Send me a message.\n"
                     f"/reset starts a new conversation, /model <name> picks a model "
-                    f"({', '.join(self.allowed)}), /more sends the rest of a long answer.")
+                    f"({', '.join(self._models(principal))}), /more sends the rest of a long answer.")
         if command.name == "reset":
-            await self.store.reset(chat)
+            await self.chats.reset(chat.key)
             return "Conversation cleared."
         if command.name == "model":
             return await self._choose_model(chat, command.args)
         if command.name == "more":
-            state = await self.store.get(chat)
+            state = await self.chats.get(chat.key)
             if not state.pending:
                 return "Nothing more to send."
-            await self.store.set_pending(chat, state.pending[1:])
+            await self.chats.set_pending(chat.key, state.pending[1:])
             return state.pending[0] + (MORE_HINT if len(state.pending) > 1 else "")
         return f"Unknown command /{command.name}. Try /help."
 
-    async def _choose_model(self, chat: str, name: str) -> str:
-        current = (await self.store.get(chat)).model or self.default_model
+    async def _choose_model(self, chat: Chat, name: str) -> str:
+        principal = await self.access.principal(chat.client_ip)
+        models = self._models(principal)
+        current = self._model((await self.chats.get(chat.key)).model, principal)
         if not name:
-            return f"Current model: {current}. Available: {', '.join(self.allowed)}."
-        if name not in self.allowed:
-            return f"Unknown model {name!r}. Available: {', '.join(self.allowed)}."
-        await self.store.set_model(chat, name)
+            return f"Current model: {current}. Available: {', '.join(models)}."
+        if name not in models:
+            return f"Unknown model {name!r}. Available: {', '.join(models)}."
+        await self.chats.set_model(chat.key, name)
         return f"Model set to {name}."
 
-    async def _answer(self, chat: str, text: str, client_ip: Optional[str] = None) -> str:
-        state = await self.store.get(chat)
-        model = state.model if state.model in self.allowed else self.default_model
+    async def _answer(self, chat: Chat, text: str) -> str:
+        admission = await self.access.admit(chat.client_ip)  # the bot's key, through the one pipeline
+        state = await self.chats.get(chat.key)
+        model = self._model(state.model, admission.principal)
+        await self.access.count_chat(chat.id)
         user = {"role": "user", "content": text}
         history = (state.messages + [user])[-self.settings.telegram_history_messages:]
-        admission, status = None, CLIENT_GONE
         try:
-            # The Telegram adapter of the one admission path: the bot's key, checked for every update.
-            context = RequestContext("telegram", self.settings.telegram_api_key or None, client_ip)
-            admission = await self.pipeline.admit(context, "inference")
-            generation = await self.service.start(
-                admission, model, uuid.uuid4().hex, SamplingParams(max_tokens=self.settings.telegram_max_tokens),
-                messages=history,
-            )
-            answer = (await generation.collect()).text.strip() or "(the model gave an empty answer)"
-            status = 200
+            answer = await self._generate(model, history, admission)
         except AICoreError as error:  # tell the chat; an HTTP error would make Telegram retry
-            status = error.status
             logger.warning("telegram answer failed", extra={"model": model, "error": error.message})
             if isinstance(error, Overloaded):
                 shown = f"the service is busy; try again in {error.retry_after} s"
             else:
                 shown = error.message if error.status < 500 else "the model failed; try again later"
             return f"Sorry, I could not answer: {shown}"
-        finally:
-            if admission is not None:
-                await admission.close(status)
-        await self.store.append(chat, [user, {"role": "assistant", "content": answer}])
+        await self.chats.append(chat.key, [user, {"role": "assistant", "content": answer}])
         parts = split_message(answer, TELEGRAM_LIMIT - len(MORE_HINT))
-        await self.store.set_pending(chat, parts[1:])
+        await self.chats.set_pending(chat.key, parts[1:])
         return parts[0] + MORE_HINT if len(parts) > 1 else parts[0]
+
+    async def _generate(self, model: str, messages: list[dict], admission: Admission) -> str:
+        """The one place the bot starts a generation: the pipeline takes the key's limits (a refusal
+        is told politely) and charges its usage to the bot's key."""
+        status = CLIENT_GONE
+        try:
+            generation = await self.service.start(
+                admission, model, uuid.uuid4().hex, SamplingParams(max_tokens=self.settings.telegram_max_tokens),
+                messages=messages,
+            )
+            result = await generation.collect()
+            status = 200
+            return result.text.strip() or "(the model gave an empty answer)"
+        except RateLimited as error:
+            status = error.status
+            raise ChatRefused(f"I am answering too many people right now. Please try again in "
+                              f"{error.retry_after_s} s.") from None
+        except AICoreError as error:
+            status = error.status
+            raise
+        finally:
+            await admission.close(status)
 
     def _reply(self, message: TgMessage, text: str) -> TgSendMessage:
         group = message.chat.type in ("group", "supergroup")

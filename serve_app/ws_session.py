@@ -65,7 +65,10 @@ class WsSession:
             if not await self._authenticate():
                 return
             router = self.service.router
-            await self._send(WsReady(models=list(router.entries), default_model=router.default_model))
+            models = self.principal.allowed_models(router.entries)  # a web token's models only
+            default = self.principal.default_model or router.default_model
+            await self._send(WsReady(models=models, default_model=default if default in models or not models
+                                     else models[0]))
             while True:
                 await self._dispatch(await self.ws.receive_text())
         except WebSocketDisconnect:

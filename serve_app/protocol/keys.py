@@ -18,8 +18,10 @@ KEY_EXAMPLE = {
     "id": "key-7f3a9c2e51d04b86", "object": "api_key", "name": "telegram-bot", "owner": "ops@example.com",
     "key_prefix": "aic-4kq3", "scopes": ["inference"], "models": ["smollm2-135m-instruct"], "default_model": None,
     "priority": "interactive", "rate_limit_per_minute": 60, "tokens_per_minute": 20000, "ip_allowlist": ["203.0.113.0/24"],
-    "expires_at": 1803089057, "enabled": True, "created_at": 1795313057, "revoked_at": None,
+    "expires_at": 1803089057, "enabled": True, "created_at": 1795313057, "revoked_at": None, "web_token": False,
 }
+WEB_TOKEN_DEFAULT_TTL_S = 3600
+WEB_TOKEN_MAX_TTL_S = 86400
 
 
 class _KeyFields(BaseModel):
@@ -96,6 +98,8 @@ class KeyView(BaseModel):
     enabled: bool = True
     created_at: int
     revoked_at: Optional[int] = None
+    web_token: bool = Field(False, description="Minted by POST /api/v1/keys/web-tokens for a public web page: "
+                            "`inference` scope only, named models, its own limits, a short expiry.")
 
 
 class KeyCreated(KeyView):
@@ -104,6 +108,28 @@ class KeyCreated(KeyView):
     ]})
 
     key: str = Field(description="The secret: shown only in this response.")
+
+
+class WebTokenCreate(_KeyFields):
+    """A short-lived key for a public web page: inference only, on the models named, with limits."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "docs-site-chat", "models": ["smollm2-135m-instruct"], "rate_limit_per_minute": 10,
+         "tokens_per_minute": 5000, "expires_in_s": 3600},
+    ]})
+
+    name: str = Field("web-token", min_length=1, max_length=100, description="What the token is for.")
+    owner: Optional[str] = Field(None, max_length=100, description="Who is responsible for it.")
+    models: list[str] = Field(min_length=1, description="The models the token may use (at least one).")
+    default_model: Optional[str] = Field(None, description="Model used when a request names none; one of models.")
+    rate_limit_per_minute: int = Field(20, ge=1, description="Requests per minute (a web token is always limited).")
+    tokens_per_minute: int = Field(20000, ge=1, description="Prompt plus completion tokens per minute.")
+    ip_allowlist: list[str] = Field([], description="CIDRs the token may be used from; empty: anywhere.")
+    expires_in_s: int = Field(WEB_TOKEN_DEFAULT_TTL_S, ge=1, le=WEB_TOKEN_MAX_TTL_S,
+                              description="Seconds until the token stops working (at most a day).")
+
+    def as_key(self) -> KeyCreate:
+        return KeyCreate(scopes=["inference"], **self.model_dump())
 
 
 class KeyList(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from serve_app.auth import require_admin
-from serve_app.protocol.keys import KeyCreate, KeyCreated, KeyList, KeyUpdate, KeyUsage, KeyView
+from serve_app.protocol.keys import KeyCreate, KeyCreated, KeyList, KeyUpdate, KeyUsage, KeyView, WebTokenCreate
 
 router = APIRouter(prefix="/api/v1/keys", dependencies=[Depends(require_admin)])
 
@@ -17,6 +17,12 @@ def _keys(request: Request):
 @router.post("", response_model=KeyCreated, status_code=201)
 async def create_key(body: KeyCreate, request: Request):
     return await _keys(request).create(body)
+
+
+@router.post("/web-tokens", response_model=KeyCreated, status_code=201)
+async def mint_web_token(body: WebTokenCreate, request: Request):
+    """A short-lived key for a public web page: `inference` scope only, the models named, its own limits."""
+    return await _keys(request).mint_web_token(body)
 
 
 @router.get("", response_model=KeyList)

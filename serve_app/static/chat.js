@@ -14,6 +14,14 @@ const secret = {
   set: (v) => sessionStorage.setItem("aicore.key", v),
 };
 localStorage.removeItem("aicore.key"); // earlier versions of this page kept the key there
+// A public page links here with a web token minted for it (POST /api/v1/keys/web-tokens) in the
+// fragment, /#token=aic-...: browsers never send a fragment to a server, and the token moves at
+// once to sessionStorage and out of the address bar (and so out of bookmarks and shared links).
+const linked = new URLSearchParams(location.hash.slice(1)).get("token");
+if (linked) {
+  secret.set(linked.trim());
+  window.history.replaceState(null, "", location.pathname + location.search);
+}
 
 let socket = null;
 let ready = null;          // a promise resolved with the socket once authenticated

@@ -15,7 +15,7 @@ MAX_PROMPT_LENGTH = 6000
 DEFAULT = "smollm2-135m-instruct"
 GEMMA = "gemma3-270m"
 ALLOWED_ORIGIN = "http://chat.example"
-TELEGRAM_SECRET = "tg-secret-0123456789"
+TELEGRAM_SECRET = "tg-secret-0123456789"  # the Telegram bot's server: tests/integration/clients
 TELEGRAM_BOT = "aicore_test_bot"
 BATCH_MAX_ITEMS = 4
 MINILM = "minilm-l6-v2"  # SafeTensors, transformers
@@ -37,10 +37,6 @@ def server_env(log_dir=None) -> dict:
         "INGRESS_REPLICAS": "2",
         "CORS_ORIGINS": ALLOWED_ORIGIN,
         "BATCH_MAX_ITEMS": str(BATCH_MAX_ITEMS),
-        "TELEGRAM_WEBHOOK_SECRET": TELEGRAM_SECRET,
-        "TELEGRAM_API_KEY": KEY,
-        "TELEGRAM_BOT_USERNAME": TELEGRAM_BOT,
-        "TELEGRAM_MAX_TOKENS": "16",
     }
 
 

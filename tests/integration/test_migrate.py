@@ -1,4 +1,5 @@
-"""Migration: export one instance's Redis state, import into an empty one, keys and sessions carry over."""
+"""Migration: export one instance's Redis state, import into an empty one, keys, sessions and
+Telegram chats carry over."""
 
 import asyncio
 import json
@@ -12,6 +13,7 @@ from starlette.requests import Request
 
 from scripts.serve_process import ROOT
 from serve_app.auth import Authenticator
+from serve_app.chat_history import ChatHistory
 from serve_app.keys import KeyService
 from serve_app.protocol.keys import KeyCreate
 from serve_app.sessions import SessionStore
@@ -43,6 +45,10 @@ def test_export_import_keeps_keys_and_sessions(instances, tmp_path):
         created = await KeyService(store, models).create(KeyCreate(name="telegram-bot"))
         await SessionStore(store, 3600).save(created.id, "chat-1", models[0],
                                              [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+        telegram = ChatHistory(store, ttl_s=3600)
+        await telegram.set_model("4211", models[0])
+        await telegram.append("4211", [{"role": "user", "content": "ahoy"}, {"role": "assistant", "content": "hi Ann"}])
+        await telegram.first_delivery(829301457)  # transient: not exported
         return created
 
     created = asyncio.run(populate())
@@ -68,6 +74,10 @@ def test_export_import_keeps_keys_and_sessions(instances, tmp_path):
         assert principal.key_id == created.id
         session = await SessionStore(store, 3600).load(created.id, "chat-1")
         assert [m["content"] for m in session["messages"]] == ["hi", "hello"]
+        chat = await ChatHistory(store).get("4211")  # the bot on the new instance goes on with the chat
+        assert chat.model == models[0] and [m["content"] for m in chat.messages] == ["ahoy", "hi Ann"]
+        assert 0 < await store.ttl("aicore:telegram:chat:4211") <= 3600  # it still expires when idle
+        assert await ChatHistory(store).first_delivery(829301457)  # update ids are not moved
 
     asyncio.run(check_new_instance())
 
@@ -103,6 +113,8 @@ def test_export_file_is_readable_by_its_owner_only(instances, tmp_path):
 @pytest.mark.parametrize("entry,complaint", [
     ({"key": "ray:gcs:anything", "type": "string", "value": "x"}, "is not an AI Core key"),
     ({"key": "aicore:cache:abc", "type": "string", "value": "x"}, "is not an AI Core key"),
+    ({"key": "aicore:telegram:update:1", "type": "string", "value": "1"}, "is not an AI Core key"),
+    ({"key": "aicore:telegram:chat:1", "type": "hash", "value": {}}, "must be a Redis string"),
     ({"key": "aicore:keys", "type": "string", "value": "x"}, "must be a Redis set"),
     ({"key": "aicore:usage:key-1", "type": "string", "value": "x"}, "must be a Redis hash"),
     ({"key": "aicore:key:key-1", "type": "string", "value": {"a": "b"}}, "must be a Redis string"),

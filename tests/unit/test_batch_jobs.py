@@ -6,7 +6,6 @@ Both store implementations are used; Redis when scripts/test.sh provides one.
 """
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
@@ -25,41 +24,17 @@ from serve_app.protocol.api_v1 import GenerateResponse
 from serve_app.protocol.batch import BatchItemResult, BatchRequest
 from serve_app.serving import Generation, ModelEntry
 from serve_app.settings import Settings
-from serve_app.shared_store import RemoteStore, StateHub
 from serve_app.ratelimit import RateLimiter
-from serve_app.store import MemoryStore, RedisStore
+from serve_app.store import MemoryStore
+from tests.unit.stores import store_params
 
-REDIS_URL = os.environ.get("AICORE_TEST_REDIS_URL")
 ROOT = Path(__file__).resolve().parent.parent.parent
 OWNER = Principal(key_id="key-a", scopes=frozenset({"inference"}))
 OTHER = Principal(key_id="key-b", scopes=frozenset({"inference"}))
 ADMIN = Principal(key_id="key-admin", scopes=frozenset({"inference", "admin"}))
 
 
-class _HubHandle:
-    """A StateHub reached as through its deployment handle (`handle.store_call.remote(...)`), in-process."""
-
-    def __init__(self):
-        hub = StateHub(10, 10, 60)
-
-        class _Method:
-            @staticmethod
-            def remote(method, args):
-                return hub.store_call(method, args)
-
-        self.store_call = _Method()
-
-
-def _stores():
-    yield pytest.param(MemoryStore, id="memory")
-    yield pytest.param(lambda: RemoteStore(_HubHandle()), id="hub")
-    yield pytest.param(
-        lambda: RedisStore(REDIS_URL), id="redis",
-        marks=pytest.mark.skipif(not REDIS_URL, reason="scripts/test.sh starts Redis and sets AICORE_TEST_REDIS_URL"),
-    )
-
-
-@pytest.fixture(params=list(_stores()))
+@pytest.fixture(params=list(store_params()))
 def make_store(request):
     return request.param
 

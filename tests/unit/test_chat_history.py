@@ -1,42 +1,65 @@
+"""The Telegram bot's chats on each store: memory, the shared hub, and a real Redis."""
+
 import asyncio
+import uuid
 
-from serve_app.chat_history import InMemoryChatHistory
+import pytest
 
-
-class Clock:
-    now = 0.0
-
-    def __call__(self):
-        return self.now
+from serve_app.chat_history import CHAT_PREFIX, ChatHistory
+from tests.unit.stores import store_params
 
 
-def test_history_is_bounded_by_messages_chats_and_idle_time():
-    clock = Clock()
-    store = InMemoryChatHistory(max_chats=2, max_messages=3, ttl_s=100, clock=clock)
-    store.append_sync("a", [{"role": "user", "content": str(i)} for i in range(5)])
-    assert [m["content"] for m in store.get_sync("a").messages] == ["2", "3", "4"]
-    store.set_model_sync("b", "m")
-    store.append_sync("c", [{"role": "user", "content": "x"}])  # a is the least recently used
-    assert store.get_sync("a").messages == [] and store.get_sync("b").model == "m"
-    clock.now = 101
-    assert store.get_sync("b").model is None  # expired
+@pytest.fixture(params=list(store_params()))
+def store(request):
+    return request.param()
 
 
-def test_reset_keeps_model_and_updates_are_seen_once():
-    store = InMemoryChatHistory()
-    asyncio.run(store.set_model("a", "m"))
-    asyncio.run(store.append("a", [{"role": "user", "content": "hi"}]))
-    asyncio.run(store.set_pending("a", ["rest"]))
-    asyncio.run(store.reset("a"))
-    state = asyncio.run(store.get("a"))
-    assert state.messages == [] and state.pending == [] and state.model == "m"
-    assert asyncio.run(store.first_delivery("tg:1")) is True
-    assert asyncio.run(store.first_delivery("tg:1")) is False
-    assert asyncio.run(store.first_delivery("tg:2")) is True
+def _chat() -> str:
+    return str(uuid.uuid4().int % 10**12)  # tests share one Redis: a chat id of their own
 
 
-def test_get_returns_a_copy():
-    store = InMemoryChatHistory()
-    store.append_sync("a", [{"role": "user", "content": "hi"}])
-    store.get_sync("a").messages.append({"role": "user", "content": "sneaky"})
-    assert len(store.get_sync("a").messages) == 1
+def test_history_keeps_the_last_messages_and_every_change_restarts_its_idle_time(store):
+    async def scenario():
+        chats, chat = ChatHistory(store, max_messages=3, ttl_s=100), _chat()
+        await chats.append(chat, [{"role": "user", "content": str(i)} for i in range(5)])
+        assert [m["content"] for m in (await chats.get(chat)).messages] == ["2", "3", "4"]
+        await store.expire(CHAT_PREFIX + chat, 10)
+        await chats.set_model(chat, "m")  # a compare-and-set (which drops an expiry) and the idle time anew
+        assert 90 < await store.ttl(CHAT_PREFIX + chat) <= 100
+        assert (await chats.get(_chat())).messages == []  # an unknown chat starts empty
+    asyncio.run(scenario())
+
+
+def test_reset_keeps_the_model_and_an_update_is_seen_once(store):
+    async def scenario():
+        chats, chat = ChatHistory(store), _chat()
+        await chats.set_model(chat, "m")
+        await chats.append(chat, [{"role": "user", "content": "hi"}])
+        await chats.set_pending(chat, ["rest"])
+        await chats.reset(chat)
+        state = await chats.get(chat)
+        assert state.messages == [] and state.pending == [] and state.model == "m"
+        update = uuid.uuid4().int % 10**9
+        assert [await chats.first_delivery(update) for _ in range(3)] == [True, False, False]
+        assert await chats.first_delivery(update + 1) is True
+    asyncio.run(scenario())
+
+
+def test_concurrent_answers_in_one_chat_all_stay_in_its_history(store):
+    async def scenario():
+        chats, chat = ChatHistory(store, max_messages=50), _chat()
+        await chats.set_model(chat, "m")
+        await asyncio.gather(*(chats.append(chat, [{"role": "user", "content": str(i)}]) for i in range(12)))
+        assert sorted(int(m["content"]) for m in (await chats.get(chat)).messages) == list(range(12))
+    asyncio.run(scenario())
+
+
+def test_a_fresh_history_over_the_same_store_sees_the_chat(store):
+    """What a restarted ingress sees: the state is in the store, not in the object."""
+    async def scenario():
+        chat = _chat()
+        await ChatHistory(store).append(chat, [{"role": "user", "content": "remember me"}])
+        await ChatHistory(store).set_pending(chat, ["part two"])
+        state = await ChatHistory(store).get(chat)
+        assert state.messages == [{"role": "user", "content": "remember me"}] and state.pending == ["part two"]
+    asyncio.run(scenario())

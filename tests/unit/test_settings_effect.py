@@ -238,13 +238,15 @@ def test_content_filter_output_patterns_refuse_output():
 def test_telegram_model_and_history_settings():
     from serve_app.telegram import TelegramBot
 
-    app = _app(telegram_history_messages=2, telegram_history_chats=1, telegram_history_ttl_s=60)
-    chats = app.state.telegram.store
-    assert (chats.max_messages, chats.max_chats, chats.ttl_s) == (2, 1, 60)
-    chats.append_sync("a", [{"role": "user", "content": str(i)} for i in range(5)])
-    assert [m["content"] for m in chats.get_sync("a").messages] == ["3", "4"]  # the last 2 only
-    chats.append_sync("b", [{"role": "user", "content": "x"}])
-    assert chats.get_sync("a").messages == []  # one chat kept: the least recently used went
+    app = _app(telegram_history_messages=2, telegram_history_ttl_s=60)
+    chats = app.state.telegram.chats
+    assert (chats.max_messages, chats.ttl_s) == (2, 60)
+
+    async def scenario():
+        await chats.append("a", [{"role": "user", "content": str(i)} for i in range(5)])
+        assert [m["content"] for m in (await chats.get("a")).messages] == ["3", "4"]  # the last 2 only
+        assert 0 < await chats.store.ttl("aicore:telegram:chat:a") <= 60
+    asyncio.run(scenario())
     service = SimpleNamespace(router=SimpleNamespace(entries={"m1": None, "m2": None}, default_model="m1"))
     bot = TelegramBot(Settings(telegram_model="m2"), service, None, chats)
     assert bot.default_model == "m2"
