@@ -10,6 +10,7 @@ import pytest
 from serve_app.auth import Authenticator
 from serve_app.chat_history import ChatHistory
 from serve_app.keys import KeyService
+from serve_app.pipeline import Pipeline
 from serve_app.protocol.telegram import TgUpdate
 from serve_app.ratelimit import RateLimiter
 from serve_app.settings import Settings
@@ -197,8 +198,8 @@ def test_the_chat_lives_in_redis_and_a_fresh_bot_goes_on_with_it(url, redis_serv
                                    {"role": "assistant", "content": answer}]
         settings = Settings(api_keys=ADMIN_KEY, telegram_api_key=bot_key.key, telegram_webhook_secret="x")
         keys = KeyService(store, [DEFAULT, GEMMA])
-        access = TelegramAccess(settings, Authenticator([ADMIN_KEY], "X-API-Key", keys, store, "closed"),
-                                RateLimiter(store, 0, 0), keys, store)
+        auth = Authenticator([ADMIN_KEY], "X-API-Key", keys, store, "closed")
+        access = TelegramAccess(settings, Pipeline(auth, RateLimiter(store, 0, 0), keys), store)
         service = FakeService("Nice to meet you, Ada.")
         service.router.entries, service.router.default_model = {DEFAULT: None, GEMMA: None}, DEFAULT
         bot = TelegramBot(settings, service, access, ChatHistory(store))
