@@ -101,8 +101,8 @@ class TorchModel(TensorModel):
             layer.values = layer.values[index, :, drop:]
         return cache
 
-    def adapter_scope(self, name: Optional[str]):
-        return self.backend._adapter_scope(name)
+    def adapter_scope(self, name: Optional[str], in_use: set):
+        return self.backend._adapter_scope(name, in_use)
 
 
 @register_backend("transformers")
@@ -139,8 +139,9 @@ class TransformersBackend(TensorTextBackend):
     def loaded_adapters(self) -> list[str]:
         return list(self._adapters)
 
-    def _adapter_scope(self, name: Optional[str]):
-        """Make `name` (None: the base model) the active weights for one generation (engine thread only)."""
+    def _adapter_scope(self, name: Optional[str], in_use: set):
+        """Make `name` (None: the base model) the active weights for one forward pass (engine thread only);
+        past `max_adapters`, the least recently used adapter that no running row uses is evicted."""
         if name is None:
             return self._peft.disable_adapter() if self._peft is not None else nullcontext()
         if name not in self._adapters:
@@ -152,11 +153,13 @@ class TransformersBackend(TensorTextBackend):
             else:
                 self._peft.load_adapter(path, adapter_name=name)
             self._adapters[name] = None
-            while len(self._adapters) > self.config.max_adapters:
-                evicted, _ = self._adapters.popitem(last=False)
-                self._peft.delete_adapter(evicted)
-                logger.info("adapter evicted", extra={"model": self.model_name, "adapter": evicted})
         self._adapters.move_to_end(name)
+        for old in [a for a in self._adapters if a not in in_use and a != name]:
+            if len(self._adapters) <= self.config.max_adapters:
+                break
+            del self._adapters[old]
+            self._peft.delete_adapter(old)
+            logger.info("adapter evicted", extra={"model": self.model_name, "adapter": old})
         self._peft.set_adapter(name)
         return nullcontext()
 

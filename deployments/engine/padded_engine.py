@@ -18,9 +18,9 @@ Padding changes nothing mathematically (masked keys get zero weight, positions a
 own), but matrix products over B rows are rounded differently from one row: logits differ by
 ~1e-6, which can flip a greedy choice only where the top two logits are that close.
 
-LoRA adapters (transformers) are switched per model, so one batch holds one adapter group: while
-requests of another group wait, the running group admits no one new and the next group starts
-once it has drained (groups take turns; no adapter a row uses is ever evicted).
+LoRA adapters (transformers) are switched per model, so rows of different adapters cannot share a
+forward pass: each adapter group has its own padded batch, and groups with rows take turns, one
+decode step each (as the GGUF engine's groups do). No adapter a row uses is evicted.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ class TensorModel(ABC):
     def keep(self, cache: Any, rows: list[int], drop: int) -> Any:
         """Only `rows` of `cache`, in that order, without its first `drop` columns."""
 
-    def adapter_scope(self, name: Optional[str]):
-        """Make adapter `name` (None: the base model) active while a group runs."""
+    def adapter_scope(self, name: Optional[str], in_use: set):
+        """Make adapter `name` (None: the base model) active for one forward pass; never evict `in_use` ones."""
         return nullcontext()
 
 
@@ -91,18 +91,52 @@ class TextSequence(Sequence):
         return sequence
 
 
+def _group_key(adapter: Optional[str]) -> tuple:
+    return (adapter is not None, adapter or "")
+
+
+@dataclass(eq=False)
+class Group:
+    """The running rows of one adapter (None: the base model): one left-padded batch and its cache."""
+
+    adapter: Optional[str]
+    rows: list[TextSequence] = field(default_factory=list)  # one per cache row, in row order
+    pads: list[int] = field(default_factory=list)  # padding columns at the left of each row
+    cache: Any = None
+    width: int = 0  # cache columns
+
+    def join(self, model: TensorModel, sequence: TextSequence, cache: Any) -> None:
+        """Append a prefilled sequence's cache as the last row, padding whichever side is narrower."""
+        n = len(sequence.prompt)
+        self.cache = model.join(self.cache, self.width, cache, n)
+        wider = max(self.width, n)
+        self.pads = [pad + wider - self.width for pad in self.pads] + [wider - n]
+        self.width = wider
+        self.rows.append(sequence)
+
+    def leave(self, model: TensorModel, gone: list[TextSequence]) -> None:
+        """Take the rows of `gone` out, and the padding columns no row needs any more."""
+        keep = [r for r, q in enumerate(self.rows) if q not in gone]
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[r] for r in keep]
+        if not keep:
+            self.cache, self.pads, self.width = None, [], 0
+            return
+        drop = min(self.pads[r] for r in keep)
+        self.cache = model.keep(self.cache, keep, drop)
+        self.pads = [self.pads[r] - drop for r in keep]
+        self.width -= drop
+
+
 class PaddedBatchEngine(StepLoop):
     def __init__(self, model: TensorModel, *, model_name: str, parallel: int, batch_tokens: int,
                  room: WaitingRoom, keep_steps: int = 2048):
         self.model = model
         self.parallel, self.batch_tokens = parallel, batch_tokens
-        self.rows: list[TextSequence] = []  # one per cache row, in row order
-        self.pads: list[int] = []  # padding columns at the left of each row
-        self.cache: Any = None
-        self.width = 0  # cache columns
-        self.group: Optional[str] = None  # the adapter of the running rows
-        self._scope: Any = None  # that adapter's scope, entered while the group runs
+        self.groups: dict[Optional[str], Group] = {}  # adapter -> its running rows
         self.held: deque[tuple[TextSequence, str]] = deque()  # taken from the room, not started yet
+        self._last_group: Optional[tuple] = None  # the key of the group that decoded last
         self._start_loop(model_name, room, keep_steps)
 
     @property
@@ -111,10 +145,10 @@ class PaddedBatchEngine(StepLoop):
 
     @property
     def busy_slots(self) -> int:
-        return len(self.rows)
+        return sum(len(group.rows) for group in list(self.groups.values()))
 
     def _free_slots(self) -> int:
-        return self.parallel - len(self.rows) - len(self.held)
+        return self.parallel - self.busy_slots - len(self.held)
 
     def report(self) -> dict:
         report = super().report()
@@ -127,52 +161,54 @@ class PaddedBatchEngine(StepLoop):
 
     # ---- the engine thread ----
 
+    def _scope(self, adapter: Optional[str]):
+        return self.model.adapter_scope(adapter, {a for a, group in self.groups.items() if group.rows})
+
     def _step_once(self) -> bool:
         record = StepRecord(step=self._step)
         self._drop_cancelled()
         self._start_waiting(record)
-        if self.rows:
-            started = time.perf_counter()
-            tokens = np.asarray([q.pending for q in self.rows], dtype=np.int64)
-            positions = np.asarray([self.width - pad for pad in self.pads], dtype=np.int64)
-            mask = np.ones((len(self.rows), self.width + 1), dtype=np.int64)
-            for r, pad in enumerate(self.pads):
-                mask[r, :pad] = 0
-            logits, self.cache = self.model.decode(self.cache, tokens, positions, mask)
-            self.width += 1
-            record.seconds += time.perf_counter() - started
-            for sequence in self.rows:
-                record.decode[sequence.request_id] = 1
-            for sequence, row in zip(list(self.rows), logits):
-                self._advance(sequence, row)
-            self._leave([q for q in self.rows if q.finished])
+        if self.groups:
+            self._decode(self._next_group(), record)
         if record.started or record.decode:
-            record.adapter = self.group
             self.log.add(record)
             self._step += 1
-        if not self.rows:
-            self._exit_group()
-        return bool(self.rows) or bool(self.held)
+        return bool(self.groups) or bool(self.held)
+
+    def _next_group(self) -> Group:
+        """Groups with rows take turns, one decode step each: the next after the last one run."""
+        order = sorted(self.groups, key=_group_key)
+        last = self._last_group
+        adapter = next((a for a in order if last is not None and _group_key(a) > last), order[0])
+        self._last_group = _group_key(adapter)
+        return self.groups[adapter]
+
+    def _decode(self, group: Group, record: StepRecord) -> None:
+        started = time.perf_counter()
+        tokens = np.asarray([q.pending for q in group.rows], dtype=np.int64)
+        positions = np.asarray([group.width - pad for pad in group.pads], dtype=np.int64)
+        mask = np.ones((len(group.rows), group.width + 1), dtype=np.int64)
+        for r, pad in enumerate(group.pads):
+            mask[r, :pad] = 0
+        with self._scope(group.adapter):
+            logits, group.cache = self.model.decode(group.cache, tokens, positions, mask)
+        group.width += 1
+        record.seconds += time.perf_counter() - started
+        record.adapter = group.adapter
+        for sequence, row in zip(list(group.rows), logits):
+            record.decode[sequence.request_id] = 1
+            self._advance(sequence, row)
+        group.leave(self.model, [q for q in group.rows if q.finished])
+        if not group.rows:
+            del self.groups[group.adapter]
 
     def _candidates(self) -> list[tuple[TextSequence, str]]:
-        """Requests that may start now: the held ones first, then the room (unless another adapter
-        group is waiting in `held`: the running group then drains before anyone new joins it)."""
-        free = self.parallel - len(self.rows)
-        if free <= 0:
-            return []
-        group = self.group if self.rows else (self.held[0][0].adapter if self.held else None)
-        if not any(q.adapter != group for q, _ in self.held):
+        """Requests that may start now: those held from an earlier step first, then the room's."""
+        free = self.parallel - self.busy_slots
+        if free > len(self.held):
             with self.room.lock:
                 self.held.extend(self.room.take(free - len(self.held)))
-        chosen, rest = [], deque()
-        for item in self.held:
-            if len(chosen) < free and (item[0].adapter == group or not self.rows and not chosen):
-                group = item[0].adapter
-                chosen.append(item)
-            else:
-                rest.append(item)
-        self.held = rest
-        return chosen
+        return [self.held.popleft() for _ in range(min(free, len(self.held)))]
 
     def _start_waiting(self, record: StepRecord) -> None:
         prefilled = 0
@@ -185,9 +221,8 @@ class PaddedBatchEngine(StepLoop):
                 continue
             started = time.perf_counter()
             try:
-                if not self.rows and sequence.adapter != self.group or self._scope is None:
-                    self._enter_group(sequence.adapter)  # loads the adapter on first use
-                logits, cache = self.model.prefill(sequence.prompt)
+                with self._scope(sequence.adapter):  # loads the adapter on first use
+                    logits, cache = self.model.prefill(sequence.prompt)
             except Exception as error:
                 logger.exception("starting a request failed", extra={"model": self.model_name})
                 sequence.fail(error if isinstance(error, BackendFailure)
@@ -203,22 +238,7 @@ class PaddedBatchEngine(StepLoop):
             self._advance(sequence, logits)
             self._post()  # its first token goes out now, not after the other prefills of this step
             if not sequence.finished:
-                self.cache = self.model.join(self.cache, self.width, cache, len(sequence.prompt))
-                wider = max(self.width, len(sequence.prompt))
-                self.pads = [pad + wider - self.width for pad in self.pads] + [wider - len(sequence.prompt)]
-                self.width = wider
-                self.rows.append(sequence)
-
-    def _enter_group(self, adapter: Optional[str]) -> None:
-        self._exit_group()
-        scope = self.model.adapter_scope(adapter)
-        scope.__enter__()
-        self._scope, self.group = scope, adapter
-
-    def _exit_group(self) -> None:
-        if self._scope is not None:
-            scope, self._scope = self._scope, None
-            scope.__exit__(None, None, None)
+                self.groups.setdefault(sequence.adapter, Group(sequence.adapter)).join(self.model, sequence, cache)
 
     def _advance(self, sequence: TextSequence, logits: np.ndarray) -> None:
         """Choose the next token from `logits` and apply it: text, stop strings, end of sequence, budget."""
@@ -244,26 +264,15 @@ class PaddedBatchEngine(StepLoop):
         self.log.stats.finished += 1
         sequence.finish(reason, sequence.text.finish())
 
-    def _leave(self, gone: list[TextSequence]) -> None:
-        """Take the rows of `gone` out of the batch, and padding columns no row needs any more."""
-        if not gone:
-            return
-        keep = [r for r, q in enumerate(self.rows) if q not in gone]
-        self.rows = [self.rows[r] for r in keep]
-        if not keep:
-            self.cache, self.pads, self.width = None, [], 0
-            return
-        drop = min(self.pads[r] for r in keep)
-        self.cache = self.model.keep(self.cache, keep, drop)
-        self.pads = [self.pads[r] - drop for r in keep]
-        self.width -= drop
-
     def _drop_cancelled(self) -> None:
-        cancelled = [q for q in self.rows if q.cancelled]
-        for sequence in cancelled:
-            sequence.finished = True
-            sequence.outbox.clear()  # nobody listens any more
-        self._leave(cancelled)
+        for adapter, group in list(self.groups.items()):
+            cancelled = [q for q in group.rows if q.cancelled]
+            for sequence in cancelled:
+                sequence.finished = True
+                sequence.outbox.clear()  # nobody listens any more
+            group.leave(self.model, cancelled)
+            if not group.rows:
+                del self.groups[adapter]
         self.held = deque(item for item in self.held if not item[0].cancelled)
 
     def _left_waiting(self) -> list[Sequence]:
@@ -271,8 +280,8 @@ class PaddedBatchEngine(StepLoop):
         return held + super()._left_waiting()
 
     def _fail_running(self, error: BaseException) -> None:
-        for sequence in self.rows:
-            sequence.fail(error)
-            self._touched.append(sequence)
-        self.rows, self.pads, self.cache, self.width = [], [], None, 0
-        self._exit_group()
+        for group in self.groups.values():
+            for sequence in group.rows:
+                sequence.fail(error)
+                self._touched.append(sequence)
+        self.groups = {}

@@ -123,7 +123,7 @@ def test_cancelling_a_stream_frees_its_row_for_a_waiting_request(smollm2_paths):
 
 def test_adapter_groups_take_turns_and_each_answer_equals_its_answer_alone(tmp_path):
     """Base model, alpha and beta requested together (a tiny llama and two random LoRAs made here):
-    a step never mixes adapters, and every answer is the one it gets alone."""
+    a decode step never mixes adapters, the groups take turns, and every answer is the one it gets alone."""
     from tests.tiny_models import tiny_llama, tiny_lora
 
     base = tiny_llama(tmp_path / "tiny")
@@ -137,8 +137,19 @@ def test_adapter_groups_take_turns_and_each_answer_equals_its_answer_alone(tmp_p
         assert together == alone
         assert len({alone[i][0] for i in range(3)}) == 3  # each adapter changes the answer
         adapter_of = {r.request_id: r.adapter for r in requests}
+        decoding = [r for r in records if r["decode"]]
+        for record in decoding:
+            assert {adapter_of[rid] for rid in record["decode"]} == {record["adapter"]}  # one group a step
+        # Groups take turns: one never decodes twice in a row while another has rows (started before, decodes after).
+        span = {}
         for record in records:
-            assert {adapter_of[rid] for rid in [*record["decode"], *record["started"]]} <= {record["adapter"]}
-        assert len({r["adapter"] for r in records}) == 3
+            for rid in [*record["started"], *record["decode"]]:
+                low, high = span.get(adapter_of[rid], (record["step"], record["step"]))
+                span[adapter_of[rid]] = (min(low, record["step"]), max(high, record["step"]))
+        for before, after in zip(decoding, decoding[1:]):
+            if before["adapter"] == after["adapter"]:
+                assert not [a for a, (low, high) in span.items()
+                            if a != before["adapter"] and low <= before["step"] and high > after["step"]]
+        assert {r["adapter"] for r in decoding} == {None, "alpha", "beta"}
     finally:
         backend.unload()

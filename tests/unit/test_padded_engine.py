@@ -80,7 +80,7 @@ def test_rows_of_every_length_join_and_leave_and_keep_their_answers():
     assert asyncio.run(together()) == alone
     records = batched.log.records()
     assert max(len(r["decode"]) for r in records) == 5  # rows were shared, never more than parallel
-    assert batched.busy_slots == 0 and batched.cache is None and batched.width == 0
+    assert batched.busy_slots == 0 and not batched.groups
     batched.close()
 
 
