@@ -92,25 +92,26 @@ class ModelConfig(BaseModel):
     memory: Optional[int] = Field(None, ge=0, description="Ray memory (bytes) reserved per replica.")
     max_ongoing_requests: Optional[int] = Field(
         None, ge=1, description="Requests one replica accepts at once (running plus waiting). Default: "
-        "for gguf models `parallel` + `max_queued` + 8 (so the engine, not Ray, holds the queue), else 64."
+        "for text models `parallel` + `max_queued` + 8 (so the engine, not Ray, holds the queue), else 64."
     )
     parallel: Optional[int] = Field(
-        None, ge=1, le=256, description="gguf: sequences one replica decodes together (llama.cpp sequence "
-        "slots, `context_length` tokens of KV cache each). Default: as many as `kv_cache_budget` holds, at most 16."
+        None, ge=1, le=256, description="Text models: sequences one replica decodes together (`context_length` "
+        "tokens of KV cache each: llama.cpp sequence slots for gguf, rows of one padded batch for transformers "
+        "and onnx). Default: as many as `kv_cache_budget` holds, at most 16; 1 decodes one request at a time."
     )
     kv_cache_budget: str = Field(
-        "1GiB", description="gguf: KV-cache memory that sizes the default `parallel` (e.g. `1GiB`, `4GiB`)."
+        "1GiB", description="Text models: KV-cache memory that sizes the default `parallel` (e.g. `1GiB`, `4GiB`)."
     )
     max_queued: int = Field(
-        256, ge=0, description="gguf: requests one replica holds waiting for a slot; past it (or past an "
+        256, ge=0, description="Text models: requests one replica holds waiting for a slot; past it (or past an "
         "estimated wait of `max_queue_wait_s`) a request is answered 503 with Retry-After at once."
     )
     max_queue_wait_s: Optional[float] = Field(
-        None, gt=0, description="gguf: refuse a request whose estimated wait for a slot passes this. "
+        None, gt=0, description="Text models: refuse a request whose estimated wait for a slot passes this. "
         "Default: REQUEST_TIMEOUT_S (waiting longer would time out anyway)."
     )
     interactive_reserve: Optional[int] = Field(
-        None, ge=0, description="gguf: slots that `batch`-priority work never takes, kept for interactive "
+        None, ge=0, description="Text models: slots that `batch`-priority work never takes, kept for interactive "
         "requests. Default: 1 when `parallel` >= 2, else 0."
     )
     prefix_reuse: bool = Field(
@@ -122,8 +123,9 @@ class ModelConfig(BaseModel):
         "(docs/sizing.md)."
     )
     batch_tokens: int = Field(
-        512, ge=16, le=8192, description="gguf: tokens per engine step (one llama_decode): the next token "
-        "of every sequence plus prompt chunks; a longer prompt is prefilled over several steps."
+        512, ge=16, le=8192, description="Text models: tokens per engine step. gguf: one llama_decode over the "
+        "next token of every sequence plus prompt chunks (a longer prompt is prefilled over several steps); "
+        "transformers, onnx: prompt tokens prefilled before the next decode step (at least one prompt)."
     )
     batch_window_ms: float = Field(
         0, ge=0, le=1000, description="embed: how long a request waits for concurrent ones to share its "
@@ -153,12 +155,12 @@ class ModelConfig(BaseModel):
 
     def slots_hint(self) -> int:
         """Slots a replica has, as far as is known before it loads (auto sizing: at most 16)."""
-        return self.parallel or 16 if self.type == "gguf" else 1
+        return self.parallel or 16 if self.task == "generate" else 1
 
     def ongoing_limit(self) -> int:
         if self.max_ongoing_requests is not None:
             return self.max_ongoing_requests
-        return self.slots_hint() + self.max_queued + 8 if self.type == "gguf" else 64
+        return self.slots_hint() + self.max_queued + 8 if self.task == "generate" else 64
 
     def reserve(self, parallel: int) -> int:
         reserve = self.interactive_reserve if self.interactive_reserve is not None else (1 if parallel >= 2 else 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Optional
@@ -55,14 +56,21 @@ def footprint(config: ModelConfig, cache_dir: Path, config_dir: Optional[Path]) 
 
 
 def kv_cache_bytes(config: ModelConfig, cache_dir: Path, config_dir: Optional[Path]) -> int:
-    """KV cache of every slot: a GGUF replica holds `parallel` contexts (sized from the file's metadata)."""
-    if config.type != "gguf":
+    """KV cache of every slot: a text model's replica holds `parallel` contexts (sized from the GGUF's
+    metadata, or from the config.json beside transformers and ONNX weights)."""
+    if config.task != "generate":
         return config.context_length * KV_BYTES_PER_CONTEXT_TOKEN
-    from deployments.engine.sizing import auto_parallel, kv_bytes_per_token, read_gguf_metadata
+    from deployments.engine.sizing import auto_parallel, hf_kv_bytes_per_token, kv_bytes_per_token, read_gguf_metadata
 
     try:
-        per_token = kv_bytes_per_token(read_gguf_metadata(str(resolve_weights(config.path, cache_dir, config_dir))))
-    except Exception:  # not assembled yet, unreadable: the generous figure
+        weights = resolve_weights(config.path, cache_dir, config_dir)
+        if config.type == "gguf":
+            per_token = kv_bytes_per_token(read_gguf_metadata(str(weights)))
+        else:
+            folder = weights if weights.is_dir() else weights.parent
+            value_bytes = 2 if config.dtype in ("float16", "bfloat16") else 4
+            per_token = hf_kv_bytes_per_token(json.loads((folder / "config.json").read_text()), value_bytes)
+    except Exception:  # not assembled yet, unreadable, no config.json: the generous figure
         per_token = None
     per_token = per_token or KV_BYTES_PER_CONTEXT_TOKEN
     slots = config.parallel or auto_parallel(per_token, config.context_length, parse_size(config.kv_cache_budget))

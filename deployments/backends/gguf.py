@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from contextlib import aclosing
 from typing import AsyncIterator, Optional
 
 from deployments.backends.base import Backend, register_backend
 from deployments.backends.text import token_budget
 from deployments.engine.admission import WaitingRoom
 from deployments.engine.llama_engine import Adapters, LlamaBatchEngine
+from deployments.engine.loop import stream_sequence
 from deployments.engine.sequence import Outlet, Sequence
 from deployments.engine.sizing import auto_parallel, kv_bytes_per_token
 from deployments.errors import InvalidRequest
@@ -129,27 +131,12 @@ class GGUFBackend(Backend):
         sequence = Sequence(request_id=request.request_id, prompt=tokens, budget=budget, sampling=s,
                             stops=list(s.stop) + template_stops, adapter=request.adapter,
                             priority=request.priority, outlet=Outlet(loop, queue.put_nowait))
-        self.engine.submit(sequence)
-        try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            if not sequence.finished:
-                self.note_cancelled(sequence.produced)
-                self.engine.cancel(sequence)
+        async with aclosing(stream_sequence(self.engine, sequence, queue, self.note_cancelled)) as chunks:
+            async for chunk in chunks:  # closing this stream (client gone) closes that one at once
+                yield chunk
 
     def engine_report(self) -> dict:
-        engine = self.engine
-        with engine.room.lock:
-            waiting = engine.room.lengths()
-            refused = dict(engine.room.refused)
-        return {"parallel": engine.parallel, "slots_busy": engine.busy_slots, "waiting": waiting,
-                "refused": refused, "service_s": engine.room.service.seconds, **engine.log.snapshot()}
+        return self.engine.report()
 
     def health(self) -> None:
         if self.engine.failure is not None:

@@ -1,36 +1,92 @@
 """ONNX causal LMs through onnxruntime: a decoder exported with past key/values
 (`scripts/convert_to_onnx.py`), so each new token costs one step over one token.
 
-A graph without past key/values inputs (logits only) is served too, but it recomputes the
-whole prefix for every token: that is logged at load. `quantization: "int8"` quantizes the
-graph's weights dynamically at load (onnxruntime), cached in MODEL_CACHE_DIR and reused.
-The tokenizer (and its chat template) comes from the model folder through transformers,
+Served by `PaddedBatchEngine` (continuous batching, see deployments/engine/padded_engine.py): the
+graph's batch dimension holds every running sequence, left-padded, with the padding masked.
+A graph without past key/values inputs (logits only) is served too, one sequence at a time, and
+it recomputes the whole prefix for every token: that is logged at load. `quantization: "int8"`
+quantizes the graph's weights dynamically at load (onnxruntime), cached in MODEL_CACHE_DIR and
+reused. The tokenizer (and its chat template) comes from the model folder through transformers,
 which needs no torch for that.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import threading
-from typing import Iterator
+from typing import Optional
 
 import numpy as np
 
-from deployments.backends.base import ThreadedBackend, register_backend
+from deployments.backends.base import register_backend
 from deployments.backends.onnx_runtime import open_session, quantized_copy
-from deployments.backends.sampling import choose
-from deployments.backends.text import TokenText, token_budget
-from deployments.errors import InvalidRequest
-from deployments.types import GenerationChunk, GenerationRequest, Usage
+from deployments.backends.tensor_text import TensorTextBackend
+from deployments.engine.padded_engine import TensorModel
 
 logger = logging.getLogger("aicore.backend.onnx")
 
 PAST_PREFIX = "past_key_values."
 
 
+class OnnxModel(TensorModel):
+    """The engine's view of an exported decoder: the cache maps each past input to (B, heads, W, dim)."""
+
+    def __init__(self, session):
+        self.session = session
+        self.inputs = {i.name: i for i in session.get_inputs()}
+        self.past_names = [name for name in self.inputs if name.startswith(PAST_PREFIX)]
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: dict) -> tuple[np.ndarray, dict]:
+        feed = {"input_ids": ids}
+        if "attention_mask" in self.inputs:
+            feed["attention_mask"] = mask
+        if "position_ids" in self.inputs:
+            feed["position_ids"] = positions
+        results = self.session.run(None, {**feed, **past})
+        return results[0][:, -1], dict(zip(self.past_names, results[1:1 + len(self.past_names)]))
+
+    def prefill(self, ids: list[int]):
+        n = len(ids)
+        past = {}
+        for name in self.past_names:
+            shape = self.inputs[name].shape  # (batch, kv_heads, past, head_dim); symbolic dims are strings
+            past[name] = np.zeros((1, shape[1], 0, shape[3]), dtype=np.float32)
+        logits, cache = self._run(np.asarray([ids], dtype=np.int64), np.ones((1, n), dtype=np.int64),
+                                  np.arange(n, dtype=np.int64)[None], past)
+        return logits[0], cache if self.past_names else list(ids)
+
+    def decode(self, cache, tokens: np.ndarray, positions: np.ndarray, mask: np.ndarray):
+        if not self.past_names:  # logits only: the whole prefix again (one sequence: parallel is 1)
+            ids = cache + [int(tokens[0])]
+            logits, _ = self._run(np.asarray([ids], dtype=np.int64), mask, np.arange(len(ids), dtype=np.int64)[None], {})
+            return logits, ids
+        return self._run(tokens[:, None], mask, positions[:, None], cache)
+
+    def join(self, cache, width: int, row, row_width: int):
+        if cache is None:
+            return row
+        wider = max(width, row_width)
+
+        def padded(array: np.ndarray, pad: int) -> np.ndarray:
+            return np.pad(array, ((0, 0), (0, 0), (pad, 0), (0, 0))) if pad else array
+
+        return {name: np.concatenate([padded(cache[name], wider - width), padded(row[name], wider - row_width)])
+                for name in cache}
+
+    def keep(self, cache, rows: list[int], drop: int):
+        return {name: np.ascontiguousarray(array[rows, :, drop:]) for name, array in cache.items()}
+
+    def kv_bytes_per_token(self) -> Optional[int]:
+        total = 0
+        for name in self.past_names:
+            _, heads, _, dim = self.inputs[name].shape
+            if not isinstance(heads, int) or not isinstance(dim, int):
+                return None
+            total += heads * dim * 4  # float32
+        return total
+
+
 @register_backend("onnx")
-class ONNXBackend(ThreadedBackend):
+class ONNXBackend(TensorTextBackend):
     def load(self) -> None:
         from transformers import AutoTokenizer
 
@@ -40,78 +96,11 @@ class ONNXBackend(ThreadedBackend):
             graph = quantized_copy(graph, self.cache_dir or folder)
         elif self.config.quantization:
             raise ValueError(f"quantization {self.config.quantization!r} is not supported by ONNX models (use int8)")
-        self.session = open_session(graph, self.config)
-        self.inputs = {i.name: i for i in self.session.get_inputs()}
-        self.outputs = [o.name for o in self.session.get_outputs()]
-        self.past_names = [name for name in self.inputs if name.startswith(PAST_PREFIX)]
-        if not self.past_names:
+        model = OnnxModel(open_session(graph, self.config))
+        if not model.past_names:
             logger.warning("ONNX graph has no past key/values: every token recomputes the whole prefix",
                            extra={"model": self.model_name})
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.tokenizer_path or folder))
         eos = self.tokenizer.eos_token_id
         self.eos_ids = {eos} if eos is not None else set()
-
-    def _empty_past(self) -> dict[str, np.ndarray]:
-        past = {}
-        for name in self.past_names:
-            shape = self.inputs[name].shape  # (batch, kv_heads, past, head_dim); symbolic dims are strings
-            past[name] = np.zeros((1, shape[1], 0, shape[3]), dtype=np.float32)
-        return past
-
-    def _step(self, new: list[int], total: int, past: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
-        """Run the graph on the `new` tokens after `total - len(new)` cached ones; return last logits."""
-        start = total - len(new)
-        feed = {"input_ids": np.asarray([new], dtype=np.int64)}
-        if "attention_mask" in self.inputs:
-            feed["attention_mask"] = np.ones((1, total), dtype=np.int64)
-        if "position_ids" in self.inputs:
-            feed["position_ids"] = np.arange(start, total, dtype=np.int64)[None]
-        results = self.session.run(None, {**feed, **past})
-        presents = dict(zip(self.past_names, results[1:1 + len(self.past_names)]))
-        return results[0][0, -1], presents
-
-    def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        if request.messages is None:
-            return self.tokenizer(request.prompt or "").input_ids
-        if not self.tokenizer.chat_template:
-            raise InvalidRequest(f"model {self.model_name!r} has no chat template: use completions", param="messages")
-        text = self.tokenizer.apply_chat_template([dict(m) for m in request.messages], tokenize=False,
-                                                  add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
-    def generate_blocking(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[GenerationChunk]:
-        ids = self.prompt_ids(request)
-        s = request.sampling
-        budget = token_budget(self.model_name, self.config.context_length, self.config.default_max_tokens, len(ids),
-                              s.max_tokens, "prompt" if request.messages is None else "messages")
-        rng = np.random.default_rng(s.seed if s.seed is not None else random.randint(0, 2**31 - 1))
-        banned = tuple(self.eos_ids) if s.ignore_eos else ()
-        out = TokenText(lambda t: self.tokenizer.decode(t, skip_special_tokens=True), s.stop)
-        produced = out.produced
-        finish = "length"
-        logits, past = self._step(ids, len(ids), self._empty_past())
-        while True:
-            if cancel.is_set():
-                self.note_cancelled(len(produced))
-                return
-            token = choose(logits, ids + produced, produced, s, rng, banned)
-            if token in self.eos_ids and not s.ignore_eos:
-                finish = "stop"
-                break
-            piece = out.push(token)
-            if piece:
-                yield GenerationChunk(text=piece)
-            if out.stopped:
-                finish = "stop"
-                break
-            if len(produced) >= budget:
-                break
-            total = len(ids) + len(produced)
-            if self.past_names:
-                logits, past = self._step([token], total, past)
-            else:  # logits-only graph: the whole prefix again
-                logits, _ = self._step(ids + produced, total, {})
-        rest = out.finish()
-        if rest:
-            yield GenerationChunk(text=rest)
-        yield GenerationChunk(finish_reason=finish, usage=Usage(len(ids), len(produced)))
+        self.start_engine(model, model.kv_bytes_per_token(), batchable=bool(model.past_names))

@@ -1,101 +1,32 @@
 """SafeTensors causal LMs through transformers: AutoModelForCausalLM plus its tokenizer's chat template.
 
-`model.generate` runs on its own thread and hands every new token to a streamer queue; the
-engine thread (ThreadedBackend) reads that queue, so text streams token by token. A
-StoppingCriteria that watches the request's cancel event (client gone) and a stop flag
-(a stop string matched) ends `generate` within one token.
+Served by `PaddedBatchEngine` (continuous batching, see deployments/engine/padded_engine.py): the
+model's forward runs once per step over every running sequence, with a `DynamicCache` shared by
+the batch. Models whose cache is not a plain per-layer key/value cache (sliding-window or
+recurrent layers) cannot be left-padded and run one sequence at a time.
 
 LoRA adapters (peft) load on first use into one PeftModel, at most `max_adapters` at a time
-(least recently used evicted); a request for the base model runs with adapters disabled.
-Requests run one at a time on the engine thread, so switching adapters never races.
+(least recently used evicted); a request for the base model runs with adapters disabled. One
+batch holds one adapter group, so switching adapters never races and no adapter in use is evicted.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import random
-import threading
 from collections import OrderedDict
 from contextlib import nullcontext
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
-from deployments.backends.base import ThreadedBackend, register_backend
-from deployments.backends.text import TokenText, token_budget
-from deployments.errors import InvalidRequest
-from deployments.types import GenerationChunk, GenerationRequest, SamplingParams, Usage
+import numpy as np
+
+from deployments.backends.base import register_backend
+from deployments.backends.tensor_text import TensorTextBackend
+from deployments.engine.padded_engine import TensorModel
+from deployments.engine.sizing import hf_kv_bytes_per_token
 
 logger = logging.getLogger("aicore.backend.transformers")
 
 QUANTIZATIONS = ("8bit", "4bit")
-_END = object()
-
-
-class TokenQueue:
-    """A transformers streamer: the first `put` is the prompt (skipped); later ones are new tokens."""
-
-    def __init__(self):
-        self.items: queue.Queue = queue.Queue()
-        self._prompt_seen = False
-        self.finished = False  # the end marker has been read
-
-    def put(self, value) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        for token in value.reshape(-1).tolist():
-            self.items.put(token)
-
-    def end(self) -> None:
-        self.items.put(_END)
-
-    def fail(self, error: BaseException) -> None:
-        self.items.put(error)
-
-    def drain(self) -> None:
-        """Discard tokens until `generate` has returned."""
-        while not self.finished:
-            self.finished = self.items.get() is _END
-
-    def __iter__(self) -> Iterator[int]:
-        while True:
-            item = self.items.get()
-            if item is _END:
-                self.finished = True
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-
-def _stopping_criteria(cancel: threading.Event, stop: threading.Event):
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class UntilEvent(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            import torch
-
-            done = cancel.is_set() or stop.is_set()
-            return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
-
-    return StoppingCriteriaList([UntilEvent()])
-
-
-def _penalties(presence: float, frequency: float, prompt_len: int):
-    """OpenAI's presence/frequency penalties over the completion tokens so far."""
-    from transformers import LogitsProcessor, LogitsProcessorList
-
-    class Penalties(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            import torch
-
-            generated = input_ids[:, prompt_len:]
-            if generated.shape[1] == 0:
-                return scores
-            counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
-            return scores - presence * (counts > 0).to(scores.dtype) - frequency * counts
-
-    return LogitsProcessorList([Penalties()]) if presence or frequency else LogitsProcessorList()
 
 
 def quantization_config(name: str | None, cuda: bool):
@@ -115,8 +46,67 @@ def quantization_config(name: str | None, cuda: bool):
     )
 
 
+class TorchModel(TensorModel):
+    """The engine's view of a transformers model: the cache is a `DynamicCache` of B rows."""
+
+    def __init__(self, backend: "TransformersBackend"):
+        import inspect
+
+        self.backend = backend
+        self.torch = backend._torch
+        # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns, then goes in 5.40)
+        forward = inspect.signature(backend.model.forward).parameters
+        self.options = {"use_cache": True}
+        if "logits_to_keep" in forward:  # only the last position's logits are used
+            self.options["logits_to_keep"] = 1
+        self.cache_arg = "cache" if "cache" in forward else "past_key_values"
+
+    def _forward(self, ids, mask, positions, cache):
+        backend, torch = self.backend, self.torch
+        with torch.inference_mode():
+            out = (backend._peft or backend.model)(
+                input_ids=torch.as_tensor(ids, device=backend.device),
+                attention_mask=torch.as_tensor(mask, device=backend.device),
+                position_ids=torch.as_tensor(positions, device=backend.device),
+                **self.options, **{self.cache_arg: cache})
+        return out.logits[:, -1].float().cpu().numpy(), cache  # the cache grew in place
+
+    def prefill(self, ids: list[int]) -> tuple[np.ndarray, Any]:
+        from transformers import DynamicCache
+
+        n = len(ids)
+        logits, cache = self._forward([ids], np.ones((1, n), dtype=np.int64), np.arange(n)[None],
+                                      DynamicCache(config=self.backend.model.config))
+        return logits[0], cache
+
+    def decode(self, cache, tokens: np.ndarray, positions: np.ndarray, mask: np.ndarray):
+        return self._forward(tokens[:, None], mask, positions[:, None], cache)
+
+    def join(self, cache, width: int, row, row_width: int):
+        if cache is None:
+            return row
+        pad = self.torch.nn.functional.pad
+        wider = max(width, row_width)
+        for into, extra in zip(cache.layers, row.layers):
+            for name in ("keys", "values"):  # (rows, kv heads, columns, head dim): pad columns on the left
+                ours, theirs = getattr(into, name), getattr(extra, name)
+                setattr(into, name, self.torch.cat([pad(ours, (0, 0, wider - width, 0)),
+                                                    pad(theirs, (0, 0, wider - row_width, 0))]))
+        return cache
+
+    def keep(self, cache, rows: list[int], drop: int):
+        index = self.torch.as_tensor(rows, device=self.backend.device)
+        for layer in cache.layers:
+            layer.keys = layer.keys[index, :, drop:]
+            layer.values = layer.values[index, :, drop:]
+        return cache
+
+    def adapter_scope(self, name: Optional[str], in_use: set):
+        return self.backend._adapter_scope(name, in_use)
+
+
 @register_backend("transformers")
-class TransformersBackend(ThreadedBackend):
+class TransformersBackend(TensorTextBackend):
     supports_adapters = True
 
     def load(self) -> None:
@@ -144,12 +134,14 @@ class TransformersBackend(ThreadedBackend):
         self.eos_ids = self._eos_ids()
         self._adapters: OrderedDict[str, None] = OrderedDict()  # loaded, least recently used first
         self._peft = None  # the PeftModel wrapping self.model once an adapter is loaded
+        self.start_engine(TorchModel(self), self._kv_bytes_per_token(), batchable=self._plain_cache())
 
     def loaded_adapters(self) -> list[str]:
         return list(self._adapters)
 
-    def _adapter_scope(self, name: Optional[str]):
-        """Make `name` (None: the base model) the active weights for one generation (engine thread only)."""
+    def _adapter_scope(self, name: Optional[str], in_use: set):
+        """Make `name` (None: the base model) the active weights for one forward pass (engine thread only);
+        past `max_adapters`, the least recently used adapter that no running row uses is evicted."""
         if name is None:
             return self._peft.disable_adapter() if self._peft is not None else nullcontext()
         if name not in self._adapters:
@@ -161,11 +153,13 @@ class TransformersBackend(ThreadedBackend):
             else:
                 self._peft.load_adapter(path, adapter_name=name)
             self._adapters[name] = None
-            while len(self._adapters) > self.config.max_adapters:
-                evicted, _ = self._adapters.popitem(last=False)
-                self._peft.delete_adapter(evicted)
-                logger.info("adapter evicted", extra={"model": self.model_name, "adapter": evicted})
         self._adapters.move_to_end(name)
+        for old in [a for a in self._adapters if a not in in_use and a != name]:
+            if len(self._adapters) <= self.config.max_adapters:
+                break
+            del self._adapters[old]
+            self._peft.delete_adapter(old)
+            logger.info("adapter evicted", extra={"model": self.model_name, "adapter": old})
         self._peft.set_adapter(name)
         return nullcontext()
 
@@ -181,98 +175,13 @@ class TransformersBackend(ThreadedBackend):
             ids.add(self.tokenizer.eos_token_id)
         return ids
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+    def _kv_bytes_per_token(self) -> Optional[int]:
+        config = self.model.config.get_text_config(decoder=True).to_dict()
+        return hf_kv_bytes_per_token(config, self._torch.finfo(self.model.dtype).bits // 8)
 
-    def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        if request.messages is None:
-            return self.tokenizer(request.prompt or "").input_ids
-        if not self.tokenizer.chat_template:
-            raise InvalidRequest(
-                f"model {self.model_name!r} has no chat template: use completions", param="messages"
-            )
-        text = self.tokenizer.apply_chat_template([dict(m) for m in request.messages], tokenize=False,
-                                                  add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+    def _plain_cache(self) -> bool:
+        """Whether every layer's cache is a plain growing key/value pair (what left padding needs)."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
-    def _generation_config(self, s: SamplingParams, budget: int):
-        from transformers import GenerationConfig
-
-        options: dict[str, Any] = {
-            "max_new_tokens": budget,
-            "eos_token_id": sorted(self.eos_ids) or None,
-            "pad_token_id": self.tokenizer.pad_token_id or next(iter(self.eos_ids), 0),
-        }
-        if s.ignore_eos:
-            options["min_new_tokens"] = budget
-        if s.repeat_penalty != 1.0:
-            options["repetition_penalty"] = s.repeat_penalty
-        if s.temperature > 0:
-            options.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
-        else:
-            options["do_sample"] = False
-        return GenerationConfig(**options)
-
-    def _start(self, ids: list[int], s: SamplingParams, budget: int, cancel, stop) -> TokenQueue:
-        torch = self._torch
-        torch.manual_seed(s.seed if s.seed is not None else random.randint(0, 2**31 - 1))
-        streamer = TokenQueue()
-        input_ids = torch.tensor([ids], device=self.device)
-
-        def run() -> None:
-            try:
-                with torch.inference_mode():
-                    (self._peft or self.model).generate(
-                        input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                        generation_config=self._generation_config(s, budget), streamer=streamer,
-                        stopping_criteria=_stopping_criteria(cancel, stop),
-                        logits_processor=_penalties(s.presence_penalty, s.frequency_penalty, len(ids)),
-                    )
-            except BaseException as error:  # handed to the reading thread
-                streamer.fail(error)
-            finally:
-                streamer.end()
-
-        threading.Thread(target=run, name=f"generate-{self.model_name}", daemon=True).start()
-        return streamer
-
-    def generate_blocking(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[GenerationChunk]:
-        with self._adapter_scope(request.adapter):
-            yield from self._generate(request, cancel)
-
-    def _generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[GenerationChunk]:
-        ids = self.prompt_ids(request)
-        s = request.sampling
-        budget = token_budget(self.model_name, self.context_length, self.config.default_max_tokens, len(ids),
-                              s.max_tokens, "prompt" if request.messages is None else "messages")
-        stop = threading.Event()
-        tokens = self._start(ids, s, budget, cancel, stop)
-        out = TokenText(lambda t: self.tokenizer.decode(t, skip_special_tokens=True), s.stop)
-        produced = out.produced
-        finish = "length"
-        try:
-            for token in tokens:
-                if cancel.is_set():
-                    break
-                if token in self.eos_ids and not s.ignore_eos:
-                    finish = "stop"
-                    break
-                piece = out.push(token)
-                if piece:
-                    yield GenerationChunk(text=piece)
-                if out.stopped:
-                    finish = "stop"
-                    break
-                if len(produced) >= budget:
-                    break
-        finally:  # also when the consumer closes this generator (client gone)
-            stop.set()
-            tokens.drain()  # generate ends at its next step; wait, so requests never overlap on the model
-            if cancel.is_set():
-                self.note_cancelled(len(produced))
-        if cancel.is_set():
-            return
-        rest = out.finish()
-        if rest:
-            yield GenerationChunk(text=rest)
-        yield GenerationChunk(finish_reason=finish, usage=Usage(len(ids), len(produced)))
+        return all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)

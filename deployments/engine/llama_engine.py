@@ -22,14 +22,14 @@ from __future__ import annotations
 import ctypes
 import logging
 import random
-import threading
 import time
 from collections import OrderedDict
 from typing import Any, Optional
 
 from deployments.engine.admission import WaitingRoom
+from deployments.engine.loop import StepLoop
 from deployments.engine.sequence import Sequence, Slot, common_prefix
-from deployments.engine.steps import StepLog, StepRecord
+from deployments.engine.steps import StepRecord
 from deployments.errors import BackendFailure, ModelUnavailable
 from deployments.types import SamplingParams
 
@@ -100,16 +100,14 @@ class Adapters:
         self.loaded.clear()
 
 
-class LlamaBatchEngine:
+class LlamaBatchEngine(StepLoop):
     def __init__(self, lib, model, *, model_name: str, parallel: int, context_length: int, batch_tokens: int,
                  threads: int, room: WaitingRoom, adapters: Adapters, keep_steps: int = 2048,
                  prefix_reuse: bool = True):
         self.lib, self.model_name = lib, model_name
         self.parallel, self.context_length, self.batch_tokens = parallel, context_length, batch_tokens
-        self.room = room
         self.adapters = adapters
         self.prefix_reuse = prefix_reuse
-        self.log = StepLog(keep_steps)
         self.vocab = lib.llama_model_get_vocab(model)
         self._pieces: dict[int, bytes] = {}  # token id -> its bytes: the vocabulary is fixed
         self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
@@ -130,72 +128,20 @@ class LlamaBatchEngine:
         self.slots = [Slot(seq_id=i) for i in range(parallel)]
         self._adapter: Optional[str] = None  # set on the context now
         self._group_turn = 0
-        self._step = 0
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._touched: list[Sequence] = []  # sequences with items to post after this step
-        self.failure: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, name=f"engine-{model_name}", daemon=True)
-        self._thread.start()
-
-    # ---- called from the replica's event loop ----
-
-    def submit(self, sequence: Sequence) -> None:
-        """Queue a request, or raise `Overloaded` at once."""
-        if self.failure is not None:
-            raise BackendFailure("the model's engine stopped; the replica is being replaced")
-        with self.room.lock:
-            free = sum(1 for s in self.slots if s.sequence is None)
-            self.room.admit(sequence, sequence.priority, free)
-        self._wake.set()
-
-    def cancel(self, sequence: Sequence) -> None:
-        """The client left: a waiting request leaves the queue now, a running one at the next step."""
-        sequence.cancelled = True
-        with self.room.lock:
-            self.room.remove(sequence)
-        self._wake.set()
+        self._start_loop(model_name, room, keep_steps)
 
     @property
     def busy_slots(self) -> int:
         return sum(1 for s in self.slots if s.sequence is not None)
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=30)
-        if self._thread.is_alive():  # a step still running: leave the memory to the process's end
+        if not self._stop_loop():  # a step still running: leave the memory to the process's end
             return
         self.adapters.free()
         self.lib.llama_batch_free(self.batch)
         self.lib.llama_free(self.ctx)
 
     # ---- the engine thread ----
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = self._step_once()
-            except BaseException as error:  # a bug or llama.cpp failure: fail what runs, keep serving
-                logger.exception("engine step failed", extra={"model": self.model_name})
-                self._fail_running(BackendFailure("the model failed to generate a response"))
-                worked = False
-                if not isinstance(error, Exception):
-                    self.failure = error
-                    self._post()
-                    return
-            self._post()
-            if not worked:
-                self._wake.wait(0.5)
-                self._wake.clear()
-        with self.room.lock:
-            waiting = self.room.take(len(self.room) + self.parallel + 1)
-        gone = ModelUnavailable(f"model {self.model_name!r} is shutting down; retry")
-        for sequence, _ in waiting:
-            sequence.fail(gone)
-            self._touched.append(sequence)
-        self._fail_running(gone)
-        self._post()
 
     def _step_once(self) -> bool:
         record = StepRecord(step=self._step)
@@ -365,20 +311,6 @@ class LlamaBatchEngine:
                 sequence.finished = True
                 sequence.outbox.clear()  # nobody listens any more
 
-    def _post(self) -> None:
-        """Hand this step's items to their consumers: one call_soon_threadsafe per event loop."""
-        by_loop: dict[Any, list] = {}
-        for sequence in self._touched:
-            if sequence.outbox:
-                by_loop.setdefault(sequence.outlet.loop, []).append((sequence.outlet.put, sequence.outbox))
-                sequence.outbox = []
-        self._touched = []
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, items)
-            except RuntimeError:  # that event loop is closed: its consumers are gone
-                pass
-
     def _fail_running(self, error: BaseException) -> None:
         for slot in self.slots:
             sequence = slot.sequence
@@ -389,10 +321,3 @@ class LlamaBatchEngine:
                 sequence.fail(error)
                 self._touched.append(sequence)
 
-
-
-def _deliver(items: list) -> None:
-    """On the consumer's event loop: every item of one step, in order, to its stream."""
-    for put, outbox in items:
-        for item in outbox:
-            put(item)

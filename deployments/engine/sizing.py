@@ -36,6 +36,18 @@ def kv_bytes_per_token(meta: Mapping[str, str]) -> Optional[int]:
     return layers * kv_heads * (key + value) * KV_VALUE_BYTES
 
 
+def hf_kv_bytes_per_token(config: Mapping, value_bytes: int) -> Optional[int]:
+    """KV-cache bytes a token takes in one sequence of a transformers model (its config.json's fields)."""
+    config = config.get("text_config") or config
+    try:
+        layers, heads, hidden = config["num_hidden_layers"], config["num_attention_heads"], config["hidden_size"]
+    except (KeyError, TypeError):
+        return None
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or hidden // heads
+    return layers * kv_heads * head_dim * 2 * value_bytes
+
+
 def auto_parallel(per_token: Optional[int], context_length: int, budget_bytes: int) -> int:
     """Slots the KV budget holds at `context_length` tokens each: 1..MAX_AUTO_PARALLEL."""
     if not per_token:
