@@ -59,7 +59,7 @@ def _model_options(name: str, config: ModelConfig, is_default: bool, footprint: 
         "ray_actor_options": actor_options,
         "max_ongoing_requests": config.ongoing_limit(),
         # Past every replica's limit Ray queues at the caller; past this bound it refuses at once (a 503).
-        "max_queued_requests": config.max_queued if config.type == "gguf" else -1,
+        "max_queued_requests": config.max_queued if config.task == "generate" else -1,
         "health_check_period_s": 10,
         "graceful_shutdown_timeout_s": drain_timeout_s,  # a replaced replica finishes its streams
         "autoscaling_config": RayAutoscaling(
@@ -67,7 +67,7 @@ def _model_options(name: str, config: ModelConfig, is_default: bool, footprint: 
             initial_replicas=floor,
             max_replicas=scaling.max_replicas,
             target_ongoing_requests=scaling.target_ongoing_requests or (
-                config.slots_hint() if config.type == "gguf" else 8),
+                config.slots_hint() if config.task == "generate" else 8),  # a text replica batches its slots
             downscale_delay_s=scaling.downscale_delay_s,
             downscale_to_zero_delay_s=0,  # the policy counts idle_timeout_s itself
             metrics_interval_s=1,

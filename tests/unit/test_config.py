@@ -130,6 +130,9 @@ def test_gguf_replicas_hold_their_own_queue_and_autoscale_on_it():
     assert options["autoscaling_config"].target_ongoing_requests == 8
     auto = parse_models({"models": {"m": {"type": "gguf", "path": "x"}}}).models["m"]
     assert _model_options("m", auto, True)["max_ongoing_requests"] == 16 + 256 + 8  # auto: at most 16 slots
+    text = parse_models({"models": {"t": {"type": "transformers", "path": "x", "parallel": 4}}}).models["t"]
+    options = _model_options("t", text, True)  # transformers/ONNX text models batch their slots too
+    assert options["max_queued_requests"] == 256 and options["autoscaling_config"].target_ongoing_requests == 4
     embed = parse_models({"models": {"e": {"type": "onnx", "task": "embed", "path": "x"}}}).models["e"]
     options = _model_options("e", embed, True)
     assert options["max_ongoing_requests"] == 64 and options["max_queued_requests"] == -1
