@@ -171,7 +171,7 @@ class LlamaBatchEngine(StepLoop):
         members = [q for q in running if q.adapter == group]
         entries = self._fill_batch(members, record)
         record.adapter = group
-        if entries:
+        if self.batch.n_tokens:  # a step of prompt chunks alone (no logits wanted) is decoded too
             started = time.perf_counter()
             self._decode()
             record.seconds = time.perf_counter() - started

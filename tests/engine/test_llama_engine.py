@@ -145,6 +145,18 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_running_streams_advance_ever
             assert record["decode"].get(rid) == 1, (step, record)
 
 
+def test_a_long_prompt_alone_is_decoded_chunk_by_chunk(smollm2_chunked):
+    """A step of prompt chunks that want no logits is decoded too (it once was skipped, leaving the
+    KV cache behind the slot's tokens: llama_decode returned -1 at the next chunk). The answer is
+    not compared with a one-chunk prefill: matrix kernels of other batch sizes may flip a near-tie."""
+    long_prompt = " ".join(f"item {i} is {'odd' if i % 2 else 'even'};" for i in range(60))
+    text, final = asyncio.run(run(smollm2_chunked, request(long_prompt, "alone", max_tokens=8)))  # 32 a step
+    prefill = [r for r in steps(smollm2_chunked) if "alone" in r["prefill"]]
+    assert len(prefill) >= 4 and all(not r["decode"] for r in prefill)  # nothing else ran beside it
+    assert all(r["seconds"] > 0 for r in prefill)  # llama_decode ran at every step
+    assert final.finish_reason == "length" and final.usage.completion_tokens == 8 and text.strip()
+
+
 def test_batch_priority_yields_to_interactive_and_leaves_the_reserve(smollm2_reserved):
     backend = smollm2_reserved  # four slots, one reserved for interactive requests
     engine = backend.engine
