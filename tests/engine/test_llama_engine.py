@@ -149,7 +149,7 @@ def test_a_long_prompt_alone_is_decoded_chunk_by_chunk(smollm2_chunked):
     """A step of prompt chunks that want no logits is decoded too (it once was skipped, leaving the
     KV cache behind the slot's tokens: llama_decode returned -1 at the next chunk). The answer is
     not compared with a one-chunk prefill: matrix kernels of other batch sizes may flip a near-tie."""
-    long_prompt = " ".join(f"item {i} is {'odd' if i % 2 else 'even'};" for i in range(60))
+    long_prompt = " ".join(f"box {i} holds {i * 3} apples;" for i in range(50))  # no slot has it cached
     text, final = asyncio.run(run(smollm2_chunked, request(long_prompt, "alone", max_tokens=8)))  # 32 a step
     prefill = [r for r in steps(smollm2_chunked) if "alone" in r["prefill"]]
     assert len(prefill) >= 4 and all(not r["decode"] for r in prefill)  # nothing else ran beside it
