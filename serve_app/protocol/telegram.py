@@ -53,6 +53,12 @@ class TgReplyParameters(BaseModel):
     allow_sending_without_reply: bool = True
 
 
+class TgNoReply(BaseModel):
+    """`{}`: the update needs no answer (a duplicate delivery, no text, a command for another bot)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}]})
+
+
 class TgSendMessage(BaseModel):
     """Returned as the webhook's response body: Telegram then calls sendMessage itself."""
 

@@ -1,0 +1,97 @@
+"""schemathesis hooks of test_openapi_fuzz.py (loaded by the CLI through SCHEMATHESIS_HOOKS).
+
+They keep schema-valid (positive) generation requests cheap and within what the schema cannot say,
+and change nothing else: the server and its schema are tested as they are.
+- Cheap: `max_tokens` at most MAX_TOKENS (an absent one is set), prompts and message contents at
+  most PROMPT_CHARS characters, at most MESSAGES messages, EMBED_INPUTS embedding inputs.
+- What JSON Schema cannot state, so a schema-valid request could still be refused:
+  * a model's context is counted in tokens (400 context_length_exceeded): the cheap bounds above
+    keep every prompt far inside the 2048-token contexts of the test models (256 for embeddings);
+  * `dimensions` must equal the embedding model's size (400): positive cases send none;
+  * a key's `default_model` must be one of its `models` (400), also against the stored key on a
+    PATCH: positive cases add it to `models`, or clear it when a PATCH sets `models` alone;
+  * all messages together, not each one, are limited to MAX_PROMPT_LENGTH (kept by PROMPT_CHARS).
+Negative cases are sent as generated (a clamp could make them valid).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import schemathesis
+
+MAX_TOKENS = 4
+PROMPT_CHARS = 200
+MESSAGES = 6
+EMBED_INPUTS = 8
+GENERATION_PATHS = {"/api/v1/generate", "/api/v1/chat", "/v1/completions", "/v1/chat/completions"}
+BATCH_PATHS = {"/api/v1/generate/batch", "/api/v1/generate/batch/jobs"}
+EMBEDDING_PATHS = {"/api/v1/embeddings", "/v1/embeddings"}
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, str):
+        return value[:PROMPT_CHARS]
+    if isinstance(value, list):
+        return [_short(v) for v in value]
+    return value
+
+
+def _cheap_generation(body: dict) -> None:
+    for field in ("max_tokens", "max_completion_tokens"):
+        if _is_count(body.get(field)) and body[field] > MAX_TOKENS:
+            body[field] = MAX_TOKENS
+    if body.get("max_tokens") is None:
+        body["max_tokens"] = MAX_TOKENS
+    if "prompt" in body:
+        body["prompt"] = _short(body["prompt"])
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        body["messages"] = messages = messages[-MESSAGES:]
+        for message in messages:
+            if isinstance(message, dict) and isinstance(message.get("content"), str):
+                message["content"] = _short(message["content"])
+            elif isinstance(message, dict) and isinstance(message.get("content"), list):
+                for part in message["content"]:
+                    if isinstance(part, dict) and "text" in part:
+                        part["text"] = _short(part["text"])
+
+
+def _cheap_embedding(body: dict) -> None:
+    body.pop("dimensions", None)
+    if isinstance(body.get("input"), list):
+        body["input"] = _short(body["input"][:EMBED_INPUTS])
+    elif isinstance(body.get("input"), str):
+        body["input"] = _short(body["input"])
+
+
+def _consistent_key(body: dict, method: str) -> None:
+    models, default = body.get("models"), body.get("default_model")
+    if isinstance(models, list) and isinstance(default, str) and default not in models:
+        models.append(default)
+    elif method == "PATCH" and isinstance(models, list) and "default_model" not in body:
+        body["default_model"] = None
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs):
+    meta = case.meta
+    if meta is not None and not meta.generation.mode.is_positive:
+        return
+    body, path = case.body, case.operation.path
+    if not isinstance(body, dict):
+        return
+    if path in GENERATION_PATHS:
+        _cheap_generation(body)
+    elif path in BATCH_PATHS:
+        for item in body.get("items") or ():
+            if isinstance(item, dict):
+                _cheap_generation(item)
+    elif path in EMBEDDING_PATHS:
+        _cheap_embedding(body)
+    elif path.startswith("/api/v1/keys"):
+        _consistent_key(body, case.method.upper())
