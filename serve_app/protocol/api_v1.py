@@ -72,7 +72,7 @@ class ChatRequest(_Request):
 
 
 class EmbedRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), strict=True, json_schema_extra={"examples": [
         {"model": "minilm-l6-v2", "input": ["opening hours", "when are you open?"]},
     ]})
 
@@ -175,7 +175,7 @@ class ModelInfo(BaseModel):
 
 
 class ModelLoadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), strict=True, json_schema_extra={"examples": [
         {"model": "gemma3-270m"}, {"model": "gemma3-270m", "wait": False},
     ]})
 
@@ -185,7 +185,7 @@ class ModelLoadRequest(BaseModel):
 
 
 class ModelUnloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), strict=True, json_schema_extra={"examples": [
         {"model": "gemma3-270m"}, {"model": "gemma3-270m", "force": True},
         {"model": "gemma3-270m", "disable": True, "wait": False},
     ]})

@@ -35,7 +35,7 @@ class BatchChatItem(_NoStream, ChatRequest):
 
 
 class BatchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"format": "email", "items": [
             {"id": "mail-001", "prompt": "Reply politely: are you open on Sundays?", "max_tokens": 80,
              "email": {"subject": "Opening hours", "sender": "bob@example.com"}},

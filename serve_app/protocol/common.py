@@ -32,12 +32,14 @@ PROMPT_LIMITS = schema_limits(maxLength="max_prompt_length")
 
 
 class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     type: Literal["text"]
     text: str = Field(json_schema_extra=PROMPT_LIMITS)
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[TextPart]] = Field(
@@ -51,7 +53,11 @@ class ChatMessage(BaseModel):
 
 
 class SamplingFields(BaseModel):
-    """Sampling parameters; each API family sets its own defaults in a subclass."""
+    """Sampling parameters; each API family sets its own defaults in a subclass.
+
+    Requests are strict, as their schema says: `true` is not an integer, `"5"` not a number."""
+
+    model_config = ConfigDict(strict=True)
 
     max_tokens: Optional[int] = Field(None, ge=1, description="Most tokens to generate.")
     temperature: float = Field(0.8, ge=0, le=2, description="0 means greedy.")

@@ -31,7 +31,7 @@ KEY_EXAMPLE = {
 
 
 class _KeyFields(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), strict=True)
 
     @field_validator("ip_allowlist", check_fields=False)
     @classmethod

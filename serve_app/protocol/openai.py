@@ -17,6 +17,8 @@ from serve_app.protocol.common import (
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     include_usage: bool = False
 
 
@@ -192,7 +194,7 @@ class ModelList(BaseModel):
 
 
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", protected_namespaces=(), json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), strict=True, json_schema_extra={"examples": [
         {"model": "minilm-l6-v2", "input": ["opening hours", "when are you open?"]},
         {"model": "minilm-l6-v2-int8", "input": "refund policy", "encoding_format": "base64"},
     ]})

@@ -35,7 +35,7 @@ from serve_app.model_metrics import render_model_metrics
 from serve_app.readiness import readiness
 from serve_app.replies import generate_response, iso_time, now_iso, summary
 from serve_app.routes.common import cache_headers, request_options, streamed
-from serve_app.routes.statuses import EMBEDDING, GENERATION, KEYED, LOAD, SESSION, responses_for
+from serve_app.routes.statuses import EMBEDDING, GENERATION, KEYED, LOAD, SESSION, links, responses_for
 from serve_app.status import ModelView
 from serve_app.streaming import note_usage, sse_stream
 
@@ -79,7 +79,9 @@ async def chat(body: ChatRequest, request: Request, principal: Principal = Depen
     return await _run(request, body, principal, "chat", messages=[m.as_dict() for m in body.messages])
 
 
-@router.get("/sessions", response_model=SessionList, responses=responses_for(KEYED))
+@router.get("/sessions", response_model=SessionList, responses=responses_for(KEYED, links(
+    200, GetSession=("get", "/api/v1/sessions/{session_id}", "/sessions/0/session_id"),
+    DeleteSession=("delete", "/api/v1/sessions/{session_id}", "/sessions/0/session_id"))))
 async def list_sessions(request: Request, principal: Principal = Depends(require_key)):
     return SessionList(sessions=await request.app.state.sessions.list(principal.key_id))
 

@@ -11,7 +11,7 @@ from serve_app.auth import Principal, require_key
 from serve_app.protocol.batch import BatchRequest, BatchResponse
 from serve_app.protocol.batch_jobs import TERMINAL, BatchJob, BatchJobRequest
 from serve_app.protocol.telegram import TgNoReply, TgSendMessage, TgUpdate
-from serve_app.routes.statuses import BODY, JOB, KEYED, QUERY, WEBHOOK, responses_for
+from serve_app.routes.statuses import BODY, JOB, KEYED, QUERY, WEBHOOK, links, responses_for
 
 router = APIRouter(prefix="/api/v1")
 
@@ -27,8 +27,13 @@ def _job(job: BatchJob, status_code: int = 200) -> JSONResponse:
                         headers={"Location": job.status_url} if status_code == 202 else None)
 
 
+_JOB = "/api/v1/generate/batch/jobs/{job_id}"
+_JOB_LINKS = links(202, GetJob=("get", _JOB, "/id"), CancelJob=("post", _JOB + "/cancel", "/id"))[202]
+
+
 @router.post("/generate/batch/jobs", status_code=202, response_model=BatchJob, responses=responses_for(KEYED, BODY, {202: {
     "description": "Accepted: poll `status_url` (also in the `Location` header) for progress and results.",
+    **_JOB_LINKS,
 }}))
 async def submit_batch_job(body: BatchJobRequest, request: Request, principal: Principal = Depends(require_key)):
     return _job(await request.app.state.batch_jobs.submit(body, principal), 202)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 
 from serve_app.auth import require_admin
 from serve_app.protocol.keys import KeyCreate, KeyCreated, KeyList, KeyUpdate, KeyUsage, KeyView
-from serve_app.routes.statuses import BODY, KEY, KEY_CHANGE, KEYED, responses_for
+from serve_app.routes.statuses import BODY, KEY, KEY_CHANGE, KEYED, links, responses_for
 
 router = APIRouter(prefix="/api/v1/keys", dependencies=[Depends(require_admin)])
 
@@ -15,7 +15,12 @@ def _keys(request: Request):
     return request.app.state.keys
 
 
-@router.post("", response_model=KeyCreated, status_code=201, responses=responses_for(KEYED, BODY))
+_KEY = "/api/v1/keys/{key_id}"
+
+
+@router.post("", response_model=KeyCreated, status_code=201, responses=responses_for(KEYED, BODY, links(
+    201, GetKey=("get", _KEY, "/id"), UpdateKey=("patch", _KEY, "/id"), RotateKey=("post", _KEY + "/rotate", "/id"),
+    KeyUsage=("get", _KEY + "/usage", "/id"), RevokeKey=("delete", _KEY, "/id"))))
 async def create_key(body: KeyCreate, request: Request):
     return await _keys(request).create(body)
 

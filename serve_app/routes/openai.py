@@ -37,7 +37,7 @@ from serve_app.protocol.openai import (
     UsageInfo,
 )
 from serve_app.routes.common import cache_headers, request_options, streamed
-from serve_app.routes.statuses import EMBEDDING, GENERATION, KEYED, MODEL_CARD, responses_for
+from serve_app.routes.statuses import EMBEDDING, GENERATION, KEYED, MODEL_CARD, links, responses_for
 from serve_app.serving import Generation
 from serve_app.streaming import note_usage, sse_stream
 
@@ -145,7 +145,8 @@ async def embeddings(body: EmbeddingRequest, request: Request, _: Principal = De
     )
 
 
-@router.get("/models", response_model=ModelList, responses=responses_for(KEYED))
+@router.get("/models", response_model=ModelList, responses=responses_for(KEYED, links(
+    200, GetModel=("get", "/v1/models/{model_id}", "/data/0/id"))))
 async def list_models(request: Request, principal: Principal = Depends(require_key)):
     created = request.app.state.started_at
     ids = [i for i in request.app.state.router.model_ids() if principal.may_use(i.partition(":")[0])]

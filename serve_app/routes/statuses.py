@@ -109,3 +109,14 @@ def responses_for(*groups: Union[Errors, dict]) -> dict:
             entry[KEY_MARK] = True
         responses[status] = entry
     return {**responses, **extra}
+
+
+def links(status: int, **targets: tuple[str, str, str]) -> dict:
+    """OpenAPI links of the `status` answer: name=(method, path, JSON pointer of the answer's
+    value), each to the one path parameter of `path` (a client, or a fuzzer, follows them)."""
+    found = {}
+    for name, (method, path, pointer) in targets.items():
+        parameter = path[path.rindex("{") + 1: path.rindex("}")]
+        ref = "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+        found[name] = {"operationRef": ref, "parameters": {parameter: "$response.body#" + pointer}}
+    return {status: {"links": found}}
