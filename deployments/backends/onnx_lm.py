@@ -84,7 +84,7 @@ class ONNXBackend(ThreadedBackend):
         s = request.sampling
         budget = token_budget(self.model_name, self.config.context_length, self.config.default_max_tokens, len(ids),
                               s.max_tokens, "prompt" if request.messages is None else "messages")
-        rng = np.random.default_rng(s.seed % 2**64 if s.seed is not None else random.randint(0, 2**31 - 1))  # numpy: no negative seeds
+        rng = np.random.default_rng(s.seed if s.seed is not None else random.randint(0, 2**31 - 1))
         banned = tuple(self.eos_ids) if s.ignore_eos else ()
         out = TokenText(lambda t: self.tokenizer.decode(t, skip_special_tokens=True), s.stop)
         produced = out.produced

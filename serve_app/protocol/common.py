@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from deployments.types import SamplingParams
 
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 MAX_STOP_SEQUENCES = 4
-INT64 = {"ge": -(2**63), "le": 2**63 - 1}
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 3.0 as an integer: read it as 3 (strict models still refuse true and "3")."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]  # the integer of request models
+# The bound inside the validator, so that the schema says `minimum` (pydantic writes a bare `ge` otherwise).
+PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
+NonNegativeInt = Annotated[int, Field(ge=0), BeforeValidator(_integral)]
 
 
 def schema_limits(**limits: Union[str, int]) -> dict:
@@ -59,13 +69,13 @@ class SamplingFields(BaseModel):
 
     model_config = ConfigDict(strict=True)
 
-    max_tokens: Optional[int] = Field(None, ge=1, description="Most tokens to generate.")
+    max_tokens: Optional[PositiveInt] = Field(None, description="Most tokens to generate.")
     temperature: float = Field(0.8, ge=0, le=2, description="0 means greedy.")
     top_p: float = Field(0.95, gt=0, le=1)
-    top_k: int = Field(40, ge=0, le=2**31 - 1, description="0 disables top-k.")
+    top_k: Int = Field(40, ge=0, le=2**31 - 1, description="0 disables top-k.")
     stop: Optional[Union[str, list[str]]] = Field(None, description="Up to 4 stop strings.",
                                                   json_schema_extra=schema_limits(maxItems=MAX_STOP_SEQUENCES))
-    seed: Optional[int] = Field(None, **INT64, description="Makes sampling repeatable.")
+    seed: Optional[Int] = Field(None, description="Makes sampling repeatable (any integer; engines use it modulo 2^64).")
     repeat_penalty: float = Field(1.1, gt=0, le=10)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
@@ -90,7 +100,7 @@ class SamplingFields(BaseModel):
             top_p=self.top_p,
             top_k=self.top_k,
             stop=stop,
-            seed=self.seed,
+            seed=None if self.seed is None else self.seed % 2**64,  # numpy and torch take no negative or huge seed
             repeat_penalty=self.repeat_penalty,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serve_app.netguard import parse_networks
-from serve_app.protocol.common import model_names
+from serve_app.protocol.common import Int, NonNegativeInt, PositiveInt, model_names
 
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 # What the schema promises is accepted: IPv4 addresses and networks, IPv6 addresses. The server
@@ -56,12 +56,12 @@ class KeyCreate(_KeyFields):
     default_model: Optional[str] = Field(None, description="Model used when a request names none (one of `models` "
                                          "when both are given).", json_schema_extra=model_names("any"))
     priority: Priority = Field("interactive", description=PRIORITY_DESCRIPTION)
-    rate_limit_per_minute: Optional[int] = Field(None, ge=0, description="Requests per minute; omitted: RATE_LIMIT_PER_MINUTE; 0: unlimited.")
-    tokens_per_minute: Optional[int] = Field(None, ge=0, description="Tokens per minute; omitted: TOKENS_PER_MINUTE; 0: unlimited.")
+    rate_limit_per_minute: Optional[NonNegativeInt] = Field(None, description="Requests per minute; omitted: RATE_LIMIT_PER_MINUTE; 0: unlimited.")
+    tokens_per_minute: Optional[NonNegativeInt] = Field(None, description="Tokens per minute; omitted: TOKENS_PER_MINUTE; 0: unlimited.")
     ip_allowlist: list[str] = Field([], description="CIDRs (IPv4/IPv6) the key may be used from; empty: anywhere.",
                                     json_schema_extra=_NETWORKS)
-    expires_at: Optional[int] = Field(None, description="Unix time after which the key stops working.")
-    expires_in_s: Optional[int] = Field(None, gt=0, description="Alternative to expires_at: seconds from now.")
+    expires_at: Optional[Int] = Field(None, description="Unix time after which the key stops working.")
+    expires_in_s: Optional[PositiveInt] = Field(None, description="Alternative to expires_at: seconds from now.")
     enabled: bool = True
 
 
@@ -80,10 +80,10 @@ class KeyUpdate(_KeyFields):
     models: Optional[list[str]] = Field(None, json_schema_extra=model_names("any"))
     default_model: Optional[str] = Field(None, json_schema_extra=model_names("any"))
     priority: Priority = Field(None, description=PRIORITY_DESCRIPTION)
-    rate_limit_per_minute: Optional[int] = Field(None, ge=0)
-    tokens_per_minute: Optional[int] = Field(None, ge=0)
+    rate_limit_per_minute: Optional[NonNegativeInt] = None
+    tokens_per_minute: Optional[NonNegativeInt] = None
     ip_allowlist: list[str] = Field(None, json_schema_extra=_NETWORKS)
-    expires_at: Optional[int] = None
+    expires_at: Optional[Int] = None
     enabled: bool = None
 
 

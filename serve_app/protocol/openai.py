@@ -10,6 +10,8 @@ from serve_app.protocol.api_v1 import EMBEDDING_INPUT_LIMITS
 from serve_app.protocol.common import (
     SESSION_ID_PATTERN,
     ChatMessage,
+    Int,
+    PositiveInt,
     SamplingFields,
     model_names,
     schema_limits,
@@ -29,9 +31,9 @@ class _OpenAIRequest(SamplingFields):
     model: Optional[str] = Field(None, json_schema_extra=model_names("generate"))
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0, le=2**31 - 1, description="Extension; 0 disables top-k as in OpenAI.")
+    top_k: Int = Field(0, ge=0, le=2**31 - 1, description="Extension; 0 disables top-k as in OpenAI.")
     repeat_penalty: float = Field(1.0, gt=0, le=10, description="Extension (llama.cpp).")
-    n: int = Field(1, description="Only 1 is supported.", json_schema_extra={"minimum": 1, "maximum": 1})
+    n: Int = Field(1, description="Only 1 is supported.", json_schema_extra={"minimum": 1, "maximum": 1})
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     cache: Optional[bool] = Field(None, description="Extension: true caches a sampled answer, false bypasses.")
@@ -54,7 +56,7 @@ class ChatCompletionRequest(_OpenAIRequest):
 
     messages: list[ChatMessage] = Field(min_length=1, description="At most MAX_MESSAGES.",
                                         json_schema_extra=schema_limits(maxItems="max_messages"))
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: Optional[PositiveInt] = None
     session_id: Optional[str] = Field(None, pattern=SESSION_ID_PATTERN, description="Extension: server-side history.")
 
     def to_sampling_params(self):
@@ -203,7 +205,7 @@ class EmbeddingRequest(BaseModel):
     input: Union[str, list[str]] = Field(description="A string or a list of strings (token arrays are not accepted).",
                                          json_schema_extra=EMBEDDING_INPUT_LIMITS)
     encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32.")
-    dimensions: Optional[int] = Field(None, ge=1, description="Must equal the model's size when given.")
+    dimensions: Optional[PositiveInt] = Field(None, description="Must equal the model's size when given.")
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)

@@ -9,8 +9,10 @@ and change nothing else: the server and its schema are tested as they are.
     keep every prompt far inside the 2048-token contexts of the test models (256 for embeddings);
   * `dimensions` must equal the embedding model's size (400): positive cases send none;
   * a key's `default_model` must be one of its `models` (400), also against the stored key on a
-    PATCH: positive cases add it to `models`, or clear it when a PATCH sets `models` alone;
-  * all messages together, not each one, are limited to MAX_PROMPT_LENGTH (kept by PROMPT_CHARS).
+    PATCH: positive cases add it to `models`; a PATCH of one of them clears the other;
+  * all messages together, not each one, are limited to MAX_PROMPT_LENGTH (kept by PROMPT_CHARS);
+  * `email` options need `"format": "email"`, which cannot stream, and `quote_original` needs
+    `original` (400): positive cases with `email` options ask for that format, unstreamed.
 Negative cases are sent as generated (a clamp could make them valid).
 """
 
@@ -61,6 +63,16 @@ def _cheap_generation(body: dict) -> None:
                         part["text"] = _short(part["text"])
 
 
+def _consistent_email(body: dict) -> None:
+    email = body.get("email")
+    if isinstance(email, dict):
+        body["format"] = "email"
+        if email.get("quote_original") is True and not email.get("original"):
+            email["quote_original"] = False
+    if body.get("format") == "email":
+        body["stream"] = False
+
+
 def _cheap_embedding(body: dict) -> None:
     body.pop("dimensions", None)
     if isinstance(body.get("input"), list):
@@ -74,7 +86,9 @@ def _consistent_key(body: dict, method: str) -> None:
     if isinstance(models, list) and isinstance(default, str) and default not in models:
         models.append(default)
     elif method == "PATCH" and isinstance(models, list) and "default_model" not in body:
-        body["default_model"] = None
+        body["default_model"] = None  # the stored default may not be among the new models
+    elif method == "PATCH" and isinstance(default, str) and "models" not in body:
+        body["models"] = None  # nor the new default among the stored models: allow every model
 
 
 @schemathesis.hook
@@ -87,6 +101,8 @@ def before_call(context, case, kwargs):
         return
     if path in GENERATION_PATHS:
         _cheap_generation(body)
+        if path.startswith("/api/v1/"):
+            _consistent_email(body)
     elif path in BATCH_PATHS:
         for item in body.get("items") or ():
             if isinstance(item, dict):
