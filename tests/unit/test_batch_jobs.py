@@ -268,3 +268,32 @@ def test_items_of_a_job_wait_out_overload_while_the_sync_batch_reports_it(monkey
         job_item = await batch.generate(entry, OWNER, retry_overloaded=True)
         assert job_item.status == "ok" and job_item.result.response == "hello" and service.calls == 3
     asyncio.run(scenario())
+
+
+class _CountingStore(MemoryStore):
+    """Counts concurrent writes (the state hub answered 503 when a job's invalid items all wrote at once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.writing = self.most = 0
+
+    async def hset(self, key, mapping):
+        self.writing += 1
+        self.most = max(self.most, self.writing)
+        try:
+            await asyncio.sleep(0.001)  # a round trip: concurrent writes overlap here
+            return await super().hset(key, mapping)
+        finally:
+            self.writing -= 1
+
+
+def test_progress_writes_of_invalid_items_stay_within_the_concurrency():
+    async def scenario():
+        store = _CountingStore()
+        service = _service(store, Runner(), batch_concurrency=2)
+        job = await service.submit(BatchRequest(items=[{"id": f"x{i}"} for i in range(200)]), OWNER)
+        await service.jobs[job.id].task
+        done = await service.get(job.id, OWNER)
+        assert done.status == "completed" and done.counts.failed == 200
+        assert 1 <= store.most <= 2
+    asyncio.run(scenario())
