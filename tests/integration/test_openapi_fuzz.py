@@ -84,6 +84,6 @@ def test_schemathesis_finds_no_contract_violation(base_url, tmp_path):
     print(_figures(figures))
     assert run.returncode == 0, output[-20000:]
     # It did test: every selected operation, in every phase, with thousands of cases.
-    assert figures["operations"]["tested"] == figures["operations"]["total"] - len(EXCLUDED) >= 25
+    assert figures["operations"]["tested"] == figures["operations"]["selected"] >= 25
     assert figures["test_cases"]["generated"] >= 1000 and not figures["failures"] and not figures["errors"]
     assert all(phase["status"] == "success" for phase in figures["phases"].values()), figures["phases"]
