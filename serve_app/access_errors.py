@@ -40,7 +40,8 @@ class KeyNotFound(AICoreError):
 
 
 class KeyConflict(AICoreError):
-    """A key record kept changing under an update (many concurrent changes of one key)."""
+    """The key's state refuses the change (a revoked key cannot be rotated), or its record kept
+    changing under an update (many concurrent changes of one key)."""
 
     status, type, code = 409, "invalid_request_error", "key_conflict"
 

@@ -21,6 +21,7 @@ from serve_app.metrics import MetricsRecorder
 from serve_app.middleware import RequestContextMiddleware
 from serve_app.model_control import ModelControl
 from serve_app.pipeline import Pipeline
+from serve_app.openapi import install_openapi
 from serve_app.ratelimit import RateLimiter
 from serve_app.routes import api_v1, integrations, keys, openai, web
 from serve_app.serving import EmbeddingService, GenerationService, ModelRouter
@@ -73,6 +74,7 @@ def create_app(
     app.state.telegram = TelegramBot(settings, app.state.generation, access, chats)
     app.state.started_at = int(time.time())
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(api_v1.router)
     app.include_router(openai.router)
     app.include_router(keys.router)

@@ -195,19 +195,21 @@ class BatchJobService:
             self.jobs.pop(job.record.id, None)
 
     async def _item(self, job: LocalJob, entry: Prepared, gate: asyncio.Semaphore) -> None:
-        if entry.error is not None:
-            result = entry.failed(entry.error)
-        else:
-            async with gate:
+        # The gate also bounds the progress writes: a thousand invalid items written at once
+        # overran the shared state hub (found by tests/integration/test_openapi_fuzz.py).
+        async with gate:
+            if entry.error is not None:
+                result = entry.failed(entry.error)
+            else:
                 job.started.add(entry.index)
                 result = await self.batch.generate(entry, job.caller, retry_overloaded=True)
-        job.results[entry.index] = result
-        job.record.count(job.results)
-        try:  # progress for pollers; the final write repeats everything
-            await self.records.put_results(job.record.id, {entry.index: result})
-            await self.records.update(job.record.id, job.record.counts_hash())
-        except StoreUnavailable:
-            logger.warning("batch job %s: progress not written (store unavailable)", job.record.id)
+            job.results[entry.index] = result
+            job.record.count(job.results)
+            try:  # progress for pollers; the final write repeats everything
+                await self.records.put_results(job.record.id, {entry.index: result})
+                await self.records.update(job.record.id, job.record.counts_hash())
+            except StoreUnavailable:
+                logger.warning("batch job %s: progress not written (store unavailable)", job.record.id)
 
     async def _finish(self, job: LocalJob, status: str) -> None:
         record = job.record

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Optional
 
 from fastapi import FastAPI, Request
@@ -102,6 +103,16 @@ def validation_error(exc: RequestValidationError) -> InvalidRequest:
     return InvalidRequest(f"{param or 'body'}: {first.get('msg')}", param=param, code="invalid_value")
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the app documents for the request's path (its OpenAPI paths: the routes)."""
+    for template, item in request.app.openapi().get("paths", {}).items():
+        pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part)
+                          for part in re.split(r"(\{[^}]+\})", template))
+        if re.fullmatch(pattern, request.url.path):
+            return sorted(method.upper() for method in item)
+    return []
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -112,7 +123,12 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         error = AICoreError(str(exc.detail))
         error.status, error.type = exc.status_code, kind
-        return error_response(error, request)
+        response = error_response(error, request)
+        response.headers.update(exc.headers or {})
+        methods = allowed_methods(request) if exc.status_code == 405 else None
+        if methods:  # Starlette's Allow names only the first route of the path: name them all
+            response.headers["Allow"] = ", ".join(methods)
+        return response
 
     @app.exception_handler(AICoreError)  # inside the middleware: the response gets X-Request-ID
     async def _ours(request: Request, exc: AICoreError):

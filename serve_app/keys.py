@@ -134,8 +134,8 @@ class KeyService:
 
         def change(record: StoredKey) -> StoredKey:
             if record.revoked_at is not None:
-                raise InvalidRequest(f"key {key_id!r} is revoked and cannot be rotated", param="id",
-                                     code="key_revoked")
+                raise KeyConflict(f"key {key_id!r} is revoked and cannot be rotated", param="id",
+                                  code="key_revoked")
             old_hashes[:] = [record.hash]
             return record.model_copy(update={"hash": hash_key(key), "key_prefix": key[:8]})
 

@@ -81,7 +81,7 @@ def _key_row(row: dict, where: str) -> LegacyKey:
     if "expires_at" in row:
         row["expires_at"] = int(parse_time(row["expires_at"]))
     try:
-        spec = KeyCreate(**row)
+        spec = KeyCreate.model_validate(row, strict=False)  # CSV cells are text: read loosely
     except ValidationError as error:
         first = error.errors()[0]
         raise ValueError(f"{where}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None

@@ -34,6 +34,7 @@ from serve_app.access_errors import TooManyMessages
 from serve_app.cache import ResponseCache, cache_key, wants_cache
 from serve_app.content_filter import ContentPolicy
 from serve_app.pipeline import Admission, estimate_tokens
+from serve_app.protocol.api_v1 import MAX_EMBEDDING_INPUTS
 from serve_app.sessions import SessionStore, trim_to_fit
 from serve_app.settings import Settings
 from serve_app.store import StoreUnavailable
@@ -367,7 +368,6 @@ class GenerationService:
         return generation
 
 
-MAX_EMBEDDING_INPUTS = 2048  # as OpenAI
 
 
 class EmbeddingService:

@@ -6,14 +6,27 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serve_app.protocol.common import SESSION_ID_PATTERN, ChatMessage, SamplingFields
+from serve_app.protocol.common import (
+    PROMPT_LIMITS,
+    SESSION_ID_PATTERN,
+    ChatMessage,
+    SamplingFields,
+    model_names,
+    schema_limits,
+)
+
+MAX_EMBEDDING_INPUTS = 2048  # strings in one embeddings request, as OpenAI
+# A string or a list of strings, none empty, each within MAX_PROMPT_LENGTH (enforced by EmbeddingService).
+EMBEDDING_INPUT_LIMITS = schema_limits(minLength=1, maxLength="max_prompt_length", minItems=1,
+                                       maxItems=MAX_EMBEDDING_INPUTS)
 from serve_app.protocol.email import EmailOptions, EmailReply
 
 
 class _Request(SamplingFields):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: Optional[str] = Field(None, description="Model name; omitted means DEFAULT_MODEL.")
+    model: Optional[str] = Field(None, description="Model name; omitted means DEFAULT_MODEL.",
+                                 json_schema_extra=model_names("generate"))
     stream: bool = Field(False, description="Answer as Server-Sent Events.")
     cache: Optional[bool] = Field(
         None, description="true: cache even a sampled answer; false: bypass the cache. Default: cache deterministic requests."
@@ -39,7 +52,8 @@ class GenerateRequest(_Request):
          "email": {"subject": "Order 1042", "sender": "ann@example.com", "original": "Thanks for the quick delivery!"}},
     ]})
 
-    prompt: str = Field(min_length=1, description="Text to complete.")
+    prompt: str = Field(min_length=1, description="Text to complete (at most MAX_PROMPT_LENGTH characters).",
+                        json_schema_extra=PROMPT_LIMITS)
 
 
 class ChatRequest(_Request):
@@ -50,17 +64,22 @@ class ChatRequest(_Request):
         {"messages": [{"role": "user", "content": "And in French?"}], "session_id": "tg-4211-chat"},
     ]})
 
-    messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far (new turns only with a session).")
+    messages: list[ChatMessage] = Field(
+        min_length=1, description="The conversation so far (new turns only with a session); at most MAX_MESSAGES.",
+        json_schema_extra=schema_limits(maxItems="max_messages"),
+    )
     session_id: Optional[str] = Field(None, pattern=SESSION_ID_PATTERN, description="Keep this conversation on the server.")
 
 
 class EmbedRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), strict=True, json_schema_extra={"examples": [
         {"model": "minilm-l6-v2", "input": ["opening hours", "when are you open?"]},
     ]})
 
-    model: Optional[str] = Field(None, description="An embedding model; omitted means DEFAULT_EMBEDDING_MODEL.")
-    input: Union[str, list[str]] = Field(description="A string or a list of strings.")
+    model: Optional[str] = Field(None, description="An embedding model; omitted means DEFAULT_EMBEDDING_MODEL.",
+                                 json_schema_extra=model_names("embed"))
+    input: Union[str, list[str]] = Field(description="A string or a list of strings.",
+                                         json_schema_extra=EMBEDDING_INPUT_LIMITS)
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
@@ -156,21 +175,22 @@ class ModelInfo(BaseModel):
 
 
 class ModelLoadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), strict=True, json_schema_extra={"examples": [
         {"model": "gemma3-270m"}, {"model": "gemma3-270m", "wait": False},
     ]})
 
-    model: str = Field(description="The model to load (a disabled model is enabled again).")
+    model: str = Field(description="The model to load (a disabled model is enabled again).",
+                       json_schema_extra=model_names("any"))
     wait: bool = Field(True, description="Answer when the model is ready; false: answer 202 at once.")
 
 
 class ModelUnloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), strict=True, json_schema_extra={"examples": [
         {"model": "gemma3-270m"}, {"model": "gemma3-270m", "force": True},
         {"model": "gemma3-270m", "disable": True, "wait": False},
     ]})
 
-    model: str = Field(description="The model to unload.")
+    model: str = Field(description="The model to unload.", json_schema_extra=model_names("any"))
     force: bool = Field(False, description="Cancel in-flight requests (they end with `model_unloaded`) "
                         "instead of letting them finish.")
     disable: bool = Field(False, description="Refuse requests for the model until an explicit load.")

@@ -11,6 +11,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve_app.protocol.api_v1 import ChatRequest, GenerateRequest, GenerateResponse
+from serve_app.protocol.common import schema_limits
 
 ItemId = Field(min_length=1, max_length=128, description="Chosen by the caller; echoed in the result.")
 
@@ -34,7 +35,7 @@ class BatchChatItem(_NoStream, ChatRequest):
 
 
 class BatchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"format": "email", "items": [
             {"id": "mail-001", "prompt": "Reply politely: are you open on Sundays?", "max_tokens": 80,
              "email": {"subject": "Opening hours", "sender": "bob@example.com"}},
@@ -43,8 +44,10 @@ class BatchRequest(BaseModel):
         ]},
     ]})
 
+    # Any objects: each item is validated on its own and a bad one becomes that item's error.
     items: list[dict[str, Any]] = Field(
-        min_length=1, description="Generate items (`prompt`) or chat items (`messages`), each with an `id`."
+        min_length=1, description="Generate items (`prompt`) or chat items (`messages`), each with an `id`; "
+        "at most BATCH_MAX_ITEMS.", json_schema_extra=schema_limits(maxItems="batch_max_items"),
     )
     format: Optional[Literal["text", "email"]] = Field(None, description="Default `format` for items naming none.")
 

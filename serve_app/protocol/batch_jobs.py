@@ -7,15 +7,25 @@ A job takes the body of `POST /api/v1/generate/batch` (`BatchRequest`) and answe
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.protocol.batch import BatchItemResult
+from serve_app.protocol.batch import BatchItemResult, BatchRequest
+from serve_app.protocol.common import schema_limits
 
 JobStatus = Literal["queued", "running", "completed", "cancelled", "failed"]
 TERMINAL: frozenset[str] = frozenset({"completed", "cancelled", "failed"})
 JOB_ID_PATTERN = r"^bjob_[0-9a-f]{24}$"
+
+
+class BatchJobRequest(BatchRequest):
+    """The body of a batch job: a batch, with its own item limit."""
+
+    items: list[dict[str, Any]] = Field(
+        min_length=1, description="As in a batch; at most BATCH_JOB_MAX_ITEMS.",
+        json_schema_extra=schema_limits(maxItems="batch_job_max_items"),
+    )
 
 
 class BatchJobCounts(BaseModel):

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class EmailOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     subject: Optional[str] = Field(None, max_length=998, description="Subject of the email being answered.")
     sender: Optional[str] = Field(None, max_length=320, description="Who wrote it (used in the quote header).")

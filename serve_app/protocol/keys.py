@@ -7,6 +7,14 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serve_app.netguard import parse_networks
+from serve_app.protocol.common import Int, NonNegativeInt, PositiveInt, model_names
+
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# What the schema promises is accepted: IPv4 addresses and networks, IPv6 addresses. The server
+# also takes IPv6 networks ("2001:db8::/32") and IPv4 netmasks; anything else is a 400.
+NETWORK_SCHEMA = {"anyOf": [{"type": "string", "pattern": rf"^{_OCTET}(\.{_OCTET}){{3}}(/(3[0-2]|[12]?[0-9]))?$"},
+                            {"type": "string", "format": "ipv6"}]}
+_NETWORKS = {"items": NETWORK_SCHEMA}
 
 Scope = Literal["inference", "admin", "metrics"]
 Priority = Literal["interactive", "batch"]
@@ -25,7 +33,7 @@ WEB_TOKEN_MAX_TTL_S = 86400
 
 
 class _KeyFields(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), strict=True)
 
     @field_validator("ip_allowlist", check_fields=False)
     @classmethod
@@ -45,14 +53,17 @@ class KeyCreate(_KeyFields):
     name: str = Field(min_length=1, max_length=100, description="What the key is for, e.g. 'telegram-bot'.")
     owner: Optional[str] = Field(None, max_length=100, description="Who is responsible for it.")
     scopes: list[Scope] = Field(["inference"], min_length=1, description="`inference`, `admin` and/or `metrics` (read /api/v1/metrics only).")
-    models: Optional[list[str]] = Field(None, description="Models the key may use; omitted: all.")
-    default_model: Optional[str] = Field(None, description="Model used when a request names none.")
+    models: Optional[list[str]] = Field(None, description="Models the key may use; omitted: all.",
+                                        json_schema_extra=model_names("any"))
+    default_model: Optional[str] = Field(None, description="Model used when a request names none (one of `models` "
+                                         "when both are given).", json_schema_extra=model_names("any"))
     priority: Priority = Field("interactive", description=PRIORITY_DESCRIPTION)
-    rate_limit_per_minute: Optional[int] = Field(None, ge=0, description="Requests per minute; omitted: RATE_LIMIT_PER_MINUTE; 0: unlimited.")
-    tokens_per_minute: Optional[int] = Field(None, ge=0, description="Tokens per minute; omitted: TOKENS_PER_MINUTE; 0: unlimited.")
-    ip_allowlist: list[str] = Field([], description="CIDRs (IPv4/IPv6) the key may be used from; empty: anywhere.")
-    expires_at: Optional[int] = Field(None, description="Unix time after which the key stops working.")
-    expires_in_s: Optional[int] = Field(None, gt=0, description="Alternative to expires_at: seconds from now.")
+    rate_limit_per_minute: Optional[NonNegativeInt] = Field(None, description="Requests per minute; omitted: RATE_LIMIT_PER_MINUTE; 0: unlimited.")
+    tokens_per_minute: Optional[NonNegativeInt] = Field(None, description="Tokens per minute; omitted: TOKENS_PER_MINUTE; 0: unlimited.")
+    ip_allowlist: list[str] = Field([], description="CIDRs (IPv4/IPv6) the key may be used from; empty: anywhere.",
+                                    json_schema_extra=_NETWORKS)
+    expires_at: Optional[Int] = Field(None, description="Unix time after which the key stops working.")
+    expires_in_s: Optional[PositiveInt] = Field(None, description="Alternative to expires_at: seconds from now.")
     enabled: bool = True
 
 
@@ -64,17 +75,18 @@ class KeyUpdate(_KeyFields):
         {"enabled": False},
     ]})
 
-    name: Optional[str] = Field(None, min_length=1, max_length=100)
+    # Fields a key always has take no null (omitted: unchanged); the others take null to clear them.
+    name: str = Field(None, min_length=1, max_length=100)
     owner: Optional[str] = Field(None, max_length=100)
-    scopes: Optional[list[Scope]] = Field(None, min_length=1)
-    models: Optional[list[str]] = None
-    default_model: Optional[str] = None
-    priority: Optional[Priority] = Field(None, description=PRIORITY_DESCRIPTION)
-    rate_limit_per_minute: Optional[int] = Field(None, ge=0)
-    tokens_per_minute: Optional[int] = Field(None, ge=0)
-    ip_allowlist: Optional[list[str]] = None
-    expires_at: Optional[int] = None
-    enabled: Optional[bool] = None
+    scopes: list[Scope] = Field(None, min_length=1)
+    models: Optional[list[str]] = Field(None, json_schema_extra=model_names("any"))
+    default_model: Optional[str] = Field(None, json_schema_extra=model_names("any"))
+    priority: Priority = Field(None, description=PRIORITY_DESCRIPTION)
+    rate_limit_per_minute: Optional[NonNegativeInt] = None
+    tokens_per_minute: Optional[NonNegativeInt] = None
+    ip_allowlist: list[str] = Field(None, json_schema_extra=_NETWORKS)
+    expires_at: Optional[Int] = None
+    enabled: bool = None
 
 
 class KeyView(BaseModel):

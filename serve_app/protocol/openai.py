@@ -6,10 +6,21 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from serve_app.protocol.common import SESSION_ID_PATTERN, ChatMessage, SamplingFields
+from serve_app.protocol.api_v1 import EMBEDDING_INPUT_LIMITS
+from serve_app.protocol.common import (
+    SESSION_ID_PATTERN,
+    ChatMessage,
+    Int,
+    PositiveInt,
+    SamplingFields,
+    model_names,
+    schema_limits,
+)
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     include_usage: bool = False
 
 
@@ -17,12 +28,12 @@ class _OpenAIRequest(SamplingFields):
     # Unknown OpenAI fields (user, logit_bias...) are accepted and ignored, as clients send them.
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
-    model: Optional[str] = None
+    model: Optional[str] = Field(None, json_schema_extra=model_names("generate"))
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0, description="Extension; 0 disables top-k as in OpenAI.")
+    top_k: Int = Field(0, ge=0, le=2**31 - 1, description="Extension; 0 disables top-k as in OpenAI.")
     repeat_penalty: float = Field(1.0, gt=0, le=10, description="Extension (llama.cpp).")
-    n: int = Field(1, description="Only 1 is supported.")
+    n: Int = Field(1, description="Only 1 is supported.", json_schema_extra={"minimum": 1, "maximum": 1})
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     cache: Optional[bool] = Field(None, description="Extension: true caches a sampled answer, false bypasses.")
@@ -43,8 +54,9 @@ class ChatCompletionRequest(_OpenAIRequest):
          "stream": True, "stream_options": {"include_usage": True}},
     ]})
 
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    messages: list[ChatMessage] = Field(min_length=1, description="At most MAX_MESSAGES.",
+                                        json_schema_extra=schema_limits(maxItems="max_messages"))
+    max_completion_tokens: Optional[PositiveInt] = None
     session_id: Optional[str] = Field(None, pattern=SESSION_ID_PATTERN, description="Extension: server-side history.")
 
     def to_sampling_params(self):
@@ -61,7 +73,11 @@ class CompletionRequest(_OpenAIRequest):
         {"model": "gemma3-270m", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0},
     ]})
 
-    prompt: Union[str, list[str]]
+    # One prompt: a string, or a list holding exactly one.
+    prompt: Union[str, list[str]] = Field(
+        description="The prompt (at most MAX_PROMPT_LENGTH characters), or a list of exactly one.",
+        json_schema_extra=schema_limits(minLength=1, maxLength="max_prompt_length", minItems=1, maxItems=1),
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -180,15 +196,16 @@ class ModelList(BaseModel):
 
 
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", protected_namespaces=(), json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), strict=True, json_schema_extra={"examples": [
         {"model": "minilm-l6-v2", "input": ["opening hours", "when are you open?"]},
         {"model": "minilm-l6-v2-int8", "input": "refund policy", "encoding_format": "base64"},
     ]})
 
-    model: Optional[str] = None
-    input: Union[str, list[str]] = Field(description="A string or a list of strings (token arrays are not accepted).")
+    model: Optional[str] = Field(None, json_schema_extra=model_names("embed"))
+    input: Union[str, list[str]] = Field(description="A string or a list of strings (token arrays are not accepted).",
+                                         json_schema_extra=EMBEDDING_INPUT_LIMITS)
     encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32.")
-    dimensions: Optional[int] = Field(None, ge=1, description="Must equal the model's size when given.")
+    dimensions: Optional[PositiveInt] = Field(None, description="Must equal the model's size when given.")
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)

@@ -10,23 +10,25 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve_app.protocol.common import Int
+
 
 class _TelegramObject(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class TgChat(_TelegramObject):
-    id: int
+    id: Int
     type: str = Field(description="private, group, supergroup or channel.")
     title: Optional[str] = None
     username: Optional[str] = None
 
 
 class TgMessage(_TelegramObject):
-    message_id: int
+    message_id: Int
     chat: TgChat
-    date: Optional[int] = None
-    message_thread_id: Optional[int] = None
+    date: Optional[Int] = None
+    message_thread_id: Optional[Int] = None
     text: Optional[str] = None
     caption: Optional[str] = None
 
@@ -38,7 +40,7 @@ class TgUpdate(_TelegramObject):
             "chat": {"id": 4211, "type": "private", "username": "ann"}}},
     ]})
 
-    update_id: int
+    update_id: Int
     message: Optional[TgMessage] = None
     edited_message: Optional[TgMessage] = None
     channel_post: Optional[TgMessage] = None
@@ -51,6 +53,12 @@ class TgUpdate(_TelegramObject):
 class TgReplyParameters(BaseModel):
     message_id: int
     allow_sending_without_reply: bool = True
+
+
+class TgNoReply(BaseModel):
+    """`{}`: the update needs no answer (a duplicate delivery, no text, a command for another bot)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}]})
 
 
 class TgSendMessage(BaseModel):

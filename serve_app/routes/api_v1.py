@@ -36,6 +36,7 @@ from serve_app.model_metrics import render_model_metrics
 from serve_app.readiness import readiness
 from serve_app.replies import generate_response, iso_time, now_iso, summary
 from serve_app.routes.common import cache_headers, request_options, streamed
+from serve_app.routes.statuses import EMBEDDING, GENERATION, KEYED, LOAD, SESSION, links, responses_for
 from serve_app.status import ModelView
 from serve_app.streaming import sse_stream
 
@@ -66,23 +67,25 @@ async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], admi
 
 
 @router.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True,
-             responses=streamed(GenerateResponse, GENERATE_SSE_EXAMPLE))
+             responses=responses_for(KEYED, GENERATION, streamed(GenerateResponse, GENERATE_SSE_EXAMPLE)))
 async def generate(body: GenerateRequest, request: Request, admission: Admission = Depends(require_caller)):
     return await _run(request, body, admission, "generate", prompt=body.prompt)
 
 
 @router.post("/chat", response_model=GenerateResponse, response_model_exclude_none=True,
-             responses=streamed(GenerateResponse, GENERATE_SSE_EXAMPLE))
+             responses=responses_for(KEYED, GENERATION, streamed(GenerateResponse, GENERATE_SSE_EXAMPLE)))
 async def chat(body: ChatRequest, request: Request, admission: Admission = Depends(require_caller)):
     return await _run(request, body, admission, "chat", messages=[m.as_dict() for m in body.messages])
 
 
-@router.get("/sessions", response_model=SessionList)
+@router.get("/sessions", response_model=SessionList, responses=responses_for(KEYED, links(
+    200, GetSession=("get", "/api/v1/sessions/{session_id}", "/sessions/0/session_id"),
+    DeleteSession=("delete", "/api/v1/sessions/{session_id}", "/sessions/0/session_id"))))
 async def list_sessions(request: Request, principal: Principal = Depends(require_key)):
     return SessionList(sessions=await request.app.state.sessions.list(principal.key_id))
 
 
-@router.get("/sessions/{session_id}", response_model=SessionDetail)
+@router.get("/sessions/{session_id}", response_model=SessionDetail, responses=responses_for(KEYED, SESSION))
 async def get_session(session_id: str, request: Request, principal: Principal = Depends(require_key)):
     record = await request.app.state.sessions.load(principal.key_id, session_id)
     if record is None:  # another key's session looks exactly like a missing one
@@ -90,14 +93,14 @@ async def get_session(session_id: str, request: Request, principal: Principal = 
     return SessionDetail(**record)
 
 
-@router.delete("/sessions/{session_id}", response_model=SessionDeleted)
+@router.delete("/sessions/{session_id}", response_model=SessionDeleted, responses=responses_for(KEYED, SESSION))
 async def delete_session(session_id: str, request: Request, principal: Principal = Depends(require_key)):
     if not await request.app.state.sessions.delete(principal.key_id, session_id):
         raise SessionNotFound(f"session {session_id!r} does not exist", param="session_id")
     return SessionDeleted(session_id=session_id, deleted=True)
 
 
-@router.post("/embeddings", response_model=EmbedResponse)
+@router.post("/embeddings", response_model=EmbedResponse, responses=responses_for(KEYED, EMBEDDING))
 async def embeddings(body: EmbedRequest, request: Request, admission: Admission = Depends(require_caller)):
     started = time.monotonic()
     entry, result = await request.app.state.embeddings.embed(admission, body.model, request_id_var.get(), body.texts())
@@ -107,7 +110,7 @@ async def embeddings(body: EmbedRequest, request: Request, admission: Admission 
     )
 
 
-@router.get("/models", response_model=ModelsResponse)
+@router.get("/models", response_model=ModelsResponse, responses=responses_for(KEYED))
 async def models(request: Request, principal: Principal = Depends(require_key)):
     views = await _views(request)
     listing = []
@@ -145,7 +148,8 @@ async def _model_state(request: Request, name: str) -> ModelStateResponse:
                               disabled=view.lifecycle.get("disabled", False))
 
 
-@router.post("/models/load", response_model=ModelStateResponse, responses={202: {"model": ModelStateResponse}})
+@router.post("/models/load", response_model=ModelStateResponse,
+             responses=responses_for(KEYED, LOAD, {202: {"model": ModelStateResponse}}))
 async def load_model(body: ModelLoadRequest, request: Request, _: Principal = Depends(require_admin)):
     """Load a model now (admin). Idempotent: a loaded model answers 200 at once."""
     entry = request.app.state.router.resolve(body.model)
@@ -156,7 +160,8 @@ async def load_model(body: ModelLoadRequest, request: Request, _: Principal = De
     return await _model_state(request, entry.name)
 
 
-@router.post("/models/unload", response_model=ModelStateResponse, responses={202: {"model": ModelStateResponse}})
+@router.post("/models/unload", response_model=ModelStateResponse,
+             responses=responses_for(KEYED, LOAD, {202: {"model": ModelStateResponse}}))
 async def unload_model(body: ModelUnloadRequest, request: Request, _: Principal = Depends(require_admin)):
     """Unload a model (admin): drain its requests (or cancel them with `force`), free its memory.
     Idempotent. The next request loads it again unless `disable` was given. `wait: false`
@@ -188,7 +193,7 @@ async def ready(request: Request):
 
 
 @router.get("/metrics", response_class=PlainTextResponse,
-            responses={200: {"content": {"text/plain": {"example": METRICS_EXAMPLE}}}})
+            responses=responses_for(KEYED, {200: {"content": {"text/plain": {"example": METRICS_EXAMPLE}}}}))
 async def metrics(request: Request, _: Principal = Depends(require_metrics)):
     """Prometheus text: counters from every ingress replica, model gauges read now. Needs the
     `metrics` scope (a scraper's key) or `admin`: the text names every key id and its usage."""

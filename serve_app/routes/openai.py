@@ -38,6 +38,7 @@ from serve_app.protocol.openai import (
     UsageInfo,
 )
 from serve_app.routes.common import cache_headers, request_options, streamed
+from serve_app.routes.statuses import EMBEDDING, GENERATION, KEYED, MODEL_CARD, links, responses_for
 from serve_app.serving import Generation
 from serve_app.streaming import sse_stream
 
@@ -53,7 +54,7 @@ def _dump(model) -> dict:
     return model.model_dump(exclude_none=False)
 
 
-@router.post("/chat/completions", responses=streamed(ChatCompletion, CHAT_SSE_EXAMPLE))
+@router.post("/chat/completions", responses=responses_for(KEYED, GENERATION, streamed(ChatCompletion, CHAT_SSE_EXAMPLE)))
 async def chat_completions(body: ChatCompletionRequest, request: Request,
                            admission: Admission = Depends(require_caller)):
     generation = await request.app.state.generation.start(
@@ -93,7 +94,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     )), headers=headers)
 
 
-@router.post("/completions", responses=streamed(Completion, COMPLETION_SSE_EXAMPLE))
+@router.post("/completions", responses=responses_for(KEYED, GENERATION, streamed(Completion, COMPLETION_SSE_EXAMPLE)))
 async def completions(body: CompletionRequest, request: Request, admission: Admission = Depends(require_caller)):
     generation = await request.app.state.generation.start(
         admission, body.model, request_id_var.get(), body.to_sampling_params(), prompt=body.prompt,
@@ -128,7 +129,7 @@ def _encode(vector: list[float], encoding_format: str) -> Union[list[float], str
     return vector
 
 
-@router.post("/embeddings", response_model=EmbeddingList)
+@router.post("/embeddings", response_model=EmbeddingList, responses=responses_for(KEYED, EMBEDDING))
 async def embeddings(body: EmbeddingRequest, request: Request, admission: Admission = Depends(require_caller)):
     entry, result = await request.app.state.embeddings.embed(admission, body.model, request_id_var.get(), body.texts())
     size = len(result.vectors[0])
@@ -142,7 +143,8 @@ async def embeddings(body: EmbeddingRequest, request: Request, admission: Admiss
     )
 
 
-@router.get("/models", response_model=ModelList)
+@router.get("/models", response_model=ModelList, responses=responses_for(KEYED, links(
+    200, GetModel=("get", "/v1/models/{model_id}", "/data/0/id"))))
 async def list_models(request: Request, principal: Principal = Depends(require_key)):
     created = request.app.state.started_at
     ids = [i for i in request.app.state.router.model_ids() if principal.may_use(i.partition(":")[0])]
@@ -155,7 +157,7 @@ async def list_models(request: Request, principal: Principal = Depends(require_k
     return ModelList(data=cards)
 
 
-@router.get("/models/{model_id}", response_model=ModelCard)
+@router.get("/models/{model_id}", response_model=ModelCard, responses=responses_for(KEYED, MODEL_CARD))
 async def get_model(model_id: str, request: Request, principal: Principal = Depends(require_key)):
     entry, _ = request.app.state.router.resolve_adapter(model_id, None)
     principal.check_model(entry.name)

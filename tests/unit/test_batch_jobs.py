@@ -252,3 +252,32 @@ def test_items_of_a_job_wait_out_overload_while_the_sync_batch_reports_it(monkey
         # every attempt of an item is a request of the key's (the batch call itself is not)
         assert (await pipeline.keys.usage("key-a", known=True)).requests == 4 and caller.delegated
     asyncio.run(scenario())
+
+
+class _CountingStore(MemoryStore):
+    """Counts concurrent writes (the state hub answered 503 when a job's invalid items all wrote at once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.writing = self.most = 0
+
+    async def hset(self, key, mapping):
+        self.writing += 1
+        self.most = max(self.most, self.writing)
+        try:
+            await asyncio.sleep(0.001)  # a round trip: concurrent writes overlap here
+            return await super().hset(key, mapping)
+        finally:
+            self.writing -= 1
+
+
+def test_progress_writes_of_invalid_items_stay_within_the_concurrency():
+    async def scenario():
+        store = _CountingStore()
+        service = _service(store, Runner(), batch_concurrency=2)
+        job = await service.submit(BatchRequest(items=[{"id": f"x{i}"} for i in range(200)]), OWNER)
+        await service.jobs[job.id].task
+        done = await service.get(job.id, OWNER)
+        assert done.status == "completed" and done.counts.failed == 200
+        assert 1 <= store.most <= 2
+    asyncio.run(scenario())

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from deployments.errors import InvalidRequest
+from serve_app.access_errors import KeyConflict
 from serve_app.keys import KeyService
 from serve_app.protocol.keys import KeyCreate, KeyUpdate
 from serve_app.store import MemoryStore, RedisStore
@@ -81,7 +81,7 @@ def test_rotate_after_a_concurrent_revoke_is_refused(services):
     async def scenario():
         created = await other.create(KeyCreate(name="k"))
         store.arm("aicore:key:" + created.id, lambda: other.revoke(created.id))
-        with pytest.raises(InvalidRequest) as refused:
+        with pytest.raises(KeyConflict) as refused:
             await racing.rotate(created.id)
         assert refused.value.code == "key_revoked"
         record = await other.lookup(created.key)

@@ -1,0 +1,118 @@
+"""schemathesis hooks of test_openapi_fuzz.py (loaded by the CLI through SCHEMATHESIS_HOOKS).
+
+They keep schema-valid (positive) generation requests cheap and within what the schema cannot say,
+and change nothing else: the server and its schema are tested as they are.
+- Cheap: `max_tokens` at most MAX_TOKENS (an absent one is set), prompts and message contents at
+  most PROMPT_CHARS characters, at most MESSAGES messages, EMBED_INPUTS embedding inputs.
+- What JSON Schema cannot state, so a schema-valid request could still be refused:
+  * a model's context is counted in tokens (400 context_length_exceeded): the cheap bounds above
+    keep every prompt far inside the 2048-token contexts of the test models (256 for embeddings);
+  * `dimensions` must equal the embedding model's size (400): positive cases send none;
+  * a key's `default_model` must be one of its `models` (400), also against the stored key on a
+    PATCH: positive cases add it to `models`; a PATCH of one of them clears the other;
+  * all messages together, not each one, are limited to MAX_PROMPT_LENGTH (kept by PROMPT_CHARS);
+  * `email` options need `"format": "email"`, which cannot stream, and `quote_original` needs
+    `original` (400): positive cases with `email` options ask for that format, unstreamed.
+Only values the schema allows are changed, into values it allows: schemathesis decides after this
+hook whether a case is valid (it re-checks edited cases), and an invalid value stays as generated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import schemathesis
+
+from tests.integration.conftest import MAX_PROMPT_LENGTH
+
+MAX_MESSAGES = 256  # the server's MAX_MESSAGES (the default)
+MAX_EMBEDDING_INPUTS = 2048
+
+MAX_TOKENS = 4
+PROMPT_CHARS = 200
+MESSAGES = 6
+EMBED_INPUTS = 8
+GENERATION_PATHS = {"/api/v1/generate", "/api/v1/chat", "/v1/completions", "/v1/chat/completions"}
+BATCH_PATHS = {"/api/v1/generate/batch", "/api/v1/generate/batch/jobs"}
+EMBEDDING_PATHS = {"/api/v1/embeddings", "/v1/embeddings"}
+
+
+def _is_count(value: Any) -> bool:
+    """An integer as JSON Schema sees one (3.0 included)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, str):
+        return value[:PROMPT_CHARS] if len(value) <= MAX_PROMPT_LENGTH else value
+    if isinstance(value, list):
+        return [_short(v) for v in value]
+    return value
+
+
+def _cheap_generation(body: dict) -> None:
+    for field in ("max_tokens", "max_completion_tokens"):
+        if _is_count(body.get(field)) and body[field] > MAX_TOKENS:
+            body[field] = MAX_TOKENS
+    if body.get("max_tokens") is None:
+        body["max_tokens"] = MAX_TOKENS
+    if "prompt" in body:
+        body["prompt"] = _short(body["prompt"])
+    messages = body.get("messages")
+    if isinstance(messages, list) and len(messages) <= MAX_MESSAGES:
+        body["messages"] = messages = messages[-MESSAGES:]
+        for message in messages:
+            if isinstance(message, dict) and isinstance(message.get("content"), str):
+                message["content"] = _short(message["content"])
+            elif isinstance(message, dict) and isinstance(message.get("content"), list):
+                for part in message["content"]:
+                    if isinstance(part, dict) and "text" in part:
+                        part["text"] = _short(part["text"])
+
+
+def _consistent_email(body: dict) -> None:
+    email = body.get("email")
+    if isinstance(email, dict) and body.get("format") in ("text", None):
+        body["format"] = "email"
+        if email.get("quote_original") is True and not email.get("original"):
+            email["quote_original"] = False
+    if body.get("format") == "email" and body.get("stream") is True:
+        body["stream"] = False
+
+
+def _cheap_embedding(body: dict) -> None:
+    if _is_count(body.get("dimensions")) and body["dimensions"] >= 1:
+        del body["dimensions"]
+    if isinstance(body.get("input"), list) and len(body["input"]) <= MAX_EMBEDDING_INPUTS:
+        body["input"] = _short(body["input"][:EMBED_INPUTS])
+    elif isinstance(body.get("input"), str):
+        body["input"] = _short(body["input"])
+
+
+def _consistent_key(body: dict, method: str) -> None:
+    models, default = body.get("models"), body.get("default_model")
+    if isinstance(models, list) and isinstance(default, str) and default not in models:
+        models.append(default)
+    elif method == "PATCH" and isinstance(models, list) and "default_model" not in body:
+        body["default_model"] = None  # the stored default may not be among the new models
+    elif method == "PATCH" and isinstance(default, str) and "models" not in body:
+        body["models"] = None  # nor the new default among the stored models: allow every model
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs):
+    body, path = case.body, case.operation.path
+    if not isinstance(body, dict):
+        return
+    if path in GENERATION_PATHS:
+        _cheap_generation(body)
+        if path.startswith("/api/v1/"):
+            _consistent_email(body)
+    elif path in BATCH_PATHS:
+        for item in body.get("items") or ():
+            if isinstance(item, dict):
+                _cheap_generation(item)
+    elif path in EMBEDDING_PATHS:
+        _cheap_embedding(body)
+    elif path.startswith("/api/v1/keys"):
+        _consistent_key(body, case.method.upper())
