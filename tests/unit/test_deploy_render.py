@@ -41,3 +41,13 @@ def test_one_changed_entry_changes_one_override(tmp_path, monkeypatch):
     models["extra"] = models["minilm-l6-v2"]
     added = render(_write(tmp_path, models))["applications"][0]["args"]
     assert added["model_set"] != args_after["model_set"]  # a new model: the app is rebuilt
+
+
+def test_a_given_code_revision_rebuilds_the_app_and_nothing_else_changes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = json.loads((ROOT / "models.json").read_text())["models"]
+    path = _write(tmp_path, {"smollm2-135m-instruct": shipped["smollm2-135m-instruct"]})
+    plain, forced = render(path), render(path, "drill-1")
+    assert forced["applications"][0]["args"]["code_revision"] == "drill-1"
+    assert plain["applications"][0]["args"]["code_revision"] != "drill-1"
+    assert _overrides(plain) == _overrides(forced)  # the same entries: the same per-model overrides
