@@ -3,45 +3,19 @@ rate run, directly and through the shipped nginx.conf, `scripts.deploy` applies 
 models.json entry and then a new code revision (the whole app rebuilt). No request fails and no
 stream is cut (scripts/update_drill.py counts both)."""
 
-import json
-
 import pytest
 
-from scripts.run_server import render_config
-from scripts.serve_process import ROOT, free_port
 from scripts.update_drill import Drill, Target, nginx_in_front, run_drill
-from tests.integration.cluster import LocalCluster
-from tests.integration.test_hot_swap import SwapApp
+from tests.integration.test_hot_swap import running_app
 
-MODEL = "smollm2-135m-instruct"
+MODEL = "smollm2-135m-instruct"  # the packaged SmolLM2 GGUF, small
 KEY = "drill-key-0123456789"
-
-
-class DrillApp(SwapApp):
-    """One small model (the packaged SmolLM2 GGUF), on a cluster with a dashboard."""
-
-    def __init__(self, cluster: LocalCluster, folder):
-        self.cluster = cluster
-        self.models_path = folder / "models.json"
-        shipped = json.loads((ROOT / "models.json").read_text())["models"]
-        self.models = {MODEL: {**shipped[MODEL], "threads": 1}}
-        self.write()
-        port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.config = render_config("127.0.0.1", port, {"model_config_path": str(self.models_path)})
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    cluster = LocalCluster(env={"API_KEYS": KEY})
-    try:
-        cluster.start_head(num_cpus=2, dashboard=True)
-        app = DrillApp(cluster, tmp_path_factory.mktemp("drill"))
-        app.deploy()
-        assert app.wait(lambda: app.entry(MODEL)["state"] == "ready")
+    with running_app(tmp_path_factory.mktemp("drill"), (MODEL,), KEY) as app:
         yield app
-    finally:
-        cluster.stop()
 
 
 def test_updates_under_streaming_load_lose_nothing(app):
