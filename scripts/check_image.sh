@@ -51,7 +51,7 @@ if ! podman image exists "$BASE"; then
   rootfs="$WORK/rootfs"
   if [ ! -x "$rootfs/usr/bin/python3" ]; then
     mirror="$(grep -hoE '^(URIs:|deb) +[^ ]+' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
-      | awk '{print $2}' | grep -v security | head -1)"
+      | awk '{print $2}' | grep -v security | head -1 || true)"  # no sources.list (deb822 only): grep exits 2
     say "debootstrap bookworm from ${mirror:-http://deb.debian.org/debian}"
     rm -rf "$rootfs"
     as_root debootstrap --variant=minbase --include=python3,python3-venv,python-is-python3,ca-certificates \

@@ -35,7 +35,16 @@ def code_revision() -> str:
     return digest.hexdigest()[:12]
 
 
-def render(source: Path) -> dict:
+def app_args(model_config_path: str, model_names, revision: str | None = None) -> dict:
+    """The app's arguments whose change makes Ray Serve rebuild the whole app: the models file, the
+    set of models and the code. `scripts.run_server` starts the app with the same ones, so the first
+    `scripts.deploy` of a changed entry restarts that model only, not the whole app."""
+    return {"model_config_path": model_config_path,
+            "model_set": hashlib.sha256(",".join(sorted(model_names)).encode()).hexdigest()[:12],
+            "code_revision": revision or code_revision()}
+
+
+def render(source: Path, revision: str | None = None) -> dict:
     from deployments.config import load_models_file
     from deployments.memory import footprint
     from deployments.model_deployment import ReplicaContext, entry_revision
@@ -46,16 +55,14 @@ def render(source: Path) -> dict:
     app = config["applications"][0]
     args = app.setdefault("args", {})
     settings = Settings(**{k.lower(): v for k, v in args.items()})
-    # The cluster builds from the file these revisions come from: MODEL_CONFIG_PATH of this shell
-    # (as given, so it resolves on the head node as here) unless the config names one.
-    args.setdefault("model_config_path", settings.model_config_path)
     os.chdir(source.parent if source.parent != Path("") else ROOT)  # relative paths as `serve deploy` sees them
     models_path = settings.resolve(settings.model_config_path)
     models = load_models_file(models_path).models
     context = ReplicaContext(cache_dir=str(settings.resolve(settings.model_cache_dir)), config_dir=str(models_path.parent))
     revisions = {name: entry_revision(entry, context) for name, entry in models.items()}
-    args["model_set"] = hashlib.sha256(",".join(sorted(models)).encode()).hexdigest()[:12]
-    args["code_revision"] = code_revision()
+    # The cluster builds from the file these revisions come from: MODEL_CONFIG_PATH of this shell
+    # (as given, so it resolves on the head node as here) unless the config names one.
+    args.update(app_args(args.get("model_config_path", settings.model_config_path), models, revision))
     overrides = [
         {"name": deployment_name(name),
          "ray_actor_options": model_actor_options(entry, footprint(entry, Path(context.cache_dir), models_path.parent),
@@ -73,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265"),
                         help="The Ray dashboard of the cluster (RAY_DASHBOARD_ADDRESS).")
     parser.add_argument("--dry-run", action="store_true", help="Print the rendered config, deploy nothing.")
+    parser.add_argument("--code-revision", help="Rebuild the whole app as new code does (default: a hash of "
+                        "serve_app/ and deployments/); e.g. after new dependencies, or in scripts.update_drill.")
     options = parser.parse_args(argv)
-    rendered = yaml.safe_dump(render(options.config.resolve()), sort_keys=False)
+    rendered = yaml.safe_dump(render(options.config.resolve(), options.code_revision), sort_keys=False)
     if options.dry_run:
         print(rendered)
         return 0

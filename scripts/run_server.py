@@ -83,6 +83,21 @@ def render_config(host: str, port: int, args: dict | None = None, source: Path =
     return Path(name)
 
 
+def _app_args(settings: Settings, source: Path = ROOT / "serve_config.yaml") -> dict:
+    """The arguments `scripts.deploy` renders (models file, model set, code revision); none when the
+    models file does not load (the app's build then says why)."""
+    from deployments.config import load_models_file
+    from scripts.deploy import app_args  # here: scripts.deploy imports this module
+
+    named = (yaml.safe_load(source.read_text())["applications"][0].get("args") or {}).get("model_config_path")
+    path = named or settings.model_config_path  # a file the config names wins, as in the app's build
+    try:
+        models = load_models_file(settings.resolve(path)).models
+    except Exception:
+        return {}
+    return app_args(path, models)
+
+
 def main() -> None:
     try:
         settings = Settings()
@@ -91,7 +106,7 @@ def main() -> None:
         sys.exit(2)
     if not settings.bootstrap_keys():
         print("WARNING: API_KEYS is empty: every endpoint except /api/v1/health will answer 401.", file=sys.stderr)
-    config = render_config(settings.api_host, settings.api_port)
+    config = render_config(settings.api_host, settings.api_port, _app_args(settings))
     serve = Path(sys.executable).parent / "serve"
     os.chdir(ROOT)
     ensure_private_ray_token()

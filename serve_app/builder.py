@@ -162,6 +162,9 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         num_replicas=settings.ingress_replicas,
         ray_actor_options={"num_cpus": 0.1},
         max_ongoing_requests=1024,  # streams mostly wait on the models: an ingress replica holds many
+        # A replaced ingress replica (a new code revision) finishes its streams, as model replicas do
+        # (Ray's default gives it 20 s, then cuts them).
+        graceful_shutdown_timeout_s=settings.drain_timeout_s,
         user_config={"revisions": revisions},  # scripts.deploy changes it: the ingress re-reads models.json
     )
     specs = {

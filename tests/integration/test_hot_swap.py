@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -20,11 +21,14 @@ KEY = "swap-key-0123456789"
 
 
 class SwapApp:
-    def __init__(self, cluster: LocalCluster, folder):
-        self.cluster = cluster
+    """The shipped entries of `names` (one thread each) in a models file of their own, deployed with
+    `scripts.deploy` on `cluster`."""
+
+    def __init__(self, cluster: LocalCluster, folder, names=(DEFAULT, SWAPPED), key=KEY):
+        self.cluster, self.key = cluster, key
         self.models_path = folder / "models.json"
         shipped = json.loads((ROOT / "models.json").read_text())["models"]
-        self.models = {name: {**shipped[name], "threads": 1} for name in (DEFAULT, SWAPPED)}
+        self.models = {name: {**shipped[name], "threads": 1} for name in names}
         self.write()
         port = free_port()
         self.base_url = f"http://127.0.0.1:{port}"
@@ -40,7 +44,7 @@ class SwapApp:
         assert done.returncode == 0, done.stdout + done.stderr
 
     def entry(self, model):
-        listing = httpx.get(self.base_url + "/api/v1/models", headers={"X-API-Key": KEY}, timeout=60).json()
+        listing = httpx.get(self.base_url + "/api/v1/models", headers={"X-API-Key": self.key}, timeout=60).json()
         return next(m for m in listing["models"] if m["name"] == model)
 
     def wait(self, check, polls=600):
@@ -54,17 +58,24 @@ class SwapApp:
         return False
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    cluster = LocalCluster(env={"API_KEYS": KEY})
+@contextmanager
+def running_app(folder, names=(DEFAULT, SWAPPED), key=KEY):
+    """A one-node cluster with the dashboard, the app deployed and every model ready."""
+    cluster = LocalCluster(env={"API_KEYS": key})
     try:
         cluster.start_head(num_cpus=2, dashboard=True)
-        app = SwapApp(cluster, tmp_path_factory.mktemp("swap"))
+        app = SwapApp(cluster, folder, names, key)
         app.deploy()
-        assert app.wait(lambda: all(app.entry(m)["state"] == "ready" for m in (DEFAULT, SWAPPED)))
+        assert app.wait(lambda: all(app.entry(m)["state"] == "ready" for m in names))
         yield app
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    with running_app(tmp_path_factory.mktemp("swap")) as app:
+        yield app
 
 
 def finished_cleanly(out) -> bool:

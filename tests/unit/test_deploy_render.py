@@ -41,3 +41,29 @@ def test_one_changed_entry_changes_one_override(tmp_path, monkeypatch):
     models["extra"] = models["minilm-l6-v2"]
     added = render(_write(tmp_path, models))["applications"][0]["args"]
     assert added["model_set"] != args_after["model_set"]  # a new model: the app is rebuilt
+
+
+def test_a_given_code_revision_rebuilds_the_app_and_nothing_else_changes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = json.loads((ROOT / "models.json").read_text())["models"]
+    path = _write(tmp_path, {"smollm2-135m-instruct": shipped["smollm2-135m-instruct"]})
+    plain, forced = render(path), render(path, "drill-1")
+    assert forced["applications"][0]["args"]["code_revision"] == "drill-1"
+    assert plain["applications"][0]["args"]["code_revision"] != "drill-1"
+    assert _overrides(plain) == _overrides(forced)  # the same entries: the same per-model overrides
+
+
+def test_the_app_started_by_run_server_has_the_arguments_deploy_renders(tmp_path, monkeypatch):
+    """So the first `scripts.deploy` after command one changes no app argument: a changed entry then
+    restarts that model only, not the whole app (ingress, hubs) as a rebuild does."""
+    from scripts.run_server import _app_args, render_config
+    from serve_app.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    shipped = json.loads((ROOT / "models.json").read_text())["models"]
+    (tmp_path / "models.json").write_text(json.dumps({"models": {"smollm2-135m-instruct": shipped["smollm2-135m-instruct"]}}))
+    monkeypatch.setenv("MODEL_CONFIG_PATH", str(tmp_path / "models.json"))
+    started = render_config("127.0.0.1", 8000, _app_args(Settings()))
+    started_args = yaml.safe_load(started.read_text())["applications"][0]["args"]
+    assert started_args["model_set"] and started_args["code_revision"]
+    assert render(started)["applications"][0]["args"] == started_args
