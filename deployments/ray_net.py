@@ -8,6 +8,11 @@ node's IP instead: 127.0.0.1 on the single-node run (scripts.run_server), the no
 in a cluster, so replicas on other nodes still reach it. Token authentication guards the
 server either way; this removes the surface. When Ray's code differs (an upgrade), nothing is
 changed and the socket-table test (tests/integration/test_listeners.py) reports it.
+
+In HAProxy mode (scripts/haproxy_mode.py) each ingress replica also serves HTTP itself on a port
+of its own ("direct ingress"), bound to `http_options.host`: every interface when API_HOST is
+0.0.0.0, though only HAProxy should reach it. The same call makes that server bind the node's IP
+when the host is every interface (HAProxy reaches replicas at their node's IP).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 logger = logging.getLogger("aicore.ray_net")
 
 ALL_INTERFACES = "[::]:0"
+ALL_INTERFACE_HOSTS = ("0.0.0.0", "::", "")
 
 
 def bind_replica_grpc_to_node_ip() -> bool:
@@ -45,4 +51,19 @@ def bind_replica_grpc_to_node_ip() -> bool:
 
     add_port._aicore_node_ip = True
     replica.add_port_to_grpc_server = add_port
+    _bind_direct_ingress_to(replica, node_ip)
     return True
+
+
+def _bind_direct_ingress_to(replica, node_ip: str) -> None:
+    original = getattr(replica, "start_asgi_http_server", None)
+    if original is None:
+        logger.warning("Ray Serve has no start_asgi_http_server: direct-ingress binding left as Ray sets it")
+        return
+
+    async def start_server(app, options, **kwargs):
+        if (options.host or "") in ALL_INTERFACE_HOSTS:
+            options = options.model_copy(update={"host": node_ip})
+        return await original(app, options, **kwargs)
+
+    replica.start_asgi_http_server = start_server
