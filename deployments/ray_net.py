@@ -67,3 +67,29 @@ def _bind_direct_ingress_to(replica, node_ip: str) -> None:
         return await original(app, options, **kwargs)
 
     replica.start_asgi_http_server = start_server
+
+
+def bind_fallback_proxy_to_node_ip() -> bool:
+    """RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH target (HAProxy mode, scripts/haproxy_mode.py).
+
+    With HAProxy, the Serve controller also starts a "fallback" Python proxy on the head node
+    (RAY_SERVE_FALLBACK_PROXY_HTTP_PORT, 8500 by default) that HAProxy sends requests to while an
+    app has no replica; it binds `http_options.host`, every interface when API_HOST is 0.0.0.0.
+    Called in the controller before it starts any proxy: that proxy binds the node's IP instead,
+    which is where HAProxy reaches it (`get_fallback_proxy_targets` uses the node IP)."""
+    try:
+        from ray.serve._private.proxy_state import ProxyStateManager
+    except ImportError:
+        return False
+    original = getattr(ProxyStateManager, "_start_proxy", None)
+    if original is None or getattr(original, "_aicore_node_ip", False):
+        return original is not None
+
+    def start_proxy(self, name, node_id, node_ip_address, http_options=None, *args, **kwargs):
+        if http_options is not None and "fallback" in name and (http_options.host or "") in ALL_INTERFACE_HOSTS:
+            http_options = http_options.model_copy(update={"host": node_ip_address})
+        return original(self, name, node_id, node_ip_address, http_options, *args, **kwargs)
+
+    start_proxy._aicore_node_ip = True
+    ProxyStateManager._start_proxy = start_proxy
+    return True

@@ -41,8 +41,8 @@ def direct_run(llm, tokens: int) -> tuple[float, float]:
     return stamps[0] - started, (tokens - 1) / (stamps[-1] - stamps[0])
 
 
-def stack_run(base_url: str, tokens: int) -> tuple[float, float]:
-    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
+def stack_run(base_url: str, tokens: int, prompt: str = PROMPT) -> tuple[float, float]:
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
     started = time.perf_counter()
     stamps, usage = [], None

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from scripts.bench_cache import BODY, _measure, floor_server
-from scripts.bench_decode import KEY, MODEL, direct_run, load_direct, stack_run
+from scripts.bench_decode import KEY, MODEL, PROMPT, direct_run, load_direct, stack_run
 from scripts.serve_process import ServeProcess, free_port
 
 ROLES = (  # first match wins; matched against the process's command line
@@ -72,7 +72,7 @@ def run_mode(mode: str, args, redis_url: Optional[str], llm) -> dict:
     server_args = {"model_config_path": args.models_file} if args.models_file else {}
     server = ServeProcess(env=env, args=server_args, via_run_server=True).start(ready_models=(MODEL,))
     try:
-        stack_run(server.base_url, 8)  # warm-up
+        stack_run(server.base_url, 8, PROMPT + " (warm-up)")
         time.sleep(args.idle_s)  # settle: loads done, nothing in flight
         footprint = pss_by_role(server.proc.pid)
         beside = {}  # what the idle server alone costs the in-process loop, per llama thread count
@@ -81,7 +81,8 @@ def run_mode(mode: str, args, redis_url: Optional[str], llm) -> dict:
             direct_run(other, 8)
             beside[threads] = [direct_run(other, args.tokens) for _ in range(args.runs)]
             del other
-        decode = [stack_run(server.base_url, args.tokens) for _ in range(args.runs)]
+        # A distinct prompt per run: a repeated greedy request would be answered from the cache.
+        decode = [stack_run(server.base_url, args.tokens, f"{PROMPT} (run {i})") for i in range(args.runs)]
         hits = cache_hits(server.base_url + "/api/v1/generate", args.requests)
     finally:
         server.stop()

@@ -19,8 +19,9 @@ What this module does about each, for one run (`HAProxyRun`):
   upgrade that changes the template fails loudly instead of opening ports);
 - `stop()` ends every HAProxy process whose command line names this run's config, then removes
   the directory: called when `serve run` has ended, however it ended.
-The per-replica direct-ingress HTTP ports bind the node's IP (deployments/ray_net.py): loopback
-on the single-node run.
+The per-replica direct-ingress HTTP ports, and the "fallback" Python proxy the controller starts
+for HAProxy (port 8500 on `http_options.host` as shipped), bind the node's IP instead
+(deployments/ray_net.py): loopback on the single-node run; the fallback proxy gets a free port.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -82,8 +84,15 @@ class HAProxyRun:
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(self.dir / "server-state"),
             "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(self.dir / "metrics.sock"),
             "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.haproxy_peer:middlewares",
+            # The fallback Python proxy (requests while an app has no replica): the node's IP, a free port.
+            "RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH": "deployments.ray_net:bind_fallback_proxy_to_node_ip",
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
             "AICORE_HAPROXY_PEER_SECRET": self.secret,
         }
+        # THROUGHPUT_OPTIMIZED turns replica logs on stderr off (print and stderr go to Serve's
+        # buffered log files): the app's access and error logs would vanish from the server's output.
+        if "RAY_SERVE_LOG_TO_STDERR" not in env:
+            self.env["RAY_SERVE_LOG_TO_STDERR"] = "1"
 
     def processes(self) -> list[int]:
         """Pids of the HAProxy processes started with this run's config."""
@@ -92,6 +101,12 @@ class HAProxyRun:
     def stop(self, wait_s: float = 10) -> None:
         terminate(find_haproxy(self.dir), wait_s)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def find_haproxy(folder: Path) -> list[int]:

@@ -20,10 +20,9 @@ from websockets.sync.client import connect
 from deployments.haproxy_peer import PEER_HEADER
 from scripts.serve_process import ServeProcess
 from tests.integration.security.conftest import MODEL, _one_model_file, from_address
-from tests.integration.security.test_network import _key, _listeners, _loopback, _status
+from tests.integration.security.test_network import KEY, _key, _listeners, _loopback, _status
 from tests.integration.sse import disconnect_mid_stream, parse_sse
 
-KEY = "haproxy-mode-admin-key-0123"
 DIRECT_INGRESS_PORTS = range(30000, 31001)  # Ray's RAY_SERVE_DIRECT_INGRESS_{MIN,MAX}_HTTP_PORT
 
 
