@@ -104,3 +104,24 @@ def test_a_stamp_with_the_secret_names_the_client_and_never_reaches_the_app():
     twice = [(PEER_HEADER.encode(), b"203.0.113.9 1 s3cret")] * 2
     assert _client_seen(twice)[0] == ("127.0.0.1", 5000)
     assert _client_seen([(PEER_HEADER.encode(), b"203.0.113.9 1 ")], secret="")[0] == ("127.0.0.1", 5000)
+
+
+def test_the_controller_callback_moves_only_the_fallback_proxy_to_the_node_ip(monkeypatch):
+    from types import SimpleNamespace
+
+    from ray.serve._private.proxy_state import ProxyStateManager
+
+    from deployments.ray_net import bind_fallback_proxy_to_node_ip
+
+    monkeypatch.setattr(ProxyStateManager, "_start_proxy", ProxyStateManager._start_proxy)  # restored after
+    assert bind_fallback_proxy_to_node_ip() and bind_fallback_proxy_to_node_ip()  # idempotent
+    manager = SimpleNamespace(logging_config=None, _http_options=HTTPOptions(host="0.0.0.0", port=8000),
+                              _grpc_options=None, _proxy_actor_class=None,
+                              _actor_proxy_wrapper_class=lambda **kwargs: kwargs)
+    start = ProxyStateManager._start_proxy
+    fallback = start(manager, "SERVE_PROXY_ACTOR-fallback-n1", "n1", "10.0.0.5",
+                     HTTPOptions(host="0.0.0.0", port=8500))
+    assert (fallback["http_options"].host, fallback["http_options"].port) == ("10.0.0.5", 8500)
+    assert start(manager, "SERVE_PROXY_ACTOR-n1", "n1", "10.0.0.5")["http_options"].host == "0.0.0.0"
+    loopback = start(manager, "SERVE_PROXY_ACTOR-fallback-n1", "n1", "10.0.0.5", HTTPOptions(host="127.0.0.1"))
+    assert loopback["http_options"].host == "127.0.0.1"  # a host the operator chose is kept
