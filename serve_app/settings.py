@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     )
     ingress_mode: IngressMode = Field(
         "proxy", description="What takes HTTP in front of the ingress replicas: `proxy` = Ray Serve's Python proxy; "
-        "`haproxy` = Ray Serve's HAProxy + direct ingress (several times the requests/s; applied by the start path, "
+        "`haproxy` = Ray Serve's HAProxy + direct ingress (more requests/s; applied by the start path, "
         "scripts/serve.sh, not by a plain `serve run`; docs/benchmarks.md, docs/security.md).",
     )
     model_memory_budget: Optional[str] = Field(
