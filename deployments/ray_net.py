@@ -8,6 +8,11 @@ node's IP instead: 127.0.0.1 on the single-node run (scripts.run_server), the no
 in a cluster, so replicas on other nodes still reach it. Token authentication guards the
 server either way; this removes the surface. When Ray's code differs (an upgrade), nothing is
 changed and the socket-table test (tests/integration/test_listeners.py) reports it.
+
+In HAProxy mode (scripts/haproxy_mode.py) each ingress replica also serves HTTP itself on a port
+of its own ("direct ingress"), bound to `http_options.host`: every interface when API_HOST is
+0.0.0.0, though only HAProxy should reach it. The same call makes that server bind the node's IP
+when the host is every interface (HAProxy reaches replicas at their node's IP).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 logger = logging.getLogger("aicore.ray_net")
 
 ALL_INTERFACES = "[::]:0"
+ALL_INTERFACE_HOSTS = ("0.0.0.0", "::", "")
 
 
 def bind_replica_grpc_to_node_ip() -> bool:
@@ -45,4 +51,45 @@ def bind_replica_grpc_to_node_ip() -> bool:
 
     add_port._aicore_node_ip = True
     replica.add_port_to_grpc_server = add_port
+    _bind_direct_ingress_to(replica, node_ip)
+    return True
+
+
+def _bind_direct_ingress_to(replica, node_ip: str) -> None:
+    original = getattr(replica, "start_asgi_http_server", None)
+    if original is None:
+        logger.warning("Ray Serve has no start_asgi_http_server: direct-ingress binding left as Ray sets it")
+        return
+
+    async def start_server(app, options, **kwargs):
+        if (options.host or "") in ALL_INTERFACE_HOSTS:
+            options = options.model_copy(update={"host": node_ip})
+        return await original(app, options, **kwargs)
+
+    replica.start_asgi_http_server = start_server
+
+
+def bind_fallback_proxy_to_node_ip() -> bool:
+    """RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH target (HAProxy mode, scripts/haproxy_mode.py).
+
+    With HAProxy, the Serve controller also starts a "fallback" Python proxy on the head node
+    (RAY_SERVE_FALLBACK_PROXY_HTTP_PORT, 8500 by default) that HAProxy sends requests to while an
+    app has no replica; it binds `http_options.host`, every interface when API_HOST is 0.0.0.0.
+    Called in the controller before it starts any proxy: that proxy binds the node's IP instead,
+    which is where HAProxy reaches it (`get_fallback_proxy_targets` uses the node IP)."""
+    try:
+        from ray.serve._private.proxy_state import ProxyStateManager
+    except ImportError:
+        return False
+    original = getattr(ProxyStateManager, "_start_proxy", None)
+    if original is None or getattr(original, "_aicore_node_ip", False):
+        return original is not None
+
+    def start_proxy(self, name, node_id, node_ip_address, http_options=None, *args, **kwargs):
+        if http_options is not None and "fallback" in name and (http_options.host or "") in ALL_INTERFACE_HOSTS:
+            http_options = http_options.model_copy(update={"host": node_ip_address})
+        return original(self, name, node_id, node_ip_address, http_options, *args, **kwargs)
+
+    start_proxy._aicore_node_ip = True
+    ProxyStateManager._start_proxy = start_proxy
     return True

@@ -41,8 +41,8 @@ def direct_run(llm, tokens: int) -> tuple[float, float]:
     return stamps[0] - started, (tokens - 1) / (stamps[-1] - stamps[0])
 
 
-def stack_run(base_url: str, tokens: int) -> tuple[float, float]:
-    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
+def stack_run(base_url: str, tokens: int, prompt: str = PROMPT) -> tuple[float, float]:
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
     started = time.perf_counter()
     stamps, usage = [], None
@@ -59,13 +59,15 @@ def stack_run(base_url: str, tokens: int) -> tuple[float, float]:
     return stamps[0] - started, (tokens - 1) / (stamps[-1] - stamps[0])
 
 
-def load_direct():
+def load_direct(threads: int = 0):
+    """The shipped entry's GGUF in this process, with its threads (or `threads`)."""
     from llama_cpp import Llama
 
     config = load_models_file(ROOT / "models.json").models[MODEL]
     path = resolve_weights(config.path, ROOT / "models")
-    return Llama(model_path=str(path), n_ctx=config.context_length, n_threads=config.threads,
-                 n_threads_batch=config.threads, verbose=False)
+    threads = threads or config.threads
+    return Llama(model_path=str(path), n_ctx=config.context_length, n_threads=threads,
+                 n_threads_batch=threads, verbose=False)
 
 
 def main() -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from scripts.haproxy_mode import HAProxyRun
 from serve_app.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +113,30 @@ def main() -> None:
     serve = Path(sys.executable).parent / "serve"
     os.chdir(ROOT)
     ensure_private_ray_token()
-    os.execve(str(serve), [str(serve), "run", str(config), *sys.argv[1:]], server_env(local_only=True))
+    argv = [str(serve), "run", str(config), *sys.argv[1:]]
+    if settings.ingress_mode == "proxy":
+        os.execve(str(serve), argv, server_env(local_only=True))
+    sys.exit(run_with_haproxy(argv))
+
+
+def run_with_haproxy(argv: list[str]) -> int:
+    """`serve run` in HAProxy mode as a child: when it ends, however it ends, so does HAProxy
+    (it outlives Ray otherwise: scripts/haproxy_mode.py)."""
+    haproxy = HAProxyRun(os.environ)
+    try:
+        child = subprocess.Popen(argv, env=server_env(haproxy.env, local_only=True))
+
+        def forward(signum, _frame):
+            child.send_signal(signum)
+
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, forward)
+        # Ctrl-C reaches `serve run` from the terminal itself (same process group); a second
+        # SIGINT from here would cut its shutdown short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return child.wait()
+    finally:
+        haproxy.stop()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Optional
 
 import httpx
 
+from scripts.haproxy_mode import HAProxyRun, ingress_mode
 from scripts.run_server import ensure_private_ray_token, render_config, server_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,15 +36,21 @@ class PortTaken(RuntimeError):
 
 class ServeProcess:
     def __init__(self, env: Optional[dict] = None, args: Optional[dict] = None, log_path: Optional[Path] = None,
-                 plain: bool = False, host: str = "127.0.0.1"):
+                 plain: bool = False, host: str = "127.0.0.1", via_run_server: bool = False):
         """The app started as `scripts.run_server` starts it (Ray on loopback, the proxy trusting no
         X-Forwarded-For), or with `plain` as a bare `serve run` does: only `env` added to ours.
-        `host`: where the API port listens (API_HOST); clients use 127.0.0.1 either way."""
+        `host`: where the API port listens (API_HOST); clients use 127.0.0.1 either way.
+        `via_run_server`: run `python -m scripts.run_server` itself (README command one without its
+        setup step), `args` passed as environment variables."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         # RAY_ADDRESS=local: always a private Ray instance, never a cluster already running here.
         ours = {"PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0", "RAY_ADDRESS": "local", **(env or {})}
         self.env = {**os.environ, **ours} if plain else server_env(ours, local_only=True)
+        # INGRESS_MODE=haproxy (here or in the test run's environment) as scripts.run_server applies it.
+        self.haproxy_mode = not plain and not via_run_server and ingress_mode(self.env) == "haproxy"
+        self.via_run_server = via_run_server
+        self.haproxy: Optional[HAProxyRun] = None
         self.plain = plain
         self.host = host
         self.args = args or {}
@@ -74,11 +81,20 @@ class ServeProcess:
         serve_bin = Path(sys.executable).parent / "serve"
         if not self.plain:
             ensure_private_ray_token()
-        self.config_path = self._config()
+        if self.via_run_server:
+            self.config_path = None
+            command = [sys.executable, "-m", "scripts.run_server"]
+            env = {**self.env, "API_HOST": self.host, "API_PORT": str(self.port),
+                   **{k.upper(): str(v) for k, v in self.args.items()}}
+        else:
+            self.config_path = self._config()
+            command, env = [str(serve_bin), "run", str(self.config_path)], self.env
+        if self.haproxy_mode and self.haproxy is None:
+            self.haproxy = HAProxyRun(self.env)
+            self.env.update(self.haproxy.env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [str(serve_bin), "run", str(self.config_path)],
-            cwd=ROOT, env=self.env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
+            command, cwd=ROOT, env=env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
@@ -109,15 +125,20 @@ class ServeProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        """SIGTERM makes `serve run` shut down Serve and the Ray processes it started."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        """SIGTERM makes `serve run` shut down Serve and the Ray processes it started; then any HAProxy left."""
+        if self.proc is not None and self.proc.poll() is None:
+            if self.via_run_server:  # it passes SIGTERM on to `serve run` and cleans up after it
+                self.proc.send_signal(signal.SIGTERM)
+            else:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.haproxy:  # HAProxy outlives Ray when Serve did not shut it down
+            self.haproxy.stop()
+            self.haproxy = None
 
     def __enter__(self) -> "ServeProcess":
         return self.start()

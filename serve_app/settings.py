@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIN_API_KEY_LENGTH = 16
+IngressMode = Literal["proxy", "haproxy"]
 
 
 class Settings(BaseSettings):
@@ -71,6 +72,11 @@ class Settings(BaseSettings):
         1, ge=1, validation_alias=AliasChoices("ingress_replicas", "api_workers"),
         description="Ingress replicas (INGRESS_REPLICAS, or the spec's API_WORKERS; INGRESS_REPLICAS wins when "
         "both are set): Ray actors each running the FastAPI app, behind Serve's one HTTP proxy.",
+    )
+    ingress_mode: IngressMode = Field(
+        "proxy", description="What takes HTTP in front of the ingress replicas: `proxy` = Ray Serve's Python proxy; "
+        "`haproxy` = Ray Serve's HAProxy + direct ingress (more requests/s; applied by the start path, "
+        "scripts/serve.sh, not by a plain `serve run`; docs/benchmarks.md, docs/security.md).",
     )
     model_memory_budget: Optional[str] = Field(
         None, description="Memory (bytes or e.g. `12GiB`) loaded models may take together; default: "

@@ -47,3 +47,24 @@ def stream_in_thread(base_url: str, key: str, model: str, max_tokens: int, out: 
         time.sleep(0.05)
     assert "first_at" in out, out
     return thread
+
+
+def disconnect_mid_stream(client: httpx.Client, figures) -> dict:
+    """Open a long streamed completion, close the connection after three events, and return the
+    model's figures (`figures()`: its entry of /api/v1/models) once the replica counted it cancelled."""
+    before = figures()["cancelled"]
+    body = {"prompt": "Count forever:", "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    with client.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        received = 0
+        for line in r.iter_lines():
+            received += line.startswith("data: ")
+            if received >= 3:
+                break  # leaving the block closes the connection mid-stream
+    for _ in range(300):  # bounded wait for the replica to notice; a full run would not count as cancelled
+        now = figures()
+        if now["cancelled"] > before and now["in_flight"] == 0:
+            break
+        time.sleep(0.2)
+    assert now["cancelled"] == before + 1 and now["in_flight"] == 0
+    return now

@@ -70,7 +70,7 @@ def _listeners(server: ServeProcess) -> list[tuple[str, int, str]]:
     for pid, process in processes.items():
         try:
             sockets = process.net_connections(kind="tcp")
-            name = " ".join(process.cmdline())[:60] or process.name()
+            name = f"{process.name()}: {' '.join(process.cmdline())[:60]}"
         except psutil.NoSuchProcess:
             continue
         found += [(c.laddr.ip, c.laddr.port, name) for c in sockets if c.status == psutil.CONN_LISTEN]
@@ -91,7 +91,7 @@ def test_only_the_api_port_faces_the_network(started):
     assert len(listeners) > 10  # GCS, raylet, agents, dashboard, every replica: all of them were seen
     exposed = [entry for entry in listeners if not _loopback(entry[0])]
     assert [(address, port) for address, port, _ in exposed] == [("0.0.0.0", started.port)], exposed
-    assert "ProxyActor" in exposed[0][2]
+    assert ("haproxy" if started.haproxy_mode else "ProxyActor") in exposed[0][2]  # INGRESS_MODE (test_haproxy_mode.py)
 
 
 def _dashboard(server: ServeProcess) -> str:
