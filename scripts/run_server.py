@@ -114,9 +114,9 @@ def main() -> None:
     os.chdir(ROOT)
     ensure_private_ray_token()
     argv = [str(serve), "run", str(config), *sys.argv[1:]]
-    if settings.ingress_mode == "proxy":
-        os.execve(str(serve), argv, server_env(local_only=True))
-    sys.exit(run_with_haproxy(argv))
+    if settings.ingress_mode == "haproxy":
+        sys.exit(run_with_haproxy(argv))
+    os.execve(str(serve), argv, server_env(local_only=True))  # proxy mode: `serve run` takes this process
 
 
 def run_with_haproxy(argv: list[str]) -> int:
