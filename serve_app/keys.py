@@ -113,8 +113,8 @@ class KeyService:
         def change(record: StoredKey) -> StoredKey:
             updated = record.model_copy(update=changes)
             self._check_models(updated.models, updated.default_model)
-            if updated.web_token:
-                _check_web_token(updated)
+            if updated.web_token:  # a schema-valid change this key's kind refuses: 409, not 400
+                _check_web_token(updated, KeyConflict)
             return updated
 
         return (await self._modify(key_id, change)).view()
@@ -217,17 +217,17 @@ class KeyService:
         return record
 
 
-def _check_web_token(record: StoredKey) -> None:
-    """What makes a web token one, at minting and after any change."""
+def _check_web_token(record: StoredKey, error: type = InvalidRequest) -> None:
+    """What makes a web token one, at minting (400) and after any change (409: the key's kind refuses it)."""
     if set(record.scopes) != {"inference"}:
-        raise InvalidRequest("a web token has the inference scope only", param="scopes")
+        raise error("a web token has the inference scope only", param="scopes")
     if not record.models:
-        raise InvalidRequest("a web token names the models it may use", param="models")
+        raise error("a web token names the models it may use", param="models")
     if not record.rate_limit_per_minute or not record.tokens_per_minute:
-        raise InvalidRequest("a web token has its own requests and tokens per minute (above 0)",
-                             param="rate_limit_per_minute" if not record.rate_limit_per_minute else "tokens_per_minute")
+        raise error("a web token has its own requests and tokens per minute (above 0)",
+                    param="rate_limit_per_minute" if not record.rate_limit_per_minute else "tokens_per_minute")
     if record.expires_at is None or record.expires_at > time.time() + WEB_TOKEN_MAX_TTL_S:
-        raise InvalidRequest(f"a web token expires within {WEB_TOKEN_MAX_TTL_S} s", param="expires_at")
+        raise error(f"a web token expires within {WEB_TOKEN_MAX_TTL_S} s", param="expires_at")
 
 
 def _keep_s(record: StoredKey) -> Optional[float]:

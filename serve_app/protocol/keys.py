@@ -136,7 +136,8 @@ class WebTokenCreate(_KeyFields):
     default_model: Optional[str] = Field(None, description="Model used when a request names none; one of models.")
     rate_limit_per_minute: int = Field(20, ge=1, description="Requests per minute (a web token is always limited).")
     tokens_per_minute: int = Field(20000, ge=1, description="Prompt plus completion tokens per minute.")
-    ip_allowlist: list[str] = Field([], description="CIDRs the token may be used from; empty: anywhere.")
+    ip_allowlist: list[str] = Field([], description="CIDRs the token may be used from; empty: anywhere.",
+                                    json_schema_extra=_NETWORKS)
     expires_in_s: int = Field(WEB_TOKEN_DEFAULT_TTL_S, ge=1, le=WEB_TOKEN_MAX_TTL_S,
                               description="Seconds until the token stops working (at most a day).")
 

@@ -109,7 +109,8 @@ def before_call(context, case, kwargs):
         if path.startswith("/api/v1/"):
             _consistent_email(body)
     elif path in BATCH_PATHS:
-        for item in body.get("items") or ():
+        items = body.get("items")
+        for item in items if isinstance(items, list) else ():  # negative cases send anything
             if isinstance(item, dict):
                 _cheap_generation(item)
     elif path in EMBEDDING_PATHS:

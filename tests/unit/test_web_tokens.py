@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from deployments.errors import InvalidRequest
+from serve_app.access_errors import KeyConflict
 from serve_app.keys import _BY_HASH, _IDS, _RECORD, WEB_TOKEN_KEEP_S, KeyService, hash_key
 from serve_app.protocol.keys import KeyUpdate, WebTokenCreate
 from tests.unit.stores import store_params
@@ -26,7 +26,7 @@ def test_a_web_tokens_entries_expire_after_it_and_keep_expiring_when_changed(sto
         assert await store.ttl(_RECORD + minted.id) > WEB_TOKEN_KEEP_S
         rotated = await keys.rotate(minted.id)
         assert await store.ttl(_BY_HASH + hash_key(rotated.key)) > WEB_TOKEN_KEEP_S
-        with pytest.raises(InvalidRequest, match="inference scope only"):
+        with pytest.raises(KeyConflict, match="inference scope only"):
             await keys.update(minted.id, KeyUpdate(scopes=["inference", "metrics"]))
         await store.delete(_RECORD + minted.id)  # as when its time is up
         assert minted.id not in {k.id for k in await keys.list()}
