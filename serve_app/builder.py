@@ -19,12 +19,12 @@ from deployments.lifecycle import ModelScalingPolicy
 from deployments.memory import footprint
 from deployments.model_deployment import REVISION_ENV, ModelDeployment, ReplicaContext, entry_revision
 from serve_app.ingress import Ingress, ModelSpec
-from serve_app.logs import configure_logging
-from serve_app.content_filter import ContentPolicy
-from serve_app.metrics import MetricsHub
-from serve_app.netguard import parse_networks
-from serve_app.settings import Settings
-from serve_app.shared_store import StateHub
+from core.logs import configure_logging
+from serve_app.access.content_filter import ContentPolicy
+from serve_app.ops.metrics import MetricsHub
+from serve_app.access.netguard import parse_networks
+from core.settings import Settings
+from serve_app.state.shared_store import StateHub
 
 
 def deployment_name(model: str) -> str:

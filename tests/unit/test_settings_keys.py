@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from serve_app.settings import MIN_API_KEY_LENGTH, Settings
+from core.settings import MIN_API_KEY_LENGTH, Settings
 
 
 def test_short_api_keys_are_refused_without_echoing_them():
