@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BeforeValidator, Field, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIN_API_KEY_LENGTH = 16
 IngressMode = Literal["proxy", "haproxy"]
 
 
+def _comma_separated(value):
+    """`a, b,c` (an environment variable or a string in `args`) or a list: the list of its items."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+# A list setting: comma-separated in the environment (NoDecode: not JSON), a list or a string in `args`.
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)]
+
+
 class Settings(BaseSettings):
     # hide_input_in_errors: a refused setting never prints the values (API keys, secrets) in the error.
-    model_config = SettingsConfigDict(extra="ignore", protected_namespaces=(), case_sensitive=False,
+    model_config = SettingsConfigDict(extra="forbid", protected_namespaces=(), case_sensitive=False,
                                       hide_input_in_errors=True)
 
     api_host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
@@ -31,13 +42,21 @@ class Settings(BaseSettings):
         "models.json", description="The model registry file (MODEL_CONFIG_PATH; `args.model_config_path` in "
         "serve_config.yaml wins over the environment, and the shipped serve_config.yaml names none).",
     )
+    model_set: Optional[str] = Field(
+        None, description="Set by scripts.deploy/scripts.run_server in `args` only: a hash of the model names; "
+        "a change makes Ray Serve rebuild the whole app.",
+    )
+    code_revision: Optional[str] = Field(
+        None, description="Set by scripts.deploy/scripts.run_server in `args` only: a hash of the app's code; "
+        "a change makes Ray Serve rebuild the whole app.",
+    )
     model_cache_dir: str = Field("models", description="Where assembled/converted weights are kept.")
     default_model: Optional[str] = Field(None, description="Model used when a request names none; default: the first.")
     default_embedding_model: Optional[str] = Field(
         None, description="Embedding model used when a request names none; default: the first with task embed."
     )
     api_key_header: str = Field("X-API-Key", description="Header that carries the API key.")
-    api_keys: str = Field("", description="Comma-separated bootstrap API keys (admin), each at least 16 characters.")
+    api_keys: CommaList = Field([], description="Comma-separated bootstrap API keys (admin), each at least 16 characters.")
     allow_short_api_keys: bool = Field(
         False, description="Accept API_KEYS shorter than 16 characters (never on a server others can reach)."
     )
@@ -93,16 +112,16 @@ class Settings(BaseSettings):
         300, gt=0, description="How long an unload (or a replaced replica in a hot swap) waits for in-flight requests."
     )
     metrics_flush_s: float = Field(1.0, gt=0, description="How often an ingress replica ships metrics to the hub.")
-    # Security (issue 5). Lists are comma-separated strings so env vars and `args` read alike.
+    # Security (issue 5). Lists are comma-separated in the environment and in `args` (or YAML lists there).
     rate_limit_per_minute: int = Field(0, ge=0, description="Default requests per minute per stored key; 0: unlimited.")
     tokens_per_minute: int = Field(0, ge=0, description="Default tokens (prompt+completion) per minute per stored key; 0: unlimited.")
-    ip_allowlist: str = Field("", description="Comma-separated CIDRs allowed to call any route; empty: everyone.")
-    trusted_proxies: str = Field("", description="Comma-separated CIDRs whose X-Forwarded-For is believed.")
+    ip_allowlist: CommaList = Field([], description="Comma-separated CIDRs allowed to call any route; empty: everyone.")
+    trusted_proxies: CommaList = Field([], description="Comma-separated CIDRs whose X-Forwarded-For is believed.")
     max_messages: int = Field(256, ge=1, description="Most chat messages in one request.")
     max_body_bytes: int = Field(1_048_576, ge=1, description="Largest request body (bytes); larger answers 413.")
-    content_filter_terms: str = Field("", description="Comma-separated terms refused in prompts (case-insensitive words).")
+    content_filter_terms: CommaList = Field([], description="Comma-separated terms refused in prompts (case-insensitive words).")
     content_filter_patterns: str = Field("", description="JSON list of regular expressions refused in prompts.")
-    content_filter_output_terms: str = Field("", description="Comma-separated terms refused in model output.")
+    content_filter_output_terms: CommaList = Field([], description="Comma-separated terms refused in model output.")
     content_filter_output_patterns: str = Field("", description="JSON list of regular expressions refused in model output.")
     content_filter_holdback_chars: int = Field(
         64, ge=1, description="With output patterns: streamed text held back until judged (a longer match may "
@@ -116,10 +135,10 @@ class Settings(BaseSettings):
         "`strict` = every authenticated request answers 503.",
     )
     # Web clients
-    cors_origins: str = Field("", description="Comma-separated origins allowed by CORS (`*` for any); empty: CORS off.")
-    cors_methods: str = Field("GET,POST,OPTIONS", description="Comma-separated methods allowed by CORS.")
-    cors_headers: str = Field(
-        "Content-Type,Authorization,X-API-Key,X-Request-ID", description="Comma-separated request headers CORS allows."
+    cors_origins: CommaList = Field([], description="Comma-separated origins allowed by CORS (`*` for any); empty: CORS off.")
+    cors_methods: CommaList = Field(["GET", "POST", "OPTIONS"], description="Comma-separated methods allowed by CORS.")
+    cors_headers: CommaList = Field(
+        ["Content-Type", "Authorization", "X-API-Key", "X-Request-ID"], description="Comma-separated request headers CORS allows."
     )
     # Email / batch
     batch_max_items: int = Field(16, ge=1, description="Most items one POST /api/v1/generate/batch may carry.")
@@ -145,17 +164,18 @@ class Settings(BaseSettings):
         False, description="Let TELEGRAM_API_KEY be a bootstrap key (admin, unlimited): a local trial without Redis only.",
     )
     telegram_chat_rpm: int = Field(10, ge=0, description="Messages one chat may have answered per minute; 0: unlimited.")
-    telegram_allowed_chats: str = Field("", description="Comma-separated chat ids the bot answers; empty: every chat.")
+    telegram_allowed_chats: Annotated[list[int], NoDecode, BeforeValidator(_comma_separated)] = Field(
+        [], description="Comma-separated chat ids the bot answers; empty: every chat.")
     telegram_bot_username: str = Field("", description="The bot's @username; commands addressed to other bots are ignored.")
     telegram_model: Optional[str] = Field(None, description="Model a chat starts with; default: DEFAULT_MODEL.")
-    telegram_models: str = Field("", description="Comma-separated models /model may pick; empty: every model.")
+    telegram_models: CommaList = Field([], description="Comma-separated models /model may pick; empty: every model.")
     telegram_max_tokens: int = Field(400, ge=1, description="Longest answer (tokens) the bot generates.")
     telegram_history_messages: int = Field(20, ge=2, description="Messages of a chat's history sent to the model.")
     telegram_history_ttl_s: float = Field(86400, gt=0, description="A chat's history is forgotten after this idle time.")
 
     @model_validator(mode="after")
     def _long_enough_keys(self) -> "Settings":
-        short = [k for k in self.bootstrap_keys() if len(k) < MIN_API_KEY_LENGTH]
+        short = [k for k in self.api_keys if len(k) < MIN_API_KEY_LENGTH]
         if short and not self.allow_short_api_keys:  # never echo a key
             raise ValueError(
                 f"API_KEYS: {len(short)} key(s) shorter than {MIN_API_KEY_LENGTH} characters; use generated keys, "
@@ -165,12 +185,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _telegram_key_is_managed(self) -> "Settings":
-        if self.telegram_api_key and self.telegram_api_key in self.bootstrap_keys() and not self.telegram_allow_bootstrap_key:
+        if self.telegram_api_key and self.telegram_api_key in self.api_keys and not self.telegram_allow_bootstrap_key:
             raise ValueError(
                 "TELEGRAM_API_KEY is one of API_KEYS (admin, no limits): create a managed key for the bot "
                 "(docs/integrations.md#telegram), or set TELEGRAM_ALLOW_BOOTSTRAP_KEY=true for a local trial"
             )
-        self.telegram_chat_ids()  # a chat id that is not a number refuses to start
         return self
 
     @model_validator(mode="after")
@@ -179,30 +198,6 @@ class Settings(BaseSettings):
             self.log_level = "DEBUG"
         return self
 
-    def bootstrap_keys(self) -> list[str]:
-        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
-
-    def ip_allowlist_list(self) -> list[str]:
-        return _split(self.ip_allowlist)
-
-    def trusted_proxies_list(self) -> list[str]:
-        return _split(self.trusted_proxies)
-    @staticmethod
-    def _csv(value: str) -> list[str]:
-        return [v.strip() for v in value.split(",") if v.strip()]
-
-    def cors(self) -> tuple[list[str], list[str], list[str]]:
-        return self._csv(self.cors_origins), self._csv(self.cors_methods), self._csv(self.cors_headers)
-
-    def telegram_model_list(self) -> list[str]:
-        return self._csv(self.telegram_models)
-
-    def telegram_chat_ids(self) -> frozenset[int]:
-        try:
-            return frozenset(int(v) for v in self._csv(self.telegram_allowed_chats))
-        except ValueError:
-            raise ValueError("TELEGRAM_ALLOWED_CHATS: comma-separated chat ids (integers, e.g. 4211,-1001234567890)") from None
-
     def resolve(self, value: str) -> Path:
         """A relative path means the working directory if it exists there, else the project root."""
         path = Path(value).expanduser()
@@ -210,6 +205,3 @@ class Settings(BaseSettings):
             return path.resolve()
         return (PROJECT_ROOT / path).resolve()
 
-
-def _split(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]

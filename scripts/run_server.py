@@ -107,7 +107,7 @@ def main() -> None:
     except ValidationError as error:  # e.g. a short API key: say why, without a traceback
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    if not settings.bootstrap_keys():
+    if not settings.api_keys:
         print("WARNING: API_KEYS is empty: every endpoint except /api/v1/health will answer 401.", file=sys.stderr)
     config = render_config(settings.api_host, settings.api_port, _app_args(settings))
     serve = Path(sys.executable).parent / "serve"

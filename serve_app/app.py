@@ -57,7 +57,7 @@ def create_app(
     app.state.keys = KeyService(store, router.entries)
     app.state.limiter = RateLimiter(store, settings.rate_limit_per_minute, settings.tokens_per_minute)
     app.state.auth = Authenticator(
-        settings.bootstrap_keys(), settings.api_key_header, app.state.keys, store, settings.store_failure_mode,
+        settings.api_keys, settings.api_key_header, app.state.keys, store, settings.store_failure_mode,
     )
     app.state.pipeline = Pipeline(app.state.auth, app.state.limiter, app.state.keys)
     app.state.batch = BatchService(app.state.generation, settings, app.state.pipeline)
@@ -82,7 +82,7 @@ def create_app(
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     app.add_middleware(GuardMiddleware, settings=settings)
-    origins, methods, headers = settings.cors()
+    origins, methods, headers = settings.cors_origins, settings.cors_methods, settings.cors_headers
     if origins:  # inside the request-context middleware: preflights are logged with an id too
         app.add_middleware(
             ConfiguredCORS, allow_origins=origins, allow_methods=methods, allow_headers=headers,

@@ -125,7 +125,7 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
     if settings.log_dir:  # absolute, so replicas (other working directories) write to the same place
         settings = settings.model_copy(update={"log_dir": str(settings.resolve(settings.log_dir))})
     configure_logging(settings.log_level, settings.log_format, settings.log_dir)
-    parse_networks(settings.ip_allowlist_list() + settings.trusted_proxies_list())  # bad CIDRs stop the start
+    parse_networks(settings.ip_allowlist + settings.trusted_proxies)  # bad CIDRs stop the start
     ContentPolicy.from_settings(settings)  # so do bad content-filter patterns
     config_path = settings.resolve(settings.model_config_path)
     models = load_models_file(config_path)

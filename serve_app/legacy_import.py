@@ -227,7 +227,7 @@ def run(keys_path: Optional[Path], history_path: Optional[Path], redis_url: str,
         store = RedisStore(redis_url, timeout_s=5, password=settings.redis_password)
         try:
             return await import_legacy(KeyService(store, models), SessionStore(store, settings.session_ttl_s), keys,
-                                       conversations, default_model, set(models), settings.bootstrap_keys(),
+                                       conversations, default_model, set(models), settings.api_keys,
                                        owner_key, apply)
         finally:
             await store.client.aclose()

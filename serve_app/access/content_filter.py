@@ -20,10 +20,6 @@ def _compile(terms: Iterable[str], patterns: Iterable[str]) -> Optional[re.Patte
     return re.compile("|".join(parts), re.IGNORECASE) if parts else None
 
 
-def _terms(value: str) -> list[str]:
-    return [t.strip() for t in value.split(",") if t.strip()]
-
-
 def _patterns(value: str, name: str) -> list[str]:
     if not value.strip():
         return []
@@ -46,14 +42,14 @@ class ContentPolicy:
 
     @classmethod
     def from_settings(cls, settings) -> "ContentPolicy":
-        output_terms = _terms(settings.content_filter_output_terms)
+        output_terms = settings.content_filter_output_terms
         output_patterns = _patterns(settings.content_filter_output_patterns, "CONTENT_FILTER_OUTPUT_PATTERNS")
         # Text goes out only once no deny-listed term could still begin in it: the longest term's
         # length; a pattern's matches have no fixed length, so CONTENT_FILTER_HOLDBACK_CHARS.
         holdback = max([len(t) for t in output_terms] + ([settings.content_filter_holdback_chars] if output_patterns
                                                           else []), default=0)
         return cls(
-            _compile(_terms(settings.content_filter_terms),
+            _compile(settings.content_filter_terms,
                      _patterns(settings.content_filter_patterns, "CONTENT_FILTER_PATTERNS")),
             _compile(output_terms, output_patterns),
             holdback,

@@ -32,8 +32,8 @@ def _header(scope, name: bytes) -> Optional[str]:
 class GuardMiddleware:
     def __init__(self, app, settings: Any):
         self.app = app
-        self.allowlist = parse_networks(settings.ip_allowlist_list())
-        self.trusted = parse_networks(settings.trusted_proxies_list())
+        self.allowlist = parse_networks(settings.ip_allowlist)
+        self.trusted = parse_networks(settings.trusted_proxies)
         self.proxy = ProxyTrust.from_environment()  # what Ray's proxy (uvicorn) believes: undone below
         if self.proxy.rewrites:
             logger.warning(

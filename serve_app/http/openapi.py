@@ -46,7 +46,7 @@ def finish(schema: dict, app: FastAPI) -> None:
     }
     _walk(schema, lambda node: _resolve_markers(node, settings, names))
     _declare_keys(schema, settings.api_key_header)
-    if settings.ip_allowlist_list():
+    if settings.ip_allowlist:
         for operation in _operations(schema):
             operation["responses"].setdefault("403", {
                 "description": "Error codes: ip_not_allowed", "content": {"application/json": {"schema": _ERROR_REF}},

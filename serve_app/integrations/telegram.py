@@ -104,7 +104,7 @@ class TelegramBot:
         self.chats = chats
         entries = service.router.entries
         models = [n for n, e in entries.items() if getattr(getattr(e, "config", None), "task", "generate") == "generate"]
-        self.allowed = [m for m in settings.telegram_model_list() if m in models] or models
+        self.allowed = [m for m in settings.telegram_models if m in models] or models
         default = settings.telegram_model or service.router.default_model
         self.default_model = default if default in self.allowed else next(iter(self.allowed), None)
 

@@ -42,10 +42,10 @@ class ChatRefused(Exception):
 class TelegramAccess:
     def __init__(self, settings: Settings, pipeline: Pipeline, store: Store):
         self.key = settings.telegram_api_key or None
-        self.allowed_chats = settings.telegram_chat_ids()
+        self.allowed_chats = frozenset(settings.telegram_allowed_chats)
         self.chat_rpm = settings.telegram_chat_rpm
         self.pipeline, self.store = pipeline, store
-        if self.key and settings.telegram_allow_bootstrap_key and self.key in settings.bootstrap_keys():
+        if self.key and settings.telegram_allow_bootstrap_key and self.key in settings.api_keys:
             logger.warning("TELEGRAM_API_KEY is a bootstrap key (TELEGRAM_ALLOW_BOOTSTRAP_KEY=true): the bot runs "
                            "as admin with no key limits; only TELEGRAM_CHAT_RPM and TELEGRAM_ALLOWED_CHATS hold it")
 
