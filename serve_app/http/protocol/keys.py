@@ -132,8 +132,10 @@ class WebTokenCreate(_KeyFields):
 
     name: str = Field("web-token", min_length=1, max_length=100, description="What the token is for.")
     owner: Optional[str] = Field(None, max_length=100, description="Who is responsible for it.")
-    models: list[str] = Field(min_length=1, description="The models the token may use (at least one).")
-    default_model: Optional[str] = Field(None, description="Model used when a request names none; one of models.")
+    models: list[str] = Field(min_length=1, description="The models the token may use (at least one).",
+                              json_schema_extra=model_names("any"))
+    default_model: Optional[str] = Field(None, description="Model used when a request names none; one of models.",
+                                         json_schema_extra=model_names("any"))
     rate_limit_per_minute: int = Field(20, ge=1, description="Requests per minute (a web token is always limited).")
     tokens_per_minute: int = Field(20000, ge=1, description="Prompt plus completion tokens per minute.")
     ip_allowlist: list[str] = Field([], description="CIDRs the token may be used from; empty: anywhere.",
