@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from serve_app.access.netguard import parse_networks
-from serve_app.http.protocol.common import Int, NonNegativeInt, PositiveInt, model_names
+from serve_app.http.protocol.common import Int, NonNegativeInt, PositiveInt, _integral, model_names
 
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 # What the schema promises is accepted: IPv4 addresses and networks, IPv6 addresses. The server
@@ -136,12 +136,12 @@ class WebTokenCreate(_KeyFields):
                               json_schema_extra=model_names("any"))
     default_model: Optional[str] = Field(None, description="Model used when a request names none; one of models.",
                                          json_schema_extra=model_names("any"))
-    rate_limit_per_minute: int = Field(20, ge=1, description="Requests per minute (a web token is always limited).")
-    tokens_per_minute: int = Field(20000, ge=1, description="Prompt plus completion tokens per minute.")
+    rate_limit_per_minute: PositiveInt = Field(20, description="Requests per minute (a web token is always limited).")
+    tokens_per_minute: PositiveInt = Field(20000, description="Prompt plus completion tokens per minute.")
     ip_allowlist: list[str] = Field([], description="CIDRs the token may be used from; empty: anywhere.",
                                     json_schema_extra=_NETWORKS)
-    expires_in_s: int = Field(WEB_TOKEN_DEFAULT_TTL_S, ge=1, le=WEB_TOKEN_MAX_TTL_S,
-                              description="Seconds until the token stops working (at most a day).")
+    expires_in_s: Annotated[int, Field(ge=1, le=WEB_TOKEN_MAX_TTL_S), BeforeValidator(_integral)] = Field(
+        WEB_TOKEN_DEFAULT_TTL_S, description="Seconds until the token stops working (at most a day).")
 
     def as_key(self) -> KeyCreate:
         return KeyCreate(scopes=["inference"], **self.model_dump())
