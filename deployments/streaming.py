@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator, Callable, Union
 
-from deployments.types import GenerationChunk
+from core.types import GenerationChunk
 
 STREAMS_PER_INTERVAL = 4  # up to this many concurrent streams keep the configured interval
 MAX_INTERVAL_FACTOR = 8

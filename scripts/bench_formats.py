@@ -67,7 +67,7 @@ def _backend(label: str, threads: int):
 
 
 async def _decode(backend, tokens: int) -> float:
-    from deployments.types import GenerationRequest, SamplingParams
+    from core.types import GenerationRequest, SamplingParams
 
     request = GenerationRequest("bench", SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True,
                                                         repeat_penalty=1.0), messages=({"role": "user", "content": PROMPT},))

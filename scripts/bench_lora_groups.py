@@ -70,7 +70,7 @@ def load(model_gguf: Path, adapters: dict[str, Path], streams: int):
 
 
 async def _run(backend, mix: list, tokens: int) -> float:
-    from deployments.types import GenerationRequest, SamplingParams
+    from core.types import GenerationRequest, SamplingParams
 
     async def one(i: int, adapter) -> int:
         request = GenerationRequest(request_id=f"{adapter}-{i}", prompt=f"Request {i}: the weather today",

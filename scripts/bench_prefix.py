@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from deployments.types import GenerationRequest, SamplingParams
+from core.types import GenerationRequest, SamplingParams
 
 TURNS = 10
 REPEATS = 3

@@ -66,7 +66,7 @@ def _rss() -> tuple[int, int]:
 
 
 def _request(i: int, messages: Optional[list] = None, prompt: Optional[str] = None, max_tokens: int = 200):
-    from deployments.types import GenerationRequest, SamplingParams
+    from core.types import GenerationRequest, SamplingParams
 
     sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, repeat_penalty=1.0)
     return GenerationRequest(request_id=f"r{i}-{time.monotonic_ns()}", sampling=sampling, prompt=prompt,

@@ -26,7 +26,7 @@ MODES = {"serial (parallel 1)": 1, "batched (parallel 16)": 16}
 
 
 def _request(i: int, tokens: int):
-    from deployments.types import GenerationRequest, SamplingParams
+    from core.types import GenerationRequest, SamplingParams
 
     sampling = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
     return GenerationRequest(f"bench-{i}", sampling, messages=(

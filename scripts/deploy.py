@@ -8,7 +8,7 @@ whose `ray_actor_options` carry the entry's revision (a hash of the entry and it
 and mtime): after an edit of models.json, Ray restarts only the changed models' replicas (old
 replicas finish their in-flight streams first), every other model keeps serving, and the ingress
 re-reads the changed entries. Adding or removing a model changes `args.model_set`, and new code
-(any change under serve_app/ or deployments/) changes `args.code_revision`: both rebuild the
+(any change under serve_app/, deployments/ or core/) changes `args.code_revision`: both rebuild the
 whole app, replica by replica.
 """
 
@@ -30,7 +30,7 @@ from scripts.run_server import ROOT, server_env
 def code_revision() -> str:
     """A hash of the app's source: a new install of the code makes Ray Serve rebuild the app."""
     digest = hashlib.sha256()
-    for path in sorted(p for folder in ("serve_app", "deployments") for p in (ROOT / folder).rglob("*.py")):
+    for path in sorted(p for folder in ("serve_app", "deployments", "core") for p in (ROOT / folder).rglob("*.py")):
         digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -49,7 +49,7 @@ def render(source: Path, revision: str | None = None) -> dict:
     from deployments.memory import footprint
     from deployments.model_deployment import ReplicaContext, entry_revision
     from serve_app.builder import deployment_name, model_actor_options
-    from serve_app.settings import Settings
+    from core.settings import Settings
 
     config = yaml.safe_load(source.read_text())
     app = config["applications"][0]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from serve_app.app import create_app
 from serve_app.serving import ModelRouter
-from serve_app.settings import Settings
-from serve_app.status import ModelStatus
+from core.settings import Settings
+from serve_app.ops.status import ModelStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "docs" / "openapi.json"

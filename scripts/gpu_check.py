@@ -17,7 +17,7 @@ from pathlib import Path
 
 from deployments.backends import get_backend
 from deployments.config import ModelConfig
-from deployments.types import GenerationRequest, SamplingParams
+from core.types import GenerationRequest, SamplingParams
 
 
 async def _run(backend, adapter=None, tokens=64):

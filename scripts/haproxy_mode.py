@@ -49,7 +49,7 @@ DROP_SECTIONS = ("frontend prometheus", "listen stats")
 
 def ingress_mode(env: Mapping[str, str]) -> str:
     """INGRESS_MODE of an environment, checked as Settings checks it (any case; default `proxy`)."""
-    from serve_app.settings import IngressMode
+    from core.settings import IngressMode
 
     return TypeAdapter(IngressMode).validate_python(env.get("INGRESS_MODE", "proxy").strip().lower() or "proxy")
 

@@ -20,7 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from scripts.haproxy_mode import HAProxyRun
-from serve_app.settings import Settings
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,7 @@ QUIET_RAY_ENV = {
 
 
 # Set whatever the environment says (issue 15): only TRUSTED_PROXIES decides who the client is,
-# so Ray's HTTP proxy (uvicorn) must believe no X-Forwarded-For (serve_app/proxy_headers.py).
+# so Ray's HTTP proxy (uvicorn) must believe no X-Forwarded-For (serve_app/http/proxy_headers.py).
 # Applies to every Ray process this project starts, one node or a cluster.
 PROXY_ENV = {"FORWARDED_ALLOW_IPS": "none"}
 
@@ -107,7 +107,7 @@ def main() -> None:
     except ValidationError as error:  # e.g. a short API key: say why, without a traceback
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    if not settings.bootstrap_keys():
+    if not settings.api_keys:
         print("WARNING: API_KEYS is empty: every endpoint except /api/v1/health will answer 401.", file=sys.stderr)
     config = render_config(settings.api_host, settings.api_port, _app_args(settings))
     serve = Path(sys.executable).parent / "serve"

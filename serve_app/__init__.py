@@ -1,6 +1,6 @@
 """AI Core ingress: the public surface is the builder and the settings."""
 
-from serve_app.settings import Settings
+from core.settings import Settings
 
 __all__ = ["Settings", "build_app"]
 

@@ -8,30 +8,30 @@ from typing import Any, Optional
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from serve_app.auth import Authenticator
-from serve_app.batch import BatchService
-from serve_app.batch_jobs import BatchJobService
-from serve_app.cache import ResponseCache
-from serve_app.chat_history import ChatHistory
-from serve_app.cors import ConfiguredCORS
-from serve_app.errors import install_error_handlers
-from serve_app.guard import GuardMiddleware
-from serve_app.keys import KeyService
-from serve_app.metrics import MetricsRecorder
-from serve_app.middleware import RequestContextMiddleware
-from serve_app.model_control import ModelControl
+from serve_app.access.auth import Authenticator
+from serve_app.integrations.batch import BatchService
+from serve_app.integrations.batch_jobs import BatchJobService
+from serve_app.state.cache import ResponseCache
+from serve_app.state.chat_history import ChatHistory
+from serve_app.http.cors import ConfiguredCORS
+from serve_app.http.errors import install_error_handlers
+from serve_app.http.guard import GuardMiddleware
+from serve_app.access.keys import KeyService
+from serve_app.ops.metrics import MetricsRecorder
+from serve_app.http.middleware import RequestContextMiddleware
+from serve_app.ops.model_control import ModelControl
 from serve_app.pipeline import Pipeline
-from serve_app.openapi import install_openapi
-from serve_app.ratelimit import RateLimiter
-from serve_app.routes import api_v1, integrations, keys, openai, web
+from serve_app.http.openapi import install_openapi
+from serve_app.access.ratelimit import RateLimiter
+from serve_app.http.routes import api_v1, integrations, keys, openai, web
 from serve_app.serving import EmbeddingService, GenerationService, ModelRouter
-from serve_app.sessions import SessionStore
-from serve_app.settings import Settings
-from serve_app.shared_store import RemoteStore
-from serve_app.status import ModelStatus
-from serve_app.store import make_store
-from serve_app.telegram import TelegramBot
-from serve_app.telegram_access import TelegramAccess
+from serve_app.state.sessions import SessionStore
+from core.settings import Settings
+from serve_app.state.shared_store import RemoteStore
+from serve_app.ops.status import ModelStatus
+from serve_app.state.store import make_store
+from serve_app.integrations.telegram import TelegramBot
+from serve_app.integrations.telegram_access import TelegramAccess
 
 
 def create_app(
@@ -57,7 +57,7 @@ def create_app(
     app.state.keys = KeyService(store, router.entries)
     app.state.limiter = RateLimiter(store, settings.rate_limit_per_minute, settings.tokens_per_minute)
     app.state.auth = Authenticator(
-        settings.bootstrap_keys(), settings.api_key_header, app.state.keys, store, settings.store_failure_mode,
+        settings.api_keys, settings.api_key_header, app.state.keys, store, settings.store_failure_mode,
     )
     app.state.pipeline = Pipeline(app.state.auth, app.state.limiter, app.state.keys)
     app.state.batch = BatchService(app.state.generation, settings, app.state.pipeline)
@@ -82,7 +82,7 @@ def create_app(
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     app.add_middleware(GuardMiddleware, settings=settings)
-    origins, methods, headers = settings.cors()
+    origins, methods, headers = settings.cors_origins, settings.cors_methods, settings.cors_headers
     if origins:  # inside the request-context middleware: preflights are logged with an id too
         app.add_middleware(
             ConfiguredCORS, allow_origins=origins, allow_methods=methods, allow_headers=headers,

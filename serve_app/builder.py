@@ -19,12 +19,12 @@ from deployments.lifecycle import ModelScalingPolicy
 from deployments.memory import footprint
 from deployments.model_deployment import REVISION_ENV, ModelDeployment, ReplicaContext, entry_revision
 from serve_app.ingress import Ingress, ModelSpec
-from serve_app.logs import configure_logging
-from serve_app.content_filter import ContentPolicy
-from serve_app.metrics import MetricsHub
-from serve_app.netguard import parse_networks
-from serve_app.settings import Settings
-from serve_app.shared_store import StateHub
+from core.logs import configure_logging
+from serve_app.access.content_filter import ContentPolicy
+from serve_app.ops.metrics import MetricsHub
+from serve_app.access.netguard import parse_networks
+from core.settings import Settings
+from serve_app.state.shared_store import StateHub
 
 
 def deployment_name(model: str) -> str:
@@ -125,7 +125,7 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
     if settings.log_dir:  # absolute, so replicas (other working directories) write to the same place
         settings = settings.model_copy(update={"log_dir": str(settings.resolve(settings.log_dir))})
     configure_logging(settings.log_level, settings.log_format, settings.log_dir)
-    parse_networks(settings.ip_allowlist_list() + settings.trusted_proxies_list())  # bad CIDRs stop the start
+    parse_networks(settings.ip_allowlist + settings.trusted_proxies)  # bad CIDRs stop the start
     ContentPolicy.from_settings(settings)  # so do bad content-filter patterns
     config_path = settings.resolve(settings.model_config_path)
     models = load_models_file(config_path)

@@ -15,10 +15,10 @@ from deployments.memory import footprint
 from deployments.model_deployment import ReplicaContext, entry_revision
 from deployments.ray_net import bind_replica_grpc_to_node_ip
 from serve_app.app import create_app
-from serve_app.logs import configure_logging
+from core.logs import configure_logging
 from serve_app.serving import ModelEntry, ModelRouter
-from serve_app.settings import Settings
-from serve_app.status import ModelStatus
+from core.settings import Settings
+from serve_app.ops.status import ModelStatus
 
 
 logger = logging.getLogger("aicore.ingress")

@@ -18,9 +18,9 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from serve_app.keys import KeyService, hash_key
-from serve_app.protocol.keys import KeyCreate
-from serve_app.sessions import SessionStore
+from serve_app.access.keys import KeyService, hash_key
+from serve_app.http.protocol.keys import KeyCreate
+from serve_app.state.sessions import SessionStore
 
 KEY_FIELDS = ("key", "name", "owner", "scopes", "models", "default_model", "rate_limit_per_minute",
               "tokens_per_minute", "ip_allowlist", "expires_at", "enabled", "created_at")
@@ -214,8 +214,8 @@ def run(keys_path: Optional[Path], history_path: Optional[Path], redis_url: str,
     import asyncio
 
     from deployments.config import load_models_file
-    from serve_app.settings import Settings
-    from serve_app.store import RedisStore
+    from core.settings import Settings
+    from serve_app.state.store import RedisStore
 
     settings = Settings()
     models = load_models_file(models_path or settings.resolve(settings.model_config_path)).models
@@ -227,7 +227,7 @@ def run(keys_path: Optional[Path], history_path: Optional[Path], redis_url: str,
         store = RedisStore(redis_url, timeout_s=5, password=settings.redis_password)
         try:
             return await import_legacy(KeyService(store, models), SessionStore(store, settings.session_ttl_s), keys,
-                                       conversations, default_model, set(models), settings.bootstrap_keys(),
+                                       conversations, default_model, set(models), settings.api_keys,
                                        owner_key, apply)
         finally:
             await store.client.aclose()

@@ -45,7 +45,7 @@ def expected_kind(name: str) -> Optional[str]:
 def _client(url: str):
     import redis
 
-    from serve_app.settings import Settings
+    from core.settings import Settings
 
     return redis.Redis.from_url(url, password=Settings().redis_password, decode_responses=True,
                                 socket_timeout=5, socket_connect_timeout=5)

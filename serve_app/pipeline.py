@@ -12,7 +12,7 @@ then the generation or embedding service calls `Admission.limit` once it knows t
 the request's size:
   4. the key may use the model;
   5. requests per minute, and tokens per minute with prompt + `max_tokens` reserved at once
-     (one atomic store call: serve_app/ratelimit.py).
+     (one atomic store call: serve_app/access/ratelimit.py).
 The content filter, cache and sessions follow in the services. When the request ends,
 `Admission.close` settles the reservation to the tokens really used (a client that left is
 charged for what it got, a request refused later, e.g. for overload, gives it back) and
@@ -27,13 +27,13 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from serve_app.access_errors import PermissionDenied
-from serve_app.ratelimit import Reservation
+from core.access_errors import PermissionDenied
+from serve_app.access.ratelimit import Reservation
 
 if TYPE_CHECKING:
-    from serve_app.auth import Authenticator, Principal
-    from serve_app.keys import KeyService
-    from serve_app.ratelimit import RateLimiter
+    from serve_app.access.auth import Authenticator, Principal
+    from serve_app.access.keys import KeyService
+    from serve_app.access.ratelimit import RateLimiter
 
 logger = logging.getLogger("aicore.pipeline")
 

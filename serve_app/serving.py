@@ -15,14 +15,14 @@ import logging
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from deployments.config import ModelConfig
-from deployments.errors import (
+from core.errors import (
     ContextLengthExceeded,
     InvalidRequest,
     ModelNotFound,
     ModelUnavailable,
     PromptTooLong,
 )
-from deployments.types import (
+from core.types import (
     EmbeddingResult,
     GenerationChunk,
     GenerationRequest,
@@ -30,14 +30,14 @@ from deployments.types import (
     SamplingParams,
     Usage,
 )
-from serve_app.access_errors import TooManyMessages
-from serve_app.cache import ResponseCache, cache_key, wants_cache
-from serve_app.content_filter import ContentPolicy
+from core.access_errors import TooManyMessages
+from serve_app.state.cache import ResponseCache, cache_key, wants_cache
+from serve_app.access.content_filter import ContentPolicy
 from serve_app.pipeline import Admission, estimate_tokens
-from serve_app.protocol.api_v1 import MAX_EMBEDDING_INPUTS
-from serve_app.sessions import SessionStore, trim_to_fit
-from serve_app.settings import Settings
-from serve_app.store import StoreUnavailable
+from serve_app.http.protocol.api_v1 import MAX_EMBEDDING_INPUTS
+from serve_app.state.sessions import SessionStore, trim_to_fit
+from core.settings import Settings
+from serve_app.state.store import StoreUnavailable
 
 logger = logging.getLogger("aicore.serving")
 

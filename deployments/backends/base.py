@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import AsyncIterator, Callable, ClassVar, Iterator, Optional
 
 from deployments.config import ModelConfig
-from deployments.errors import InvalidRequest
-from deployments.types import EmbeddingResult, GenerationChunk, GenerationRequest
+from core.errors import InvalidRequest
+from core.types import EmbeddingResult, GenerationChunk, GenerationRequest
 
 logger = logging.getLogger("aicore.backend")
 
@@ -54,7 +54,7 @@ class Backend(ABC):
     decoded, then exactly one final chunk with `finish_reason` ("stop" or "length")
     and `usage` (token counts from the model's own tokenizer). Closing the iterator
     early (client gone) must stop the generation. Invalid requests raise
-    `deployments.errors.InvalidRequest` (or a subclass) before any chunk.
+    `core.errors.InvalidRequest` (or a subclass) before any chunk.
     """
 
     type_name: ClassVar[str] = ""

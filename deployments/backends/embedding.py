@@ -22,8 +22,8 @@ import numpy as np
 
 from deployments.backends.base import Backend, EngineThread
 from deployments.backends.microbatch import MicroBatcher
-from deployments.errors import ContextLengthExceeded, InvalidRequest
-from deployments.types import EmbeddingResult, GenerationChunk, GenerationRequest
+from core.errors import ContextLengthExceeded, InvalidRequest
+from core.types import EmbeddingResult, GenerationChunk, GenerationRequest
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -24,9 +24,9 @@ from deployments.engine.llama_engine import Adapters, LlamaBatchEngine
 from deployments.engine.loop import stream_sequence
 from deployments.engine.sequence import Outlet, Sequence
 from deployments.engine.sizing import auto_parallel, kv_bytes_per_token
-from deployments.errors import InvalidRequest
+from core.errors import InvalidRequest
 from deployments.memory import parse_size
-from deployments.types import GenerationChunk, GenerationRequest
+from core.types import GenerationChunk, GenerationRequest
 
 logger = logging.getLogger("aicore.backend.gguf")
 

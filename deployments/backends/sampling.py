@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deployments.types import SamplingParams
+from core.types import SamplingParams
 
 
 def apply_penalties(logits: np.ndarray, history: list[int], completion: list[int], s: SamplingParams) -> np.ndarray:

@@ -19,9 +19,9 @@ from deployments.engine.loop import stream_sequence
 from deployments.engine.padded_engine import PaddedBatchEngine, TensorModel, TextSequence
 from deployments.engine.sequence import Outlet
 from deployments.engine.sizing import auto_parallel
-from deployments.errors import InvalidRequest
+from core.errors import InvalidRequest
 from deployments.memory import parse_size
-from deployments.types import GenerationChunk, GenerationRequest
+from core.types import GenerationChunk, GenerationRequest
 
 logger = logging.getLogger("aicore.backend")
 

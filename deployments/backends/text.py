@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from deployments.errors import ContextLengthExceeded
+from core.errors import ContextLengthExceeded
 
 
 def token_budget(model: str, n_ctx: int, default: int, prompt_len: int, requested: Optional[int], param: str) -> int:

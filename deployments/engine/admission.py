@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic, Optional, TypeVar
 
-from deployments.errors import Overloaded
+from core.errors import Overloaded
 
 PRIORITIES = ("interactive", "batch")
 T = TypeVar("T")

@@ -30,8 +30,8 @@ from deployments.engine.admission import WaitingRoom
 from deployments.engine.loop import StepLoop
 from deployments.engine.sequence import Sequence, Slot, common_prefix
 from deployments.engine.steps import StepRecord
-from deployments.errors import BackendFailure, ModelUnavailable
-from deployments.types import SamplingParams
+from core.errors import BackendFailure, ModelUnavailable
+from core.types import SamplingParams
 
 logger = logging.getLogger("aicore.engine")
 

@@ -16,8 +16,8 @@ from typing import Any, AsyncIterator, Callable, Optional
 from deployments.engine.admission import WaitingRoom
 from deployments.engine.sequence import Sequence
 from deployments.engine.steps import StepLog
-from deployments.errors import BackendFailure, ModelUnavailable
-from deployments.types import GenerationChunk
+from core.errors import BackendFailure, ModelUnavailable
+from core.types import GenerationChunk
 
 logger = logging.getLogger("aicore.engine")
 

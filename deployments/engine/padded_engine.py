@@ -42,7 +42,7 @@ from deployments.engine.admission import WaitingRoom
 from deployments.engine.loop import StepLoop
 from deployments.engine.sequence import Sequence
 from deployments.engine.steps import StepRecord
-from deployments.errors import BackendFailure
+from core.errors import BackendFailure
 
 logger = logging.getLogger("aicore.engine")
 

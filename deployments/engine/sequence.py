@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from deployments.backends.text import StopMatcher
-from deployments.types import GenerationChunk, SamplingParams, Usage
+from core.types import GenerationChunk, SamplingParams, Usage
 
 # What the engine hands a request's consumer: a chunk, an exception (the request failed), or None (the end).
 # `Outlet.put` runs on the consumer's event loop; the engine gathers a step's items per loop and

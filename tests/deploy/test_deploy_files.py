@@ -127,7 +127,7 @@ def test_compose_refuses_to_start_without_api_keys_or_redis_password(tmp_path):
 
 
 def test_env_example_lists_every_setting():
-    from serve_app.settings import Settings
+    from core.settings import Settings
 
     listed = set()
     for line in (ROOT / ".env.example").read_text().splitlines():

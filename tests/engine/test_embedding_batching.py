@@ -13,7 +13,7 @@ import pytest
 
 from deployments.backends import get_backend
 from deployments.config import parse_models
-from deployments.errors import ContextLengthExceeded
+from core.errors import ContextLengthExceeded
 from deployments.weights import resolve_weights
 
 MODELS = {

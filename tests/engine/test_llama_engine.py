@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from deployments.errors import Overloaded
-from deployments.types import GenerationRequest, SamplingParams
+from core.errors import Overloaded
+from core.types import GenerationRequest, SamplingParams
 
 PROMPTS = [f"Write one sentence about the number {n} and the colour {c}."
            for n, c in zip(range(16), ["red", "blue", "green", "gold"] * 4)]

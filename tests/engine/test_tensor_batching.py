@@ -14,7 +14,7 @@ import pytest
 
 from deployments.backends import get_backend
 from deployments.config import parse_models
-from deployments.types import GenerationRequest, SamplingParams
+from core.types import GenerationRequest, SamplingParams
 
 TOPICS = ["a lighthouse keeper", "a lost cat", "the first snow", "a broken clock", "a market in Lisbon",
           "a robot gardener", "an old violin", "a night train", "a desert well", "a chess prodigy",

@@ -1,10 +1,10 @@
 """Admissions for unit tests of the services: a real Pipeline over an in-memory store."""
 
-from serve_app.auth import Principal
-from serve_app.keys import KeyService
+from serve_app.access.auth import Principal
+from serve_app.access.keys import KeyService
 from serve_app.pipeline import Admission, Pipeline, RequestContext
-from serve_app.ratelimit import RateLimiter
-from serve_app.store import MemoryStore
+from serve_app.access.ratelimit import RateLimiter
+from serve_app.state.store import MemoryStore
 
 ANYONE = Principal(key_id="unit-key", scopes=frozenset({"inference"}))
 

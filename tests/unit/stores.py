@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from serve_app.shared_store import RemoteStore, StateHub
-from serve_app.store import MemoryStore, RedisStore
+from serve_app.state.shared_store import RemoteStore, StateHub
+from serve_app.state.store import MemoryStore, RedisStore
 
 REDIS_URL = os.environ.get("AICORE_TEST_REDIS_URL")
 

@@ -3,7 +3,7 @@
 import pytest
 
 from deployments.engine.admission import WaitingRoom
-from deployments.errors import Overloaded
+from core.errors import Overloaded
 
 
 def room(**kw) -> WaitingRoom:

@@ -14,7 +14,7 @@ from deployments.config import load_models_file
 from scripts.serve_process import free_port
 from serve_app.app import create_app
 from serve_app.serving import ModelEntry, ModelRouter
-from serve_app.settings import Settings
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BOOT = "unit-boot-key-0123456789"

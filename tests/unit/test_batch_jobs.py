@@ -11,21 +11,21 @@ from pathlib import Path
 import pytest
 
 from deployments.config import load_models_file
-from deployments.errors import InvalidRequest, Overloaded
-from deployments.types import GenerationResult, Usage
-from serve_app import batch as batch_module
-from serve_app.auth import Principal
-from serve_app.batch import BatchService, prepare
-from serve_app.batch_job_records import JobRecord, JobRecords
-from serve_app.batch_jobs import STALE_BEATS, BatchJobService, JobNotFound
-from serve_app.keys import KeyService
+from core.errors import InvalidRequest, Overloaded
+from core.types import GenerationResult, Usage
+from serve_app.integrations import batch as batch_module
+from serve_app.access.auth import Principal
+from serve_app.integrations.batch import BatchService, prepare
+from serve_app.state.batch_job_records import JobRecord, JobRecords
+from serve_app.integrations.batch_jobs import STALE_BEATS, BatchJobService, JobNotFound
+from serve_app.access.keys import KeyService
 from serve_app.pipeline import Admission, Pipeline, RequestContext
-from serve_app.protocol.api_v1 import GenerateResponse
-from serve_app.protocol.batch import BatchItemResult, BatchRequest
+from serve_app.http.protocol.api_v1 import GenerateResponse
+from serve_app.http.protocol.batch import BatchItemResult, BatchRequest
 from serve_app.serving import Generation, ModelEntry
-from serve_app.settings import Settings
-from serve_app.ratelimit import RateLimiter
-from serve_app.store import MemoryStore
+from core.settings import Settings
+from serve_app.access.ratelimit import RateLimiter
+from serve_app.state.store import MemoryStore
 from tests.unit.stores import store_params
 
 ROOT = Path(__file__).resolve().parent.parent.parent

@@ -1,6 +1,6 @@
-from deployments.types import GenerationRequest, SamplingParams
-from serve_app.cache import cache_key, wants_cache
-from serve_app.sessions import trim_to_fit
+from core.types import GenerationRequest, SamplingParams
+from serve_app.state.cache import cache_key, wants_cache
+from serve_app.state.sessions import trim_to_fit
 
 
 def _req(**sampling):

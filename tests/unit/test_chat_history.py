@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from serve_app.chat_history import CHAT_PREFIX, ChatHistory
+from serve_app.state.chat_history import CHAT_PREFIX, ChatHistory
 from tests.unit.stores import store_params
 
 

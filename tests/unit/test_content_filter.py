@@ -2,9 +2,9 @@
 
 import pytest
 
-from serve_app.access_errors import ContentFiltered
-from serve_app.content_filter import ContentPolicy
-from serve_app.settings import Settings
+from core.access_errors import ContentFiltered
+from serve_app.access.content_filter import ContentPolicy
+from core.settings import Settings
 
 
 def policy(**kw) -> ContentPolicy:

@@ -57,7 +57,7 @@ def test_the_app_started_by_run_server_has_the_arguments_deploy_renders(tmp_path
     """So the first `scripts.deploy` after command one changes no app argument: a changed entry then
     restarts that model only, not the whole app (ingress, hubs) as a rebuild does."""
     from scripts.run_server import _app_args, render_config
-    from serve_app.settings import Settings
+    from core.settings import Settings
 
     monkeypatch.chdir(tmp_path)
     shipped = json.loads((ROOT / "models.json").read_text())["models"]

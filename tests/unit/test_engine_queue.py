@@ -13,7 +13,7 @@ import pytest
 
 from deployments.backends.base import EngineThread, ThreadedBackend
 from deployments.config import parse_models
-from deployments.types import GenerationChunk, GenerationRequest, SamplingParams
+from core.types import GenerationChunk, GenerationRequest, SamplingParams
 
 CONFIG = parse_models({"models": {"m": {"type": "gguf", "path": "x.gguf"}}}).models["m"]
 

@@ -9,7 +9,7 @@ import pytest
 from scripts.run_server import ROOT
 
 
-@pytest.mark.parametrize("module", ["serve_app.metrics", "serve_app.chat_history", "serve_app.ingress",
+@pytest.mark.parametrize("module", ["serve_app.ops.metrics", "serve_app.state.chat_history", "serve_app.ingress",
                                     "deployments.model_deployment", "deployments.ray_net", "serve_app.builder"])
 def test_module_imports_first(module):
     done = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True,

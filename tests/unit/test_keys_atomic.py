@@ -10,10 +10,10 @@ import os
 
 import pytest
 
-from serve_app.access_errors import KeyConflict
-from serve_app.keys import KeyService
-from serve_app.protocol.keys import KeyCreate, KeyUpdate
-from serve_app.store import MemoryStore, RedisStore
+from core.access_errors import KeyConflict
+from serve_app.access.keys import KeyService
+from serve_app.http.protocol.keys import KeyCreate, KeyUpdate
+from serve_app.state.store import MemoryStore, RedisStore
 
 REDIS_URL = os.environ.get("AICORE_TEST_REDIS_URL")
 MODELS = ["m1"]

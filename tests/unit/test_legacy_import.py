@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from serve_app.keys import KeyService, hash_key
+from serve_app.access.keys import KeyService, hash_key
 from serve_app.legacy_import import LegacyFormatError, import_legacy, parse_history, parse_keys
-from serve_app.sessions import SessionStore
-from serve_app.store import MemoryStore
+from serve_app.state.sessions import SessionStore
+from serve_app.state.store import MemoryStore
 from tests.conftest import ROOT
 
 LEGACY = ROOT / "examples" / "legacy"

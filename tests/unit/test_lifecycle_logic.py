@@ -12,8 +12,8 @@ from deployments import lifecycle
 from deployments.config import ModelConfig
 from deployments.lifecycle import Control, ModelScalingPolicy
 from deployments.memory import KV_BYTES_PER_CONTEXT_TOKEN, RUNTIME_OVERHEAD_BYTES, footprint, parse_size
-from serve_app.model_metrics import render_model_metrics
-from serve_app.status import ModelView
+from serve_app.ops.model_metrics import render_model_metrics
+from serve_app.ops.status import ModelView
 
 
 def ctx(current=1, target=1, requests=0.0, state=None):

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from serve_app.logs import JsonFormatter, TextFormatter
+from core.logs import JsonFormatter, TextFormatter
 
 FORGED = "hi\n2026-01-01 INFO aicore.access: forged\r\x1b[2Kmore\u2028end"
 

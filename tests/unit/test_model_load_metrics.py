@@ -8,9 +8,9 @@ import pytest
 from deployments.config import parse_models
 from deployments.model_deployment import ModelDeployment, ReplicaContext
 from deployments.weights import WeightsNotFound
-from serve_app.metrics import MetricsHub, ModelLoadEvent, report_load
-from serve_app.model_metrics import render_model_metrics
-from serve_app.status import ModelView
+from serve_app.ops.metrics import MetricsHub, ModelLoadEvent, report_load
+from serve_app.ops.model_metrics import render_model_metrics
+from serve_app.ops.status import ModelView
 
 
 class _Method:

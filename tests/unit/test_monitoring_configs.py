@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from deployments.config import ModelConfig
-from serve_app.metrics import MetricsHub, ModelLoadEvent, RequestEvent
-from serve_app.model_metrics import render_model_metrics
-from serve_app.status import ModelView
+from serve_app.ops.metrics import MetricsHub, ModelLoadEvent, RequestEvent
+from serve_app.ops.model_metrics import render_model_metrics
+from serve_app.ops.status import ModelView
 from tests.conftest import ROOT
 
 CONFIGS = ROOT / "configs"

@@ -7,10 +7,10 @@ import asyncio
 import httpx
 
 from serve_app.app import create_app
-from serve_app.routes.statuses import BODY, GENERATION, KEYED, responses_for
+from serve_app.http.routes.statuses import BODY, GENERATION, KEYED, responses_for
 from serve_app.serving import ModelRouter
-from serve_app.settings import Settings
-from serve_app.status import ModelStatus
+from core.settings import Settings
+from serve_app.ops.status import ModelStatus
 
 KEY = "k" * 16
 ERROR_REF = "#/components/schemas/ErrorResponse"

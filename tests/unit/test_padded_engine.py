@@ -12,7 +12,7 @@ from deployments.engine.admission import WaitingRoom
 from deployments.engine.loop import stream_sequence
 from deployments.engine.padded_engine import PaddedBatchEngine, TensorModel, TextSequence
 from deployments.engine.sequence import Outlet
-from deployments.types import SamplingParams
+from core.types import SamplingParams
 
 VOCAB = 50
 

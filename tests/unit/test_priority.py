@@ -6,12 +6,12 @@ import asyncio
 from types import SimpleNamespace
 
 from deployments.config import load_models_file
-from deployments.types import GenerationChunk, SamplingParams, Usage
-from serve_app.auth import Principal
-from serve_app.batch import BatchService
-from serve_app.protocol.batch import BatchRequest
+from core.types import GenerationChunk, SamplingParams, Usage
+from serve_app.access.auth import Principal
+from serve_app.integrations.batch import BatchService
+from serve_app.http.protocol.batch import BatchRequest
 from serve_app.serving import GenerationService, ModelEntry, ModelRouter
-from serve_app.settings import Settings
+from core.settings import Settings
 from tests.conftest import ROOT
 from tests.unit.admissions import admission, pipeline
 

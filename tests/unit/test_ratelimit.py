@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from serve_app.access_errors import RateLimited
-from serve_app.ratelimit import Limits, RateLimiter, Reservation, reset_text
+from core.access_errors import RateLimited
+from serve_app.access.ratelimit import Limits, RateLimiter, Reservation, reset_text
 from tests.unit.test_store import store  # noqa: F401  (both stores: memory, and Redis when available)
 
 

@@ -3,10 +3,10 @@
 import pytest
 
 from deployments.config import parse_models
-from deployments.errors import InvalidRequest, ModelNotFound
+from core.errors import InvalidRequest, ModelNotFound
 from serve_app.builder import pick_defaults
 from serve_app.serving import ModelEntry, ModelRouter
-from serve_app.settings import Settings
+from core.settings import Settings
 
 MODELS = parse_models({"models": {
     "chat": {"type": "gguf", "path": "x.gguf"},

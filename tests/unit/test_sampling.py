@@ -5,8 +5,8 @@ import pytest
 
 from deployments.backends.sampling import choose
 from deployments.backends.text import token_budget
-from deployments.errors import ContextLengthExceeded
-from deployments.types import SamplingParams
+from core.errors import ContextLengthExceeded
+from core.types import SamplingParams
 
 LOGITS = np.array([0.0, 3.0, 2.9, -1.0, 1.0])
 

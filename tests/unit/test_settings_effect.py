@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from deployments.config import load_models_file
-from deployments.errors import ModelUnavailable
-from deployments.types import GenerationChunk, SamplingParams, Usage
+from core.errors import ModelUnavailable
+from core.types import GenerationChunk, SamplingParams, Usage
 from serve_app.app import create_app
 from serve_app.serving import GenerationService, ModelEntry, ModelRouter
-from serve_app.settings import Settings
+from core.settings import Settings
 from tests.conftest import ROOT
 from tests.unit.admissions import admission
 
@@ -226,7 +226,7 @@ def test_log_prompt_chars_truncates_logged_prompts(caplog):
 
 
 def test_content_filter_output_patterns_refuse_output():
-    from serve_app.content_filter import ContentPolicy
+    from serve_app.access.content_filter import ContentPolicy
 
     screen = ContentPolicy.from_settings(Settings(content_filter_output_patterns=json.dumps([r"piece\d"]))).output_screen()
     with pytest.raises(Exception, match="content"):
@@ -236,7 +236,7 @@ def test_content_filter_output_patterns_refuse_output():
 
 
 def test_telegram_model_and_history_settings():
-    from serve_app.telegram import TelegramBot
+    from serve_app.integrations.telegram import TelegramBot
 
     app = _app(telegram_history_messages=2, telegram_history_ttl_s=60)
     chats = app.state.telegram.chats
@@ -262,7 +262,7 @@ def test_memory_headroom_sets_the_budget():
 
 
 def test_model_eviction_lru_unloads_the_least_recently_used_idle_model():
-    from serve_app.model_control import InsufficientMemory, ModelControl
+    from serve_app.ops.model_control import InsufficientMemory, ModelControl
 
     models = load_models_file(ROOT / "models.json").models
     router = ModelRouter({n: ModelEntry(n, c, None) for n, c in models.items()}, MODEL)

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from serve_app.settings import MIN_API_KEY_LENGTH, Settings
+from core.settings import MIN_API_KEY_LENGTH, Settings
 
 
 def test_short_api_keys_are_refused_without_echoing_them():
@@ -16,14 +16,14 @@ def test_short_api_keys_are_refused_without_echoing_them():
 
 
 def test_short_keys_only_when_explicitly_allowed(monkeypatch):
-    assert Settings(api_keys="k" * MIN_API_KEY_LENGTH).bootstrap_keys() == ["k" * MIN_API_KEY_LENGTH]
-    assert Settings(api_keys="tiny", allow_short_api_keys=True).bootstrap_keys() == ["tiny"]
+    assert Settings(api_keys="k" * MIN_API_KEY_LENGTH).api_keys == ["k" * MIN_API_KEY_LENGTH]
+    assert Settings(api_keys="tiny", allow_short_api_keys=True).api_keys == ["tiny"]
     monkeypatch.setenv("API_KEYS", "tiny")
     with pytest.raises(ValidationError):
         Settings()
     monkeypatch.setenv("ALLOW_SHORT_API_KEYS", "true")
-    assert Settings().bootstrap_keys() == ["tiny"]
+    assert Settings().api_keys == ["tiny"]
 
 
 def test_no_keys_is_not_a_short_key():
-    assert Settings(api_keys="").bootstrap_keys() == []
+    assert Settings(api_keys="").api_keys == []

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from serve_app.store import MemoryStore, RedisStore, StoreUnavailable
+from serve_app.state.store import MemoryStore, RedisStore, StoreUnavailable
 
 REDIS_URL = os.environ.get("AICORE_TEST_REDIS_URL")
 

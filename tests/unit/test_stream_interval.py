@@ -3,7 +3,7 @@
 import asyncio
 
 from deployments.streaming import coalesce, load_scaled_interval
-from deployments.types import GenerationChunk
+from core.types import GenerationChunk
 
 
 def test_interval_keeps_the_base_for_few_streams_and_grows_with_many():

@@ -7,18 +7,18 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
-from deployments.types import Usage
-from serve_app.auth import Authenticator
-from serve_app.chat_history import ChatHistory
-from serve_app.keys import KeyService
+from core.types import Usage
+from serve_app.access.auth import Authenticator
+from serve_app.state.chat_history import ChatHistory
+from serve_app.access.keys import KeyService
 from serve_app.pipeline import Pipeline
-from serve_app.protocol.keys import KeyCreate, KeyUpdate
-from serve_app.protocol.telegram import TgUpdate
-from serve_app.ratelimit import RateLimiter
-from serve_app.settings import Settings
-from serve_app.store import MemoryStore
-from serve_app.telegram import MORE_HINT, TELEGRAM_LIMIT, TelegramBot
-from serve_app.telegram_access import NOT_HERE, UNAVAILABLE, TelegramAccess
+from serve_app.http.protocol.keys import KeyCreate, KeyUpdate
+from serve_app.http.protocol.telegram import TgUpdate
+from serve_app.access.ratelimit import RateLimiter
+from core.settings import Settings
+from serve_app.state.store import MemoryStore
+from serve_app.integrations.telegram import MORE_HINT, TELEGRAM_LIMIT, TelegramBot
+from serve_app.integrations.telegram_access import NOT_HERE, UNAVAILABLE, TelegramAccess
 
 ADMIN = "telegram-unit-admin-0123"
 
@@ -106,7 +106,7 @@ def test_a_bootstrap_key_is_refused_at_startup_unless_allowed():
     with pytest.raises(ValidationError, match="TELEGRAM_API_KEY is one of API_KEYS"):
         Settings(api_keys=ADMIN, telegram_api_key=ADMIN)
     assert Settings(api_keys=ADMIN, telegram_api_key=ADMIN, telegram_allow_bootstrap_key=True).telegram_api_key
-    with pytest.raises(ValidationError, match="TELEGRAM_ALLOWED_CHATS"):
+    with pytest.raises(ValidationError, match="(?i)telegram_allowed_chats"):
         Settings(telegram_allowed_chats="42,general")
 
 

@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from serve_app.access_errors import KeyConflict
-from serve_app.keys import _BY_HASH, _IDS, _RECORD, WEB_TOKEN_KEEP_S, KeyService, hash_key
-from serve_app.protocol.keys import KeyUpdate, WebTokenCreate
+from core.access_errors import KeyConflict
+from serve_app.access.keys import _BY_HASH, _IDS, _RECORD, WEB_TOKEN_KEEP_S, KeyService, hash_key
+from serve_app.http.protocol.keys import KeyUpdate, WebTokenCreate
 from tests.unit.stores import store_params
 
 

@@ -1,0 +1,153 @@
+"""Who is calling: bootstrap keys (API_KEYS, admin) and managed keys (serve_app.access.keys).
+
+Keys are kept only as SHA-256 hashes and compared in constant time. The FastAPI dependencies
+below are the HTTP adapter of the one admission path (serve_app/pipeline.py): `require_key`
+(inference scope), `require_admin` and `require_metrics` (the `metrics` or `admin` scope)
+admit the request and count it against the key's limits at once; `require_caller` admits a
+generation, embedding or batch request whose limits the service takes once it knows the
+model and the request's size.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from fastapi import Request
+from starlette.requests import HTTPConnection
+
+from core.errors import AuthenticationFailed
+from core.access_errors import (
+    AddressNotAllowed,
+    KeyDisabled,
+    KeyExpired,
+    KeyRevoked,
+    ModelNotAllowed,
+)
+from serve_app.access.keys import KeyService, StoredKey, hash_key
+from serve_app.access.netguard import allowed, parse_address, parse_networks
+from serve_app.pipeline import Admission, Outcome, RequestContext
+from serve_app.state.store import Store, StoreUnavailable
+
+__all__ = ["Principal", "Authenticator", "hash_key", "require_key", "require_admin", "require_metrics",
+           "require_caller"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A verified caller: a key id (never the key) and what the key may do."""
+
+    key_id: str
+    scopes: frozenset[str] = frozenset({"inference", "admin"})
+    models: Optional[frozenset[str]] = None  # None: every model
+    default_model: Optional[str] = None
+    priority: str = "interactive"  # of requests that name none
+    rate_limit_per_minute: Optional[int] = None  # None: the default setting
+    tokens_per_minute: Optional[int] = None
+    bootstrap: bool = False
+
+    def check_model(self, name: str) -> None:
+        if self.models is not None and name not in self.models:
+            raise ModelNotAllowed(f"this API key may not use model {name!r}", param="model")
+
+    def may_use(self, name: str) -> bool:
+        return self.models is None or name in self.models
+
+    def allowed_models(self, names) -> list[str]:
+        return [n for n in names if self.may_use(n)]
+
+    @classmethod
+    def from_record(cls, record: StoredKey) -> "Principal":
+        return cls(
+            key_id=record.id, scopes=frozenset(record.scopes),
+            models=frozenset(record.models) if record.models is not None else None,
+            default_model=record.default_model, priority=record.priority,
+            rate_limit_per_minute=record.rate_limit_per_minute,
+            tokens_per_minute=record.tokens_per_minute,
+        )
+
+
+class Authenticator:
+    def __init__(self, bootstrap_keys: list[str], header: str, keys: KeyService, store: Store, failure_mode: str):
+        self._hashes = [hash_key(k) for k in bootstrap_keys]
+        self.bootstrap_ids = {"boot-" + h[:12] for h in self._hashes}
+        self.header = header
+        self.keys = keys
+        self.store = store
+        self.failure_mode = failure_mode
+
+    def presented(self, request: HTTPConnection) -> Optional[str]:
+        key = request.headers.get(self.header)
+        if key:
+            return key.strip()
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+    def _bootstrap(self, key: str) -> Optional[Principal]:
+        digest = hash_key(key)
+        match = None
+        for stored in self._hashes:  # check every key: timing does not reveal which matched
+            if hmac.compare_digest(stored, digest):
+                match = stored
+        return Principal(key_id="boot-" + match[:12], bootstrap=True) if match else None
+
+    async def check(self, key: Optional[str], client_ip: Optional[str]) -> Principal:
+        """Any presented key (headers, a WebSocket message, the Telegram bot's configured key), as
+        it stands now, used from `client_ip` (the address the guard resolved)."""
+        if not key:
+            raise AuthenticationFailed(
+                f"missing API key: send it in the {self.header} header or as 'Authorization: Bearer <key>'"
+            )
+        principal = self._bootstrap(key)
+        if principal is not None:
+            if self.failure_mode == "strict" and not await self.store.ping():
+                raise StoreUnavailable("the key store is unreachable (STORE_FAILURE_MODE=strict)")
+            return principal
+        record = await self.keys.lookup(key)  # StoreUnavailable: 503, fails closed
+        if record is None:
+            raise AuthenticationFailed("invalid API key")
+        if record.revoked_at is not None:
+            raise KeyRevoked("this API key has been revoked")
+        if not record.enabled:
+            raise KeyDisabled("this API key is disabled")
+        if record.expires_at is not None and record.expires_at <= time.time():
+            raise KeyExpired("this API key has expired")
+        if record.ip_allowlist:
+            if not allowed(parse_address(client_ip), parse_networks(record.ip_allowlist)):
+                raise AddressNotAllowed("this API key may not be used from this address")
+        return Principal.from_record(record)
+
+
+def http_context(connection: HTTPConnection, channel: str = "http") -> RequestContext:
+    """The request context of an HTTP request or WebSocket connection."""
+    outcome = Outcome.of(connection)
+    return RequestContext(channel, connection.app.state.auth.presented(connection), outcome.client_ip, outcome)
+
+
+async def _admitted(request: Request, *scopes: str, count: bool = True) -> Admission:
+    admission = await request.app.state.pipeline.admit(http_context(request), *scopes)
+    Outcome.of(request).admissions.append(admission)  # the guard closes it when the response ends
+    if count:
+        await admission.limit()
+    return admission
+
+
+async def require_key(request: Request) -> Principal:
+    """Listings and sessions: the `inference` scope, counted against the key's request limit."""
+    return (await _admitted(request, "inference")).principal
+
+
+async def require_caller(request: Request) -> Admission:
+    """Generation, embedding and batch routes: the service takes the limits (model, size)."""
+    return await _admitted(request, "inference", count=False)
+
+
+async def require_admin(request: Request) -> Principal:
+    return (await _admitted(request, "admin")).principal
+
+
+async def require_metrics(request: Request) -> Principal:
+    """Metrics list every key id and its usage: `metrics` (a scraper's key) or `admin`."""
+    return (await _admitted(request, "metrics", "admin")).principal

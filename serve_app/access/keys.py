@@ -1,0 +1,237 @@
+"""Managed API keys: create, list, update, rotate, revoke, look up, count usage. No HTTP here.
+
+Stored through the shared store (Redis or one process's memory):
+  aicore:key:<id>        the record as JSON (with the SHA-256 of the key, never the key)
+  aicore:keyhash:<sha>   -> id, to find a presented key's record
+  aicore:keys            set of ids
+  aicore:usage:<id>      hash of counters: requests, errors, prompt_tokens, completion_tokens, last_used_at
+
+A web token (`mint_web_token`) is a key like the others, marked `web_token`, with the `inference`
+scope only, named models, limits and an expiry of at most a day. Its record and index entry
+expire WEB_TOKEN_KEEP_S after the token does (its usage stays readable that long), so a page
+minting one per visitor leaves nothing behind; a listing drops the ids left in `aicore:keys`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from typing import Callable, Iterable, Optional
+
+from core.errors import InvalidRequest
+from core.access_errors import KeyConflict, KeyNotFound
+from serve_app.http.protocol.keys import (
+    WEB_TOKEN_MAX_TTL_S, KeyCreate, KeyCreated, KeyUpdate, KeyUsage, KeyView, WebTokenCreate,
+)
+from serve_app.state.store import Store
+
+KEY_PREFIX = "aic-"
+_RECORD, _BY_HASH, _IDS, _USAGE = "aicore:key:", "aicore:keyhash:", "aicore:keys", "aicore:usage:"
+MODIFY_ATTEMPTS = 20  # a record changed this many times while one change is applied: 409
+WEB_TOKEN_KEEP_S = 86400  # an expired web token's record is kept this long, for its usage
+
+
+def hash_key(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class StoredKey(KeyView):
+    hash: str
+
+    def view(self) -> KeyView:
+        return KeyView(**self.model_dump(exclude={"hash"}))
+
+
+class KeyService:
+    def __init__(self, store: Store, model_names: Iterable[str]):
+        self.store = store
+        self.model_names = set(model_names)
+
+    # -- administration -------------------------------------------------------------------
+    async def create(self, spec: KeyCreate, web_token: bool = False) -> KeyCreated:
+        self._check_models(spec.models, spec.default_model)
+        now = int(time.time())
+        key, key_id = KEY_PREFIX + secrets.token_urlsafe(32), "key-" + secrets.token_hex(8)
+        fields = spec.model_dump(exclude={"expires_in_s"})
+        if spec.expires_in_s:
+            fields["expires_at"] = now + spec.expires_in_s
+        record = StoredKey(id=key_id, key_prefix=key[:8], created_at=now, hash=hash_key(key), web_token=web_token,
+                           **fields)
+        if web_token:
+            _check_web_token(record)
+        await self._save(record)
+        await self.store.set(_BY_HASH + record.hash, key_id, ttl_s=_keep_s(record))
+        await self.store.sadd(_IDS, key_id)
+        return KeyCreated(key=key, **record.view().model_dump())
+
+    async def mint_web_token(self, spec: WebTokenCreate) -> KeyCreated:
+        """A short-lived key for a public web page (inference only, its models and limits)."""
+        return await self.create(spec.as_key(), web_token=True)
+
+    async def adopt(self, key: str, spec: KeyCreate, created_at: Optional[int] = None) -> Optional[KeyView]:
+        """Store a key that already exists elsewhere (an older system's plaintext key) by its hash,
+        so the same key keeps working. None when a stored key has that hash already."""
+        self._check_models(spec.models, spec.default_model)
+        digest = hash_key(key)
+        if await self.store.get(_BY_HASH + digest) is not None:
+            return None
+        fields = spec.model_dump(exclude={"expires_in_s"})
+        if spec.expires_in_s:
+            fields["expires_at"] = int(time.time()) + spec.expires_in_s
+        record = StoredKey(id="key-" + secrets.token_hex(8), key_prefix=key[:8],
+                           created_at=created_at or int(time.time()), hash=digest, **fields)
+        await self._save(record)
+        await self.store.set(_BY_HASH + digest, record.id)
+        await self.store.sadd(_IDS, record.id)
+        return record.view()
+
+    async def id_of(self, key: str) -> Optional[str]:
+        """The id of the stored key with this secret, if any (no checks of its state)."""
+        return await self.store.get(_BY_HASH + hash_key(key))
+
+    async def list(self) -> list[KeyView]:
+        ids = sorted(await self.store.smembers(_IDS))
+        records = [await self._load(key_id) for key_id in ids]
+        for key_id, record in zip(ids, records):
+            if record is None:  # a web token whose record expired: forget it
+                await self.store.srem(_IDS, key_id)
+                await self.store.delete(_USAGE + key_id)
+        return sorted((r.view() for r in records if r), key=lambda r: r.created_at)
+
+    async def get(self, key_id: str) -> KeyView:
+        return (await self._require(key_id)).view()
+
+    async def update(self, key_id: str, patch: KeyUpdate) -> KeyView:
+        changes = patch.model_dump(include=patch.model_fields_set)
+        for required in ("name", "scopes", "ip_allowlist", "enabled", "priority"):
+            if required in changes and changes[required] is None:
+                raise InvalidRequest(f"{required} cannot be null", param=required)
+
+        def change(record: StoredKey) -> StoredKey:
+            updated = record.model_copy(update=changes)
+            self._check_models(updated.models, updated.default_model)
+            if updated.web_token:  # a schema-valid change this key's kind refuses: 409, not 400
+                _check_web_token(updated, KeyConflict)
+            return updated
+
+        return (await self._modify(key_id, change)).view()
+
+    async def revoke(self, key_id: str) -> KeyView:
+        def change(record: StoredKey) -> StoredKey:
+            if record.revoked_at is not None:
+                return record
+            return record.model_copy(update={"revoked_at": int(time.time()), "enabled": False})
+
+        return (await self._modify(key_id, change)).view()
+
+    async def rotate(self, key_id: str) -> KeyCreated:
+        """A new secret for the same id and settings; the old secret stops working at once."""
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        old_hashes: list[str] = []
+
+        def change(record: StoredKey) -> StoredKey:
+            if record.revoked_at is not None:
+                raise KeyConflict(f"key {key_id!r} is revoked and cannot be rotated", param="id",
+                                  code="key_revoked")
+            old_hashes[:] = [record.hash]
+            return record.model_copy(update={"hash": hash_key(key), "key_prefix": key[:8]})
+
+        # The record (whose hash lookups compare against) changes first: from then on the old
+        # secret fails even while its index entry still exists, and a revoke sees the new record.
+        record = await self._modify(key_id, change)
+        await self.store.set(_BY_HASH + record.hash, key_id, ttl_s=_keep_s(record))
+        await self.store.delete(_BY_HASH + old_hashes[0])
+        return KeyCreated(key=key, **record.view().model_dump())
+
+    # -- authentication -------------------------------------------------------------------
+    async def lookup(self, key: str) -> Optional[StoredKey]:
+        digest = hash_key(key)
+        raw = await self.store.get_indirect(_BY_HASH + digest, _RECORD)  # one round trip
+        record = StoredKey.model_validate_json(raw) if raw else None
+        if record is None or not hmac.compare_digest(record.hash, digest):
+            return None
+        return record
+
+    # -- usage ----------------------------------------------------------------------------
+    async def record_usage(self, key_id: str, status: int, prompt_tokens: int, completion_tokens: int) -> None:
+        counters = {"requests": 1, "errors": int(status >= 400), "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens}
+        await self.store.hupdate(_USAGE + key_id, {k: v for k, v in counters.items() if v},
+                                 {"last_used_at": str(int(time.time()))})  # one round trip
+
+    async def usage(self, key_id: str, known: bool = False) -> KeyUsage:
+        if not known:
+            await self._require(key_id)
+        counters = await self.store.hgetall(_USAGE + key_id)
+        numbers = {k: int(v) for k, v in counters.items() if k != "last_used_at"}
+        last = counters.get("last_used_at")
+        return KeyUsage(
+            id=key_id, **numbers, total_tokens=numbers.get("prompt_tokens", 0) + numbers.get("completion_tokens", 0),
+            last_used_at=int(last) if last else None,
+        )
+
+    # -- internals ------------------------------------------------------------------------
+    def _check_models(self, models: Optional[list[str]], default_model: Optional[str]) -> None:
+        for name in models or ():
+            if name not in self.model_names:
+                raise InvalidRequest(f"model {name!r} does not exist", param="models", code="model_not_found")
+        if default_model is not None:
+            if default_model not in self.model_names:
+                raise InvalidRequest(f"model {default_model!r} does not exist", param="default_model",
+                                     code="model_not_found")
+            if models is not None and default_model not in models:
+                raise InvalidRequest("default_model must be one of models", param="default_model")
+
+    async def _modify(self, key_id: str, change: Callable[[StoredKey], StoredKey]) -> StoredKey:
+        """Read-modify-write of one record that never undoes a concurrent change (a revoke during
+        an update or a rotate): the write happens only if the record is still what was read,
+        otherwise the change is applied again to the newer record."""
+        for _ in range(MODIFY_ATTEMPTS):
+            raw = await self.store.get(_RECORD + key_id)
+            if raw is None:
+                raise KeyNotFound(f"no API key with id {key_id!r}", param="id")
+            current = StoredKey.model_validate_json(raw)
+            updated = change(current)
+            if updated == current:
+                return current
+            if await self.store.compare_and_set(_RECORD + key_id, raw, updated.model_dump_json()):
+                if updated.web_token:  # the write dropped the record's expiry
+                    await self.store.expire(_RECORD + key_id, _keep_s(updated))
+                return updated
+        raise KeyConflict(f"key {key_id!r} is being changed by other requests; try again", param="id")
+
+    async def _save(self, record: StoredKey) -> None:
+        await self.store.set(_RECORD + record.id, record.model_dump_json(), ttl_s=_keep_s(record))
+
+    async def _load(self, key_id: str) -> Optional[StoredKey]:
+        raw = await self.store.get(_RECORD + key_id)
+        return StoredKey.model_validate_json(raw) if raw else None
+
+    async def _require(self, key_id: str) -> StoredKey:
+        record = await self._load(key_id)
+        if record is None:
+            raise KeyNotFound(f"no API key with id {key_id!r}", param="id")
+        return record
+
+
+def _check_web_token(record: StoredKey, error: type = InvalidRequest) -> None:
+    """What makes a web token one, at minting (400) and after any change (409: the key's kind refuses it)."""
+    if set(record.scopes) != {"inference"}:
+        raise error("a web token has the inference scope only", param="scopes")
+    if not record.models:
+        raise error("a web token names the models it may use", param="models")
+    if not record.rate_limit_per_minute or not record.tokens_per_minute:
+        raise error("a web token has its own requests and tokens per minute (above 0)",
+                    param="rate_limit_per_minute" if not record.rate_limit_per_minute else "tokens_per_minute")
+    if record.expires_at is None or record.expires_at > time.time() + WEB_TOKEN_MAX_TTL_S:
+        raise error(f"a web token expires within {WEB_TOKEN_MAX_TTL_S} s", param="expires_at")
+
+
+def _keep_s(record: StoredKey) -> Optional[float]:
+    """How long a web token's entries live (until a while after it expires); other keys: for ever."""
+    if not record.web_token or record.expires_at is None:
+        return None
+    return max(1.0, record.expires_at - time.time()) + WEB_TOKEN_KEEP_S

@@ -1,0 +1,171 @@
+"""Wire types of the key-management API (`/api/v1/keys`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from serve_app.access.netguard import parse_networks
+from serve_app.http.protocol.common import Int, NonNegativeInt, PositiveInt, _integral, model_names
+
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# What the schema promises is accepted: IPv4 addresses and networks, IPv6 addresses. The server
+# also takes IPv6 networks ("2001:db8::/32") and IPv4 netmasks; anything else is a 400.
+NETWORK_SCHEMA = {"anyOf": [{"type": "string", "pattern": rf"^{_OCTET}(\.{_OCTET}){{3}}(/(3[0-2]|[12]?[0-9]))?$"},
+                            {"type": "string", "format": "ipv6"}]}
+_NETWORKS = {"items": NETWORK_SCHEMA}
+
+Scope = Literal["inference", "admin", "metrics"]
+Priority = Literal["interactive", "batch"]
+PRIORITY_DESCRIPTION = ("Priority of the key's requests that name none: `batch` (bulk work such as the email "
+                        "bot's) waits behind `interactive` requests and never takes their reserved slots.")
+
+
+KEY_EXAMPLE = {
+    "id": "key-7f3a9c2e51d04b86", "object": "api_key", "name": "telegram-bot", "owner": "ops@example.com",
+    "key_prefix": "aic-4kq3", "scopes": ["inference"], "models": ["smollm2-135m-instruct"], "default_model": None,
+    "priority": "interactive", "rate_limit_per_minute": 60, "tokens_per_minute": 20000, "ip_allowlist": ["203.0.113.0/24"],
+    "expires_at": 1803089057, "enabled": True, "created_at": 1795313057, "revoked_at": None, "web_token": False,
+}
+WEB_TOKEN_DEFAULT_TTL_S = 3600
+WEB_TOKEN_MAX_TTL_S = 86400
+
+
+class _KeyFields(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), strict=True)
+
+    @field_validator("ip_allowlist", check_fields=False)
+    @classmethod
+    def _cidrs(cls, value):
+        if value is not None:
+            parse_networks(value)
+        return value
+
+
+class KeyCreate(_KeyFields):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "telegram-bot", "owner": "ops@example.com", "scopes": ["inference"],
+         "models": ["smollm2-135m-instruct"], "rate_limit_per_minute": 60, "tokens_per_minute": 20000,
+         "ip_allowlist": ["203.0.113.0/24"], "expires_in_s": 7776000},
+    ]})
+
+    name: str = Field(min_length=1, max_length=100, description="What the key is for, e.g. 'telegram-bot'.")
+    owner: Optional[str] = Field(None, max_length=100, description="Who is responsible for it.")
+    scopes: list[Scope] = Field(["inference"], min_length=1, description="`inference`, `admin` and/or `metrics` (read /api/v1/metrics only).")
+    models: Optional[list[str]] = Field(None, description="Models the key may use; omitted: all.",
+                                        json_schema_extra=model_names("any"))
+    default_model: Optional[str] = Field(None, description="Model used when a request names none (one of `models` "
+                                         "when both are given).", json_schema_extra=model_names("any"))
+    priority: Priority = Field("interactive", description=PRIORITY_DESCRIPTION)
+    rate_limit_per_minute: Optional[NonNegativeInt] = Field(None, description="Requests per minute; omitted: RATE_LIMIT_PER_MINUTE; 0: unlimited.")
+    tokens_per_minute: Optional[NonNegativeInt] = Field(None, description="Tokens per minute; omitted: TOKENS_PER_MINUTE; 0: unlimited.")
+    ip_allowlist: list[str] = Field([], description="CIDRs (IPv4/IPv6) the key may be used from; empty: anywhere.",
+                                    json_schema_extra=_NETWORKS)
+    expires_at: Optional[Int] = Field(None, description="Unix time after which the key stops working.")
+    expires_in_s: Optional[PositiveInt] = Field(None, description="Alternative to expires_at: seconds from now.")
+    enabled: bool = True
+
+
+class KeyUpdate(_KeyFields):
+    """Only the fields sent are changed; `null` clears an optional field."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"rate_limit_per_minute": 120, "models": None},
+        {"enabled": False},
+    ]})
+
+    # Fields a key always has take no null (omitted: unchanged); the others take null to clear them.
+    name: str = Field(None, min_length=1, max_length=100)
+    owner: Optional[str] = Field(None, max_length=100)
+    scopes: list[Scope] = Field(None, min_length=1)
+    models: Optional[list[str]] = Field(None, json_schema_extra=model_names("any"))
+    default_model: Optional[str] = Field(None, json_schema_extra=model_names("any"))
+    priority: Priority = Field(None, description=PRIORITY_DESCRIPTION)
+    rate_limit_per_minute: Optional[NonNegativeInt] = None
+    tokens_per_minute: Optional[NonNegativeInt] = None
+    ip_allowlist: list[str] = Field(None, json_schema_extra=_NETWORKS)
+    expires_at: Optional[Int] = None
+    enabled: bool = None
+
+
+class KeyView(BaseModel):
+    """A key as stored, without its secret (only its first characters, to recognise it)."""
+
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [KEY_EXAMPLE]})
+
+    id: str
+    object: Literal["api_key"] = "api_key"
+    name: str
+    owner: Optional[str] = None
+    key_prefix: str
+    scopes: list[Scope]
+    models: Optional[list[str]] = None
+    default_model: Optional[str] = None
+    priority: Priority = "interactive"
+    rate_limit_per_minute: Optional[int] = None
+    tokens_per_minute: Optional[int] = None
+    ip_allowlist: list[str] = []
+    expires_at: Optional[int] = None
+    enabled: bool = True
+    created_at: int
+    revoked_at: Optional[int] = None
+    web_token: bool = Field(False, description="Minted by POST /api/v1/keys/web-tokens for a public web page: "
+                            "`inference` scope only, named models, its own limits, a short expiry.")
+
+
+class KeyCreated(KeyView):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {**KEY_EXAMPLE, "key": "aic-4kq3Jd9sL0pXw2Rz7NcV5bTg8hYe1uMfQa6WkD3xZ0E"},
+    ]})
+
+    key: str = Field(description="The secret: shown only in this response.")
+
+
+class WebTokenCreate(_KeyFields):
+    """A short-lived key for a public web page: inference only, on the models named, with limits."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "docs-site-chat", "models": ["smollm2-135m-instruct"], "rate_limit_per_minute": 10,
+         "tokens_per_minute": 5000, "expires_in_s": 3600},
+    ]})
+
+    name: str = Field("web-token", min_length=1, max_length=100, description="What the token is for.")
+    owner: Optional[str] = Field(None, max_length=100, description="Who is responsible for it.")
+    models: list[str] = Field(min_length=1, description="The models the token may use (at least one).",
+                              json_schema_extra=model_names("any"))
+    default_model: Optional[str] = Field(None, description="Model used when a request names none; one of models.",
+                                         json_schema_extra=model_names("any"))
+    rate_limit_per_minute: PositiveInt = Field(20, description="Requests per minute (a web token is always limited).")
+    tokens_per_minute: PositiveInt = Field(20000, description="Prompt plus completion tokens per minute.")
+    ip_allowlist: list[str] = Field([], description="CIDRs the token may be used from; empty: anywhere.",
+                                    json_schema_extra=_NETWORKS)
+    expires_in_s: Annotated[int, Field(ge=1, le=WEB_TOKEN_MAX_TTL_S), BeforeValidator(_integral)] = Field(
+        WEB_TOKEN_DEFAULT_TTL_S, description="Seconds until the token stops working (at most a day).")
+
+    def as_key(self) -> KeyCreate:
+        return KeyCreate(scopes=["inference"], **self.model_dump())
+
+
+class KeyList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"object": "list", "data": [KEY_EXAMPLE]}]})
+
+    object: Literal["list"] = "list"
+    data: list[KeyView]
+
+
+class KeyUsage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"id": "key-7f3a9c2e51d04b86", "object": "api_key.usage", "requests": 1520, "errors": 12,
+         "prompt_tokens": 48210,
+         "completion_tokens": 61877, "total_tokens": 110087, "last_used_at": 1795313057},
+    ]})
+
+    id: str
+    object: Literal["api_key.usage"] = "api_key.usage"
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    last_used_at: Optional[int] = None

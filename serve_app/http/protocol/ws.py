@@ -1,0 +1,79 @@
+"""Wire protocol of `WS /api/v1/ws`: JSON text messages, each with a `type`.
+
+Client -> server: `auth` (unless the key came in the handshake headers), then any number of
+`generate` / `chat` requests (each with a client-chosen `id`, answered concurrently) and
+`cancel`. Server -> client: `ready`, then per request `token` events, one `done` with usage,
+or one `error` (an OpenAI error object); an `error` without `id` concerns the socket itself.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve_app.http.protocol.api_v1 import ChatRequest, GenerateRequest
+
+RequestId = Annotated[str, Field(min_length=1, max_length=64, description="Chosen by the client; echoed back.")]
+
+
+class WsAuth(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["auth"]
+    api_key: str = Field(min_length=1)
+
+
+class WsGenerate(GenerateRequest):
+    type: Literal["generate"]
+    id: RequestId
+
+
+class WsChat(ChatRequest):
+    type: Literal["chat"]
+    id: RequestId
+
+
+class WsCancel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["cancel"]
+    id: RequestId
+
+
+WsClientMessage = Union[WsAuth, WsGenerate, WsChat, WsCancel]
+CLIENT_MESSAGES: dict[str, type[BaseModel]] = {"auth": WsAuth, "generate": WsGenerate, "chat": WsChat, "cancel": WsCancel}
+
+
+class WsUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class WsReady(BaseModel):
+    type: Literal["ready"] = "ready"
+    models: list[str]
+    default_model: str
+
+
+class WsToken(BaseModel):
+    type: Literal["token"] = "token"
+    id: str
+    text: str
+
+
+class WsDone(BaseModel):
+    type: Literal["done"] = "done"
+    id: str
+    model: str
+    response: str = Field(description="The whole answer (the tokens joined).")
+    finish_reason: Optional[str]
+    usage: WsUsage
+    processing_time: float
+
+
+class WsError(BaseModel):
+    type: Literal["error"] = "error"
+    id: Optional[str] = None
+    error: dict = Field(description="The OpenAI error object: message, type, param, code, request_id.")

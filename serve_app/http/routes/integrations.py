@@ -1,0 +1,73 @@
+"""Routes for the bots: batch generation and batch jobs (email), the Telegram webhook. Logic lives elsewhere."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from serve_app.access.auth import Principal, require_caller, require_key
+from serve_app.pipeline import Admission, Outcome
+from serve_app.http.protocol.batch import BatchRequest, BatchResponse
+from serve_app.http.protocol.batch_jobs import TERMINAL, BatchJob, BatchJobRequest
+from serve_app.http.protocol.telegram import TgNoReply, TgSendMessage, TgUpdate
+from serve_app.http.routes.statuses import BODY, JOB, KEYED, QUERY, WEBHOOK, links, responses_for
+
+router = APIRouter(prefix="/api/v1")
+
+
+@router.post("/generate/batch", response_model=BatchResponse, response_model_exclude_none=True,
+             responses=responses_for(KEYED, BODY))
+async def generate_batch(body: BatchRequest, request: Request, admission: Admission = Depends(require_caller)):
+    return await request.app.state.batch.run(body, admission)
+
+
+def _job(job: BatchJob, status_code: int = 200) -> JSONResponse:
+    return JSONResponse(job.model_dump(mode="json", exclude_none=True), status_code=status_code,
+                        headers={"Location": job.status_url} if status_code == 202 else None)
+
+
+_JOB = "/api/v1/generate/batch/jobs/{job_id}"
+_JOB_LINKS = links(202, GetJob=("get", _JOB, "/id"), CancelJob=("post", _JOB + "/cancel", "/id"))[202]
+
+
+@router.post("/generate/batch/jobs", status_code=202, response_model=BatchJob, responses=responses_for(KEYED, BODY, {202: {
+    "description": "Accepted: poll `status_url` (also in the `Location` header) for progress and results.",
+    **_JOB_LINKS,
+}}))
+async def submit_batch_job(body: BatchJobRequest, request: Request, admission: Admission = Depends(require_caller)):
+    admission.delegated = True  # each item is a request of its own (limits and usage), the submission is not
+    return _job(await request.app.state.batch_jobs.submit(body, admission), 202)
+
+
+@router.get("/generate/batch/jobs/{job_id}", response_model=BatchJob, response_model_exclude_none=True,
+            responses=responses_for(KEYED, QUERY, JOB))
+async def get_batch_job(job_id: str, request: Request, principal: Principal = Depends(require_key),
+                        results: bool = Query(True, description="false: status and counts only.")):
+    return _job(await request.app.state.batch_jobs.get(job_id, principal, with_results=results))
+
+
+@router.post("/generate/batch/jobs/{job_id}/cancel", response_model=BatchJob, responses=responses_for(KEYED, JOB, {202: {
+    "model": BatchJob, "description": "Cancel requested; the job has not reached its final state yet: poll it.",
+}}))
+async def cancel_batch_job(job_id: str, request: Request, principal: Principal = Depends(require_key)):
+    job = await request.app.state.batch_jobs.cancel(job_id, principal)
+    return _job(job, 200 if job.status in TERMINAL else 202)
+
+
+def telegram_secret(request: Request, x_telegram_bot_api_secret_token: Optional[str] = Header(None)) -> None:
+    """Checked before the body is read: a wrong secret is a 401/403 whatever the payload."""
+    request.app.state.telegram.check_secret(x_telegram_bot_api_secret_token)
+
+
+@router.post("/webhooks/telegram", dependencies=[Depends(telegram_secret)], responses=responses_for(WEBHOOK, {200: {
+    "model": Union[TgSendMessage, TgNoReply],
+    "description": "A sendMessage call for Telegram to make, or `{}` when there is nothing to say.",
+    "content": {"application/json": {"examples": {
+        "reply": {"value": TgSendMessage.model_config["json_schema_extra"]["examples"][0]}, "nothing": {"value": {}},
+    }}},
+}}))
+async def telegram_webhook(update: TgUpdate, request: Request):
+    reply = await request.app.state.telegram.handle(update, Outcome.of(request).client_ip)
+    return JSONResponse(reply.model_dump(exclude_none=True) if reply else {})

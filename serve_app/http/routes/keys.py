@@ -1,0 +1,63 @@
+"""HTTP routes of key management (`/api/v1/keys`, admin scope); the logic lives in serve_app/access/keys.py."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from serve_app.access.auth import require_admin
+from serve_app.http.protocol.keys import KeyCreate, KeyCreated, KeyList, KeyUpdate, KeyUsage, KeyView, WebTokenCreate
+from serve_app.http.routes.statuses import BODY, KEY, KEY_CHANGE, KEYED, links, responses_for
+
+router = APIRouter(prefix="/api/v1/keys", dependencies=[Depends(require_admin)])
+
+
+def _keys(request: Request):
+    return request.app.state.keys
+
+
+_KEY = "/api/v1/keys/{key_id}"
+
+
+@router.post("", response_model=KeyCreated, status_code=201, responses=responses_for(KEYED, BODY, links(
+    201, GetKey=("get", _KEY, "/id"), UpdateKey=("patch", _KEY, "/id"), RotateKey=("post", _KEY + "/rotate", "/id"),
+    KeyUsage=("get", _KEY + "/usage", "/id"), RevokeKey=("delete", _KEY, "/id"))))
+async def create_key(body: KeyCreate, request: Request):
+    return await _keys(request).create(body)
+
+
+@router.post("/web-tokens", response_model=KeyCreated, status_code=201, responses=responses_for(KEYED, BODY))
+async def mint_web_token(body: WebTokenCreate, request: Request):
+    """A short-lived key for a public web page: `inference` scope only, the models named, its own limits."""
+    return await _keys(request).mint_web_token(body)
+
+
+@router.get("", response_model=KeyList, responses=responses_for(KEYED))
+async def list_keys(request: Request):
+    return KeyList(data=await _keys(request).list())
+
+
+@router.get("/{key_id}", response_model=KeyView, responses=responses_for(KEYED, KEY))
+async def get_key(key_id: str, request: Request):
+    return await _keys(request).get(key_id)
+
+
+@router.patch("/{key_id}", response_model=KeyView, responses=responses_for(KEYED, BODY, KEY_CHANGE))
+async def update_key(key_id: str, body: KeyUpdate, request: Request):
+    return await _keys(request).update(key_id, body)
+
+
+@router.delete("/{key_id}", response_model=KeyView, responses=responses_for(KEYED, KEY_CHANGE))
+async def revoke_key(key_id: str, request: Request):
+    return await _keys(request).revoke(key_id)
+
+
+@router.post("/{key_id}/rotate", response_model=KeyCreated, responses=responses_for(KEYED, KEY_CHANGE))
+async def rotate_key(key_id: str, request: Request):
+    return await _keys(request).rotate(key_id)
+
+
+@router.get("/{key_id}/usage", response_model=KeyUsage, responses=responses_for(KEYED, KEY))
+async def key_usage(key_id: str, request: Request):
+    bootstrap = key_id in request.app.state.auth.bootstrap_ids
+    return await _keys(request).usage(key_id, known=bootstrap)
+

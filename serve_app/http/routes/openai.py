@@ -1,0 +1,164 @@
+"""HTTP routes of the OpenAI-compatible `/v1` API."""
+
+from __future__ import annotations
+
+import array
+import base64
+import sys
+import time
+import uuid
+from typing import Union
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from core.errors import InvalidRequest
+from serve_app.access.auth import Principal, require_caller, require_key
+from serve_app.pipeline import Admission
+from core.logs import request_id_var
+from serve_app.http.protocol.openai import (
+    CHAT_SSE_EXAMPLE,
+    COMPLETION_SSE_EXAMPLE,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessageOut,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    Delta,
+    Embedding,
+    EmbeddingList,
+    EmbeddingRequest,
+    EmbeddingUsage,
+    ModelCard,
+    ModelList,
+    UsageInfo,
+)
+from serve_app.http.routes.common import cache_headers, request_options, streamed
+from serve_app.http.routes.statuses import EMBEDDING, GENERATION, KEYED, MODEL_CARD, links, responses_for
+from serve_app.serving import Generation
+from serve_app.http.streaming import sse_stream
+
+router = APIRouter(prefix="/v1")
+
+
+def _usage(generation: Generation) -> UsageInfo:
+    u = generation.usage
+    return UsageInfo(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens)
+
+
+def _dump(model) -> dict:
+    return model.model_dump(exclude_none=False)
+
+
+@router.post("/chat/completions", responses=responses_for(KEYED, GENERATION, streamed(ChatCompletion, CHAT_SSE_EXAMPLE)))
+async def chat_completions(body: ChatCompletionRequest, request: Request,
+                           admission: Admission = Depends(require_caller)):
+    generation = await request.app.state.generation.start(
+        admission, body.model, request_id_var.get(), body.to_sampling_params(),
+        messages=[m.as_dict() for m in body.messages], priority=body.priority,
+        options=request_options(request, admission.principal, "chat.completions", body.cache, body.session_id),
+    )
+    name = generation.model_id
+    headers = cache_headers(generation)
+    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def chunk(delta: Delta, finish=None, choices=True) -> dict:
+        choice = [ChatChunkChoice(delta=delta, finish_reason=finish)] if choices else []
+        return _dump(ChatCompletionChunk(id=cid, created=created, model=name, choices=choice))
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def on_end(g: Generation) -> list[dict]:
+            events = [chunk(Delta(), g.finish_reason)]
+            if include_usage:
+                events.append({**chunk(Delta(), choices=False), "usage": _dump(_usage(g))})
+            return events
+
+        return sse_stream(
+            request, generation,
+            on_chunk=lambda c: [chunk(Delta(content=c.text))] if c.text else [],
+            on_end=on_end,
+            first=[chunk(Delta(role="assistant", content=""))],
+            headers=headers,
+        )
+    result = await generation.collect()
+    return JSONResponse(_dump(ChatCompletion(
+        id=cid, created=created, model=name,
+        choices=[ChatChoice(message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason)],
+        usage=_usage(generation),
+    )), headers=headers)
+
+
+@router.post("/completions", responses=responses_for(KEYED, GENERATION, streamed(Completion, COMPLETION_SSE_EXAMPLE)))
+async def completions(body: CompletionRequest, request: Request, admission: Admission = Depends(require_caller)):
+    generation = await request.app.state.generation.start(
+        admission, body.model, request_id_var.get(), body.to_sampling_params(), prompt=body.prompt,
+        priority=body.priority, options=request_options(request, admission.principal, "completions", body.cache),
+    )
+    name = generation.model_id
+    headers = cache_headers(generation)
+    cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def completion(text: str, finish=None, usage=None) -> dict:
+        return _dump(Completion(id=cid, created=created, model=name,
+                                choices=[CompletionChoice(text=text, finish_reason=finish)], usage=usage))
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse_stream(
+            request, generation,
+            on_chunk=lambda c: [completion(c.text)] if c.text else [],
+            on_end=lambda g: [completion("", g.finish_reason, _usage(g) if include_usage else None)],
+            headers=headers,
+        )
+    result = await generation.collect()
+    return JSONResponse(completion(result.text, result.finish_reason, _usage(generation)), headers=headers)
+
+
+def _encode(vector: list[float], encoding_format: str) -> Union[list[float], str]:
+    if encoding_format == "base64":  # what the openai package asks for by default
+        packed = array.array("f", vector)
+        if sys.byteorder == "big":
+            packed.byteswap()  # the wire format is little-endian float32
+        return base64.b64encode(packed.tobytes()).decode("ascii")
+    return vector
+
+
+@router.post("/embeddings", response_model=EmbeddingList, responses=responses_for(KEYED, EMBEDDING))
+async def embeddings(body: EmbeddingRequest, request: Request, admission: Admission = Depends(require_caller)):
+    entry, result = await request.app.state.embeddings.embed(admission, body.model, request_id_var.get(), body.texts())
+    size = len(result.vectors[0])
+    if body.dimensions is not None and body.dimensions != size:
+        raise InvalidRequest(f"model {entry.name!r} gives {size} dimensions, not {body.dimensions}",
+                             param="dimensions")
+    return EmbeddingList(
+        data=[Embedding(index=i, embedding=_encode(v, body.encoding_format)) for i, v in enumerate(result.vectors)],
+        model=entry.name,
+        usage=EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
+    )
+
+
+@router.get("/models", response_model=ModelList, responses=responses_for(KEYED, links(
+    200, GetModel=("get", "/v1/models/{model_id}", "/data/0/id"))))
+async def list_models(request: Request, principal: Principal = Depends(require_key)):
+    created = request.app.state.started_at
+    ids = [i for i in request.app.state.router.model_ids() if principal.may_use(i.partition(":")[0])]
+    views = await request.app.state.control.views()
+    cards = []
+    for model_id in ids:
+        view = views.get(model_id.partition(":")[0])
+        cards.append(ModelCard(id=model_id, created=created, state=view.state if view else None,
+                               replicas=view.replicas if view else None))
+    return ModelList(data=cards)
+
+
+@router.get("/models/{model_id}", response_model=ModelCard, responses=responses_for(KEYED, MODEL_CARD))
+async def get_model(model_id: str, request: Request, principal: Principal = Depends(require_key)):
+    entry, _ = request.app.state.router.resolve_adapter(model_id, None)
+    principal.check_model(entry.name)
+    return ModelCard(id=model_id, created=request.app.state.started_at)

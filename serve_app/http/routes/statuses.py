@@ -1,0 +1,122 @@
+"""What each operation can answer besides success, derived from the errors it can raise.
+
+A route lists the groups of errors its path raises (`responses_for(KEYED, BODY, MODEL)`); each
+error class carries its status and code, so the OpenAPI document declares exactly those statuses,
+each with the OpenAI error body and the codes it may carry. Validation errors are 400 here, never
+FastAPI's 422 (serve_app/http/errors.py maps them; serve_app/http/openapi.py drops the 422 FastAPI adds).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Union
+
+from core.errors import (
+    AICoreError,
+    AuthenticationFailed,
+    BackendFailure,
+    ContextLengthExceeded,
+    InsufficientMemory,
+    InvalidRequest,
+    ModelDisabled,
+    ModelNotFound,
+    ModelUnavailable,
+    NotEnabled,
+    Overloaded,
+    PromptTooLong,
+    SessionNotFound,
+)
+from core.errors import PermissionDenied as WrongSecret
+from core.access_errors import (
+    AddressNotAllowed,
+    BodyTooLarge,
+    ContentFiltered,
+    KeyConflict,
+    KeyDisabled,
+    KeyExpired,
+    KeyNotFound,
+    KeyRevoked,
+    ModelNotAllowed,
+    PermissionDenied,
+    RateLimited,
+    TooManyMessages,
+)
+from serve_app.integrations.batch_jobs import JobNotFound
+from serve_app.http.protocol.errors import ErrorResponse
+from serve_app.state.store import StoreUnavailable
+
+Errors = tuple[type[AICoreError], ...]
+KEY_MARK = "x-api-key"  # on the 401 of operations that check a key: serve_app/http/openapi.py declares the key
+
+
+class KeyErrors(tuple):
+    """The errors of checking an API key: an operation listing them takes a key."""
+
+# A key is checked (require_key, require_admin, require_metrics): missing or bad key, wrong scope
+# or address, over its rate limits, the key store unreachable.
+KEYED = KeyErrors((AuthenticationFailed, KeyRevoked, KeyDisabled, KeyExpired, PermissionDenied, AddressNotAllowed,
+                   RateLimited, StoreUnavailable))
+# A JSON body: invalid (400: invalid_value, invalid_json), larger than MAX_BODY_BYTES (413).
+BODY: Errors = (InvalidRequest, BodyTooLarge)
+QUERY: Errors = (InvalidRequest,)  # an invalid query parameter
+# The request names a model (or takes the default): unknown, not the key's, not available now.
+MODEL: Errors = (ModelNotFound, ModelNotAllowed, ModelUnavailable, ModelDisabled, Overloaded, InsufficientMemory)
+# A model reads the input: too long in characters or tokens, refused by the content policy, the engine failed.
+INPUT: Errors = (PromptTooLong, ContextLengthExceeded, ContentFiltered, BackendFailure)
+GENERATION: Errors = BODY + MODEL + INPUT + (TooManyMessages,)
+EMBEDDING: Errors = BODY + MODEL + INPUT
+MODEL_CARD: Errors = (ModelNotFound, ModelNotAllowed)
+SESSION: Errors = (SessionNotFound,)
+JOB: Errors = (JobNotFound,)
+KEY: Errors = (KeyNotFound,)
+KEY_CHANGE: Errors = (KeyNotFound, KeyConflict)
+LOAD: Errors = BODY + (ModelNotFound, InsufficientMemory, ModelUnavailable)
+# The Telegram webhook: off, secret missing or wrong, chat state unreachable; generation errors
+# become the chat's answer (an HTTP error would make Telegram retry).
+WEBHOOK: Errors = BODY + (NotEnabled, AuthenticationFailed, WrongSecret, StoreUnavailable)
+
+_VALIDATION_CODES = ("invalid_value", "invalid_json")  # serve_app.http.errors.validation_error
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+
+
+def _codes(errors: Iterable[type[AICoreError]]) -> list[str]:
+    codes: set[str] = set()
+    for error in errors:
+        if error.code:
+            codes.add(error.code)
+        if error is InvalidRequest:
+            codes.update(_VALIDATION_CODES)
+    return sorted(codes)
+
+
+def responses_for(*groups: Union[Errors, dict]) -> dict:
+    """FastAPI `responses=`: one entry per status the given error groups can answer; a dict
+    (e.g. `streamed(...)` or a 202) is merged in as it is."""
+    by_status: dict[int, list[type[AICoreError]]] = {}
+    extra: dict = {}
+    keyed = any(isinstance(group, KeyErrors) for group in groups)
+    for group in groups:
+        if isinstance(group, dict):
+            extra.update(group)
+            continue
+        for error in group:
+            by_status.setdefault(error.status, []).append(error)
+    responses: dict = {}
+    for status in sorted(by_status):
+        entry = {"model": ErrorResponse, "description": "Error codes: " + ", ".join(_codes(by_status[status]))}
+        if status in (429, 503):
+            entry["headers"] = _RETRY_AFTER
+        if status == 401 and keyed:
+            entry[KEY_MARK] = True
+        responses[status] = entry
+    return {**responses, **extra}
+
+
+def links(status: int, **targets: tuple[str, str, str]) -> dict:
+    """OpenAPI links of the `status` answer: name=(method, path, JSON pointer of the answer's
+    value), each to the one path parameter of `path` (a client, or a fuzzer, follows them)."""
+    found = {}
+    for name, (method, path, pointer) in targets.items():
+        parameter = path[path.rindex("{") + 1: path.rindex("}")]
+        ref = "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+        found[name] = {"operationRef": ref, "parameters": {parameter: "$response.body#" + pointer}}
+    return {status: {"links": found}}

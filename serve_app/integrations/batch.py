@@ -1,0 +1,146 @@
+"""Batch generation (the email bot's endpoint): validate each item alone, run them concurrently.
+
+At most `batch_concurrency` items of one batch generate at a time, so a batch never takes
+more of a model than a few single requests would; one bad item is that item's error only.
+Each item is a request of its own in the admission pipeline: it counts against the key's
+requests and tokens per minute, and its usage is recorded (the batch call itself is not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any, Optional, Union
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from core.errors import InvalidRequest, Overloaded
+from serve_app.http.errors import error_body, to_aicore_error, validation_error
+from serve_app.pipeline import Admission, Pipeline
+from serve_app.http.protocol.batch import (
+    BatchChatItem,
+    BatchGenerateItem,
+    BatchItemResult,
+    BatchRequest,
+    BatchResponse,
+    BatchTotals,
+)
+from serve_app.http.replies import generate_response
+from serve_app.serving import GenerationService, RequestOptions
+from core.settings import Settings
+
+Item = Union[BatchGenerateItem, BatchChatItem]
+MAX_OVERLOAD_WAIT_S = 30  # longest pause before a job asks an overloaded model again
+
+
+def parse_item(raw: dict, default_format: Optional[str]) -> Item:
+    kind = raw.get("type") or ("chat" if "messages" in raw else "generate")
+    if default_format and "format" not in raw:
+        raw = {**raw, "format": default_format}
+    model = {"generate": BatchGenerateItem, "chat": BatchChatItem}.get(kind)
+    if model is None:
+        raise InvalidRequest(f"type must be 'generate' or 'chat', not {kind!r}", param="type")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        raise validation_error(RequestValidationError(error.errors())) from None
+
+
+class Prepared:
+    """One item of a batch after validation: the item, or the error that is its result."""
+
+    def __init__(self, index: int, raw: Any, item: Optional[Item] = None, error: Optional[BaseException] = None):
+        self.index = index
+        self.item = item
+        self.error = error
+        self.id = item.id if item is not None else (raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None)
+
+    def failed(self, error: BaseException) -> BatchItemResult:
+        return BatchItemResult(index=self.index, id=self.id, status="error",
+                               error=error_body(to_aicore_error(error))["error"])
+
+
+def prepare(items: list[dict], default_format: Optional[str]) -> list[Prepared]:
+    """Validate every item in order; an id used by an earlier valid item is that item's error."""
+    seen: set[str] = set()
+    prepared = []
+    for index, raw in enumerate(items):
+        try:
+            item = parse_item(raw, default_format)
+            if item.id in seen:
+                raise InvalidRequest(f"id {item.id!r} is used by an earlier item", param="id")
+            seen.add(item.id)
+            prepared.append(Prepared(index, raw, item=item))
+        except Exception as error:
+            prepared.append(Prepared(index, raw, error=error))
+    return prepared
+
+
+def totals(results: list[BatchItemResult], started: float) -> BatchTotals:
+    ok = [r for r in results if r.status == "ok"]
+    return BatchTotals(
+        items=len(results), succeeded=len(ok), failed=len(results) - len(ok),
+        tokens_used=sum(r.result.tokens_used for r in ok),
+        processing_time=round(time.monotonic() - started, 4),
+    )
+
+
+class BatchService:
+    def __init__(self, service: GenerationService, settings: Settings, pipeline: Pipeline):
+        self.service = service
+        self.settings = settings
+        self.pipeline = pipeline
+
+    async def run(self, body: BatchRequest, caller: Admission) -> BatchResponse:
+        if len(body.items) > self.settings.batch_max_items:
+            raise InvalidRequest(
+                f"{len(body.items)} items; a batch takes at most {self.settings.batch_max_items}",
+                param="items", code="too_many_items",
+            )
+        started = time.monotonic()
+        gate = asyncio.Semaphore(self.settings.batch_concurrency)
+
+        async def one(entry: Prepared) -> BatchItemResult:
+            if entry.error is not None:
+                return entry.failed(entry.error)
+            async with gate:
+                return await self.generate(entry, caller)
+
+        results = list(await asyncio.gather(*(one(entry) for entry in prepare(body.items, body.format))))
+        return BatchResponse(results=results, totals=totals(results, started))
+
+    async def generate(self, entry: Prepared, caller: Admission, retry_overloaded: bool = False) -> BatchItemResult:
+        """Run one valid item; its failure (unknown model, overload, ...) is its result.
+
+        `retry_overloaded` (asynchronous jobs): a model that refuses for overload (503) is asked
+        again after its Retry-After, for as long as it takes; the job's cancel stops the wait."""
+        while True:
+            admission = self.pipeline.admit_part(caller)
+            status = 499  # cancelled (a job's cancel) unless set below
+            try:
+                result = await self._generate(entry, admission)
+                status = 200
+                return result
+            except Exception as error:
+                mapped = to_aicore_error(error)
+                status = mapped.status
+                if not (retry_overloaded and isinstance(mapped, Overloaded)):
+                    return entry.failed(mapped)
+            finally:
+                await admission.close(status)
+            await asyncio.sleep(min(mapped.retry_after, MAX_OVERLOAD_WAIT_S))
+
+    async def _generate(self, entry: Prepared, admission: Admission) -> BatchItemResult:
+        item, key_id = entry.item, admission.key_id
+        generation = await self.service.start(
+            admission, item.model, uuid.uuid4().hex, item.to_sampling_params(),
+            prompt=item.prompt if isinstance(item, BatchGenerateItem) else None,
+            messages=[m.as_dict() for m in item.messages] if isinstance(item, BatchChatItem) else None,
+            priority=item.priority,
+            options=RequestOptions(endpoint="-", tenant=key_id, owner=key_id, cache=item.cache),
+        )
+        result = await generation.collect()
+        return BatchItemResult(index=entry.index, id=item.id, status="ok",
+                               result=generate_response(generation, result.text, item))

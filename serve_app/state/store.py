@@ -1,0 +1,362 @@
+"""Shared state for the ingress: Redis when REDIS_URL is set, else one process's memory.
+
+A small set of primitives (strings with TTL, atomic windowed counters, hashes, sets) that
+both implementations provide with the same meaning, so the cache, sessions, API keys and
+rate limits are written once. Every Redis failure becomes `StoreUnavailable` (503), and
+each caller decides what a failure means (the cache skips, sessions answer 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable, Optional, Protocol
+
+from core.errors import AICoreError
+
+
+class StoreUnavailable(AICoreError):
+    status, type, code = 503, "server_error", "store_unavailable"
+
+
+class Store(Protocol):
+    kind: str
+
+    async def get(self, key: str) -> Optional[str]: ...
+    async def compare_and_set(self, key: str, expected: str, value: str) -> bool: ...
+    async def set(self, key: str, value: str, ttl_s: Optional[float] = None) -> None: ...
+    async def delete(self, *keys: str) -> None: ...
+    async def incr_window(self, key: str, amount: int, window_s: int) -> int: ...
+    async def take_window(self, requests_key: str, tokens_key: str, rpm: int, tpm: int, reserve: int,
+                          window_s: int) -> tuple[int, float, int, float, int]: ...
+    async def settle_window(self, key: str, amount: int, window_s: int) -> None: ...
+    async def get_indirect(self, index_key: str, prefix: str) -> Optional[str]: ...
+    async def hupdate(self, key: str, increments: dict[str, int], values: dict[str, str]) -> None: ...
+    async def hset(self, key: str, mapping: dict[str, str]) -> None: ...
+    async def hgetall(self, key: str) -> dict[str, str]: ...
+    async def hincrby(self, key: str, field: str, amount: int) -> int: ...
+    async def sadd(self, key: str, member: str) -> None: ...
+    async def srem(self, key: str, member: str) -> None: ...
+    async def smembers(self, key: str) -> set[str]: ...
+    async def ping(self) -> bool: ...
+    async def count(self, prefix: str) -> int: ...
+    async def ttl(self, key: str) -> Optional[float]: ...
+    async def expire(self, key: str, ttl_s: float) -> None: ...
+
+
+# INCRBY then set the window's expiry once, atomically: concurrent callers see distinct totals.
+_INCR_WINDOW = """
+local total = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return total
+"""
+
+# A rate-limit admission in one round trip: count the request (RPM), then reserve `reserve`
+# tokens (TPM) unless the window already holds some and they would pass the limit (an empty
+# window takes any one request, so a reservation larger than the limit still runs, alone).
+# Returns requests used, its window's ms left, tokens used, its ms left, and the verdict:
+# 0 admitted, 1 over the request limit, 2 over the token limit (nothing reserved when refused).
+_TAKE_WINDOW = """
+local rpm, tpm, reserve, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local function add(key, amount)
+  local total = redis.call('INCRBY', key, amount)
+  if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, window) end
+  return total
+end
+local requests, tokens, verdict = 0, 0, 0
+if rpm > 0 then
+  requests = add(KEYS[1], 1)
+  if requests > rpm then verdict = 1 end
+end
+if tpm > 0 then
+  tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if verdict == 0 and (tokens >= tpm or (tokens > 0 and tokens + reserve > tpm)) then verdict = 2 end
+  if verdict == 0 and reserve > 0 then tokens = add(KEYS[2], reserve) end
+end
+return {requests, redis.call('PTTL', KEYS[1]), tokens, redis.call('PTTL', KEYS[2]), verdict}
+"""
+
+# Settle a reservation: add `amount` (negative gives tokens back) to a window that still lives;
+# a positive amount opens a new window, a negative one never makes a fresh window negative.
+_SETTLE_WINDOW = """
+local amount = tonumber(ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], amount)
+elseif amount > 0 then redis.call('SET', KEYS[1], amount, 'EX', ARGV[2]) end
+return 0
+"""
+
+# Follow an index in one round trip: the value at `prefix .. GET(index)` (an API key's record by hash).
+_GET_INDIRECT = """
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+return redis.call('GET', ARGV[1] .. id)
+"""
+
+# Replace a string only if it still holds what the caller read (an optimistic read-modify-write).
+_COMPARE_AND_SET = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end
+return 0
+"""
+
+
+class RedisStore:
+    kind = "redis"
+
+    def __init__(self, url: str, timeout_s: float = 1.0, on_error: Callable[[], None] = lambda: None,
+                 password: Optional[str] = None):
+        import redis.asyncio as redis
+
+        self._on_error = on_error
+        self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # One immediate retry: a pooled connection that died with a Redis restart is replaced
+        # transparently instead of failing the first call after the restart.
+        # `password` (REDIS_PASSWORD) applies when the URL carries none: redis-py lets the URL's win.
+        self.client = redis.Redis.from_url(
+            url, password=password or None, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            health_check_interval=15, retry=Retry(NoBackoff(), 1),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
+        self._incr = self.client.register_script(_INCR_WINDOW)
+        self._cas = self.client.register_script(_COMPARE_AND_SET)
+        self._take = self.client.register_script(_TAKE_WINDOW)
+        self._settle = self.client.register_script(_SETTLE_WINDOW)
+        self._indirect = self.client.register_script(_GET_INDIRECT)
+
+    async def _call(self, coro):
+        try:
+            return await coro
+        except self._errors as error:
+            self._on_error()
+            raise StoreUnavailable(f"Redis is unreachable ({type(error).__name__})") from None
+
+    async def get(self, key):
+        return await self._call(self.client.get(key))
+
+    async def set(self, key, value, ttl_s=None):
+        await self._call(self.client.set(key, value, ex=int(ttl_s) if ttl_s else None))
+
+    async def compare_and_set(self, key, expected, value):
+        """Set `key` to `value` only while it still holds `expected`; True when it was set."""
+        return bool(await self._call(self._cas(keys=[key], args=[expected, value])))
+
+    async def delete(self, *keys):
+        if keys:
+            await self._call(self.client.delete(*keys))
+
+    async def incr_window(self, key, amount, window_s):
+        return int(await self._call(self._incr(keys=[key], args=[amount, window_s])))
+
+    async def take_window(self, requests_key, tokens_key, rpm, tpm, reserve, window_s):
+        requests, requests_ms, tokens, tokens_ms, verdict = await self._call(
+            self._take(keys=[requests_key, tokens_key], args=[rpm, tpm, reserve, window_s]))
+        return int(requests), _seconds(requests_ms, window_s), int(tokens), _seconds(tokens_ms, window_s), int(verdict)
+
+    async def settle_window(self, key, amount, window_s):
+        if amount:
+            await self._call(self._settle(keys=[key], args=[amount, window_s]))
+
+    async def get_indirect(self, index_key, prefix):
+        return await self._call(self._indirect(keys=[index_key], args=[prefix]))
+
+    async def hupdate(self, key, increments, values):
+        """HINCRBY each counter and HSET the values in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for field, amount in increments.items():
+            pipe.hincrby(key, field, amount)
+        if values:
+            pipe.hset(key, mapping=values)
+        await self._call(pipe.execute())
+
+    async def hset(self, key, mapping):
+        await self._call(self.client.hset(key, mapping=mapping))
+
+    async def hgetall(self, key):
+        return await self._call(self.client.hgetall(key))
+
+    async def hincrby(self, key, field, amount):
+        return int(await self._call(self.client.hincrby(key, field, amount)))
+
+    async def sadd(self, key, member):
+        await self._call(self.client.sadd(key, member))
+
+    async def srem(self, key, member):
+        await self._call(self.client.srem(key, member))
+
+    async def smembers(self, key):
+        return set(await self._call(self.client.smembers(key)))
+
+    async def ping(self):
+        try:
+            return bool(await self.client.ping())
+        except self._errors:
+            return False
+
+    async def count(self, prefix):
+        async def scan() -> int:
+            return sum([1 async for _ in self.client.scan_iter(match=prefix + "*", count=500)])
+
+        return await self._call(scan())
+
+    async def ttl(self, key):
+        """Seconds until the key expires; None when it has no expiry or does not exist."""
+        remaining = int(await self._call(self.client.pttl(key)))
+        return remaining / 1000 if remaining >= 0 else None
+
+    async def expire(self, key, ttl_s):
+        """Give an existing key (any kind) a time to live; a missing key stays missing."""
+        await self._call(self.client.pexpire(key, max(1, int(ttl_s * 1000))))
+
+
+class MemoryStore:
+    """The single-replica default: the same semantics in one process (the event loop serialises)."""
+
+    kind = "memory"
+
+    def __init__(self) -> None:
+        self._data: dict[str, object] = {}
+        self._expiry: dict[str, float] = {}
+
+    def _live(self, key: str):
+        deadline = self._expiry.get(key)
+        if deadline is not None and deadline <= time.monotonic():
+            self._data.pop(key, None)
+            self._expiry.pop(key, None)
+        return self._data.get(key)
+
+    def _expire(self, key: str, ttl_s: Optional[float]) -> None:
+        if ttl_s:
+            self._expiry[key] = time.monotonic() + ttl_s
+        else:
+            self._expiry.pop(key, None)
+
+    async def get(self, key):
+        value = self._live(key)
+        return value if isinstance(value, str) else None
+
+    async def set(self, key, value, ttl_s=None):
+        self._data[key] = value
+        self._expire(key, ttl_s)
+
+    async def compare_and_set(self, key, expected, value):
+        # No await between the read and the write: atomic on the event loop.
+        if self._live(key) != expected:
+            return False
+        self._data[key] = value
+        self._expiry.pop(key, None)  # as Redis's SET: no expiry afterwards
+        return True
+
+    async def delete(self, *keys):
+        for key in keys:
+            self._data.pop(key, None)
+            self._expiry.pop(key, None)
+
+    async def incr_window(self, key, amount, window_s):
+        return self._add_window(key, amount, window_s)
+
+    async def take_window(self, requests_key, tokens_key, rpm, tpm, reserve, window_s):
+        # No await inside: atomic on the event loop, as the Lua script is in Redis.
+        requests = tokens = verdict = 0
+        if rpm > 0:
+            requests = self._add_window(requests_key, 1, window_s)
+            verdict = 1 if requests > rpm else 0
+        if tpm > 0:
+            tokens = int(self._live(tokens_key) or 0)
+            if verdict == 0 and (tokens >= tpm or (tokens > 0 and tokens + reserve > tpm)):
+                verdict = 2
+            if verdict == 0 and reserve > 0:
+                tokens = self._add_window(tokens_key, reserve, window_s)
+        return requests, self._left(requests_key, window_s), tokens, self._left(tokens_key, window_s), verdict
+
+    async def settle_window(self, key, amount, window_s):
+        if self._live(key) is not None:
+            self._data[key] = str(int(self._data[key]) + amount)
+        elif amount > 0:
+            self._add_window(key, amount, window_s)
+
+    def _add_window(self, key: str, amount: int, window_s: int) -> int:
+        current = self._live(key)
+        if current is None:
+            self._expire(key, window_s)
+        total = int(current or 0) + amount
+        self._data[key] = str(total)
+        return total
+
+    def _left(self, key: str, window_s: int) -> float:
+        deadline = self._expiry.get(key) if self._live(key) is not None else None
+        return max(0.0, deadline - time.monotonic()) if deadline is not None else float(window_s)
+
+    async def get_indirect(self, index_key, prefix):
+        target = await self.get(index_key)
+        return await self.get(prefix + target) if target is not None else None
+
+    async def hupdate(self, key, increments, values):
+        current = self._live(key)
+        record = dict(current) if isinstance(current, dict) else {}
+        for field, amount in increments.items():
+            record[field] = str(int(record.get(field, 0)) + amount)
+        self._data[key] = {**record, **values}
+
+    async def hset(self, key, mapping):
+        current = self._live(key)
+        self._data[key] = {**(current if isinstance(current, dict) else {}), **mapping}
+
+    async def hgetall(self, key):
+        value = self._live(key)
+        return dict(value) if isinstance(value, dict) else {}
+
+    async def hincrby(self, key, field, amount):
+        current = self._live(key)
+        mapping = current if isinstance(current, dict) else {}
+        mapping[field] = str(int(mapping.get(field, 0)) + amount)
+        self._data[key] = mapping
+        return int(mapping[field])
+
+    async def sadd(self, key, member):
+        current = self._live(key)
+        self._data[key] = (current if isinstance(current, set) else set()) | {member}
+
+    async def srem(self, key, member):
+        current = self._live(key)
+        if isinstance(current, set):
+            current.discard(member)
+
+    async def smembers(self, key):
+        value = self._live(key)
+        return set(value) if isinstance(value, set) else set()
+
+    async def ping(self):
+        return True
+
+    async def count(self, prefix):
+        return sum(1 for key in list(self._data) if key.startswith(prefix) and self._live(key) is not None)
+
+    async def ttl(self, key):
+        deadline = self._expiry.get(key) if self._live(key) is not None else None
+        return max(0.0, deadline - time.monotonic()) if deadline is not None else None
+
+    async def expire(self, key, ttl_s):
+        if self._live(key) is not None:
+            self._expire(key, ttl_s)
+
+    def purge_expired(self) -> int:
+        """Drop every expired key now (reads drop them lazily; a long-lived store calls this)."""
+        now = time.monotonic()
+        gone = [key for key, deadline in self._expiry.items() if deadline <= now]
+        for key in gone:
+            self._data.pop(key, None)
+            self._expiry.pop(key, None)
+        return len(gone)
+
+
+
+def _seconds(milliseconds: int, window_s: int) -> float:
+    """A PTTL answer in seconds (a key without expiry, or gone, counts as a whole window)."""
+    return int(milliseconds) / 1000 if int(milliseconds) >= 0 else float(window_s)
+
+
+def make_store(redis_url: Optional[str], on_error: Callable[[], None] = lambda: None,
+               password: Optional[str] = None) -> Store:
+    return RedisStore(redis_url, on_error=on_error, password=password) if redis_url else MemoryStore()
