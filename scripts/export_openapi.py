@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from serve_app.app import create_app
-from serve_app.serving import ModelRouter
+from serve_app.model_router import ModelRouter
 from core.settings import Settings
 from serve_app.ops.status import ModelStatus
 

@@ -24,7 +24,8 @@ from serve_app.pipeline import Pipeline
 from serve_app.http.openapi import install_openapi
 from serve_app.access.ratelimit import RateLimiter
 from serve_app.http.routes import api_v1, integrations, keys, openai, web
-from serve_app.serving import EmbeddingService, GenerationService, ModelRouter
+from serve_app.model_router import ModelRouter
+from serve_app.serving import EmbeddingService, GenerationService
 from serve_app.state.sessions import SessionStore
 from core.settings import Settings
 from serve_app.state.shared_store import RemoteStore

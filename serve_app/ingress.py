@@ -16,7 +16,7 @@ from deployments.model_deployment import ReplicaContext, entry_revision
 from deployments.ray_net import bind_replica_grpc_to_node_ip
 from serve_app.app import create_app
 from core.logs import configure_logging
-from serve_app.serving import ModelEntry, ModelRouter
+from serve_app.model_router import ModelEntry, ModelRouter
 from core.settings import Settings
 from serve_app.ops.status import ModelStatus
 

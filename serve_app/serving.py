@@ -8,31 +8,28 @@ before the first token can still become a proper HTTP error, not a broken stream
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from dataclasses import dataclass
 import logging
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+from typing import Awaitable, Callable, Optional
 
-from deployments.config import ModelConfig
 from core.errors import (
     ContextLengthExceeded,
     InvalidRequest,
-    ModelNotFound,
     ModelUnavailable,
     PromptTooLong,
 )
 from core.types import (
     EmbeddingResult,
-    GenerationChunk,
     GenerationRequest,
     GenerationResult,
     SamplingParams,
-    Usage,
 )
 from core.access_errors import TooManyMessages
 from serve_app.state.cache import ResponseCache, cache_key, wants_cache
 from serve_app.access.content_filter import ContentPolicy
+from serve_app.generation import Generation, OnComplete, next_chunk
+from serve_app.model_router import ModelEntry, ModelRouter
 from serve_app.pipeline import Admission, estimate_tokens
 from serve_app.http.protocol.api_v1 import MAX_EMBEDDING_INPUTS
 from serve_app.state.sessions import SessionStore, trim_to_fit
@@ -43,56 +40,6 @@ logger = logging.getLogger("aicore.serving")
 
 # Room left for the chat template's own tokens when trimming a session to the context.
 TEMPLATE_MARGIN_TOKENS = 32
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    config: ModelConfig
-    handle: Any  # ray.serve.handle.DeploymentHandle
-    identity: str = ""  # weights revision + config: part of every cache key
-
-
-class ModelRouter:
-    def __init__(
-        self, entries: dict[str, ModelEntry], default_model: Optional[str], default_embedding_model: Optional[str] = None
-    ):
-        self.entries = entries
-        self.default_model = default_model
-        self.default_embedding_model = default_embedding_model
-
-    def resolve(self, name: Optional[str], task: Optional[str] = None) -> ModelEntry:
-        """The model `name` (or the default for `task`); a model of another task is a 400."""
-        if not name:
-            name = self.default_embedding_model if task == "embed" else self.default_model
-            if name is None:
-                raise InvalidRequest(f"no {'embedding' if task == 'embed' else 'generation'} model is configured",
-                                     param="model")
-        entry = self.entries.get(name)
-        if entry is None:
-            raise ModelNotFound(f"model {name!r} does not exist", param="model")
-        if task is not None and entry.config.task != task:
-            if task == "embed":
-                raise InvalidRequest(f"model {name!r} does not produce embeddings", param="model")
-            raise InvalidRequest(
-                f"model {name!r} is an embedding model: use /v1/embeddings or /api/v1/embeddings", param="model"
-            )
-        return entry
-
-    def resolve_adapter(self, name: Optional[str], task: Optional[str]) -> tuple[ModelEntry, Optional[str]]:
-        """`<model>` or `<model>:<adapter>` (an adapter listed in the model's entry)."""
-        base, colon, adapter = (name or "").partition(":")
-        entry = self.resolve(base or None, task)
-        if colon and adapter not in entry.config.adapters:
-            raise ModelNotFound(f"model {name!r} does not exist", param="model")
-        return entry, adapter or None
-
-    def model_ids(self) -> list[str]:
-        """Every id a request may name: each model, then each of its adapters as `<model>:<adapter>`."""
-        ids = []
-        for name, entry in self.entries.items():
-            ids += [name] + [f"{name}:{adapter}" for adapter in entry.config.adapters]
-        return ids
 
 
 @dataclass(frozen=True)
@@ -107,7 +54,6 @@ class RequestOptions:
     owner: str = "-"  # the caller's key id: sessions are per key
 
 
-OnComplete = Callable[[GenerationResult], Awaitable[None]]
 Gate = Callable[["ModelEntry"], Awaitable[None]]
 
 
@@ -115,117 +61,6 @@ async def admit(gate: Optional[Gate], entry: "ModelEntry") -> None:
     """Let the lifecycle gate hold or refuse a request before it reaches the model's replicas."""
     if gate is not None:
         await gate(entry)
-
-
-class _Replay:
-    """The rest of a stream that is already known (a cache hit)."""
-
-    def __init__(self, chunks: list[GenerationChunk]):
-        self._chunks = list(chunks)
-
-    async def __anext__(self) -> GenerationChunk:
-        if not self._chunks:
-            raise StopAsyncIteration
-        return self._chunks.pop(0)
-
-    def cancel(self) -> None:
-        self._chunks.clear()
-
-
-class Generation:
-    """A started generation: the first chunk is in hand, the rest streams.
-
-    When the stream completes, `on_complete` callbacks get the whole result (cache
-    fill, session update); a stream the client abandoned completes nothing.
-    """
-
-    def __init__(self, entry: ModelEntry, first: Optional[GenerationChunk], rest: Any, started: float,
-                 on_complete: tuple[OnComplete, ...] = (), cache: Optional[str] = None,
-                 adapter: Optional[str] = None):
-        self.admission: Optional[Admission] = None  # charged with the tokens when the stream ends
-        self.prompt_estimate = 0  # charged for the prompt when the client leaves before the usage arrives
-        self.entry = entry
-        self.model_id = f"{entry.name}:{adapter}" if adapter else entry.name  # echoed in responses
-        self._first = first
-        self._rest = rest
-        self.started = started
-        self.first_token_s: Optional[float] = time.monotonic() - started if first else None
-        self.usage = Usage()
-        self.finish_reason: Optional[str] = None
-        self.cache = cache  # "hit", "miss" or None (not cacheable)
-        self._on_complete = on_complete
-        self._done = first is None
-        self.screen = None  # optional OutputScreen (content policy): holds text back until judged
-        self.output_text: Optional[str] = None  # kept when the log wants it
-        self.prompt_text: Optional[str] = None
-        self.log_chars = 0
-
-    @classmethod
-    def replay(cls, entry: ModelEntry, result: GenerationResult, adapter: Optional[str] = None) -> "Generation":
-        final = GenerationChunk(finish_reason=result.finish_reason, usage=result.usage)
-        first = GenerationChunk(text=result.text) if result.text else final
-        rest = _Replay([final] if result.text else [])
-        return cls(entry, first, rest, time.monotonic(), cache="hit", adapter=adapter)
-
-    async def chunks(self) -> AsyncIterator[GenerationChunk]:
-        parts: list[str] = []
-        try:
-            chunk = self._first
-            while chunk is not None:
-                if chunk.finish_reason:
-                    self.finish_reason, self.usage = chunk.finish_reason, chunk.usage or self.usage
-                parts.append(chunk.text)
-                if self.output_text is not None:
-                    self.output_text += chunk.text
-                if self.screen is not None:  # only text already judged goes out
-                    released = self.screen.feed(chunk.text) + (self.screen.finish() if chunk.finish_reason else "")
-                    chunk = dataclasses.replace(chunk, text=released)
-                yield chunk
-                chunk = await _next(self._rest)
-            if self.screen is not None and (rest := self.screen.finish()):  # a stream without a final chunk
-                yield GenerationChunk(text=rest)
-            self._done = True
-        finally:
-            if not self._done:  # the client went away: stop the model's work
-                self._rest.cancel()
-            self._report("".join(parts))
-        result = GenerationResult("".join(parts), self.finish_reason or "length", self.usage, self.first_token_s)
-        for callback in self._on_complete:
-            await callback(result)
-
-    def _report(self, text: str) -> None:
-        """Charge the admission (what the model counted, or an estimate of what a client that left
-        received) and hand the figures to the request's outcome (access log, metrics)."""
-        if self.admission is None:
-            return
-        if self._done or self.usage.total_tokens:
-            self.admission.charge(self.usage.prompt_tokens, self.usage.completion_tokens)
-        else:
-            self.admission.charge(self.prompt_estimate, estimate_tokens(len(text)))
-        outcome = self.admission.context.outcome
-        outcome.model, outcome.cache = self.model_id, self.cache
-        outcome.first_token_s, outcome.tokens_per_s = self.first_token_s, self.decode_speed()
-        if self.prompt_text is not None:  # LOG_PROMPTS: truncated copies for the access log
-            outcome.log_prompt = self.prompt_text[:self.log_chars]
-            outcome.log_response = (self.output_text or "")[:self.log_chars]
-
-    def decode_speed(self) -> Optional[float]:
-        """Completion tokens per second after the first one, once the stream has ended."""
-        if not self._done or self.first_token_s is None or self.usage.completion_tokens < 2:
-            return None
-        decode_s = time.monotonic() - self.started - self.first_token_s
-        return (self.usage.completion_tokens - 1) / decode_s if decode_s > 0 else None
-
-    async def collect(self) -> GenerationResult:
-        parts = [chunk.text async for chunk in self.chunks() if chunk.text]
-        return GenerationResult("".join(parts), self.finish_reason or "length", self.usage, self.first_token_s)
-
-
-async def _next(stream: Any) -> Optional[GenerationChunk]:
-    try:
-        return await stream.__anext__()
-    except StopAsyncIteration:
-        return None
 
 
 class GenerationService:
@@ -346,7 +181,7 @@ class GenerationService:
         started = time.monotonic()
         stream = entry.handle.options(stream=True).stream.remote(request)
         try:
-            first = await asyncio.wait_for(_next(stream), self.settings.request_timeout_s)
+            first = await asyncio.wait_for(next_chunk(stream), self.settings.request_timeout_s)
         except asyncio.TimeoutError:
             stream.cancel()
             raise ModelUnavailable(

@@ -8,7 +8,7 @@ from typing import Optional, Union
 
 from serve_app.http.email_format import to_email
 from serve_app.http.protocol.api_v1 import ChatRequest, GenerateRequest, GenerateResponse
-from serve_app.serving import Generation
+from serve_app.generation import Generation
 
 
 def now_iso() -> str:

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from core.types import GenerationChunk
 from serve_app.http.errors import sse_error_event
-from serve_app.serving import Generation
+from serve_app.generation import Generation
 
 logger = logging.getLogger("aicore.stream")
 

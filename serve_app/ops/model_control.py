@@ -16,7 +16,7 @@ from deployments import lifecycle
 from core.errors import InsufficientMemory, ModelDisabled, ModelUnavailable
 from deployments.lifecycle import Control
 from deployments.memory import node_memory, parse_size
-from serve_app.serving import ModelEntry, ModelRouter
+from serve_app.model_router import ModelEntry, ModelRouter
 from core.settings import Settings
 from serve_app.ops.status import ModelStatus, ModelView
 

@@ -13,7 +13,7 @@ import pytest
 from deployments.config import load_models_file
 from scripts.serve_process import free_port
 from serve_app.app import create_app
-from serve_app.serving import ModelEntry, ModelRouter
+from serve_app.model_router import ModelEntry, ModelRouter
 from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent

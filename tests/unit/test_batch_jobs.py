@@ -22,7 +22,8 @@ from serve_app.access.keys import KeyService
 from serve_app.pipeline import Admission, Pipeline, RequestContext
 from serve_app.http.protocol.api_v1 import GenerateResponse
 from serve_app.http.protocol.batch import BatchItemResult, BatchRequest
-from serve_app.serving import Generation, ModelEntry
+from serve_app.generation import Generation
+from serve_app.model_router import ModelEntry
 from core.settings import Settings
 from serve_app.access.ratelimit import RateLimiter
 from serve_app.state.store import MemoryStore

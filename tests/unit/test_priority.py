@@ -10,7 +10,8 @@ from core.types import GenerationChunk, SamplingParams, Usage
 from serve_app.access.auth import Principal
 from serve_app.integrations.batch import BatchService
 from serve_app.http.protocol.batch import BatchRequest
-from serve_app.serving import GenerationService, ModelEntry, ModelRouter
+from serve_app.model_router import ModelEntry, ModelRouter
+from serve_app.serving import GenerationService
 from core.settings import Settings
 from tests.conftest import ROOT
 from tests.unit.admissions import admission, pipeline

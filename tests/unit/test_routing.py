@@ -5,7 +5,7 @@ import pytest
 from deployments.config import parse_models
 from core.errors import InvalidRequest, ModelNotFound
 from serve_app.builder import pick_defaults
-from serve_app.serving import ModelEntry, ModelRouter
+from serve_app.model_router import ModelEntry, ModelRouter
 from core.settings import Settings
 
 MODELS = parse_models({"models": {

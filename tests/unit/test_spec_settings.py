@@ -181,7 +181,7 @@ def test_redis_password_is_used_with_redis_url(password_redis, monkeypatch):
 def test_app_uses_redis_password_and_a_separate_cache_redis(password_redis):
     from deployments.config import load_models_file
     from serve_app.app import create_app
-    from serve_app.serving import ModelEntry, ModelRouter
+    from serve_app.model_router import ModelEntry, ModelRouter
     from tests.unit.test_auth_asgi import _Status
 
     models = load_models_file(ROOT / "models.json").models

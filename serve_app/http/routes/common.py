@@ -7,7 +7,8 @@ from typing import Optional
 from fastapi import Request
 
 from serve_app.access.auth import Principal
-from serve_app.serving import Generation, RequestOptions
+from serve_app.generation import Generation
+from serve_app.serving import RequestOptions
 
 
 def request_options(request: Request, principal: Principal, endpoint: str, cache: Optional[bool] = None,

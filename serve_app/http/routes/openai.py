@@ -39,7 +39,7 @@ from serve_app.http.protocol.openai import (
 )
 from serve_app.http.routes.common import cache_headers, request_options, streamed
 from serve_app.http.routes.statuses import EMBEDDING, GENERATION, KEYED, MODEL_CARD, links, responses_for
-from serve_app.serving import Generation
+from serve_app.generation import Generation
 from serve_app.http.streaming import sse_stream
 
 router = APIRouter(prefix="/v1")
