@@ -114,6 +114,20 @@ def test_ray_token_authentication_is_on_and_the_documented_status_command_works(
     assert "ai-core" in done.stdout and "RUNNING" in done.stdout
 
 
+def _model_replicas(server: ServeProcess) -> list[psutil.Process]:
+    found = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
+             if "ServeReplica" in " ".join(p.cmdline()) and "model-" in " ".join(p.cmdline())]
+    assert found, "no model replica among the server's processes"
+    return found
+
+
+def test_the_start_path_runs_model_replicas_at_normal_priority(started, plain):
+    """Ray's default worker niceness is 15 (a plain `serve run` keeps it); the start path sets 0
+    (scripts/run_server.py QUIET_RAY_ENV: llama.cpp's threads lost ~20% to it, docs/benchmarks.md)."""
+    assert {p.nice() for p in _model_replicas(started)} == {0}
+    assert {p.nice() for p in _model_replicas(plain)} == {15}
+
+
 # -- item 4: only TRUSTED_PROXIES decides who the client is ------------------------------------
 
 def test_the_start_path_sees_127_0_0_1_itself_whatever_the_header_says(started):
