@@ -18,7 +18,8 @@ from deployments.lifecycle import Control
 from deployments.memory import node_memory, parse_size
 from serve_app.model_router import ModelEntry, ModelRouter
 from core.settings import Settings
-from serve_app.ops.status import ModelStatus, ModelView
+from serve_app.ops.refreshed import Refreshed
+from serve_app.ops.status import STALE_S, ModelStatus, ModelView
 
 logger = logging.getLogger("aicore.lifecycle")
 
@@ -38,23 +39,26 @@ class ModelControl:
         self.settings = settings
         self.footprints = footprints
         self.app = getattr(status, "app_name", None) or ""
-        self._controls: dict[str, tuple[float, Control]] = {}
+        self._controls: dict[str, Refreshed[Control]] = {}
         self._last_used: dict[str, float] = {}  # requests this ingress replica routed
         self._budget_lock = asyncio.Lock()
         self._background: set[asyncio.Task] = set()
 
     # -- shared records -------------------------------------------------------------------
 
+    def _control_of(self, model: str) -> Refreshed[Control]:
+        if model not in self._controls:
+            self._controls[model] = Refreshed(lambda: asyncio.to_thread(lifecycle.read_control, self.app, model),
+                                              CONTROL_TTL_S, STALE_S)
+        return self._controls[model]
+
     async def control(self, model: str, fresh: bool = False) -> Control:
-        at, control = self._controls.get(model, (0.0, None))
-        if fresh or control is None or time.monotonic() - at > CONTROL_TTL_S:
-            control = await asyncio.to_thread(lifecycle.read_control, self.app, model)
-            self._controls[model] = (time.monotonic(), control)
-        return control
+        """A GCS read, off the request path while the copy is under STALE_S old (serve_app/ops/refreshed.py)."""
+        return await self._control_of(model).get(fresh)
 
     async def _set(self, model: str, control: Optional[Control]) -> None:
         await asyncio.to_thread(lifecycle.write_control, self.app, model, control)
-        self._controls[model] = (time.monotonic(), control or Control(mode=None, at=0.0))
+        self._control_of(model).set(control or Control(mode=None, at=0.0))
 
     async def reports(self, model: str) -> list[dict]:
         return await asyncio.to_thread(lifecycle.read_reports, self.app, model)

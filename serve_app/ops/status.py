@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Optional
+
+from serve_app.ops.refreshed import Refreshed
 
 logger = logging.getLogger("aicore.status")
 
 States = dict[str, tuple[str, int]]  # model -> (state, running replicas)
+STALE_S = 5.0  # an idle unload takes minutes: a state this old is still the one to act on
 
 
 def _state(status: str, running: int) -> str:
@@ -49,18 +51,20 @@ def read_states(app_name: Optional[str], deployments: dict[str, str], reasons: O
 
 
 class ModelStatus:
-    def __init__(self, app_name: Optional[str], deployments: dict[str, str], ttl_s: float = 1.0):
+    def __init__(self, app_name: Optional[str], deployments: dict[str, str], ttl_s: float = 1.0,
+                 stale_s: float = STALE_S):
         self.app_name = app_name
         self.deployments = deployments
-        self.ttl_s = ttl_s
-        self._cached: tuple[float, States] = (0.0, {})
+        self._states: Refreshed[States] = Refreshed(self._read, ttl_s, stale_s)
         self.reasons: dict[str, str] = {}  # why a failed model failed (the controller's message)
         self.present: dict[str, int] = {}  # replicas in any state, stopping ones included
 
     async def states(self, fresh: bool = False) -> States:
-        at, cached = self._cached
-        if not fresh and time.monotonic() - at < self.ttl_s:
-            return cached
+        """Up to `ttl_s` old, or up to `stale_s` old while a new read runs behind (never on the
+        request path: serve.status() costs tens of ms); `fresh` waits for a read."""
+        return await self._states.get(fresh)
+
+    async def _read(self) -> States:
         try:
             reasons: dict[str, str] = {}
             present: dict[str, int] = {}
@@ -69,7 +73,6 @@ class ModelStatus:
         except Exception:
             logger.warning("could not read model states from Ray Serve", exc_info=True)
             states = {model: ("unknown", 0) for model in self.deployments}
-        self._cached = (time.monotonic(), states)
         return states
 
 
