@@ -52,9 +52,10 @@ class ModelControl:
                                               CONTROL_TTL_S, STALE_S)
         return self._controls[model]
 
-    async def control(self, model: str, fresh: bool = False) -> Control:
-        """A GCS read, off the request path while the copy is under STALE_S old (serve_app/ops/refreshed.py)."""
-        return await self._control_of(model).get(fresh)
+    async def control(self, model: str, fresh: bool = False, stale_ok: bool = False) -> Control:
+        """A GCS read; with `stale_ok` off the caller's path while the copy is under STALE_S old
+        (serve_app/ops/refreshed.py)."""
+        return await self._control_of(model).get(fresh, stale_ok)
 
     async def _set(self, model: str, control: Optional[Control]) -> None:
         await asyncio.to_thread(lifecycle.write_control, self.app, model, control)
@@ -106,14 +107,14 @@ class ModelControl:
         lazy load."""
         name = entry.name
         self._last_used[name] = time.time()
-        control = await self.control(name)
+        control = await self.control(name, stale_ok=True)
         if control.mode == lifecycle.DISABLED:
             raise ModelDisabled(f"model {name!r} is disabled by an administrator; "
                                 "POST /api/v1/models/load enables it")
         if control.mode in (lifecycle.UNLOADING, lifecycle.UNLOADED):
             await self._wait_unloaded(name)
             await self._set(name, None)  # this request loads it again
-        state, running = (await self.status.states()).get(name, ("unknown", 0))
+        state, running = (await self.status.states(stale_ok=True)).get(name, ("unknown", 0))
         if running == 0 and state != "loading":
             await self.ensure_fits(name)
 

@@ -1,10 +1,11 @@
 """A value that is slow to read (the Serve controller, the GCS), kept off the request path.
 
-Read on a request's critical path, `serve.status()` and a GCS lookup added tens of ms to the
-time to first token whenever the cached copy was older than its TTL, which at one request
-a second is every request (docs/benchmarks.md). Now: fresh within `ttl_s`; up to `stale_s` old
-it is answered at once while one read runs behind; older than that (or when asked `fresh`),
-the caller waits for a new read, so a long-idle ingress never acts on old news.
+Read on a request's critical path, `serve.status()` and a GCS lookup cost tens of ms of CPU
+whenever the cached copy was older than its TTL, which at one request a second is every request
+(docs/benchmarks.md). A value is fresh within `ttl_s`; a caller that says `stale_ok` (the
+request path) gets a copy up to `stale_s` old at once while one read runs behind; older than
+that, or for any other caller (listings, health, admin actions: they show what is true now),
+the caller waits for a read, so a long-idle ingress never acts on old news.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ class Refreshed(Generic[T]):
     def set(self, value: T) -> None:
         self._value, self._at = value, time.monotonic()
 
-    async def get(self, fresh: bool = False) -> T:
+    async def get(self, fresh: bool = False, stale_ok: bool = False) -> T:
         age = time.monotonic() - self._at
         if not fresh and age < self.ttl_s:
             return self._value
-        if not fresh and age < self.stale_s:
+        if stale_ok and not fresh and age < self.stale_s:
             self._start_read()
             return self._value
         return await asyncio.shield(self._start_read())

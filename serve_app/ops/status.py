@@ -59,10 +59,10 @@ class ModelStatus:
         self.reasons: dict[str, str] = {}  # why a failed model failed (the controller's message)
         self.present: dict[str, int] = {}  # replicas in any state, stopping ones included
 
-    async def states(self, fresh: bool = False) -> States:
-        """Up to `ttl_s` old, or up to `stale_s` old while a new read runs behind (never on the
-        request path: serve.status() costs tens of ms); `fresh` waits for a read."""
-        return await self._states.get(fresh)
+    async def states(self, fresh: bool = False, stale_ok: bool = False) -> States:
+        """Up to `ttl_s` old; with `stale_ok` (the request path: serve.status() costs tens of ms)
+        up to `stale_s` old while a new read runs behind; `fresh` waits for a read."""
+        return await self._states.get(fresh, stale_ok)
 
     async def _read(self) -> States:
         try:

@@ -32,15 +32,17 @@ def test_fresh_stale_and_too_old(monkeypatch):
         clock.now += 0.5
         assert await value.get() == 1 and reads == [1]  # within the TTL: no read
         clock.now += 2
-        assert await value.get() == 1  # stale: answered at once, one read started behind
+        assert await value.get(stale_ok=True) == 1  # stale: answered at once, one read started behind
         await asyncio.sleep(0)
-        assert await value.get() == 1 and reads == [1, 2]  # still one read in flight
+        assert await value.get(stale_ok=True) == 1 and reads == [1, 2]  # still one read in flight
+        waiting = asyncio.ensure_future(value.get())  # a caller that wants what is true now waits
+        await asyncio.sleep(0)
+        assert not waiting.done()
         release.set()
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        assert await value.get() == 2 and reads == [1, 2]  # the read landed
+        assert await waiting == 2 and reads == [1, 2]  # the same read answered it
+        assert await value.get() == 2
         clock.now += 10
-        assert await value.get() == 3  # too old to serve: waited for
+        assert await value.get(stale_ok=True) == 3  # too old to serve even to the request path
         assert await value.get(fresh=True) == 4
         value.set(99)
         assert await value.get() == 99
@@ -63,10 +65,10 @@ def test_a_failed_background_read_keeps_the_old_value(monkeypatch):
         value = Refreshed(read, ttl_s=1, stale_s=5)
         assert await value.get() == "first"
         clock.now += 2
-        assert await value.get() == "first"
+        assert await value.get(stale_ok=True) == "first"
         await asyncio.sleep(0)
         await asyncio.sleep(0)
-        assert await value.get() == "first"  # still stale: tried again
+        assert await value.get(stale_ok=True) == "first"  # still stale: tried again
         await asyncio.sleep(0)
         assert len(calls) == 3
 
