@@ -25,7 +25,7 @@ class _Status:
 
     app_name, present, reasons = None, {}, {}
 
-    async def states(self, fresh=False):
+    async def states(self, fresh=False, stale_ok=False):
         return {}
 
 

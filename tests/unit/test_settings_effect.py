@@ -29,7 +29,7 @@ MODEL = "smollm2-135m-instruct"
 class _Status:
     app_name, present, reasons = None, {}, {}
 
-    async def states(self, fresh=False):
+    async def states(self, fresh=False, stale_ok=False):
         return {MODEL: ("ready", 1)}
 
 
@@ -271,7 +271,7 @@ def test_model_eviction_lru_unloads_the_least_recently_used_idle_model():
     class Status:
         app_name, present, reasons = None, {}, {}
 
-        async def states(self, fresh=False):
+        async def states(self, fresh=False, stale_ok=False):
             return {MODEL: ("ready", 1), "gemma3-270m": ("ready", 1), "minilm-l6-v2": ("unloaded", 0)}
 
     mib = 2**20
