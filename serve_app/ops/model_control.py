@@ -19,7 +19,7 @@ from deployments.memory import node_memory, parse_size
 from serve_app.model_router import ModelEntry, ModelRouter
 from core.settings import Settings
 from serve_app.ops.refreshed import Refreshed
-from serve_app.ops.status import STALE_S, ModelStatus, ModelView
+from serve_app.ops.status import ModelStatus, ModelView
 
 logger = logging.getLogger("aicore.lifecycle")
 
@@ -49,12 +49,12 @@ class ModelControl:
     def _control_of(self, model: str) -> Refreshed[Control]:
         if model not in self._controls:
             self._controls[model] = Refreshed(lambda: asyncio.to_thread(lifecycle.read_control, self.app, model),
-                                              CONTROL_TTL_S, STALE_S)
+                                              CONTROL_TTL_S)
         return self._controls[model]
 
     async def control(self, model: str, fresh: bool = False, stale_ok: bool = False) -> Control:
-        """A GCS read; with `stale_ok` off the caller's path while the copy is under STALE_S old
-        (serve_app/ops/refreshed.py)."""
+        """A GCS read; with `stale_ok` off the caller's path while the copy is under refreshed.STALE_S
+        old (serve_app/ops/refreshed.py)."""
         return await self._control_of(model).get(fresh, stale_ok)
 
     async def _set(self, model: str, control: Optional[Control]) -> None:

@@ -16,11 +16,12 @@ import time
 from typing import Awaitable, Callable, Generic, Optional, TypeVar
 
 T = TypeVar("T")
+STALE_S = 5.0  # an idle unload takes minutes: a state this old is still the one to act on
 logger = logging.getLogger("aicore.status")
 
 
 class Refreshed(Generic[T]):
-    def __init__(self, read: Callable[[], Awaitable[T]], ttl_s: float, stale_s: float):
+    def __init__(self, read: Callable[[], Awaitable[T]], ttl_s: float, stale_s: float = STALE_S):
         self._read = read
         self.ttl_s, self.stale_s = ttl_s, stale_s
         self._value: Optional[T] = None

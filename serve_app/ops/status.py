@@ -7,12 +7,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
-from serve_app.ops.refreshed import Refreshed
+from serve_app.ops.refreshed import STALE_S, Refreshed
 
 logger = logging.getLogger("aicore.status")
 
 States = dict[str, tuple[str, int]]  # model -> (state, running replicas)
-STALE_S = 5.0  # an idle unload takes minutes: a state this old is still the one to act on
 
 
 def _state(status: str, running: int) -> str:

@@ -190,8 +190,7 @@ def test_requests_waiting_for_the_engine_show_as_queued(base_url, client):
                 pass
 
     async def main():
-        limits = httpx.Limits(max_connections=streams_wanted + 4)
-        async with httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": KEY}, timeout=300, limits=limits) as http:
+        async with httpx.AsyncClient(base_url=base_url, headers={"X-API-Key": KEY}, timeout=300) as http:
             streams = [asyncio.create_task(consume(http, i)) for i in range(streams_wanted)]
             try:
                 for _ in range(300):  # the slots fill within moments; a stream lasts ~400 tokens
