@@ -4,10 +4,14 @@ Three parties read and write small JSON records in Ray's internal key-value stor
 process can reach it, on every node, without another service):
 
 - the ingress writes a model's *control* record (`POST /api/v1/models/load|unload`);
-- each model replica publishes its *report* (in flight, last used, memory) twice a second and
-  reads the control record (a forced unload cancels its work);
+- each model replica publishes its *report* (in flight, last used, memory) twice a second while it
+  works and every 2 s while idle, and while it works reads the control record (a forced unload
+  cancels its work);
 - `ModelScalingPolicy`, the custom Ray Serve autoscaling policy of every model deployment, runs
   in the Serve controller and turns the control record and the idle clock into a replica count.
+  The policies of one app share one read of all its records (two GCS calls, at most every
+  0.5 s), not three calls per model per control loop: on a 2-core node every GCS round trip
+  wakes two processes beside the model's threads.
 
 Ray Serve still does the scaling itself (lazy load from zero, draining replicas it stops).
 """
@@ -16,13 +20,17 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 NAMESPACE = "aicore"
-REPORT_EVERY_S = 0.5
+REPORT_EVERY_S = 0.5  # while a replica has requests in flight
+IDLE_REPORT_EVERY_S = 2.0  # while it has none (a request's start and end publish at once anyway)
 REPORT_FRESH_S = 5.0  # a report older than this belongs to a replica that is gone
+SHARED_READ_EVERY_S = 0.5  # the policies' shared read of an app's records
 
 # Control modes. None: normal (lazy load, idle unload, `preload` floor).
 UNLOADING = "unloading"  # draining: the ingress holds new requests, replicas finish (or cancel) theirs,
@@ -89,19 +97,74 @@ def forget_report(app: str, model: str, replica: str) -> None:
     _kv()._internal_kv_del(_report_prefix(app, model) + replica.encode(), namespace=NAMESPACE)
 
 
+def _read_prefix(prefix: bytes) -> dict[bytes, bytes]:
+    """Every record under `prefix`: one key listing and one multi-get (two GCS calls)."""
+    keys = _kv()._internal_kv_list(prefix, namespace=NAMESPACE) or []
+    if not keys:
+        return {}
+    client = _kv().internal_kv_get_gcs_client()
+    return {k: v for k, v in client.internal_kv_multi_get(keys, namespace=NAMESPACE.encode()).items() if v}
+
+
+def _fresh(raw: bytes, now: float) -> Optional[dict]:
+    report = json.loads(raw)
+    return report if now - report.get("reported_at", 0) < REPORT_FRESH_S else None
+
+
 def read_reports(app: str, model: str) -> list[dict]:
     """Fresh reports of the model's replicas (stopping replicas included while they report)."""
     if not _connected():
         return []
-    kv, prefix, now = _kv(), _report_prefix(app, model), time.time()
-    reports = []
-    for key in kv._internal_kv_list(prefix, namespace=NAMESPACE) or ():
-        raw = kv._internal_kv_get(key, namespace=NAMESPACE)
-        if raw:
-            report = json.loads(raw)
-            if now - report.get("reported_at", 0) < REPORT_FRESH_S:
-                reports.append(report)
-    return reports
+    now = time.time()
+    return [r for raw in _read_prefix(_report_prefix(app, model)).values() if (r := _fresh(raw, now))]
+
+
+def read_app_records(app: str) -> tuple[dict[str, Control], dict[str, list[dict]]]:
+    """Every model's control record and fresh reports of one app, in one read."""
+    if not _connected():
+        return {}, {}
+    controls: dict[str, Control] = {}
+    reports: dict[str, list[dict]] = {}
+    now, prefix = time.time(), f"{app}/".encode()
+    for key, raw in _read_prefix(prefix).items():
+        kind, _, rest = key[len(prefix):].decode().partition("/")  # control/<model>, report/<model>/<replica>
+        if kind == "control":
+            controls[rest] = Control(**json.loads(raw))
+        elif kind == "report" and "/" in rest and (report := _fresh(raw, now)):
+            reports.setdefault(rest.rsplit("/", 1)[0], []).append(report)
+    return controls, reports
+
+
+class _SharedRead:
+    """One read of an app's records for every policy in this process (the Serve controller)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._at: dict[str, float] = {}
+        self._records: dict[str, tuple[dict, dict]] = {}
+
+    def model(self, app: str, model: str) -> tuple[Control, list[dict]]:
+        with self._lock:
+            if time.monotonic() - self._at.get(app, -1e9) >= SHARED_READ_EVERY_S:
+                self._records[app] = read_app_records(app)  # raises: the caller keeps its last input
+                self._at[app] = time.monotonic()
+            controls, reports = self._records[app]
+        return controls.get(model, Control(mode=None, at=0.0)), reports.get(model, [])
+
+
+_SHARED_SLOT = "_aicore_app_records"
+
+
+def read_model_records(app: str, model: str) -> tuple[Control, list[dict]]:
+    """A model's control record and fresh reports, from its app's shared read.
+
+    Serve pickles each deployment's policy by value, so every policy gets its own copy of this
+    module's globals: the shared reader lives in a process-wide slot (on `sys`) instead."""
+    shared = getattr(sys, _SHARED_SLOT, None)
+    if shared is None:
+        shared = _SharedRead()
+        setattr(sys, _SHARED_SLOT, shared)
+    return shared.model(app, model)
 
 
 _SUMMED = ("in_flight", "queued", "served", "cancelled", "rss_bytes")
@@ -135,20 +198,15 @@ class ModelScalingPolicy:
         self.floor = floor
         self.idle_timeout_s = idle_timeout_s
         self._queue_policy = replica_queue_length_autoscaling_policy
-        self._read_at = 0.0
         self._control = Control(mode=None, at=0.0)
         self._reports: list[dict] = []
 
     def _refresh(self, app: str) -> None:
-        """The control record and the replicas' reports, read at most every 0.2 s (GCS reads)."""
-        if time.monotonic() - self._read_at < 0.2:
-            return
+        """The control record and the replicas' reports (the app's shared read, at most every 0.5 s)."""
         try:
-            self._control = read_control(app, self.model)
-            self._reports = read_reports(app, self.model)
+            self._control, self._reports = read_model_records(app, self.model)
         except Exception:  # the GCS briefly unreachable: keep the last decision's input
             pass
-        self._read_at = time.monotonic()
 
     def __call__(self, ctx) -> tuple[int, dict[str, Any]]:
         """Idleness comes from the replicas' reports (requests in flight, the last request): Ray's

@@ -211,9 +211,11 @@ def current_entry(context: ReplicaContext, model_name: str, bound: ModelConfig) 
 
 
 class _Reporter:
-    """Publishes the replica's report: from a thread twice a second (which also applies forced
-    unloads and warns once when the node's memory use passes MEMORY_ALERT_PERCENT), and from the
-    request path when a request ends, so a listing right after a response is exact."""
+    """Publishes the replica's report: from a thread twice a second while requests are in flight
+    and every 2 s while idle (it also applies forced unloads, which only running work needs, and
+    warns once when the node's memory use passes MEMORY_ALERT_PERCENT), and from the request path
+    when a request ends, so a listing right after a response is exact. Idle replicas tick slowly
+    because every tick is GCS traffic beside the model threads of the busy ones."""
 
     def __init__(self, replica: ModelDeployment, alert_percent: float):
         self.replica = replica
@@ -247,12 +249,13 @@ class _Reporter:
     def _run(self) -> None:
         model = self.replica.model_name
         while not self._stop.is_set():
-            self._wake.wait(lifecycle.REPORT_EVERY_S)
+            self._wake.wait(lifecycle.REPORT_EVERY_S if self.replica.in_flight else lifecycle.IDLE_REPORT_EVERY_S)
             self._wake.clear()
             try:
-                control = lifecycle.read_control(self.app, model)
-                if control.mode == lifecycle.UNLOADING and control.force:
-                    self.replica.cancel_before = max(self.replica.cancel_before, control.at)
+                if self.replica.in_flight:  # a forced unload cancels generations that run
+                    control = lifecycle.read_control(self.app, model)
+                    if control.mode == lifecycle.UNLOADING and control.force:
+                        self.replica.cancel_before = max(self.replica.cancel_before, control.at)
                 self.node_memory = total, available = node_memory()
                 self._alert(100.0 * (total - available) / total)
                 self.publish()

@@ -3,6 +3,7 @@
 The real scaling (Ray Serve, the GCS records, drains) is tested in tests/integration/test_lifecycle.py.
 """
 
+import sys
 import time
 from types import SimpleNamespace
 
@@ -27,14 +28,34 @@ def ctx(current=1, target=1, requests=0.0, state=None):
 def control(monkeypatch):
     """What the policy reads from the GCS: the control record and the replicas' reports."""
     record = {"value": Control(mode=None, at=0.0), "reports": [{"in_flight": 0, "last_used": time.time()}]}
-    monkeypatch.setattr(lifecycle, "read_control", lambda app, model: record["value"])
-    monkeypatch.setattr(lifecycle, "read_reports", lambda app, model: record["reports"])
+    monkeypatch.setattr(lifecycle, "read_model_records", lambda app, model: (record["value"], record["reports"]))
     return record
 
 
 def decide(policy, context):
-    policy._read_at = 0.0  # no caching between the calls of a test
     return policy(context)[0]
+
+
+def test_one_read_of_the_app_records_serves_every_models_policy(monkeypatch):
+    now = time.time()
+    stored = {
+        b"app/control/m1": b'{"mode": "unloading", "force": true, "at": 5.0}',
+        b"app/report/m1/r1": ('{"in_flight": 2, "reported_at": %f}' % now).encode(),
+        b"app/report/m1/r2": ('{"in_flight": 9, "reported_at": %f}' % (now - 60)).encode(),  # a gone replica
+        b"app/report/m2/r3": ('{"in_flight": 0, "reported_at": %f}' % now).encode(),
+        b"app/elsewhere": b"{}",
+    }
+    reads = []
+    monkeypatch.setattr(lifecycle, "_connected", lambda: True)
+    monkeypatch.setattr(lifecycle, "_read_prefix", lambda prefix: reads.append(prefix) or stored)
+    monkeypatch.setattr(sys, lifecycle._SHARED_SLOT, lifecycle._SharedRead(), raising=False)
+    control, reports = lifecycle.read_model_records("app", "m1")
+    assert control == Control(mode=lifecycle.UNLOADING, force=True, at=5.0)
+    assert [r["in_flight"] for r in reports] == [2]
+    control, reports = lifecycle.read_model_records("app", "m2")
+    assert control.mode is None and [r["in_flight"] for r in reports] == [0]
+    assert lifecycle.read_model_records("app", "m3") == (Control(mode=None, at=0.0), [])
+    assert reads == [b"app/"]  # three models' policies, one read
 
 
 def test_policy_keeps_the_floor_and_the_idle_timeout(control):
