@@ -33,7 +33,7 @@ from scripts.serve_process import ServeProcess, free_port
 ROLES = (  # first match wins; matched against the process's command line
     ("model replicas", ("ServeReplica:ai-core:model-",)),
     ("ingress replicas", ("ServeReplica:ai-core:ingress",)),
-    ("helper actors (metrics hub, chat history)", ("ServeReplica:ai-core:metrics-hub", "ServeReplica:ai-core:chat-history")),
+    ("helper actor (metrics hub and shared state)", ("ServeReplica:ai-core:hub",)),
     ("HTTP proxy (Ray's proxy or HAProxy + its manager)", ("ProxyActor", "HAProxyManager", "haproxy")),
     ("Serve controller", ("ServeController",)),
     ("Ray core (GCS, raylet, dashboard, agents, driver, idle workers)", ("",)),

@@ -21,10 +21,9 @@ from deployments.model_deployment import REVISION_ENV, ModelDeployment, ReplicaC
 from serve_app.ingress import Ingress, ModelSpec
 from core.logs import configure_logging
 from serve_app.access.content_filter import ContentPolicy
-from serve_app.ops.metrics import MetricsHub
+from serve_app.hub import Hub
 from serve_app.access.netguard import parse_networks
 from core.settings import Settings
-from serve_app.state.shared_store import StateHub
 
 
 def deployment_name(model: str) -> str:
@@ -145,8 +144,10 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
                   for name, config in models.models.items()}
     revisions = {name: entry_revision(config, context) for name, config in models.models.items()}
     check_fits(models, *_cluster_resources(), footprints)
-    # One bound hub, shared: model replicas report their loads to it, ingress replicas their requests.
-    hub = serve.deployment(MetricsHub, name="metrics-hub", num_replicas=1, ray_actor_options={"num_cpus": 0.01}).bind()
+    # One bound hub, shared: model replicas report their loads to it, ingress replicas their requests;
+    # it also holds the ingress replicas' shared in-memory state when REDIS_URL is unset (Telegram
+    # chats, batch jobs).
+    hub = serve.deployment(Hub, name="hub", num_replicas=1, ray_actor_options={"num_cpus": 0.01}).bind()
     handles = {
         name: serve.deployment(
             ModelDeployment,
@@ -154,8 +155,6 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         ).bind(name, config, context, hub)
         for name, config in models.models.items()
     }
-    # Shared in-memory state of the ingress replicas when REDIS_URL is unset: Telegram chats, batch jobs.
-    chats = serve.deployment(StateHub, name="chat-history", num_replicas=1, ray_actor_options={"num_cpus": 0.01})
     ingress = serve.deployment(
         Ingress,
         name="ingress",
@@ -171,6 +170,6 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         name: ModelSpec(config, deployment_name(name), revisions[name], footprints[name])
         for name, config in models.models.items()
     }
-    return ingress.bind(settings, specs, handles, default_model, hub, chats.bind(), default_embedding_model,
+    return ingress.bind(settings, specs, handles, default_model, hub, hub, default_embedding_model,
                         context)
 
