@@ -219,3 +219,19 @@ def test_prefix_reuse_prefills_only_the_new_part_of_a_conversation(smollm2):
     assert reused >= 10, reused  # the first turn's prompt (and answer) were in the slot
     assert prefilled + reused == len(smollm2._prompt(GenerationRequest(
         request_id="x", sampling=SamplingParams(), messages=tuple(history)))[0])
+
+
+def test_ignore_eos_never_samples_an_end_token(smollm2):
+    """SmolLM2 ends this plain completion at once (greedy); with ignore_eos the end token is banned
+    (llama.cpp's server does the same), so the one token asked for is text, not an empty end token."""
+    prompt = "105 Write a short story about a lighthouse keeper."
+
+    def completion(rid: str, **sampling) -> GenerationRequest:
+        return GenerationRequest(request_id=rid, prompt=prompt,
+                                 sampling=SamplingParams(max_tokens=1, temperature=0, **sampling))
+
+    text, final = asyncio.run(run(smollm2, completion("ends")))
+    assert (text, final.finish_reason, final.usage.completion_tokens) == ("", "stop", 0)
+    text, final = asyncio.run(run(smollm2, completion("goes-on", ignore_eos=True)))
+    assert final.finish_reason == "length" and final.usage.completion_tokens == 1
+    assert text != "", "the one token was an end token (empty text)"

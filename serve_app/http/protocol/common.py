@@ -79,7 +79,7 @@ class SamplingFields(BaseModel):
     repeat_penalty: float = Field(1.1, gt=0, le=10)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
-    ignore_eos: bool = Field(False, description="Extension (as in vLLM): keep generating past end-of-sequence.")
+    ignore_eos: bool = Field(False, description="Extension (as in vLLM and llama.cpp): end-of-sequence tokens are never sampled, so generation runs to max_tokens (or a stop string).")
     priority: Optional[Literal["interactive", "batch"]] = Field(
         None, description="Extension: `batch` work waits behind interactive requests and never takes the slots "
         "kept for them. Default: `interactive` (`batch` for /api/v1/generate/batch items).",
