@@ -29,24 +29,37 @@ def read_states(app_name: Optional[str], deployments: dict[str, str], reasons: O
     """Blocking: ask the Serve controller. `deployments` maps model -> deployment name; the
     controller's message for a failed model goes into `reasons`, and the count of replicas in any
     state (starting and stopping ones too) into `present`."""
-    from ray import serve
-
-    apps = serve.status().applications
+    apps = _serve_details().get("applications") or {}
     app = apps.get(app_name) if app_name else next(iter(apps.values()), None)
-    found = app.deployments if app else {}
+    found = (app or {}).get("deployments") or {}
     states: States = {}
     for model, deployment in deployments.items():
         info = found.get(deployment)
         if info is None:
             states[model] = ("unknown", 0)
             continue
-        running = sum(n for s, n in info.replica_states.items() if str(getattr(s, "value", s)) == "RUNNING")
-        states[model] = (_state(str(getattr(info.status, "value", info.status)), running), running)
+        replica_states = [_value(r.get("state")) for r in info.get("replicas") or ()]
+        running = replica_states.count("RUNNING")
+        states[model] = (_state(_value(info.get("status")), running), running)
         if present is not None:
-            present[model] = sum(info.replica_states.values())
+            present[model] = len(replica_states)
         if reasons is not None and states[model][0] == "failed":
-            reasons[model] = (getattr(info, "message", "") or "")[-500:]
+            reasons[model] = (info.get("message") or "")[-500:]
     return states
+
+
+def _value(field) -> str:
+    return str(getattr(field, "value", field))
+
+
+def _serve_details() -> dict:
+    """The controller's details as the plain dict it sends. `serve.status()` rebuilds them as
+    pydantic models, which cloudpickles every deployment's autoscaling policy and router class:
+    two thirds of the ingress's CPU at one stream (py-spy, docs/benchmarks.md)."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    return client.get_serve_details() if client is not None else {}
 
 
 class ModelStatus:
@@ -59,7 +72,7 @@ class ModelStatus:
         self.present: dict[str, int] = {}  # replicas in any state, stopping ones included
 
     async def states(self, fresh: bool = False, stale_ok: bool = False) -> States:
-        """Up to `ttl_s` old; with `stale_ok` (the request path: serve.status() costs tens of ms)
+        """Up to `ttl_s` old; with `stale_ok` (the request path: a controller read costs ms)
         up to `stale_s` old while a new read runs behind; `fresh` waits for a read."""
         return await self._states.get(fresh, stale_ok)
 
