@@ -119,7 +119,7 @@ class ModelDeployment:
         self.in_flight += 1
         self.served += 1
         self.last_used = started = time.time()
-        self._reporter.poke()
+        self._reporter.started()
         try:
             interval = load_scaled_interval(self.stream_interval_s, lambda: self.in_flight)
             async for chunk in coalesce(self.backend.stream(request), interval):
@@ -134,7 +134,7 @@ class ModelDeployment:
             raise BackendFailure("the model failed to generate a response") from error
         finally:
             self.in_flight -= 1
-            await self._reporter.published()
+            await self._reporter.ended()
 
     def count_message_tokens(self, messages: list[dict]) -> list[int]:
         """Per message: its content's tokens plus a few for the role markers of a chat template."""
@@ -144,7 +144,7 @@ class ModelDeployment:
         request_id_var.set(request_id)
         self.in_flight += 1
         self.last_used = time.time()
-        self._reporter.poke()
+        self._reporter.started()
         try:
             return await self.backend.embed(texts)
         except AICoreError:
@@ -154,7 +154,7 @@ class ModelDeployment:
             raise BackendFailure("the model failed to compute embeddings") from error
         finally:
             self.in_flight -= 1
-            await self._reporter.published()
+            await self._reporter.ended()
 
     def info(self) -> dict:
         return {
@@ -213,9 +213,10 @@ def current_entry(context: ReplicaContext, model_name: str, bound: ModelConfig) 
 class _Reporter:
     """Publishes the replica's report: from a thread twice a second while requests are in flight
     and every 2 s while idle (it also applies forced unloads, which only running work needs, and
-    warns once when the node's memory use passes MEMORY_ALERT_PERCENT), and from the request path
-    when a request ends, so a listing right after a response is exact. Idle replicas tick slowly
-    because every tick is GCS traffic beside the model threads of the busy ones."""
+    warns once when the node's memory use passes MEMORY_ALERT_PERCENT), and at once when the
+    replica turns busy or idle, so a listing right after a response is exact. Idle replicas tick
+    slowly and busy ones write no report per request: every GCS call wakes processes beside the
+    model's threads."""
 
     def __init__(self, replica: ModelDeployment, alert_percent: float):
         self.replica = replica
@@ -273,8 +274,21 @@ class _Reporter:
         self.alerting = used_percent >= self.alert_percent
 
     def poke(self) -> None:
-        """Publish now: a request started or ended (listings, drains and the policy read reports)."""
+        """Publish now (from the thread)."""
         self._wake.set()
+
+    def started(self) -> None:
+        """A request started: publish now if the replica was idle (the policy must not unload a
+        replica that just got work); while it is busy the thread publishes twice a second, so
+        many concurrent requests cost no GCS write each."""
+        if self.replica.in_flight == 1:
+            self.poke()
+
+    async def ended(self) -> None:
+        """A request ended: publish at once when it was the last one, so a listing right after a
+        response is exact (last_used, served, nothing in flight)."""
+        if self.replica.in_flight == 0:
+            await self.published()
 
     def stop(self) -> None:
         self._stop.set()
