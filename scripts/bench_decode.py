@@ -29,9 +29,9 @@ PROMPT = "Write a long story about a lighthouse keeper and the sea."
 KEY = "bench-key-0123456789"
 
 
-def direct_run(llm, tokens: int) -> tuple[float, float]:
+def direct_run(llm, tokens: int, text: str = PROMPT) -> tuple[float, float]:
     """Returns (time to first token, decode tokens/s)."""
-    prompt = llm.tokenize(PROMPT.encode(), add_bos=True)
+    prompt = llm.tokenize(text.encode(), add_bos=True)
     started = time.perf_counter()
     stamps = []
     for _ in llm.generate(prompt, temp=0.0, top_k=0, top_p=1.0, repeat_penalty=1.0):
