@@ -4,7 +4,7 @@ Starts the server as README command one does (`python -m scripts.run_server`, sh
 response cache off), waits --settle-s, then reads every process's CPU time (/proc/<pid>/stat):
 - idle: over --idle-s with nothing requested, as % of one core;
 - per request: --requests sequential streamed greedy `/v1/completions` of --tokens tokens
-  (distinct prompts, end-of-sequence ignored), as CPU ms per request.
+  (`scripts.bench_decode.stack_run`: distinct prompts, end-of-sequence ignored), as CPU ms per request.
 Sequential requests show what one request costs each process with nothing else running;
 `--tokens 2` isolates the fixed cost of a request from the per-chunk cost.
 
@@ -20,9 +20,7 @@ import os
 import time
 from pathlib import Path
 
-import httpx
-
-from scripts.bench_decode import KEY, MODEL
+from scripts.bench_decode import KEY, PROMPT, stack_run
 from scripts.machine_load import process_ticks
 from scripts.serve_process import ServeProcess
 
@@ -48,15 +46,6 @@ def spent(before: dict, after: dict) -> list[tuple[float, str]]:
     return sorted((row for row in rows if row[0] > 0), reverse=True)
 
 
-def stream(client: httpx.Client, i: int, tokens: int) -> None:
-    body = {"model": MODEL, "prompt": f"{i}. Write a story about the sea.", "max_tokens": tokens,
-            "temperature": 0, "ignore_eos": True, "stream": True}
-    with client.stream("POST", "/v1/completions", json=body) as response:
-        response.raise_for_status()
-        for _ in response.iter_lines():
-            pass
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settle-s", type=float, default=10)
@@ -66,16 +55,15 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=14)
     args = parser.parse_args()
     with ServeProcess(env={"API_KEYS": KEY, "CACHE_ENABLED": "false"}, via_run_server=True) as server:
-        client = httpx.Client(base_url=server.base_url, headers={"X-API-Key": KEY}, timeout=120)
         for i in range(3):
-            stream(client, i, 8)  # warm-up
+            stack_run(server.base_url, 8, f"{PROMPT} (warm-up {i})")
         time.sleep(args.settle_s)
         before, started = cpu_ticks(), time.monotonic()
         time.sleep(args.idle_s)
         idle, idle_s = spent(before, cpu_ticks()), time.monotonic() - started
         before, started = cpu_ticks(), time.monotonic()
         for i in range(args.requests):
-            stream(client, 1000 + i, args.tokens)
+            stack_run(server.base_url, args.tokens, f"{PROMPT} (run {i})")
         busy, busy_s = spent(before, cpu_ticks()), time.monotonic() - started
     print(f"\nIdle {idle_s:.0f} s: {100 * sum(s for s, _ in idle) / idle_s:.1f}% of one core in all")
     for seconds, command in idle[:args.top]:

@@ -52,15 +52,20 @@ def token_bytes(lib, vocab, token: int) -> bytes:
         size = -n  # llama.cpp answers -(bytes needed) when the buffer is too small
 
 
-def sampler_chain(lib, sampling: SamplingParams, n_vocab: int, end_tokens: tuple[int, ...] = ()):
+def end_token_bias(lib, vocab, n_vocab: int):
+    """A logit bias of -inf for every end-of-generation token, built once per model."""
+    ends = [t for t in range(n_vocab) if lib.llama_vocab_is_eog(vocab, t)]
+    return (lib.llama_logit_bias * len(ends))(*[lib.llama_logit_bias(t, -math.inf) for t in ends])
+
+
+def sampler_chain(lib, sampling: SamplingParams, n_vocab: int, end_bias=None):
     """The sampler of one sequence: `ignore_eos` bans the end-of-generation tokens (as llama.cpp's
     server and the padded engine do: never an empty end token in the middle of the text), then
     penalties, then greedy (temperature 0) or top-k, top-p, min-p, temperature and a seeded draw."""
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
     add = lib.llama_sampler_chain_add
-    if sampling.ignore_eos and end_tokens:
-        biases = (lib.llama_logit_bias * len(end_tokens))(*[lib.llama_logit_bias(t, -math.inf) for t in end_tokens])
-        add(chain, lib.llama_sampler_init_logit_bias(n_vocab, len(end_tokens), biases))
+    if sampling.ignore_eos and end_bias:  # the sampler copies the bias
+        add(chain, lib.llama_sampler_init_logit_bias(n_vocab, len(end_bias), end_bias))
     add(chain, lib.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, sampling.repeat_penalty,
                                                 sampling.frequency_penalty, sampling.presence_penalty))
     if sampling.temperature <= 0:
@@ -116,7 +121,7 @@ class LlamaBatchEngine(StepLoop):
         self.vocab = lib.llama_model_get_vocab(model)
         self._pieces: dict[int, bytes] = {}  # token id -> its bytes: the vocabulary is fixed
         self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
-        self.end_tokens = tuple(t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(self.vocab, t))
+        self._end_bias = end_token_bias(lib, self.vocab, self.n_vocab)
         params = lib.llama_context_default_params()
         params.n_ctx = parallel * context_length
         params.n_batch = params.n_ubatch = batch_tokens
@@ -209,7 +214,7 @@ class LlamaBatchEngine(StepLoop):
         slot.sequence, sequence.slot = sequence, slot
         sequence.fed = keep
         sequence.admitted_at = time.monotonic()
-        sequence.sampler = sampler_chain(self.lib, sequence.sampling, self.n_vocab, self.end_tokens)
+        sequence.sampler = sampler_chain(self.lib, sequence.sampling, self.n_vocab, self._end_bias)
         self.log.stats.prefix_reused_tokens += keep
 
     def _choose_group(self, running: list[Sequence]) -> Optional[str]:
