@@ -38,6 +38,14 @@ expected-statuses = ["400", "401", "403", "404", "405", "409", "413", "429"]
 
 [phases.stateful]
 max-steps = %d
+
+# DELETE /api/v1/keys/{key_id} revokes: the record stays readable, with `revoked_at` and its usage
+# (docs/auth.md, "Rotate and revoke"), so "a deleted resource answers 404" does not hold for keys.
+# Every other check, and this one on every other path (sessions are deleted for good), stays on;
+# a revoked key answering 401 is tested in tests/integration/security/test_keys_admin.py.
+[[operations]]
+include-path-regex = "^/api/v1/keys/"
+checks.use_after_free.enabled = false
 """ % SCENARIO_STEPS
 
 
@@ -66,9 +74,11 @@ def test_schemathesis_finds_no_contract_violation(base_url, tmp_path):
     report = tmp_path / "report.json"
     command = [
         sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", base_url + "/openapi.json",
-        "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
+        # Every check is on by default; naming them (`--checks all`) would override the per-path
+        # exception in CONFIG, which the command line outranks.
+        "--phases", "examples,coverage,fuzzing,stateful",
         "--max-examples", str(EXAMPLES_PER_OPERATION), "--seed", "20261129", "--generation-database", "none",
-        # `--checks all` includes a response-time check (10 s by default): a wall-clock limit, and a
+        # The checks include a response-time check (10 s by default): a wall-clock limit, and a
         # fuzzed session grows to 1,400-token chats that take 10-15 s on 2 busy cores. Only a hang
         # fails here: the same bound as the request timeout.
         "--workers", "1", "--request-timeout", "120", "--max-response-time", "120",
