@@ -14,6 +14,7 @@ def test_safety_settings_win(monkeypatch):
     assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
     assert env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "2"  # a quiet default: the environment wins
     assert env["RAY_worker_niceness"] == "0"
+    assert env["RAY_LOG_MONITOR_MANY_FILES_THRESHOLD"] == "0"  # the log monitor's glob every 0.1 s
 
 
 def test_a_cluster_start_is_never_single_node_only(monkeypatch):
