@@ -1,5 +1,6 @@
 """Response cache and chat sessions on a real Redis, two ingress replicas, the real SmolLM2."""
 
+import contextlib
 import json
 import time
 
@@ -128,6 +129,15 @@ def _ingress_pid(app, request_id: str):
     return None
 
 
+def _busy_stream(app):
+    """A streamed completion held open while the next request is sent: that request then finds
+    one ingress replica busy, and both Serve's proxy (fewest ongoing requests of two) and HAProxy
+    (`leastconn`) send it to the other. Without it HAProxy, which reuses its backend connection,
+    sends sequential requests to one replica."""
+    body = {"model": MODEL, "prompt": "Count slowly:", "max_tokens": 200, "stream": True, "ignore_eos": True}
+    return httpx.stream("POST", app.base_url + "/v1/completions", json=body, headers={"X-API-Key": K1}, timeout=120)
+
+
 def test_session_continues_across_ingress_replicas_and_is_private(app):
     pids = set()
     turns = ["My name is Alice.", "What is my name?", "Thanks.", "Bye.", "One more.", "Last one."]
@@ -135,10 +145,14 @@ def test_session_continues_across_ingress_replicas_and_is_private(app):
     sent = 0
     for i, text in enumerate(turns, start=1):
         if i > 6 and len(pids - {None}) == 2:
-            break  # Serve's proxy picks the replica: six turns usually reach both, rarely not
+            break  # with Serve's proxy the busy replica is random: six turns usually reach both
         sent = i
-        r = post(app, "/api/v1/chat", {"session_id": "s-alice", "messages": [{"role": "user", "content": text}],
-                                        "max_tokens": 8})
+        with contextlib.ExitStack() as stack:
+            if i % 2 == 0:  # every other turn beside a busy replica (closing the stream cancels it)
+                busy = stack.enter_context(_busy_stream(app))
+                assert busy.status_code == 200 and next(line for line in busy.iter_lines() if line)  # streaming
+            r = post(app, "/api/v1/chat", {"session_id": "s-alice", "messages": [{"role": "user", "content": text}],
+                                            "max_tokens": 8})
         assert r.status_code == 200 and r.json()["session_id"] == "s-alice"
         pids.add(_ingress_pid(app, r.headers["x-request-id"]))
         history = httpx.get(app.base_url + "/api/v1/sessions/s-alice", headers={"X-API-Key": K1}).json()
