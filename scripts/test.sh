@@ -42,3 +42,18 @@ export AICORE_TEST_REDIS_URL="redis://127.0.0.1:${REDIS_PORT}/0"
 export HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
 
 .venv/bin/python -m pytest tests "$@"
+
+# The API suites again with INGRESS_MODE=haproxy (Ray Serve's HAProxy in front of the ingress
+# replicas, applied where each test starts its server), so that both ingress modes stay tested.
+# Left out: the backend and engine suites (below the ingress), deploys, clusters, nginx, the fuzz
+# run, and test_network.py (proxy mode's socket table; test_haproxy_mode.py checks HAProxy's).
+# Only for the whole suite: a run narrowed by arguments runs what they say.
+if [ "$#" -eq 0 ]; then
+  haproxy_suite=(test_api_v1.py test_auth_and_errors.py test_openai_client.py test_streaming_and_ops.py
+    test_websocket_and_cors.py test_cache_sessions.py test_chat_page_browser.py test_email_and_batch.py
+    test_batch_jobs.py test_embeddings.py test_lifecycle.py clients
+    security/test_access.py security/test_batch_jobs_access.py security/test_channels.py
+    security/test_input.py security/test_keys_admin.py security/test_limits.py
+    security/test_logging.py security/test_store_down.py)
+  INGRESS_MODE=haproxy .venv/bin/python -m pytest "${haproxy_suite[@]/#/tests/integration/}"
+fi
