@@ -27,6 +27,7 @@ class Outcome:
     """One request as the client saw it. `error` is None when every token arrived."""
 
     ttft_s: Optional[float] = None
+    sent_s: float = 0.0  # when it was sent, from the start of its load
     completion_tokens: int = 0
     status: Optional[int] = None
     error: Optional[str] = None
@@ -63,6 +64,9 @@ class LoadResult:
                 "wall_s": self.wall_s, "tokens_per_s": self.tokens_per_s, "served": self.served,
                 "refused_503": self.refused_503, "other_errors": self.other_errors,
                 "ttft_p50_s": self.ttft(50), "ttft_p99_s": self.ttft(99),
+                # every request, in order sent: [sent at, TTFT] in seconds (where an outlier sits)
+                "sent_and_ttft_s": sorted(([round(o.sent_s, 3), o.ttft_s and round(o.ttft_s, 3)]
+                                           for o in self.outcomes), key=lambda pair: pair[0]),
                 "errors": sorted({o.error for o in self.outcomes if o.error})[:10]}
 
 
@@ -140,7 +144,10 @@ async def _run(base_url: str, headers: dict, kind: str, model: str, clients: int
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, limits=limits) as client:
         async def worker() -> None:
             for body in queue:  # one shared iterator: each body goes to exactly one worker
-                outcomes.append(await one_stream(client, path, body))
+                sent = time.perf_counter() - started
+                outcome = await one_stream(client, path, body)
+                outcome.sent_s = sent
+                outcomes.append(outcome)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))

@@ -38,6 +38,15 @@ def test_load_result_counts_served_refused_and_failed():
     assert result.ttft(50) == pytest.approx(0.2)  # of the served ones: 0.1 and 0.3
 
 
+def test_summary_lists_every_request_by_when_it_was_sent():
+    result = LoadResult(clients=2, max_tokens=4, wall_s=2.0, outcomes=[
+        Outcome(ttft_s=2.5, sent_s=1.0, completion_tokens=4, status=200),
+        Outcome(sent_s=0.0, status=503, error="HTTP 503"),
+        Outcome(ttft_s=0.25, sent_s=0.0, completion_tokens=4, status=200),
+    ])
+    assert result.summary()["sent_and_ttft_s"] == [[0.0, None], [0.0, 0.25], [1.0, 2.5]]
+
+
 def test_request_bodies_have_distinct_prompts():
     bodies = [request_body("completions", "m", 8, 0.0) for _ in range(50)]
     assert len({b["prompt"] for b in bodies}) == 50
