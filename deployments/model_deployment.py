@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Optional
@@ -122,11 +123,15 @@ class ModelDeployment:
         self._reporter.started()
         try:
             interval = load_scaled_interval(self.stream_interval_s, lambda: self.in_flight)
-            async for chunk in coalesce(self.backend.stream(request), interval):
-                if self.cancel_before > started:  # leaving the loop closes the engine's stream
-                    raise ModelUnloaded(f"model {self.model_name!r} was unloaded by an administrator "
-                                        "(forced); the next request loads it again")
-                yield chunk
+            # Closed on the way out, before the report below: a bare `async for` leaves the engine's
+            # stream to the garbage collector, so a request whose client left would still count as
+            # queued (or hold its slot) in the report published when the replica turns idle.
+            async with aclosing(coalesce(self.backend.stream(request), interval)) as chunks:
+                async for chunk in chunks:
+                    if self.cancel_before > started:  # leaving the loop closes the engine's stream
+                        raise ModelUnloaded(f"model {self.model_name!r} was unloaded by an administrator "
+                                            "(forced); the next request loads it again")
+                    yield chunk
         except AICoreError:
             raise
         except Exception as error:  # an engine fault: log it here, send nothing internal

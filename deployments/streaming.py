@@ -68,7 +68,13 @@ async def coalesce(chunks: AsyncIterator[GenerationChunk],
             yield GenerationChunk(text="".join(pending))
     finally:
         if fetch is not None:
+            # The source runs inside that task until the cancellation lands there: wait for it, so
+            # that the source's cleanup (the engine takes a waiting request out of its queue) is done
+            # when this returns, and closing it below does not meet a generator still running.
             fetch.cancel()
+            await asyncio.wait({fetch})
+            if not fetch.cancelled():
+                fetch.exception()  # retrieved: a chunk or an error nobody will read
         close = getattr(source, "aclose", None)
         if close is not None:
             await close()

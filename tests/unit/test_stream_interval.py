@@ -37,3 +37,33 @@ def test_coalesce_reads_the_window_for_each_gathering():
     assert [c.text for c in out] == ["a", "bcd", ""] and out[-1].finish_reason == "stop"
     assert calls  # read at run time, not fixed at the start
     assert [c.text for c in asyncio.run(collect(0))] == ["a", "b", "c", "d", ""]
+
+
+def test_cancelling_a_waiting_consumer_closes_the_source_before_coalesce_returns():
+    """A client that leaves while its request waits for the engine: the source (the engine's
+    stream, which takes the request out of the queue in its `finally`) must be closed by the time
+    the consumer's cancellation ends, not at some later turn of the event loop."""
+    closed = []
+
+    async def waiting_source():
+        try:
+            await asyncio.Event().wait()  # never a first chunk: still queued
+            yield GenerationChunk(text="never")
+        finally:
+            closed.append("source")
+
+    async def main():
+        async def consume():
+            async for _ in coalesce(waiting_source(), 0.05):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.01)  # suspended inside coalesce, waiting for the first chunk
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        return list(closed)  # what had happened when the consumer's cancellation ended
+
+    assert asyncio.run(main()) == ["source"]
