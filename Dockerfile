@@ -25,17 +25,20 @@ RUN AICORE_GGUF_ONLY="${AICORE_GGUF_ONLY}" scripts/setup.sh \
 
 FROM python:3.11-slim
 # llama.cpp's CPU backend links OpenMP's runtime.
+# The server's writable folders are made before the copy: a RUN after it would add a second
+# full copy of /app to the image on copy-per-layer storage (podman's vfs driver).
 RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 1000 aicore
+    && useradd --create-home --uid 1000 aicore \
+    && mkdir -p /app/models /app/logs && chown aicore:aicore /app/models /app/logs
 ENV HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     API_HOST=0.0.0.0 PATH=/app/.venv/bin:$PATH
 WORKDIR /app
 # Same path as in the build stage: the venv and its editable install point at /app.
 # The code and the venv belong to root: the server's user can read them, not change them.
-# It writes only to /app/models (assembled or converted weights), /app/logs, its home and /tmp.
+# It writes only to /app/models (assembled or converted weights), /app/logs, its home and /tmp
+# (.dockerignore keeps models/ and logs/ out of the build, so the copy leaves those two alone).
 COPY --from=build /app /app
-RUN mkdir -p /app/models /app/logs && chown aicore:aicore /app/models /app/logs
 
 USER aicore
 EXPOSE 8000

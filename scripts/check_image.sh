@@ -45,6 +45,9 @@ runtime = "runc"
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 EOF
 export CONTAINERS_STORAGE_CONF="$WORK/storage.conf" CONTAINERS_CONF="$WORK/containers.conf"
+# vfs keeps a full copy of the file system per layer (~5 GB per build here): the untagged images of
+# earlier builds' stages go first, or repeated checks fill the disk.
+podman image prune -f >/dev/null
 
 # 2. The base image, from a Debian root file system when it is not there yet.
 if ! podman image exists "$BASE"; then
@@ -93,7 +96,7 @@ say "building $IMAGE from the Dockerfile (${BUILD_ARGS:-default build arguments}
 started=$(date +%s)
 # shellcheck disable=SC2086
 podman build --pull=never --network host "${volumes[@]}" ${BUILD_ARGS:-} -t "$IMAGE" . >"$WORK/build.log" 2>&1 \
-  || { tail -40 "$WORK/build.log"; exit 1; }
+  || { tail -40 "$WORK/build.log"; df -h "$WORK"; exit 1; }
 say "built in $(( $(date +%s) - started )) s; image size $(podman image inspect "$IMAGE" --format '{{.Size}}' \
   | awk '{printf "%.2f GB", $1/1e9}')"
 
@@ -105,6 +108,7 @@ cleanup() {
   podman stop -t 60 "$name" >/dev/null 2>&1 || true
   podman rm -f "$name" >/dev/null 2>&1 || true
   if [ "${KEEP_IMAGE:-1}" = 0 ]; then podman rmi -f "$IMAGE" >/dev/null 2>&1 || true; fi
+  podman image prune -f >/dev/null 2>&1 || true  # the build stage's layers
 }
 trap cleanup EXIT
 started=$(date +%s)
