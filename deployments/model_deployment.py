@@ -78,13 +78,18 @@ def _load_backend(model_name: str, config: ModelConfig, context: ReplicaContext)
 
 class ModelDeployment:
     async def __init__(self, model_name: str, config: ModelConfig, context: ReplicaContext, metrics_hub=None):
-        """Load the model; report the load (ok or failed, with its duration) to `metrics_hub`.
+        """Load the model; report the load (ok or failed, with its duration) to `metrics_hub` (a
+        handle, or the name of the deployment to report to).
 
         Async so that a failed load is reported before the exception ends the replica; the
         load itself still blocks this replica's event loop, which has nothing else to do yet.
         """
         bind_replica_grpc_to_node_ip()
         configure_logging(context.log_level, context.log_format, context.log_dir)
+        if isinstance(metrics_hub, str):  # no hub: the deployment that keeps the metrics, by name
+            from ray import serve
+
+            metrics_hub = serve.get_deployment_handle(metrics_hub, serve.get_replica_context().app_name)
         self.model_name = model_name
         config = current_entry(context, model_name, config)
         self.config = config

@@ -18,7 +18,7 @@ from deployments.config import ModelConfig, ModelsFile, load_models_file
 from deployments.lifecycle import ModelScalingPolicy
 from deployments.memory import footprint
 from deployments.model_deployment import REVISION_ENV, ModelDeployment, ReplicaContext, entry_revision
-from serve_app.ingress import Ingress, ModelSpec
+from serve_app.ingress import INGRESS_NAME, Ingress, ModelSpec
 from core.logs import configure_logging
 from serve_app.access.content_filter import ContentPolicy
 from serve_app.hub import Hub
@@ -144,20 +144,23 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
                   for name, config in models.models.items()}
     revisions = {name: entry_revision(config, context) for name, config in models.models.items()}
     check_fits(models, *_cluster_resources(), footprints)
-    # One bound hub, shared: model replicas report their loads to it, ingress replicas their requests;
-    # it also holds the ingress replicas' shared in-memory state when REDIS_URL is unset (Telegram
-    # chats, batch jobs).
-    hub = serve.deployment(Hub, name="hub", num_replicas=1, ray_actor_options={"num_cpus": 0.01}).bind()
+    # Several ingress replicas share one bound hub: model replicas report their loads to it, ingress
+    # replicas their requests; it also holds their shared in-memory state when REDIS_URL is unset
+    # (Telegram chats, batch jobs). One ingress replica (the default) keeps both in its own process
+    # and model replicas report to it by name: one Ray worker less (~88 MB PSS, docs/benchmarks.md).
+    hub = None
+    if settings.ingress_replicas > 1:
+        hub = serve.deployment(Hub, name="hub", num_replicas=1, ray_actor_options={"num_cpus": 0.01}).bind()
     handles = {
         name: serve.deployment(
             ModelDeployment,
             **_model_options(name, config, name == default_model, footprints[name], settings.drain_timeout_s),
-        ).bind(name, config, context, hub)
+        ).bind(name, config, context, hub if hub is not None else INGRESS_NAME)
         for name, config in models.models.items()
     }
     ingress = serve.deployment(
         Ingress,
-        name="ingress",
+        name=INGRESS_NAME,
         num_replicas=settings.ingress_replicas,
         ray_actor_options={"num_cpus": 0.1},
         max_ongoing_requests=1024,  # streams mostly wait on the models: an ingress replica holds many

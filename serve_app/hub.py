@@ -1,5 +1,7 @@
 """The ingress's one helper actor: the aggregated metrics registry and the shared in-memory state.
 
+Deployed only with more than one ingress replica: one replica keeps both in its own process.
+
 Both need exactly one replica and almost no CPU; as one deployment they cost one Ray actor
 (~0.9% of a core idle and its own Python process of memory) instead of two.
 """

@@ -18,10 +18,13 @@ from serve_app.app import create_app
 from core.logs import configure_logging
 from serve_app.model_router import ModelEntry, ModelRouter
 from core.settings import Settings
+from serve_app.ops.metrics import MetricsHub
 from serve_app.ops.status import ModelStatus
 
 
 logger = logging.getLogger("aicore.ingress")
+
+INGRESS_NAME = "ingress"  # the deployment's name: model replicas find it by name when there is no hub
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class Ingress:
         models: dict[str, ModelSpec],
         handles: dict[str, Any],
         default_model: Optional[str],
-        metrics_hub: Any,
+        metrics_hub: Any,  # the hub's handle; None: this replica keeps the metrics (one replica)
         chat_hub: Any = None,
         default_embedding_model: Optional[str] = None,
         context: Optional[ReplicaContext] = None,
@@ -58,7 +61,7 @@ class Ingress:
         self._app = create_app(
             settings,
             ModelRouter(entries, default_model, default_embedding_model),
-            metrics_hub,
+            metrics_hub if metrics_hub is not None else MetricsHub(),
             ModelStatus(app_name, {name: spec.deployment_name for name, spec in models.items()}),
             chat_hub,
             {name: spec.footprint for name, spec in models.items()},
@@ -66,6 +69,10 @@ class Ingress:
 
     def __serve_build_asgi_app__(self):
         return self._app
+
+    async def record(self, events: list) -> None:
+        """Model replicas' load events, when this replica keeps the metrics (no hub)."""
+        await self._app.state.metrics.record_all(events)
 
     def reconfigure(self, user_config: dict) -> None:
         """`scripts.deploy` sends each model's revision: re-read the changed entries (limits, cache

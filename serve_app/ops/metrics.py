@@ -5,6 +5,7 @@ and ships them to one `MetricsHub` deployment, which owns the registry that
 `GET /api/v1/metrics` renders. A scrape first flushes the answering replica's buffer;
 other replicas' events arrive within `METRICS_FLUSH_S`. Model replicas report each load
 (`ModelLoadEvent`) to the same hub, so the count outlives replicas scaled to zero.
+One ingress replica (the default) needs no hub: it is its own, and model replicas report to it.
 """
 
 from __future__ import annotations
@@ -141,10 +142,12 @@ class MetricsHub:
 
 
 class MetricsRecorder:
-    """Per ingress replica: buffers events, flushes them to the hub in the background."""
+    """Per ingress replica: buffers events, flushes them to the hub in the background; with the
+    hub in this process (one ingress replica) it records them at once."""
 
     def __init__(self, hub: Any, flush_s: float):
-        self.hub = hub  # a DeploymentHandle to the MetricsHub deployment
+        self.hub = hub  # a DeploymentHandle to the MetricsHub deployment, or a MetricsHub here
+        self.local = isinstance(hub, MetricsHub)
         self.flush_s = flush_s
         self._buffer: list = []
         self._task: Optional[asyncio.Task] = None
@@ -152,7 +155,16 @@ class MetricsRecorder:
     def count(self, name: str, amount: float = 1) -> None:
         self.record(CountEvent(name, amount))
 
+    async def record_all(self, events: list) -> None:
+        if self.local:
+            self.hub.record(events)
+        else:
+            await self.hub.record.remote(events)
+
     def record(self, event) -> None:
+        if self.local:
+            self.hub.record([event])
+            return
         self._buffer.append(event)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._flush_later())
@@ -171,5 +183,7 @@ class MetricsRecorder:
             logger.warning("could not ship %d metric events", len(events), exc_info=True)
 
     async def render(self) -> bytes:
+        if self.local:
+            return self.hub.render()
         await self.flush()
         return await self.hub.render.remote()

@@ -14,6 +14,7 @@ import os
 import time
 
 import httpx
+import psutil
 import pytest
 
 from scripts.serve_process import ROOT, ServeProcess
@@ -104,6 +105,29 @@ def wait_for_loads(app, model, wanted, polls=60) -> float:
             return found[0]
         time.sleep(0.5)
     return found[0] if found else 0.0
+
+
+def test_one_ingress_replica_keeps_the_metrics_itself_without_a_helper_actor(app):
+    """One ingress replica (the default) holds the metrics registry: no `hub` deployment runs, the
+    model replicas report their loads to the ingress by name, and its requests are counted there."""
+    titles = [" ".join(p.cmdline()) for p in psutil.Process(app.proc.pid).children(recursive=True)]
+    assert any("ServeReplica:ai-core:ingress" in t for t in titles)
+    assert not any("ServeReplica:ai-core:hub" in t for t in titles)
+    assert wait_for_loads(app, DEFAULT, 1) >= 1  # the default model's load, reported by name
+
+    line = f'aicore_requests_total{{model="{DEFAULT}",route="/v1/completions",status="200"}} '
+
+    def completions() -> float:
+        text = call(app, "GET", "/api/v1/metrics").text
+        return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(line))
+
+    before = completions()
+    assert all(complete(app, DEFAULT).status_code == 200 for _ in range(3))
+    for _ in range(40):  # recorded as each request ends, in the same process
+        if completions() >= before + 3:
+            break
+        time.sleep(0.25)
+    assert completions() == before + 3
 
 
 def test_explicit_load_and_unload_are_idempotent_and_free_the_process(app):
