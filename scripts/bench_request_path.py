@@ -71,7 +71,9 @@ def cache_hits(url: str, requests: int) -> dict:
 def run_mode(mode: str, args, redis_url: Optional[str], llm) -> dict:
     env = {"API_KEYS": KEY, "INGRESS_MODE": mode, **({"REDIS_URL": redis_url} if redis_url else {})}
     server_args = {"model_config_path": args.models_file} if args.models_file else {}
-    server = ServeProcess(env=env, args=server_args, via_run_server=True).start(ready_models=(MODEL,))
+    # Every model settled: a replica still loading (MiniLM imports torch for ~20 s on 2 cores) would
+    # take CPU from the runs below, and an idle server's cost is what they measure.
+    server = ServeProcess(env=env, args=server_args, via_run_server=True).start()
     try:
         stack_run(server.base_url, 8, PROMPT + " (warm-up)")
         time.sleep(args.idle_s)  # settle: loads done, nothing in flight
