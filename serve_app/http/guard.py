@@ -12,6 +12,8 @@ tokens settled, usage recorded, so the next request sees them); a response that 
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 from typing import Any, Optional
 
@@ -81,8 +83,8 @@ class GuardMiddleware:
             return await error_response(error)(scope, receive, guarded_send)
         try:
             await self.app(scope, receive, guarded_send)
-        finally:  # the client left mid-answer (or the app failed): settle what it got
-            await outcome.close_admissions(status["code"] if status["ended"] else CLIENT_GONE)
+        finally:  # the client left mid-answer (or the app failed): settle what it got, even when cancelled
+            await asyncio.shield(outcome.close_admissions(status["code"] if status["ended"] else CLIENT_GONE))
 
     async def _bounded_body(self, scope, receive):
         """Read the whole body up front (it is small by construction) and replay it to the app."""

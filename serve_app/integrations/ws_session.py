@@ -146,6 +146,10 @@ class WsSession:
                     parts.append(chunk.text)
                     await self._send(WsToken(id=message.id, text=chunk.text))
             usage = generation.usage
+            # Settled before `done` goes out: a client that reads its usage, or closes the socket
+            # (which cancels this task), right after `done` finds this request counted.
+            status = 200
+            await asyncio.shield(admission.close(status))
             await self._send(WsDone(
                 id=message.id, model=generation.entry.name, response="".join(parts),
                 finish_reason=generation.finish_reason,
@@ -153,7 +157,6 @@ class WsSession:
                               total_tokens=usage.total_tokens),
                 processing_time=round(time.monotonic() - generation.started, 4),
             ))
-            status = 200
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -161,8 +164,8 @@ class WsSession:
             await self._send_error(message.id, error)
         finally:
             self.tasks.pop(message.id, None)
-            if admission is not None:
-                await admission.close(status)
+            if admission is not None:  # a no-op once settled above; shielded from the socket's close
+                await asyncio.shield(admission.close(status))
 
     async def _cancel(self, request_id: str) -> None:
         task = self.tasks.get(request_id)

@@ -1,0 +1,78 @@
+"""A WebSocket request's usage is settled before its `done` message goes out.
+
+A client that reads its key's usage (or closes the socket) right after `done` must find the
+request counted; the HTTP path settles before its last body message the same way
+(serve_app/http/guard.py). CI once read 1 request of 2 in HAProxy mode when `done` came first.
+The session runs with stand-ins for the socket, the model and the pipeline (routing logic only);
+tests/integration/security/test_channels.py checks the same through the real app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+
+from fastapi import WebSocketDisconnect
+
+from serve_app.integrations.ws_session import WsSession
+
+
+class Socket:
+    def __init__(self, incoming: list[str], log: list):
+        self.incoming, self.log = incoming, log
+        self.scope: dict = {}  # the ASGI scope, where the request's outcome lives
+
+    async def accept(self):
+        pass
+
+    async def receive_text(self) -> str:
+        if self.incoming:
+            return self.incoming.pop(0)
+        await asyncio.sleep(0.05)  # the running request finishes meanwhile; then the client leaves
+        raise WebSocketDisconnect()
+
+    async def send_text(self, text: str):
+        self.log.append(("sent", json.loads(text)["type"]))
+
+
+class Admission:
+    def __init__(self, log: list):
+        self.log = log
+        self.principal = SimpleNamespace(allowed_models=lambda entries: ["m"], default_model=None, key_id="k1")
+        self.closed = False
+
+    async def close(self, status: int):
+        if not self.closed:
+            self.closed = True
+            await asyncio.sleep(0)  # a store round trip
+            self.log.append(("usage recorded", status))
+
+
+class Generation:
+    entry = SimpleNamespace(name="m")
+    usage = SimpleNamespace(prompt_tokens=2, completion_tokens=1, total_tokens=3)
+    finish_reason = "length"
+    started = 0.0
+
+    async def chunks(self):
+        yield SimpleNamespace(text="Hi")
+
+
+def test_usage_is_recorded_before_done_is_sent():
+    log: list = []
+
+    async def admit(context, scope):
+        return Admission(log)
+
+    async def start(*args, **kwargs):
+        return Generation()
+
+    pipeline = SimpleNamespace(auth=SimpleNamespace(presented=lambda ws: "key"), admit=admit)
+    service = SimpleNamespace(router=SimpleNamespace(entries={"m": None}, default_model="m"), start=start)
+    socket = Socket([json.dumps({"type": "generate", "id": "r1", "prompt": "Hello", "max_tokens": 1})], log)
+    session = WsSession(socket, service, pipeline)
+    asyncio.run(session.run())
+
+    request_events = [event for event in log if event != ("sent", "ready")]
+    assert request_events == [("sent", "token"), ("usage recorded", 200), ("sent", "done")]
