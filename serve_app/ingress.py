@@ -72,7 +72,7 @@ class Ingress:
 
     async def record(self, events: list) -> None:
         """Model replicas' load events, when this replica keeps the metrics (no hub)."""
-        await self._app.state.metrics.record_all(events)
+        self._app.state.metrics.record_many(events)
 
     def reconfigure(self, user_config: dict) -> None:
         """`scripts.deploy` sends each model's revision: re-read the changed entries (limits, cache

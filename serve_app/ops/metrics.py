@@ -155,17 +155,14 @@ class MetricsRecorder:
     def count(self, name: str, amount: float = 1) -> None:
         self.record(CountEvent(name, amount))
 
-    async def record_all(self, events: list) -> None:
+    def record(self, event) -> None:
+        self.record_many([event])
+
+    def record_many(self, events: list) -> None:
         if self.local:
             self.hub.record(events)
-        else:
-            await self.hub.record.remote(events)
-
-    def record(self, event) -> None:
-        if self.local:
-            self.hub.record([event])
             return
-        self._buffer.append(event)
+        self._buffer.extend(events)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._flush_later())
 

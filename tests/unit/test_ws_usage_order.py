@@ -22,6 +22,7 @@ class Socket:
     def __init__(self, incoming: list[str], log: list):
         self.incoming, self.log = incoming, log
         self.scope: dict = {}  # the ASGI scope, where the request's outcome lives
+        self.answered = asyncio.Event()
 
     async def accept(self):
         pass
@@ -29,11 +30,14 @@ class Socket:
     async def receive_text(self) -> str:
         if self.incoming:
             return self.incoming.pop(0)
-        await asyncio.sleep(0.05)  # the running request finishes meanwhile; then the client leaves
+        await self.answered.wait()  # the client leaves as soon as its `done` arrives
         raise WebSocketDisconnect()
 
     async def send_text(self, text: str):
-        self.log.append(("sent", json.loads(text)["type"]))
+        kind = json.loads(text)["type"]
+        self.log.append(("sent", kind))
+        if kind == "done":
+            self.answered.set()
 
 
 class Admission:
