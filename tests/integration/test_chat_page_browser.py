@@ -29,16 +29,31 @@ def _last_answer(browser) -> dict:
     })()""")
 
 
+# Records, inside the page, the answer's text at every DOM change while it streams: polling from
+# here could miss a short answer's partial states, a MutationObserver sees each token event's update.
+WATCH_PARTIALS = """(() => {
+    if (window.__watch) window.__watch.disconnect();
+    window.__partials = [];
+    window.__watch = new MutationObserver(() => {
+        const all = document.querySelectorAll('#log .msg.assistant');
+        const div = all[all.length - 1];
+        if (div && div.dataset.state === 'streaming' && div.textContent) window.__partials.push(div.textContent);
+    });
+    window.__watch.observe(document.getElementById('log'),
+                           {subtree: true, childList: true, characterData: true, attributes: true});
+    return true;
+})()"""
+
+
 def _send(browser, text: str) -> dict:
+    browser.js(WATCH_PARTIALS)
     browser.js(f"document.getElementById('message').value = {json.dumps(text)};"
                "document.getElementById('send').click(); true")
-    partial = None
-    for _ in range(3000):  # bounded polling while the answer streams in
+    for _ in range(3000):  # bounded polling until the answer is complete
         answer = _last_answer(browser)
-        if answer and answer["state"] == "streaming" and answer["text"] and partial is None:
-            partial = answer
         if answer and answer["state"] in ("done", "error"):
-            return {"final": answer, "partial": partial}
+            partials = browser.js("window.__partials")
+            return {"final": answer, "partial": {"text": partials[0]} if partials else None}
         time.sleep(0.05)
     raise AssertionError(f"no answer; last state {answer}")
 
