@@ -13,7 +13,6 @@ tokens settled, usage recorded, so the next request sees them); a response that 
 from __future__ import annotations
 
 import asyncio
-
 import logging
 from typing import Any, Optional
 

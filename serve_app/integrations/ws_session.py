@@ -146,10 +146,8 @@ class WsSession:
                     parts.append(chunk.text)
                     await self._send(WsToken(id=message.id, text=chunk.text))
             usage = generation.usage
-            # Settled before `done` goes out: a client that reads its usage, or closes the socket
-            # (which cancels this task), right after `done` finds this request counted.
             status = 200
-            await asyncio.shield(admission.close(status))
+            await _settle(admission, status)
             await self._send(WsDone(
                 id=message.id, model=generation.entry.name, response="".join(parts),
                 finish_reason=generation.finish_reason,
@@ -161,11 +159,11 @@ class WsSession:
             raise
         except Exception as error:
             status = to_aicore_error(error).status
+            await _settle(admission, status)
             await self._send_error(message.id, error)
-        finally:
+        finally:  # the client left mid-answer (the task was cancelled): settle what it got
             self.tasks.pop(message.id, None)
-            if admission is not None:  # a no-op once settled above; shielded from the socket's close
-                await asyncio.shield(admission.close(status))
+            await _settle(admission, status)
 
     async def _cancel(self, request_id: str) -> None:
         task = self.tasks.get(request_id)
@@ -200,3 +198,12 @@ def _id_of(raw: str) -> Optional[str]:
     except (ValueError, AttributeError):
         return None
     return value if isinstance(value, str) else None
+
+
+async def _settle(admission, status: int) -> None:
+    """Settle a request's admission (limits, usage) before its last message goes out, as the HTTP
+    guard does before its last body message: a client that reads its usage, or closes the socket,
+    right after `done` or `error` finds the request counted. Once only (later calls are no-ops);
+    shielded, so the socket's close, which cancels the task, cannot cut the usage write."""
+    if admission is not None:
+        await asyncio.shield(admission.close(status))

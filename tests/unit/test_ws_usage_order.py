@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 from fastapi import WebSocketDisconnect
 
+from core.errors import BackendFailure
 from serve_app.integrations.ws_session import WsSession
 
 
@@ -30,13 +31,13 @@ class Socket:
     async def receive_text(self) -> str:
         if self.incoming:
             return self.incoming.pop(0)
-        await self.answered.wait()  # the client leaves as soon as its `done` arrives
+        await self.answered.wait()  # the client leaves as soon as its `done` (or `error`) arrives
         raise WebSocketDisconnect()
 
     async def send_text(self, text: str):
         kind = json.loads(text)["type"]
         self.log.append(("sent", kind))
-        if kind == "done":
+        if kind in ("done", "error"):
             self.answered.set()
 
 
@@ -63,20 +64,30 @@ class Generation:
         yield SimpleNamespace(text="Hi")
 
 
-def test_usage_is_recorded_before_done_is_sent():
+def _run_session(start) -> list:
+    """One generate request over a session whose model starts with `start`; the events in order."""
     log: list = []
 
     async def admit(context, scope):
         return Admission(log)
-
-    async def start(*args, **kwargs):
-        return Generation()
 
     pipeline = SimpleNamespace(auth=SimpleNamespace(presented=lambda ws: "key"), admit=admit)
     service = SimpleNamespace(router=SimpleNamespace(entries={"m": None}, default_model="m"), start=start)
     socket = Socket([json.dumps({"type": "generate", "id": "r1", "prompt": "Hello", "max_tokens": 1})], log)
     session = WsSession(socket, service, pipeline)
     asyncio.run(session.run())
+    return [event for event in log if event != ("sent", "ready")]
 
-    request_events = [event for event in log if event != ("sent", "ready")]
-    assert request_events == [("sent", "token"), ("usage recorded", 200), ("sent", "done")]
+
+def test_usage_is_recorded_before_done_is_sent():
+    async def start(*args, **kwargs):
+        return Generation()
+
+    assert _run_session(start) == [("sent", "token"), ("usage recorded", 200), ("sent", "done")]
+
+
+def test_a_failed_requests_usage_is_recorded_before_its_error_is_sent():
+    async def start(*args, **kwargs):
+        raise BackendFailure("the model failed to generate")
+
+    assert _run_session(start) == [("usage recorded", 500), ("sent", "error")]
