@@ -26,9 +26,11 @@ say() { printf '[check_image %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 # 1. Tools (Debian's podman; runc because crun fails on a cgroups v1+v2 hybrid).
 # catatonit is podman's `--init` (Compose's `init: true`).
-if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null || [ ! -x /usr/libexec/podman/catatonit ]; then
+# runc is named: --no-install-recommends brings crun only, and containers.conf below asks for runc.
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null \
+   || [ ! -x /usr/libexec/podman/catatonit ]; then
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman buildah \
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman runc buildah \
     debootstrap fuse-overlayfs slirp4netns uidmap containernetworking-plugins iptables catatonit >/dev/null
 fi
 mkdir -p "$WORK/storage"
