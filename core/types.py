@@ -34,6 +34,9 @@ class GenerationRequest:
     key_id: Optional[str] = None
     adapter: Optional[str] = None  # a LoRA adapter of the model (`"model": "<model>:<adapter>"`)
     priority: str = "interactive"  # or "batch": waits behind interactive work, never takes the reserved slots
+    # Whose cached prompt KV this request may reuse: its key's own (the key id), or "shared" when
+    # the operator chose so (PREFIX_CACHE_SCOPE). Reuse across keys is a timing side channel.
+    cache_scope: Optional[str] = None
 
 
 @dataclass

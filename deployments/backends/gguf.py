@@ -130,7 +130,8 @@ class GGUFBackend(Backend):
 
         sequence = Sequence(request_id=request.request_id, prompt=tokens, budget=budget, sampling=s,
                             stops=list(s.stop) + template_stops, adapter=request.adapter,
-                            priority=request.priority, outlet=Outlet(loop, queue.put_nowait))
+                            priority=request.priority, outlet=Outlet(loop, queue.put_nowait),
+                            tenant=request.key_id or "-", cache_scope=request.cache_scope)
         async with aclosing(stream_sequence(self.engine, sequence, queue, self.note_cancelled)) as chunks:
             async for chunk in chunks:  # closing this stream (client gone) closes that one at once
                 yield chunk

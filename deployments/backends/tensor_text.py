@@ -88,7 +88,7 @@ class TensorTextBackend(Backend):
         sequence = TextSequence.create(
             self._decode, self.eos_ids, request_id=request.request_id, prompt=ids, budget=budget, sampling=s,
             stops=list(s.stop), adapter=request.adapter, priority=request.priority,
-            outlet=Outlet(asyncio.get_running_loop(), queue.put_nowait))
+            outlet=Outlet(asyncio.get_running_loop(), queue.put_nowait), tenant=request.key_id or "-")
         async with aclosing(stream_sequence(self.engine, sequence, queue, self.note_cancelled)) as chunks:
             async for chunk in chunks:  # closing this stream (client gone) closes that one at once
                 yield chunk

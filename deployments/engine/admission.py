@@ -5,6 +5,8 @@ replica's event loop asks `admit(...)` when a request arrives. Both hold `lock`.
 
 - Two classes: `interactive` (chat, completions, WebSocket, Telegram) and `batch` (bulk email
   work). Waiting interactive requests always go first.
+- Within a class, tenants (API keys) take turns: each free slot goes to the next key in
+  rotation, first come within a key, so one key's burst cannot hold every slot while others wait.
 - Batch work never takes the last `interactive_reserve` free slots, so an interactive request
   arriving while batch work fills every slot it may use still starts at the next step.
 - A request is refused at once (`Overloaded`, 503 + Retry-After) when the room is full
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Generic, Optional, TypeVar
 
@@ -48,7 +50,7 @@ class WaitingRoom(Generic[T]):
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self._queues: dict[str, deque[T]] = {p: deque() for p in PRIORITIES}
+        self._queues: dict[str, _TurnQueue[T]] = {p: _TurnQueue() for p in PRIORITIES}
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._queues.values())
@@ -66,8 +68,8 @@ class WaitingRoom(Generic[T]):
         """When a refused caller should try again: about when the queue ahead has drained."""
         return max(1, math.ceil(self.estimated_wait_s(len(self))))
 
-    def admit(self, item: T, priority: str, free_slots: int) -> None:
-        """Queue `item`, or raise `Overloaded`. Call with `lock` held."""
+    def admit(self, item: T, priority: str, free_slots: int, tenant: str = "-") -> None:
+        """Queue `item` of `tenant`, or raise `Overloaded`. Call with `lock` held."""
         if priority not in self._queues:
             raise ValueError(f"unknown priority {priority!r}")
         ahead = len(self._queues["interactive"]) if priority == "interactive" else len(self)
@@ -80,17 +82,11 @@ class WaitingRoom(Generic[T]):
             why = (f"{len(self)} requests are waiting (the limit is {self.max_queued})" if too_many else
                    f"the estimated wait of {self.estimated_wait_s(ahead):.0f}s passes {self.max_wait_s:g}s")
             raise Overloaded(f"the model is overloaded: {why}; retry later", retry_after=self.retry_after_s())
-        self._queues[priority].append(item)
+        self._queues[priority].append(item, tenant)
 
     def remove(self, item: T) -> bool:
         """Take back a request that has not started (its client left). Call with `lock` held."""
-        for queue in self._queues.values():
-            try:
-                queue.remove(item)
-                return True
-            except ValueError:
-                continue
-        return False
+        return any(queue.remove(item) for queue in self._queues.values())
 
     def take(self, free_slots: int) -> list[tuple[T, str]]:
         """Requests to start now, interactive first; batch leaves `interactive_reserve` slots free.
@@ -103,3 +99,44 @@ class WaitingRoom(Generic[T]):
             started.append((self._queues["batch"].popleft(), "batch"))
             free_slots -= 1
         return started
+
+
+class _TurnQueue(Generic[T]):
+    """Requests of one class: a queue per tenant, the tenants served in rotation."""
+
+    def __init__(self) -> None:
+        self._tenants: OrderedDict[str, deque[T]] = OrderedDict()
+        self._length = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __bool__(self) -> bool:
+        return self._length > 0
+
+    def append(self, item: T, tenant: str) -> None:
+        self._tenants.setdefault(tenant, deque()).append(item)
+        self._length += 1
+
+    def popleft(self) -> T:
+        """The oldest request of the tenant whose turn it is; that tenant then goes last."""
+        tenant, queue = next(iter(self._tenants.items()))
+        item = queue.popleft()
+        self._length -= 1
+        if queue:
+            self._tenants.move_to_end(tenant)
+        else:
+            del self._tenants[tenant]
+        return item
+
+    def remove(self, item: T) -> bool:
+        for tenant, queue in self._tenants.items():
+            try:
+                queue.remove(item)
+            except ValueError:
+                continue
+            self._length -= 1
+            if not queue:
+                del self._tenants[tenant]
+            return True
+        return False

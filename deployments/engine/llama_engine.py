@@ -198,7 +198,8 @@ class LlamaBatchEngine(StepLoop):
             self.adapters.get(sequence.adapter, in_use)  # raises BackendFailure: the caller fails the request
 
         def reusable(slot: Slot) -> int:
-            same = self.prefix_reuse and slot.adapter == sequence.adapter
+            same = (self.prefix_reuse and slot.adapter == sequence.adapter
+                    and slot.cache_scope == sequence.cache_scope)
             return common_prefix(slot.cached, sequence.prompt) if same else 0
 
         shared = {slot.seq_id: reusable(slot) for slot in free}
@@ -210,7 +211,7 @@ class LlamaBatchEngine(StepLoop):
             self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)  # whole: never fails
             keep = 0
         del slot.cached[keep:]
-        slot.adapter = sequence.adapter
+        slot.adapter, slot.cache_scope = sequence.adapter, sequence.cache_scope
         slot.sequence, sequence.slot = sequence, slot
         sequence.fed = keep
         sequence.admitted_at = time.monotonic()

@@ -64,7 +64,7 @@ class StepLoop(ABC):
         if self.failure is not None:
             raise BackendFailure("the model's engine stopped; the replica is being replaced")
         with self.room.lock:
-            self.room.admit(sequence, sequence.priority, self._free_slots())
+            self.room.admit(sequence, sequence.priority, self._free_slots(), sequence.tenant)
         self._wake.set()
 
     def cancel(self, sequence: Sequence) -> None:

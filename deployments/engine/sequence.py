@@ -32,6 +32,8 @@ class Sequence:
     priority: str
     outlet: Outlet
     cancelled: bool = False
+    tenant: str = "-"  # the caller's key: the waiting room takes turns between tenants
+    cache_scope: Optional[str] = None  # a slot's cached prefix is reused only within the same scope
     # Set once the engine runs it:
     slot: Optional["Slot"] = None
     admitted_at: float = 0.0
@@ -83,6 +85,7 @@ class Slot:
     seq_id: int
     cached: list[int] = field(default_factory=list)
     adapter: Optional[str] = None
+    cache_scope: Optional[str] = None  # of the request that computed `cached`
     last_used: float = 0.0
     sequence: Optional[Sequence] = None
 

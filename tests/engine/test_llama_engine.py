@@ -221,6 +221,23 @@ def test_prefix_reuse_prefills_only_the_new_part_of_a_conversation(smollm2):
         request_id="x", sampling=SamplingParams(), messages=tuple(history)))[0])
 
 
+def test_a_cached_prefix_is_reused_only_within_its_cache_scope(smollm2):
+    """Another key's request with the same prompt prefills it all (no cross-tenant timing channel);
+    the same key's reuses it; the answers are the same either way (temperature 0)."""
+    prompt = "The three primary colours of light are red, green and blue. Name one secondary colour:"
+
+    def turn(rid: str, scope: str) -> GenerationRequest:
+        return GenerationRequest(request_id=rid, prompt=prompt, cache_scope=scope,
+                                 sampling=SamplingParams(max_tokens=6, temperature=0))
+
+    first, _ = asyncio.run(run(smollm2, turn("scope-a-1", "key-a")))
+    before = smollm2.engine.log.stats.prefix_reused_tokens
+    other, _ = asyncio.run(run(smollm2, turn("scope-b-1", "key-b")))
+    assert smollm2.engine.log.stats.prefix_reused_tokens == before  # key-b reused nothing of key-a's
+    again, _ = asyncio.run(run(smollm2, turn("scope-a-2", "key-a")))
+    assert smollm2.engine.log.stats.prefix_reused_tokens - before >= 10
+    assert first == other == again
+
 def test_ignore_eos_never_samples_an_end_token(smollm2):
     """SmolLM2 ends this plain completion at once (greedy); with ignore_eos the end token is banned
     (llama.cpp's server does the same), so the one token asked for is text, not an empty end token."""

@@ -74,3 +74,24 @@ def test_overloaded_keeps_retry_after_across_pickling():
 
     error = pickle.loads(pickle.dumps(Overloaded("busy", retry_after=7)))
     assert isinstance(error, Overloaded) and error.retry_after == 7 and error.code == "model_overloaded"
+
+
+def test_keys_take_turns_within_a_class_first_come_within_a_key():
+    r = WaitingRoom(slots=1, max_queued=100, max_wait_s=1e9)
+    for i in range(5):  # one key's burst arrives first...
+        r.admit(f"a{i}", "interactive", free_slots=0, tenant="key-a")
+    r.admit("b0", "interactive", free_slots=0, tenant="key-b")  # ...then two other keys
+    r.admit("c0", "interactive", free_slots=0, tenant="key-c")
+    r.admit("b1", "interactive", free_slots=0, tenant="key-b")
+    order = [item for _ in range(8) for item, _ in r.take(1)]
+    assert order == ["a0", "b0", "c0", "a1", "b1", "a2", "a3", "a4"]
+    assert len(r) == 0
+
+
+def test_a_removed_request_leaves_its_keys_turn_consistent():
+    r = WaitingRoom(slots=1, max_queued=100, max_wait_s=1e9)
+    r.admit("a0", "batch", free_slots=0, tenant="key-a")
+    r.admit("b0", "batch", free_slots=0, tenant="key-b")
+    assert r.remove("a0") and not r.remove("a0")
+    assert r.lengths() == {"interactive": 0, "batch": 1}
+    assert r.take(1) == [("b0", "batch")] and len(r) == 0
