@@ -27,10 +27,6 @@ class PermissionDenied(AICoreError):
     status, type, code = 403, "permission_error", "insufficient_scope"
 
 
-class ModelNotAllowed(PermissionDenied):
-    code = "model_not_allowed"
-
-
 class AddressNotAllowed(PermissionDenied):
     code = "ip_not_allowed"
 
@@ -65,6 +61,14 @@ class RateLimited(AICoreError):
 
 class BodyTooLarge(AICoreError):
     status, type, code = 413, "invalid_request_error", "body_too_large"
+
+
+class BodyTimeout(AICoreError):
+    """The request body did not arrive whole within BODY_TIMEOUT_S: 408, and the connection is
+    closed (the rest of the body would otherwise be read as the next request)."""
+
+    status, type, code = 408, "invalid_request_error", "body_timeout"
+    headers = {"Connection": "close"}
 
 
 class ContentFiltered(InvalidRequest):

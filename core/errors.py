@@ -47,7 +47,14 @@ class AuthenticationFailed(AICoreError):
 
 
 class ModelNotFound(AICoreError):
+    """A model that does not exist, or one outside the key's `models`: the same answer for both
+    (OpenAI's words), so a key cannot learn which models exist beyond its own."""
+
     status, type, code = 404, "invalid_request_error", "model_not_found"
+
+    @classmethod
+    def named(cls, name: str) -> "ModelNotFound":
+        return cls(f"The model `{name}` does not exist or you do not have access to it.", param="model")
 
 
 class SessionNotFound(AICoreError):

@@ -81,6 +81,19 @@ class Settings(BaseSettings):
         False, description="Let identical requests under different keys share cache entries."
     )
     session_ttl_s: float = Field(86400, gt=0, description="A chat session expires this long after its last turn.")
+    max_in_flight_per_key: int = Field(
+        16, ge=0, description="Requests one managed key may have running at once per ingress replica, on every channel "
+        "(SSE streams, WebSocket messages, batch items, Telegram); one more answers 429 `too_many_in_flight`. "
+        "0: no cap. Bootstrap keys are not capped.",
+    )
+    prefix_cache_scope: Literal["key", "shared"] = Field(
+        "key", description="Whose cached prompt prefix a request may reuse in the engine: its own key's (`key`), "
+        "or any request's (`shared`: faster for many keys with one system prompt, but a key can time whether "
+        "another sent a prompt).",
+    )
+    web_token_keep_s: float = Field(
+        86400, gt=0, description="An expired web token's entries (record, usage) are kept this long, then expire.",
+    )
     ready_requires_redis: bool = Field(
         False, description="Readiness answers 503 while REDIS_URL is set and Redis is unreachable."
     )
@@ -90,7 +103,12 @@ class Settings(BaseSettings):
     ingress_replicas: int = Field(
         1, ge=1, validation_alias=AliasChoices("ingress_replicas", "api_workers"),
         description="Ingress replicas (INGRESS_REPLICAS, or the spec's API_WORKERS; INGRESS_REPLICAS wins when "
-        "both are set): Ray actors each running the FastAPI app, behind Serve's one HTTP proxy.",
+        "both are set): Ray actors each running the FastAPI app, behind Serve's one HTTP proxy. More than one "
+        "needs REDIS_URL.",
+    )
+    allow_replicas_without_redis: bool = Field(
+        False, description="Start several ingress replicas without REDIS_URL anyway: each keeps its own managed keys, "
+        "rate limits, cache and sessions (a test server with bootstrap keys only; never one others can reach).",
     )
     ingress_mode: IngressMode = Field(
         "proxy", description="What takes HTTP in front of the ingress replicas: `proxy` = Ray Serve's Python proxy; "
@@ -119,6 +137,19 @@ class Settings(BaseSettings):
     trusted_proxies: CommaList = Field([], description="Comma-separated CIDRs whose X-Forwarded-For is believed.")
     max_messages: int = Field(256, ge=1, description="Most chat messages in one request.")
     max_body_bytes: int = Field(1_048_576, ge=1, description="Largest request body (bytes); larger answers 413.")
+    body_timeout_s: float = Field(
+        30, gt=0, description="How long a request body may take to arrive whole (from when the app starts reading "
+        "it); slower answers 408 `body_timeout` and closes the connection.",
+    )
+    header_timeout_s: float = Field(
+        10, gt=0, description="How long a request's line and headers may take to arrive, from the connection's "
+        "accept or the next request's first byte: read by Ray's HTTP proxy (uvicorn, set by scripts.run_server); "
+        "slower answers 408 `header_timeout` (a connection that sent nothing is closed).",
+    )
+    max_header_bytes: int = Field(
+        32768, ge=1024, description="Largest request line and headers together (bytes), read by Ray's HTTP proxy "
+        "(set by scripts.run_server); larger answers 431 `headers_too_large` as it arrives.",
+    )
     content_filter_terms: CommaList = Field([], description="Comma-separated terms refused in prompts (case-insensitive words).")
     content_filter_patterns: str = Field("", description="JSON list of regular expressions refused in prompts.")
     content_filter_output_terms: CommaList = Field([], description="Comma-separated terms refused in model output.")
@@ -140,6 +171,28 @@ class Settings(BaseSettings):
     cors_headers: CommaList = Field(
         ["Content-Type", "Authorization", "X-API-Key", "X-Request-ID"], description="Comma-separated request headers CORS allows."
     )
+    # WebSocket (WS /api/v1/ws): sockets before and after auth (docs/security.md#websockets-before-auth)
+    ws_auth_frame_bytes: int = Field(
+        4096, ge=64, description="Largest first message of a socket without a key in its handshake (it must be "
+        "`auth`); checked on the raw frame before any parsing: larger, or another type, closes it (1008).",
+    )
+    ws_max_frame_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest WebSocket message (bytes), read from the environment by Ray's "
+        "HTTP proxy too (uvicorn's `ws_max_size`, set by scripts.run_server): larger closes the socket (1009).",
+    )
+    ws_auth_timeout_s: float = Field(10, gt=0, description="An unauthenticated socket is closed after this long (1008).")
+    ws_unauthenticated_per_address: int = Field(
+        16, ge=1, description="Unauthenticated sockets one client address may hold at once, per ingress replica.",
+    )
+    ws_unauthenticated_total: int = Field(
+        256, ge=1, description="Unauthenticated sockets at once per ingress replica; more are refused (1013).",
+    )
+    ws_auth_failures: int = Field(
+        5, ge=0, description="Failed socket authentications (bad key, bad first message, timeout) one address may "
+        "make in a minute before its new sockets are refused for WS_AUTH_BLOCK_S (counted in the shared store); "
+        "0: never refused.",
+    )
+    ws_auth_block_s: float = Field(60, gt=0, description="How long an address over WS_AUTH_FAILURES is refused.")
     # Email / batch
     batch_max_items: int = Field(16, ge=1, description="Most items one POST /api/v1/generate/batch may carry.")
     batch_concurrency: int = Field(4, ge=1, description="Items of one batch generated at the same time.")
@@ -153,6 +206,14 @@ class Settings(BaseSettings):
     )
     batch_job_heartbeat_s: float = Field(
         5, gt=0, description="How often a replica running a job says so; 6 missed beats mark the job interrupted."
+    )
+    batch_jobs_per_key: int = Field(
+        4, ge=1, description="Unfinished (queued or running) batch jobs one key may have; one more answers 429 "
+        "`too_many_batch_jobs`.",
+    )
+    batch_job_result_bytes_per_key: int = Field(
+        33_554_432, ge=1024, description="Bytes of batch job results one key may store per BATCH_JOB_TTL_S window: "
+        "a submission past it answers 429 `batch_result_quota_exceeded`, a running job reaching it ends `failed`.",
     )
     # Telegram
     telegram_webhook_secret: str = Field("", description="X-Telegram-Bot-Api-Secret-Token expected; empty: webhook off.")
@@ -189,6 +250,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 "TELEGRAM_API_KEY is one of API_KEYS (admin, no limits): create a managed key for the bot "
                 "(docs/integrations.md#telegram), or set TELEGRAM_ALLOW_BOOTSTRAP_KEY=true for a local trial"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _replicas_share_state(self) -> "Settings":
+        if self.ingress_replicas > 1 and not self.redis_url and not self.allow_replicas_without_redis:
+            raise ValueError(
+                f"INGRESS_REPLICAS={self.ingress_replicas} needs REDIS_URL: without Redis each ingress replica keeps "
+                "its own API keys, rate limits, cache and sessions (a key made through one replica is unknown to the "
+                "others, and every limit is multiplied by the number of replicas). Set REDIS_URL (README, Several "
+                "ingress replicas), or INGRESS_REPLICAS=1"
             )
         return self
 

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from scripts.haproxy_mode import HAProxyRun
 from core.settings import Settings
+from serve_app.http.proxy_http import IMPORT_PATH as PROXY_CALLBACK
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,8 +51,11 @@ QUIET_RAY_ENV = {
 
 # Set whatever the environment says (issue 15): only TRUSTED_PROXIES decides who the client is,
 # so Ray's HTTP proxy (uvicorn) must believe no X-Forwarded-For (serve_app/http/proxy_headers.py).
+# Ray's proxy also bounds what it buffers before the app sees it: a request head's arrival time
+# and size (HEADER_TIMEOUT_S, MAX_HEADER_BYTES: serve_app/http/proxy_http.py) and a WebSocket
+# message's size (WS_MAX_FRAME_BYTES; uvicorn's ws_max_size is 16 MiB unless set: proxy_ws.py).
 # Applies to every Ray process this project starts, one node or a cluster.
-PROXY_ENV = {"FORWARDED_ALLOW_IPS": "none"}
+PROXY_ENV = {"FORWARDED_ALLOW_IPS": "none", "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": PROXY_CALLBACK}
 
 # The single-node run: nothing of Ray on the network. With "cluster" mode off (as Ray does on
 # macOS and Windows) the node's IP is 127.0.0.1, so the GCS, raylet, object manager, agents and

@@ -55,12 +55,12 @@ def create_app(
             settings.cache_redis_url, on_error=lambda: metrics.count("store_errors"), password=settings.redis_password)
         cache = ResponseCache(cache_store, settings.cache_ttl_s, on_write=lambda n: metrics.count("cache_bytes", n))
     app.state.generation = GenerationService(router, settings, cache, app.state.sessions)
-    app.state.keys = KeyService(store, router.entries)
+    app.state.keys = KeyService(store, router.entries, settings.web_token_keep_s)
     app.state.limiter = RateLimiter(store, settings.rate_limit_per_minute, settings.tokens_per_minute)
     app.state.auth = Authenticator(
         settings.api_keys, settings.api_key_header, app.state.keys, store, settings.store_failure_mode,
     )
-    app.state.pipeline = Pipeline(app.state.auth, app.state.limiter, app.state.keys)
+    app.state.pipeline = Pipeline(app.state.auth, app.state.limiter, app.state.keys, settings.max_in_flight_per_key)
     app.state.batch = BatchService(app.state.generation, settings, app.state.pipeline)
     # Jobs and Telegram chats are reached through any ingress replica: without Redis they live in the shared hub.
     shared = RemoteStore(chat_hub) if chat_hub is not None and not settings.redis_url else store
@@ -70,6 +70,7 @@ def create_app(
     app.state.model_status = model_status
     app.state.control = ModelControl(router, model_status, settings, footprints or {})
     app.state.generation.gate = app.state.embeddings.gate = app.state.control.before_request
+    app.state.generation.cache_gate = app.state.control.refuse_disabled
     chats = ChatHistory(shared, settings.telegram_history_messages, settings.telegram_history_ttl_s)
     access = TelegramAccess(settings, app.state.pipeline, shared)
     app.state.telegram = TelegramBot(settings, app.state.generation, access, chats)

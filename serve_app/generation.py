@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from core.types import GenerationChunk, GenerationResult, Usage
 from serve_app.model_router import ModelEntry
-from serve_app.pipeline import Admission, estimate_tokens
+from serve_app.pipeline import Admission, text_token_bound
 
 OnComplete = Callable[[GenerationResult], Awaitable[None]]
 
@@ -98,7 +98,7 @@ class Generation:
         if self._done or self.usage.total_tokens:
             self.admission.charge(self.usage.prompt_tokens, self.usage.completion_tokens)
         else:
-            self.admission.charge(self.prompt_estimate, estimate_tokens(len(text)))
+            self.admission.charge(self.prompt_estimate, text_token_bound(text))
         outcome = self.admission.context.outcome
         outcome.model, outcome.cache = self.model_id, self.cache
         outcome.first_token_s, outcome.tokens_per_s = self.first_token_s, self.decode_speed()

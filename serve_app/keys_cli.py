@@ -7,7 +7,8 @@
     python -m serve_app.keys_cli web-token --models smollm2-135m-instruct --rpm 10 --tpm 5000 --ttl 3600
 
 The server is AICORE_URL (default http://127.0.0.1:8000); the admin key is AICORE_ADMIN_KEY
-(a bootstrap key from API_KEYS, or a managed key with the admin scope). Prints JSON.
+(a bootstrap key from API_KEYS, or a managed key with the admin scope; `web-token` also takes a
+key with the `tokens` scope). Prints JSON.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("id")
         sub.add_argument("--name", required=name == "create")
         sub.add_argument("--owner")
-        sub.add_argument("--scopes", help="comma-separated: inference,admin,metrics")
+        sub.add_argument("--scopes", help="comma-separated: inference,admin,metrics,tokens")
         sub.add_argument("--models", help="comma-separated model names (default: all)")
         sub.add_argument("--default-model")
         sub.add_argument("--rpm", type=int, help="requests per minute (0: unlimited)")

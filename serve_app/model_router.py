@@ -4,7 +4,7 @@ and `<model>:<adapter>` ids."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from core.errors import InvalidRequest, ModelNotFound
 from deployments.config import ModelConfig
@@ -26,16 +26,19 @@ class ModelRouter:
         self.default_model = default_model
         self.default_embedding_model = default_embedding_model
 
-    def resolve(self, name: Optional[str], task: Optional[str] = None) -> ModelEntry:
-        """The model `name` (or the default for `task`); a model of another task is a 400."""
+    def resolve(self, name: Optional[str], task: Optional[str] = None,
+                may_use: Optional[Callable[[str], bool]] = None) -> ModelEntry:
+        """The model `name` (or the default for `task`); a model of another task is a 400. With
+        `may_use` (the caller's key), a model outside the key's list is a 404 exactly like a model
+        that does not exist, checked before anything else about it is revealed."""
         if not name:
             name = self.default_embedding_model if task == "embed" else self.default_model
             if name is None:
                 raise InvalidRequest(f"no {'embedding' if task == 'embed' else 'generation'} model is configured",
                                      param="model")
         entry = self.entries.get(name)
-        if entry is None:
-            raise ModelNotFound(f"model {name!r} does not exist", param="model")
+        if entry is None or (may_use is not None and not may_use(name)):
+            raise ModelNotFound.named(name)
         if task is not None and entry.config.task != task:
             if task == "embed":
                 raise InvalidRequest(f"model {name!r} does not produce embeddings", param="model")
@@ -44,12 +47,19 @@ class ModelRouter:
             )
         return entry
 
-    def resolve_adapter(self, name: Optional[str], task: Optional[str]) -> tuple[ModelEntry, Optional[str]]:
-        """`<model>` or `<model>:<adapter>` (an adapter listed in the model's entry)."""
+    def resolve_adapter(self, name: Optional[str], task: Optional[str],
+                        may_use: Optional[Callable[[str], bool]] = None) -> tuple[ModelEntry, Optional[str]]:
+        """`<model>` or `<model>:<adapter>` (an adapter listed in the model's entry); `may_use` as
+        for `resolve` (a key allowed a model may use its adapters)."""
         base, colon, adapter = (name or "").partition(":")
-        entry = self.resolve(base or None, task)
+        try:
+            entry = self.resolve(base or None, task, may_use)
+        except ModelNotFound:
+            if not colon:
+                raise
+            raise ModelNotFound.named(name) from None  # the id as the caller wrote it
         if colon and adapter not in entry.config.adapters:
-            raise ModelNotFound(f"model {name!r} does not exist", param="model")
+            raise ModelNotFound.named(name)
         return entry, adapter or None
 
     def model_ids(self) -> list[str]:

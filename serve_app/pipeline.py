@@ -22,13 +22,15 @@ access log, metrics and response headers read.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Optional
 
-from core.access_errors import PermissionDenied
-from serve_app.access.ratelimit import Reservation
+from core.access_errors import PermissionDenied, RateLimited
+from core.errors import AICoreError
+from serve_app.access.ratelimit import Limits, Pool, Reservation
 
 if TYPE_CHECKING:
     from serve_app.access.auth import Authenticator, Principal
@@ -37,12 +39,37 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("aicore.pipeline")
 
-CHARS_PER_TOKEN = 4  # a prompt's tokens are estimated from its length until the model counts them
 CLIENT_GONE = 499  # the status a request is recorded with when the client left before its end
+ADDRESS_POOL = ":addr:"  # a web token pool's name: <minter>:addr:<client address>
+
+# A request's tokens are reserved before the model counts them, from a bound that never falls
+# short: every token of the shipped tokenizers (byte-level BPE, SentencePiece with byte
+# fallback, WordPiece) covers at least one UTF-8 byte, and the chat template adds a few tokens
+# per message and a default system prompt at most. Four characters a token undercounted digits
+# and CJK four times over (a TPM limit then let four times its tokens through).
+TEMPLATE_TOKENS = 64  # the template's own text and a default system prompt
+MESSAGE_TOKENS = 8  # each message's role markers
 
 
-def estimate_tokens(text_length: int) -> int:
-    return math.ceil(text_length / CHARS_PER_TOKEN)
+def status_of(error: BaseException) -> int:
+    """The status a request that ended with `error` is settled and logged with."""
+    if isinstance(error, asyncio.CancelledError):
+        return CLIENT_GONE  # the client left (or a job was cancelled) before its end
+    return error.status if isinstance(error, AICoreError) else 500
+
+
+def text_token_bound(text: str) -> int:
+    """At least as many tokens as `text` alone makes (its UTF-8 bytes)."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def token_bound(texts: Iterable[str]) -> int:
+    """At least as many tokens as `texts` make with any shipped tokenizer and chat template."""
+    count = total = 0
+    for text in texts:
+        count += 1
+        total += text_token_bound(text)
+    return total + TEMPLATE_TOKENS + MESSAGE_TOKENS * count if count else 0
 
 
 @dataclass
@@ -91,6 +118,39 @@ class RequestContext:
     outcome: Outcome = field(default_factory=Outcome, compare=False)
 
 
+class InFlight:
+    """Requests each managed key has running in this ingress replica (admitted, not yet closed),
+    capped on every channel: a key's SSE streams, WebSocket messages, batch items and Telegram
+    updates all count. Per replica, in memory: a count in the shared store would outlive a
+    replica that dies with requests open. Bootstrap keys (the operator's) are not capped."""
+
+    def __init__(self, limit: int):
+        self.limit = limit  # 0: no cap
+        self.counts: dict[str, int] = {}
+
+    def take(self, owners: tuple[str, ...]) -> None:
+        """One more request for each of `owners` (a key; a web token's pools too), all or none."""
+        for owner in owners:
+            running = self.counts.get(owner, 0)
+            if self.limit and running >= self.limit:
+                whose = "this API key" if owner == owners[0] else "the web tokens of its minter" + (
+                    " used from this address" if "@" in owner else "")
+                raise RateLimited(
+                    f"{whose} has {running} requests running, the most it may have at once "
+                    f"(MAX_IN_FLIGHT_PER_KEY={self.limit}); wait for one to end", kind="requests",
+                    code="too_many_in_flight", retry_after_s=1)
+        for owner in owners:
+            self.counts[owner] = self.counts.get(owner, 0) + 1
+
+    def give(self, owners: tuple[str, ...]) -> None:
+        for owner in owners:
+            running = self.counts.get(owner, 0) - 1
+            if running > 0:
+                self.counts[owner] = running
+            else:
+                self.counts.pop(owner, None)
+
+
 class Admission:
     """One admitted request of one caller: its limits taken, its usage charged, closed once."""
 
@@ -103,6 +163,7 @@ class Admission:
         self.completion_tokens = 0
         self.delegated = False  # its work was split into admissions of their own (batch items)
         self.closed = False
+        self.running: tuple[str, ...] = ()  # whose in-flight requests it counts in
 
     @property
     def key_id(self) -> str:
@@ -125,8 +186,26 @@ class Admission:
             self.reservation = Reservation(self.key_id, self.pipeline.limiter.limits(0, 0))
             return
         limits = self.pipeline.limiter.limits(self.principal.rate_limit_per_minute, self.principal.tokens_per_minute)
-        self.reservation = await self.pipeline.limiter.admit(self.key_id, limits, reserve_tokens)
+        pools = self._pools(limits)
+        self.reservation = await self.pipeline.limiter.admit(self.key_id, limits, reserve_tokens, pools)
         self.context.outcome.ratelimit_headers = self.reservation.headers
+        if model is not None:  # model work (not listings): after the limits, so a burst they refuse holds nothing
+            owners = (self.key_id, *(pool.name.replace(ADDRESS_POOL, "@") for pool in pools))
+            self.pipeline.in_flight.take(owners)  # RateLimited: close() gives the reservation back
+            self.running = owners
+
+    def _pools(self, limits: Limits) -> tuple[Pool, ...]:
+        """A web token shares its minter's budget (the minter's own windows, with the minter's
+        limits as they were at minting) and, with the other tokens that minter gave the same
+        client address, its own limits: a page reloaded for a fresh token starts from nothing."""
+        minter = self.principal.minted_by
+        if not minter:
+            return ()
+        minter_limits = Limits(*(self.principal.minter_limits or (0, 0)))
+        address = self.context.client_ip or "unknown"
+        return (Pool(minter, minter_limits, f"the web tokens of key {minter} and the key itself"),
+                Pool(f"{minter}{ADDRESS_POOL}{address}", limits,
+                     f"the web tokens of key {minter} used from this address"))
 
     def charge(self, prompt_tokens: int, completion_tokens: int) -> None:
         """The tokens this request used (replaces an earlier charge: the last count is the truest)."""
@@ -135,11 +214,26 @@ class Admission:
         outcome.completion_tokens += completion_tokens - self.completion_tokens
         self.prompt_tokens, self.completion_tokens = prompt_tokens, completion_tokens
 
+    @asynccontextmanager
+    async def settling(self) -> AsyncIterator["Admission"]:
+        """Run a request and settle it on the way out, with the status taken from how it ended
+        (done: 200, an error: its status, cancelled: the client left). What every channel that
+        is not an HTTP response (WebSocket messages, batch items, Telegram updates) runs its work
+        in; an HTTP response is settled by the guard when its last byte leaves. Shielded: the
+        cancel that ends a request cannot cut its usage write."""
+        try:
+            yield self
+        except BaseException as error:
+            await asyncio.shield(self.close(status_of(error)))
+            raise
+        await asyncio.shield(self.close(200))
+
     async def close(self, status: int) -> None:
         """Settle the reservation and record the key's usage; once, and never failing the answer."""
         if self.closed:
             return
         self.closed = True
+        self._stop_running()
         used = self.prompt_tokens + self.completion_tokens
         try:
             if self.reservation is not None:
@@ -150,11 +244,18 @@ class Admission:
             logger.warning("could not record usage for %s: %s", self.key_id, type(error).__name__)
 
 
+    def _stop_running(self) -> None:
+        if self.running:
+            self.pipeline.in_flight.give(self.running)
+            self.running = ()
+
+
 class Pipeline:
-    def __init__(self, auth: "Authenticator", limiter: "RateLimiter", keys: "KeyService"):
+    def __init__(self, auth: "Authenticator", limiter: "RateLimiter", keys: "KeyService", max_in_flight_per_key: int = 0):
         self.auth = auth
         self.limiter = limiter
         self.keys = keys
+        self.in_flight = InFlight(max_in_flight_per_key)
 
     async def admit(self, context: RequestContext, *scopes: str) -> Admission:
         """Steps 1-3: the key valid now, one of `scopes`, the key's IP allowlist."""

@@ -30,7 +30,7 @@ from serve_app.state.cache import ResponseCache, cache_key, wants_cache
 from serve_app.access.content_filter import ContentPolicy
 from serve_app.generation import Generation, OnComplete, next_chunk
 from serve_app.model_router import ModelEntry, ModelRouter
-from serve_app.pipeline import Admission, estimate_tokens
+from serve_app.pipeline import Admission, token_bound
 from serve_app.http.protocol.api_v1 import MAX_EMBEDDING_INPUTS
 from serve_app.state.sessions import SessionStore, trim_to_fit
 from core.settings import Settings
@@ -72,6 +72,7 @@ class GenerationService:
         self.sessions = sessions
         self.policy = ContentPolicy.from_settings(settings)
         self.gate: Optional[Gate] = None  # ModelControl.before_request: disabled, unloading, memory budget
+        self.cache_gate: Optional[Gate] = None  # ModelControl.refuse_disabled: before the response cache
 
     def _check(self, entry: ModelEntry, request: GenerationRequest) -> None:
         if request.prompt is not None:
@@ -134,14 +135,14 @@ class GenerationService:
     ) -> Generation:
         """Admit (model, limits with prompt + max_tokens reserved), then start the generation."""
         principal = admission.principal
-        entry, adapter = self.router.resolve_adapter(model or principal.default_model, "generate")
+        entry, adapter = self.router.resolve_adapter(model or principal.default_model, "generate", principal.may_use)
         key_id = principal.key_id
         options = options or RequestOptions(endpoint="-", tenant=key_id, owner=key_id)
         with_history = options.session_id is not None and messages is not None
         if with_history:
             messages = await self._history(options) + messages
         texts = [prompt] if prompt is not None else [m["content"] for m in messages or ()]
-        prompt_estimate = estimate_tokens(sum(len(text) for text in texts))
+        prompt_estimate = token_bound(texts)
         await admission.limit(entry.name, prompt_estimate + (sampling.max_tokens or entry.config.default_max_tokens))
         callbacks: list[OnComplete] = []
         if with_history:
@@ -155,6 +156,7 @@ class GenerationService:
             messages=tuple(messages) if messages is not None else None,
             key_id=key_id,
             priority=admission.priority(priority),
+            cache_scope="shared" if self.settings.prefix_cache_scope == "shared" else key_id,
         )
         self._check(entry, request)
         generation = await self._generate(entry, adapter, request, options, callbacks)
@@ -168,6 +170,7 @@ class GenerationService:
         if self.cache is not None and options.session_id is None and wants_cache(request, options.cache, options.no_cache):
             key = cache_key(request, tenant=options.tenant, endpoint=options.endpoint, model=entry.name,
                             identity=entry.identity)
+            await admit(self.cache_gate, entry)  # a disabled model is not answered from the cache either
             hit = await self.cache.get(key)
             if hit is not None:
                 return Generation.replay(entry, hit, adapter)
@@ -209,6 +212,7 @@ class EmbeddingService:
     def __init__(self, router: ModelRouter, settings: Settings):
         self.router = router
         self.settings = settings
+        self.policy = ContentPolicy.from_settings(settings)  # the prompt filter, as for generation
         self.gate: Optional[Gate] = None
 
     def _check(self, texts: list[str]) -> None:
@@ -227,9 +231,10 @@ class EmbeddingService:
 
     async def embed(self, admission: Admission, model: Optional[str], request_id: str,
                     texts: list[str]) -> tuple[ModelEntry, EmbeddingResult]:
-        entry = self.router.resolve(model, "embed")
+        entry = self.router.resolve(model, "embed", admission.principal.may_use)
         self._check(texts)
-        await admission.limit(entry.name, estimate_tokens(sum(len(text) for text in texts)))
+        await admission.limit(entry.name, token_bound(texts))
+        self.policy.check_prompt(texts, "input")  # after the limits, as generation: a refusal counts
         admission.context.outcome.model = entry.name
         await admit(self.gate, entry)
         try:

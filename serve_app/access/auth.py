@@ -2,10 +2,10 @@
 
 Keys are kept only as SHA-256 hashes and compared in constant time. The FastAPI dependencies
 below are the HTTP adapter of the one admission path (serve_app/pipeline.py): `require_key`
-(inference scope), `require_admin` and `require_metrics` (the `metrics` or `admin` scope)
-admit the request and count it against the key's limits at once; `require_caller` admits a
-generation, embedding or batch request whose limits the service takes once it knows the
-model and the request's size.
+(inference scope), `require_admin`, `require_metrics` (the `metrics` or `admin` scope) and
+`require_minter` (the `tokens` or `admin` scope) admit the request and count it against the
+key's limits at once; `require_caller` admits a generation, embedding or batch request whose
+limits the service takes once it knows the model and the request's size.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ from typing import Optional
 from fastapi import Request
 from starlette.requests import HTTPConnection
 
-from core.errors import AuthenticationFailed
+from core.errors import AuthenticationFailed, ModelNotFound
 from core.access_errors import (
     AddressNotAllowed,
     KeyDisabled,
     KeyExpired,
     KeyRevoked,
-    ModelNotAllowed,
 )
 from serve_app.access.keys import KeyService, StoredKey, hash_key
 from serve_app.access.netguard import allowed, parse_address, parse_networks
@@ -32,7 +31,7 @@ from serve_app.pipeline import Admission, Outcome, RequestContext
 from serve_app.state.store import Store, StoreUnavailable
 
 __all__ = ["Principal", "Authenticator", "hash_key", "require_key", "require_admin", "require_metrics",
-           "require_caller"]
+           "require_minter", "require_caller"]
 
 
 @dataclass(frozen=True)
@@ -46,11 +45,15 @@ class Principal:
     priority: str = "interactive"  # of requests that name none
     rate_limit_per_minute: Optional[int] = None  # None: the default setting
     tokens_per_minute: Optional[int] = None
+    expires_at: Optional[int] = None
+    minted_by: Optional[str] = None  # a web token's minter: its budget is shared (serve_app/pipeline.py)
+    minter_limits: Optional[tuple[int, int]] = None
     bootstrap: bool = False
 
     def check_model(self, name: str) -> None:
-        if self.models is not None and name not in self.models:
-            raise ModelNotAllowed(f"this API key may not use model {name!r}", param="model")
+        """A model outside the key's list answers as a model that does not exist (no enumeration)."""
+        if not self.may_use(name):
+            raise ModelNotFound.named(name)
 
     def may_use(self, name: str) -> bool:
         return self.models is None or name in self.models
@@ -65,7 +68,8 @@ class Principal:
             models=frozenset(record.models) if record.models is not None else None,
             default_model=record.default_model, priority=record.priority,
             rate_limit_per_minute=record.rate_limit_per_minute,
-            tokens_per_minute=record.tokens_per_minute,
+            tokens_per_minute=record.tokens_per_minute, expires_at=record.expires_at,
+            minted_by=record.minted_by, minter_limits=getattr(record, "minter_limits", None),
         )
 
 
@@ -146,6 +150,11 @@ async def require_caller(request: Request) -> Admission:
 
 async def require_admin(request: Request) -> Principal:
     return (await _admitted(request, "admin")).principal
+
+
+async def require_minter(request: Request) -> Principal:
+    """Minting web tokens: the `tokens` scope (a public site's backend: that and nothing else) or `admin`."""
+    return (await _admitted(request, "tokens", "admin")).principal
 
 
 async def require_metrics(request: Request) -> Principal:

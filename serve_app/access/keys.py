@@ -3,13 +3,14 @@
 Stored through the shared store (Redis or one process's memory):
   aicore:key:<id>        the record as JSON (with the SHA-256 of the key, never the key)
   aicore:keyhash:<sha>   -> id, to find a presented key's record
-  aicore:keys            set of ids
+  aicore:keys            set of the ids of keys made by an admin (bounded by what admins make)
+  aicore:webtokens       sorted set: web token id -> when its entries expire
   aicore:usage:<id>      hash of counters: requests, errors, prompt_tokens, completion_tokens, last_used_at
 
 A web token (`mint_web_token`) is a key like the others, marked `web_token`, with the `inference`
-scope only, named models, limits and an expiry of at most a day. Its record and index entry
-expire WEB_TOKEN_KEEP_S after the token does (its usage stays readable that long), so a page
-minting one per visitor leaves nothing behind; a listing drops the ids left in `aicore:keys`.
+scope only, named models, limits and an expiry of at most a day. Every entry of it (record, hash
+index, usage, its place in `aicore:webtokens`) expires WEB_TOKEN_KEEP_S after the token does (its
+usage stays readable that long), so a page minting one per visitor leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from core.errors import InvalidRequest
@@ -28,8 +30,9 @@ from serve_app.state.store import Store
 
 KEY_PREFIX = "aic-"
 _RECORD, _BY_HASH, _IDS, _USAGE = "aicore:key:", "aicore:keyhash:", "aicore:keys", "aicore:usage:"
+_WEB_TOKENS = "aicore:webtokens"
 MODIFY_ATTEMPTS = 20  # a record changed this many times while one change is applied: 409
-WEB_TOKEN_KEEP_S = 86400  # an expired web token's record is kept this long, for its usage
+WEB_TOKEN_KEEP_S = 86400  # default of the setting: an expired web token's entries are kept this long
 
 
 def hash_key(key: str) -> str:
@@ -40,18 +43,23 @@ def hash_key(key: str) -> str:
 
 class StoredKey(KeyView):
     hash: str
+    # A web token's share of its minter's budget: the minter's requests and tokens per minute
+    # when it minted (0: unlimited). Its requests count in the minter's own windows too.
+    minter_limits: Optional[tuple[int, int]] = None
 
     def view(self) -> KeyView:
-        return KeyView(**self.model_dump(exclude={"hash"}))
+        return KeyView(**self.model_dump(exclude={"hash", "minter_limits"}))
 
 
 class KeyService:
-    def __init__(self, store: Store, model_names: Iterable[str]):
+    def __init__(self, store: Store, model_names: Iterable[str], web_token_keep_s: float = WEB_TOKEN_KEEP_S):
         self.store = store
         self.model_names = set(model_names)
+        self.web_token_keep_s = web_token_keep_s
 
     # -- administration -------------------------------------------------------------------
-    async def create(self, spec: KeyCreate, web_token: bool = False) -> KeyCreated:
+    async def create(self, spec: KeyCreate, web_token: bool = False, minted_by: Optional[str] = None,
+                     minter_limits: Optional[tuple[int, int]] = None) -> KeyCreated:
         self._check_models(spec.models, spec.default_model)
         now = int(time.time())
         key, key_id = KEY_PREFIX + secrets.token_urlsafe(32), "key-" + secrets.token_hex(8)
@@ -59,17 +67,31 @@ class KeyService:
         if spec.expires_in_s:
             fields["expires_at"] = now + spec.expires_in_s
         record = StoredKey(id=key_id, key_prefix=key[:8], created_at=now, hash=hash_key(key), web_token=web_token,
-                           **fields)
+                           minted_by=minted_by, minter_limits=minter_limits, **fields)
         if web_token:
             _check_web_token(record)
         await self._save(record)
-        await self.store.set(_BY_HASH + record.hash, key_id, ttl_s=_keep_s(record))
-        await self.store.sadd(_IDS, key_id)
+        keep_s = self._keep_s(record)
+        await self.store.set(_BY_HASH + record.hash, key_id, ttl_s=keep_s)
+        if web_token:  # its usage counters expire with it (a counter added later keeps the expiry)
+            await self.store.hset(_USAGE + key_id, {"requests": "0"})
+            await self.store.expire(_USAGE + key_id, keep_s)
+            await self.store.zadd_expiring(_WEB_TOKENS, key_id, time.time() + keep_s)
+        else:
+            await self.store.sadd(_IDS, key_id)
         return KeyCreated(key=key, **record.view().model_dump())
 
-    async def mint_web_token(self, spec: WebTokenCreate) -> KeyCreated:
-        """A short-lived key for a public web page (inference only, its models and limits)."""
-        return await self.create(spec.as_key(), web_token=True)
+    async def mint_web_token(self, spec: WebTokenCreate, minter: Optional["Minter"] = None) -> KeyCreated:
+        """A short-lived key for a public web page (inference only, its models and limits), within
+        what `minter` (the managed key asking: `tokens` or `admin` scope) may itself do."""
+        key = spec.as_key()
+        if minter is not None:
+            self._check_models(key.models, key.default_model, minter.may_use)
+            key = minter.bound(spec, key)
+        if minter is None:
+            return await self.create(key, web_token=True)
+        return await self.create(key, web_token=True, minted_by=minter.key_id,
+                                 minter_limits=(minter.requests_per_minute, minter.tokens_per_minute))
 
     async def adopt(self, key: str, spec: KeyCreate, created_at: Optional[int] = None) -> Optional[KeyView]:
         """Store a key that already exists elsewhere (an older system's plaintext key) by its hash,
@@ -93,7 +115,7 @@ class KeyService:
         return await self.store.get(_BY_HASH + hash_key(key))
 
     async def list(self) -> list[KeyView]:
-        ids = sorted(await self.store.smembers(_IDS))
+        ids = sorted(await self.store.smembers(_IDS) | await self.store.zlive(_WEB_TOKENS))
         records = [await self._load(key_id) for key_id in ids]
         for key_id, record in zip(ids, records):
             if record is None:  # a web token whose record expired: forget it
@@ -103,6 +125,10 @@ class KeyService:
 
     async def get(self, key_id: str) -> KeyView:
         return (await self._require(key_id)).view()
+
+    async def record(self, key_id: str) -> StoredKey:
+        """The whole stored record (what admission reads: a web token's minter limits too)."""
+        return await self._require(key_id)
 
     async def update(self, key_id: str, patch: KeyUpdate) -> KeyView:
         changes = patch.model_dump(include=patch.model_fields_set)
@@ -142,7 +168,7 @@ class KeyService:
         # The record (whose hash lookups compare against) changes first: from then on the old
         # secret fails even while its index entry still exists, and a revoke sees the new record.
         record = await self._modify(key_id, change)
-        await self.store.set(_BY_HASH + record.hash, key_id, ttl_s=_keep_s(record))
+        await self.store.set(_BY_HASH + record.hash, key_id, ttl_s=self._keep_s(record))
         await self.store.delete(_BY_HASH + old_hashes[0])
         return KeyCreated(key=key, **record.view().model_dump())
 
@@ -174,12 +200,14 @@ class KeyService:
         )
 
     # -- internals ------------------------------------------------------------------------
-    def _check_models(self, models: Optional[list[str]], default_model: Optional[str]) -> None:
+    def _check_models(self, models: Optional[list[str]], default_model: Optional[str],
+                      may_use: Callable[[str], bool] = lambda name: True) -> None:
+        """Each model exists (and, minting, is one the minter may use: the same answer, no enumeration)."""
         for name in models or ():
-            if name not in self.model_names:
+            if name not in self.model_names or not may_use(name):
                 raise InvalidRequest(f"model {name!r} does not exist", param="models", code="model_not_found")
         if default_model is not None:
-            if default_model not in self.model_names:
+            if default_model not in self.model_names or not may_use(default_model):
                 raise InvalidRequest(f"model {default_model!r} does not exist", param="default_model",
                                      code="model_not_found")
             if models is not None and default_model not in models:
@@ -199,12 +227,18 @@ class KeyService:
                 return current
             if await self.store.compare_and_set(_RECORD + key_id, raw, updated.model_dump_json()):
                 if updated.web_token:  # the write dropped the record's expiry
-                    await self.store.expire(_RECORD + key_id, _keep_s(updated))
+                    await self.store.expire(_RECORD + key_id, self._keep_s(updated))
                 return updated
         raise KeyConflict(f"key {key_id!r} is being changed by other requests; try again", param="id")
 
     async def _save(self, record: StoredKey) -> None:
-        await self.store.set(_RECORD + record.id, record.model_dump_json(), ttl_s=_keep_s(record))
+        await self.store.set(_RECORD + record.id, record.model_dump_json(), ttl_s=self._keep_s(record))
+
+    def _keep_s(self, record: StoredKey) -> Optional[float]:
+        """How long a web token's entries live (until a while after it expires); other keys: for ever."""
+        if not record.web_token or record.expires_at is None:
+            return None
+        return max(1.0, record.expires_at - time.time()) + self.web_token_keep_s
 
     async def _load(self, key_id: str) -> Optional[StoredKey]:
         raw = await self.store.get(_RECORD + key_id)
@@ -215,6 +249,39 @@ class KeyService:
         if record is None:
             raise KeyNotFound(f"no API key with id {key_id!r}", param="id")
         return record
+
+
+@dataclass(frozen=True)
+class Minter:
+    """The managed key minting a web token, as far as the token is bounded by it: its models, its
+    effective requests and tokens per minute (0: unlimited), its expiry and its priority."""
+
+    key_id: str
+    models: Optional[frozenset[str]]  # None: every model
+    requests_per_minute: int
+    tokens_per_minute: int
+    expires_at: Optional[int] = None
+    priority: str = "interactive"
+
+    def may_use(self, name: str) -> bool:
+        return self.models is None or name in self.models
+
+    def bound(self, spec: WebTokenCreate, key: KeyCreate) -> KeyCreate:
+        """`key` within the minter's limits: a limit asked above the minter's is a 400, one left out
+        is the default or the minter's, whichever is lower; the expiry and priority follow the minter."""
+        changes: dict = {}
+        for field, own in (("rate_limit_per_minute", self.requests_per_minute),
+                           ("tokens_per_minute", self.tokens_per_minute)):
+            asked = getattr(key, field)
+            if own and asked > own:
+                if field in spec.model_fields_set:
+                    raise InvalidRequest(f"{field} {asked} is above the minting key's own ({own})", param=field)
+                changes[field] = own
+        if self.expires_at is not None:  # a token never outlives its minter
+            changes["expires_in_s"] = max(1, min(key.expires_in_s, self.expires_at - int(time.time())))
+        if self.priority == "batch":
+            changes["priority"] = "batch"
+        return key.model_copy(update=changes)
 
 
 def _check_web_token(record: StoredKey, error: type = InvalidRequest) -> None:
@@ -228,10 +295,3 @@ def _check_web_token(record: StoredKey, error: type = InvalidRequest) -> None:
                     param="rate_limit_per_minute" if not record.rate_limit_per_minute else "tokens_per_minute")
     if record.expires_at is None or record.expires_at > time.time() + WEB_TOKEN_MAX_TTL_S:
         raise error(f"a web token expires within {WEB_TOKEN_MAX_TTL_S} s", param="expires_at")
-
-
-def _keep_s(record: StoredKey) -> Optional[float]:
-    """How long a web token's entries live (until a while after it expires); other keys: for ever."""
-    if not record.web_token or record.expires_at is None:
-        return None
-    return max(1.0, record.expires_at - time.time()) + WEB_TOKEN_KEEP_S

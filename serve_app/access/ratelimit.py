@@ -5,12 +5,14 @@ Each limit is one counter in the store; its window opens with the first request 
 the request and reserves the request's most tokens (prompt + `max_tokens`) in the same step,
 so concurrent requests cannot all pass a token limit that only one of them fits. When the
 request ends, `settle` turns the reservation into the tokens really used (a refused or failed
-request gives its reservation back).
+request gives its reservation back, to the window that holds it: a request that outlived its
+window gives nothing back to the next one, and no window's count goes below zero).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -18,6 +20,9 @@ from core.access_errors import RateLimited
 from serve_app.state.store import Store
 
 WINDOW_S = 60
+# A reservation is given back only while its window has this much time left: the give-back must
+# reach Redis before the window expires, or it would credit the window that follows.
+SETTLE_MARGIN_S = 1.0
 _PREFIX = "aicore:ratelimit:"
 _OVER_REQUESTS, _OVER_TOKENS = 1, 2
 
@@ -42,6 +47,18 @@ class Reservation:
     limits: Limits
     tokens: int = 0
     headers: dict[str, str] = field(default_factory=dict)
+    window_ends: float = 0.0  # time.monotonic() when the first window holding `tokens` expires
+    token_keys: list[str] = field(default_factory=list)  # the tokens windows that hold them
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Windows a request counts in besides its key's own: a web token's share of its minter's
+    budget, or of the tokens one client address got from that minter."""
+
+    name: str  # the windows' name (keys aicore:ratelimit:<name>:requests and :tokens)
+    limits: Limits
+    what: str  # how a refusal names it
 
 
 class RateLimiter:
@@ -57,19 +74,22 @@ class RateLimiter:
     def _keys(key_id: str) -> tuple[str, str]:
         return _PREFIX + key_id + ":requests", _PREFIX + key_id + ":tokens"
 
-    async def admit(self, key_id: str, limits: Limits, reserve: int = 0) -> Reservation:
-        """Count one request and reserve `reserve` tokens; raises RateLimited (with the headers) when over."""
-        if not limits.requests and not limits.tokens:
+    async def admit(self, key_id: str, limits: Limits, reserve: int = 0, pools: tuple[Pool, ...] = ()) -> Reservation:
+        """Count one request and reserve `reserve` tokens in the key's windows and in each pool's,
+        all or nothing; raises RateLimited (with the key's headers) when any is over."""
+        pools = tuple(p for p in pools if p.limits.requests or p.limits.tokens)
+        if not limits.requests and not limits.tokens and not pools:
             return Reservation(key_id, limits)
-        requests_key, tokens_key = self._keys(key_id)
-        reserve = max(0, reserve) if limits.tokens else 0
-        used, reset_s, tokens, tokens_reset_s, verdict = await self.store.take_window(
-            requests_key, tokens_key, limits.requests, limits.tokens, reserve, WINDOW_S)
+        owners = [(key_id, limits, f"key {key_id}")] + [(p.name, p.limits, p.what) for p in pools]
+        reserve = max(0, reserve) if any(l.tokens for _, l, _ in owners) else 0
+        windows = [(*self._keys(name), l.requests, l.tokens) for name, l, _ in owners]
+        verdict, which, used = await self.store.take_window(windows, reserve, WINDOW_S)
+        requests, reset_s, tokens, tokens_reset_s = used[0]
         headers: dict[str, str] = {}
         if limits.requests:
             headers.update({
                 "x-ratelimit-limit-requests": str(limits.requests),
-                "x-ratelimit-remaining-requests": str(max(0, limits.requests - used)),
+                "x-ratelimit-remaining-requests": str(max(0, limits.requests - requests)),
                 "x-ratelimit-reset-requests": reset_text(reset_s),
             })
         if limits.tokens:
@@ -78,21 +98,28 @@ class RateLimiter:
                 "x-ratelimit-remaining-tokens": str(max(0, limits.tokens - tokens)),
                 "x-ratelimit-reset-tokens": reset_text(tokens_reset_s),
             })
+        if verdict:
+            _, over, what = owners[which]
+            requests, reset_s, tokens, tokens_reset_s = used[which]
         if verdict == _OVER_REQUESTS:
             raise RateLimited(
-                f"Rate limit reached for requests on key {key_id}: limit {limits.requests} per minute. "
+                f"Rate limit reached for requests on {what}: limit {over.requests} per minute. "
                 f"Please try again in {reset_text(reset_s)}.", kind="requests", retry_after_s=math.ceil(reset_s),
                 headers=headers)
         if verdict == _OVER_TOKENS:
             raise RateLimited(
-                f"Rate limit reached for tokens on key {key_id}: limit {limits.tokens} per minute, used {tokens}, "
+                f"Rate limit reached for tokens on {what}: limit {over.tokens} per minute, used {tokens}, "
                 f"this request may need {reserve}. Please try again in {reset_text(tokens_reset_s)}.",
                 kind="tokens", retry_after_s=math.ceil(tokens_reset_s), headers=headers)
-        return Reservation(key_id, limits, reserve, headers)
+        held = [window[1] for window in windows if window[3]]
+        ends = min((u[3] for u, window in zip(used, windows) if window[3]), default=float(WINDOW_S))
+        return Reservation(key_id, limits, reserve if held else 0, headers, time.monotonic() + ends, held)
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
-        """The request is over: its real tokens replace its reservation in the window."""
-        if reservation.limits.tokens:
-            await self.store.settle_window(self._keys(reservation.key_id)[1], used_tokens - reservation.tokens,
-                                           WINDOW_S)
+        """The request is over: its real tokens replace its reservation in every window that holds it."""
+        amount = used_tokens - reservation.tokens
+        if amount < 0 and time.monotonic() >= reservation.window_ends - SETTLE_MARGIN_S:
+            amount = 0  # a window is gone (or going): the next one never held these tokens
+        if reservation.token_keys and amount:
+            await self.store.settle_window(reservation.token_keys, amount, WINDOW_S)
         reservation.tokens = used_tokens  # settling twice changes nothing

@@ -3,7 +3,9 @@
 Before the app: resolve the client address (X-Forwarded-For only from TRUSTED_PROXIES, whatever
 Ray's proxy did with it: serve_app/http/proxy_headers.py),
 apply the global IP allowlist to every HTTP request and WebSocket connection (403), refuse
-bodies over MAX_BODY_BYTES (413) before any parsing, chunked bodies included. On the way out:
+bodies over MAX_BODY_BYTES (413) before any parsing, chunked bodies included, and bodies that do not
+arrive whole within BODY_TIMEOUT_S (408, connection closed: a slow upload cannot hold a request
+open; headers are Ray's proxy's business, docs/security.md#slow-and-large-clients). On the way out:
 `X-Content-Type-Options: nosniff` and the key's x-ratelimit-* headers on every response, and,
 before the last body byte leaves, the request's admissions are closed (serve_app/pipeline.py:
 tokens settled, usage recorded, so the next request sees them); a response that never ends
@@ -16,7 +18,7 @@ import asyncio
 import logging
 from typing import Any, Optional
 
-from core.access_errors import AddressNotAllowed, BodyTooLarge
+from core.access_errors import AddressNotAllowed, BodyTimeout, BodyTooLarge
 from serve_app.http.errors import error_response
 from serve_app.access.netguard import allowed, parse_networks
 from serve_app.pipeline import CLIENT_GONE, Outcome
@@ -43,6 +45,7 @@ class GuardMiddleware:
                 "proxy counts as unknown: start with scripts/serve.sh", ENV, NOTHING_TRUSTED,
             )
         self.max_body = settings.max_body_bytes
+        self.body_timeout = settings.body_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
@@ -78,7 +81,7 @@ class GuardMiddleware:
             return await error_response(error)(scope, receive, guarded_send)
         try:
             receive = await self._bounded_body(scope, receive)
-        except BodyTooLarge as error:
+        except (BodyTooLarge, BodyTimeout) as error:
             return await error_response(error)(scope, receive, guarded_send)
         try:
             await self.app(scope, receive, guarded_send)
@@ -86,24 +89,30 @@ class GuardMiddleware:
             await asyncio.shield(outcome.close_admissions(status["code"] if status["ended"] else CLIENT_GONE))
 
     async def _bounded_body(self, scope, receive):
-        """Read the whole body up front (it is small by construction) and replay it to the app."""
+        """Read the whole body up front (it is small by construction) and replay it to the app.
+        It must arrive within `body_timeout` seconds of the first read, else BodyTimeout."""
         length = _header(scope, b"content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.max_body:
             raise BodyTooLarge(f"request body of {int(length)} bytes exceeds the limit of {self.max_body}")
         if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE") and length is None:
             return receive
         chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                chunks = None
-                first = message
-                break
-            size += len(message.get("body", b""))
-            if size > self.max_body:
-                raise BodyTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                while more:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        chunks = None
+                        first = message
+                        break
+                    size += len(message.get("body", b""))
+                    if size > self.max_body:
+                        raise BodyTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
+                    chunks.append(message.get("body", b""))
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            raise BodyTimeout(f"the request body did not arrive within {self.body_timeout:g} s "
+                              f"({size} bytes received)") from None
         if chunks is None:  # disconnected while sending: hand that on
             replay = [first]
         else:

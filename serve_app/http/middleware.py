@@ -70,46 +70,62 @@ class RequestContextMiddleware:
             self._finish(scope, status["code"], time.monotonic() - started)
 
     def _finish(self, scope, status: int, latency: float) -> None:
-        outcome = Outcome.of(scope)
-        route = getattr(scope.get("route"), "path", None) or "unmatched"
-        model = outcome.model or "-"
-        error_type, error_code = outcome.error_type, outcome.error_code
-        if status >= 400 and not error_type:  # answered outside our handlers (e.g. an unhandled 500)
-            error_type = "server_error" if status >= 500 else "invalid_request_error"
-        event = RequestEvent(
-            route=route,
-            model=model,
-            status=status,
-            latency_s=latency,
-            prompt_tokens=outcome.prompt_tokens,
-            completion_tokens=outcome.completion_tokens,
-            first_token_s=outcome.first_token_s,
-            cache=outcome.cache,
-            key_id=outcome.key_id or "-",
-            tokens_per_s=outcome.tokens_per_s,
-            error_type=error_type,
-            error_code=error_code,
-        )
         client = scope.get("client")
-        prompt_fields = {"log_prompt": outcome.log_prompt, "log_response": outcome.log_response} \
-            if outcome.log_prompt is not None else {}  # only with LOG_PROMPTS
-        access_log.info(
-            "request",
-            extra={
-                "method": scope.get("method", "WS"),
-                "route": route,
-                "status": status,
-                "latency_ms": round(latency * 1000, 2),
-                "model": model,
-                "key_id": outcome.key_id,
-                "client_ip": outcome.client_ip or (client[0] if client else None),  # resolved by the guard
-                "prompt_tokens": event.prompt_tokens,
-                "completion_tokens": event.completion_tokens,
-                "cache": event.cache,
-                **prompt_fields,
-            },
+        record_request(
+            self.record, Outcome.of(scope), method=scope.get("method", "WS"),
+            route=getattr(scope.get("route"), "path", None) or "unmatched", status=status, latency=latency,
+            peer=client[0] if client else None,
+            # A WebSocket's requests count one by one (serve_app/integrations/ws_session.py), not its upgrade.
+            count_key=scope["type"] == "http",
         )
-        try:
-            self.record(event)
-        except RuntimeError:  # no running loop (shutdown): drop the event
-            pass
+
+
+def record_request(record: Optional[Callable[[RequestEvent], None]], outcome: Outcome, *, method: str, route: str,
+                   status: int, latency: float, peer: Optional[str] = None, count_key: bool = True,
+                   **fields) -> None:
+    """One access-log line and one metrics event for one request: an HTTP request (above), or one
+    request message of a WebSocket (its own status, latency, model, tokens and key; `fields` are
+    added to the log line)."""
+    model = outcome.model or "-"
+    error_type, error_code = outcome.error_type, outcome.error_code
+    if status >= 400 and not error_type:  # answered outside our handlers (e.g. an unhandled 500)
+        error_type = "server_error" if status >= 500 else "invalid_request_error"
+    event = RequestEvent(
+        route=route,
+        model=model,
+        status=status,
+        latency_s=latency,
+        prompt_tokens=outcome.prompt_tokens,
+        completion_tokens=outcome.completion_tokens,
+        first_token_s=outcome.first_token_s,
+        cache=outcome.cache,
+        key_id=(outcome.key_id if count_key else None) or "-",
+        tokens_per_s=outcome.tokens_per_s,
+        error_type=error_type,
+        error_code=error_code,
+    )
+    prompt_fields = {"log_prompt": outcome.log_prompt, "log_response": outcome.log_response} \
+        if outcome.log_prompt is not None else {}  # only with LOG_PROMPTS
+    access_log.info(
+        "request",
+        extra={
+            "method": method,
+            "route": route,
+            "status": status,
+            "latency_ms": round(latency * 1000, 2),
+            "model": model,
+            "key_id": outcome.key_id,
+            "client_ip": outcome.client_ip or peer,  # resolved by the guard
+            "prompt_tokens": event.prompt_tokens,
+            "completion_tokens": event.completion_tokens,
+            "cache": event.cache,
+            **fields,
+            **prompt_fields,
+        },
+    )
+    if record is None:
+        return
+    try:
+        record(event)
+    except RuntimeError:  # no running loop (shutdown): drop the event
+        pass

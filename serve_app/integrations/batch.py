@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, Optional, Union
+from typing import Any, Awaitable, Callable, Optional, Union
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -33,6 +33,14 @@ from core.settings import Settings
 
 Item = Union[BatchGenerateItem, BatchChatItem]
 MAX_OVERLOAD_WAIT_S = 30  # longest pause before a job asks an overloaded model again
+# An item's `id` (BatchGenerateItem.id): an id longer than this is never echoed in a result.
+ITEM_ID_MAX_CHARS = next(m.max_length for m in BatchGenerateItem.model_fields["id"].metadata
+                         if getattr(m, "max_length", None))
+ERROR_PARAM_MAX_CHARS, ERROR_MESSAGE_MAX_CHARS = 128, 512  # an item's error never echoes much of its input
+
+
+def _short(text: Optional[str], limit: int) -> Optional[str]:
+    return text if text is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_item(raw: dict, default_format: Optional[str]) -> Item:
@@ -41,7 +49,7 @@ def parse_item(raw: dict, default_format: Optional[str]) -> Item:
         raw = {**raw, "format": default_format}
     model = {"generate": BatchGenerateItem, "chat": BatchChatItem}.get(kind)
     if model is None:
-        raise InvalidRequest(f"type must be 'generate' or 'chat', not {kind!r}", param="type")
+        raise InvalidRequest(f"type must be 'generate' or 'chat', not {_short(repr(kind), 40)}", param="type")
     try:
         return model.model_validate(raw)
     except ValidationError as error:
@@ -55,11 +63,19 @@ class Prepared:
         self.index = index
         self.item = item
         self.error = error
-        self.id = item.id if item is not None else (raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None)
+        self.id = item.id if item is not None else raw_id(raw)
 
     def failed(self, error: BaseException) -> BatchItemResult:
-        return BatchItemResult(index=self.index, id=self.id, status="error",
-                               error=error_body(to_aicore_error(error))["error"])
+        body = error_body(to_aicore_error(error))["error"]
+        body["message"] = _short(body["message"], ERROR_MESSAGE_MAX_CHARS)
+        body["param"] = _short(body["param"], ERROR_PARAM_MAX_CHARS)
+        return BatchItemResult(index=self.index, id=self.id, status="error", error=body)
+
+
+def raw_id(raw: Any) -> Optional[str]:
+    """An item's `id` as sent, echoed in its result only when it is a string of an id's length."""
+    value = raw.get("id") if isinstance(raw, dict) else None
+    return value if isinstance(value, str) and len(value) <= ITEM_ID_MAX_CHARS else None
 
 
 def prepare(items: list[dict], default_format: Optional[str]) -> list[Prepared]:
@@ -111,26 +127,26 @@ class BatchService:
         results = list(await asyncio.gather(*(one(entry) for entry in prepare(body.items, body.format))))
         return BatchResponse(results=results, totals=totals(results, started))
 
-    async def generate(self, entry: Prepared, caller: Admission, retry_overloaded: bool = False) -> BatchItemResult:
+    async def generate(self, entry: Prepared, caller: Admission, retry_overloaded: bool = False,
+                       refresh: Optional[Callable[[], Awaitable[Admission]]] = None) -> BatchItemResult:
         """Run one valid item; its failure (unknown model, overload, ...) is its result.
 
         `retry_overloaded` (asynchronous jobs): a model that refuses for overload (503) is asked
-        again after its Retry-After, for as long as it takes; the job's cancel stops the wait."""
+        again after its Retry-After, for as long as it takes; the job's cancel stops the wait.
+        `refresh` (jobs): the caller as it stands now, for each attempt after the first (the key
+        looked up again: its error, e.g. a revoke, is raised to the job)."""
         while True:
-            admission = self.pipeline.admit_part(caller)
-            status = 499  # cancelled (a job's cancel) unless set below
             try:
-                result = await self._generate(entry, admission)
-                status = 200
-                return result
+                async with self.pipeline.admit_part(caller).settling() as admission:
+                    return await self._generate(entry, admission)
             except Exception as error:
                 mapped = to_aicore_error(error)
-                status = mapped.status
-                if not (retry_overloaded and isinstance(mapped, Overloaded)):
+                if not (retry_overloaded and _waits(mapped)):
                     return entry.failed(mapped)
-            finally:
-                await admission.close(status)
-            await asyncio.sleep(min(mapped.retry_after, MAX_OVERLOAD_WAIT_S))
+            wait_s = getattr(mapped, "retry_after", None) or getattr(mapped, "retry_after_s", 1)
+            await asyncio.sleep(min(wait_s, MAX_OVERLOAD_WAIT_S))
+            if refresh is not None:
+                caller = await refresh()
 
     async def _generate(self, entry: Prepared, admission: Admission) -> BatchItemResult:
         item, key_id = entry.item, admission.key_id
@@ -144,3 +160,9 @@ class BatchService:
         result = await generation.collect()
         return BatchItemResult(index=entry.index, id=item.id, status="ok",
                                result=generate_response(generation, result.text, item))
+
+
+def _waits(error: Exception) -> bool:
+    """A job's item waits (it does not fail) while the model is overloaded or its key has as many
+    requests running as it may (MAX_IN_FLIGHT_PER_KEY): both pass."""
+    return isinstance(error, Overloaded) or getattr(error, "code", None) == "too_many_in_flight"

@@ -15,6 +15,20 @@ request; its record and results live in the shared store (Redis, or the state hu
   shutting down stops its heartbeat; the first poll that finds the heartbeat older than
   STALE_BEATS heartbeats marks the job failed the same way. Jobs are not resumed elsewhere (the
   items are not stored): the client resubmits the items without a result.
+
+Charged and bounded (docs/security.md, "Batch jobs"):
+- The submission is one request of the key's (RPM: 429 past it); the items then reserve their
+  own tokens (TPM) and count as requests one by one as they run, as the synchronous endpoint's.
+- Each item looks the key up again by id (one store read) before it runs: a key revoked,
+  disabled, expired, deleted, or that lost the `inference` scope or the submitting address,
+  stops the job (`cancelled`, the error names why: `key_revoked`, ...); nothing of the key is
+  kept from the submission but its id. Its model list and limits are the key's current ones.
+- Per key (bootstrap keys are exempt, as from rate limits): at most BATCH_JOBS_PER_KEY jobs
+  unfinished (429 `too_many_batch_jobs`), and BATCH_JOB_RESULT_BYTES_PER_KEY bytes of results
+  stored per BATCH_JOB_TTL_S window (429 `batch_result_quota_exceeded`; a running job that
+  reaches it ends `failed` with that code, its remaining items not run). An item `id` longer
+  than ITEM_ID_MAX_CHARS refuses the whole job (400), and an item's error never echoes much of
+  its input.
 """
 
 from __future__ import annotations
@@ -22,16 +36,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from core.errors import AICoreError, InvalidRequest, RequestCancelled
-from serve_app.integrations.batch import BatchService, Prepared, prepare
+from core.access_errors import (
+    AddressNotAllowed,
+    KeyDisabled,
+    KeyExpired,
+    KeyNotFound,
+    KeyRevoked,
+    PermissionDenied,
+    RateLimited,
+)
+from core.errors import AICoreError, AuthenticationFailed, InvalidRequest, RequestCancelled
+from serve_app.access.netguard import allowed, parse_address, parse_networks
+from serve_app.http.errors import error_body
+from serve_app.integrations.batch import ITEM_ID_MAX_CHARS, BatchService, Prepared, prepare
+from serve_app.pipeline import Admission, RequestContext
 from serve_app.state.batch_job_records import JobRecord, JobRecords
 from serve_app.http.protocol.batch import BatchItemResult, BatchRequest
-from serve_app.http.protocol.batch_jobs import JOB_ID_PATTERN, TERMINAL, BatchJob, BatchJobCounts
+from serve_app.http.protocol.batch_jobs import JOB_ID_PATTERN, TERMINAL, BatchJob, BatchJobCounts, BatchJobList
 from core.settings import Settings
 from serve_app.state.store import Store, StoreUnavailable
 
@@ -49,29 +76,83 @@ class JobNotFound(AICoreError):
     status, type, code = 404, "invalid_request_error", "batch_job_not_found"
 
 
+class TooManyBatchJobs(RateLimited):
+    """The key has BATCH_JOBS_PER_KEY jobs queued or running already."""
+
+    code = "too_many_batch_jobs"
+
+
+class ResultQuotaExceeded(RateLimited):
+    """The key's jobs stored BATCH_JOB_RESULT_BYTES_PER_KEY bytes of results in this window."""
+
+    code = "batch_result_quota_exceeded"
+
+
+_last_id_us = 0
+
+
+def new_job_id(now: float) -> str:
+    """`bjob_` + the creation time (µs, 13 hex digits; strictly increasing in one process) + 11
+    random hex digits: ids sort by age, so a listing pages by id."""
+    global _last_id_us
+    _last_id_us = max(int(now * 1_000_000) % 16 ** 13, _last_id_us + 1)
+    return f"bjob_{_last_id_us:013x}{secrets.token_hex(6)[:11]}"
+
+
+async def current_principal(keys: Any, submitted: Any, client_ip: Optional[str]) -> Any:
+    """The job's key as it stands now, looked up by id (one store read): what `Authenticator.check`
+    checks after finding a presented key, and the `inference` scope. Bootstrap keys (API_KEYS)
+    cannot change. Raises the error that stops the job."""
+    from serve_app.access.auth import Principal  # auth imports the pipeline, as this module does
+
+    if submitted.bootstrap:
+        return submitted
+    try:
+        record = await keys.record(submitted.key_id)  # StoreUnavailable: the item cannot run now
+    except KeyNotFound:
+        raise AuthenticationFailed("this API key no longer exists") from None
+    if record.revoked_at is not None:
+        raise KeyRevoked("this API key has been revoked")
+    if not record.enabled:
+        raise KeyDisabled("this API key is disabled")
+    if record.expires_at is not None and record.expires_at <= time.time():
+        raise KeyExpired("this API key has expired")
+    if record.ip_allowlist and not allowed(parse_address(client_ip), parse_networks(record.ip_allowlist)):
+        raise AddressNotAllowed("this API key may no longer be used from the address that submitted the job")
+    principal = Principal.from_record(record)
+    if "inference" not in principal.scopes:
+        raise PermissionDenied("this API key lacks the 'inference' scope")
+    return principal
+
+
 @dataclass(eq=False)
 class LocalJob:
-    """A job this replica runs: its items, the caller, the results so far, its task."""
+    """A job this replica runs: its items, who submitted it from where, the results so far, its task."""
 
     record: JobRecord
     entries: list[Prepared]
-    caller: Any  # the submitting request's Admission: each item is admitted as a part of it
+    principal: Any  # the key at submission: only its id (and whether it is a bootstrap key) is used
+    client_ip: Optional[str]  # the submitting address: the key's IP allowlist is checked against it
     results: dict[int, BatchItemResult] = field(default_factory=dict)
     started: set[int] = field(default_factory=set)  # items whose generation began
     task: Optional[asyncio.Task] = None
-    stop_reason: Optional[str] = None  # "cancelled" or "interrupted"
+    stop_reason: Optional[str] = None  # "cancelled", "interrupted" or "quota"
+    stop_error: Optional[dict] = None  # why it stopped without a cancel request (the final `error`)
+    entered: bool = False  # its task began (a task cancelled before that never runs its own code)
     finishing: bool = False
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, error: Optional[dict] = None) -> None:
         if self.stop_reason is None and not self.finishing and self.task is not None:
-            self.stop_reason = reason
-            self.task.cancel()
+            self.stop_reason, self.stop_error = reason, error
+            if self.entered:
+                self.task.cancel()
 
 
 class BatchJobService:
     def __init__(self, batch: BatchService, store: Store, settings: Settings,
                  clock: Callable[[], float] = time.time):
         self.batch = batch
+        self.pipeline = batch.pipeline  # each item is admitted there, the key looked up in its key service
         self.settings = settings
         self.records = JobRecords(store, settings.batch_job_ttl_s)
         self.clock = clock
@@ -83,21 +164,64 @@ class BatchJobService:
 
     # -- the three calls of the HTTP API --------------------------------------------------
 
-    async def submit(self, body: BatchRequest, caller: Any) -> BatchJob:
+    async def submit(self, body: BatchRequest, caller: Admission) -> BatchJob:
+        """Accept a job (`caller`: the submitting request's admission, its limits not taken yet)."""
         limit = self.settings.batch_job_max_items
         if len(body.items) > limit:
             raise InvalidRequest(f"{len(body.items)} items; a batch job takes at most {limit}",
                                  param="items", code="too_many_items")
+        for index, raw in enumerate(body.items):  # stored and echoed: never a megabyte of id
+            value = raw.get("id")
+            if isinstance(value, str) and len(value) > ITEM_ID_MAX_CHARS:
+                raise InvalidRequest(f"items.{index}.id: at most {ITEM_ID_MAX_CHARS} characters",
+                                     param=f"items.{index}.id", code="invalid_value")
+        await caller.limit()  # the submission is one request (RPM); each item reserves its own tokens
+        principal = caller.principal
+        if not principal.bootstrap:
+            await self._check_result_quota(principal.key_id)
         now = self.clock()
-        record = JobRecord(id="bjob_" + uuid.uuid4().hex[:24], owner=caller.key_id, status="queued",
+        record = JobRecord(id=new_job_id(now), owner=principal.key_id, status="queued",
                            items=len(body.items), created_at=now, runner=self.runner_id, heartbeat_at=now)
         await self.records.create(record)  # the store is down: 503 before anything is accepted
-        job = LocalJob(record, prepare(body.items, body.format), caller)
+        try:
+            if not principal.bootstrap:
+                await self._take_job_slot(record)
+            await self.records.index(record, self._listed_until())
+        except BaseException:
+            await self._forget(record)
+            raise
+        job = LocalJob(record, prepare(body.items, body.format), principal, caller.context.client_ip)
         self.jobs[record.id] = job
         job.task = asyncio.create_task(self._run(job), name=f"batch-job-{record.id}")
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.create_task(self._watch(), name="batch-job-watcher")
         return self.view(record, None, self.settings.batch_job_ttl_s)
+
+    async def list(self, principal: Any, owner: Optional[str] = None, status: Optional[str] = None,
+                   limit: int = 20, after: Optional[str] = None) -> BatchJobList:
+        """Jobs newest first, a page of `limit` after the job `after`: every job for an admin
+        (`owner`: one key's), a key's own otherwise (another `owner` lists nothing)."""
+        if "admin" not in principal.scopes:
+            if owner not in (None, principal.key_id):
+                return BatchJobList(data=[], has_more=False)
+            owner = principal.key_id
+        page: list[BatchJob] = []
+        more = False
+        for job_id in await self.records.listed(owner):
+            if after is not None and job_id >= after:
+                continue
+            record = await self.records.load(job_id)
+            if record is None or (owner is not None and record.owner != owner):
+                continue
+            record = await self._check_alive(record)
+            if status is not None and record.status != status:
+                continue
+            if len(page) == limit:
+                more = True
+                break
+            page.append(self.view(record, None, await self.records.expires_in(job_id)))
+        return BatchJobList(data=page, first_id=page[0].id if page else None,
+                            last_id=page[-1].id if page else None, has_more=more)
 
     async def get(self, job_id: str, principal: Any, with_results: bool = True) -> BatchJob:
         record = await self._owned(job_id, principal)
@@ -150,14 +274,69 @@ class BatchJobService:
         logger.warning("batch job %s: runner %s silent for %.0fs, marked interrupted", record.id, record.runner, silent_s)
         await self.records.update(record.id, {"status": "failed", "finished_at": str(record.finished_at),
                                               "error": _json(record.error)})
+        await self.records.keep(record.id)  # the results live as long as the record
+        await self._ended(record)
         return record
+
+    # -- per-key bounds --------------------------------------------------------------------
+
+    async def _check_result_quota(self, owner: str) -> None:
+        quota = self.settings.batch_job_result_bytes_per_key
+        used, left_s = await self.records.result_bytes(owner)
+        if used >= quota:
+            wait_s = int(left_s if left_s is not None else self.settings.batch_job_ttl_s) + 1
+            raise ResultQuotaExceeded(
+                f"this key's batch jobs stored {used} bytes of results in this window of "
+                f"{int(self.settings.batch_job_ttl_s)} s (at most {quota}): try again in {wait_s} s",
+                kind="requests", retry_after_s=wait_s)
+
+    async def _take_job_slot(self, record: JobRecord) -> None:
+        """Count the new job among its key's unfinished ones (in the shared store, so across
+        replicas): over BATCH_JOBS_PER_KEY, 429. Add first, then count: two submissions racing for
+        the last slot may both be refused, never both accepted."""
+        cap = self.settings.batch_jobs_per_key
+        unfinished = 0
+        for job_id in await self.records.activate(record.owner, record.id):
+            if job_id == record.id:
+                unfinished += 1
+                continue
+            other = await self.records.load(job_id)
+            if other is not None:
+                other = await self._check_alive(other)  # a dead replica's job ends here
+            if other is None or other.status in TERMINAL:
+                await self.records.deactivate(record.owner, job_id)  # ended without leaving (replica lost)
+            else:
+                unfinished += 1
+        if unfinished > cap:
+            raise TooManyBatchJobs(
+                f"this key has {cap} batch jobs queued or running (BATCH_JOBS_PER_KEY): wait for one to "
+                "finish, or cancel one", kind="requests", retry_after_s=max(1, int(self.settings.batch_job_heartbeat_s)))
+
+    async def _forget(self, record: JobRecord) -> None:
+        """A submission refused after its record was written: nothing of it stays."""
+        try:
+            await self.records.deactivate(record.owner, record.id)
+            await self.records.delete(record.id)
+        except StoreUnavailable:
+            logger.warning("batch job %s: refused, but its record could not be removed", record.id)
+
+    async def _ended(self, record: JobRecord) -> None:
+        """The job is final: it leaves its key's unfinished jobs; it stays listed while it is kept."""
+        await self.records.deactivate(record.owner, record.id)
+        await self.records.index(record, self._listed_until())
+
+    def _listed_until(self) -> float:
+        """A job is listed at least as long as its record lives: the TTL from its last write (a
+        heartbeat at the latest, or its final write), with room for the writes between beats.
+        Wall-clock epoch seconds, as the store's index compares them."""
+        return time.time() + self.settings.batch_job_ttl_s + STALE_BEATS * self.settings.batch_job_heartbeat_s
 
     def view(self, record: JobRecord, results: Optional[list[BatchItemResult]], expires_in: Optional[float]) -> BatchJob:
         processing = None
         if record.started_at is not None and record.finished_at is not None:
             processing = round(max(0.0, record.finished_at - record.started_at), 4)
         return BatchJob(
-            id=record.id, status=record.status, status_url=f"{JOBS_PATH}/{record.id}",
+            id=record.id, owner=record.owner, status=record.status, status_url=f"{JOBS_PATH}/{record.id}",
             created_at=int(record.created_at), started_at=_int(record.started_at),
             finished_at=_int(record.finished_at),
             expires_at=int(self.clock() + expires_in) if expires_in is not None else None,
@@ -170,8 +349,11 @@ class BatchJobService:
     # -- running ---------------------------------------------------------------------------
 
     async def _run(self, job: LocalJob) -> None:
+        job.entered = True
         status = "completed"
         try:
+            if job.stop_reason is not None:  # stopped before its task began
+                raise asyncio.CancelledError
             async with self._slots:
                 job.record.status, job.record.started_at = "running", self.clock()
                 await self._save(job.record.id, {"status": "running", "started_at": str(job.record.started_at)})
@@ -184,7 +366,7 @@ class BatchJobService:
                         task.cancel()
         except asyncio.CancelledError:
             asyncio.current_task().uncancel()  # handled: the final writes below must not be cancelled
-            status = "failed" if job.stop_reason == "interrupted" else "cancelled"
+            status = "cancelled" if job.stop_reason in (None, "cancelled") else "failed"
         except Exception:  # a bug, not an item's error (those are results): the job fails, loudly
             logger.exception("batch job %s failed", job.record.id)
             status = "failed"
@@ -198,11 +380,19 @@ class BatchJobService:
         # The gate also bounds the progress writes: a thousand invalid items written at once
         # overran the shared state hub (found by tests/integration/test_openapi_fuzz.py).
         async with gate:
-            if entry.error is not None:
-                result = entry.failed(entry.error)
-            else:
-                job.started.add(entry.index)
-                result = await self.batch.generate(entry, job.caller, retry_overloaded=True)
+            try:  # the key as it stands now, before every item (and each retry of an overloaded one)
+                caller = await self._caller(job)
+                if entry.error is not None:
+                    result = entry.failed(entry.error)
+                else:
+                    job.started.add(entry.index)
+                    result = await self.batch.generate(entry, caller, retry_overloaded=True,
+                                                       refresh=lambda: self._caller(job))
+            except StoreUnavailable as error:  # the key cannot be checked: the item does not run
+                result = entry.failed(entry.error or error)
+            except AICoreError as refused:  # revoked, disabled, expired, gone, scope or address lost
+                job.stop("cancelled", _stopped_error(refused))
+                return
             job.results[entry.index] = result
             job.record.count(job.results)
             try:  # progress for pollers; the final write repeats everything
@@ -210,9 +400,31 @@ class BatchJobService:
                 await self.records.update(job.record.id, job.record.counts_hash())
             except StoreUnavailable:
                 logger.warning("batch job %s: progress not written (store unavailable)", job.record.id)
+            await self._charge(job, result)
+
+    async def _caller(self, job: LocalJob) -> Admission:
+        """An admission for the next item under the key as it is now (looked up by id)."""
+        principal = await current_principal(self.pipeline.keys, job.principal, job.client_ip)
+        return Admission(self.pipeline, RequestContext("batch", None, job.client_ip), principal)
+
+    async def _charge(self, job: LocalJob, result: BatchItemResult) -> None:
+        """Count the stored result against the key's bytes; past the quota the job ends `failed`."""
+        if job.principal.bootstrap:
+            return
+        quota = self.settings.batch_job_result_bytes_per_key
+        try:
+            total = await self.records.charge_bytes(job.record.owner, len(result.model_dump_json(exclude_none=True)))
+        except StoreUnavailable:
+            return
+        if total > quota:
+            job.stop("quota", {
+                "message": f"this key's batch jobs stored {total} bytes of results in this window (at most {quota}, "
+                           "BATCH_JOB_RESULT_BYTES_PER_KEY): the items without a result did not run; submit them "
+                           "again later", "type": "requests", "param": None, "code": ResultQuotaExceeded.code})
 
     async def _finish(self, job: LocalJob, status: str) -> None:
         record = job.record
+        stopped = f"stopped ({job.stop_error['code']})" if job.stop_error else "cancelled"
         for entry in job.entries:
             if entry.index in job.results:
                 continue
@@ -220,18 +432,22 @@ class BatchJobService:
                 job.results[entry.index] = entry.failed(entry.error)
             elif status == "cancelled":
                 when = "while this item ran" if entry.index in job.started else "before this item ran"
-                job.results[entry.index] = entry.failed(RequestCancelled(f"the job was cancelled {when}"))
+                job.results[entry.index] = entry.failed(RequestCancelled(f"the job was {stopped} {when}"))
         record.count(job.results)
         record.status, record.finished_at = status, self.clock()
         values = {"status": status, "finished_at": str(record.finished_at), **record.counts_hash()}
-        if status == "failed":
+        if job.stop_error is not None:
+            record.error = job.stop_error
+        elif status == "failed":
             record.error = (interrupted_error(record.pending) if job.stop_reason == "interrupted"
                             else {"message": "the job failed; see the server log", "type": "server_error",
                                   "param": None, "code": "job_failed"})
+        if record.error is not None:
             values["error"] = _json(record.error)
         try:
             await self.records.put_results(record.id, job.results)
             await self._save(record.id, values)
+            await self._ended(record)
         except StoreUnavailable:
             logger.error("batch job %s ended %s but the store is unavailable: it will read as interrupted",
                          record.id, status)
@@ -254,10 +470,19 @@ class BatchJobService:
                         job.stop("cancelled")
                     if beat:
                         await self.records.touch(job.record.id, now)
+                        await self.records.index(job.record, self._listed_until())
                 except StoreUnavailable:
                     logger.warning("batch job %s: store unavailable for the heartbeat", job.record.id)
             if beat:
                 self._beat_at = now
+
+
+def _stopped_error(refused: AICoreError) -> dict:
+    """The final `error` of a job its key's state stopped (the code says why: `key_revoked`, ...)."""
+    body = error_body(refused)["error"]
+    body.pop("request_id", None)
+    body["message"] = f"the job was stopped: {refused.message}; the items without a result did not run"
+    return body
 
 
 def interrupted_error(not_run: int) -> dict:

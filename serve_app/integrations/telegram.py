@@ -22,7 +22,7 @@ from core.types import SamplingParams
 from core.access_errors import RateLimited
 from serve_app.access.auth import Principal
 from serve_app.state.chat_history import ChatHistory
-from serve_app.pipeline import CLIENT_GONE, Admission
+from serve_app.pipeline import Admission
 from serve_app.http.protocol.telegram import TgMessage, TgReplyParameters, TgSendMessage, TgUpdate
 from serve_app.serving import GenerationService
 from core.settings import Settings
@@ -32,6 +32,7 @@ logger = logging.getLogger("aicore.telegram")
 
 TELEGRAM_LIMIT = 4096  # characters of one message, counted in UTF-16 code units
 MORE_HINT = "\n\n[/more]"
+ECHO_CHARS = 64  # of a user's own text (a /model argument, a command name) repeated in a reply
 
 
 def utf16_len(text: str) -> int:
@@ -56,6 +57,18 @@ def split_message(text: str, limit: int = TELEGRAM_LIMIT) -> list[str]:
     if rest or not parts:
         parts.append(rest)
     return parts
+
+
+def within_limit(text: str, limit: int = TELEGRAM_LIMIT) -> str:
+    """`text` cut to at most `limit` UTF-16 units (an ellipsis where it was cut)."""
+    if utf16_len(text) <= limit:
+        return text
+    return text[:_fit(text, limit - 1)] + "\u2026"
+
+
+def shortened(text: str) -> str:
+    """A user's own text as a reply repeats it: its first ECHO_CHARS characters."""
+    return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + "\u2026"
 
 
 def _fit(text: str, limit: int) -> int:
@@ -173,7 +186,7 @@ class TelegramBot:
                 return "Nothing more to send."
             await self.chats.set_pending(chat.key, state.pending[1:])
             return state.pending[0] + (MORE_HINT if len(state.pending) > 1 else "")
-        return f"Unknown command /{command.name}. Try /help."
+        return f"Unknown command /{shortened(command.name)}. Try /help."
 
     async def _choose_model(self, chat: Chat, name: str) -> str:
         principal = await self.access.principal(chat.client_ip)
@@ -182,7 +195,7 @@ class TelegramBot:
         if not name:
             return f"Current model: {current}. Available: {', '.join(models)}."
         if name not in models:
-            return f"Unknown model {name!r}. Available: {', '.join(models)}."
+            return f"Unknown model {shortened(name)!r}. Available: {', '.join(models)}."
         await self.chats.set_model(chat.key, name)
         return f"Model set to {name}."
 
@@ -210,30 +223,23 @@ class TelegramBot:
     async def _generate(self, model: str, messages: list[dict], admission: Admission) -> str:
         """The one place the bot starts a generation: the pipeline takes the key's limits (a refusal
         is told politely) and charges its usage to the bot's key."""
-        status = CLIENT_GONE
         try:
-            generation = await self.service.start(
-                admission, model, uuid.uuid4().hex, SamplingParams(max_tokens=self.settings.telegram_max_tokens),
-                messages=messages,
-            )
-            result = await generation.collect()
-            status = 200
+            async with admission.settling():
+                generation = await self.service.start(
+                    admission, model, uuid.uuid4().hex, SamplingParams(max_tokens=self.settings.telegram_max_tokens),
+                    messages=messages,
+                )
+                result = await generation.collect()
             return result.text.strip() or "(the model gave an empty answer)"
         except RateLimited as error:
-            status = error.status
             raise ChatRefused(f"I am answering too many people right now. Please try again in "
                               f"{error.retry_after_s} s.") from None
-        except AICoreError as error:
-            status = error.status
-            raise
-        finally:
-            await admission.close(status)
 
     def _reply(self, message: TgMessage, text: str) -> TgSendMessage:
         group = message.chat.type in ("group", "supergroup")
         return TgSendMessage(
             chat_id=message.chat.id,
-            text=text,
+            text=within_limit(text),  # whatever a reply says, Telegram's limit holds: never a 500
             message_thread_id=message.message_thread_id,
             reply_parameters=TgReplyParameters(message_id=message.message_id) if group else None,
         )

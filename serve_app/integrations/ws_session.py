@@ -3,8 +3,17 @@
 The WebSocket adapter of the one admission path (serve_app/pipeline.py): the key is checked
 at connect and again for every request message (a key revoked while the socket is open is
 refused at its next request), and each request takes the key's limits and records its usage
-like an HTTP request. Every request runs in its own task; the socket closing (or a `cancel`
-message) cancels the task, and `Generation.chunks()` then cancels the model's stream.
+like an HTTP request: its own access-log line, metrics event and request id. Every request runs in
+its own task; the socket closing (or a `cancel` message) cancels the task, and
+`Generation.chunks()` then cancels the model's stream.
+
+Before auth (docs/security.md#websockets-before-auth): the replica's `WsGate` counts the sockets
+not yet authenticated, per client address and in total, and refuses an address whose
+authentications keep failing (counted in the shared store). A socket without a key in its
+handshake must send `auth` first, within WS_AUTH_TIMEOUT_S, in at most WS_AUTH_FRAME_BYTES:
+the size is checked on the raw frame and only an `auth` message is ever parsed before auth.
+Every message is at most WS_MAX_FRAME_BYTES (1009), the limit Ray's proxy applies first
+(serve_app/http/proxy_ws.py).
 """
 
 from __future__ import annotations
@@ -12,17 +21,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
-from typing import Optional, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
 
 from fastapi import WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from core.errors import AICoreError, AuthenticationFailed, InvalidRequest, RequestCancelled
+from core.access_errors import BodyTooLarge, RateLimited
+from core.errors import AICoreError, AuthenticationFailed, InvalidRequest, Overloaded, RequestCancelled
+from core.logs import request_id_var
 from serve_app.access.auth import Principal
 from serve_app.http.errors import validation_error, error_body, to_aicore_error
+from serve_app.http.middleware import record_request
 from serve_app.pipeline import CLIENT_GONE, Outcome, Pipeline, RequestContext
 from serve_app.http.protocol.ws import (
     CLIENT_MESSAGES,
@@ -40,17 +54,129 @@ from serve_app.serving import GenerationService
 
 logger = logging.getLogger("aicore.ws")
 
-AUTH_TIMEOUT_S = 60
 MAX_IN_FLIGHT = 8  # requests one socket may have running at once
-POLICY_VIOLATION = 1008  # WebSocket close code for a failed authentication
+ROUTE = "/api/v1/ws"
+# WebSocket close codes (RFC 6455)
+POLICY_VIOLATION = 1008  # failed authentication, a first message that is not a small `auth`, refused address
+MESSAGE_TOO_BIG = 1009
+TRY_AGAIN_LATER = 1013  # this replica holds WS_UNAUTHENTICATED_TOTAL sockets before auth
+_FAILURES = "aicore:wsauth:failures:"  # + address: failed authentications in the current minute
+_BLOCKED = "aicore:wsauth:blocked:"  # + address: refused until the epoch second it holds (expires then)
+FAILURE_WINDOW_S = 60
+AUTH_FIRST = 'send {"type": "auth", "api_key": "..."} first, or the key in the handshake headers'
+
+
+@dataclass(frozen=True)
+class WsLimits:
+    """The settings of sockets before and after auth (core/settings.py: WS_*)."""
+
+    auth_frame_bytes: int = 4096
+    max_frame_bytes: int = 1_048_576
+    auth_timeout_s: float = 10
+    unauthenticated_per_address: int = 16
+    unauthenticated_total: int = 256
+    auth_failures: int = 5  # in FAILURE_WINDOW_S; 0: never refused
+    auth_block_s: float = 60
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "WsLimits":
+        return cls(settings.ws_auth_frame_bytes, settings.ws_max_frame_bytes, settings.ws_auth_timeout_s,
+                   settings.ws_unauthenticated_per_address, settings.ws_unauthenticated_total,
+                   settings.ws_auth_failures, settings.ws_auth_block_s)
+
+
+class Refused(Exception):
+    """The socket is closed with `code` and `reason` (at most 123 bytes), after an error message."""
+
+    def __init__(self, code: int, reason: str, error: AICoreError):
+        super().__init__(reason)
+        self.code, self.reason, self.error = code, reason, error
+
+
+class WsGate:
+    """One ingress replica's sockets before auth. The caps are this replica's memory (a socket is
+    held by one replica, and what they protect is its event loop and Ray's proxy): per client
+    address and in total. Failed authentications are counted per address in the shared store
+    (Redis when set: every replica sees them); at WS_AUTH_FAILURES in a minute the address's new
+    sockets are refused for WS_AUTH_BLOCK_S. Store trouble never refuses: the key check follows."""
+
+    def __init__(self, limits: WsLimits, store: Any = None):
+        self.limits = limits
+        self.store = store
+        self.pending: dict[str, int] = {}  # address: sockets not yet authenticated
+        self.total = 0
+
+    async def enter(self, address: Optional[str]) -> None:
+        """Count a new socket as unauthenticated, or raise Refused (then nothing is counted)."""
+        where = address or "unknown"
+        if self.total >= self.limits.unauthenticated_total:
+            raise Refused(TRY_AGAIN_LATER, "server busy: too many unauthenticated sockets", Overloaded(
+                "the server holds too many sockets that have not authenticated yet: retry shortly",
+                code="too_many_unauthenticated_sockets"))
+        if self.pending.get(where, 0) >= self.limits.unauthenticated_per_address:
+            raise Refused(POLICY_VIOLATION, "too many unauthenticated sockets from this address", RateLimited(
+                f"at most {self.limits.unauthenticated_per_address} sockets from one address may wait for "
+                "authentication at once", code="too_many_unauthenticated_sockets"))
+        self.total += 1
+        self.pending[where] = self.pending.get(where, 0) + 1
+        try:
+            await self._not_blocked(where)
+        except BaseException:
+            self.leave(address)
+            raise
+
+    def leave(self, address: Optional[str]) -> None:
+        """The socket authenticated, failed or left."""
+        where = address or "unknown"
+        self.total -= 1
+        left = self.pending.get(where, 1) - 1
+        if left > 0:
+            self.pending[where] = left
+        else:
+            self.pending.pop(where, None)
+
+    async def _not_blocked(self, where: str) -> None:
+        if not self.limits.auth_failures or self.store is None:
+            return
+        try:
+            until = await self.store.get(_BLOCKED + where)
+        except Exception as error:  # StoreUnavailable: the key check decides alone
+            logger.debug("could not read the address's auth failures: %s", type(error).__name__)
+            return
+        if until is not None:
+            retry = max(1, math.ceil(float(until) - time.time()))
+            raise Refused(POLICY_VIOLATION, f"too many failed authentications from this address: retry in {retry} s",
+                          RateLimited(f"too many failed authentications from this address: retry in {retry} s",
+                                      retry_after_s=retry, code="too_many_auth_failures"))
+
+    async def failed(self, address: Optional[str]) -> None:
+        """One failed authentication from `address`; at the limit the address is refused for a while."""
+        if not self.limits.auth_failures or self.store is None:
+            return
+        where = address or "unknown"
+        try:
+            count = await self.store.incr_window(_FAILURES + where, 1, FAILURE_WINDOW_S)
+            if count >= self.limits.auth_failures:
+                block_s = max(1.0, self.limits.auth_block_s)
+                await self.store.set(_BLOCKED + where, str(time.time() + block_s), ttl_s=block_s)
+                if count == self.limits.auth_failures:
+                    logger.warning("WebSocket authentications from %s refused for %gs after %d failures",
+                                   where, block_s, count)
+        except Exception as error:
+            logger.debug("could not count an auth failure: %s", type(error).__name__)
 
 
 class WsSession:
-    def __init__(self, websocket: WebSocket, service: GenerationService, pipeline: Pipeline):
+    def __init__(self, websocket: WebSocket, service: GenerationService, pipeline: Pipeline,
+                 gate: Optional[WsGate] = None, record: Optional[Callable] = None):
         self.ws = websocket
         self.service = service
         self.pipeline = pipeline
+        self.gate = gate or WsGate(WsLimits())
+        self.limits = self.gate.limits
+        self.record = record  # the metrics recorder's `record`: one event per request message
         self.outcome = Outcome.of(websocket)  # the connection's: client address resolved by the guard
+        self.connection_id = request_id_var.get()
         self.key: Optional[str] = None  # as presented: checked again for every request
         self.tasks: dict[str, asyncio.Task] = {}
         self._send_lock = asyncio.Lock()
@@ -60,42 +186,93 @@ class WsSession:
         return RequestContext("websocket", self.key, self.outcome.client_ip, Outcome(client_ip=self.outcome.client_ip))
 
     async def run(self) -> None:
-        await self.ws.accept()
+        address = self.outcome.client_ip
         try:
+            await self.gate.enter(address)
+        except Refused as refused:  # accepted to be closed: a browser sees the code and reason, not a 403
+            try:
+                await self.ws.accept()
+            except Exception:  # already gone
+                return
+            return await self._close(refused)
+        try:
+            await self.ws.accept()
             if not await self._authenticate():
                 return
+        except WebSocketDisconnect as gone:  # the client left before authenticating
+            if gone.code == MESSAGE_TOO_BIG:  # Ray's proxy cut a first message over WS_MAX_FRAME_BYTES
+                await self.gate.failed(address)
+            return
+        finally:
+            self.gate.leave(address)
+        try:
             router = self.service.router
             models = self.principal.allowed_models(router.entries)  # a web token's models only
             default = self.principal.default_model or router.default_model
             await self._send(WsReady(models=models, default_model=default if default in models or not models
                                      else models[0]))
             while True:
-                await self._dispatch(await self.ws.receive_text())
+                await self._dispatch(await self._receive(self.limits.max_frame_bytes))
         except WebSocketDisconnect:
             pass
+        except Refused as refused:  # a message over WS_MAX_FRAME_BYTES
+            await self._close(refused)
         finally:
             await self._cancel_all()
 
     async def _authenticate(self) -> bool:
+        """The key from the handshake headers, else from a first message that must be a small `auth`
+        (its size checked before it is parsed, and nothing but `auth` parsed), then admitted.
+        False: the socket was closed with the reason (and the address's failure counted)."""
         try:
             self.key = self.pipeline.auth.presented(self.ws)
             if self.key is None:
-                raw = await asyncio.wait_for(self.ws.receive_text(), AUTH_TIMEOUT_S)
-                message = self._parse(raw)
-                if not isinstance(message, WsAuth):
-                    raise AuthenticationFailed(
-                        'send {"type": "auth", "api_key": "..."} first, or the key in the handshake headers'
-                    )
-                self.key = message.api_key
+                try:
+                    raw = await asyncio.wait_for(self._receive(self.limits.auth_frame_bytes, first=True),
+                                                 self.limits.auth_timeout_s)
+                except asyncio.TimeoutError:
+                    message = f"no auth message within {self.limits.auth_timeout_s:g}s"
+                    raise Refused(POLICY_VIOLATION, message, AuthenticationFailed(message, code="auth_timeout")) from None
+                self.key = _auth_key(raw)
             self.principal = (await self.pipeline.admit(self._context(), "inference")).principal
-        except (AICoreError, asyncio.TimeoutError) as error:
-            if isinstance(error, asyncio.TimeoutError):
-                error = AuthenticationFailed(f"no auth message within {AUTH_TIMEOUT_S}s")
-            await self._send_error(None, error)
-            await self.ws.close(POLICY_VIOLATION, "authentication failed")
+        except Refused as refused:
+            await self.gate.failed(self.outcome.client_ip)
+            await self._close(refused)
+            return False
+        except AICoreError as error:
+            if isinstance(error, AuthenticationFailed):  # a wrong key, not a refused good one
+                await self.gate.failed(self.outcome.client_ip)
+            await self._close(Refused(POLICY_VIOLATION, "authentication failed", error))
             return False
         self.outcome.key_id = self.principal.key_id
         return True
+
+    async def _receive(self, limit: int, first: bool = False) -> str:
+        """The next message's text, its size checked before anything reads it (a binary message is
+        taken as UTF-8 text). Over `limit`: Refused (1008 for a first message, else 1009)."""
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+        text, data = message.get("text"), message.get("bytes")
+        size = _size(text, data, limit)
+        if size > limit and first:
+            reason = f"the first message must be auth, at most {limit} bytes"
+            raise Refused(POLICY_VIOLATION, reason, AuthenticationFailed(
+                f"the first message is over the {limit} bytes an auth message may take: {AUTH_FIRST}",
+                code="auth_required"))
+        if size > limit:
+            raise Refused(MESSAGE_TOO_BIG, f"message over {limit} bytes",
+                          BodyTooLarge(f"a message is over the limit of {limit} bytes"))
+        if text is None:
+            text = (data or b"").decode("utf-8", "replace")
+        return text
+
+    async def _close(self, refused: Refused) -> None:
+        await self._send_error(None, refused.error)
+        try:
+            await self.ws.close(refused.code, refused.reason)
+        except Exception:  # already gone
+            logger.debug("could not close the socket", exc_info=True)
 
     def _parse(self, raw: str) -> WsClientMessage:
         try:
@@ -131,23 +308,29 @@ class WsSession:
         self.tasks[message.id] = asyncio.create_task(self._serve(message))
 
     async def _serve(self, message: Union[WsGenerate, WsChat]) -> None:
-        admission, status = None, CLIENT_GONE
+        status = CLIENT_GONE  # until it ends otherwise: the client left (the task was cancelled)
+        started, context = time.monotonic(), self._context()
+        request_id = uuid.uuid4().hex
+        request_id_var.set(request_id)  # this task's own: its error bodies and its access-log line
         try:
-            admission = await self.pipeline.admit(self._context(), "inference")  # the key as it stands now
-            prompt = message.prompt if isinstance(message, WsGenerate) else None
-            messages = [m.as_dict() for m in message.messages] if isinstance(message, WsChat) else None
-            generation = await self.service.start(
-                admission, message.model, uuid.uuid4().hex, message.to_sampling_params(),
-                prompt=prompt, messages=messages, priority=message.priority,
-            )
-            parts = []
-            async for chunk in generation.chunks():
-                if chunk.text:
-                    parts.append(chunk.text)
-                    await self._send(WsToken(id=message.id, text=chunk.text))
+            admission = await self.pipeline.admit(context, "inference")  # the key as it stands now
+            # Settled when the block ends, before the last message goes out (as the HTTP guard
+            # settles before the last body byte): a client reading its usage right after `done`
+            # or `error` finds the request counted.
+            async with admission.settling():
+                prompt = message.prompt if isinstance(message, WsGenerate) else None
+                messages = [m.as_dict() for m in message.messages] if isinstance(message, WsChat) else None
+                generation = await self.service.start(
+                    admission, message.model, request_id, message.to_sampling_params(),
+                    prompt=prompt, messages=messages, priority=message.priority,
+                )
+                parts = []
+                async for chunk in generation.chunks():
+                    if chunk.text:
+                        parts.append(chunk.text)
+                        await self._send(WsToken(id=message.id, text=chunk.text))
             usage = generation.usage
             status = 200
-            await _settle(admission, status)
             await self._send(WsDone(
                 id=message.id, model=generation.entry.name, response="".join(parts),
                 finish_reason=generation.finish_reason,
@@ -158,12 +341,14 @@ class WsSession:
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            status = to_aicore_error(error).status
-            await _settle(admission, status)
+            failure = to_aicore_error(error)
+            status = failure.status
+            context.outcome.error_type, context.outcome.error_code = failure.type, failure.code
             await self._send_error(message.id, error)
-        finally:  # the client left mid-answer (the task was cancelled): settle what it got
+        finally:
             self.tasks.pop(message.id, None)
-            await _settle(admission, status)
+            record_request(self.record, context.outcome, method="WS", route=ROUTE, status=status,
+                           latency=time.monotonic() - started, ws_id=message.id, connection_id=self.connection_id)
 
     async def _cancel(self, request_id: str) -> None:
         task = self.tasks.get(request_id)
@@ -191,6 +376,33 @@ class WsSession:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _size(text: Optional[str], data: Optional[bytes], limit: int) -> int:
+    """A message's size in bytes as far as `limit` is concerned: over it exactly when the message
+    is. A text is encoded only when its length cannot decide (UTF-8 takes 1 to 4 bytes a character)."""
+    if text is None:
+        return len(data or b"")
+    if len(text) > limit or len(text) * 4 <= limit or text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _auth_key(raw: str) -> str:
+    """The key of a first message that is an `auth` message (it is small: its size was checked);
+    anything else is refused without being read as what it claims to be."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or data.get("type") != "auth":
+        raise Refused(POLICY_VIOLATION, 'the first message must be {"type": "auth", ...}',
+                      AuthenticationFailed(AUTH_FIRST, code="auth_required"))
+    try:
+        return WsAuth.model_validate(data).api_key
+    except ValidationError:
+        raise Refused(POLICY_VIOLATION, "malformed auth message", AuthenticationFailed(
+            'an auth message is {"type": "auth", "api_key": "<key>"}', param="api_key", code="auth_required")) from None
+
+
 def _id_of(raw: str) -> Optional[str]:
     """The request id of a message that failed validation, if one can be read."""
     try:
@@ -198,12 +410,3 @@ def _id_of(raw: str) -> Optional[str]:
     except (ValueError, AttributeError):
         return None
     return value if isinstance(value, str) else None
-
-
-async def _settle(admission, status: int) -> None:
-    """Settle a request's admission (limits, usage) before its last message goes out, as the HTTP
-    guard does before its last body message: a client that reads its usage, or closes the socket,
-    right after `done` or `error` finds the request counted. Once only (later calls are no-ops);
-    shielded, so the socket's close, which cancels the task, cannot cut the usage write."""
-    if admission is not None:
-        await asyncio.shield(admission.close(status))

@@ -102,15 +102,21 @@ class ModelControl:
 
     # -- the request path -----------------------------------------------------------------
 
+    async def refuse_disabled(self, entry: ModelEntry) -> Control:
+        """A disabled model answers 503 `model_disabled`, from its replicas and from the response
+        cache alike (a cache hit runs only this check: it neither loads the model nor counts as its use)."""
+        control = await self.control(entry.name, stale_ok=True)
+        if control.mode == lifecycle.DISABLED:
+            raise ModelDisabled(f"model {entry.name!r} is disabled by an administrator; "
+                                "POST /api/v1/models/load enables it")
+        return control
+
     async def before_request(self, entry: ModelEntry) -> None:
         """Refuse a disabled model, wait out an unload in progress, check the budget before a
         lazy load."""
         name = entry.name
         self._last_used[name] = time.time()
-        control = await self.control(name, stale_ok=True)
-        if control.mode == lifecycle.DISABLED:
-            raise ModelDisabled(f"model {name!r} is disabled by an administrator; "
-                                "POST /api/v1/models/load enables it")
+        control = await self.refuse_disabled(entry)
         if control.mode in (lifecycle.UNLOADING, lifecycle.UNLOADED):
             await self._wait_unloaded(name)
             await self._set(name, None)  # this request loads it again

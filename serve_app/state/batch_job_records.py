@@ -7,6 +7,17 @@ Two hashes per job, both expiring BATCH_JOB_TTL_S after the last write:
   as JSON, exactly the object the synchronous endpoint returns for it.
 The record is small so the runner can poll it for a cancel request; results are read only
 when a client asks for them.
+
+Indexes and per-key accounting, each bounded:
+- `aicore:batchjobs` and `aicore:batchjobs:<owner>`: sorted sets of job ids (all jobs; one
+  key's jobs) for listing, each member dropped once past the job's expiry (`zadd_expiring`);
+  the set itself expires with its last member;
+- `aicore:batchjobs:<owner>:active`: the key's unfinished jobs (BATCH_JOBS_PER_KEY of them at
+  most: a submission adds itself, counts, and leaves again when over); a job leaves it when it
+  ends, a job of a replica that died leaves it at the next count; it expires BATCH_JOB_TTL_S
+  after the key's last submission;
+- `aicore:batchbytes:<owner>`: bytes of results the key stored in the current BATCH_JOB_TTL_S
+  window (a counter that expires with its window).
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ from serve_app.http.protocol.batch import BatchItemResult
 from serve_app.state.store import Store
 
 PREFIX = "aicore:batchjob:"
+INDEX = "aicore:batchjobs"  # + ":<owner>" for one key's jobs, + ":<owner>:active" for its unfinished ones
+BYTES = "aicore:batchbytes:"
 CANCELLED_CODE = "cancelled"
 
 
@@ -108,6 +121,14 @@ class JobRecords:
         await self.store.hset(self._key(job_id), values)
         await self.store.expire(self._key(job_id), self.ttl_s)
 
+    async def delete(self, job_id: str) -> None:
+        await self.store.delete(self._key(job_id), self._results_key(job_id))
+
+    async def keep(self, job_id: str) -> None:
+        """Both keys live another TTL (a write by a replica other than the runner's)."""
+        await self.store.expire(self._key(job_id), self.ttl_s)
+        await self.store.expire(self._results_key(job_id), self.ttl_s)
+
     async def put_results(self, job_id: str, results: dict[int, BatchItemResult]) -> None:
         if results:
             mapping = {str(index): result.model_dump_json(exclude_none=True) for index, result in results.items()}
@@ -131,3 +152,38 @@ class JobRecords:
 
     async def expires_in(self, job_id: str) -> Optional[float]:
         return await self.store.ttl(self._key(job_id))
+
+    # -- indexes and per-key accounting ------------------------------------------------------
+
+    async def index(self, record: JobRecord, until: float) -> None:
+        """List the job (in all jobs and its owner's) until `until` (epoch s): at least as long as
+        its record lives; called at creation, at each heartbeat and when it ends."""
+        await self.store.zadd_expiring(INDEX, record.id, until)
+        await self.store.zadd_expiring(f"{INDEX}:{record.owner}", record.id, until)
+
+    async def listed(self, owner: Optional[str]) -> list[str]:
+        """The ids of the jobs listed (all, or one key's), newest first."""
+        ids = await self.store.zlive(f"{INDEX}:{owner}" if owner is not None else INDEX)
+        return sorted(ids, reverse=True)
+
+    @staticmethod
+    def _active_key(owner: str) -> str:
+        return f"{INDEX}:{owner}:active"
+
+    async def activate(self, owner: str, job_id: str) -> set[str]:
+        """Count the job among its owner's unfinished ones; the ids now there (itself included)."""
+        await self.store.sadd(self._active_key(owner), job_id)
+        await self.store.expire(self._active_key(owner), self.ttl_s)
+        return await self.store.smembers(self._active_key(owner))
+
+    async def deactivate(self, owner: str, job_id: str) -> None:
+        await self.store.srem(self._active_key(owner), job_id)
+
+    async def result_bytes(self, owner: str) -> tuple[int, Optional[float]]:
+        """Bytes of results the key stored in the current window, and the seconds left in it."""
+        used = await self.store.get(BYTES + owner)
+        return (int(used), await self.store.ttl(BYTES + owner)) if used else (0, None)
+
+    async def charge_bytes(self, owner: str, amount: int) -> int:
+        """Add `amount` stored bytes to the key's window; its new total."""
+        return await self.store.incr_window(BYTES + owner, amount, max(1, int(self.ttl_s)))

@@ -56,6 +56,7 @@ class SessionStore:
                   "updated": time.time() if updated is None else updated}
         await self.store.set(self._key(owner, session_id), json.dumps(record), ttl_s=self.ttl_s)
         await self.store.sadd(self._index(owner), session_id)
+        await self.store.expire(self._index(owner), self.ttl_s)  # the index lives as long as its newest session
 
     async def delete(self, owner: str, session_id: str) -> bool:
         existed = await self.load(owner, session_id) is not None

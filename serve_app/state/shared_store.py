@@ -24,7 +24,7 @@ PURGE_EVERY_S = 60.0
 CALL_TIMEOUT_S = 5.0  # a hub that does not answer (stopped, restarting) is unavailable, never a hang
 STORE_METHODS = frozenset({
     "get", "set", "compare_and_set", "delete", "incr_window", "take_window", "settle_window", "get_indirect",
-    "hupdate", "hset", "hgetall", "hincrby", "sadd", "srem", "smembers",
+    "hupdate", "hset", "hgetall", "hincrby", "sadd", "srem", "smembers", "zadd_expiring", "zlive",
     "count", "ttl", "expire",
 })
 
@@ -80,12 +80,11 @@ class RemoteStore:
     async def incr_window(self, key: str, amount: int, window_s: int) -> int:
         return await self._call("incr_window", key, amount, window_s)
 
-    async def take_window(self, requests_key: str, tokens_key: str, rpm: int, tpm: int, reserve: int,
-                          window_s: int) -> tuple[int, float, int, float, int]:
-        return tuple(await self._call("take_window", requests_key, tokens_key, rpm, tpm, reserve, window_s))
+    async def take_window(self, windows: list, reserve: int, window_s: int) -> tuple:
+        return tuple(await self._call("take_window", windows, reserve, window_s))
 
-    async def settle_window(self, key: str, amount: int, window_s: int) -> None:
-        await self._call("settle_window", key, amount, window_s)
+    async def settle_window(self, keys: list[str], amount: int, window_s: int) -> None:
+        await self._call("settle_window", keys, amount, window_s)
 
     async def get_indirect(self, index_key: str, prefix: str) -> Optional[str]:
         return await self._call("get_indirect", index_key, prefix)
@@ -110,6 +109,12 @@ class RemoteStore:
 
     async def smembers(self, key: str) -> set[str]:
         return await self._call("smembers", key)
+
+    async def zadd_expiring(self, key: str, member: str, deadline: float) -> None:
+        await self._call("zadd_expiring", key, member, deadline)
+
+    async def zlive(self, key: str) -> set[str]:
+        return await self._call("zlive", key)
 
     async def ping(self) -> bool:
         try:

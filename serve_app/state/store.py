@@ -19,6 +19,15 @@ class StoreUnavailable(AICoreError):
     status, type, code = 503, "server_error", "store_unavailable"
 
 
+# One pair of rate-limit windows: requests key, tokens key, requests per window, tokens per window
+# (0: that limit is off).
+Window = tuple[str, str, int, int]
+# What take_window answers: the verdict (0 admitted, 1 over requests, 2 over tokens), the index
+# of the window pair that refused (-1: none), and per pair (requests used, its seconds left,
+# tokens used, its seconds left).
+Taken = tuple[int, int, list[tuple[int, float, int, float]]]
+
+
 class Store(Protocol):
     kind: str
 
@@ -27,9 +36,8 @@ class Store(Protocol):
     async def set(self, key: str, value: str, ttl_s: Optional[float] = None) -> None: ...
     async def delete(self, *keys: str) -> None: ...
     async def incr_window(self, key: str, amount: int, window_s: int) -> int: ...
-    async def take_window(self, requests_key: str, tokens_key: str, rpm: int, tpm: int, reserve: int,
-                          window_s: int) -> tuple[int, float, int, float, int]: ...
-    async def settle_window(self, key: str, amount: int, window_s: int) -> None: ...
+    async def take_window(self, windows: list[Window], reserve: int, window_s: int) -> Taken: ...
+    async def settle_window(self, keys: list[str], amount: int, window_s: int) -> None: ...
     async def get_indirect(self, index_key: str, prefix: str) -> Optional[str]: ...
     async def hupdate(self, key: str, increments: dict[str, int], values: dict[str, str]) -> None: ...
     async def hset(self, key: str, mapping: dict[str, str]) -> None: ...
@@ -38,6 +46,8 @@ class Store(Protocol):
     async def sadd(self, key: str, member: str) -> None: ...
     async def srem(self, key: str, member: str) -> None: ...
     async def smembers(self, key: str) -> set[str]: ...
+    async def zadd_expiring(self, key: str, member: str, deadline: float) -> None: ...
+    async def zlive(self, key: str) -> set[str]: ...
     async def ping(self) -> bool: ...
     async def count(self, prefix: str) -> int: ...
     async def ttl(self, key: str) -> Optional[float]: ...
@@ -51,37 +61,58 @@ if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) en
 return total
 """
 
-# A rate-limit admission in one round trip: count the request (RPM), then reserve `reserve`
-# tokens (TPM) unless the window already holds some and they would pass the limit (an empty
-# window takes any one request, so a reservation larger than the limit still runs, alone).
-# Returns requests used, its window's ms left, tokens used, its ms left, and the verdict:
-# 0 admitted, 1 over the request limit, 2 over the token limit (nothing reserved when refused).
+# A rate-limit admission in one round trip, over one or more pairs of windows (a key's own;
+# for a web token also its minter's pool and the pool of the client's address): count the
+# request in every requests window (RPM), then reserve `reserve` tokens in every tokens window
+# (TPM) unless one already holds some and they would pass its limit (an empty window takes any
+# one request, so a reservation larger than the limit still runs, alone). Nothing is reserved
+# when refused. KEYS: requests and tokens key of each pair; ARGV: reserve, window, then rpm and
+# tpm of each pair. Returns the verdict (0 admitted, 1 over a request limit, 2 over a token
+# limit), the 1-based pair that refused, then per pair: requests used, its window's ms left,
+# tokens used, its ms left.
 _TAKE_WINDOW = """
-local rpm, tpm, reserve, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local reserve, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local function add(key, amount)
   local total = redis.call('INCRBY', key, amount)
   if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, window) end
   return total
 end
-local requests, tokens, verdict = 0, 0, 0
-if rpm > 0 then
-  requests = add(KEYS[1], 1)
-  if requests > rpm then verdict = 1 end
+local verdict, which, used = 0, 0, {}
+for i = 1, #KEYS / 2 do
+  local rpm, tpm = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+  local requests, tokens = 0, 0
+  if rpm > 0 then
+    requests = add(KEYS[2 * i - 1], 1)
+    if verdict == 0 and requests > rpm then verdict, which = 1, i end
+  end
+  if tpm > 0 then
+    tokens = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+    if verdict == 0 and (tokens >= tpm or (tokens > 0 and tokens + reserve > tpm)) then verdict, which = 2, i end
+  end
+  used[i] = {requests, tokens, tpm}
 end
-if tpm > 0 then
-  tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if verdict == 0 and (tokens >= tpm or (tokens > 0 and tokens + reserve > tpm)) then verdict = 2 end
-  if verdict == 0 and reserve > 0 then tokens = add(KEYS[2], reserve) end
+local out = {verdict, which}
+for i = 1, #KEYS / 2 do
+  local tokens = used[i][2]
+  if verdict == 0 and reserve > 0 and used[i][3] > 0 then tokens = add(KEYS[2 * i], reserve) end
+  table.insert(out, used[i][1])
+  table.insert(out, redis.call('PTTL', KEYS[2 * i - 1]))
+  table.insert(out, tokens)
+  table.insert(out, redis.call('PTTL', KEYS[2 * i]))
 end
-return {requests, redis.call('PTTL', KEYS[1]), tokens, redis.call('PTTL', KEYS[2]), verdict}
+return out
 """
 
-# Settle a reservation: add `amount` (negative gives tokens back) to a window that still lives;
-# a positive amount opens a new window, a negative one never makes a fresh window negative.
+# Settle a reservation: add `amount` (negative gives tokens back) to each window that still lives,
+# never below zero (a negative window would let anything pass); a positive amount opens a new window.
 _SETTLE_WINDOW = """
 local amount = tonumber(ARGV[1])
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], amount)
-elseif amount > 0 then redis.call('SET', KEYS[1], amount, 'EX', ARGV[2]) end
+for _, key in ipairs(KEYS) do
+  local current = redis.call('GET', key)
+  if current then
+    redis.call('SET', key, math.max(0, tonumber(current) + amount), 'KEEPTTL')
+  elseif amount > 0 then redis.call('SET', key, amount, 'EX', ARGV[2]) end
+end
 return 0
 """
 
@@ -149,14 +180,17 @@ class RedisStore:
     async def incr_window(self, key, amount, window_s):
         return int(await self._call(self._incr(keys=[key], args=[amount, window_s])))
 
-    async def take_window(self, requests_key, tokens_key, rpm, tpm, reserve, window_s):
-        requests, requests_ms, tokens, tokens_ms, verdict = await self._call(
-            self._take(keys=[requests_key, tokens_key], args=[rpm, tpm, reserve, window_s]))
-        return int(requests), _seconds(requests_ms, window_s), int(tokens), _seconds(tokens_ms, window_s), int(verdict)
+    async def take_window(self, windows, reserve, window_s):
+        keys = [name for requests_key, tokens_key, _, _ in windows for name in (requests_key, tokens_key)]
+        args = [reserve, window_s] + [limit for _, _, rpm, tpm in windows for limit in (rpm, tpm)]
+        answer = [int(value) for value in await self._call(self._take(keys=keys, args=args))]
+        used = [(answer[i], _seconds(answer[i + 1], window_s), answer[i + 2], _seconds(answer[i + 3], window_s))
+                for i in range(2, len(answer), 4)]
+        return answer[0], answer[1] - 1, used
 
-    async def settle_window(self, key, amount, window_s):
-        if amount:
-            await self._call(self._settle(keys=[key], args=[amount, window_s]))
+    async def settle_window(self, keys, amount, window_s):
+        if amount and keys:
+            await self._call(self._settle(keys=list(keys), args=[amount, window_s]))
 
     async def get_indirect(self, index_key, prefix):
         return await self._call(self._indirect(keys=[index_key], args=[prefix]))
@@ -187,6 +221,19 @@ class RedisStore:
 
     async def smembers(self, key):
         return set(await self._call(self.client.smembers(key)))
+
+    async def zadd_expiring(self, key, member, deadline):
+        """Index `member` until `deadline` (epoch s): members past theirs are dropped in the same
+        round trip, and the index itself expires with its last member (bounded by design)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zadd(key, {member: deadline})
+        pipe.zremrangebyscore(key, "-inf", time.time())
+        pipe.execute_command("PEXPIREAT", key, int(deadline * 1000), "GT")  # a later deadline: moved
+        pipe.execute_command("PEXPIREAT", key, int(deadline * 1000), "NX")  # a new index: set
+        await self._call(pipe.execute())
+
+    async def zlive(self, key):
+        return set(await self._call(self.client.zrangebyscore(key, time.time(), "+inf")))
 
     async def ping(self):
         try:
@@ -256,25 +303,33 @@ class MemoryStore:
     async def incr_window(self, key, amount, window_s):
         return self._add_window(key, amount, window_s)
 
-    async def take_window(self, requests_key, tokens_key, rpm, tpm, reserve, window_s):
+    async def take_window(self, windows, reserve, window_s):
         # No await inside: atomic on the event loop, as the Lua script is in Redis.
-        requests = tokens = verdict = 0
-        if rpm > 0:
-            requests = self._add_window(requests_key, 1, window_s)
-            verdict = 1 if requests > rpm else 0
-        if tpm > 0:
-            tokens = int(self._live(tokens_key) or 0)
-            if verdict == 0 and (tokens >= tpm or (tokens > 0 and tokens + reserve > tpm)):
-                verdict = 2
-            if verdict == 0 and reserve > 0:
+        verdict, which, counts = 0, -1, []
+        for index, (requests_key, tokens_key, rpm, tpm) in enumerate(windows):
+            requests = tokens = 0
+            if rpm > 0:
+                requests = self._add_window(requests_key, 1, window_s)
+                if verdict == 0 and requests > rpm:
+                    verdict, which = 1, index
+            if tpm > 0:
+                tokens = int(self._live(tokens_key) or 0)
+                if verdict == 0 and (tokens >= tpm or (tokens > 0 and tokens + reserve > tpm)):
+                    verdict, which = 2, index
+            counts.append([requests, tokens])
+        used = []
+        for (requests_key, tokens_key, _, tpm), (requests, tokens) in zip(windows, counts):
+            if verdict == 0 and reserve > 0 and tpm > 0:
                 tokens = self._add_window(tokens_key, reserve, window_s)
-        return requests, self._left(requests_key, window_s), tokens, self._left(tokens_key, window_s), verdict
+            used.append((requests, self._left(requests_key, window_s), tokens, self._left(tokens_key, window_s)))
+        return verdict, which, used
 
-    async def settle_window(self, key, amount, window_s):
-        if self._live(key) is not None:
-            self._data[key] = str(int(self._data[key]) + amount)
-        elif amount > 0:
-            self._add_window(key, amount, window_s)
+    async def settle_window(self, keys, amount, window_s):
+        for key in keys:
+            if self._live(key) is not None:
+                self._data[key] = str(max(0, int(self._data[key]) + amount))
+            elif amount > 0:
+                self._add_window(key, amount, window_s)
 
     def _add_window(self, key: str, amount: int, window_s: int) -> int:
         current = self._live(key)
@@ -326,6 +381,19 @@ class MemoryStore:
     async def smembers(self, key):
         value = self._live(key)
         return set(value) if isinstance(value, set) else set()
+
+    async def zadd_expiring(self, key, member, deadline):
+        now = time.time()
+        current = self._live(key)
+        index = {m: d for m, d in (current.items() if isinstance(current, dict) else ()) if d > now}
+        index[member] = deadline
+        self._data[key] = index
+        self._expire(key, max(index.values()) - now)
+
+    async def zlive(self, key):
+        current = self._live(key)
+        now = time.time()
+        return {m for m, d in (current.items() if isinstance(current, dict) else ()) if d > now}
 
     async def ping(self):
         return True

@@ -66,7 +66,7 @@ def test_compose_takes_every_setting_from_the_env_file(tmp_path):
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     services = config["services"]
-    assert set(services) == {"ai-api", "redis", "redis-cache", "nginx"}
+    assert set(services) == {"check-env", "ai-api", "redis", "redis-cache", "nginx"}
     api = services["ai-api"]
     env = api["environment"]
     assert env["API_KEYS"] == "k1,k2" and env["REDIS_PASSWORD"] == "s3cret"
@@ -124,6 +124,42 @@ def test_compose_refuses_to_start_without_api_keys_or_redis_password(tmp_path):
     no_password = _env_text(API_KEYS="k").replace("REDIS_PASSWORD=change-me-too\n", "")
     result = _compose_config(tmp_path, no_password)
     assert result.returncode != 0 and "REDIS_PASSWORD" in result.stderr
+
+
+def _example_values() -> dict:
+    """The values .env.example gives (its placeholders for the secrets)."""
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def _check_env(env: dict) -> subprocess.CompletedProcess:
+    """The compose file's check-env service, run here as its container would run it (Compose turns
+    `$$` into `$`; the environment is what Compose interpolates from .env)."""
+    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["check-env"]
+    assert set(service["environment"]) == {"API_KEYS", "REDIS_PASSWORD"}
+    shell, flag, script = service["command"]
+    assert (shell, flag) == ("sh", "-c")
+    return subprocess.run([shell, flag, script.replace("$$", "$")], capture_output=True, text=True,
+                          env={"PATH": os.environ["PATH"], **env})
+
+
+def test_compose_refuses_the_example_secrets_of_env_example():
+    example = _example_values()
+    assert {"API_KEYS", "REDIS_PASSWORD"} <= set(example)
+    result = _check_env({"API_KEYS": example["API_KEYS"], "REDIS_PASSWORD": example["REDIS_PASSWORD"]})
+    assert result.returncode != 0 and "API_KEYS REDIS_PASSWORD" in result.stderr and ".env.example" in result.stderr
+    result = _check_env({"API_KEYS": "k-0123456789abcdef", "REDIS_PASSWORD": example["REDIS_PASSWORD"]})
+    assert result.returncode != 0 and "REDIS_PASSWORD" in result.stderr and "API_KEYS" not in result.stderr
+    # one example key among good ones, spaces after the commas
+    result = _check_env({"API_KEYS": f"k-0123456789abcdef, {example['API_KEYS']}", "REDIS_PASSWORD": "p-s3cret-own"})
+    assert result.returncode != 0 and "API_KEYS" in result.stderr and "REDIS_PASSWORD" not in result.stderr
+    result = _check_env({"API_KEYS": "k-0123456789abcdef,k2-0123456789abcdef", "REDIS_PASSWORD": "p-s3cret-own"})
+    assert result.returncode == 0, result.stderr
+    # nothing starts before the check has passed
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name in ("ai-api", "redis", "redis-cache"):
+        assert services[name]["depends_on"]["check-env"] == {"condition": "service_completed_successfully"}, name
+    assert "ai-api" in services["nginx"]["depends_on"]
 
 
 def test_env_example_lists_every_setting():

@@ -35,8 +35,13 @@ def server_env(log_dir=None) -> dict:
         "MAX_PROMPT_LENGTH": str(MAX_PROMPT_LENGTH),
         "LOG_FORMAT": "json",
         "INGRESS_REPLICAS": "2",
+        # Bootstrap keys only, no Redis: what the replicas share lives in the state hub (batch jobs).
+        "ALLOW_REPLICAS_WITHOUT_REDIS": "true",
         "CORS_ORIGINS": ALLOWED_ORIGIN,
         "BATCH_MAX_ITEMS": str(BATCH_MAX_ITEMS),
+        # Several tests here fail a socket's auth on purpose, all from 127.0.0.1: never refuse that address
+        # (the refusal itself is tested in tests/integration/security/test_websocket_abuse.py).
+        "WS_AUTH_FAILURES": "0",
     }
 
 

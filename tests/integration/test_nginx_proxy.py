@@ -1,39 +1,19 @@
-"""The shipped nginx.conf in front of the real app: TLS termination, redirect, SSE, body limit."""
-
-import ssl
-import subprocess
-import time
+"""The shipped nginx.conf in front of the real app: TLS termination, redirect, SSE, WebSocket, body
+limit and request buffering. Slow clients and the per-address limits: tests/integration/security/test_slow_clients.py."""
 
 import httpx
 import pytest
 
-from scripts.serve_process import free_port
-from tests.deploy.nginx import render, self_signed_cert
+from tests.deploy.nginx import NginxRun
 from tests.integration.conftest import KEY
 from tests.integration.sse import parse_sse
 
 
 @pytest.fixture(scope="module")
 def nginx(tmp_path_factory, server):
-    folder = tmp_path_factory.mktemp("nginx")
-    certs = self_signed_cert(folder / "certs")
-    http_port, https_port = free_port(), free_port()
-    conf = render(folder, certs, http_port=http_port, https_port=https_port, upstream=server.base_url)
-    proc = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    base = f"https://127.0.0.1:{https_port}"
-    verify = ssl.create_default_context(cafile=str(certs / "fullchain.pem"))
-    for _ in range(100):
-        if proc.poll() is not None:
-            pytest.fail("nginx exited: " + proc.stderr.read().decode())
-        try:
-            httpx.get(base + "/api/v1/health", verify=verify, timeout=5)
-            break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    yield {"base": base, "http": f"http://127.0.0.1:{http_port}", "verify": verify}
-    proc.terminate()
-    proc.wait(timeout=30)
+    run = NginxRun(tmp_path_factory.mktemp("nginx"), server.base_url).start()
+    yield {"base": run.base, "http": run.http, "verify": run.verify}
+    run.stop()
 
 
 def test_tls_terminates_and_reaches_the_api(nginx):
@@ -68,3 +48,28 @@ def test_bodies_over_the_limit_stop_at_nginx(nginx):
                    headers={"X-API-Key": KEY}, timeout=60)
     assert r.status_code == 413
     assert "x-request-id" not in r.headers  # answered by nginx, the API never saw it
+
+
+def test_bodies_larger_than_nginx_memory_buffer_reach_the_api(nginx):
+    """Request buffering is on: a body over client_body_buffer_size (256k) goes through nginx's
+    temporary file and reaches the API whole (which answers it: too long a prompt)."""
+    body = {"prompt": "a" * (600 * 1024), "max_tokens": 1}
+    r = httpx.post(nginx["base"] + "/api/v1/generate", json=body, verify=nginx["verify"],
+                   headers={"X-API-Key": KEY}, timeout=60)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "prompt_too_long", r.text
+    assert r.headers["x-request-id"]  # the API answered
+
+
+def test_websocket_upgrade_passes_through(nginx):
+    import json
+
+    from websockets.sync.client import connect
+
+    url = nginx["base"].replace("https://", "wss://", 1) + "/api/v1/ws"
+    with connect(url, ssl=nginx["verify"]) as ws:
+        ws.send(json.dumps({"type": "auth", "api_key": KEY}))
+        assert json.loads(ws.recv())["type"] == "ready"
+        ws.send(json.dumps({"type": "generate", "id": "g", "prompt": "Hi", "max_tokens": 3, "ignore_eos": True}))
+        while (message := json.loads(ws.recv()))["type"] == "token":
+            pass
+        assert message["type"] == "done" and message["id"] == "g", message

@@ -5,6 +5,7 @@ the real app with real models and Redis is tested in tests/integration/security.
 """
 
 import asyncio
+import json
 from pathlib import Path
 
 import httpx
@@ -102,3 +103,35 @@ def test_metrics_refuse_keys_without_the_metrics_or_admin_scope():
             r = await c.request(method, path, headers=keys["metrics"], json={"prompt": "hi"})
             assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope", (path, r.text)
     _run(_app(), scenario)
+
+
+class _FailedStatus(_Status):
+    """Every model failed, with the Serve controller's message (paths and a traceback)."""
+
+    def __init__(self, names):
+        self.names = names
+        self.reasons = {n: 'Traceback (most recent call last):\n  File "/srv/ai-core/deployments/x.py"' for n in names}
+
+    async def states(self, fresh=False, stale_ok=False):
+        return {n: ("failed", 0) for n in self.names}
+
+
+def test_a_failed_models_reason_is_shown_to_admin_keys_only():
+    """Ray's failure text (paths, tracebacks) went to any inference key in /api/v1/models."""
+    models = load_models_file(ROOT / "models.json").models
+    router = ModelRouter({n: ModelEntry(n, c, None) for n, c in models.items()}, next(iter(models)))
+    app = create_app(Settings(api_keys=BOOT), router, None, _FailedStatus(list(models)))
+
+    async def scenario(c):
+        boot = {"X-API-Key": BOOT}
+        made = {}
+        for scopes in (["inference"], ["inference", "admin"]):
+            created = (await c.post("/api/v1/keys", headers=boot, json={"name": "m", "scopes": scopes})).json()
+            made[len(scopes)] = {"X-API-Key": created["key"]}
+        for headers, shown in ((made[1], False), (made[2], True), (boot, True)):
+            listing = (await c.get("/api/v1/models", headers=headers)).json()["models"]
+            assert listing and all(m["state"] == "failed" for m in listing)
+            assert all(bool(m.get("state_reason")) == shown for m in listing), (shown, listing[0])
+            if not shown:
+                assert "Traceback" not in json.dumps(listing) and "/srv/" not in json.dumps(listing)
+    _run(app, scenario)

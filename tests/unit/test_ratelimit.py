@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from core.access_errors import RateLimited
-from serve_app.access.ratelimit import Limits, RateLimiter, Reservation, reset_text
+from serve_app.access.ratelimit import Limits, Pool, RateLimiter, Reservation, reset_text
 from tests.unit.test_store import store  # noqa: F401  (both stores: memory, and Redis when available)
 
 
@@ -90,4 +90,57 @@ def test_zero_means_unlimited(store):  # noqa: F811
         limiter = RateLimiter(store, 0, 0)
         for _ in range(20):
             assert (await limiter.admit("unit-unlimited", limiter.limits(None, 0), reserve=10)).headers == {}
+    run(scenario())
+
+
+def test_settling_never_makes_a_window_negative(store):  # noqa: F811
+    async def scenario():
+        limiter = RateLimiter(store, 0, 100)
+        key = f"unit-neg-{id(limiter)}"
+        limits = limiter.limits(None, None)
+        reservation = await limiter.admit(key, limits, reserve=80)
+        await store.delete("aicore:ratelimit:" + key + ":tokens")  # the window ended...
+        await limiter.admit(key, limits, reserve=10)  # ...and a new one holds 10
+        reservation.window_ends = float("inf")  # even a give-back that still believes in its window
+        await limiter.settle(reservation, 0)  # gives back 80 to a window holding 10: clamped at 0
+        assert int(await store.get("aicore:ratelimit:" + key + ":tokens")) == 0
+        await limiter.admit(key, limits, reserve=60)
+        with pytest.raises(RateLimited):  # the limit still holds: 60 + 50 > 100
+            await limiter.admit(key, limits, reserve=50)
+    run(scenario())
+
+
+def test_a_request_that_outlived_its_window_gives_nothing_back_to_the_next(store):  # noqa: F811
+    async def scenario():
+        limiter = RateLimiter(store, 0, 100)
+        key = f"unit-late-{id(limiter)}"
+        limits = limiter.limits(None, None)
+        old = await limiter.admit(key, limits, reserve=90)
+        await store.delete("aicore:ratelimit:" + key + ":tokens")  # its window expired meanwhile
+        old.window_ends = 0.0  # as the reservation sees it: its window is over
+        await limiter.admit(key, limits, reserve=50)  # the new window's own request
+        await limiter.settle(old, 5)  # used 5 of its 90: nothing to give back to this window
+        assert int(await store.get("aicore:ratelimit:" + key + ":tokens")) == 50
+        await limiter.settle(old, 5)  # settling twice changes nothing
+        assert int(await store.get("aicore:ratelimit:" + key + ":tokens")) == 50
+    run(scenario())
+
+
+def test_a_pool_is_shared_all_or_nothing_and_settled_with_the_key(store):  # noqa: F811
+    async def scenario():
+        limiter = RateLimiter(store, 0, 0)
+        tag = f"unit-pool-{id(limiter)}"
+        pool = Pool(f"{tag}:minter", Limits(2, 100), "the web tokens of the minter")
+        first = await limiter.admit(f"{tag}:t1", Limits(10, 100), reserve=60, pools=(pool,))
+        with pytest.raises(RateLimited, match="the web tokens of the minter") as caught:  # another token, same pool
+            await limiter.admit(f"{tag}:t2", Limits(10, 100), reserve=60, pools=(pool,))
+        assert caught.value.type == "tokens"
+        # refused: nothing reserved in t2's own window (all or nothing)
+        assert int(await store.get(f"aicore:ratelimit:{tag}:t2:tokens") or 0) == 0
+        await limiter.settle(first, 10)  # real use replaces the reservation in both windows
+        assert int(await store.get(f"aicore:ratelimit:{tag}:t1:tokens")) == 10
+        assert int(await store.get(f"aicore:ratelimit:{tag}:minter:tokens")) == 10
+        with pytest.raises(RateLimited) as caught:  # the pool's 2 requests a minute are spent (t2 counted one)
+            await limiter.admit(f"{tag}:t3", Limits(10, 100), reserve=5, pools=(pool,))
+        assert caught.value.type == "requests"
     run(scenario())

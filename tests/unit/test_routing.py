@@ -41,3 +41,23 @@ def test_default_embedding_model_must_be_an_embedding_model():
         pick_defaults(MODELS, Settings(default_embedding_model="chat"))
     only_chat = parse_models({"models": {"chat": {"type": "gguf", "path": "x"}}})
     assert pick_defaults(only_chat, Settings()) == ("chat", None)
+
+
+def test_a_model_outside_the_callers_list_is_the_same_404_as_a_missing_one():
+    """No enumeration: not a 403 for an existing model, nor a 400 saying an existing model has another task."""
+    router = _router()
+    none = lambda name: False  # noqa: E731 - a key with an empty model list
+    answers = {}
+    for name, task in (("chat", "generate"), ("vec", "generate"), ("chat", "embed"), ("ghost", "generate")):
+        with pytest.raises(ModelNotFound) as info:
+            router.resolve(name, task, none if name != "ghost" else None)
+        error = info.value
+        assert (error.status, error.code, error.param) == (404, "model_not_found", "model")
+        answers[name, task] = error.message.replace(name, "<m>")
+    assert len(set(answers.values())) == 1
+    assert answers["ghost", "generate"] == "The model `<m>` does not exist or you do not have access to it."
+    with pytest.raises(ModelNotFound, match="`chat:alpha`"):
+        router.resolve_adapter("chat:alpha", "generate", none)
+    with pytest.raises(ModelNotFound, match="`chat`"):  # the default model, when the key may not use it
+        router.resolve_adapter(None, "generate", none)
+    assert router.resolve("chat", "generate", lambda name: name == "chat").name == "chat"

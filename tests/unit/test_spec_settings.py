@@ -74,9 +74,28 @@ def test_api_workers_is_the_number_of_ingress_replicas(tmp_path, monkeypatch, en
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")  # several replicas need it (nothing connects here)
     monkeypatch.setenv("MODEL_CONFIG_PATH", str(_one_model_file(tmp_path)))
     deployment, init_args = _ingress(build_app({}))
     assert deployment.num_replicas == replicas and init_args[0].ingress_replicas == replicas
+
+
+@pytest.mark.parametrize("env", [{"INGRESS_REPLICAS": "2"}, {"API_WORKERS": "3"}])
+def test_several_ingress_replicas_without_redis_refuse_to_start(tmp_path, monkeypatch, env):
+    """Each replica would keep its own keys and limits (a limit multiplied by the replicas)."""
+    for name in ("API_WORKERS", "INGRESS_REPLICAS", "REDIS_URL", "ALLOW_REPLICAS_WITHOUT_REDIS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MODEL_CONFIG_PATH", str(_one_model_file(tmp_path)))
+    with pytest.raises(ValueError, match="needs REDIS_URL") as refused:
+        build_app({})
+    assert "INGRESS_REPLICAS=1" in str(refused.value)
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    assert _ingress(build_app({}))[0].num_replicas > 1
+    monkeypatch.delenv("REDIS_URL")
+    monkeypatch.setenv("ALLOW_REPLICAS_WITHOUT_REDIS", "true")  # explicitly, for a test server with bootstrap keys
+    assert _ingress(build_app({}))[0].num_replicas > 1
 
 
 def test_debug_turns_on_debug_logs_everywhere(tmp_path, monkeypatch):

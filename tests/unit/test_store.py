@@ -70,10 +70,10 @@ def test_hupdate_get_indirect_and_settle_window(store):
         assert await store.get_indirect("t:idx", "t:rec:") is None
         await store.set("t:idx", "7"), await store.set("t:rec:7", "record")
         assert await store.get_indirect("t:idx", "t:rec:") == "record"
-        await store.settle_window("t:w", -5, 60)  # no window: nothing to give back, never negative
+        await store.settle_window(["t:w"], -5, 60)  # no window: nothing to give back, never negative
         assert await store.get("t:w") is None
-        await store.settle_window("t:w", 4, 60)
-        await store.settle_window("t:w", -3, 60)
+        await store.settle_window(["t:w"], 4, 60)
+        await store.settle_window(["t:w"], -3, 60)
         assert await store.get("t:w") == "1" and 0 < await store.ttl("t:w") <= 60
     run(scenario())
 

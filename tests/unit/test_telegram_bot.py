@@ -17,7 +17,7 @@ from serve_app.http.protocol.telegram import TgUpdate
 from serve_app.access.ratelimit import RateLimiter
 from core.settings import Settings
 from serve_app.state.store import MemoryStore
-from serve_app.integrations.telegram import MORE_HINT, TELEGRAM_LIMIT, TelegramBot
+from serve_app.integrations.telegram import MORE_HINT, TELEGRAM_LIMIT, TelegramBot, utf16_len, within_limit
 from serve_app.integrations.telegram_access import NOT_HERE, UNAVAILABLE, TelegramAccess
 
 ADMIN = "telegram-unit-admin-0123"
@@ -100,6 +100,23 @@ def test_a_6000_character_answer_is_split_and_the_rest_follows_on_more():
     assert not second.endswith(MORE_HINT)
     assert first[: -len(MORE_HINT)] + second == answer
     assert h.say("/more") == "Nothing more to send."
+
+
+@pytest.mark.parametrize("text", ["/model " + "x" * 4000, "/model " + "a\n" * 2000, "/model " + "\U0001F600" * 2040,
+                                  "/" + "a" * 4000])
+def test_commands_with_long_arguments_answer_within_telegrams_limit(text):
+    """A 4,000-character /model argument answered 500 (the reply repeated it past 4096 characters)."""
+    h = Harness(telegram_bot_username="")
+    reply = h.say(text)
+    assert reply and utf16_len(reply) <= TELEGRAM_LIMIT
+    assert h.say("/model") == "Current model: m1. Available: m1, m2."  # nothing was chosen
+
+
+def test_any_reply_is_cut_to_telegrams_limit_in_utf16_units():
+    assert within_limit("short") == "short"
+    for text in ("a" * 5000, "\U0001F600" * 3000, "a" + "\U0001F600" * 2048):
+        cut = within_limit(text)
+        assert utf16_len(cut) <= TELEGRAM_LIMIT and cut.endswith("\u2026") and text.startswith(cut[:-1])
 
 
 def test_a_bootstrap_key_is_refused_at_startup_unless_allowed():

@@ -1,12 +1,15 @@
 """Web token records on each store: they expire a while after the token does, and stay web tokens."""
 
 import asyncio
+import time
 
 import pytest
 
 from core.access_errors import KeyConflict
-from serve_app.access.keys import _BY_HASH, _IDS, _RECORD, WEB_TOKEN_KEEP_S, KeyService, hash_key
-from serve_app.http.protocol.keys import KeyUpdate, WebTokenCreate
+from serve_app.access.keys import (
+    _BY_HASH, _IDS, _RECORD, _USAGE, _WEB_TOKENS, WEB_TOKEN_KEEP_S, KeyService, hash_key,
+)
+from serve_app.http.protocol.keys import KeyCreate, KeyUpdate, WebTokenCreate
 from tests.unit.stores import store_params
 
 
@@ -31,4 +34,31 @@ def test_a_web_tokens_entries_expire_after_it_and_keep_expiring_when_changed(sto
         await store.delete(_RECORD + minted.id)  # as when its time is up
         assert minted.id not in {k.id for k in await keys.list()}
         assert minted.id not in await store.smembers(_IDS)
+    asyncio.run(scenario())
+
+
+def test_every_entry_of_a_web_token_expires_and_admin_keys_stay(store):
+    async def scenario():
+        keys = KeyService(store, {"m1"}, web_token_keep_s=30)
+        minted = await keys.mint_web_token(WebTokenCreate(models=["m1"], expires_in_s=60))
+        await keys.record_usage(minted.id, 200, 5, 7)  # a counter added later keeps the expiry
+        for name in (_RECORD + minted.id, _BY_HASH + hash_key(minted.key), _USAGE + minted.id):
+            assert 60 + 30 - 5 < await store.ttl(name) <= 60 + 30, name
+        assert await store.ttl(_WEB_TOKENS) > 60 + 30 - 5  # at least as long as its newest member
+        assert (await keys.usage(minted.id)).total_tokens == 12
+        assert minted.id in {k.id for k in await keys.list()}
+        assert minted.id not in await store.smembers(_IDS)  # the id set holds admin-made keys only
+        made = await keys.create(KeyCreate(name="bot"))
+        assert made.id in await store.smembers(_IDS) and await store.ttl(_RECORD + made.id) is None
+    asyncio.run(scenario())
+
+
+def test_the_web_token_index_drops_tokens_whose_time_is_up(store):
+    async def scenario():
+        await store.zadd_expiring("unit:index", "gone", time.time() - 1)
+        await store.zadd_expiring("unit:index", "live", time.time() + 100)
+        assert await store.zlive("unit:index") == {"live"}
+        assert 95 < await store.ttl("unit:index") <= 100  # the index expires with its last member
+        await store.zadd_expiring("unit:index", "earlier", time.time() + 10)
+        assert 95 < await store.ttl("unit:index") <= 100  # an earlier member never shortens it
     asyncio.run(scenario())

@@ -13,10 +13,9 @@ import asyncio
 import json
 from types import SimpleNamespace
 
-from fastapi import WebSocketDisconnect
-
 from core.errors import BackendFailure
 from serve_app.integrations.ws_session import WsSession
+from serve_app.pipeline import Admission as RealAdmission
 
 
 class Socket:
@@ -28,11 +27,11 @@ class Socket:
     async def accept(self):
         pass
 
-    async def receive_text(self) -> str:
+    async def receive(self) -> dict:
         if self.incoming:
-            return self.incoming.pop(0)
+            return {"type": "websocket.receive", "text": self.incoming.pop(0)}
         await self.answered.wait()  # the client leaves as soon as its `done` (or `error`) arrives
-        raise WebSocketDisconnect()
+        return {"type": "websocket.disconnect", "code": 1000}
 
     async def send_text(self, text: str):
         kind = json.loads(text)["type"]
@@ -46,6 +45,8 @@ class Admission:
         self.log = log
         self.principal = SimpleNamespace(allowed_models=lambda entries: ["m"], default_model=None, key_id="k1")
         self.closed = False
+
+    settling = RealAdmission.settling  # the real lifecycle over this stand-in's close
 
     async def close(self, status: int):
         if not self.closed:

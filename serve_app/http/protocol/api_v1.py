@@ -171,7 +171,9 @@ class ModelInfo(BaseModel):
     last_used: Optional[str] = Field(None, description="When the model last got a request (ISO 8601, UTC).")
     disabled: bool = Field(False, description="Unloaded with `disable`: refused until an explicit load.")
     footprint_bytes: Optional[int] = Field(None, description="Memory one replica is budgeted (MODEL_MEMORY_BUDGET).")
-    state_reason: Optional[str] = Field(None, description="Why a `failed` model failed.")
+    state_reason: Optional[str] = Field(
+        None, description="Why a `failed` model failed (Ray Serve's message): shown to keys with the `admin` scope "
+        "only.")
 
 
 class ModelLoadRequest(BaseModel):

@@ -76,8 +76,8 @@ class BatchResponse(BaseModel):
                  "response": "Yes, we are open on Sundays from 10 to 16.", "model": "smollm2-135m-instruct",
                  "tokens_used": 41, "processing_time": 0.52, "timestamp": "2026-11-27T02:04:17.221Z", "cached": False}},
              {"index": 1, "id": "mail-002", "status": "error", "error": {
-                 "message": "model 'gpt-4' does not exist", "type": "invalid_request_error", "param": "model",
-                 "code": "model_not_found"}},
+                 "message": "The model `gpt-4` does not exist or you do not have access to it.",
+                 "type": "invalid_request_error", "param": "model", "code": "model_not_found"}},
          ],
          "totals": {"items": 2, "succeeded": 1, "failed": 1, "tokens_used": 41, "processing_time": 0.55}},
     ]})

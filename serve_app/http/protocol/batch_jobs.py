@@ -16,7 +16,9 @@ from serve_app.http.protocol.common import schema_limits
 
 JobStatus = Literal["queued", "running", "completed", "cancelled", "failed"]
 TERMINAL: frozenset[str] = frozenset({"completed", "cancelled", "failed"})
+# 13 hex digits of the creation time in microseconds, then 11 random ones: ids sort by age.
 JOB_ID_PATTERN = r"^bjob_[0-9a-f]{24}$"
+LIST_LIMIT_MAX = 100  # jobs on one page of GET /api/v1/generate/batch/jobs
 
 
 class BatchJobRequest(BatchRequest):
@@ -82,6 +84,7 @@ class BatchJob(BaseModel):
 
     object: Literal["batch.job"] = "batch.job"
     id: str
+    owner: Optional[str] = Field(None, description="The id of the key that submitted the job.")
     status: JobStatus = Field(description="queued, running, then completed, cancelled or failed (final).")
     status_url: str = Field(description="Where to poll this job (GET); cancel with POST <status_url>/cancel.")
     created_at: int = Field(description="Unix seconds.")
@@ -92,8 +95,25 @@ class BatchJob(BaseModel):
     counts: BatchJobCounts
     tokens_used: int = Field(0, description="Tokens of the items answered so far.")
     processing_time: Optional[float] = Field(None, description="Seconds from start to end, once finished.")
-    error: Optional[dict] = Field(None, description="Why a failed job failed (the OpenAI error object).")
+    error: Optional[dict] = Field(None, description="Why a failed job failed, or why a job was stopped without a "
+                                  "cancel request: its key was revoked, disabled or expired, or lost a permission "
+                                  "(`cancelled`, code `key_revoked`, `key_disabled`, ...). The OpenAI error object.")
     results: Optional[list[BatchItemResult]] = Field(
         None, description="Results so far, in item order (all of them once the job is final); "
         "omitted with `?results=false` and in the 202 answer.",
     )
+
+
+class BatchJobList(BaseModel):
+    """A page of jobs, newest first, without their results (OpenAI's list object)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "object": "list", "data": [{**_QUEUED_EXAMPLE, "owner": "key-5b1f0e7a9c2d4e86"}],
+        "first_id": _QUEUED_EXAMPLE["id"], "last_id": _QUEUED_EXAMPLE["id"], "has_more": False,
+    }]})
+
+    object: Literal["list"] = "list"
+    data: list[BatchJob] = Field(description="Jobs, newest first, without `results` (GET a job for them).")
+    first_id: Optional[str] = None
+    last_id: Optional[str] = Field(None, description="Pass as `after` for the next page.")
+    has_more: bool = Field(description="More jobs match after `last_id`.")

@@ -18,8 +18,9 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"error": {"message": "model 'gpt-4' does not exist", "type": "invalid_request_error", "param": "model",
-                   "code": "model_not_found", "request_id": "5b0f3c9e2a7d4e61"}},
+        {"error": {"message": "The model `gpt-4` does not exist or you do not have access to it.",
+                   "type": "invalid_request_error", "param": "model", "code": "model_not_found",
+                   "request_id": "5b0f3c9e2a7d4e61"}},
     ]})
 
     error: ErrorDetail

@@ -16,7 +16,9 @@ NETWORK_SCHEMA = {"anyOf": [{"type": "string", "pattern": rf"^{_OCTET}(\.{_OCTET
                             {"type": "string", "format": "ipv6"}]}
 _NETWORKS = {"items": NETWORK_SCHEMA}
 
-Scope = Literal["inference", "admin", "metrics"]
+Scope = Literal["inference", "admin", "metrics", "tokens"]
+SCOPES_DESCRIPTION = ("`inference`, `admin`, `metrics` (read /api/v1/metrics only) and/or `tokens` (mint web tokens "
+                      "only, each within this key's own models and limits: a public site's backend).")
 Priority = Literal["interactive", "batch"]
 PRIORITY_DESCRIPTION = ("Priority of the key's requests that name none: `batch` (bulk work such as the email "
                         "bot's) waits behind `interactive` requests and never takes their reserved slots.")
@@ -52,7 +54,7 @@ class KeyCreate(_KeyFields):
 
     name: str = Field(min_length=1, max_length=100, description="What the key is for, e.g. 'telegram-bot'.")
     owner: Optional[str] = Field(None, max_length=100, description="Who is responsible for it.")
-    scopes: list[Scope] = Field(["inference"], min_length=1, description="`inference`, `admin` and/or `metrics` (read /api/v1/metrics only).")
+    scopes: list[Scope] = Field(["inference"], min_length=1, description=SCOPES_DESCRIPTION)
     models: Optional[list[str]] = Field(None, description="Models the key may use; omitted: all.",
                                         json_schema_extra=model_names("any"))
     default_model: Optional[str] = Field(None, description="Model used when a request names none (one of `models` "
@@ -112,6 +114,7 @@ class KeyView(BaseModel):
     revoked_at: Optional[int] = None
     web_token: bool = Field(False, description="Minted by POST /api/v1/keys/web-tokens for a public web page: "
                             "`inference` scope only, named models, its own limits, a short expiry.")
+    minted_by: Optional[str] = Field(None, description="A web token's minter: the id of the key that minted it.")
 
 
 class KeyCreated(KeyView):
@@ -123,7 +126,8 @@ class KeyCreated(KeyView):
 
 
 class WebTokenCreate(_KeyFields):
-    """A short-lived key for a public web page: inference only, on the models named, with limits."""
+    """A short-lived key for a public web page: inference only, on the models named, with limits.
+    A managed minter's token stays within the minter's own models, limits, expiry and priority."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"name": "docs-site-chat", "models": ["smollm2-135m-instruct"], "rate_limit_per_minute": 10,
@@ -132,16 +136,20 @@ class WebTokenCreate(_KeyFields):
 
     name: str = Field("web-token", min_length=1, max_length=100, description="What the token is for.")
     owner: Optional[str] = Field(None, max_length=100, description="Who is responsible for it.")
-    models: list[str] = Field(min_length=1, description="The models the token may use (at least one).",
+    models: list[str] = Field(min_length=1, description="The models the token may use (at least one; of the "
+                              "minter's own models).",
                               json_schema_extra=model_names("any"))
     default_model: Optional[str] = Field(None, description="Model used when a request names none; one of models.",
                                          json_schema_extra=model_names("any"))
-    rate_limit_per_minute: PositiveInt = Field(20, description="Requests per minute (a web token is always limited).")
-    tokens_per_minute: PositiveInt = Field(20000, description="Prompt plus completion tokens per minute.")
+    rate_limit_per_minute: PositiveInt = Field(20, description="Requests per minute (a web token is always limited); "
+                                               "at most the minter's own (omitted: 20, or the minter's if lower).")
+    tokens_per_minute: PositiveInt = Field(20000, description="Prompt plus completion tokens per minute; at most the "
+                                           "minter's own (omitted: 20000, or the minter's if lower).")
     ip_allowlist: list[str] = Field([], description="CIDRs the token may be used from; empty: anywhere.",
                                     json_schema_extra=_NETWORKS)
     expires_in_s: Annotated[int, Field(ge=1, le=WEB_TOKEN_MAX_TTL_S), BeforeValidator(_integral)] = Field(
-        WEB_TOKEN_DEFAULT_TTL_S, description="Seconds until the token stops working (at most a day).")
+        WEB_TOKEN_DEFAULT_TTL_S, description="Seconds until the token stops working (at most a day; never after "
+        "its minter expires).")
 
     def as_key(self) -> KeyCreate:
         return KeyCreate(scopes=["inference"], **self.model_dump())

@@ -113,6 +113,7 @@ async def embeddings(body: EmbedRequest, request: Request, admission: Admission 
 @router.get("/models", response_model=ModelsResponse, responses=responses_for(KEYED))
 async def models(request: Request, principal: Principal = Depends(require_key)):
     views = await _views(request)
+    admin = "admin" in principal.scopes  # a failed model's reason (Ray's text: paths, tracebacks): admins only
     listing = []
     for name, entry in request.app.state.router.entries.items():
         if not principal.may_use(name):
@@ -129,7 +130,7 @@ async def models(request: Request, principal: Principal = Depends(require_key)):
                 node_id=live.get("node_id"), pid=live.get("pid"), adapters=list(entry.config.adapters),
                 loaded_adapters=live.get("adapters"),
                 last_used=iso_time(life.get("last_used")), disabled=life.get("disabled", False),
-                footprint_bytes=life.get("footprint_bytes"), state_reason=life.get("reason"),
+                footprint_bytes=life.get("footprint_bytes"), state_reason=life.get("reason") if admin else None,
             )
         )
     router = request.app.state.router
@@ -150,9 +151,9 @@ async def _model_state(request: Request, name: str) -> ModelStateResponse:
 
 @router.post("/models/load", response_model=ModelStateResponse,
              responses=responses_for(KEYED, LOAD, {202: {"model": ModelStateResponse}}))
-async def load_model(body: ModelLoadRequest, request: Request, _: Principal = Depends(require_admin)):
+async def load_model(body: ModelLoadRequest, request: Request, principal: Principal = Depends(require_admin)):
     """Load a model now (admin). Idempotent: a loaded model answers 200 at once."""
-    entry = request.app.state.router.resolve(body.model)
+    entry = request.app.state.router.resolve(body.model, may_use=principal.may_use)
     state, replicas = await request.app.state.control.load(entry.name, wait=body.wait)
     if not body.wait and state != "ready":
         reply = ModelStateResponse(model=entry.name, state=state, replicas=replicas)
@@ -162,11 +163,11 @@ async def load_model(body: ModelLoadRequest, request: Request, _: Principal = De
 
 @router.post("/models/unload", response_model=ModelStateResponse,
              responses=responses_for(KEYED, LOAD, {202: {"model": ModelStateResponse}}))
-async def unload_model(body: ModelUnloadRequest, request: Request, _: Principal = Depends(require_admin)):
+async def unload_model(body: ModelUnloadRequest, request: Request, principal: Principal = Depends(require_admin)):
     """Unload a model (admin): drain its requests (or cancel them with `force`), free its memory.
     Idempotent. The next request loads it again unless `disable` was given. `wait: false`
     answers 202 at once and unloads in the background."""
-    entry, control = request.app.state.router.resolve(body.model), request.app.state.control
+    entry, control = request.app.state.router.resolve(body.model, may_use=principal.may_use), request.app.state.control
     if not body.wait:
         control.start_unload(entry.name, force=body.force, disable=body.disable)
         reply = ModelStateResponse(model=entry.name, state="unloading", replicas=(await control.replicas(entry.name))[1],

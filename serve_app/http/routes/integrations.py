@@ -8,9 +8,12 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 
 from serve_app.access.auth import Principal, require_caller, require_key
+from serve_app.integrations.batch_jobs import ResultQuotaExceeded, TooManyBatchJobs
 from serve_app.pipeline import Admission, Outcome
 from serve_app.http.protocol.batch import BatchRequest, BatchResponse
-from serve_app.http.protocol.batch_jobs import TERMINAL, BatchJob, BatchJobRequest
+from serve_app.http.protocol.batch_jobs import (
+    JOB_ID_PATTERN, LIST_LIMIT_MAX, TERMINAL, BatchJob, BatchJobList, BatchJobRequest, JobStatus,
+)
 from serve_app.http.protocol.telegram import TgNoReply, TgSendMessage, TgUpdate
 from serve_app.http.routes.statuses import BODY, JOB, KEYED, QUERY, WEBHOOK, links, responses_for
 
@@ -30,15 +33,34 @@ def _job(job: BatchJob, status_code: int = 200) -> JSONResponse:
 
 _JOB = "/api/v1/generate/batch/jobs/{job_id}"
 _JOB_LINKS = links(202, GetJob=("get", _JOB, "/id"), CancelJob=("post", _JOB + "/cancel", "/id"))[202]
+# Per-key bounds of a submission (429): unfinished jobs, result bytes stored in the window.
+_JOB_BOUNDS = (TooManyBatchJobs, ResultQuotaExceeded)
 
 
-@router.post("/generate/batch/jobs", status_code=202, response_model=BatchJob, responses=responses_for(KEYED, BODY, {202: {
+@router.post("/generate/batch/jobs", status_code=202, response_model=BatchJob, responses=responses_for(KEYED, BODY, _JOB_BOUNDS, {202: {
     "description": "Accepted: poll `status_url` (also in the `Location` header) for progress and results.",
     **_JOB_LINKS,
 }}))
 async def submit_batch_job(body: BatchJobRequest, request: Request, admission: Admission = Depends(require_caller)):
-    admission.delegated = True  # each item is a request of its own (limits and usage), the submission is not
+    """The submission is one request of the key's (RPM); each item is admitted as it runs (its
+    key looked up again, its tokens reserved, its usage recorded)."""
     return _job(await request.app.state.batch_jobs.submit(body, admission), 202)
+
+
+@router.get("/generate/batch/jobs", response_model=BatchJobList, response_model_exclude_none=True,
+            responses=responses_for(KEYED, QUERY))
+async def list_batch_jobs(
+    request: Request, principal: Principal = Depends(require_key),
+    owner: Optional[str] = Query(None, max_length=64, description="Jobs of this key id only (admins; "
+                                 "another key lists only its own jobs, whatever this says)."),
+    status: Optional[JobStatus] = Query(None, description="Jobs in this status only."),
+    limit: int = Query(20, ge=1, le=LIST_LIMIT_MAX, description="Jobs on this page."),
+    after: Optional[str] = Query(None, pattern=JOB_ID_PATTERN, description="The `last_id` of the previous page."),
+):
+    """Jobs newest first, without their results: every job for a key with the `admin` scope,
+    a key's own otherwise. Kept jobs only (BATCH_JOB_TTL_S)."""
+    jobs = await request.app.state.batch_jobs.list(principal, owner=owner, status=status, limit=limit, after=after)
+    return JSONResponse(jobs.model_dump(mode="json", exclude_none=True))
 
 
 @router.get("/generate/batch/jobs/{job_id}", response_model=BatchJob, response_model_exclude_none=True,

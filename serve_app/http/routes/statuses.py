@@ -35,7 +35,6 @@ from core.access_errors import (
     KeyExpired,
     KeyNotFound,
     KeyRevoked,
-    ModelNotAllowed,
     PermissionDenied,
     RateLimited,
     TooManyMessages,
@@ -58,13 +57,13 @@ KEYED = KeyErrors((AuthenticationFailed, KeyRevoked, KeyDisabled, KeyExpired, Pe
 # A JSON body: invalid (400: invalid_value, invalid_json), larger than MAX_BODY_BYTES (413).
 BODY: Errors = (InvalidRequest, BodyTooLarge)
 QUERY: Errors = (InvalidRequest,)  # an invalid query parameter
-# The request names a model (or takes the default): unknown, not the key's, not available now.
-MODEL: Errors = (ModelNotFound, ModelNotAllowed, ModelUnavailable, ModelDisabled, Overloaded, InsufficientMemory)
+# The request names a model (or takes the default): unknown or not the key's (one answer), not available now.
+MODEL: Errors = (ModelNotFound, ModelUnavailable, ModelDisabled, Overloaded, InsufficientMemory)
 # A model reads the input: too long in characters or tokens, refused by the content policy, the engine failed.
 INPUT: Errors = (PromptTooLong, ContextLengthExceeded, ContentFiltered, BackendFailure)
 GENERATION: Errors = BODY + MODEL + INPUT + (TooManyMessages,)
 EMBEDDING: Errors = BODY + MODEL + INPUT
-MODEL_CARD: Errors = (ModelNotFound, ModelNotAllowed)
+MODEL_CARD: Errors = (ModelNotFound,)
 SESSION: Errors = (SessionNotFound,)
 JOB: Errors = (JobNotFound,)
 KEY: Errors = (KeyNotFound,)

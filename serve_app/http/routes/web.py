@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import FileResponse
 
-from serve_app.integrations.ws_session import WsSession
+from serve_app.integrations.ws_session import WsGate, WsLimits, WsSession
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # Only the page's own files and its own WebSocket: no inline script, nothing from elsewhere; no
@@ -24,9 +24,18 @@ PAGE_HEADERS = {
 router = APIRouter()
 
 
+def _gate(state) -> WsGate:
+    """The replica's one gate for sockets before auth (made at the first socket)."""
+    gate = getattr(state, "ws_gate", None)
+    if gate is None:
+        gate = state.ws_gate = WsGate(WsLimits.from_settings(state.settings), state.store)
+    return gate
+
+
 @router.websocket("/api/v1/ws")
 async def websocket(ws: WebSocket):
-    await WsSession(ws, ws.app.state.generation, ws.app.state.pipeline).run()
+    state = ws.app.state
+    await WsSession(ws, state.generation, state.pipeline, _gate(state), state.metrics.record).run()
 
 
 @router.get("/", include_in_schema=False)

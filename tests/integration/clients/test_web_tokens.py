@@ -43,7 +43,7 @@ def test_a_minted_token_chats_on_its_models_under_its_limits(url, admin):
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"]
     assert r.headers["x-ratelimit-limit-requests"] == "30" and r.headers["x-ratelimit-limit-tokens"] == "5000"
-    _error(_chat(url, minted["key"], GEMMA), 403, "model_not_allowed")
+    _error(_chat(url, minted["key"], GEMMA), 404, "model_not_found")  # as if it did not exist
     models = httpx.get(f"{url}/v1/models", headers={"X-API-Key": minted["key"]}, timeout=60).json()
     assert [m["id"] for m in models["data"]] == [DEFAULT]
     listed = {k["id"]: k for k in admin.get("/api/v1/keys").json()["data"]}

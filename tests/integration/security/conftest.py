@@ -35,6 +35,11 @@ MAX_PROMPT_LENGTH = 4000
 PROMPT_TERM = "forbiddenword"
 OUTPUT_TERM = "zebra"
 GLOBAL_ALLOWLIST = "127.0.0.0/8,::1/128,10.0.0.0/8,2001:db8::/32"
+WS_AUTH_TIMEOUT_S = 5
+WS_UNAUTHENTICATED_PER_ADDRESS = 3  # per ingress replica (two here)
+WEB_TOKEN_KEEP_S = 2
+BODY_TIMEOUT_S = 5  # a body arriving slower answers 408 (test_slow_clients.py)
+MAX_IN_FLIGHT_PER_KEY = 6  # per ingress replica (two here)
 
 
 RedisServer = RedisProcess  # a private redis-server this package's tests may stop and start
@@ -86,6 +91,12 @@ def sec_server(redis_server, telegram_key):
         "CONTENT_FILTER_PATTERNS": json.dumps([r"secret-\d{4}"]),
         "CONTENT_FILTER_OUTPUT_TERMS": OUTPUT_TERM,
         "METRICS_FLUSH_S": "0.5",
+        # test_websocket_abuse.py: sockets before auth (defaults 10 s and 16)
+        "WS_AUTH_TIMEOUT_S": str(WS_AUTH_TIMEOUT_S),
+        "WS_UNAUTHENTICATED_PER_ADDRESS": str(WS_UNAUTHENTICATED_PER_ADDRESS),
+        "WEB_TOKEN_KEEP_S": str(WEB_TOKEN_KEEP_S),
+        "BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+        "MAX_IN_FLIGHT_PER_KEY": str(MAX_IN_FLIGHT_PER_KEY),  # expired web tokens' entries go within the tests
     }
     process = ServeProcess(env=env, args={"model_config_path": str(_one_model_file())})
     process.start(ready_models=(MODEL, EMBEDDER))

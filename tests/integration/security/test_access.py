@@ -172,14 +172,39 @@ def test_a_metrics_key_reads_only_metrics(url, keys, method, path, body):
         _error(_call(c, method, _path(path, url), body, key=keys["metrics_only"]["key"]), 403, "insufficient_scope")
 
 
-@pytest.mark.parametrize("method,path,body", MODEL_ROUTES, ids=ids(MODEL_ROUTES))
-def test_model_not_allowed_is_403(url, keys, method, path, body):
+GHOST = "ghost-model-7b"  # exists nowhere
+EMBED_ROUTES = [("POST", "/v1/embeddings", {"input": "hi", "model": EMBEDDER}),
+                ("POST", "/api/v1/embeddings", {"input": "hi", "model": EMBEDDER})]
+NAMING_ROUTES = MODEL_ROUTES + EMBED_ROUTES
+
+
+def _naming(c: httpx.Client, method: str, path: str, body, key: str, model: str) -> httpx.Response:
+    """The route asked for `model` (in the body, or the model card's path)."""
+    if body is None:
+        return _call(c, method, path.replace(MODEL, model), None, key=key)
+    return _call(c, method, path, {**body, "model": model}, key=key)
+
+
+def _masked(error: dict, name: str) -> dict:
+    return {**error, "message": error["message"].replace(name, "<model>"), "request_id": None}
+
+
+@pytest.mark.parametrize("method,path,body", NAMING_ROUTES, ids=ids(NAMING_ROUTES))
+def test_a_model_outside_the_keys_list_answers_as_one_that_does_not_exist(url, keys, method, path, body):
+    """OpenAI's 404 for both, word for word, so a key cannot enumerate the models: not 403 for an
+    existing model and 404 for a missing one, nor a 400 saying an existing model has another task."""
+    key = keys["no_models"]["key"]
     with httpx.Client(base_url=url, timeout=60) as c:
-        error = _error(_call(c, method, path, body, key=keys["no_models"]["key"]), 403, "model_not_allowed")
-        assert MODEL in error["message"] and error["param"] == "model"
+        missing = _error(_naming(c, method, path, body, key, GHOST), 404, "model_not_found")
+        assert missing["message"] == f"The model `{GHOST}` does not exist or you do not have access to it."
+        assert missing["type"] == "invalid_request_error" and missing["param"] == "model"
+        for model in (MODEL, EMBEDDER):  # one of this route's task, one of the other
+            refused = _error(_naming(c, method, path, body, key, model), 404, "model_not_found")
+            assert _masked(refused, model) == _masked(missing, GHOST), (model, refused, missing)
         if body is not None:  # the default model is refused the same way
             body = {k: v for k, v in body.items() if k != "model"}
-            _error(_call(c, method, path, body, key=keys["no_models"]["key"]), 403, "model_not_allowed")
+            default = _error(_call(c, method, path, body, key=key), 404, "model_not_found")
+            assert "does not exist or you do not have access to it" in default["message"]
 
 
 def test_model_listings_show_only_allowed_models(url, keys):
@@ -188,3 +213,70 @@ def test_model_listings_show_only_allowed_models(url, keys):
     assert httpx.get(url + "/api/v1/models", headers=headers, timeout=60).json()["models"] == []
     headers = {"X-API-Key": keys["inference"]["key"]}
     assert [m["id"] for m in httpx.get(url + "/v1/models", headers=headers, timeout=60).json()["data"]] == [MODEL, EMBEDDER]
+
+
+MINT = "/api/v1/keys/web-tokens"
+
+
+def test_a_tokens_key_mints_web_tokens_within_its_own_models_and_limits_and_nothing_else(url, keys):
+    """A public site's backend need not hold an admin key: `tokens` mints web tokens, each within
+    the minter's own models, limits and expiry, and may do nothing else."""
+    with httpx.Client(base_url=url, headers={"X-API-Key": ADMIN_KEY}, timeout=60) as admin:
+        minter = admin.post("/api/v1/keys", json={"name": "site-backend", "scopes": ["tokens"], "models": [MODEL],
+                                                  "rate_limit_per_minute": 50, "tokens_per_minute": 8000,
+                                                  "expires_in_s": 600}).json()
+    with httpx.Client(base_url=url, headers={"X-API-Key": minter["key"]}, timeout=120) as site:
+        r = site.post(MINT, json={"models": [MODEL], "rate_limit_per_minute": 10, "tokens_per_minute": 4000,
+                                  "expires_in_s": 3600})
+        assert r.status_code == 201, r.text
+        token = r.json()
+        assert token["web_token"] and token["scopes"] == ["inference"] and token["minted_by"] == minter["id"]
+        assert token["expires_at"] <= minter["expires_at"]  # never outlives its minter
+        answer = httpx.post(url + "/v1/completions", headers={"X-API-Key": token["key"]}, timeout=120,
+                            json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
+        assert answer.status_code == 200 and token["tokens_per_minute"] == 4000, answer.text
+        assert answer.headers["x-ratelimit-limit-tokens"] == "4000"  # the token's own limit, in its headers
+        # limits left out: the default, or the minter's own when lower
+        defaults = site.post(MINT, json={"models": [MODEL]}).json()
+        assert defaults["rate_limit_per_minute"] == 20 and defaults["tokens_per_minute"] == 8000
+        # asked above the minter's own: refused, naming the limit
+        for field, value in (("tokens_per_minute", 8001), ("rate_limit_per_minute", 51)):
+            error = _error(site.post(MINT, json={"models": [MODEL], field: value}), 400)
+            assert error["param"] == field and "minting key" in error["message"]
+        # a model outside the minter's list: the answer for a model that does not exist
+        missing = _error(site.post(MINT, json={"models": [GHOST]}), 400, "model_not_found")
+        outside = _error(site.post(MINT, json={"models": [EMBEDDER]}), 400, "model_not_found")
+        assert _masked(outside, EMBEDDER) == _masked(missing, GHOST)
+        outside = _error(site.post(MINT, json={"models": [MODEL, EMBEDDER], "default_model": MODEL}), 400,
+                         "model_not_found")
+        assert outside["param"] == "models"
+    # and nothing else
+    for method, path, body in ALL:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            _error(_call(c, method, _path(path, url), body, key=minter["key"]), 403, "insufficient_scope")
+    with httpx.Client(base_url=url, timeout=60) as c:  # inference and metrics keys may not mint
+        for name in ("inference", "metrics_only"):
+            _error(_call(c, "POST", MINT, {"models": [MODEL]}, key=keys[name]["key"]), 403, "insufficient_scope")
+
+
+def test_a_disabled_model_is_not_answered_from_the_cache(url):
+    """A cache hit ran no lifecycle check: a disabled model kept answering repeated requests."""
+    from serve_app.ops.refreshed import STALE_S
+
+    body = {"model": MODEL, "prompt": "Name a colour.", "max_tokens": 3, "temperature": 0}
+    with httpx.Client(base_url=url, headers={"X-API-Key": ADMIN_KEY}, timeout=600) as admin:
+        assert admin.post("/v1/completions", json=body).status_code == 200
+        assert admin.post("/v1/completions", json=body).headers.get("x-cache") == "HIT"
+        off = admin.post("/api/v1/models/unload", json={"model": MODEL, "disable": True})
+        assert off.status_code == 200 and off.json()["disabled"] is True, off.text
+        try:
+            # Each ingress replica reads the model's control record at most STALE_S old on the request path
+            # (serve_app/ops/refreshed.py): after that long every replica reads it again.
+            time.sleep(STALE_S)
+            for _ in range(4):  # whichever replica answers
+                _error(admin.post("/v1/completions", json=body), 503, "model_disabled")
+        finally:
+            assert admin.post("/api/v1/models/load", json={"model": MODEL}).json()["disabled"] is False
+            time.sleep(STALE_S)  # every replica sees it enabled again before the tests that follow
+        again = admin.post("/v1/completions", json=body)
+        assert again.status_code == 200 and again.headers.get("x-cache") == "HIT"

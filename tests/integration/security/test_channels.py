@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 
 import httpx
@@ -28,7 +27,7 @@ CONDITIONS = {  # name: (HTTP status, error code, the message a Telegram chat ge
     "expired": (401, "key_expired", BOT_DOWN),
     "disabled": (401, "key_disabled", BOT_DOWN),
     "wrong_scope": (403, "insufficient_scope", BOT_DOWN),
-    "model_not_allowed": (403, "model_not_allowed", BOT_DOWN),
+    "model_not_allowed": (404, "model_not_found", BOT_DOWN),  # as for a model that does not exist
     "ip_not_allowed": (403, "ip_not_allowed", BOT_DOWN),
     "over_rpm": (429, "rate_limit_exceeded", BOT_BUSY),
     "over_tpm": (429, "rate_limit_exceeded", BOT_BUSY),
@@ -154,6 +153,15 @@ def _telegram(url: str, text: str, update_id: int) -> str:
     return r.json()["text"]
 
 
+def test_telegram_commands_answer_within_telegrams_limit(url):
+    """A /model with a 4,000-character argument answered 500 (the reply repeated it, past 4096)."""
+    texts = ("/model " + "x" * 4000, "/model " + "a\n" * 2000, "/model " + "\U0001F600" * 2000, "/" + "a" * 4000)
+    for update_id, text in enumerate(texts, start=870001):
+        answer = _telegram(url, text, update_id)  # 200, a sendMessage
+        assert 0 < len(answer.encode("utf-16-le")) // 2 <= 4096, (text[:10], len(answer))
+        assert not answer.startswith("Sorry"), answer  # answered by the bot, not refused
+
+
 def test_telegram_updates_are_refused_as_chat_messages(url, admin, telegram_key):
     restore = {"expires_at": int(time.time()) + 3600, "enabled": True, "scopes": ["inference"], "models": None,
                "ip_allowlist": [], "rate_limit_per_minute": 0, "tokens_per_minute": 0}
@@ -203,9 +211,11 @@ def test_websocket_requests_are_requests_with_usage_and_tokens(url, admin):
 
 
 def test_concurrent_requests_never_overshoot_tpm_by_more_than_one_reservation(url, admin):
-    prompt = "internationalization " * 6  # long words: fewer tokens than characters / 4
+    prompt = "internationalization " * 6
     max_tokens = 8
-    reservation = math.ceil(len(prompt) / 4) + max_tokens
+    from serve_app.pipeline import token_bound
+
+    reservation = token_bound([prompt]) + max_tokens
     limit = 3 * reservation + 1
     key = _new_key(admin, tokens_per_minute=limit)
 

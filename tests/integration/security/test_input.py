@@ -9,6 +9,7 @@ import pytest
 
 from tests.integration.security.conftest import (
     ADMIN_KEY,
+    EMBEDDER,
     MAX_BODY_BYTES,
     MAX_MESSAGES,
     MAX_PROMPT_LENGTH,
@@ -91,6 +92,16 @@ def test_too_many_messages_is_400(client, path):
 def test_content_filter_refuses_prompts(client, path, text):
     error = _error(client.post(path, json=_body(path, text)), 400, "content_filter")
     assert error["type"] == "content_filter"
+
+
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/api/v1/embeddings"])
+@pytest.mark.parametrize("text", [f"please embed {PROMPT_TERM.upper()} now", "my code is secret-1234"])
+def test_content_filter_refuses_embedding_inputs(client, path, text):
+    """Embeddings pass the prompt filter as generation does (they went straight to the model)."""
+    for given in (text, ["a harmless line", text]):  # one input, or any item of a list
+        error = _error(client.post(path, json={"model": EMBEDDER, "input": given}), 400, "content_filter")
+        assert error["type"] == "content_filter" and error["param"] == "input"
+    assert client.post(path, json={"model": EMBEDDER, "input": f"x{PROMPT_TERM}y secret-12"}).status_code == 200
 
 
 def test_content_filter_matches_words_not_substrings(client):
