@@ -12,7 +12,7 @@ Then one connection sends a single header of --big-header-mb MiB and the proxy's
 `--proxy-fd-limit N` lowers the proxy actor's open-file limit to N once it runs (prlimit), so that
 a flood larger than N shows what running out does.
 
-    flock /tmp/aicore-ray.lock .venv/bin/python -m scripts.bench_slow_clients [--floods 200,2000] [--requests 50]
+    .venv/bin/python -m scripts.bench_slow_clients [--floods 200,2000] [--requests 50]
 
 Only loopback traffic (flood connections leave from 127.0.0.2 and up); the server it starts it stops.
 """

@@ -83,7 +83,9 @@ class HAProxyRun:
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(self.dir),
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(self.dir / "server-state"),
             "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(self.dir / "metrics.sock"),
-            "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.haproxy_peer:middlewares",
+            # The replicas' own servers take the client from HAProxy's stamp: the start path's proxy
+            # callback adds deployments.haproxy_peer's middleware when the secret below is set.
+            "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.http.proxy_http:proxy_callback",
             # The fallback Python proxy (requests while an app has no replica): the node's IP, a free port.
             "RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH": "deployments.ray_net:bind_fallback_proxy_to_node_ip",
             "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),

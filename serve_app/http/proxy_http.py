@@ -155,11 +155,17 @@ def bound_http(timeout_s: float, max_bytes: int) -> bool:
 
 
 def proxy_callback() -> list:
-    """RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH: no middlewares; the request head bounded as above,
-    and serve_app/http/proxy_ws.py's WebSocket message limit."""
+    """RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH: the request head bounded as above, and
+    serve_app/http/proxy_ws.py's WebSocket message limit and middleware. In HAProxy mode (its peer
+    secret set) the same hook also runs in each ingress replica's own server, where HAProxy's
+    stamp of the client's address must become the ASGI client first: deployments/haproxy_peer.py's
+    middleware goes last in the list, which Ray applies outermost."""
+    from deployments import haproxy_peer
     from serve_app.http import proxy_ws
 
     middlewares = proxy_ws.proxy_callback()
+    if os.environ.get(haproxy_peer.SECRET_ENV):
+        middlewares = middlewares + haproxy_peer.middlewares()
     timeout, limit = header_timeout_s(), max_header_bytes()
     try:
         bound_http(timeout, limit)
