@@ -3,7 +3,8 @@
 They keep schema-valid (positive) generation requests cheap and within what the schema cannot say,
 and change nothing else: the server and its schema are tested as they are.
 - Cheap: `max_tokens` at most MAX_TOKENS (an absent one is set), prompts and message contents at
-  most PROMPT_CHARS characters, at most MESSAGES messages, EMBED_INPUTS embedding inputs.
+  most PROMPT_CHARS characters, at most MESSAGES plainly valid messages (others are all kept),
+  EMBED_INPUTS embedding inputs.
 - What JSON Schema cannot state, so a schema-valid request could still be refused:
   * a model's context is counted in tokens (400 context_length_exceeded): the cheap bounds above
     keep every prompt far inside the 2048-token contexts of the test models (256 for embeddings);
@@ -50,6 +51,24 @@ def _short(value: Any) -> Any:
     return value
 
 
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+
+
+def _short_text(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_PROMPT_LENGTH
+
+
+def _plainly_valid(message: Any) -> bool:
+    """A message the schema surely accepts (other keys are ignored there): a known role, and text or
+    text parts within the length limit."""
+    if not isinstance(message, dict) or message.get("role") not in ROLES:
+        return False
+    content = message.get("content")
+    if isinstance(content, list):
+        return all(isinstance(p, dict) and p.get("type") == "text" and _short_text(p.get("text")) for p in content)
+    return _short_text(content)
+
+
 def _cheap_generation(body: dict) -> None:
     for field in ("max_tokens", "max_completion_tokens"):
         if _is_count(body.get(field)) and body[field] > MAX_TOKENS:
@@ -60,7 +79,11 @@ def _cheap_generation(body: dict) -> None:
         body["prompt"] = _short(body["prompt"])
     messages = body.get("messages")
     if isinstance(messages, list) and len(messages) <= MAX_MESSAGES:
-        body["messages"] = messages = messages[-MESSAGES:]
+        # Only plainly valid messages are dropped (the oldest first): dropping an invalid one
+        # would turn a negative case into a valid request, which the server then rightly serves.
+        plain = [i for i, m in enumerate(messages) if _plainly_valid(m)]
+        dropped = set(plain[:max(0, len(plain) - MESSAGES)])
+        body["messages"] = messages = [m for i, m in enumerate(messages) if i not in dropped]
         for message in messages:
             if isinstance(message, dict) and isinstance(message.get("content"), str):
                 message["content"] = _short(message["content"])

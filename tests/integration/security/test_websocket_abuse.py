@@ -84,7 +84,9 @@ def test_a_first_message_over_the_frame_limit_is_closed_by_the_proxy(url, redis_
     with _connect(url, "127.0.0.13") as ws:
         _send(ws, json.dumps({"type": "auth", "api_key": "k" * (2 * MAX_FRAME_BYTES)}))
         code, reason, messages = _until_closed(ws)
-    assert code == 1009 and messages == [], (code, reason, messages)  # no answer: uvicorn in Ray's proxy cut it
+    # No answer: uvicorn in Ray's proxy cut it. Its close frame (1009) can be lost when the socket is
+    # closed while the client is still sending (the unread rest resets the connection): then none.
+    assert code in (1009, None) and messages == [], (code, reason, messages)
     store = redis.Redis.from_url(redis_server.url, decode_responses=True)
     for _ in range(100):  # the app saw the cut and counts it as the address's failed authentication
         if store.get("aicore:wsauth:failures:127.0.0.13") == "1":
