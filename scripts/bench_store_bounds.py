@@ -70,7 +70,12 @@ def main() -> None:
                                "LOG_LEVEL": "WARNING"}, args={"model_config_path": str(_models_file())})
     try:
         server.start(ready_models=(MODEL,))
-        memory = lambda: int(client.info("memory")["used_memory"])  # noqa: E731
+        def memory() -> dict:
+            """Redis's whole memory, the dataset's share (keys and values: what the flood left behind),
+            and what its client connections hold (the server's connection pool grows under load)."""
+            info = client.info("memory")
+            return {"used_memory": int(info["used_memory"]), "dataset": int(info["used_memory_dataset"]),
+                    "clients": int(info["mem_clients_normal"]), "connections": int(client.info("clients")["connected_clients"])}
         baseline, keys_before = memory(), client.dbsize()
         started = time.monotonic()
         failures = _flood_sync(server.base_url, args)
@@ -83,9 +88,11 @@ def main() -> None:
         after, keys_after = memory(), client.dbsize()
         print(json.dumps({
             "tokens": args.tokens, "failures": failures, "flood_s": round(flood_s, 1),
-            "used_memory_bytes": {"baseline": baseline, "peak": peak, "after_expiry": after},
-            "after_vs_baseline": round(after / baseline, 3), "keys": {"baseline": keys_before, "peak": keys_peak,
-                                                                     "after_expiry": keys_after},
+            "memory_bytes": {"baseline": baseline, "peak": peak, "after_expiry": after},
+            "used_memory_after_vs_baseline": round(after["used_memory"] / baseline["used_memory"], 3),
+            "dataset_after_vs_baseline": round(after["dataset"] / baseline["dataset"], 3),
+            "keys": {"baseline": keys_before, "peak": keys_peak, "after_expiry": keys_after},
+            "left_after_expiry": sorted(client.keys("*"))[:10],
         }, indent=2))
     finally:
         server.stop()

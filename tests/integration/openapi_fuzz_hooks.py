@@ -61,7 +61,7 @@ def _short_text(value: Any) -> bool:
 def _plainly_valid(message: Any) -> bool:
     """A message the schema surely accepts (other keys are ignored there): a known role, and text or
     text parts within the length limit."""
-    if not isinstance(message, dict) or message.get("role") not in ROLES:
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str) or message["role"] not in ROLES:
         return False
     content = message.get("content")
     if isinstance(content, list):
