@@ -83,6 +83,11 @@ def test_every_key_a_workload_leaves_expires_or_is_bounded_by_design(url, redis_
             job = c.post("/api/v1/generate/batch/jobs",
                          json={"items": [{"id": "a", "prompt": "Hi", "max_tokens": 2, "model": MODEL}]})
             assert job.status_code == 202, job.text
+            # A running job writes a record and then its expiry (two commands): read the store once it ended.
+            for _ in range(600):  # a bounded wait
+                if c.get(f"/api/v1/generate/batch/jobs/{job.json()['id']}").json()["status"] in ("completed", "failed"):
+                    break
+                time.sleep(0.2)
     admin_ids = set(client.smembers("aicore:keys"))
     unbounded = []
     for name in client.scan_iter(count=1000):
