@@ -112,16 +112,21 @@ class Authenticator:
         record = await self.keys.lookup(key)  # StoreUnavailable: 503, fails closed
         if record is None:
             raise AuthenticationFailed("invalid API key")
-        if record.revoked_at is not None:
-            raise KeyRevoked("this API key has been revoked")
-        if not record.enabled:
-            raise KeyDisabled("this API key is disabled")
-        if record.expires_at is not None and record.expires_at <= time.time():
-            raise KeyExpired("this API key has expired")
-        if record.ip_allowlist:
-            if not allowed(parse_address(client_ip), parse_networks(record.ip_allowlist)):
-                raise AddressNotAllowed("this API key may not be used from this address")
-        return Principal.from_record(record)
+        return usable(record, client_ip)
+
+
+def usable(record: StoredKey, client_ip: Optional[str]) -> Principal:
+    """A stored key as it stands now (found by its secret, or by id for a batch job's next item):
+    not revoked, disabled or expired, and allowed from `client_ip`."""
+    if record.revoked_at is not None:
+        raise KeyRevoked("this API key has been revoked")
+    if not record.enabled:
+        raise KeyDisabled("this API key is disabled")
+    if record.expires_at is not None and record.expires_at <= time.time():
+        raise KeyExpired("this API key has expired")
+    if record.ip_allowlist and not allowed(parse_address(client_ip), parse_networks(record.ip_allowlist)):
+        raise AddressNotAllowed("this API key may not be used from this address")
+    return Principal.from_record(record)
 
 
 def http_context(connection: HTTPConnection, channel: str = "http") -> RequestContext:

@@ -43,16 +43,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from core.access_errors import (
-    AddressNotAllowed,
-    KeyDisabled,
-    KeyExpired,
     KeyNotFound,
-    KeyRevoked,
     PermissionDenied,
     RateLimited,
 )
 from core.errors import AICoreError, AuthenticationFailed, InvalidRequest, RequestCancelled
-from serve_app.access.netguard import allowed, parse_address, parse_networks
 from serve_app.http.errors import error_body
 from serve_app.integrations.batch import ITEM_ID_MAX_CHARS, BatchService, Prepared, prepare
 from serve_app.pipeline import Admission, RequestContext
@@ -103,7 +98,7 @@ async def current_principal(keys: Any, submitted: Any, client_ip: Optional[str])
     """The job's key as it stands now, looked up by id (one store read): what `Authenticator.check`
     checks after finding a presented key, and the `inference` scope. Bootstrap keys (API_KEYS)
     cannot change. Raises the error that stops the job."""
-    from serve_app.access.auth import Principal  # auth imports the pipeline, as this module does
+    from serve_app.access.auth import usable  # auth imports the pipeline, as this module does
 
     if submitted.bootstrap:
         return submitted
@@ -111,15 +106,7 @@ async def current_principal(keys: Any, submitted: Any, client_ip: Optional[str])
         record = await keys.record(submitted.key_id)  # StoreUnavailable: the item cannot run now
     except KeyNotFound:
         raise AuthenticationFailed("this API key no longer exists") from None
-    if record.revoked_at is not None:
-        raise KeyRevoked("this API key has been revoked")
-    if not record.enabled:
-        raise KeyDisabled("this API key is disabled")
-    if record.expires_at is not None and record.expires_at <= time.time():
-        raise KeyExpired("this API key has expired")
-    if record.ip_allowlist and not allowed(parse_address(client_ip), parse_networks(record.ip_allowlist)):
-        raise AddressNotAllowed("this API key may no longer be used from the address that submitted the job")
-    principal = Principal.from_record(record)
+    principal = usable(record, client_ip)
     if "inference" not in principal.scopes:
         raise PermissionDenied("this API key lacks the 'inference' scope")
     return principal
