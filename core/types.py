@@ -21,6 +21,10 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     ignore_eos: bool = False
+    # A llama.cpp grammar (GBNF) the answer must follow (structured output, tool calls); engines
+    # that cannot constrain are never sent one (the ingress refuses the request).
+    grammar: Optional[str] = None
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,11 @@ from collections import OrderedDict
 from typing import Any, Optional
 
 from deployments.engine.admission import WaitingRoom
+from deployments.engine.grammar import GrammarSampler
 from deployments.engine.loop import StepLoop
 from deployments.engine.sequence import Sequence, Slot, common_prefix
 from deployments.engine.steps import StepRecord
-from core.errors import BackendFailure, ModelUnavailable
+from core.errors import BackendFailure, InvalidRequest, ModelUnavailable
 from core.types import SamplingParams
 
 logger = logging.getLogger("aicore.engine")
@@ -60,12 +61,17 @@ def end_token_bias(lib, vocab, n_vocab: int):
 
 def sampler_chain(lib, sampling: SamplingParams, n_vocab: int, end_bias=None):
     """The sampler of one sequence: `ignore_eos` bans the end-of-generation tokens (as llama.cpp's
-    server and the padded engine do: never an empty end token in the middle of the text), then
+    server and the padded engine do: never an empty end token in the middle of the text; not under a
+    grammar, whose answer ends where the grammar does), the request's logit bias, then
     penalties, then greedy (temperature 0) or top-k, top-p, min-p, temperature and a seeded draw."""
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
     add = lib.llama_sampler_chain_add
-    if sampling.ignore_eos and end_bias:  # the sampler copies the bias
+    if sampling.ignore_eos and end_bias and not sampling.grammar:  # the sampler copies the bias
         add(chain, lib.llama_sampler_init_logit_bias(n_vocab, len(end_bias), end_bias))
+    if sampling.logit_bias:
+        bias = (lib.llama_logit_bias * len(sampling.logit_bias))(
+            *[lib.llama_logit_bias(token, value) for token, value in sampling.logit_bias])
+        add(chain, lib.llama_sampler_init_logit_bias(n_vocab, len(bias), bias))
     add(chain, lib.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, sampling.repeat_penalty,
                                                 sampling.frequency_penalty, sampling.presence_penalty))
     if sampling.temperature <= 0:
@@ -122,6 +128,7 @@ class LlamaBatchEngine(StepLoop):
         self._pieces: dict[int, bytes] = {}  # token id -> its bytes: the vocabulary is fixed
         self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
         self._end_bias = end_token_bias(lib, self.vocab, self.n_vocab)
+        self.grammars = GrammarSampler(lib, self.vocab, self.n_vocab)
         params = lib.llama_context_default_params()
         params.n_ctx = parallel * context_length
         params.n_batch = params.n_ubatch = batch_tokens
@@ -149,6 +156,7 @@ class LlamaBatchEngine(StepLoop):
         if not self._stop_loop():  # a step still running: leave the memory to the process's end
             return
         self.adapters.free()
+        self.grammars.free()
         self.lib.llama_batch_free(self.batch)
         self.lib.llama_free(self.ctx)
 
@@ -164,7 +172,7 @@ class LlamaBatchEngine(StepLoop):
             try:
                 self._start(sequence, free)
             except Exception as error:
-                if not isinstance(error, BackendFailure):
+                if not isinstance(error, (BackendFailure, InvalidRequest)):
                     logger.exception("starting a request failed", extra={"model": self.model_name})
                     error = BackendFailure("the model failed to start the request")
                 self._release(sequence)
@@ -216,6 +224,8 @@ class LlamaBatchEngine(StepLoop):
         sequence.fed = keep
         sequence.admitted_at = time.monotonic()
         sequence.sampler = sampler_chain(self.lib, sequence.sampling, self.n_vocab, self._end_bias)
+        if sequence.sampling.grammar:
+            sequence.grammar = self.grammars.new(sequence.sampling.grammar)
         self.log.stats.prefix_reused_tokens += keep
 
     def _choose_group(self, running: list[Sequence]) -> Optional[str]:
@@ -282,9 +292,16 @@ class LlamaBatchEngine(StepLoop):
         for sequence, index in entries:
             if sequence.cancelled:
                 continue
-            token = lib.llama_sampler_sample(sequence.sampler, self.ctx, index)
+            if sequence.grammar is None:
+                token = lib.llama_sampler_sample(sequence.sampler, self.ctx, index)
+            else:
+                token = self.grammars.sample(self.ctx, index, sequence.sampler, sequence.grammar)
             self._touched.append(sequence)
-            if not sequence.sampling.ignore_eos and lib.llama_vocab_is_eog(self.vocab, token):
+            if token is None:  # the grammar admits nothing more
+                self._finish(sequence, "stop")
+                continue
+            ends = not sequence.sampling.ignore_eos or sequence.grammar is not None
+            if ends and lib.llama_vocab_is_eog(self.vocab, token):
                 self._finish(sequence, "stop")
                 continue
             sequence.produced += 1
@@ -314,6 +331,9 @@ class LlamaBatchEngine(StepLoop):
         if sequence.sampler is not None:
             self.lib.llama_sampler_free(sequence.sampler)
             sequence.sampler = None
+        if sequence.grammar is not None:
+            self.lib.llama_sampler_free(sequence.grammar)
+            sequence.grammar = None
 
     def _drop_cancelled(self) -> None:
         for slot in self.slots:

@@ -41,6 +41,7 @@ class Sequence:
     produced: int = 0
     pending: Optional[int] = None  # the last sampled token, fed at the next step
     sampler: object = None  # llama_sampler_p
+    grammar: object = None  # llama_sampler_p of its grammar (constrained sequences only)
     finished: bool = False
 
     def __post_init__(self) -> None:
