@@ -96,6 +96,10 @@ class GenerationService:
             )
         texts = [request.prompt] if request.prompt is not None else [m["content"] for m in request.messages or ()]
         self.policy.check_prompt(texts, param)
+        if request.sampling.grammar is not None and entry.config.type != "gguf":
+            raise InvalidRequest(
+                f"model {entry.name!r} ({entry.config.type}) cannot constrain its answer: response_format "
+                "json_object or json_schema and tools need a GGUF model", param="response_format")
 
     async def _history(self, options: RequestOptions) -> list[dict]:
         if self.sessions is None:

@@ -33,11 +33,11 @@ ENFORCED = {"type", "properties", "required", "additionalProperties", "items", "
 FORMATS = {"date", "time", "date-time", "uuid"}
 
 
-def _refuse(path: str, message: str) -> InvalidRequest:
-    return InvalidRequest(f"{path}: {message}", param=PARAM, code="unsupported_schema")
+def _refuse(param: str, path: str, message: str) -> InvalidRequest:
+    return InvalidRequest(f"{path}: {message}", param=param, code="unsupported_schema")
 
 
-def _integer_bounds(schema: dict, path: str, strict: bool) -> Optional[dict]:
+def _integer_bounds(schema: dict, param: str, path: str, strict: bool) -> Optional[dict]:
     """What enforces an integer's bounds (the converter enforces none): an enum of its values for a
     range up to MAX_ENUMERATED_RANGE, digits only for `minimum` >= 0 alone; else refused (strict)."""
     low, high = schema.get("minimum"), schema.get("maximum")
@@ -50,16 +50,16 @@ def _integer_bounds(schema: dict, path: str, strict: bool) -> Optional[dict]:
     if low == 0 and high is None:
         return {NON_NEGATIVE: True}
     if strict:
-        raise _refuse(path, f"an integer range wider than {MAX_ENUMERATED_RANGE} values (or a minimum above 0 "
+        raise _refuse(param, path, f"an integer range wider than {MAX_ENUMERATED_RANGE} values (or a minimum above 0 "
                       "without a maximum) is not enforced; narrow it or send strict: false")
     return {"type": "integer"}
 
 
-def _prepare(node: Any, path: str, strict: bool) -> Any:
+def _prepare(node: Any, param: str, path: str, strict: bool) -> Any:
     """A copy of the schema the converter can take: bounds turned into what it enforces, annotations
     dropped; an unsupported keyword raises (strict) or is dropped."""
     if isinstance(node, list):
-        return [_prepare(item, f"{path}[{i}]", strict) for i, item in enumerate(node)]
+        return [_prepare(item, param, f"{path}[{i}]", strict) for i, item in enumerate(node)]
     if not isinstance(node, dict):
         return node
     out: dict = {}
@@ -69,17 +69,17 @@ def _prepare(node: Any, path: str, strict: bool) -> Any:
             continue
         if key not in ENFORCED:
             if strict:
-                raise _refuse(here, f"keyword {key!r} is not supported (send strict: false to relax it)")
+                raise _refuse(param, here, f"keyword {key!r} is not supported (send strict: false to relax it)")
             continue
         if key in ("properties", "$defs", "definitions"):
-            out[key] = {name: _prepare(sub, f"{here}.{name}", strict) for name, sub in value.items()}
+            out[key] = {name: _prepare(sub, param, f"{here}.{name}", strict) for name, sub in value.items()}
         elif key in ("items", "prefixItems", "anyOf", "oneOf", "additionalProperties"):
-            out[key] = _prepare(value, here, strict)
+            out[key] = _prepare(value, param, here, strict)
         elif key in ("minItems", "maxItems", "minLength", "maxLength") and value > MAX_REPETITION:
-            raise _refuse(here, f"{value} is over the limit of {MAX_REPETITION}")
+            raise _refuse(param, here, f"{value} is over the limit of {MAX_REPETITION}")
         elif key == "format" and value not in FORMATS:
             if strict:
-                raise _refuse(here, f"format {value!r} is not supported (supported: {sorted(FORMATS)})")
+                raise _refuse(param, here, f"format {value!r} is not supported (supported: {sorted(FORMATS)})")
         else:
             out[key] = value
     bounded = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"} & out.keys()
@@ -87,32 +87,32 @@ def _prepare(node: Any, path: str, strict: bool) -> Any:
         for key in bounded:
             del out[key]
         if out.get("type") == "integer":
-            out.update(_integer_bounds(node, path, strict) or {})
+            out.update(_integer_bounds(node, param, path, strict) or {})
             if "enum" in out:
                 out.pop("type")
         elif strict:
-            raise _refuse(f"{path}.{sorted(bounded)[0]}", f"bounds on {out.get('type', 'untyped')} values are "
+            raise _refuse(param, f"{path}.{sorted(bounded)[0]}", f"bounds on {out.get('type', 'untyped')} values are "
                           "enforced on integers only (send strict: false to relax it)")
     return out
 
 
 @lru_cache(maxsize=256)
-def _grammar_of(schema_text: str, strict: bool) -> str:
+def _grammar_of(schema_text: str, strict: bool, param: str) -> str:
     schema = json.loads(schema_text)
-    _check_schema(schema)
-    prepared = _prepare(schema, PARAM, strict)
+    _check_schema(schema, param)
+    prepared = _prepare(schema, param, param, strict)
     converter = _converter()
     try:
         resolved = converter.resolve_refs(prepared, "input")
         converter.visit(resolved, "")
     except RecursionError:
-        raise InvalidRequest(f"{PARAM}: the schema nests too deeply", param=PARAM, code="invalid_schema") from None
-    except (AssertionError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise InvalidRequest(f"{PARAM}: {error}", param=PARAM, code="invalid_schema") from None
+        raise InvalidRequest(f"{param}: the schema nests too deeply", param=param, code="invalid_schema") from None
+    except Exception as error:  # the converter asserts on what it cannot read: the client's schema
+        raise InvalidRequest(f"{param}: {error}", param=param, code="invalid_schema") from None
     grammar = _json_strings(converter.format_grammar())
     if len(grammar.encode()) > MAX_GRAMMAR_BYTES:
-        raise InvalidRequest(f"{PARAM}: the grammar made from this schema is over {MAX_GRAMMAR_BYTES} bytes; "
-                             "lower its bounds or its size", param=PARAM, code="schema_too_large")
+        raise InvalidRequest(f"{param}: the grammar made from this schema is over {MAX_GRAMMAR_BYTES} bytes; "
+                             "lower its bounds or its size", param=param, code="schema_too_large")
     return grammar
 
 
@@ -136,24 +136,25 @@ def _converter():
     return Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
 
 
-def _check_schema(schema: Any) -> None:
+def _check_schema(schema: Any, param: str) -> None:
     from jsonschema import SchemaError
     from jsonschema.validators import validator_for
 
     if not isinstance(schema, dict):
-        raise InvalidRequest(f"{PARAM} must be an object", param=PARAM, code="invalid_schema")
+        raise InvalidRequest(f"{param} must be an object", param=param, code="invalid_schema")
     try:
         validator_for(schema).check_schema(schema)
     except SchemaError as error:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.path)
-        raise InvalidRequest(f"{PARAM}{where}: {error.message}", param=PARAM, code="invalid_schema") from None
+        raise InvalidRequest(f"{param}{where}: {error.message}", param=param, code="invalid_schema") from None
 
 
-def schema_grammar(schema: dict, strict: bool = True) -> str:
-    text = json.dumps(schema, sort_keys=True)
+def schema_grammar(schema: dict, strict: bool = True, param: str = PARAM) -> str:
+    """The grammar of answers valid under `schema`; `param` names the schema in errors."""
+    text = json.dumps(schema)  # key order kept: properties are generated in the schema's order
     if len(text.encode()) > MAX_SCHEMA_BYTES:
-        raise InvalidRequest(f"{PARAM} is over {MAX_SCHEMA_BYTES} bytes", param=PARAM, code="schema_too_large")
-    return _grammar_of(text, strict)
+        raise InvalidRequest(f"{param} is over {MAX_SCHEMA_BYTES} bytes", param=param, code="schema_too_large")
+    return _grammar_of(text, strict, param)
 
 
 def json_object_grammar() -> str:

@@ -18,7 +18,7 @@ from contextlib import aclosing
 from typing import AsyncIterator, Optional
 
 from deployments.backends.base import Backend, register_backend
-from deployments.backends.text import token_budget
+from deployments.backends.text import check_logit_bias, token_budget
 from deployments.engine.admission import WaitingRoom
 from deployments.engine.llama_engine import Adapters, LlamaBatchEngine
 from deployments.engine.loop import stream_sequence
@@ -125,6 +125,7 @@ class GGUFBackend(Backend):
         s = request.sampling
         budget = token_budget(self.model_name, self.config.context_length, self.config.default_max_tokens,
                               len(tokens), s.max_tokens, "prompt" if request.messages is None else "messages")
+        check_logit_bias(s.logit_bias, self.engine.n_vocab, self.model_name)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 

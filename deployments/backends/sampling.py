@@ -1,6 +1,7 @@
 """Choose the next token from logits in numpy, with the same parameters the other backends honour.
 
-Order as in llama.cpp: penalties (repeat, presence, frequency), then temperature, top-k, top-p.
+Order as in llama.cpp: penalties (repeat, presence, frequency), the request's logit bias, then
+temperature, top-k, top-p.
 Temperature 0 is greedy.
 """
 
@@ -26,6 +27,8 @@ def choose(logits: np.ndarray, history: list[int], completion: list[int], s: Sam
            rng: np.random.Generator, banned: tuple[int, ...] = ()) -> int:
     """`logits` is the last position's (vocab,) row; `history` is prompt plus completion."""
     logits = apply_penalties(logits.astype(np.float64, copy=True), history, completion, s)
+    for token, bias in s.logit_bias:
+        logits[token] += bias
     if banned:
         logits[list(banned)] = -np.inf
     if s.temperature <= 0:

@@ -13,7 +13,7 @@ from contextlib import aclosing
 from typing import AsyncIterator, Optional
 
 from deployments.backends.base import Backend
-from deployments.backends.text import token_budget
+from deployments.backends.text import check_logit_bias, token_budget
 from deployments.engine.admission import WaitingRoom
 from deployments.engine.loop import stream_sequence
 from deployments.engine.padded_engine import PaddedBatchEngine, TensorModel, TextSequence
@@ -84,6 +84,7 @@ class TensorTextBackend(Backend):
         s = request.sampling
         budget = token_budget(self.model_name, self.config.context_length, self.config.default_max_tokens, len(ids),
                               s.max_tokens, "prompt" if request.messages is None else "messages")
+        check_logit_bias(s.logit_bias, len(self.tokenizer), self.model_name)
         queue: asyncio.Queue = asyncio.Queue()
         sequence = TextSequence.create(
             self._decode, self.eos_ids, request_id=request.request_id, prompt=ids, budget=budget, sampling=s,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from core.errors import ContextLengthExceeded
+from core.errors import ContextLengthExceeded, InvalidRequest
 
 
 def token_budget(model: str, n_ctx: int, default: int, prompt_len: int, requested: Optional[int], param: str) -> int:
@@ -23,6 +23,14 @@ def token_budget(model: str, n_ctx: int, default: int, prompt_len: int, requeste
             param="max_tokens",
         )
     return requested
+
+
+def check_logit_bias(bias: tuple[tuple[int, float], ...], n_vocab: int, model: str) -> None:
+    """A biased token id must exist in the model's vocabulary (llama.cpp would read past its end)."""
+    for token, _ in bias:
+        if token >= n_vocab:
+            raise InvalidRequest(f"logit_bias names token {token}; model {model!r} has {n_vocab} tokens",
+                                 param="logit_bias")
 
 
 class StopMatcher:

@@ -100,6 +100,9 @@ def validation_error(exc: RequestValidationError) -> InvalidRequest:
     if first.get("type") == "json_invalid":
         return InvalidRequest(f"malformed JSON body: {first.get('msg')}", code="invalid_json")
     param = ".".join(loc) or None
+    if first.get("type") == "extra_forbidden":  # OpenAI's words for a field it does not know
+        return InvalidRequest(f"unrecognized request argument supplied: {param}", param=param,
+                              code="unknown_parameter")
     return InvalidRequest(f"{param or 'body'}: {first.get('msg')}", param=param, code="invalid_value")
 
 

@@ -97,3 +97,11 @@ def test_disconnect_stops_generate(formats_client):
     assert figures["cancelled"] == before + 1 and figures["in_flight"] == 0
     ok = formats_client.post("/v1/completions", json={"model": TINY, "prompt": "Hi", "max_tokens": 2})
     assert ok.status_code == 200
+
+
+def test_structured_output_is_refused_by_name_where_it_cannot_be_honoured(formats_client):
+    """The transformers engine has no grammar sampler yet: JSON mode is a 400, never free text."""
+    r = formats_client.post("/v1/chat/completions", json={
+        "model": TINY, "messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_object"}})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "response_format" and TINY in r.json()["error"]["message"]

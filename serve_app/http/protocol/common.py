@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from core.types import SamplingParams
 
@@ -48,18 +48,90 @@ class TextPart(BaseModel):
     text: str = Field(json_schema_extra=PROMPT_LIMITS)
 
 
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str = Field(description="The arguments as a JSON text, as the model produced them.")
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    id: str = Field(min_length=1, max_length=128)
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[TextPart]] = Field(
-        description="Text, or a list of text parts. All messages together: at most MAX_PROMPT_LENGTH characters "
-        "(413 prompt_too_long).", json_schema_extra=PROMPT_LIMITS,
+    content: Optional[Union[str, list[TextPart]]] = Field(
+        None, description="Text, or a list of text parts (null or absent only on an assistant message with tool_calls). All "
+        "messages together: at most MAX_PROMPT_LENGTH characters (413 prompt_too_long).",
+        json_schema_extra=PROMPT_LIMITS,
     )
+    tool_calls: Optional[list[ToolCall]] = Field(None, description="An assistant's calls (as answered).")
+    tool_call_id: Optional[str] = Field(None, max_length=128, description="A tool message: the call it answers.")
+
+    @model_validator(mode="after")
+    def _content_or_calls(self):
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (it may be null only on an assistant message with tool_calls)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return self
 
     def as_dict(self) -> dict:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        """The message as the chat template sees it. Tool calls and tool results become JSON text in
+        the generic tool format (serve_app/tool_calls.py), which every chat template can render."""
+        text = "" if self.content is None else (
+            self.content if isinstance(self.content, str) else "".join(p.text for p in self.content))
+        if self.tool_calls:
+            from serve_app.tool_calls import calls_as_text
+
+            return {"role": "assistant", "content": calls_as_text(self.tool_calls, text)}
+        if self.role == "tool":
+            from serve_app.tool_calls import result_as_text
+
+            return {"role": "user", "content": result_as_text(self.tool_call_id, text)}
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    description: Optional[str] = None
+    json_schema: Optional[dict] = Field(None, alias="schema", description="Omitted: any JSON object.")
+    strict: Optional[bool] = Field(None, description="false: unsupported keywords are dropped, not refused.")
+
+
+class ResponseFormat(BaseModel):
+    """`text`, `json_object` (any JSON object) or `json_schema` (an answer valid under the schema):
+    decoding is constrained by a grammar (GGUF models)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self):
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type json_schema, and only then")
+        return self
+
+    def grammar(self) -> Optional[str]:
+        from serve_app.structured_output import json_object_grammar, schema_grammar
+
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return json_object_grammar()
+        spec = self.json_schema
+        return schema_grammar(spec.json_schema or {"type": "object"}, strict=spec.strict is not False)
 
 
 class SamplingFields(BaseModel):
@@ -80,6 +152,10 @@ class SamplingFields(BaseModel):
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     ignore_eos: bool = Field(False, description="Extension (as in vLLM and llama.cpp): end-of-sequence tokens are never sampled, so generation runs to max_tokens (or a stop string).")
+    response_format: Optional[ResponseFormat] = Field(None, description="JSON mode or a JSON schema the answer "
+                                                      "must follow (GGUF models; others answer 400).")
+    logit_bias: Optional[dict[str, float]] = Field(
+        None, description="Token id (as a string) to a bias from -100 to 100 added to its logit; at most 300.")
     priority: Optional[Literal["interactive", "batch"]] = Field(
         None, description="Extension: `batch` work waits behind interactive requests and never takes the slots "
         "kept for them. Default: `interactive` (`batch` for /api/v1/generate/batch items).",
@@ -90,6 +166,20 @@ class SamplingFields(BaseModel):
     def _stop_list(cls, value):
         if isinstance(value, list) and len(value) > MAX_STOP_SEQUENCES:
             raise ValueError("at most 4 stop sequences")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, value):
+        if value is None:
+            return value
+        if len(value) > 300:
+            raise ValueError("at most 300 token biases")
+        for token, bias in value.items():
+            if not token.isdigit():
+                raise ValueError(f"{token!r} is not a token id")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"the bias of token {token} must be within -100 and 100")
         return value
 
     def to_sampling_params(self) -> SamplingParams:
@@ -105,4 +195,6 @@ class SamplingFields(BaseModel):
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             ignore_eos=self.ignore_eos,
+            grammar=self.response_format.grammar() if self.response_format is not None else None,
+            logit_bias=tuple(sorted((int(t), float(b)) for t, b in (self.logit_bias or {}).items())),
         )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 from serve_app.http.protocol.api_v1 import EMBEDDING_INPUT_LIMITS
 from serve_app.http.protocol.common import (
@@ -13,6 +13,7 @@ from serve_app.http.protocol.common import (
     Int,
     PositiveInt,
     SamplingFields,
+    ToolCall,
     model_names,
     schema_limits,
 )
@@ -24,9 +25,34 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# OpenAI's fields that AI Core does not do: each is refused by name when it asks for something
+# (docs/api.md, "Every request field"), never ignored. Values that ask for nothing pass.
+NOT_DONE = {
+    "logprobs": "logprobs are not returned yet",
+    "top_logprobs": "logprobs are not returned yet",
+    "audio": "audio output is not supported",
+    "prediction": "predicted outputs are not supported",
+    "web_search_options": "web search is not supported",
+    "functions": "the deprecated functions field is not supported: send tools",
+    "function_call": "the deprecated function_call field is not supported: send tool_choice",
+    "reasoning_effort": "no served model reasons",
+    "verbosity": "verbosity is not supported",
+    "best_of": "best_of other than 1 is not supported",
+    "echo": "echo is not supported",
+    "suffix": "suffix (insertion) is not supported",
+}
+NOTHING_ASKED = (None, False, 0, 1, "", [], {}, ["text"])
+
+
+def _nothing_asked(value, field: str):
+    if not any(value is v or (type(value) is type(v) and value == v) for v in NOTHING_ASKED):
+        raise ValueError(NOT_DONE[field])
+    return value
+
+
 class _OpenAIRequest(SamplingFields):
-    # Unknown OpenAI fields (user, logit_bias...) are accepted and ignored, as clients send them.
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    # Unknown fields are refused by name (as OpenAI does); the fields of NOT_DONE when they ask for something.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: Optional[str] = Field(None, json_schema_extra=model_names("generate"))
     temperature: float = Field(1.0, ge=0, le=2)
@@ -37,6 +63,34 @@ class _OpenAIRequest(SamplingFields):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     cache: Optional[bool] = Field(None, description="Extension: true caches a sampled answer, false bypasses.")
+    user: Optional[str] = Field(None, max_length=256, description="The end user (shown in the access log).")
+    safety_identifier: Optional[str] = Field(None, max_length=256, description="As user.")
+    metadata: Optional[dict[str, str]] = Field(None, description="Accepted; AI Core stores no completions to tag.")
+    store: Optional[bool] = Field(None, description="Only false: AI Core stores no completions.")
+    service_tier: Optional[Literal["auto", "default"]] = Field(None, description="One tier: accepted, no effect.")
+    prompt_cache_key: Optional[str] = Field(None, max_length=256, description="Accepted; prompt reuse is automatic.")
+    modalities: Optional[list[Literal["text"]]] = Field(None, description="Only text.")
+    logprobs: Optional[Any] = Field(None, description="Not done yet: false or null only.")
+    top_logprobs: Optional[Any] = Field(None, description="Not done yet: null or 0 only.")
+    audio: Optional[Any] = Field(None, description="Refused.")
+    prediction: Optional[Any] = Field(None, description="Refused.")
+    web_search_options: Optional[Any] = Field(None, description="Refused.")
+    functions: Optional[Any] = Field(None, description="Refused: send tools.")
+    function_call: Optional[Any] = Field(None, description="Refused: send tool_choice.")
+    reasoning_effort: Optional[Any] = Field(None, description="Refused.")
+    verbosity: Optional[Any] = Field(None, description="Refused.")
+
+    @field_validator(*(name for name in NOT_DONE if name not in ("best_of", "echo", "suffix")))
+    @classmethod
+    def _refuse_what_is_not_done(cls, value, info):
+        return _nothing_asked(value, info.field_name)
+
+    @field_validator("store")
+    @classmethod
+    def _stores_nothing(cls, value):
+        if value:
+            raise ValueError("AI Core stores no completions (send false or leave it out)")
+        return value
 
     @field_validator("n")
     @classmethod
@@ -44,6 +98,35 @@ class _OpenAIRequest(SamplingFields):
         if value != 1:
             raise ValueError("only n=1 is supported")
         return value
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: Optional[str] = Field(None, max_length=4096)
+    parameters: Optional[dict] = Field(None, description="JSON Schema of the arguments; omitted: any object.")
+    strict: Optional[bool] = Field(None, description="true: unsupported schema keywords are refused, not dropped.")
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ChosenFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: ChosenFunction
 
 
 class ChatCompletionRequest(_OpenAIRequest):
@@ -57,6 +140,9 @@ class ChatCompletionRequest(_OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1, description="At most MAX_MESSAGES.",
                                         json_schema_extra=schema_limits(maxItems="max_messages"))
     max_completion_tokens: Optional[PositiveInt] = None
+    tools: Optional[list[Tool]] = Field(None, max_length=64, description="Functions the model may call.")
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
+    parallel_tool_calls: Optional[bool] = Field(None, description="Default true: several calls in one answer.")
     session_id: Optional[str] = Field(None, pattern=SESSION_ID_PATTERN, description="Extension: server-side history.")
 
     def to_sampling_params(self):
@@ -90,6 +176,15 @@ class CompletionRequest(_OpenAIRequest):
             raise ValueError("prompt must not be empty")
         return value
 
+    best_of: Optional[Any] = Field(None, description="Only 1.")
+    echo: Optional[Any] = Field(None, description="Only false.")
+    suffix: Optional[Any] = Field(None, description="Refused.")
+
+    @field_validator("best_of", "echo", "suffix")
+    @classmethod
+    def _refuse_what_is_not_done(cls, value, info):
+        return _nothing_asked(value, info.field_name)
+
 
 class UsageInfo(BaseModel):
     prompt_tokens: int
@@ -97,9 +192,21 @@ class UsageInfo(BaseModel):
     total_tokens: int
 
 
-class ChatMessageOut(BaseModel):
+class _WithoutEmptyCalls(BaseModel):
+    """`tool_calls` appears only when there are calls, as in OpenAI's answers."""
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_calls(self, handler):
+        data = handler(self)
+        if data.get("tool_calls") is None:
+            data.pop("tool_calls", None)
+        return data
+
+
+class ChatMessageOut(_WithoutEmptyCalls):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: Optional[str]
+    tool_calls: Optional[list[ToolCall]] = None
 
 
 class ChatChoice(BaseModel):
@@ -126,9 +233,14 @@ class ChatCompletion(BaseModel):
     usage: UsageInfo
 
 
-class Delta(BaseModel):
+class ToolCallDelta(ToolCall):
+    index: int
+
+
+class Delta(_WithoutEmptyCalls):
     role: Optional[str] = None
     content: Optional[str] = None
+    tool_calls: Optional[list[ToolCallDelta]] = None
 
 
 class ChatChunkChoice(BaseModel):

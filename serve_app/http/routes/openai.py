@@ -7,7 +7,8 @@ import base64
 import sys
 import time
 import uuid
-from typing import Union
+from dataclasses import replace
+from typing import Optional, Union
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -35,8 +36,11 @@ from serve_app.http.protocol.openai import (
     EmbeddingUsage,
     ModelCard,
     ModelList,
+    ToolCallDelta,
     UsageInfo,
 )
+from serve_app.http.protocol.common import CalledFunction, ToolCall
+from serve_app.tool_calls import ToolUse, read_answer
 from serve_app.http.routes.common import cache_headers, request_options, streamed
 from serve_app.http.routes.statuses import EMBEDDING, GENERATION, KEYED, MODEL_CARD, links, responses_for
 from serve_app.generation import Generation
@@ -54,12 +58,29 @@ def _dump(model) -> dict:
     return model.model_dump(exclude_none=False)
 
 
+def _tool_use(body: ChatCompletionRequest, sampling, messages: list[dict]):
+    """The tools of the request: the conversation that describes them and the grammar of the answer."""
+    tool_use = ToolUse.of(body.tools, body.tool_choice, body.parallel_tool_calls)
+    if tool_use is None:
+        return None, sampling, messages
+    if sampling.grammar is not None:
+        raise InvalidRequest("response_format json_object or json_schema together with tools is not supported: "
+                             "send one of them", param="response_format")
+    return tool_use, replace(sampling, grammar=tool_use.grammar()), tool_use.prompt(messages)
+
+
+def _calls(text: str, finish_reason: Optional[str]) -> tuple[Optional[str], list[ToolCall], Optional[str]]:
+    content, calls, finish = read_answer(text, finish_reason)
+    return content, [ToolCall(id=c.id, function=CalledFunction(name=c.name, arguments=c.arguments))
+                     for c in calls], finish
+
+
 @router.post("/chat/completions", responses=responses_for(KEYED, GENERATION, streamed(ChatCompletion, CHAT_SSE_EXAMPLE)))
 async def chat_completions(body: ChatCompletionRequest, request: Request,
                            admission: Admission = Depends(require_caller)):
+    tool_use, sampling, messages = _tool_use(body, body.to_sampling_params(), [m.as_dict() for m in body.messages])
     generation = await request.app.state.generation.start(
-        admission, body.model, request_id_var.get(), body.to_sampling_params(),
-        messages=[m.as_dict() for m in body.messages], priority=body.priority,
+        admission, body.model, request_id_var.get(), sampling, messages=messages, priority=body.priority,
         options=request_options(request, admission.principal, "chat.completions", body.cache, body.session_id),
     )
     name = generation.model_id
@@ -72,24 +93,37 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        answer: list[str] = []  # with tools: the answer is read whole, then sent as calls or text
+
+        def on_chunk(c) -> list[dict]:
+            if tool_use is not None:
+                answer.append(c.text)
+                return []
+            return [chunk(Delta(content=c.text))] if c.text else []
 
         def on_end(g: Generation) -> list[dict]:
-            events = [chunk(Delta(), g.finish_reason)]
+            events, finish = [], g.finish_reason
+            if tool_use is not None:
+                content, calls, finish = _calls("".join(answer), finish)
+                if calls:
+                    events.append(chunk(Delta(tool_calls=[ToolCallDelta(index=i, **c.model_dump())
+                                                          for i, c in enumerate(calls)])))
+                elif content:
+                    events.append(chunk(Delta(content=content)))
+            events.append(chunk(Delta(), finish))
             if include_usage:
                 events.append({**chunk(Delta(), choices=False), "usage": _dump(_usage(g))})
             return events
 
-        return sse_stream(
-            request, generation,
-            on_chunk=lambda c: [chunk(Delta(content=c.text))] if c.text else [],
-            on_end=on_end,
-            first=[chunk(Delta(role="assistant", content=""))],
-            headers=headers,
-        )
+        return sse_stream(request, generation, on_chunk=on_chunk, on_end=on_end,
+                          first=[chunk(Delta(role="assistant", content=""))], headers=headers)
     result = await generation.collect()
+    content, calls, finish = result.text, [], result.finish_reason
+    if tool_use is not None:
+        content, calls, finish = _calls(result.text, finish)
     return JSONResponse(_dump(ChatCompletion(
         id=cid, created=created, model=name,
-        choices=[ChatChoice(message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason)],
+        choices=[ChatChoice(message=ChatMessageOut(content=content, tool_calls=calls or None), finish_reason=finish)],
         usage=_usage(generation),
     )), headers=headers)
 
