@@ -14,12 +14,20 @@ and change nothing else: the server and its schema are tested as they are.
   * all messages together, not each one, are limited to MAX_PROMPT_LENGTH (kept by PROMPT_CHARS);
   * `email` options need `"format": "email"`, which cannot stream, and `quote_original` needs
     `original` (400): positive cases with `email` options ask for that format, unstreamed.
+  * only assistant messages carry `tool_calls`, and only they may have null content (400):
+    positive cases drop other messages' calls and give their null content an empty text;
+  * a JSON schema (`response_format`, tool `parameters`) must itself be a valid schema the
+    grammar can enforce, tool names must differ, a named `tool_choice` must be among the tools,
+    `response_format` JSON and tools do not combine, and a `logit_bias` token id must exist in the
+    model's vocabulary (400): positive cases send no schema (any object), one tool, `auto`, no
+    JSON format beside tools and no logit bias.
 Only values the schema allows are changed, into values it allows: schemathesis decides after this
 hook whether a case is valid (it re-checks edited cases), and an invalid value stays as generated.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import schemathesis
@@ -93,6 +101,64 @@ def _cheap_generation(body: dict) -> None:
                         part["text"] = _short(part["text"])
 
 
+def _valid_call(call: Any) -> bool:
+    function = call.get("function") if isinstance(call, dict) else None
+    return (isinstance(function, dict) and set(call) <= {"id", "type", "function"} and call.get("type", "function") == "function"
+            and isinstance(call.get("id"), str) and 0 < len(call["id"]) <= 128 and set(function) == {"name", "arguments"}
+            and isinstance(function["name"], str) and 0 < len(function["name"]) <= 64
+            and isinstance(function["arguments"], str))
+
+
+def _valid_tool(tool: Any) -> bool:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    return (set(tool or ()) == {"type", "function"} and tool["type"] == "function" and isinstance(function, dict)
+            and set(function) <= {"name", "description", "parameters", "strict"}
+            and isinstance(function.get("name"), str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", function["name"])
+            and (function.get("parameters") is None or isinstance(function["parameters"], dict))
+            and (function.get("description") is None or (isinstance(function["description"], str)
+                                                         and len(function["description"]) <= 4096))
+            and function.get("strict") in (None, True, False))
+
+
+def _consistent_tools(body: dict) -> None:
+    """Edits only values the schema allows (see the module's docstring), into values it allows."""
+    for message in body.get("messages") if isinstance(body.get("messages"), list) else ():
+        if not isinstance(message, dict):
+            continue
+        calls = message.get("tool_calls")
+        if message.get("role") != "assistant" and isinstance(calls, list) and all(map(_valid_call, calls)):
+            del message["tool_calls"]
+        if "content" in message and message["content"] is None and not (
+                message.get("role") == "assistant" and message.get("tool_calls")):
+            message["content"] = ""
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools and len(tools) <= 64 and all(map(_valid_tool, tools)):
+        body["tools"] = tools = tools[:1]
+        tools[0]["function"]["parameters"] = None
+        tools[0]["function"]["description"] = _short(tools[0]["function"].get("description"))
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("type") == "function" and set(choice) == {"type", "function"} \
+                and isinstance(choice["function"], dict) and set(choice["function"]) == {"name"} \
+                and isinstance(choice["function"]["name"], str):
+            body["tool_choice"] = "auto"
+        spec = body.get("response_format")
+        if isinstance(spec, dict) and spec.get("type") in ("json_object", "json_schema"):
+            spec["type"], spec["json_schema"] = "text", None
+    spec = body.get("response_format")
+    if isinstance(spec, dict) and isinstance(spec.get("json_schema"), dict) \
+            and isinstance(spec["json_schema"].get("schema"), dict):
+        spec["json_schema"]["schema"] = None
+    if isinstance(spec, dict) and spec.get("type") in ("text", "json_object", "json_schema"):
+        if spec["type"] != "json_schema" and isinstance(spec.get("json_schema"), dict):
+            spec["json_schema"] = None  # the schema comes with type json_schema only (400)
+        elif spec["type"] == "json_schema" and spec.get("json_schema") is None:
+            spec["type"] = "json_object"
+    bias = body.get("logit_bias")
+    if isinstance(bias, dict) and len(bias) <= 300 and all(
+            re.fullmatch(r"[0-9]{1,9}", k) and type(v) in (int, float) and -100 <= v <= 100 for k, v in bias.items()):
+        body["logit_bias"] = {}
+
+
 def _consistent_email(body: dict) -> None:
     email = body.get("email")
     if isinstance(email, dict) and body.get("format") in ("text", None):
@@ -129,6 +195,7 @@ def before_call(context, case, kwargs):
         return
     if path in GENERATION_PATHS:
         _cheap_generation(body)
+        _consistent_tools(body)
         if path.startswith("/api/v1/"):
             _consistent_email(body)
     elif path in BATCH_PATHS:
@@ -136,6 +203,7 @@ def before_call(context, case, kwargs):
         for item in items if isinstance(items, list) else ():  # negative cases send anything
             if isinstance(item, dict):
                 _cheap_generation(item)
+                _consistent_tools(item)
     elif path in EMBEDDING_PATHS:
         _cheap_embedding(body)
     elif path.startswith("/api/v1/keys"):

@@ -39,6 +39,8 @@ def model_names(task: str) -> dict:
 
 
 PROMPT_LIMITS = schema_limits(maxLength="max_prompt_length")
+TokenId = Annotated[str, Field(pattern=r"^[0-9]{1,9}$")]
+Bias = Annotated[float, Field(ge=-100, le=100)]
 
 
 class TextPart(BaseModel):
@@ -154,8 +156,10 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = Field(False, description="Extension (as in vLLM and llama.cpp): end-of-sequence tokens are never sampled, so generation runs to max_tokens (or a stop string).")
     response_format: Optional[ResponseFormat] = Field(None, description="JSON mode or a JSON schema the answer "
                                                       "must follow (GGUF models; others answer 400).")
-    logit_bias: Optional[dict[str, float]] = Field(
-        None, description="Token id (as a string) to a bias from -100 to 100 added to its logit; at most 300.")
+    logit_bias: Optional[dict[TokenId, Bias]] = Field(
+        None, max_length=300, json_schema_extra={"additionalProperties": False},
+        description="Token id (as a string) to a bias from -100 to 100 added to its logit; at most 300. "
+        "Each id must exist in the model's vocabulary.")
     priority: Optional[Literal["interactive", "batch"]] = Field(
         None, description="Extension: `batch` work waits behind interactive requests and never takes the slots "
         "kept for them. Default: `interactive` (`batch` for /api/v1/generate/batch items).",
@@ -166,20 +170,6 @@ class SamplingFields(BaseModel):
     def _stop_list(cls, value):
         if isinstance(value, list) and len(value) > MAX_STOP_SEQUENCES:
             raise ValueError("at most 4 stop sequences")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _token_biases(cls, value):
-        if value is None:
-            return value
-        if len(value) > 300:
-            raise ValueError("at most 300 token biases")
-        for token, bias in value.items():
-            if not token.isdigit():
-                raise ValueError(f"{token!r} is not a token id")
-            if not -100 <= bias <= 100:
-                raise ValueError(f"the bias of token {token} must be within -100 and 100")
         return value
 
     def to_sampling_params(self) -> SamplingParams:

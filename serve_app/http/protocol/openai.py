@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_serializer
 
 from serve_app.http.protocol.api_v1 import EMBEDDING_INPUT_LIMITS
 from serve_app.http.protocol.common import (
@@ -25,8 +25,8 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-# OpenAI's fields that AI Core does not do: each is refused by name when it asks for something
-# (docs/api.md, "Every request field"), never ignored. Values that ask for nothing pass.
+# OpenAI's fields that AI Core does not do: the schema allows only the values that ask for nothing,
+# and any other is refused by name with the reason (docs/api.md, "Every request field").
 NOT_DONE = {
     "logprobs": "logprobs are not returned yet",
     "top_logprobs": "logprobs are not returned yet",
@@ -40,14 +40,18 @@ NOT_DONE = {
     "best_of": "best_of other than 1 is not supported",
     "echo": "echo is not supported",
     "suffix": "suffix (insertion) is not supported",
+    "store": "AI Core stores no completions (send false or leave it out)",
 }
-NOTHING_ASKED = (None, False, 0, 1, "", [], {}, ["text"])
 
 
-def _nothing_asked(value, field: str):
-    if not any(value is v or (type(value) is type(v) and value == v) for v in NOTHING_ASKED):
+def not_done(field: str, *nothing) -> BeforeValidator:
+    """Lets through null and the values in `nothing`; refuses any other with the field's reason."""
+    def check(value):
+        if value is None or any(value is v or (type(value) is type(v) and value == v) for v in nothing):
+            return value
         raise ValueError(NOT_DONE[field])
-    return value
+
+    return BeforeValidator(check)
 
 
 class _OpenAIRequest(SamplingFields):
@@ -63,34 +67,24 @@ class _OpenAIRequest(SamplingFields):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     cache: Optional[bool] = Field(None, description="Extension: true caches a sampled answer, false bypasses.")
-    user: Optional[str] = Field(None, max_length=256, description="The end user (shown in the access log).")
+    user: Optional[str] = Field(None, max_length=256, description="Accepted; no effect on the answer.")
     safety_identifier: Optional[str] = Field(None, max_length=256, description="As user.")
     metadata: Optional[dict[str, str]] = Field(None, description="Accepted; AI Core stores no completions to tag.")
-    store: Optional[bool] = Field(None, description="Only false: AI Core stores no completions.")
+    store: Annotated[Optional[Literal[False]], not_done("store", False)] = Field(
+        None, description="Only false: AI Core stores no completions.")
     service_tier: Optional[Literal["auto", "default"]] = Field(None, description="One tier: accepted, no effect.")
     prompt_cache_key: Optional[str] = Field(None, max_length=256, description="Accepted; prompt reuse is automatic.")
     modalities: Optional[list[Literal["text"]]] = Field(None, description="Only text.")
-    logprobs: Optional[Any] = Field(None, description="Not done yet: false or null only.")
-    top_logprobs: Optional[Any] = Field(None, description="Not done yet: null or 0 only.")
-    audio: Optional[Any] = Field(None, description="Refused.")
-    prediction: Optional[Any] = Field(None, description="Refused.")
-    web_search_options: Optional[Any] = Field(None, description="Refused.")
-    functions: Optional[Any] = Field(None, description="Refused: send tools.")
-    function_call: Optional[Any] = Field(None, description="Refused: send tool_choice.")
-    reasoning_effort: Optional[Any] = Field(None, description="Refused.")
-    verbosity: Optional[Any] = Field(None, description="Refused.")
-
-    @field_validator(*(name for name in NOT_DONE if name not in ("best_of", "echo", "suffix")))
-    @classmethod
-    def _refuse_what_is_not_done(cls, value, info):
-        return _nothing_asked(value, info.field_name)
-
-    @field_validator("store")
-    @classmethod
-    def _stores_nothing(cls, value):
-        if value:
-            raise ValueError("AI Core stores no completions (send false or leave it out)")
-        return value
+    logprobs: Annotated[Optional[Literal[False, 0]], not_done("logprobs", False, 0)] = Field(
+        None, description="Not done yet: false, 0 or null only.")
+    top_logprobs: Annotated[Optional[Literal[0]], not_done("top_logprobs", 0)] = None
+    audio: Annotated[None, not_done("audio")] = None
+    prediction: Annotated[None, not_done("prediction")] = None
+    web_search_options: Annotated[None, not_done("web_search_options")] = None
+    functions: Annotated[None, not_done("functions")] = Field(None, description="Refused: send tools.")
+    function_call: Annotated[None, not_done("function_call")] = Field(None, description="Refused: send tool_choice.")
+    reasoning_effort: Annotated[None, not_done("reasoning_effort")] = None
+    verbosity: Annotated[None, not_done("verbosity")] = None
 
     @field_validator("n")
     @classmethod
@@ -176,14 +170,9 @@ class CompletionRequest(_OpenAIRequest):
             raise ValueError("prompt must not be empty")
         return value
 
-    best_of: Optional[Any] = Field(None, description="Only 1.")
-    echo: Optional[Any] = Field(None, description="Only false.")
-    suffix: Optional[Any] = Field(None, description="Refused.")
-
-    @field_validator("best_of", "echo", "suffix")
-    @classmethod
-    def _refuse_what_is_not_done(cls, value, info):
-        return _nothing_asked(value, info.field_name)
+    best_of: Annotated[Optional[Literal[1]], not_done("best_of", 1)] = None
+    echo: Annotated[Optional[Literal[False]], not_done("echo", False)] = None
+    suffix: Annotated[Optional[Literal[""]], not_done("suffix", "")] = None
 
 
 class UsageInfo(BaseModel):

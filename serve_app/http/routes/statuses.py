@@ -107,7 +107,12 @@ def responses_for(*groups: Union[Errors, dict]) -> dict:
         if status == 401 and keyed:
             entry[KEY_MARK] = True
         responses[status] = entry
-    return {**responses, **extra}
+    # Ray's HTTP proxy answers these before any route runs (serve_app/http/proxy_http.py): any operation may.
+    responses[408] = {"model": ErrorResponse, "description": "Error codes: header_timeout (the request head "
+                      "did not arrive within HEADER_TIMEOUT_S)"}
+    responses[431] = {"model": ErrorResponse, "description": "Error codes: headers_too_large (the request "
+                      "head is over MAX_HEADER_BYTES)"}
+    return {**dict(sorted(responses.items())), **extra}
 
 
 def links(status: int, **targets: tuple[str, str, str]) -> dict:
