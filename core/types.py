@@ -25,6 +25,7 @@ class SamplingParams:
     # that cannot constrain are never sent one (the ingress refuses the request).
     grammar: Optional[str] = None
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    logprobs: Optional[int] = None  # return each token's log probability and this many alternatives
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+# One generated token's log probability (natural log, over the whole vocabulary before sampling):
+# (its bytes, logprob, ((an alternative's bytes, logprob), ...) most likely first).
+TokenLogprob = tuple[bytes, float, tuple[tuple[bytes, float], ...]]
+
+
 @dataclass
 class GenerationChunk:
     """One piece of a stream. The last chunk has `finish_reason` and `usage` set."""
@@ -60,6 +66,7 @@ class GenerationChunk:
     text: str = ""
     finish_reason: Optional[str] = None
     usage: Optional[Usage] = None
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens generated since the last chunk, when asked for
 
 
 @dataclass
@@ -68,6 +75,7 @@ class GenerationResult:
     finish_reason: str
     usage: Usage = field(default_factory=Usage)
     first_token_s: Optional[float] = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass

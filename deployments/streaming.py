@@ -38,6 +38,7 @@ async def coalesce(chunks: AsyncIterator[GenerationChunk],
     loop = asyncio.get_running_loop()
     source = chunks.__aiter__()
     pending: list[str] = []
+    logprobs: list = []  # of the pending text's tokens
     deadline = None
     fetch = None
     sent_first = False
@@ -47,8 +48,8 @@ async def coalesce(chunks: AsyncIterator[GenerationChunk],
             timeout = None if deadline is None else max(0.0, deadline - loop.time())
             done, _ = await asyncio.wait({fetch}, timeout=timeout)
             if not done:  # the interval is over: send what has gathered
-                yield GenerationChunk(text="".join(pending))
-                pending, deadline = [], None
+                yield GenerationChunk(text="".join(pending), logprobs=tuple(logprobs))
+                pending, logprobs, deadline = [], [], None
                 continue
             task, fetch = fetch, None
             try:
@@ -57,15 +58,16 @@ async def coalesce(chunks: AsyncIterator[GenerationChunk],
                 break
             if chunk.finish_reason is not None or not sent_first:
                 if pending:
-                    yield GenerationChunk(text="".join(pending))
-                    pending, deadline = [], None
+                    yield GenerationChunk(text="".join(pending), logprobs=tuple(logprobs))
+                    pending, logprobs, deadline = [], [], None
                 sent_first = True
                 yield chunk
                 continue
             pending.append(chunk.text)
+            logprobs.extend(chunk.logprobs)
             deadline = deadline or loop.time() + window()
         if pending:
-            yield GenerationChunk(text="".join(pending))
+            yield GenerationChunk(text="".join(pending), logprobs=tuple(logprobs))
     finally:
         if fetch is not None:
             # The source runs inside that task until the cancellation lands there: wait for it, so

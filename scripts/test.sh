@@ -41,6 +41,7 @@ trap 'kill "$REDIS_PID" 2>/dev/null || true' EXIT
 export AICORE_TEST_REDIS_URL="redis://127.0.0.1:${REDIS_PORT}/0"
 export HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
 
+.venv/bin/ruff check .  # seconds: an unused import or undefined name fails before the long suites
 .venv/bin/python -m pytest tests "$@"
 
 # The API suites again with INGRESS_MODE=haproxy (Ray Serve's HAProxy in front of the ingress

@@ -114,8 +114,12 @@ class Generation:
         return (self.usage.completion_tokens - 1) / decode_s if decode_s > 0 else None
 
     async def collect(self) -> GenerationResult:
-        parts = [chunk.text async for chunk in self.chunks() if chunk.text]
-        return GenerationResult("".join(parts), self.finish_reason or "length", self.usage, self.first_token_s)
+        parts, logprobs = [], []
+        async for chunk in self.chunks():
+            parts.append(chunk.text)
+            logprobs.extend(chunk.logprobs)
+        return GenerationResult("".join(parts), self.finish_reason or "length", self.usage, self.first_token_s,
+                                tuple(logprobs))
 
 
 async def next_chunk(stream: Any) -> Optional[GenerationChunk]:

@@ -100,6 +100,9 @@ class GenerationService:
             raise InvalidRequest(
                 f"model {entry.name!r} ({entry.config.type}) cannot constrain its answer: response_format "
                 "json_object or json_schema and tools need a GGUF model", param="response_format")
+        if request.sampling.logprobs is not None and entry.config.type != "gguf":
+            raise InvalidRequest(f"model {entry.name!r} ({entry.config.type}) does not return log probabilities "
+                                 "yet: logprobs need a GGUF model", param="logprobs")
 
     async def _history(self, options: RequestOptions) -> list[dict]:
         if self.sessions is None:
@@ -144,7 +147,10 @@ class GenerationService:
         options = options or RequestOptions(endpoint="-", tenant=key_id, owner=key_id)
         with_history = options.session_id is not None and messages is not None
         if with_history:
-            messages = await self._history(options) + messages
+            history = await self._history(options)
+            if any(m["role"] == "system" for m in messages):  # a resent system prompt replaces the stored one
+                history = [m for m in history if m["role"] != "system"]
+            messages = history + messages
         texts = [prompt] if prompt is not None else [m["content"] for m in messages or ()]
         prompt_estimate = token_bound(texts)
         await admission.limit(entry.name, prompt_estimate + (sampling.max_tokens or entry.config.default_max_tokens))

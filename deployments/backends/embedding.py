@@ -13,7 +13,6 @@ float rounding: tests/engine/test_embedding_batching.py).
 
 from __future__ import annotations
 
-import asyncio
 from abc import abstractmethod
 from pathlib import Path
 from typing import AsyncIterator, Union

@@ -15,7 +15,7 @@ import asyncio
 import inspect
 import logging
 from contextlib import aclosing
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator
 
 from deployments.backends.base import Backend, register_backend
 from deployments.backends.text import check_logit_bias, token_budget

@@ -1,4 +1,5 @@
-"""Grammar-constrained sampling for the llama.cpp engine, as llama.cpp's own server samples.
+"""Grammar-constrained sampling for the llama.cpp engine, as llama.cpp's own server samples
+(and the log probabilities of sampled tokens, read from the same logits).
 
 Each constrained sequence has its sampler chain (penalties, top-k... as free ones) and a grammar
 sampler (llama.cpp's GBNF engine). A token is drawn from the chain alone first; if the grammar
@@ -82,6 +83,18 @@ class GrammarSampler:
         self.lib.llama_sampler_accept(grammar, token)
         self.lib.llama_sampler_accept(chain, token)
         return token
+
+    def logprobs(self, ctx, index: int, token: int, top: int, piece) -> tuple:
+        """`token`'s log probability over the whole vocabulary (the model's own distribution, before
+        penalties, bias and truncation, as llama.cpp's server reports it) and the `top` most likely."""
+        row = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(ctx, index), shape=(self.n_vocab,))
+        peak = float(row.max())
+        log_total = peak + math.log(float(np.exp(row - peak, dtype=np.float64).sum()))
+        best = ()
+        if top:
+            ids = np.argpartition(-row, top)[:top]
+            best = tuple((piece(int(t)), float(row[t]) - log_total) for t in ids[np.argsort(-row[ids])])
+        return piece(token), float(row[token]) - log_total, best
 
     def free(self) -> None:
         for parsed in self._compiled.values():

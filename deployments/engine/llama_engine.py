@@ -305,9 +305,10 @@ class LlamaBatchEngine(StepLoop):
                 self._finish(sequence, "stop")
                 continue
             sequence.produced += 1
-            piece = self._pieces.get(token)
-            if piece is None:
-                piece = self._pieces[token] = token_bytes(lib, self.vocab, token)
+            piece = self._piece(token)
+            if sequence.sampling.logprobs is not None:
+                sequence.token_logprobs.append(
+                    self.grammars.logprobs(self.ctx, index, token, sequence.sampling.logprobs, self._piece))
             text, stopped = sequence.text_of(piece)
             sequence.emit(text)
             if stopped:
@@ -316,6 +317,12 @@ class LlamaBatchEngine(StepLoop):
                 self._finish(sequence, "length")
             else:
                 sequence.pending = token
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = token_bytes(self.lib, self.vocab, token)
+        return piece
 
     def _finish(self, sequence: Sequence, reason: str, stopped: bool = False) -> None:
         rest = "" if stopped else sequence.final_text()

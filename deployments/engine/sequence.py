@@ -46,6 +46,7 @@ class Sequence:
 
     def __post_init__(self) -> None:
         self.outbox: list[object] = []  # items for the consumer, posted by the engine after each step
+        self.token_logprobs: list = []  # of tokens not yet handed out (sampling.logprobs set)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._matcher = StopMatcher(self.stops)
 
@@ -63,12 +64,17 @@ class Sequence:
         return text if stopped else text + self._matcher.flush()
 
     def emit(self, text: str) -> None:
-        if text:
-            self.outbox.append(GenerationChunk(text=text))
+        if text:  # log probabilities travel with the text they produced (or with the final chunk)
+            self.outbox.append(GenerationChunk(text=text, logprobs=self._take_logprobs()))
+
+    def _take_logprobs(self) -> tuple:
+        taken, self.token_logprobs = tuple(self.token_logprobs), []
+        return taken
 
     def finish(self, reason: str, rest: str = "") -> None:
         self.emit(rest)
-        self.outbox.append(GenerationChunk(finish_reason=reason, usage=Usage(len(self.prompt), self.produced)))
+        self.outbox.append(GenerationChunk(finish_reason=reason, usage=Usage(len(self.prompt), self.produced),
+                                           logprobs=self._take_logprobs()))
         self.outbox.append(None)
         self.finished = True
 

@@ -21,8 +21,8 @@ logger = logging.getLogger("aicore.cache")
 
 
 def wants_cache(request: GenerationRequest, opt_in: Optional[bool], no_cache_header: bool) -> bool:
-    if opt_in is False or no_cache_header:
-        return False
+    if opt_in is False or no_cache_header or request.sampling.logprobs is not None:
+        return False  # the cache keeps text only, not log probabilities
     if opt_in is True:
         return True
     return request.sampling.temperature == 0 or request.sampling.seed is not None

@@ -15,19 +15,21 @@ from serve_app.state.store import Store
 
 
 def trim_to_fit(messages: list[dict], token_counts: list[int], budget: int) -> list[dict]:
-    """Drop the oldest non-system messages until the counted tokens fit `budget`.
+    """Drop the oldest non-system messages until the counted tokens fit `budget`, then, if that is
+    not enough, the oldest system messages but the last one.
 
     The newest message always stays (if it alone does not fit, the model says so).
     """
     keep = list(range(len(messages)))
     total = sum(token_counts)
-    for index in range(len(messages) - 1):
-        if total <= budget:
-            break
-        if messages[index]["role"] == "system":
-            continue
-        keep.remove(index)
-        total -= token_counts[index]
+    systems = [i for i, m in enumerate(messages) if m["role"] == "system"]
+    for droppable in ([i for i in keep[:-1] if i not in systems], systems[:-1]):
+        for index in droppable:
+            if total <= budget:
+                break
+            if index in keep and index != len(messages) - 1:
+                keep.remove(index)
+                total -= token_counts[index]
     return [messages[i] for i in keep]
 
 

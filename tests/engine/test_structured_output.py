@@ -109,3 +109,19 @@ def test_logit_bias_bans_a_token(smollm2):
     banned = SamplingParams(**base, logit_bias=((first, -100.0),))
     other, _ = asyncio.run(run(smollm2, GenerationRequest("banned", banned, messages=messages)))
     assert smollm2.model.tokenize(other.encode(), add_bos=False, special=False)[0] != first
+
+
+def test_logprobs_cover_every_token_and_agree_with_greedy_choice(smollm2):
+    sampling = SamplingParams(max_tokens=12, temperature=0, logprobs=3, ignore_eos=True, repeat_penalty=1.0)
+    request = GenerationRequest("lp", sampling, messages=({"role": "user", "content": "Name a colour."},))
+
+    async def chunks():
+        return [chunk async for chunk in smollm2.stream(request)]
+
+    got = asyncio.run(chunks())
+    entries = [entry for chunk in got for entry in chunk.logprobs]
+    assert len(entries) == 12 and b"".join(piece for piece, _, _ in entries).decode() == "".join(c.text for c in got)
+    for piece, logprob, top in entries:
+        assert logprob <= 0 and len(top) == 3
+        assert [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
+        assert top[0][0] == piece and abs(top[0][1] - logprob) < 1e-6  # greedy took the most likely token

@@ -128,9 +128,8 @@ def _consistent_tools(body: dict) -> None:
         calls = message.get("tool_calls")
         if message.get("role") != "assistant" and isinstance(calls, list) and all(map(_valid_call, calls)):
             del message["tool_calls"]
-        if "content" in message and message["content"] is None and not (
-                message.get("role") == "assistant" and message.get("tool_calls")):
-            message["content"] = ""
+        if message.get("content") is None and not (message.get("role") == "assistant" and message.get("tool_calls")):
+            message["content"] = ""  # absent or null
     tools = body.get("tools")
     if isinstance(tools, list) and tools and len(tools) <= 64 and all(map(_valid_tool, tools)):
         body["tools"] = tools = tools[:1]

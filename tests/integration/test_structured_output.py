@@ -142,7 +142,8 @@ def test_streamed_tool_calls_arrive_as_deltas(oai):
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": {
         "type": "object", "properties": {"n": {"type": "number", "multipleOf": 3}}}}}},
      "response_format.json_schema.schema", "multipleOf"),
-    ({"logprobs": True}, "logprobs", "logprobs"),
+    ({"top_logprobs": 2}, "top_logprobs", "logprobs: true"),
+    ({"audio": {"voice": "alloy"}}, "audio", "audio"),
     ({"n": 2}, "n", "n=1"),
     ({"frobnicate": 1}, "frobnicate", "unrecognized"),
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "nope"),
@@ -194,3 +195,21 @@ def test_api_v1_websocket_and_batch_honour_response_format(client, base_url):
             pass
         assert message["type"] == "done", message
         jsonschema.validate(json.loads(message["response"]), schema)
+
+
+def test_logprobs_in_openai_shape_streamed_and_not(oai):
+    messages = [{"role": "user", "content": "Name a colour."}]
+    r = _chat(oai, messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2,
+              extra_body={"ignore_eos": True})
+    content = r.choices[0].logprobs.content
+    assert len(content) == 8 and "".join(t.token for t in content) == r.choices[0].message.content
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 and bytes(t.bytes).decode() == t.token for t in content)
+    stream = _chat(oai, messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2,
+                   stream=True, extra_body={"ignore_eos": True})
+    streamed = [t for c in stream if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [(t.token, round(t.logprob, 4)) for t in streamed] == [(t.token, round(t.logprob, 4)) for t in content]
+    completion = oai.completions.create(model=DEFAULT, prompt="The sky is", max_tokens=5, temperature=0, logprobs=3,
+                                        extra_body={"ignore_eos": True})
+    lp = completion.choices[0].logprobs
+    assert len(lp.tokens) == 5 and len(lp.top_logprobs[0]) == 3 and lp.text_offset[0] == 0
+    assert "".join(lp.tokens) == completion.choices[0].text

@@ -30,3 +30,20 @@ def test_trim_drops_oldest_turns_but_keeps_system_and_newest():
     kept = trim_to_fit(msgs, [10, 50, 50, 50, 50, 50], budget=120)
     assert kept[0]["role"] == "system" and [m["content"] for m in kept[1:]] == ["3", "4"]
     assert trim_to_fit(msgs, [10, 50, 50, 50, 50, 500], budget=100)[-1]["content"] == "4"
+
+
+def test_trim_drops_older_system_messages_only_when_the_turns_are_not_enough():
+    msgs = [{"role": "system", "content": "a"}, {"role": "user", "content": "1"},
+            {"role": "system", "content": "b"}, {"role": "user", "content": "2"}]
+    assert [m["content"] for m in trim_to_fit(msgs, [50, 10, 50, 10], budget=120)] == ["a", "1", "b", "2"]
+    assert [m["content"] for m in trim_to_fit(msgs, [50, 10, 50, 10], budget=110)] == ["a", "b", "2"]
+    assert [m["content"] for m in trim_to_fit(msgs, [50, 10, 50, 10], budget=70)] == ["b", "2"]
+
+
+def test_a_cache_key_changes_with_the_grammar_and_logprobs_bypass_the_cache():
+    base = dict(tenant="k1", endpoint="chat", model="m", identity="rev1")
+    plain = cache_key(_req(temperature=0), **base)
+    assert cache_key(_req(temperature=0, grammar="root ::= \"{}\""), **base) != plain
+    assert cache_key(_req(temperature=0, logit_bias=((5, -100.0),)), **base) != plain
+    assert wants_cache(_req(temperature=0), None, False)
+    assert not wants_cache(_req(temperature=0, logprobs=2), None, False)

@@ -8,7 +8,6 @@ import subprocess
 import pytest
 import yaml
 
-from deployments.config import ModelConfig
 from serve_app.ops.metrics import MetricsHub, ModelLoadEvent, RequestEvent
 from serve_app.ops.model_metrics import render_model_metrics
 from serve_app.ops.status import ModelView

@@ -17,6 +17,13 @@ def test_greedy_takes_argmax_and_bans_tokens():
     assert choose(LOGITS, [], [], SamplingParams(temperature=0, repeat_penalty=1.0), rng, banned=(1,)) == 2
 
 
+def test_logit_bias_moves_the_choice():
+    rng = np.random.default_rng(0)
+    base = dict(temperature=0, repeat_penalty=1.0)
+    assert choose(LOGITS, [], [], SamplingParams(**base, logit_bias=((1, -100.0),)), rng) == 2
+    assert choose(LOGITS, [], [], SamplingParams(**base, logit_bias=((3, 5.0),)), rng) == 3
+
+
 def test_top_k_limits_choices_and_seed_repeats():
     params = SamplingParams(temperature=5.0, top_k=2, top_p=1.0, repeat_penalty=1.0)
     draws = [choose(LOGITS, [], [], params, np.random.default_rng(seed)) for seed in range(200)]

@@ -39,6 +39,19 @@ def test_coalesce_reads_the_window_for_each_gathering():
     assert [c.text for c in asyncio.run(collect(0))] == ["a", "b", "c", "d", ""]
 
 
+def test_coalesced_text_keeps_the_log_probabilities_of_its_tokens():
+    async def tokens():
+        for piece in ["a", "b", "c"]:
+            yield GenerationChunk(text=piece, logprobs=((piece.encode(), -1.0, ()),))
+        yield GenerationChunk(finish_reason="stop")
+
+    async def collect():
+        return [c async for c in coalesce(tokens(), 10.0)]
+
+    out = asyncio.run(collect())
+    assert [[p for p, _, _ in c.logprobs] for c in out] == [[b"a"], [b"b", b"c"], []]
+
+
 def test_cancelling_a_waiting_consumer_closes_the_source_before_coalesce_returns():
     """A client that leaves while its request waits for the engine: the source (the engine's
     stream, which takes the request out of the queue in its `finally`) must be closed by the time

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_serializer
@@ -28,8 +29,6 @@ class StreamOptions(BaseModel):
 # OpenAI's fields that AI Core does not do: the schema allows only the values that ask for nothing,
 # and any other is refused by name with the reason (docs/api.md, "Every request field").
 NOT_DONE = {
-    "logprobs": "logprobs are not returned yet",
-    "top_logprobs": "logprobs are not returned yet",
     "audio": "audio output is not supported",
     "prediction": "predicted outputs are not supported",
     "web_search_options": "web search is not supported",
@@ -75,9 +74,6 @@ class _OpenAIRequest(SamplingFields):
     service_tier: Optional[Literal["auto", "default"]] = Field(None, description="One tier: accepted, no effect.")
     prompt_cache_key: Optional[str] = Field(None, max_length=256, description="Accepted; prompt reuse is automatic.")
     modalities: Optional[list[Literal["text"]]] = Field(None, description="Only text.")
-    logprobs: Annotated[Optional[Literal[False, 0]], not_done("logprobs", False, 0)] = Field(
-        None, description="Not done yet: false, 0 or null only.")
-    top_logprobs: Annotated[Optional[Literal[0]], not_done("top_logprobs", 0)] = None
     audio: Annotated[None, not_done("audio")] = None
     prediction: Annotated[None, not_done("prediction")] = None
     web_search_options: Annotated[None, not_done("web_search_options")] = None
@@ -134,17 +130,26 @@ class ChatCompletionRequest(_OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1, description="At most MAX_MESSAGES.",
                                         json_schema_extra=schema_limits(maxItems="max_messages"))
     max_completion_tokens: Optional[PositiveInt] = None
+    logprobs: Optional[bool] = Field(None, description="Return each token's log probability (GGUF models).")
+    top_logprobs: Optional[Int] = Field(None, ge=0, le=20, description="Alternatives per token; needs logprobs.")
     tools: Optional[list[Tool]] = Field(None, max_length=64, description="Functions the model may call.")
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
     parallel_tool_calls: Optional[bool] = Field(None, description="Default true: several calls in one answer.")
     session_id: Optional[str] = Field(None, pattern=SESSION_ID_PATTERN, description="Extension: server-side history.")
 
+    @field_validator("top_logprobs")
+    @classmethod
+    def _alternatives_need_logprobs(cls, value, info):
+        if value and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return value
+
     def to_sampling_params(self):
         params = super().to_sampling_params()
         if self.max_completion_tokens is not None and self.max_tokens is None:
-            from dataclasses import replace
-
             params = replace(params, max_tokens=self.max_completion_tokens)
+        if self.logprobs:
+            params = replace(params, logprobs=self.top_logprobs or 0)
         return params
 
 
@@ -170,6 +175,8 @@ class CompletionRequest(_OpenAIRequest):
             raise ValueError("prompt must not be empty")
         return value
 
+    logprobs: Optional[Int] = Field(None, ge=0, le=5, description="Return each token's log probability and "
+                                    "this many alternatives (GGUF models).")
     best_of: Annotated[Optional[Literal[1]], not_done("best_of", 1)] = None
     echo: Annotated[Optional[Literal[False]], not_done("echo", False)] = None
     suffix: Annotated[Optional[Literal[""]], not_done("suffix", "")] = None
@@ -198,11 +205,26 @@ class ChatMessageOut(_WithoutEmptyCalls):
     tool_calls: Optional[list[ToolCall]] = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: Optional[list[TokenLogprob]]
+    refusal: None = None
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatMessageOut
     finish_reason: Optional[str]
-    logprobs: None = None
+    logprobs: Optional[ChoiceLogprobs] = None
 
 
 class ChatCompletion(BaseModel):
@@ -236,7 +258,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: Optional[str] = None
-    logprobs: None = None
+    logprobs: Optional[ChoiceLogprobs] = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -248,11 +270,18 @@ class ChatCompletionChunk(BaseModel):
     usage: Optional[UsageInfo] = None
 
 
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: Optional[str] = None
-    logprobs: None = None
+    logprobs: Optional[CompletionLogprobs] = None
 
 
 class Completion(BaseModel):

@@ -36,7 +36,11 @@ from serve_app.http.protocol.openai import (
     EmbeddingUsage,
     ModelCard,
     ModelList,
+    ChoiceLogprobs,
+    CompletionLogprobs,
+    TokenLogprob,
     ToolCallDelta,
+    TopLogprob,
     UsageInfo,
 )
 from serve_app.http.protocol.common import CalledFunction, ToolCall
@@ -56,6 +60,31 @@ def _usage(generation: Generation) -> UsageInfo:
 
 def _dump(model) -> dict:
     return model.model_dump(exclude_none=False)
+
+
+def _text(piece: bytes) -> str:
+    return piece.decode("utf-8", errors="replace")
+
+
+def _chat_logprobs(entries) -> Optional[ChoiceLogprobs]:
+    """OpenAI's chat shape of the engine's (bytes, logprob, alternatives) per token."""
+    if not entries:
+        return None
+    return ChoiceLogprobs(content=[TokenLogprob(
+        token=_text(piece), logprob=logprob, bytes=list(piece),
+        top_logprobs=[TopLogprob(token=_text(p), logprob=lp, bytes=list(p)) for p, lp in top],
+    ) for piece, logprob, top in entries])
+
+
+def _completion_logprobs(entries, offset: int = 0) -> Optional[CompletionLogprobs]:
+    """OpenAI's legacy completions shape; `text_offset` counts characters from `offset`."""
+    if not entries:
+        return None
+    tokens = [_text(piece) for piece, _, _ in entries]
+    offsets = [offset + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    return CompletionLogprobs(tokens=tokens, token_logprobs=[lp for _, lp, _ in entries],
+                              top_logprobs=[{_text(p): lp for p, lp in top} for _, _, top in entries],
+                              text_offset=offsets)
 
 
 def _tool_use(body: ChatCompletionRequest, sampling, messages: list[dict]):
@@ -87,8 +116,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     headers = cache_headers(generation)
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-    def chunk(delta: Delta, finish=None, choices=True) -> dict:
-        choice = [ChatChunkChoice(delta=delta, finish_reason=finish)] if choices else []
+    def chunk(delta: Delta, finish=None, choices=True, logprobs=None) -> dict:
+        choice = [ChatChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)] if choices else []
         return _dump(ChatCompletionChunk(id=cid, created=created, model=name, choices=choice))
 
     if body.stream:
@@ -99,7 +128,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
             if tool_use is not None:
                 answer.append(c.text)
                 return []
-            return [chunk(Delta(content=c.text))] if c.text else []
+            if not (c.text or c.logprobs):
+                return []
+            return [chunk(Delta(content=c.text), logprobs=_chat_logprobs(c.logprobs))]
 
         def on_end(g: Generation) -> list[dict]:
             events, finish = [], g.finish_reason
@@ -123,7 +154,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
         content, calls, finish = _calls(result.text, finish)
     return JSONResponse(_dump(ChatCompletion(
         id=cid, created=created, model=name,
-        choices=[ChatChoice(message=ChatMessageOut(content=content, tool_calls=calls or None), finish_reason=finish)],
+        choices=[ChatChoice(message=ChatMessageOut(content=content, tool_calls=calls or None), finish_reason=finish,
+                            logprobs=_chat_logprobs(result.logprobs))],
         usage=_usage(generation),
     )), headers=headers)
 
@@ -138,20 +170,29 @@ async def completions(body: CompletionRequest, request: Request, admission: Admi
     headers = cache_headers(generation)
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
-    def completion(text: str, finish=None, usage=None) -> dict:
-        return _dump(Completion(id=cid, created=created, model=name,
-                                choices=[CompletionChoice(text=text, finish_reason=finish)], usage=usage))
+    def completion(text: str, finish=None, usage=None, logprobs=None) -> dict:
+        choice = CompletionChoice(text=text, finish_reason=finish, logprobs=logprobs)
+        return _dump(Completion(id=cid, created=created, model=name, choices=[choice], usage=usage))
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        sent = 0  # characters streamed so far: where the next chunk's text_offset starts
+
+        def on_chunk(c) -> list[dict]:
+            nonlocal sent
+            if not (c.text or c.logprobs):
+                return []
+            logprobs, sent = _completion_logprobs(c.logprobs, sent), sent + len(c.text)
+            return [completion(c.text, logprobs=logprobs)]
+
         return sse_stream(
-            request, generation,
-            on_chunk=lambda c: [completion(c.text)] if c.text else [],
+            request, generation, on_chunk=on_chunk,
             on_end=lambda g: [completion("", g.finish_reason, _usage(g) if include_usage else None)],
             headers=headers,
         )
     result = await generation.collect()
-    return JSONResponse(completion(result.text, result.finish_reason, _usage(generation)), headers=headers)
+    return JSONResponse(completion(result.text, result.finish_reason, _usage(generation),
+                                   _completion_logprobs(result.logprobs)), headers=headers)
 
 
 def _encode(vector: list[float], encoding_format: str) -> Union[list[float], str]:

@@ -68,7 +68,7 @@ class Flood:
 
     def _start(self) -> bytes:
         if self.kind == "headers":
-            return f"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ".encode()
+            return "GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ".encode()
         return (f"POST {self.path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                 f"Content-Length: 10000\r\n{self.extra}\r\n{{").encode()
 
