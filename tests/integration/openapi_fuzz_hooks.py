@@ -20,7 +20,8 @@ and change nothing else: the server and its schema are tested as they are.
     grammar can enforce, tool names must differ, a named `tool_choice` must be among the tools,
     `response_format` JSON and tools do not combine, and a `logit_bias` token id must exist in the
     model's vocabulary (400): positive cases send no schema (any object), one tool, `auto`, no
-    JSON format beside tools and no logit bias.
+    JSON format beside tools and no logit bias;
+  * `top_logprobs` above 0 needs `logprobs: true` (400): positive cases with alternatives ask for it.
 Only values the schema allows are changed, into values it allows: schemathesis decides after this
 hook whether a case is valid (it re-checks edited cases), and an invalid value stays as generated.
 """
@@ -102,11 +103,12 @@ def _cheap_generation(body: dict) -> None:
 
 
 def _valid_call(call: Any) -> bool:
+    """A tool call the schema accepts (other keys are ignored there)."""
     function = call.get("function") if isinstance(call, dict) else None
-    return (isinstance(function, dict) and set(call) <= {"id", "type", "function"} and call.get("type", "function") == "function"
-            and isinstance(call.get("id"), str) and 0 < len(call["id"]) <= 128 and set(function) == {"name", "arguments"}
-            and isinstance(function["name"], str) and 0 < len(function["name"]) <= 64
-            and isinstance(function["arguments"], str))
+    return (isinstance(function, dict) and call.get("type", "function") == "function"
+            and isinstance(call.get("id"), str) and 0 < len(call["id"]) <= 128
+            and isinstance(function.get("name"), str) and 0 < len(function["name"]) <= 64
+            and isinstance(function.get("arguments"), str))
 
 
 def _valid_tool(tool: Any) -> bool:
@@ -152,6 +154,9 @@ def _consistent_tools(body: dict) -> None:
             spec["json_schema"] = None  # the schema comes with type json_schema only (400)
         elif spec["type"] == "json_schema" and spec.get("json_schema") is None:
             spec["type"] = "json_object"
+    top = body.get("top_logprobs")
+    if type(top) is int and 0 < top <= 20 and body.get("logprobs") in (None, False):
+        body["logprobs"] = True  # alternatives need logprobs: true (400)
     bias = body.get("logit_bias")
     if isinstance(bias, dict) and len(bias) <= 300 and all(
             re.fullmatch(r"[0-9]{1,9}", k) and type(v) in (int, float) and -100 <= v <= 100 for k, v in bias.items()):

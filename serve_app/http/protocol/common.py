@@ -13,15 +13,15 @@ SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 MAX_STOP_SEQUENCES = 4
 
 
-def _integral(value: Any) -> Any:
+def integral(value: Any) -> Any:
     """JSON Schema counts 3.0 as an integer: read it as 3 (strict models still refuse true and "3")."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-Int = Annotated[int, BeforeValidator(_integral)]  # the integer of request models
+Int = Annotated[int, BeforeValidator(integral)]  # the integer of request models
 # The bound inside the validator, so that the schema says `minimum` (pydantic writes a bare `ge` otherwise).
-PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
-NonNegativeInt = Annotated[int, Field(ge=0), BeforeValidator(_integral)]
+PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(integral)]
+NonNegativeInt = Annotated[int, Field(ge=0), BeforeValidator(integral)]
 
 
 def schema_limits(**limits: Union[str, int]) -> dict:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from serve_app.access.netguard import parse_networks
-from serve_app.http.protocol.common import Int, NonNegativeInt, PositiveInt, _integral, model_names
+from serve_app.http.protocol.common import Int, NonNegativeInt, PositiveInt, integral, model_names
 
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 # What the schema promises is accepted: IPv4 addresses and networks, IPv6 addresses. The server
@@ -147,7 +147,7 @@ class WebTokenCreate(_KeyFields):
                                            "minter's own (omitted: 20000, or the minter's if lower).")
     ip_allowlist: list[str] = Field([], description="CIDRs the token may be used from; empty: anywhere.",
                                     json_schema_extra=_NETWORKS)
-    expires_in_s: Annotated[int, Field(ge=1, le=WEB_TOKEN_MAX_TTL_S), BeforeValidator(_integral)] = Field(
+    expires_in_s: Annotated[int, Field(ge=1, le=WEB_TOKEN_MAX_TTL_S), BeforeValidator(integral)] = Field(
         WEB_TOKEN_DEFAULT_TTL_S, description="Seconds until the token stops working (at most a day; never after "
         "its minter expires).")
 

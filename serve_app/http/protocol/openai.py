@@ -13,6 +13,7 @@ from serve_app.http.protocol.common import (
     ChatMessage,
     Int,
     PositiveInt,
+    integral,
     SamplingFields,
     ToolCall,
     model_names,
@@ -131,7 +132,8 @@ class ChatCompletionRequest(_OpenAIRequest):
                                         json_schema_extra=schema_limits(maxItems="max_messages"))
     max_completion_tokens: Optional[PositiveInt] = None
     logprobs: Optional[bool] = Field(None, description="Return each token's log probability (GGUF models).")
-    top_logprobs: Optional[Int] = Field(None, ge=0, le=20, description="Alternatives per token; needs logprobs.")
+    top_logprobs: Optional[Annotated[int, Field(ge=0, le=20), BeforeValidator(integral)]] = Field(
+        None, description="Alternatives per token; needs logprobs.")
     tools: Optional[list[Tool]] = Field(None, max_length=64, description="Functions the model may call.")
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
     parallel_tool_calls: Optional[bool] = Field(None, description="Default true: several calls in one answer.")
@@ -175,11 +177,15 @@ class CompletionRequest(_OpenAIRequest):
             raise ValueError("prompt must not be empty")
         return value
 
-    logprobs: Optional[Int] = Field(None, ge=0, le=5, description="Return each token's log probability and "
-                                    "this many alternatives (GGUF models).")
+    logprobs: Optional[Annotated[int, Field(ge=0, le=5), BeforeValidator(integral)]] = Field(
+        None, description="Return each token's log probability and this many alternatives (GGUF models).")
     best_of: Annotated[Optional[Literal[1]], not_done("best_of", 1)] = None
     echo: Annotated[Optional[Literal[False]], not_done("echo", False)] = None
     suffix: Annotated[Optional[Literal[""]], not_done("suffix", "")] = None
+
+    def to_sampling_params(self):
+        params = super().to_sampling_params()
+        return replace(params, logprobs=self.logprobs) if self.logprobs is not None else params
 
 
 class UsageInfo(BaseModel):
