@@ -7,6 +7,7 @@ clients send `--requests` non-streamed /v1/chat/completions in all, each with it
 seed (temperature 0.7), `max_tokens` `--tokens`, the nested schema below (objects, arrays with
 bounds, enums) as `response_format`. Aggregate tok/s = completion tokens (the servers' `usage`) /
 wall time. Every constrained answer is parsed and validated with jsonschema (`valid` column).
+llama-server also runs free, so its own constrained/free ratio is known.
 AI Core runs free and constrained twice, alternately, so the ratio is not one minute's luck.
 
     .venv/bin/python -m scripts.bench_structured [--clients 16] [--requests 32] [--tokens 200]
@@ -115,6 +116,7 @@ def main() -> None:
     ensure_binary()
     with LlamaServer(gguf, threads=len(os.sched_getaffinity(0)), parallel=PARALLEL,
                      context_per_sequence=config.context_length) as llama:
+        theirs_free = run(llama.base_url, {}, args, False, "llama-server free")
         theirs = run(llama.base_url, {}, args, True, "llama-server json_schema")
     ours: dict = {"free": [], "json": []}
     with ServeProcess(env={"API_KEYS": KEY, "CACHE_ENABLED": "false"}) as server:
@@ -126,11 +128,13 @@ def main() -> None:
     constrained = sum(r["tok_s"] for r in ours["json"]) / 2
     valid = sum(r["valid"] for r in ours["json"])
     print(f"| run | tok/s | valid |\n|---|---|---|\n"
+          f"| llama-server free | {theirs_free['tok_s']:.1f} | - |\n"
           f"| llama-server json_schema | {theirs['tok_s']:.1f} | {theirs['valid']}/{theirs['served']} |\n"
           f"| AI Core free (mean of 2) | {free:.1f} | - |\n"
           f"| AI Core json_schema (mean of 2) | {constrained:.1f} | {valid}/{2 * args.requests} |\n\n"
           f"AI Core constrained / AI Core free = {constrained / free:.2f}; "
-          f"AI Core constrained / llama-server constrained = {constrained / theirs['tok_s']:.2f}")
+          f"AI Core constrained / llama-server constrained = {constrained / theirs['tok_s']:.2f}; "
+          f"llama-server constrained / llama-server free = {theirs['tok_s'] / theirs_free['tok_s']:.2f}")
 
 
 if __name__ == "__main__":
