@@ -128,6 +128,9 @@ def _consistent_tools(body: dict) -> None:
         if not isinstance(message, dict):
             continue
         calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():  # their arguments are prompt text too
+            if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                call["function"]["arguments"] = _short(call["function"].get("arguments"))
         if message.get("role") != "assistant" and isinstance(calls, list) and all(map(_valid_call, calls)):
             del message["tool_calls"]
         if message.get("content") is None and not (message.get("role") == "assistant" and message.get("tool_calls")):

@@ -69,21 +69,29 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Optional[Union[str, list[TextPart]]] = Field(
-        None, description="Text, or a list of text parts (null or absent only on an assistant message with tool_calls). All "
-        "messages together: at most MAX_PROMPT_LENGTH characters (413 prompt_too_long).",
-        json_schema_extra=PROMPT_LIMITS,
-    )
     tool_calls: Optional[list[ToolCall]] = Field(None, description="An assistant's calls (as answered).")
     tool_call_id: Optional[str] = Field(None, max_length=128, description="A tool message: the call it answers.")
+    # After role and tool_calls, which its check reads; checked also when absent (validate_default).
+    content: Optional[Union[str, list[TextPart]]] = Field(
+        None, validate_default=True,
+        description="Text, or a list of text parts (null or absent only on an assistant message with tool_calls). "
+        "All messages together: at most MAX_PROMPT_LENGTH characters (413 prompt_too_long).",
+        json_schema_extra=PROMPT_LIMITS,
+    )
 
-    @model_validator(mode="after")
-    def _content_or_calls(self):
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError("content is required (it may be null only on an assistant message with tool_calls)")
-        if self.tool_calls and self.role != "assistant":
+    @field_validator("tool_calls")
+    @classmethod
+    def _calls_are_the_assistants(cls, value, info):
+        if value and info.data.get("role") != "assistant":
             raise ValueError("only assistant messages carry tool_calls")
-        return self
+        return value
+
+    @field_validator("content")
+    @classmethod
+    def _content_or_calls(cls, value, info):
+        if value is None and not (info.data.get("role") == "assistant" and info.data.get("tool_calls")):
+            raise ValueError("content is required (it may be null only on an assistant message with tool_calls)")
+        return value
 
     def as_dict(self) -> dict:
         """The message as the chat template sees it. Tool calls and tool results become JSON text in
