@@ -160,14 +160,3 @@ def schema_grammar(schema: dict, strict: bool = True, param: str = PARAM) -> str
 def json_object_grammar() -> str:
     """Any JSON object (`response_format: {"type": "json_object"}`)."""
     return schema_grammar({"type": "object"})
-
-
-def response_format_grammar(response_format: Optional[dict]) -> Optional[str]:
-    """The grammar for a validated `response_format` (see protocol.common.ResponseFormat), or None for text."""
-    if response_format is None or response_format["type"] == "text":
-        return None
-    if response_format["type"] == "json_object":
-        return json_object_grammar()
-    spec = response_format["json_schema"]
-    strict = spec.get("strict")
-    return schema_grammar(spec.get("schema") or {"type": "object"}, strict=strict is not False)
