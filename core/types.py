@@ -42,6 +42,9 @@ class GenerationRequest:
     # Whose cached prompt KV this request may reuse: its key's own (the key id), or "shared" when
     # the operator chose so (PREFIX_CACHE_SCOPE). Reuse across keys is a timing side channel.
     cache_scope: Optional[str] = None
+    # The server-side session this turn belongs to ("<owner>/<session id>"): the engine tags the
+    # conversation's kept KV with it, so that deleting the session drops that KV (forget_conversation).
+    conversation: Optional[str] = None
 
 
 @dataclass
