@@ -30,7 +30,8 @@ TOOLS_DIR = ROOT / ".tools" / "llama-server"
 BINARY = TOOLS_DIR / "bin" / "llama-server"
 STAMP = TOOLS_DIR / "VERSION"
 DEFAULT_VERSION = "0.3.36"  # pyproject.toml's pin, when llama-cpp-python is not installed
-CMAKE_FLAGS = ("-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
+# GGML_NATIVE=OFF: the same portable AVX2 build as scripts/setup.sh gives llama-cpp-python (see there).
+CMAKE_FLAGS = ("-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DGGML_NATIVE=OFF",
                "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF")
 
 

