@@ -61,6 +61,13 @@ class SessionNotFound(AICoreError):
     status, type, code = 404, "invalid_request_error", "session_not_found"
 
 
+class SessionBusy(AICoreError):
+    """A turn of a session while another turn of it is being answered: answered from the history
+    as it stands, one of the two turns would be lost or contradict the other."""
+
+    status, type, code = 409, "invalid_request_error", "session_busy"
+
+
 class ModelUnavailable(AICoreError):
     """The model cannot answer now (not schedulable, loading too long, failed)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import aclosing
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from core.types import GenerationChunk, GenerationResult, Usage
@@ -12,6 +13,7 @@ from serve_app.model_router import ModelEntry
 from serve_app.pipeline import Admission, text_token_bound
 
 OnComplete = Callable[[GenerationResult], Awaitable[None]]
+OnClose = Callable[[], Awaitable[None]]  # runs when the stream ends, completed or not (a session's lease)
 
 
 class _Replay:
@@ -33,12 +35,13 @@ class Generation:
     """A started generation: the first chunk is in hand, the rest streams.
 
     When the stream completes, `on_complete` callbacks get the whole result (cache
-    fill, session update); a stream the client abandoned completes nothing.
+    fill, session update); a stream the client abandoned completes nothing. `on_close`
+    callbacks run after those, however the stream ended.
     """
 
     def __init__(self, entry: ModelEntry, first: Optional[GenerationChunk], rest: Any, started: float,
                  on_complete: tuple[OnComplete, ...] = (), cache: Optional[str] = None,
-                 adapter: Optional[str] = None):
+                 adapter: Optional[str] = None, on_close: tuple[OnClose, ...] = ()):
         self.admission: Optional[Admission] = None  # charged with the tokens when the stream ends
         self.prompt_estimate = 0  # charged for the prompt when the client leaves before the usage arrives
         self.entry = entry
@@ -51,6 +54,7 @@ class Generation:
         self.finish_reason: Optional[str] = None
         self.cache = cache  # "hit", "miss" or None (not cacheable)
         self._on_complete = on_complete
+        self._on_close = on_close
         self._done = first is None
         self.screen = None  # optional OutputScreen (content policy): holds text back until judged
         self.output_text: Optional[str] = None  # kept when the log wants it
@@ -65,6 +69,15 @@ class Generation:
         return cls(entry, first, rest, time.monotonic(), cache="hit", adapter=adapter)
 
     async def chunks(self) -> AsyncIterator[GenerationChunk]:
+        try:
+            async with aclosing(self._chunks()) as chunks:  # closed at once: the model's stream is cancelled
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            for close in self._on_close:
+                await close()
+
+    async def _chunks(self) -> AsyncIterator[GenerationChunk]:
         parts: list[str] = []
         try:
             chunk = self._first

@@ -28,11 +28,11 @@ from core.types import (
 from core.access_errors import TooManyMessages
 from serve_app.state.cache import ResponseCache, cache_key, wants_cache
 from serve_app.access.content_filter import ContentPolicy
-from serve_app.generation import Generation, OnComplete, next_chunk
+from serve_app.generation import Generation, OnClose, OnComplete, next_chunk
 from serve_app.model_router import ModelEntry, ModelRouter
 from serve_app.pipeline import Admission, token_bound
 from serve_app.http.protocol.api_v1 import MAX_EMBEDDING_INPUTS
-from serve_app.state.sessions import SessionStore, trim_to_fit
+from serve_app.state.sessions import SessionStore, SessionTurn
 from core.settings import Settings
 from serve_app.state.store import StoreUnavailable
 
@@ -104,29 +104,25 @@ class GenerationService:
             raise InvalidRequest(f"model {entry.name!r} ({entry.config.type}) does not return log probabilities "
                                  "yet: logprobs need a GGUF model", param="logprobs")
 
-    async def _history(self, options: RequestOptions) -> list[dict]:
+    async def _begin(self, options: RequestOptions) -> SessionTurn:
         if self.sessions is None:
             raise InvalidRequest("sessions are not enabled on this server", param="session_id")
-        record = await self.sessions.load(options.owner, options.session_id)
-        return record["messages"] if record else []
+        return await self.sessions.begin(options.owner, options.session_id)
 
-    async def _fit(self, entry: ModelEntry, options: RequestOptions, combined: list[dict],
-                   sampling: SamplingParams) -> tuple[list[dict], OnComplete]:
-        """The stored conversation and the new messages, trimmed to the context; the saver for the answer."""
-        await admit(self.gate, entry)
-        counts = await entry.handle.count_message_tokens.remote(combined)
+    def _fit(self, entry: ModelEntry, turn: SessionTurn, sampling: SamplingParams) -> tuple[list[dict], OnComplete]:
+        """The session's messages trimmed to the context (counted from earlier turns' usage: no call
+        to the model), and the saver of the answer."""
         answer_room = sampling.max_tokens or entry.config.default_max_tokens
         budget = entry.config.context_length - answer_room - TEMPLATE_MARGIN_TOKENS
-        combined = trim_to_fit(combined, counts, budget)
+        messages = turn.fit(budget, self.settings.max_messages)
 
         async def save(result: GenerationResult) -> None:
-            turns = combined + [{"role": "assistant", "content": result.text}]
             try:
-                await self.sessions.save(options.owner, options.session_id, entry.name, turns)
+                await turn.save(entry.name, result)
             except StoreUnavailable:
-                logger.error("session %s not saved: store unavailable", options.session_id)
+                logger.error("session %s not saved: store unavailable", turn.session_id)
 
-        return combined, save
+        return messages, save
 
     async def start(
         self,
@@ -145,19 +141,30 @@ class GenerationService:
         entry, adapter = self.router.resolve_adapter(model or principal.default_model, "generate", principal.may_use)
         key_id = principal.key_id
         options = options or RequestOptions(endpoint="-", tenant=key_id, owner=key_id)
-        with_history = options.session_id is not None and messages is not None
-        if with_history:
-            history = await self._history(options)
-            if any(m["role"] == "system" for m in messages):  # a resent system prompt replaces the stored one
-                history = [m for m in history if m["role"] != "system"]
-            messages = history + messages
+        turn = await self._begin(options) if options.session_id is not None and messages is not None else None
+        try:
+            generation = await self._start(admission, entry, adapter, request_id, sampling, prompt, messages,
+                                           options, priority, turn)
+        except BaseException:
+            if turn is not None:
+                await turn.release()
+            raise
+        generation.admission = admission
+        return generation
+
+    async def _start(self, admission: Admission, entry: ModelEntry, adapter: Optional[str], request_id: str,
+                     sampling: SamplingParams, prompt: Optional[str], messages: Optional[list[dict]],
+                     options: RequestOptions, priority: Optional[str], turn: Optional[SessionTurn]) -> Generation:
+        if turn is not None:
+            messages = turn.combine(messages)
         texts = [prompt] if prompt is not None else [m["content"] for m in messages or ()]
         prompt_estimate = token_bound(texts)
         await admission.limit(entry.name, prompt_estimate + (sampling.max_tokens or entry.config.default_max_tokens))
         callbacks: list[OnComplete] = []
-        if with_history:
-            messages, save = await self._fit(entry, options, messages, sampling)
+        if turn is not None:
+            messages, save = self._fit(entry, turn, sampling)
             callbacks.append(save)
+        key_id = admission.principal.key_id
         request = GenerationRequest(
             adapter=adapter,
             request_id=request_id,
@@ -167,14 +174,17 @@ class GenerationService:
             key_id=key_id,
             priority=admission.priority(priority),
             cache_scope="shared" if self.settings.prefix_cache_scope == "shared" else key_id,
+            conversation=turn.conversation if turn is not None else None,
         )
         self._check(entry, request)
-        generation = await self._generate(entry, adapter, request, options, callbacks)
-        generation.admission, generation.prompt_estimate = admission, prompt_estimate
+        generation = await self._generate(entry, adapter, request, options, callbacks,
+                                          (turn.release,) if turn is not None else ())
+        generation.prompt_estimate = prompt_estimate
         return self._observe(generation, prompt, messages)
 
     async def _generate(self, entry: ModelEntry, adapter: Optional[str], request: GenerationRequest,
-                        options: RequestOptions, callbacks: list[OnComplete]) -> Generation:
+                        options: RequestOptions, callbacks: list[OnComplete],
+                        closers: tuple[OnClose, ...] = ()) -> Generation:
         """From the response cache, or from the model: the first chunk in hand."""
         cache_state = None
         if self.cache is not None and options.session_id is None and wants_cache(request, options.cache, options.no_cache):
@@ -203,7 +213,7 @@ class GenerationService:
         except BaseException:
             stream.cancel()
             raise
-        return Generation(entry, first, stream, started, tuple(callbacks), cache_state, adapter)
+        return Generation(entry, first, stream, started, tuple(callbacks), cache_state, adapter, closers)
 
     def _observe(self, generation: Generation, prompt: Optional[str], messages: Optional[list[dict]]) -> Generation:
         """Attach the output content screen and, with LOG_PROMPTS, the texts for the access log."""

@@ -22,6 +22,7 @@ from core.types import SamplingParams
 from core.access_errors import RateLimited
 from serve_app.access.auth import Principal
 from serve_app.state.chat_history import ChatHistory
+from serve_app.state.session_trim import block_window
 from serve_app.pipeline import Admission
 from serve_app.http.protocol.telegram import TgMessage, TgReplyParameters, TgSendMessage, TgUpdate
 from serve_app.serving import GenerationService
@@ -205,7 +206,7 @@ class TelegramBot:
         model = self._model(state.model, admission.principal)
         await self.access.count_chat(chat.id)
         user = {"role": "user", "content": text}
-        history = (state.messages + [user])[-self.settings.telegram_history_messages:]
+        history = block_window(state.messages + [user], self.settings.telegram_history_messages)
         try:
             answer = await self._generate(model, history, admission)
         except AICoreError as error:  # tell the chat; an HTTP error would make Telegram retry

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 from core.access_errors import KeyConflict
+from serve_app.state.session_trim import block_window
 from serve_app.state.store import Store
 
 CHAT_PREFIX = "aicore:telegram:chat:"
@@ -40,8 +41,9 @@ class ChatState:
 
 
 class ChatHistory:
-    """The bot's chats over a `Store`: each chat's last `max_messages` messages, forgotten after
-    `ttl_s` without a change. Store failures raise `StoreUnavailable` (the webhook answers 503 and
+    """The bot's chats over a `Store`: each chat's newest messages, fewer than `max_messages` (the
+    window sent to the model with the next one), the older half dropped at once when full;
+    forgotten after `ttl_s` without a change. Store failures raise `StoreUnavailable` (the webhook answers 503 and
     Telegram delivers the update again later)."""
 
     def __init__(self, store: Store, max_messages: int = 20, ttl_s: float = 86400):
@@ -52,7 +54,9 @@ class ChatHistory:
 
     async def append(self, chat: str, messages: list[dict]) -> None:
         def change(state: ChatState) -> None:
-            state.messages = (state.messages + list(messages))[-self.max_messages:]
+            # One below the window: the next user message completes it, so the bot never cuts what
+            # it sends, and the start of the prompt changes only at a block cut (session_trim.py).
+            state.messages = block_window(state.messages + list(messages), max(1, self.max_messages - 1))
 
         await self._modify(chat, change)
 

@@ -27,17 +27,21 @@ def test_cache_key_covers_tenant_endpoint_model_identity_and_sampling():
 
 def test_trim_drops_oldest_turns_but_keeps_system_and_newest():
     msgs = [{"role": "system", "content": "s"}] + [{"role": "user", "content": str(i)} for i in range(5)]
-    kept = trim_to_fit(msgs, [10, 50, 50, 50, 50, 50], budget=120)
-    assert kept[0]["role"] == "system" and [m["content"] for m in kept[1:]] == ["3", "4"]
-    assert trim_to_fit(msgs, [10, 50, 50, 50, 50, 500], budget=100)[-1]["content"] == "4"
+    kept = [msgs[i] for i in trim_to_fit(msgs, [10, 50, 50, 50, 50, 50], budget=120)]
+    assert kept[0]["role"] == "system" and [m["content"] for m in kept[1:]] == ["4"]  # a block: down to half the room
+    assert [msgs[i] for i in trim_to_fit(msgs, [10, 50, 50, 50, 50, 500], budget=100)][-1]["content"] == "4"
+    assert trim_to_fit(msgs, [10, 20, 20, 20, 20, 20], budget=110) == list(range(6))  # fits: all
 
 
 def test_trim_drops_older_system_messages_only_when_the_turns_are_not_enough():
     msgs = [{"role": "system", "content": "a"}, {"role": "user", "content": "1"},
             {"role": "system", "content": "b"}, {"role": "user", "content": "2"}]
-    assert [m["content"] for m in trim_to_fit(msgs, [50, 10, 50, 10], budget=120)] == ["a", "1", "b", "2"]
-    assert [m["content"] for m in trim_to_fit(msgs, [50, 10, 50, 10], budget=110)] == ["a", "b", "2"]
-    assert [m["content"] for m in trim_to_fit(msgs, [50, 10, 50, 10], budget=70)] == ["b", "2"]
+
+    def contents(budget):
+        return [msgs[i]["content"] for i in trim_to_fit(msgs, [50, 10, 50, 10], budget=budget)]
+    assert contents(120) == ["a", "1", "b", "2"]
+    assert contents(110) == ["a", "b", "2"]
+    assert contents(70) == ["b", "2"]
 
 
 def test_a_cache_key_changes_with_the_grammar_and_logprobs_bypass_the_cache():

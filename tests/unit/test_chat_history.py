@@ -18,11 +18,22 @@ def _chat() -> str:
     return str(uuid.uuid4().int % 10**12)  # tests share one Redis: a chat id of their own
 
 
-def test_history_keeps_the_last_messages_and_every_change_restarts_its_idle_time(store):
+def _turns(first: int, last: int) -> list[dict]:
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": str(i)} for i in range(first, last)]
+
+
+def test_history_is_cut_in_blocks_and_every_change_restarts_its_idle_time(store):
     async def scenario():
-        chats, chat = ChatHistory(store, max_messages=3, ttl_s=100), _chat()
-        await chats.append(chat, [{"role": "user", "content": str(i)} for i in range(5)])
-        assert [m["content"] for m in (await chats.get(chat)).messages] == ["2", "3", "4"]
+        chats, chat = ChatHistory(store, max_messages=5, ttl_s=100), _chat()
+
+        async def contents():
+            return [m["content"] for m in (await chats.get(chat)).messages]
+        await chats.append(chat, _turns(0, 6))
+        assert await contents() == ["4", "5"]  # below the window of 5 (the next message completes it): half kept
+        await chats.append(chat, _turns(6, 8))
+        assert await contents() == ["4", "5", "6", "7"]  # the start stays while it fits
+        await chats.append(chat, _turns(8, 10))
+        assert await contents() == ["8", "9"]
         await store.expire(CHAT_PREFIX + chat, 10)
         await chats.set_model(chat, "m")  # a compare-and-set (which drops an expiry) and the idle time anew
         assert 90 < await store.ttl(CHAT_PREFIX + chat) <= 100

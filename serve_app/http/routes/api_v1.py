@@ -32,11 +32,12 @@ from serve_app.http.protocol.api_v1 import (
     SessionDetail,
     SessionList,
 )
+from serve_app.ops.conversations import forget_conversation
 from serve_app.ops.model_metrics import render_model_metrics
 from serve_app.ops.readiness import readiness
 from serve_app.http.replies import generate_response, iso_time, now_iso, summary
 from serve_app.http.routes.common import cache_headers, request_options, streamed
-from serve_app.http.routes.statuses import EMBEDDING, GENERATION, KEYED, LOAD, SESSION, links, responses_for
+from serve_app.http.routes.statuses import CHAT, EMBEDDING, GENERATION, KEYED, LOAD, SESSION, links, responses_for
 from serve_app.ops.status import ModelView
 from serve_app.http.streaming import sse_stream
 
@@ -73,7 +74,7 @@ async def generate(body: GenerateRequest, request: Request, admission: Admission
 
 
 @router.post("/chat", response_model=GenerateResponse, response_model_exclude_none=True,
-             responses=responses_for(KEYED, GENERATION, streamed(GenerateResponse, GENERATE_SSE_EXAMPLE)))
+             responses=responses_for(KEYED, CHAT, streamed(GenerateResponse, GENERATE_SSE_EXAMPLE)))
 async def chat(body: ChatRequest, request: Request, admission: Admission = Depends(require_caller)):
     return await _run(request, body, admission, "chat", messages=[m.as_dict() for m in body.messages])
 
@@ -95,8 +96,11 @@ async def get_session(session_id: str, request: Request, principal: Principal = 
 
 @router.delete("/sessions/{session_id}", response_model=SessionDeleted, responses=responses_for(KEYED, SESSION))
 async def delete_session(session_id: str, request: Request, principal: Principal = Depends(require_key)):
-    if not await request.app.state.sessions.delete(principal.key_id, session_id):
+    record = await request.app.state.sessions.delete(principal.key_id, session_id)
+    if record is None:
         raise SessionNotFound(f"session {session_id!r} does not exist", param="session_id")
+    state = request.app.state
+    await forget_conversation(state.router, state.model_status, record["model"], f"{principal.key_id}/{session_id}")
     return SessionDeleted(session_id=session_id, deleted=True)
 
 

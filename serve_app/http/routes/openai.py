@@ -46,7 +46,7 @@ from serve_app.http.protocol.openai import (
 from serve_app.http.protocol.common import CalledFunction, ToolCall
 from serve_app.tool_calls import ToolUse, read_answer
 from serve_app.http.routes.common import cache_headers, request_options, streamed
-from serve_app.http.routes.statuses import EMBEDDING, GENERATION, KEYED, MODEL_CARD, links, responses_for
+from serve_app.http.routes.statuses import CHAT, EMBEDDING, GENERATION, KEYED, MODEL_CARD, links, responses_for
 from serve_app.generation import Generation
 from serve_app.http.streaming import sse_stream
 
@@ -104,7 +104,7 @@ def _calls(text: str, finish_reason: Optional[str]) -> tuple[Optional[str], list
                      for c in calls], finish
 
 
-@router.post("/chat/completions", responses=responses_for(KEYED, GENERATION, streamed(ChatCompletion, CHAT_SSE_EXAMPLE)))
+@router.post("/chat/completions", responses=responses_for(KEYED, CHAT, streamed(ChatCompletion, CHAT_SSE_EXAMPLE)))
 async def chat_completions(body: ChatCompletionRequest, request: Request,
                            admission: Admission = Depends(require_caller)):
     tool_use, sampling, messages = _tool_use(body, body.to_sampling_params(), [m.as_dict() for m in body.messages])

@@ -23,6 +23,7 @@ from core.errors import (
     NotEnabled,
     Overloaded,
     PromptTooLong,
+    SessionBusy,
     SessionNotFound,
 )
 from core.errors import PermissionDenied as WrongSecret
@@ -62,6 +63,7 @@ MODEL: Errors = (ModelNotFound, ModelUnavailable, ModelDisabled, Overloaded, Ins
 # A model reads the input: too long in characters or tokens, refused by the content policy, the engine failed.
 INPUT: Errors = (PromptTooLong, ContextLengthExceeded, ContentFiltered, BackendFailure)
 GENERATION: Errors = BODY + MODEL + INPUT + (TooManyMessages,)
+CHAT: Errors = GENERATION + (SessionBusy,)  # a turn of a session while another turn of it runs
 EMBEDDING: Errors = BODY + MODEL + INPUT
 MODEL_CARD: Errors = (ModelNotFound,)
 SESSION: Errors = (SessionNotFound,)
