@@ -36,106 +36,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from core.access_errors import (
-    KeyNotFound,
-    PermissionDenied,
-    RateLimited,
-)
-from core.errors import AICoreError, AuthenticationFailed, InvalidRequest, RequestCancelled
-from serve_app.http.errors import error_body
-from serve_app.integrations.batch import ITEM_ID_MAX_CHARS, BatchService, Prepared, prepare
-from serve_app.pipeline import Admission, RequestContext
-from serve_app.state.batch_job_records import JobRecord, JobRecords
+from core.errors import InvalidRequest
+from core.settings import Settings
 from serve_app.http.protocol.batch import BatchItemResult, BatchRequest
 from serve_app.http.protocol.batch_jobs import JOB_ID_PATTERN, TERMINAL, BatchJob, BatchJobCounts, BatchJobList
-from core.settings import Settings
+from serve_app.integrations.batch import ITEM_ID_MAX_CHARS, BatchService, prepare
+from serve_app.integrations.batch_job_common import (
+    CANCEL_WAIT_S,
+    JOBS_PATH,
+    STALE_BEATS,
+    JobNotFound,
+    LocalJob,
+    ResultQuotaExceeded,
+    TooManyBatchJobs,
+    interrupted_error,
+    new_job_id,
+    to_json,
+)
+from serve_app.integrations.batch_job_runner import BatchJobRunner
+from serve_app.pipeline import Admission
+from serve_app.state.batch_job_records import JobRecord, JobRecords
 from serve_app.state.store import Store, StoreUnavailable
 
 logger = logging.getLogger("aicore.batch_jobs")
 
-JOBS_PATH = "/api/v1/generate/batch/jobs"
-CANCEL_POLL_S = 0.5  # how often a runner reads its jobs' records for a cancel request
-CANCEL_WAIT_S = 5.0  # how long a cancel call waits for the job to reach its final state
-STALE_BEATS = 6  # heartbeats missed before a job counts as interrupted
 
-
-class JobNotFound(AICoreError):
-    """No such job, or one this key may not see (the same answer: ids are not confirmed to others)."""
-
-    status, type, code = 404, "invalid_request_error", "batch_job_not_found"
-
-
-class TooManyBatchJobs(RateLimited):
-    """The key has BATCH_JOBS_PER_KEY jobs queued or running already."""
-
-    code = "too_many_batch_jobs"
-
-
-class ResultQuotaExceeded(RateLimited):
-    """The key's jobs stored BATCH_JOB_RESULT_BYTES_PER_KEY bytes of results in this window."""
-
-    code = "batch_result_quota_exceeded"
-
-
-_last_id_us = 0
-
-
-def new_job_id(now: float) -> str:
-    """`bjob_` + the creation time (µs, 13 hex digits; strictly increasing in one process) + 11
-    random hex digits: ids sort by age, so a listing pages by id."""
-    global _last_id_us
-    _last_id_us = max(int(now * 1_000_000) % 16 ** 13, _last_id_us + 1)
-    return f"bjob_{_last_id_us:013x}{secrets.token_hex(6)[:11]}"
-
-
-async def current_principal(keys: Any, submitted: Any, client_ip: Optional[str]) -> Any:
-    """The job's key as it stands now, looked up by id (one store read): what `Authenticator.check`
-    checks after finding a presented key, and the `inference` scope. Bootstrap keys (API_KEYS)
-    cannot change. Raises the error that stops the job."""
-    from serve_app.access.auth import usable  # auth imports the pipeline, as this module does
-
-    if submitted.bootstrap:
-        return submitted
-    try:
-        record = await keys.record(submitted.key_id)  # StoreUnavailable: the item cannot run now
-    except KeyNotFound:
-        raise AuthenticationFailed("this API key no longer exists") from None
-    principal = usable(record, client_ip)
-    if "inference" not in principal.scopes:
-        raise PermissionDenied("this API key lacks the 'inference' scope")
-    return principal
-
-
-@dataclass(eq=False)
-class LocalJob:
-    """A job this replica runs: its items, who submitted it from where, the results so far, its task."""
-
-    record: JobRecord
-    entries: list[Prepared]
-    principal: Any  # the key at submission: only its id (and whether it is a bootstrap key) is used
-    client_ip: Optional[str]  # the submitting address: the key's IP allowlist is checked against it
-    results: dict[int, BatchItemResult] = field(default_factory=dict)
-    started: set[int] = field(default_factory=set)  # items whose generation began
-    task: Optional[asyncio.Task] = None
-    stop_reason: Optional[str] = None  # "cancelled", "interrupted" or "quota"
-    stop_error: Optional[dict] = None  # why it stopped without a cancel request (the final `error`)
-    entered: bool = False  # its task began (a task cancelled before that never runs its own code)
-    finishing: bool = False
-
-    def stop(self, reason: str, error: Optional[dict] = None) -> None:
-        if self.stop_reason is None and not self.finishing and self.task is not None:
-            self.stop_reason, self.stop_error = reason, error
-            if self.entered:
-                self.task.cancel()
-
-
-class BatchJobService:
+class BatchJobService(BatchJobRunner):
     def __init__(self, batch: BatchService, store: Store, settings: Settings,
                  clock: Callable[[], float] = time.time):
         self.batch = batch
@@ -260,7 +190,7 @@ class BatchJobService:
         record.error = interrupted_error(record.pending)
         logger.warning("batch job %s: runner %s silent for %.0fs, marked interrupted", record.id, record.runner, silent_s)
         await self.records.update(record.id, {"status": "failed", "finished_at": str(record.finished_at),
-                                              "error": _json(record.error)})
+                                              "error": to_json(record.error)})
         await self.records.keep(record.id)  # the results live as long as the record
         await self._ended(record)
         return record
@@ -332,155 +262,6 @@ class BatchJobService:
                                   cancelled=record.cancelled, pending=record.pending),
             tokens_used=record.tokens_used, processing_time=processing, error=record.error, results=results,
         )
-
-    # -- running ---------------------------------------------------------------------------
-
-    async def _run(self, job: LocalJob) -> None:
-        job.entered = True
-        status = "completed"
-        try:
-            if job.stop_reason is not None:  # stopped before its task began
-                raise asyncio.CancelledError
-            async with self._slots:
-                job.record.status, job.record.started_at = "running", self.clock()
-                await self._save(job.record.id, {"status": "running", "started_at": str(job.record.started_at)})
-                gate = asyncio.Semaphore(self.settings.batch_concurrency)  # FIFO: items start in order
-                items = [asyncio.create_task(self._item(job, entry, gate)) for entry in job.entries]
-                try:
-                    await asyncio.gather(*items)
-                finally:  # a cancel (or a bug in one item) stops every item still running
-                    for task in items:
-                        task.cancel()
-        except asyncio.CancelledError:
-            asyncio.current_task().uncancel()  # handled: the final writes below must not be cancelled
-            status = "cancelled" if job.stop_reason in (None, "cancelled") else "failed"
-        except Exception:  # a bug, not an item's error (those are results): the job fails, loudly
-            logger.exception("batch job %s failed", job.record.id)
-            status = "failed"
-        job.finishing = True
-        try:
-            await self._finish(job, status)
-        finally:
-            self.jobs.pop(job.record.id, None)
-
-    async def _item(self, job: LocalJob, entry: Prepared, gate: asyncio.Semaphore) -> None:
-        # The gate also bounds the progress writes: a thousand invalid items written at once
-        # overran the shared state hub (found by tests/integration/test_openapi_fuzz.py).
-        async with gate:
-            try:  # the key as it stands now, before every item (and each retry of an overloaded one)
-                caller = await self._caller(job)
-                if entry.error is not None:
-                    result = entry.failed(entry.error)
-                else:
-                    job.started.add(entry.index)
-                    result = await self.batch.generate(entry, caller, retry_overloaded=True,
-                                                       refresh=lambda: self._caller(job))
-            except StoreUnavailable as error:  # the key cannot be checked: the item does not run
-                result = entry.failed(entry.error or error)
-            except AICoreError as refused:  # revoked, disabled, expired, gone, scope or address lost
-                job.stop("cancelled", _stopped_error(refused))
-                return
-            job.results[entry.index] = result
-            job.record.count(job.results)
-            try:  # progress for pollers; the final write repeats everything
-                await self.records.put_results(job.record.id, {entry.index: result})
-                await self.records.update(job.record.id, job.record.counts_hash())
-            except StoreUnavailable:
-                logger.warning("batch job %s: progress not written (store unavailable)", job.record.id)
-            await self._charge(job, result)
-
-    async def _caller(self, job: LocalJob) -> Admission:
-        """An admission for the next item under the key as it is now (looked up by id)."""
-        principal = await current_principal(self.pipeline.keys, job.principal, job.client_ip)
-        return Admission(self.pipeline, RequestContext("batch", None, job.client_ip), principal)
-
-    async def _charge(self, job: LocalJob, result: BatchItemResult) -> None:
-        """Count the stored result against the key's bytes; past the quota the job ends `failed`."""
-        if job.principal.bootstrap:
-            return
-        quota = self.settings.batch_job_result_bytes_per_key
-        try:
-            total = await self.records.charge_bytes(job.record.owner, len(result.model_dump_json(exclude_none=True)))
-        except StoreUnavailable:
-            return
-        if total > quota:
-            job.stop("quota", {
-                "message": f"this key's batch jobs stored {total} bytes of results in this window (at most {quota}, "
-                           "BATCH_JOB_RESULT_BYTES_PER_KEY): the items without a result did not run; submit them "
-                           "again later", "type": "requests", "param": None, "code": ResultQuotaExceeded.code})
-
-    async def _finish(self, job: LocalJob, status: str) -> None:
-        record = job.record
-        stopped = f"stopped ({job.stop_error['code']})" if job.stop_error else "cancelled"
-        for entry in job.entries:
-            if entry.index in job.results:
-                continue
-            if entry.error is not None:  # an invalid item's result is its own error, whatever happened
-                job.results[entry.index] = entry.failed(entry.error)
-            elif status == "cancelled":
-                when = "while this item ran" if entry.index in job.started else "before this item ran"
-                job.results[entry.index] = entry.failed(RequestCancelled(f"the job was {stopped} {when}"))
-        record.count(job.results)
-        record.status, record.finished_at = status, self.clock()
-        values = {"status": status, "finished_at": str(record.finished_at), **record.counts_hash()}
-        if job.stop_error is not None:
-            record.error = job.stop_error
-        elif status == "failed":
-            record.error = (interrupted_error(record.pending) if job.stop_reason == "interrupted"
-                            else {"message": "the job failed; see the server log", "type": "server_error",
-                                  "param": None, "code": "job_failed"})
-        if record.error is not None:
-            values["error"] = _json(record.error)
-        try:
-            await self.records.put_results(record.id, job.results)
-            await self._save(record.id, values)
-            await self._ended(record)
-        except StoreUnavailable:
-            logger.error("batch job %s ended %s but the store is unavailable: it will read as interrupted",
-                         record.id, status)
-        logger.info("batch job %s %s: %d ok, %d failed, %d cancelled, %d not run", record.id, status,
-                    record.succeeded, record.failed, record.cancelled, record.pending)
-
-    async def _save(self, job_id: str, values: dict[str, str]) -> None:
-        await self.records.update(job_id, values)
-
-    async def _watch(self) -> None:
-        """While this replica runs jobs: pick up cancel requests, keep the heartbeats fresh."""
-        while self.jobs:
-            await asyncio.sleep(CANCEL_POLL_S)
-            now = self.clock()
-            beat = now - self._beat_at >= self.settings.batch_job_heartbeat_s
-            for job in list(self.jobs.values()):
-                try:
-                    current = await self.records.load(job.record.id)
-                    if current is not None and current.cancel_requested:
-                        job.stop("cancelled")
-                    if beat:
-                        await self.records.touch(job.record.id, now)
-                        await self.records.index(job.record, self._listed_until())
-                except StoreUnavailable:
-                    logger.warning("batch job %s: store unavailable for the heartbeat", job.record.id)
-            if beat:
-                self._beat_at = now
-
-
-def _stopped_error(refused: AICoreError) -> dict:
-    """The final `error` of a job its key's state stopped (the code says why: `key_revoked`, ...)."""
-    body = error_body(refused)["error"]
-    body.pop("request_id", None)
-    body["message"] = f"the job was stopped: {refused.message}; the items without a result did not run"
-    return body
-
-
-def interrupted_error(not_run: int) -> dict:
-    return {"message": f"the ingress replica running this job stopped; {not_run} items did not run: "
-                       "submit them again", "type": "server_error", "param": None, "code": "job_interrupted"}
-
-
-def _json(value: dict) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 def _int(value: Optional[float]) -> Optional[int]:
