@@ -7,35 +7,20 @@ decode steps: the engine's step record shows it.
 
 import asyncio
 import json
-from typing import Literal, Optional
+from typing import Optional
 
 import jsonschema
 import pytest
 from openai.lib._pydantic import to_strict_json_schema
-from pydantic import BaseModel, Field
 
 from core.types import GenerationRequest, SamplingParams
 from serve_app.structured_output import json_object_grammar, schema_grammar
 from tests.engine.test_llama_engine import run, steps
-
-
-class Address(BaseModel):
-    city: str = Field(max_length=40)
-    postcode: Optional[str] = Field(default=None, max_length=12)
-
-
-class Ticket(BaseModel):
-    intent: Literal["refund", "question", "complaint"]
-    reply_needed: bool
-    priority: int = Field(ge=1, le=5)
-    count: int = Field(ge=0)
-    tags: list[str] = Field(min_length=1, max_length=3)
-    address: Address
-    forwarded_to: Optional[Address] = None
+from tests.structured_models import EMAIL, Triage
 
 
 SCHEMAS = {
-    "ticket (pydantic, strict)": to_strict_json_schema(Ticket),
+    "triage (pydantic, strict)": to_strict_json_schema(Triage),
     "nested arrays with bounds": {
         "type": "object", "additionalProperties": False, "required": ["rows"],
         "properties": {"rows": {"type": "array", "minItems": 2, "maxItems": 3, "items": {
@@ -49,11 +34,10 @@ SCHEMAS = {
         "properties": {"colour": {"enum": ["red", "green", "blue"]}, "weight": {"type": "number"}},
     },
 }
-PROMPT = "An email says: 'My parcel to Berlin never arrived, I want my money back.' Describe it as JSON."
 
 
 def constrained(rid: str, grammar: str, temperature: float = 0.7, seed: Optional[int] = None,
-                prompt: str = PROMPT) -> GenerationRequest:
+                prompt: str = EMAIL) -> GenerationRequest:
     sampling = SamplingParams(max_tokens=300, temperature=temperature, seed=seed, grammar=grammar)
     return GenerationRequest(request_id=rid, sampling=sampling, messages=({"role": "user", "content": prompt},))
 
@@ -79,7 +63,7 @@ def test_json_object_mode_answers_an_object(smollm2):
 
 
 def test_constrained_and_free_sequences_share_decode_steps(smollm2):
-    grammar = schema_grammar(SCHEMAS["ticket (pydantic, strict)"])
+    grammar = schema_grammar(SCHEMAS["triage (pydantic, strict)"])
     free = GenerationRequest(request_id="free-0", sampling=SamplingParams(max_tokens=60, temperature=0.7, seed=1),
                              messages=({"role": "user", "content": "Tell me about the sea."},))
 
@@ -87,15 +71,15 @@ def test_constrained_and_free_sequences_share_decode_steps(smollm2):
         return await asyncio.gather(run(smollm2, constrained("json-0", grammar, seed=3)), run(smollm2, free))
 
     (text, _), (free_text, _) = asyncio.run(mixed())
-    jsonschema.validate(json.loads(text), SCHEMAS["ticket (pydantic, strict)"])
+    jsonschema.validate(json.loads(text), SCHEMAS["triage (pydantic, strict)"])
     assert free_text
     shared = [r for r in steps(smollm2) if "json-0" in r["decode"] and "free-0" in r["decode"]]
     assert shared, "the constrained and the free sequence never decoded in the same step"
 
 
 def test_a_constraint_cut_by_max_tokens_ends_with_length(smollm2):
-    sampling = SamplingParams(max_tokens=5, temperature=0, grammar=schema_grammar(SCHEMAS["ticket (pydantic, strict)"]))
-    request = GenerationRequest(request_id="short", sampling=sampling, messages=({"role": "user", "content": PROMPT},))
+    sampling = SamplingParams(max_tokens=5, temperature=0, grammar=schema_grammar(SCHEMAS["triage (pydantic, strict)"]))
+    request = GenerationRequest(request_id="short", sampling=sampling, messages=({"role": "user", "content": EMAIL},))
     text, final = asyncio.run(run(smollm2, request))
     assert final.finish_reason == "length" and final.usage.completion_tokens == 5
     assert text.startswith("{")

@@ -7,33 +7,17 @@ through the generic tool format under a grammar (serve_app/tool_calls.py).
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Literal, Optional
 
 import jsonschema
 import openai
 import pytest
 from openai.lib._pydantic import to_strict_json_schema
-from pydantic import BaseModel, Field
 from websockets.sync.client import connect
 
 from tests.integration.conftest import DEFAULT, KEY
+from tests.structured_models import EMAIL, Address, Triage
 
 
-class Address(BaseModel):
-    city: str = Field(max_length=40)
-    postcode: Optional[str] = Field(default=None, max_length=12)
-
-
-class Triage(BaseModel):
-    intent: Literal["refund", "question", "complaint"]
-    reply_needed: bool
-    urgency: int = Field(ge=1, le=5)
-    tags: list[Annotated[str, Field(max_length=20)]] = Field(min_length=1, max_length=3)
-    sender: Address
-    forward_to: Optional[Address] = None
-
-
-EMAIL = "Email: 'My parcel to Berlin never arrived. I want my money back now!' Triage it as JSON."
 TRIAGE_SCHEMA = to_strict_json_schema(Triage)
 RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "triage", "schema": TRIAGE_SCHEMA, "strict": True}}
 WEATHER = {"type": "function", "function": {
