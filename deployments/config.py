@@ -117,6 +117,11 @@ class ModelConfig(BaseModel):
     prefix_reuse: bool = Field(
         True, description="gguf: a request sharing a prefix with a free slot's cached tokens prefills only the rest."
     )
+    saved_prompt_budget: str = Field(
+        "512MiB", description="gguf: host memory for conversations' KV saved when their slot is given to "
+        "another chat, restored when the conversation's next turn comes (a chat's turn then prefills only "
+        "its new tokens); least recently used out first; `0` turns it off. Count it in `memory`."
+    )
     mmap: bool = Field(
         True, description="gguf: map the weights file (llama.cpp's default). false: read the weights into memory; "
         "for K-quants, whose weights llama.cpp repacks into a copy, RSS then holds them once instead of twice "

@@ -43,7 +43,8 @@ def weights_bytes(path: str, cache_dir: Path, config_dir: Optional[Path]) -> Opt
 
 
 def footprint(config: ModelConfig, cache_dir: Path, config_dir: Optional[Path]) -> Optional[int]:
-    """Bytes one replica needs: `memory`, else `max_memory`, else weights + context + runtime."""
+    """Bytes one replica needs: `memory`, else `max_memory`, else weights + context (+ a GGUF model's
+    saved conversations) + runtime."""
     if config.memory:
         return config.memory
     if config.max_memory:
@@ -52,7 +53,8 @@ def footprint(config: ModelConfig, cache_dir: Path, config_dir: Optional[Path]) 
     if size is None:
         return None
     fp32_factor = 2 if config.type == "transformers" and config.dtype in ("auto", "float32") else 1
-    return size * fp32_factor + kv_cache_bytes(config, cache_dir, config_dir) + RUNTIME_OVERHEAD_BYTES
+    saved = parse_size(config.saved_prompt_budget) if config.type == "gguf" and config.task == "generate" else 0
+    return size * fp32_factor + kv_cache_bytes(config, cache_dir, config_dir) + saved + RUNTIME_OVERHEAD_BYTES
 
 
 def kv_cache_bytes(config: ModelConfig, cache_dir: Path, config_dir: Optional[Path]) -> int:

@@ -150,6 +150,10 @@ class ModelDeployment:
         """Per message: its content's tokens plus a few for the role markers of a chat template."""
         return [self.backend.count_tokens(m["content"]) + 4 for m in messages]
 
+    def forget_conversation(self, conversation: str) -> int:
+        """A server-side session was deleted: drop the KV this replica kept of it."""
+        return self.backend.forget_conversation(conversation)
+
     async def embed(self, request_id: str, texts: list[str]) -> EmbeddingResult:
         request_id_var.set(request_id)
         self.in_flight += 1

@@ -100,6 +100,10 @@ class Backend(ABC):
         """A batching engine's slots, queue and counters (None: the backend has no such engine)."""
         return None
 
+    def forget_conversation(self, conversation: str) -> int:
+        """Drop what the backend keeps of a server-side session (its KV); how many pieces it held."""
+        return 0
+
     def loaded_adapters(self) -> list[str]:
         """Adapters in memory now, least recently used first."""
         return []

@@ -75,6 +75,7 @@ class GGUFBackend(Backend):
             llama_cpp, self.model.model, model_name=self.model_name, parallel=parallel,
             context_length=config.context_length, batch_tokens=max(config.batch_tokens, parallel),
             threads=config.threads, room=room, adapters=adapters, prefix_reuse=config.prefix_reuse,
+            saved_prompt_bytes=parse_size(config.saved_prompt_budget),
         )
         logger.info("engine ready", extra={"model": self.model_name, "parallel": parallel,
                                            "kv_bytes_per_token": self.kv_bytes_per_token})
@@ -132,10 +133,14 @@ class GGUFBackend(Backend):
         sequence = Sequence(request_id=request.request_id, prompt=tokens, budget=budget, sampling=s,
                             stops=list(s.stop) + template_stops, adapter=request.adapter,
                             priority=request.priority, outlet=Outlet(loop, queue.put_nowait),
-                            tenant=request.key_id or "-", cache_scope=request.cache_scope)
+                            tenant=request.key_id or "-", cache_scope=request.cache_scope,
+                            conversation=request.conversation)
         async with aclosing(stream_sequence(self.engine, sequence, queue, self.note_cancelled)) as chunks:
             async for chunk in chunks:  # closing this stream (client gone) closes that one at once
                 yield chunk
+
+    def forget_conversation(self, conversation: str) -> int:
+        return self.engine.forget(conversation)
 
     def engine_report(self) -> dict:
         return self.engine.report()

@@ -4,10 +4,11 @@ One context per replica holds `parallel` sequence slots (a KV stream each, `cont
 cells per slot). One engine thread runs steps. Each step:
 
 1. starts waiting requests in free slots (interactive first; see `admission.WaitingRoom`), in
-   the free slot whose cached tokens share the longest prefix with the prompt (prefix reuse);
+   the free slot whose cached tokens share the longest prefix with the prompt (prefix reuse), or
+   restores the conversation's KV from host memory when that shares more (`saved_prompts`);
 2. builds one batch: the pending token of every decoding sequence, then prompt chunks of
-   prefilling sequences up to `batch_tokens` in all (chunked prefill: a long prompt never holds
-   the running streams back for more than one step's share);
+   prefilling sequences, shortest rest first, up to `batch_tokens` in all (chunked prefill: a long
+   prompt never holds the running streams back for more than one step's share);
 3. calls `llama_decode` once, samples every sequence whose logits came out with its own sampler
    chain, detokenizes incrementally, applies stop strings and `max_tokens`, and hands text to
    the request's consumer (one event-loop wake-up per step for all the streams of a loop).
@@ -25,11 +26,13 @@ import math
 import random
 import time
 from collections import OrderedDict
+from dataclasses import asdict
 from typing import Any, Optional
 
 from deployments.engine.admission import WaitingRoom
 from deployments.engine.grammar import GrammarSampler
 from deployments.engine.loop import StepLoop
+from deployments.engine.saved_prompts import MIN_SAVED_TOKENS, SavedPrompts
 from deployments.engine.sequence import Sequence, Slot, common_prefix
 from deployments.engine.steps import StepRecord
 from core.errors import BackendFailure, InvalidRequest, ModelUnavailable
@@ -39,6 +42,7 @@ logger = logging.getLogger("aicore.engine")
 
 MIN_P = 0.05  # as llama-cpp-python's generate, which served GGUF models before this engine
 PENALTY_LAST_N = 64
+RESTORE_GAIN = 16  # a saved conversation is restored when it spares this many more tokens than a slot
 
 
 def token_bytes(lib, vocab, token: int) -> bytes:
@@ -119,7 +123,7 @@ class Adapters:
 class LlamaBatchEngine(StepLoop):
     def __init__(self, lib, model, *, model_name: str, parallel: int, context_length: int, batch_tokens: int,
                  threads: int, room: WaitingRoom, adapters: Adapters, keep_steps: int = 2048,
-                 prefix_reuse: bool = True):
+                 prefix_reuse: bool = True, saved_prompt_bytes: int = 0):
         self.lib, self.model_name = lib, model_name
         self.parallel, self.context_length, self.batch_tokens = parallel, context_length, batch_tokens
         self.adapters = adapters
@@ -144,6 +148,8 @@ class LlamaBatchEngine(StepLoop):
         self.memory = lib.llama_get_memory(self.ctx)
         self.batch = lib.llama_batch_init(batch_tokens, 0, 1)
         self.slots = [Slot(seq_id=i) for i in range(parallel)]
+        self.saved = SavedPrompts(lib, self.ctx, self.memory, saved_prompt_bytes)
+        self._forgotten: list[str] = []  # conversations whose KV the free slots drop at the next step
         self._adapter: Optional[str] = None  # set on the context now
         self._group_turn = 0
         self._start_loop(model_name, room, keep_steps)
@@ -152,9 +158,21 @@ class LlamaBatchEngine(StepLoop):
     def busy_slots(self) -> int:
         return sum(1 for s in self.slots if s.sequence is not None)
 
+    def forget(self, conversation: str) -> int:
+        """Drop a deleted session's kept KV: host entries now, free slots' cells at the next step."""
+        dropped = self.saved.forget(conversation)
+        with self.room.lock:
+            self._forgotten.append(conversation)
+        self._wake.set()
+        return dropped + sum(1 for s in self.slots if s.conversation == conversation)
+
+    def report(self) -> dict:
+        return {**super().report(), "saved_prompts": asdict(self.saved.stats)}
+
     def close(self) -> None:
         if not self._stop_loop():  # a step still running: leave the memory to the process's end
             return
+        self.saved.clear()
         self.adapters.free()
         self.grammars.free()
         self.lib.llama_batch_free(self.batch)
@@ -165,6 +183,7 @@ class LlamaBatchEngine(StepLoop):
     def _step_once(self) -> bool:
         record = StepRecord(step=self._step)
         self._drop_cancelled()
+        self._drop_forgotten()
         with self.room.lock:
             free = [s for s in self.slots if s.sequence is None]
             starting = self.room.take(len(free))
@@ -200,7 +219,8 @@ class LlamaBatchEngine(StepLoop):
         return True
 
     def _start(self, sequence: Sequence, free: list[Slot]) -> None:
-        """Give `sequence` the free slot with the longest cached prefix (else the least recently used)."""
+        """Give `sequence` the free slot with the longest cached prefix (else the least recently used),
+        or restore a saved conversation that shares more of the prompt into the least useful slot."""
         in_use = {s.sequence.adapter for s in self.slots if s.sequence is not None} | {sequence.adapter}
         if sequence.adapter is not None:
             self.adapters.get(sequence.adapter, in_use)  # raises BackendFailure: the caller fails the request
@@ -213,13 +233,30 @@ class LlamaBatchEngine(StepLoop):
         shared = {slot.seq_id: reusable(slot) for slot in free}
         worth = min(32, len(sequence.prompt) // 2)  # below this, keep recent caches: take the LRU slot
         slot = max(free, key=lambda s: (shared[s.seq_id] if shared[s.seq_id] >= worth else 0, -s.last_used))
+        found = shared[slot.seq_id] if shared[slot.seq_id] >= worth else 0
+        saved, saved_found = (self.saved.best(sequence.cache_scope, sequence.adapter, sequence.prompt)
+                              if self.prefix_reuse else (None, 0))
+        restoring = saved is not None and saved_found >= worth and saved_found > found + RESTORE_GAIN
+        if restoring:  # into the slot whose own cache serves this prompt least, the oldest of those
+            slot = min(free, key=lambda s: (shared[s.seq_id], s.last_used))
         free.remove(slot)
-        keep = min(shared[slot.seq_id], len(sequence.prompt) - 1)  # the last prompt token is fed again for its logits
+        keep = min(saved_found if restoring else shared[slot.seq_id], len(sequence.prompt) - 1)
+        if len(slot.cached) - (0 if restoring else keep) >= MIN_SAVED_TOKENS:
+            self.saved.save(slot, slot.conversation)  # what this slot would lose: another chat's history
+        if restoring:
+            entry = self.saved.restore(saved, slot)
+            if entry is None:
+                keep = 0
+            else:
+                self.saved.stats.restored_tokens += keep
+                if keep == len(entry.tokens):
+                    self.saved.taken(saved)
         if not self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
             self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)  # whole: never fails
             keep = 0
         del slot.cached[keep:]
         slot.adapter, slot.cache_scope = sequence.adapter, sequence.cache_scope
+        slot.conversation = sequence.conversation
         slot.sequence, sequence.slot = sequence, slot
         sequence.fed = keep
         sequence.admitted_at = time.monotonic()
@@ -265,7 +302,10 @@ class LlamaBatchEngine(StepLoop):
                 sequence.pending = None
                 entries.append((sequence, n - 1))
                 record.decode[sequence.request_id] = 1
-        for sequence in sorted((q for q in members if q.prefilling), key=lambda q: q.admitted_at):
+        # Shortest prompt rest first: a chat's short new turn (its history restored or in its slot)
+        # reaches its first token in one step instead of waiting behind another's long prefill.
+        prefilling = (q for q in members if q.prefilling)
+        for sequence in sorted(prefilling, key=lambda q: (len(q.prompt) - q.fed, q.admitted_at)):
             room = self.batch_tokens - n
             if room <= 0:
                 break
@@ -349,6 +389,15 @@ class LlamaBatchEngine(StepLoop):
                 self._release(sequence)
                 sequence.finished = True
                 sequence.outbox.clear()  # nobody listens any more
+
+    def _drop_forgotten(self) -> None:
+        with self.room.lock:
+            forgotten, self._forgotten = set(self._forgotten), []
+        for slot in self.slots:
+            if slot.conversation in forgotten and slot.sequence is None:
+                self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+                slot.cached.clear()
+                slot.conversation = None
 
     def _fail_running(self, error: BaseException) -> None:
         for slot in self.slots:

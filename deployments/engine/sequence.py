@@ -34,6 +34,7 @@ class Sequence:
     cancelled: bool = False
     tenant: str = "-"  # the caller's key: the waiting room takes turns between tenants
     cache_scope: Optional[str] = None  # a slot's cached prefix is reused only within the same scope
+    conversation: Optional[str] = None  # its server-side session (`GenerationRequest.conversation`)
     # Set once the engine runs it:
     slot: Optional["Slot"] = None
     admitted_at: float = 0.0
@@ -93,6 +94,7 @@ class Slot:
     cached: list[int] = field(default_factory=list)
     adapter: Optional[str] = None
     cache_scope: Optional[str] = None  # of the request that computed `cached`
+    conversation: Optional[str] = None  # the server-side session whose turn computed `cached`
     last_used: float = 0.0
     sequence: Optional[Sequence] = None
 
