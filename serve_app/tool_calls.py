@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 from core.errors import InvalidRequest
@@ -82,18 +83,18 @@ class ToolUse:
                                      param="tool_choice")
         return cls(tuple(tools), choice, parallel_tool_calls is not False)
 
+    @cached_property
     def _chosen(self) -> list:
+        """The tools the model may call, in their order; once per request (schema, grammar, prompt)."""
         if self.choice in ("auto", "required"):
             return list(self.tools)
         return [t for t in self.tools if t.function.name == self.choice]
 
     def answer_schema(self) -> dict:
-        calls = []
-        for index, tool in enumerate(self.tools):
-            if tool in self._chosen():
-                parameters = tool.function.parameters or {"type": "object"}
-                calls.append({"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
-                              "properties": {"name": {"const": tool.function.name}, "arguments": parameters}})
+        calls = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+                  "properties": {"name": {"const": tool.function.name},
+                                 "arguments": tool.function.parameters or {"type": "object"}}}
+                 for tool in self._chosen]
         call = calls[0] if len(calls) == 1 else {"anyOf": calls}
         branches = [{"type": "object", "additionalProperties": False, "required": ["tool_call"],
                      "properties": {"tool_call": call}}]
@@ -111,13 +112,13 @@ class ToolUse:
             if tool.function.parameters is not None:
                 schema_grammar(tool.function.parameters, strict=bool(tool.function.strict),
                                param=f"tools[{index}].function.parameters")
-        strict = all(bool(t.function.strict) for t in self._chosen())
+        strict = all(bool(t.function.strict) for t in self._chosen)
         return schema_grammar(self.answer_schema(), strict=strict, param="tools")
 
     def prompt(self, messages: list[dict]) -> list[dict]:
         """The conversation with the tools described in its system message."""
         described = [{"name": t.function.name, "description": t.function.description or "",
-                      "parameters": t.function.parameters or {"type": "object"}} for t in self._chosen()]
+                      "parameters": t.function.parameters or {"type": "object"}} for t in self._chosen]
         shape = AUTO_SHAPE if self.choice == "auto" else REQUIRED_SHAPE
         text = TOOLS_PROMPT.format(tools=json.dumps(described, ensure_ascii=False),
                                    shape=shape + (PARALLEL_NOTE if self.parallel else ""))

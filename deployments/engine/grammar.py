@@ -31,7 +31,9 @@ class GrammarSampler:
         self._ids = np.arange(n_vocab, dtype=np.int32)
         dtype = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
         assert dtype.itemsize == ctypes.sizeof(lib.llama_token_data)
-        self._all = np.zeros(n_vocab, dtype)  # one candidate per token, refilled for each draw
+        self._all = np.zeros(n_vocab, dtype)  # one candidate per token: row i is token i until a sampler moves rows
+        self._all["id"] = self._ids
+        self._moved = False  # the last draw's samplers sorted or cut the rows: ids must be written again
         self._one = np.zeros(1, dtype)
         self._compiled: OrderedDict[str, object] = OrderedDict()
 
@@ -56,11 +58,17 @@ class GrammarSampler:
         lib = self.lib
         logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, index), shape=(self.n_vocab,))
         rows = self._all
-        rows["id"], rows["logit"], rows["p"] = self._ids, logits, 0.0
+        if self._moved:
+            rows["id"] = self._ids
+        rows["logit"], rows["p"] = logits, 0.0
         candidates = self._candidates(rows, self.n_vocab)
         if grammar is not None:
             lib.llama_sampler_apply(grammar, ctypes.byref(candidates))
         lib.llama_sampler_apply(chain, ctypes.byref(candidates))
+        # Of the samplers the engine's chains use, those that move rows (top-k, top-p, min-p) set
+        # `sorted` or shrink `size`; bias, penalties, temperature, greedy, dist and grammar only write
+        # values. (typical-p reorders without either: a chain that adds it must refill every draw.)
+        self._moved = bool(candidates.sorted) or candidates.size != self.n_vocab
         if candidates.selected < 0:
             return -1
         return int(candidates.data[candidates.selected].id)

@@ -109,3 +109,37 @@ def test_logprobs_cover_every_token_and_agree_with_greedy_choice(smollm2):
         assert logprob <= 0 and len(top) == 3
         assert [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
         assert top[0][0] == piece and abs(top[0][1] - logprob) < 1e-6  # greedy took the most likely token
+
+
+def test_a_greedy_draw_after_rows_were_moved_still_reads_token_ids(smollm2):
+    """The grammar sampler rewrites its candidates' token ids only after a draw whose samplers moved
+    rows (top-k sorts and cuts them); a greedy draw must still find the most likely token after one."""
+    import llama_cpp as lib
+    import numpy as np
+
+    from deployments.engine.grammar import GrammarSampler
+    from deployments.engine.llama_engine import sampler_chain
+
+    model = smollm2.model.model
+    params = lib.llama_context_default_params()
+    params.n_ctx, params.n_threads, params.n_threads_batch = 128, 2, 2
+    ctx = lib.llama_init_from_model(model, params)
+    vocab = lib.llama_model_get_vocab(model)
+    n_vocab = lib.llama_vocab_n_tokens(vocab)
+    sampler = GrammarSampler(lib, vocab, n_vocab)
+    greedy = sampler_chain(lib, SamplingParams(temperature=0), n_vocab)
+    sampled = sampler_chain(lib, SamplingParams(temperature=1.0, seed=7), n_vocab)
+    try:
+        tokens = smollm2.model.tokenize(b"The colour of the sky is", add_bos=True, special=False)
+        assert lib.llama_decode(ctx, lib.llama_batch_get_one((lib.llama_token * len(tokens))(*tokens), len(tokens))) == 0
+        best = int(np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).argmax())
+        assert sampler._draw(ctx, -1, greedy) == best and not sampler._moved  # greedy leaves rows in place
+        for _ in range(3):
+            sampler._draw(ctx, -1, sampled)
+            assert sampler._moved
+            assert sampler._draw(ctx, -1, greedy) == best
+    finally:
+        for chain in (greedy, sampled):
+            lib.llama_sampler_free(chain)
+        sampler.free()
+        lib.llama_free(ctx)
