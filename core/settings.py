@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         300, gt=0, description="How long an unload (or a replaced replica in a hot swap) waits for in-flight requests."
     )
     metrics_flush_s: float = Field(1.0, gt=0, description="How often an ingress replica ships metrics to the hub.")
-    # Security (issue 5). Lists are comma-separated in the environment and in `args` (or YAML lists there).
+    # Security. Lists are comma-separated in the environment and in `args` (or YAML lists there).
     rate_limit_per_minute: int = Field(0, ge=0, description="Default requests per minute per stored key; 0: unlimited.")
     tokens_per_minute: int = Field(0, ge=0, description="Default tokens (prompt+completion) per minute per stored key; 0: unlimited.")
     ip_allowlist: CommaList = Field([], description="Comma-separated CIDRs allowed to call any route; empty: everyone.")

@@ -1,4 +1,4 @@
-"""The request path's cost in one run (issue 14): decode, TTFT, cache-hit req/s, idle memory, both ingress modes.
+"""The request path's cost in one run: decode, TTFT, cache-hit req/s, idle memory, both ingress modes.
 
 In one run, on the same machine, for INGRESS_MODE=proxy and INGRESS_MODE=haproxy, the server started
 as README command one starts it (`python -m scripts.run_server`, shipped models.json unless
@@ -12,8 +12,8 @@ as README command one starts it (`python -m scripts.run_server`, shipped models.
 
     .venv/bin/python -m scripts.bench_request_path [--tokens 128] [--runs 3] [--requests 2000] [--redis]
 
-Only loopback traffic; every server it starts it stops. The printed ratios are the ones issue 14
-sets targets for.
+Only loopback traffic; every server it starts it stops. The printed ratios are those docs/benchmarks.md
+reports against its targets.
 """
 
 from __future__ import annotations

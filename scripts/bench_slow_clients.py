@@ -1,4 +1,4 @@
-"""What slow and large clients do directly against the API port (Ray's HTTP proxy), issue 23 item 8.
+"""What slow and large clients do directly against the API port (Ray's HTTP proxy).
 
 Starts the server as README command one does (`scripts.serve_process`, one small embedding model,
 no Redis), then, for each flood size, holds that many connections that send a request header a

@@ -1,4 +1,4 @@
-"""A flood of unauthenticated WebSockets (issue 23, item 4): `/api/v1/health` p50 idle and under
+"""A flood of unauthenticated WebSockets: `/api/v1/health` p50 idle and under
 the flood, and the memory (RSS) of Ray's HTTP proxy and of the ingress replica before and during it.
 
 The flood (a child process, so the health client's latencies are its own): `--workers` sockets at

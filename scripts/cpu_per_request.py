@@ -1,4 +1,4 @@
-"""CPU by process: idle, and per streamed request (issue 14: what Ray and the path cost).
+"""CPU by process: idle, and per streamed request (what Ray and the request path cost).
 
 Starts the server as README command one does (`python -m scripts.run_server`, shipped models.json,
 response cache off), waits --settle-s, then reads every process's CPU time (/proc/<pid>/stat):

@@ -1,4 +1,4 @@
-"""Where the CPU goes in a running server: idle, 1 stream, 16 streams (issue 14, item 1).
+"""Where the CPU goes in a running server: idle, 1 stream, 16 streams.
 
 Starts the server as README command one does (`python -m scripts.run_server`, the models file
 given or the shipped one), then for each phase measures for --seconds:

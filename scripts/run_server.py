@@ -49,7 +49,7 @@ QUIET_RAY_ENV = {
 }
 
 
-# Set whatever the environment says (issue 15): only TRUSTED_PROXIES decides who the client is,
+# Set whatever the environment says: only TRUSTED_PROXIES decides who the client is,
 # so Ray's HTTP proxy (uvicorn) must believe no X-Forwarded-For (serve_app/http/proxy_headers.py).
 # Ray's proxy also bounds what it buffers before the app sees it: a request head's arrival time
 # and size (HEADER_TIMEOUT_S, MAX_HEADER_BYTES: serve_app/http/proxy_http.py) and a WebSocket
