@@ -26,6 +26,13 @@ from serve_app.access.netguard import parse_networks
 from core.settings import Settings
 
 
+# The ingress's Serve options; scripts/noop_serve_app.py gives its no-op the same (a like-for-like floor).
+INGRESS_SERVE_OPTIONS = {
+    "ray_actor_options": {"num_cpus": 0.1},
+    "max_ongoing_requests": 1024,  # streams mostly wait on the models: an ingress replica holds many
+}
+
+
 def deployment_name(model: str) -> str:
     return "model-" + re.sub(r"[^A-Za-z0-9_.-]", "_", model)
 
@@ -162,8 +169,7 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         Ingress,
         name=INGRESS_NAME,
         num_replicas=settings.ingress_replicas,
-        ray_actor_options={"num_cpus": 0.1},
-        max_ongoing_requests=1024,  # streams mostly wait on the models: an ingress replica holds many
+        **INGRESS_SERVE_OPTIONS,
         # A replaced ingress replica (a new code revision) finishes its streams, as model replicas do
         # (Ray's default gives it 20 s, then cuts them).
         graceful_shutdown_timeout_s=settings.drain_timeout_s,
