@@ -31,6 +31,10 @@ class Outcome:
     completion_tokens: int = 0
     status: Optional[int] = None
     error: Optional[str] = None
+    text: str = ""  # the answer as streamed
+    cache: Optional[str] = None  # AI Core's X-Cache header (HIT / MISS), None when absent
+    usage: Optional[dict] = None
+    timings: Optional[dict] = None  # llama-server's `timings` (prompt_n prefilled, cache_n reused)
 
 
 @dataclass
@@ -102,12 +106,15 @@ def _chunk_text(event: dict) -> str:
     return choice.get("text") or (choice.get("delta") or {}).get("content") or ""
 
 
-async def one_stream(client: httpx.AsyncClient, path: str, body: dict) -> Outcome:
-    outcome, usage = Outcome(), None
+async def one_stream(client: httpx.AsyncClient, path: str, body: dict, exact: bool = True) -> Outcome:
+    """One streamed request: complete when it has `max_tokens` tokens (`exact`, for `ignore_eos`
+    bodies) or, with `exact=False`, 1 to `max_tokens` (an answer that may stop early)."""
+    outcome, usage, parts = Outcome(), None, []
     started = time.perf_counter()
     try:
         async with client.stream("POST", path, json=body) as response:
             outcome.status = response.status_code
+            outcome.cache = response.headers.get("x-cache")
             if response.status_code != 200:
                 await response.aread()
                 outcome.error = f"HTTP {response.status_code}: {response.text[:200]}"
@@ -119,14 +126,19 @@ async def one_stream(client: httpx.AsyncClient, path: str, body: dict) -> Outcom
                 if "error" in event:
                     outcome.error = f"stream error: {json.dumps(event['error'])[:200]}"
                     return outcome
-                if outcome.ttft_s is None and _chunk_text(event):
+                text = _chunk_text(event)
+                if outcome.ttft_s is None and text:
                     outcome.ttft_s = time.perf_counter() - started
+                parts.append(text)
                 usage = event.get("usage") or usage
+                outcome.timings = event.get("timings") or outcome.timings
     except httpx.HTTPError as exc:
         outcome.error = f"{type(exc).__name__}: {exc}"[:200]
         return outcome
+    outcome.text, outcome.usage = "".join(parts), usage
     outcome.completion_tokens = (usage or {}).get("completion_tokens", 0)
-    if outcome.completion_tokens != body["max_tokens"]:
+    tokens, wanted = outcome.completion_tokens, body["max_tokens"]
+    if not (tokens == wanted if exact else 0 < tokens <= wanted):
         outcome.error = f"incomplete: {outcome.completion_tokens} of {body['max_tokens']} tokens (usage {usage})"
     return outcome
 
