@@ -26,6 +26,14 @@ def engine_families(views: dict) -> list:
     seconds = {kind: CounterMetricFamily(f"aicore_engine_{kind}_seconds", f"Engine step time spent on {kind} "
                                          "tokens (a step's time shared by its tokens).", labels=labels)
                for kind in ("prefill", "decode")}
+    saved_gauges = {kind: GaugeMetricFamily(f"aicore_engine_saved_prompt_{kind}", text, labels=labels)
+                    for kind, text in (("entries", "Conversations' KV copies held in host memory (gguf)."),
+                                       ("bytes", "Host memory those copies take (gguf, `saved_prompt_budget`)."))}
+    saved_counters = {kind: CounterMetricFamily(f"aicore_engine_saved_prompt_{kind}", text, labels=labels)
+                      for kind, text in (("saved", "Slot KV copied to host memory before another chat took the slot."),
+                                         ("restored", "Copies restored into a slot for a conversation's next turn."),
+                                         ("restored_tokens", "Prompt tokens those restores spared computing."),
+                                         ("evicted", "Copies dropped, least recently used, to stay in budget."))}
     steps = HistogramMetricFamily("aicore_engine_step_tokens", "Tokens in one engine step (one llama_decode).",
                                   labels=labels)
     for name, view in views.items():
@@ -43,9 +51,16 @@ def engine_families(views: dict) -> list:
             family.add_metric(key, engine[f"{kind}_tokens"])
         for kind, family in seconds.items():
             family.add_metric(key, engine[f"{kind}_seconds"])
+        saved = engine.get("saved_prompts")  # the GGUF engine's only
+        if saved:
+            for kind, family in saved_gauges.items():
+                family.add_metric(key, saved[kind])
+            for kind, family in saved_counters.items():
+                family.add_metric(key, saved[kind])
         cumulative, buckets = 0, []
         for bound, count in zip([str(b) for b in TOKEN_BUCKETS] + ["+Inf"], engine["step_token_buckets"]):
             cumulative += count
             buckets.append((bound, cumulative))
         steps.add_metric(key, buckets, engine["step_token_sum"])
-    return [slots, busy, queue, refused, *tokens.values(), *seconds.values(), steps]
+    return [slots, busy, queue, refused, *tokens.values(), *seconds.values(), *saved_gauges.values(),
+            *saved_counters.values(), steps]

@@ -150,7 +150,9 @@ def test_engine_metrics_come_from_a_replica_report():
     engine = {"parallel": 16, "slots_busy": 3, "waiting": {"interactive": 2, "batch": 5},
               "refused": {"interactive": 1, "batch": 0}, "prefill_tokens": 100, "decode_tokens": 400,
               "prefix_reused_tokens": 30, "prefill_seconds": 0.5, "decode_seconds": 2.0,
-              "step_token_buckets": [1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], "step_token_sum": 3000}
+              "step_token_buckets": [1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], "step_token_sum": 3000,
+              "saved_prompts": {"saved": 7, "restored": 5, "restored_tokens": 2400, "evicted": 1,
+                                "bytes": 123456, "entries": 2}}
     views = {"m": ModelView("ready", 1, {"node_id": "a", "engine": engine}, lifecycle={})}
     text = render_model_metrics(views, "m").decode()
     assert 'aicore_engine_slots{model="m",node="a"} 16.0' in text
@@ -162,3 +164,6 @@ def test_engine_metrics_come_from_a_replica_report():
     assert 'aicore_engine_step_tokens_bucket{le="4",model="m",node="a"} 3.0' in text
     assert 'aicore_engine_step_tokens_bucket{le="+Inf",model="m",node="a"} 4.0' in text
     assert 'aicore_engine_step_tokens_sum{model="m",node="a"} 3000.0' in text
+    assert 'aicore_engine_saved_prompt_restored_tokens_total{model="m",node="a"} 2400.0' in text
+    assert 'aicore_engine_saved_prompt_bytes{model="m",node="a"} 123456.0' in text
+    assert 'aicore_engine_saved_prompt_evicted_total{model="m",node="a"} 1.0' in text
