@@ -6,6 +6,7 @@ import time
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from scripts.serve_process import ROOT, ServeProcess
 from tests.integration.redis_process import RedisProcess
@@ -183,6 +184,70 @@ def test_session_trimming_keeps_the_system_prompt(app):
     assert messages[0] == system
     assert messages[-2]["content"].startswith("4: ") and messages[-1]["role"] == "assistant"
     assert len(messages) < 1 + 2 * 6  # older turns were dropped
+
+
+def test_a_second_turn_while_one_runs_is_refused_and_the_first_is_stored(app):
+    def turn(text, **extra):
+        return {"session_id": "s-busy", "messages": [{"role": "user", "content": text}], **extra}
+
+    long = turn("Count from one to five hundred.", max_tokens=400, ignore_eos=True, stream=True)
+    with httpx.stream("POST", app.base_url + "/api/v1/chat", json=long, headers={"X-API-Key": K1},
+                      timeout=120) as first:
+        lines = first.iter_lines()  # kept: a dropped iterator closes the response, and the turn with it
+        assert first.status_code == 200 and next(line for line in lines if line)  # under way
+        second = post(app, "/v1/chat/completions", turn("Meanwhile.", max_tokens=4))
+        assert second.status_code == 409, second.text
+        assert second.json()["error"]["code"] == "session_busy" and second.json()["error"]["param"] == "session_id"
+        events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+        assert events[-1]["done"] is True  # read to its end: the turn is saved
+    history = httpx.get(app.base_url + "/api/v1/sessions/s-busy", headers={"X-API-Key": K1}).json()["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant"] and history[0]["content"].startswith("Count")
+    after = post(app, "/api/v1/chat", turn("After.", max_tokens=4))  # the lease went with the first turn
+    assert after.status_code == 200, after.text
+    history = httpx.get(app.base_url + "/api/v1/sessions/s-busy", headers={"X-API-Key": K1}).json()["messages"]
+    assert [m["content"] for m in history[::2]] == ["Count from one to five hundred.", "After."]
+
+
+def _ws_outcomes(ws, ids) -> dict:
+    """Each request id's end: its `done` message, or its error's code."""
+    ends = {}
+    while len(ends) < len(ids):
+        message = json.loads(ws.recv())
+        if message["type"] == "done":
+            ends[message["id"]] = message
+        elif message["type"] == "error":
+            ends[message["id"]] = message["error"]["code"]
+    return ends
+
+
+def test_websocket_chat_turns_keep_a_session(app):
+    def chat(request_id, text, **extra):
+        return json.dumps({"type": "chat", "id": request_id, "session_id": "s-ws", "max_tokens": 8,
+                           "messages": [{"role": "user", "content": text}], **extra})
+
+    def user_turns():
+        history = httpx.get(app.base_url + "/api/v1/sessions/s-ws", headers={"X-API-Key": K1}).json()
+        return [m["content"] for m in history["messages"] if m["role"] == "user"]
+
+    url = app.base_url.replace("http://", "ws://", 1) + "/api/v1/ws"
+    with connect(url, additional_headers={"X-API-Key": K1}) as ws:
+        assert json.loads(ws.recv())["type"] == "ready"
+        for request_id, text in (("t1", "My name is Bob."), ("t2", "What is my name?")):
+            ws.send(chat(request_id, text))
+            assert _ws_outcomes(ws, [request_id])[request_id]["type"] == "done"
+        assert user_turns() == ["My name is Bob.", "What is my name?"]
+        r = post(app, "/api/v1/chat", {"session_id": "s-ws", "max_tokens": 4,
+                                       "messages": [{"role": "user", "content": "Over HTTP."}]})
+        assert r.status_code == 200 and user_turns()[-1] == "Over HTTP."  # one session, whatever the channel
+        ws.send(chat("a", "Turn A.", max_tokens=64, ignore_eos=True))  # two turns of it at once
+        ws.send(chat("b", "Turn B.", max_tokens=64, ignore_eos=True))
+        ends = _ws_outcomes(ws, ["a", "b"])
+    answered = [f"Turn {i.upper()}." for i in ("a", "b") if isinstance(ends[i], dict)]
+    assert answered and all(isinstance(e, dict) or e == "session_busy" for e in ends.values()), ends
+    assert sorted(user_turns()[3:]) == answered  # each answered turn stored, none lost, none refused stored
+    assert post(app, "/api/v1/chat", {"session_id": "s-ws", "messages": [{"role": "user", "content": "hi"}],
+                                      "max_tokens": 2}, key=K2).status_code == 200
+    assert user_turns()[-1] != "hi"  # another key's session of the same name is its own
 
 
 def test_redis_outage_degrades_and_recovers_without_restart(app, redis_server):
