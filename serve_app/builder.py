@@ -12,12 +12,13 @@ from typing import Any, Optional
 
 from ray import serve
 from ray.serve.config import AutoscalingConfig as RayAutoscaling
-from ray.serve.config import AutoscalingPolicy
+from ray.serve.config import AutoscalingPolicy, RequestRouterConfig
 
 from deployments.config import ModelConfig, ModelsFile, load_models_file
 from deployments.lifecycle import ModelScalingPolicy
 from deployments.memory import footprint
 from deployments.model_deployment import REVISION_ENV, ModelDeployment, ReplicaContext, entry_revision
+from deployments.routing import ConversationRouter
 from serve_app.ingress import INGRESS_NAME, Ingress, ModelSpec
 from core.logs import configure_logging
 from serve_app.access.content_filter import ContentPolicy
@@ -60,7 +61,7 @@ def _model_options(name: str, config: ModelConfig, is_default: bool, footprint: 
     policy = AutoscalingPolicy(policy_function=ModelScalingPolicy,
                                policy_kwargs={"model": name, "floor": floor, "idle_timeout_s": config.idle_timeout_s})
     # Ray's bounds are 0..max so an admin can unload any model; the policy keeps the floor.
-    return {
+    options = {
         "name": deployment_name(name),
         "ray_actor_options": actor_options,
         "max_ongoing_requests": config.ongoing_limit(),
@@ -81,6 +82,9 @@ def _model_options(name: str, config: ModelConfig, is_default: bool, footprint: 
             policy=policy,
         ),
     }
+    if config.type == "gguf" and config.task == "generate":  # a chat's turns to the replica keeping its KV
+        options["request_router_config"] = RequestRouterConfig(request_router_class=ConversationRouter)
+    return options
 
 
 def check_fits(models: ModelsFile, cluster_cpus: Optional[float], cluster_memory: Optional[float],

@@ -26,7 +26,8 @@ async def forget_conversation(router: ModelRouter, status: Any, model: str, conv
     if not running:
         return False
     try:
-        # A handle call reaches one replica: with several, KV kept on another one ages out of its cache.
+        # Routed by the conversation (deployments/routing.py): the replica its turns went to, unless
+        # they moved (a full or gone replica); KV kept elsewhere ages out of that replica's cache.
         await asyncio.wait_for(entry.handle.forget_conversation.remote(conversation), FORGET_TIMEOUT_S)
     except Exception as error:  # no such method on the replica, replica gone, timeout
         logger.warning("kept KV of a deleted session not dropped on %s: %s", model, type(error).__name__)
