@@ -43,6 +43,7 @@ logger = logging.getLogger("aicore.engine")
 MIN_P = 0.05  # as llama-cpp-python's generate, which served GGUF models before this engine
 PENALTY_LAST_N = 64
 RESTORE_GAIN = 16  # a saved conversation is restored when it spares this many more tokens than a slot
+SHARE_GAIN = 64  # a running sequence's prompt prefix is copied when it spares this many more tokens
 
 
 def token_bytes(lib, vocab, token: int) -> bytes:
@@ -259,11 +260,39 @@ class LlamaBatchEngine(StepLoop):
         slot.conversation = sequence.conversation
         slot.sequence, sequence.slot = sequence, slot
         sequence.fed = keep
+        if self.prefix_reuse:
+            sequence.follows = self._leader(sequence, keep)
         sequence.admitted_at = time.monotonic()
         sequence.sampler = sampler_chain(self.lib, sequence.sampling, self.n_vocab, self._end_bias)
         if sequence.sampling.grammar:
             sequence.grammar = self.grammars.new(sequence.sampling.grammar)
         self.log.stats.prefix_reused_tokens += keep
+
+    def _leader(self, sequence: Sequence, keep: int) -> Optional[tuple[Sequence, int]]:
+        """A running sequence of the same scope and adapter whose prompt starts as this one's for at
+        least SHARE_GAIN tokens more than `keep` (a burst of new chats with one system prompt): this
+        one copies that prefix from it once computed, instead of computing it again."""
+        best, most = None, keep + SHARE_GAIN - 1
+        for slot in self.slots:
+            other = slot.sequence
+            if (other is None or other is sequence or other.follows is not None
+                    or slot.adapter != sequence.adapter or slot.cache_scope != sequence.cache_scope):
+                continue
+            shared = min(common_prefix(other.prompt, sequence.prompt), len(sequence.prompt) - 1)
+            if shared > most:
+                best, most = other, shared
+        return (best, most) if best is not None else None
+
+    def _follow(self, sequence: Sequence) -> None:
+        """Copy the leader's prefix once it is computed; prefill alone if the leader is gone."""
+        leader, shared = sequence.follows
+        if leader.finished:
+            sequence.follows = None
+        elif leader.fed >= shared:
+            sequence.follows = None
+            before = sequence.fed
+            sequence.fed = shared if self.saved.copy(leader.slot, sequence.slot, shared) else 0
+            self.log.stats.prefix_reused_tokens += max(0, sequence.fed - before)
 
     def _choose_group(self, running: list[Sequence]) -> Optional[str]:
         """The adapter group that runs this step: groups with work take turns."""
@@ -294,6 +323,9 @@ class LlamaBatchEngine(StepLoop):
             batch.seq_id[n][0], batch.logits[n] = seq_id, logits
             n += 1
 
+        for sequence in members:  # before any token goes in: a leader's `fed` is all computed now
+            if sequence.follows is not None:
+                self._follow(sequence)
         for sequence in members:
             if sequence.pending is not None:
                 slot = sequence.slot
@@ -309,6 +341,8 @@ class LlamaBatchEngine(StepLoop):
             room = self.batch_tokens - n
             if room <= 0:
                 break
+            if sequence.follows is not None:  # its prefix is being computed by its leader
+                continue
             slot = sequence.slot
             chunk = sequence.prompt[sequence.fed:sequence.fed + room]
             last = sequence.fed + len(chunk) == len(sequence.prompt)

@@ -47,6 +47,8 @@ class SavedStats:
     restored: int = 0  # and read back into a slot
     restored_tokens: int = 0  # prompt tokens a restore spared computing
     evicted: int = 0
+    copied: int = 0  # shared prompt prefixes copied from a running sequence's slot
+    copied_tokens: int = 0  # prompt tokens those copies spared computing
     bytes: int = 0  # held now
     entries: int = 0
 
@@ -124,6 +126,23 @@ class SavedPrompts:
         with self._lock:
             if key in self._entries:
                 self._drop(key)
+
+    def copy(self, source: Slot, slot: Slot, keep: int) -> bool:
+        """Give `slot` the first `keep` cells of another slot's sequence (still running there): a
+        prompt prefix they share is computed once. False if llama.cpp refused (the slot is then empty)."""
+        size = self.lib.llama_state_seq_get_size(self.ctx, source.seq_id)
+        data = (ctypes.c_uint8 * size)()
+        self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+        slot.cached.clear()
+        if (size <= 0 or self.lib.llama_state_seq_get_data(self.ctx, data, size, source.seq_id) != size
+                or self.lib.llama_state_seq_set_data(self.ctx, data, size, slot.seq_id) != size):
+            self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+            return False
+        self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1)
+        slot.cached[:] = source.cached[:keep]
+        self.stats.copied += 1
+        self.stats.copied_tokens += keep
+        return True
 
     def forget(self, conversation: str) -> int:
         """Drop every entry saved from this conversation; how many there were."""

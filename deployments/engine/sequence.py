@@ -44,6 +44,9 @@ class Sequence:
     sampler: object = None  # llama_sampler_p
     grammar: object = None  # llama_sampler_p of its grammar (constrained sequences only)
     finished: bool = False
+    # (another running sequence, n): its first n prompt tokens are this prompt's too; this one waits
+    # for them to be computed there and copies them instead of prefilling them itself.
+    follows: Optional[tuple["Sequence", int]] = None
 
     def __post_init__(self) -> None:
         self.outbox: list[object] = []  # items for the consumer, posted by the engine after each step

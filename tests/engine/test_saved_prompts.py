@@ -99,3 +99,27 @@ def test_the_budget_holds_by_evicting_the_least_recently_used(one_entry, names):
         asyncio.run(answer(one_entry, turn(chat(name), f"budget-{name}")))
     assert stats.saved >= 2 and stats.evicted >= 1
     assert 0 < stats.bytes <= 7_000_000 and stats.entries == 1
+
+
+def test_a_burst_of_new_chats_computes_their_shared_system_prompt_once(smollm2):
+    """Eight chats with one system prompt start together on empty-for-them slots: one computes the
+    system prompt, the others copy it from its slot. Batching alone (no copy) already flips a near-tie
+    in some of these answers against the same request sent alone (2 of 8 here with copying turned
+    off, as llama-server's own batches do: scripts/bench_bot.py counts them), so the answers are held
+    to that: at most two differ."""
+    stats, log = smollm2.engine.saved.stats, smollm2.engine.log.stats
+    chats = {name: chat(name) for name in ("Mo", "Ned", "Oz", "Pia", "Quin", "Rae", "Sol", "Tam")}
+    alone = {name: asyncio.run(answer(smollm2, turn(m, f"burst-alone-{name}", scope=f"alone-{name}")))
+             for name, m in chats.items()}
+    copied, prefilled_before = stats.copied, log.prefill_tokens
+
+    async def burst():
+        return await asyncio.gather(*(answer(smollm2, turn(m, f"burst-{name}", scope="key-burst"))
+                                      for name, m in chats.items()))
+
+    together = dict(zip(chats, asyncio.run(burst())))
+    assert stats.copied - copied >= 4
+    whole = sum(len(whole_history_tokens(smollm2, m)) for m in chats.values())
+    system = len(whole_history_tokens(smollm2, chats["Mo"])) - 60  # the shared part, roughly: the prompt less a turn
+    assert log.prefill_tokens - prefilled_before < whole - 4 * system
+    assert sum(together[name] == alone[name] for name in chats) >= len(chats) - 2, (together, alone)
