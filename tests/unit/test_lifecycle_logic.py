@@ -111,11 +111,13 @@ def test_footprint_prefers_memory_then_max_memory_then_the_weights(tmp_path):
     base = {"type": "gguf", "path": str(weights), "context_length": 1024}
     assert footprint(ModelConfig(**base, memory=123), tmp_path, None) == 123
     assert footprint(ModelConfig(**base, max_memory="1MiB"), tmp_path, None) == 2**20 + RUNTIME_OVERHEAD_BYTES
-    # An unreadable GGUF: the generous per-token KV figure, for each of the 16 auto-sized slots.
-    expected = 4096 + 16 * 1024 * KV_BYTES_PER_CONTEXT_TOKEN + RUNTIME_OVERHEAD_BYTES
+    # An unreadable GGUF: the generous per-token KV figure, for each of the 16 auto-sized slots,
+    # and the host memory of its saved conversations (512 MiB by default).
+    saved = 512 * 2**20
+    expected = 4096 + 16 * 1024 * KV_BYTES_PER_CONTEXT_TOKEN + saved + RUNTIME_OVERHEAD_BYTES
     assert footprint(ModelConfig(**base), tmp_path, None) == expected
     two = 4096 + 2 * 1024 * KV_BYTES_PER_CONTEXT_TOKEN + RUNTIME_OVERHEAD_BYTES
-    assert footprint(ModelConfig(**base, parallel=2), tmp_path, None) == two
+    assert footprint(ModelConfig(**base, parallel=2, saved_prompt_budget="0"), tmp_path, None) == two
     missing = {**base, "path": str(tmp_path / "missing.gguf")}
     assert footprint(ModelConfig(**missing), tmp_path, None) is None
 
