@@ -88,10 +88,14 @@ def ensure_private_ray_token() -> Path:
     return path
 
 
-def render_config(host: str, port: int, args: dict | None = None, source: Path = ROOT / "serve_config.yaml") -> Path:
+def render_config(host: str, port: int, args: dict | None = None, source: Path = ROOT / "serve_config.yaml",
+                  import_path: str | None = None) -> Path:
+    """`import_path`: another app with the same Serve settings (the benchmarks' no-op)."""
     config = yaml.safe_load(source.read_text())
     config["http_options"].update(host=host, port=port)
     config["applications"][0].setdefault("args", {}).update(args or {})
+    if import_path:
+        config["applications"][0]["import_path"] = import_path
     if config == yaml.safe_load(source.read_text()):
         return source
     fd, name = tempfile.mkstemp(prefix="aicore-serve-", suffix=".yaml")

@@ -36,12 +36,14 @@ class PortTaken(RuntimeError):
 
 class ServeProcess:
     def __init__(self, env: Optional[dict] = None, args: Optional[dict] = None, log_path: Optional[Path] = None,
-                 plain: bool = False, host: str = "127.0.0.1", via_run_server: bool = False):
+                 plain: bool = False, host: str = "127.0.0.1", via_run_server: bool = False,
+                 import_path: Optional[str] = None):
         """The app started as `scripts.run_server` starts it (Ray on loopback, the proxy trusting no
         X-Forwarded-For), or with `plain` as a bare `serve run` does: only `env` added to ours.
         `host`: where the API port listens (API_HOST); clients use 127.0.0.1 either way.
         `via_run_server`: run `python -m scripts.run_server` itself (README command one without its
-        setup step), `args` passed as environment variables."""
+        setup step), `args` passed as environment variables. `import_path`: another app in
+        serve_config.yaml's place (the benchmarks' no-op)."""
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         # RAY_ADDRESS=local: always a private Ray instance, never a cluster already running here.
@@ -54,11 +56,12 @@ class ServeProcess:
         self.plain = plain
         self.host = host
         self.args = args or {}
+        self.import_path = import_path
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="aicore-serve-", suffix=".log")[1])
         self.proc: Optional[subprocess.Popen] = None
 
     def _config(self) -> Path:
-        return render_config(self.host, self.port, self.args)
+        return render_config(self.host, self.port, self.args, import_path=self.import_path)
 
     def start(self, ready_models: tuple[str, ...] = (), timeout_s: float = 300,
               answering_only: bool = False, attempts: int = 3) -> "ServeProcess":
