@@ -14,7 +14,7 @@ import json
 import random
 from typing import Optional
 
-from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
 from core.types import GenerationRequest
 
@@ -63,9 +63,13 @@ def rendezvous_order(key: str, replica_ids: list[str]) -> list[str]:
     return sorted(replica_ids, key=weight, reverse=True)
 
 
-class ConversationRouter(RequestRouter):
-    """No FIFOMixin: a replica found for a request goes to that request (Ray's base behaviour),
-    not to the oldest one waiting, which would break the affinity."""
+class ConversationRouter(FIFOMixin, RequestRouter):
+    """With FIFOMixin, as Ray's default router: a replica found goes to the oldest request waiting.
+    Without it (Ray's out-of-order mode) a replica found by a routing task that was not started for
+    a particular request matched no request, and a second request sent while a first one streamed
+    (two on one WebSocket) could wait for ever: tests/integration/test_websocket_and_cors.py hung.
+    Affinity holds whenever requests are not queueing for a replica; under a queue a turn may go
+    to another replica, which then prefills its history once."""
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: Optional[PendingRequest] = None) -> list[list[RunningReplica]]:
