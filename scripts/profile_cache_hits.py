@@ -3,7 +3,7 @@
 Starts AI Core (`ServeProcess`, INGRESS_MODE from --mode), fills the cache with one greedy
 request, then for --seconds drives the repeated request with wrk at --connections while py-spy
 records the ingress replica and Ray's proxy (or HAProxy's manager; HAProxy itself is C).
-Prints CPU ms per request of each of the server's processes that used any (/proc ticks over the same window,
+Prints CPU ms per request of every process that used any (/proc ticks over the same window,
 py-spy's own cost included), then per profiled process the functions with the most own-time
 samples and, of AI Core's own code, the most inclusive samples.
 
@@ -86,8 +86,7 @@ def main() -> None:
     print(f"\n{args.mode} mode, wrk -c{args.connections} {args.seconds} s: {result.requests} requests, "
           f"{result.rps:.0f} req/s, p50 {result.p50_ms:.1f} ms, {result.errors} errors\n")
     print("| process | CPU ms per request |\n|---|---|")
-    # The server's processes only: other servers on the machine are not this one's cost.
-    rows = [((after[p][1] - before[p][1]) / TICKS_PER_S, after[p][0]) for p in after if p in before and p in found]
+    rows = [((after[p][1] - before[p][1]) / TICKS_PER_S, after[p][0]) for p in after if p in before]
     for seconds, command in sorted(rows, reverse=True)[:10]:
         if seconds > 0:
             print(f"| {command[:70]} | {1000 * seconds / max(result.requests, 1):.3f} |")
