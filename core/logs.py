@@ -14,9 +14,6 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 
 # Attributes every record has, plus the ones Ray's handlers add: not repeated as extras.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "_ray_timestamp_ns"}
-# json.dumps(v, default=str) builds a new encoder per call (one access-log line encodes ~12 values):
-# one encoder, the same output.
-_encode = json.JSONEncoder(default=str).encode
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,7 +30,7 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD and k != "request_id"})
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
-        return _encode(entry)
+        return json.dumps(entry, default=str)
 
 
 class TextFormatter(logging.Formatter):
@@ -44,7 +41,7 @@ class TextFormatter(logging.Formatter):
         if record.exc_info:
             base += "\n" + self.formatException(record.exc_info)
         rid = extras.pop("request_id", None) or request_id_var.get()
-        tail = " ".join(f"{k}={_encode(v)}" for k, v in extras.items())
+        tail = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in extras.items())
         return f"{base} request_id={rid} {tail}".rstrip()
 
 

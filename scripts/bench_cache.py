@@ -10,11 +10,10 @@ Each: a warm-up, then wrk at 1 connection (p50/p99) and at --connections (req/s,
 Then --misses sequential generations (`"cache": false`, 8 tokens, httpx) for the hit/miss ratio.
 
     .venv/bin/python -m scripts.bench_cache [--seconds 8] [--connections 32] [--modes proxy,haproxy]
-        [--misses 20] [--redis] [--managed] [--models-file FILE] [--json OUT]
+        [--misses 20] [--redis] [--models-file FILE] [--json OUT]
 
 Only loopback traffic; every server it starts it stops. `--redis` runs AI Core with a private
-redis-server (Debian's) instead of the in-process store; `--managed` asks with a managed key
-(limits it never reaches, so the key lookup, limiter and usage record all run) instead of a bootstrap key.
+redis-server (Debian's) instead of the in-process store.
 """
 
 from __future__ import annotations
@@ -76,26 +75,18 @@ def floor_server(port: int) -> subprocess.Popen:
     raise RuntimeError("floor app did not start")
 
 
-def managed_key(base_url: str) -> str:
-    """A managed key with limits no run reaches: the limiter, key lookup and usage all run."""
-    r = httpx.post(base_url + "/api/v1/keys", headers={"X-API-Key": KEY}, timeout=30,
-                   json={"name": "bench", "rate_limit_per_minute": 10**8, "tokens_per_minute": 10**11})
-    r.raise_for_status()
-    return r.json()["key"]
-
-
-def check(url: str, expect_hit: bool, key: str = KEY) -> None:
+def check(url: str, expect_hit: bool) -> None:
     """The answer wrk will count is a 200 (and a cache hit for AI Core), before wrk counts it."""
     for _ in range(2):  # the first fills the cache
-        r = httpx.post(url, json=BODY, headers={"X-API-Key": key}, timeout=120)
+        r = httpx.post(url, json=BODY, headers={"X-API-Key": KEY}, timeout=120)
         r.raise_for_status()
     if expect_hit and r.headers.get("x-cache") != "HIT":
         raise RuntimeError(f"expected a cache hit, got X-Cache {r.headers.get('x-cache')!r}")
 
 
-def measure(url: str, args, expect_hit: bool = False, key: str = KEY) -> dict[str, WrkResult]:
-    check(url, expect_hit, key)
-    script = lua_script(BODY, {"X-API-Key": key})
+def measure(url: str, args, expect_hit: bool = False) -> dict[str, WrkResult]:
+    check(url, expect_hit)
+    script = lua_script(BODY, {"X-API-Key": KEY})
     try:
         run_wrk(url, script, args.connections, 2)  # warm-up: connections, caches, lazy imports
         return {"c1": run_wrk(url, script, 1, args.seconds),
@@ -106,8 +97,7 @@ def measure(url: str, args, expect_hit: bool = False, key: str = KEY) -> dict[st
 
 def serve_target(label: str, server: ServeProcess, args, expect_hit: bool, results: dict) -> None:
     with server:
-        key = managed_key(server.base_url) if expect_hit and args.managed else KEY
-        results[label] = measure(server.base_url + PATH, args, expect_hit, key)
+        results[label] = measure(server.base_url + PATH, args, expect_hit)
         if expect_hit and args.misses and "miss" not in results:
             p50, _ = asyncio.run(_measure(server.base_url + PATH, {**BODY, "cache": False}, args.misses, 1))
             results["miss"] = p50
@@ -145,8 +135,7 @@ def run(args) -> dict:
 def report(results: dict, args) -> None:
     n = args.connections
     store = "Redis" if args.redis else "in-process store"
-    key = "managed" if args.managed else "bootstrap"
-    print(f"\nPOST {PATH}, wrk -t1, {args.seconds:g} s per row; AI Core: {store}, {key} key\n")
+    print(f"\nPOST {PATH}, wrk -t1, {args.seconds:g} s per row; AI Core: {store}\n")
     print(f"| target | c=1 p50 | c=1 p99 | c=1 req/s | c={n} req/s | c={n} p50 | errors |")
     print("|---|---|---|---|---|---|---|")
     for label, row in results.items():
@@ -175,7 +164,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--modes", default="proxy,haproxy")
     parser.add_argument("--misses", type=int, default=20, help="sequential misses measured (0: none)")
     parser.add_argument("--redis", action="store_true")
-    parser.add_argument("--managed", action="store_true", help="AI Core asked with a managed key (limits, usage)")
     parser.add_argument("--models-file", default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Optional
 
 from core.access_errors import PermissionDenied, RateLimited
 from core.errors import AICoreError
-from serve_app.access.ratelimit import WINDOW_S, Limits, Pool, Reservation
+from serve_app.access.ratelimit import Limits, Pool, Reservation
 
 if TYPE_CHECKING:
     from serve_app.access.auth import Authenticator, Principal
@@ -235,17 +235,11 @@ class Admission:
         self.closed = True
         self._stop_running()
         used = self.prompt_tokens + self.completion_tokens
-        limiter, keys = self.pipeline.limiter, self.pipeline.keys
         try:
-            if self.delegated or limiter.store is not keys.store:
-                if self.reservation is not None:
-                    await limiter.settle(self.reservation, used)
-                if not self.delegated:
-                    await keys.record_usage(self.key_id, status, self.prompt_tokens, self.completion_tokens)
-            else:  # the settlement rides with the usage record: one store round trip, not two
-                settle = limiter.settlement(self.reservation, used) if self.reservation is not None else ([], 0)
-                await keys.record_usage(self.key_id, status, self.prompt_tokens, self.completion_tokens, settle,
-                                        WINDOW_S)
+            if self.reservation is not None:
+                await self.pipeline.limiter.settle(self.reservation, used)
+            if not self.delegated:
+                await self.pipeline.keys.record_usage(self.key_id, status, self.prompt_tokens, self.completion_tokens)
         except Exception as error:  # the answer is already on its way: never fail it here
             logger.warning("could not record usage for %s: %s", self.key_id, type(error).__name__)
 

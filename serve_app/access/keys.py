@@ -182,16 +182,11 @@ class KeyService:
         return record
 
     # -- usage ----------------------------------------------------------------------------
-    async def record_usage(self, key_id: str, status: int, prompt_tokens: int, completion_tokens: int,
-                           settle: tuple[list[str], int] = ([], 0), window_s: int = 0) -> None:
-        """One round trip; with `settle` (RateLimiter.settlement, on this store) the same one."""
+    async def record_usage(self, key_id: str, status: int, prompt_tokens: int, completion_tokens: int) -> None:
         counters = {"requests": 1, "errors": int(status >= 400), "prompt_tokens": prompt_tokens,
                     "completion_tokens": completion_tokens}
-        increments, values = {k: v for k, v in counters.items() if v}, {"last_used_at": str(int(time.time()))}
-        if settle[0]:
-            await self.store.settle_and_hupdate(*settle, window_s, _USAGE + key_id, increments, values)
-        else:
-            await self.store.hupdate(_USAGE + key_id, increments, values)
+        await self.store.hupdate(_USAGE + key_id, {k: v for k, v in counters.items() if v},
+                                 {"last_used_at": str(int(time.time()))})  # one round trip
 
     async def usage(self, key_id: str, known: bool = False) -> KeyUsage:
         if not known:

@@ -7,7 +7,6 @@ entries are whatever the client chose to send and cannot be trusted).
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from typing import Iterable, Optional, Union
 
@@ -26,7 +25,6 @@ def parse_networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-@functools.lru_cache(maxsize=4096)  # every request parses its peer: mostly the same few proxies and clients
 def parse_address(text: Optional[str]) -> Optional[Address]:
     if not text:
         return None

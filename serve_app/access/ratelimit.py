@@ -117,16 +117,9 @@ class RateLimiter:
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         """The request is over: its real tokens replace its reservation in every window that holds it."""
-        keys, amount = self.settlement(reservation, used_tokens)
-        if keys:
-            await self.store.settle_window(keys, amount, WINDOW_S)
-
-    @staticmethod
-    def settlement(reservation: Reservation, used_tokens: int) -> tuple[list[str], int]:
-        """What `settle` writes: (the windows, the amount to add; no windows: nothing to write).
-        The reservation counts as settled from here on."""
         amount = used_tokens - reservation.tokens
         if amount < 0 and time.monotonic() >= reservation.window_ends - SETTLE_MARGIN_S:
             amount = 0  # a window is gone (or going): the next one never held these tokens
+        if reservation.token_keys and amount:
+            await self.store.settle_window(reservation.token_keys, amount, WINDOW_S)
         reservation.tokens = used_tokens  # settling twice changes nothing
-        return (reservation.token_keys, amount) if reservation.token_keys and amount else ([], 0)

@@ -86,8 +86,7 @@ class GuardMiddleware:
         try:
             await self.app(scope, receive, guarded_send)
         finally:  # the client left mid-answer (or the app failed): settle what it got, even when cancelled
-            if not all(admission.closed for admission in outcome.admissions):  # a whole answer closed them
-                await asyncio.shield(outcome.close_admissions(status["code"] if status["ended"] else CLIENT_GONE))
+            await asyncio.shield(outcome.close_admissions(status["code"] if status["ended"] else CLIENT_GONE))
 
     async def _bounded_body(self, scope, receive):
         """Read the whole body up front (it is small by construction) and replay it to the app.

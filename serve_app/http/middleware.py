@@ -28,14 +28,10 @@ def _incoming_id(scope) -> Optional[str]:
     return None
 
 
-try:  # imported once: an import statement per request costs as much as the lookup itself
-    from ray.serve.context import _get_serve_request_context
-except Exception:  # no Ray (unit tests): our own ids
-    _get_serve_request_context = None
-
-
 def _serve_request_id() -> Optional[str]:
     try:
+        from ray.serve.context import _get_serve_request_context
+
         return _get_serve_request_context().request_id or None
     except Exception:
         return None

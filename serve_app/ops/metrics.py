@@ -96,7 +96,6 @@ class MetricsHub:
             buckets=LOAD_BUCKETS, registry=self.registry,
         )
 
-        self._children: dict[tuple, Any] = {}
         self.counters = {
             "store_errors": Counter("aicore_store_errors", "Failed calls to the shared store (Redis).",
                                     registry=self.registry),
@@ -114,38 +113,29 @@ class MetricsHub:
                 if e.ok:
                     self.load_duration.labels(e.model).observe(e.duration_s)
                 continue
-            child = self._child
-            labels = (e.route, e.model, e.status)
-            child(self.requests, labels).inc()
-            child(self.latency, labels).observe(e.latency_s)
+            status = str(e.status)
+            self.requests.labels(e.route, e.model, status).inc()
+            self.latency.labels(e.route, e.model, status).observe(e.latency_s)
             if e.completion_tokens:
-                child(self.completion_tokens, (e.model,)).inc(e.completion_tokens)
+                self.completion_tokens.labels(e.model).inc(e.completion_tokens)
             if e.prompt_tokens:
-                child(self.prompt_tokens, (e.model,)).inc(e.prompt_tokens)
+                self.prompt_tokens.labels(e.model).inc(e.prompt_tokens)
             if e.first_token_s is not None and e.cache != "hit":
-                child(self.ttft, (e.model,)).observe(e.first_token_s)
+                self.ttft.labels(e.model).observe(e.first_token_s)
             if e.cache:
-                child(self.cache_requests, (e.model, e.cache)).inc()
+                self.cache_requests.labels(e.model, e.cache).inc()
             if e.key_id != "-":
-                child(self.key_requests, (e.key_id,)).inc()
+                self.key_requests.labels(e.key_id).inc()
                 if e.status >= 400:
-                    child(self.key_errors, (e.key_id,)).inc()
+                    self.key_errors.labels(e.key_id).inc()
                 if e.prompt_tokens:
-                    child(self.key_tokens, (e.key_id, "prompt")).inc(e.prompt_tokens)
+                    self.key_tokens.labels(e.key_id, "prompt").inc(e.prompt_tokens)
                 if e.completion_tokens:
-                    child(self.key_tokens, (e.key_id, "completion")).inc(e.completion_tokens)
+                    self.key_tokens.labels(e.key_id, "completion").inc(e.completion_tokens)
             if e.tokens_per_s is not None:
-                child(self.speed, (e.model,)).observe(e.tokens_per_s)
+                self.speed.labels(e.model).observe(e.tokens_per_s)
             if e.error_type:
-                child(self.errors, (e.error_type, e.error_code or "none")).inc()
-
-    def _child(self, metric: Any, labels: tuple) -> Any:
-        """`metric.labels(*labels)`, looked up once: labels() validates and locks on every call,
-        ~8 calls a request. Children are never removed, so a kept one stays the registry's."""
-        child = self._children.get((metric, labels))
-        if child is None:
-            child = self._children[(metric, labels)] = metric.labels(*labels)
-        return child
+                self.errors.labels(e.error_type, e.error_code or "none").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,8 +23,7 @@ logger = logging.getLogger("aicore.store")
 PURGE_EVERY_S = 60.0
 CALL_TIMEOUT_S = 5.0  # a hub that does not answer (stopped, restarting) is unavailable, never a hang
 STORE_METHODS = frozenset({
-    "get", "set", "compare_and_set", "delete", "incr_window", "take_window", "settle_window", "settle_and_hupdate",
-    "get_indirect",
+    "get", "set", "compare_and_set", "delete", "incr_window", "take_window", "settle_window", "get_indirect",
     "hupdate", "hset", "hgetall", "hincrby", "sadd", "srem", "smembers", "zadd_expiring", "zlive",
     "count", "ttl", "expire",
 })
@@ -86,10 +85,6 @@ class RemoteStore:
 
     async def settle_window(self, keys: list[str], amount: int, window_s: int) -> None:
         await self._call("settle_window", keys, amount, window_s)
-
-    async def settle_and_hupdate(self, keys: list[str], amount: int, window_s: int, key: str,
-                                 increments: dict[str, int], values: dict[str, str]) -> None:
-        await self._call("settle_and_hupdate", keys, amount, window_s, key, increments, values)
 
     async def get_indirect(self, index_key: str, prefix: str) -> Optional[str]:
         return await self._call("get_indirect", index_key, prefix)

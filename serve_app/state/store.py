@@ -38,8 +38,6 @@ class Store(Protocol):
     async def incr_window(self, key: str, amount: int, window_s: int) -> int: ...
     async def take_window(self, windows: list[Window], reserve: int, window_s: int) -> Taken: ...
     async def settle_window(self, keys: list[str], amount: int, window_s: int) -> None: ...
-    async def settle_and_hupdate(self, keys: list[str], amount: int, window_s: int, key: str,
-                                 increments: dict[str, int], values: dict[str, str]) -> None: ...
     async def get_indirect(self, index_key: str, prefix: str) -> Optional[str]: ...
     async def hupdate(self, key: str, increments: dict[str, int], values: dict[str, str]) -> None: ...
     async def hset(self, key: str, mapping: dict[str, str]) -> None: ...
@@ -118,23 +116,6 @@ end
 return 0
 """
 
-# settle_window's script, then hupdate's counters and values on KEYS[#KEYS]: a request's close (its
-# tokens settled, its key's usage recorded) in one round trip. ARGV: amount, window, the number of
-# counters, then (field, increment) per counter, then (field, value) pairs.
-_SETTLE_AND_HUPDATE = """
-local amount, counters, usage = tonumber(ARGV[1]), tonumber(ARGV[3]), KEYS[#KEYS]
-for i = 1, #KEYS - 1 do
-  local current = redis.call('GET', KEYS[i])
-  if current then
-    redis.call('SET', KEYS[i], math.max(0, tonumber(current) + amount), 'KEEPTTL')
-  elseif amount > 0 then redis.call('SET', KEYS[i], amount, 'EX', ARGV[2]) end
-end
-local at = 4
-for _ = 1, counters do redis.call('HINCRBY', usage, ARGV[at], ARGV[at + 1]); at = at + 2 end
-while at < #ARGV do redis.call('HSET', usage, ARGV[at], ARGV[at + 1]); at = at + 2 end
-return 0
-"""
-
 # Follow an index in one round trip: the value at `prefix .. GET(index)` (an API key's record by hash).
 _GET_INDIRECT = """
 local id = redis.call('GET', KEYS[1])
@@ -174,7 +155,6 @@ class RedisStore:
         self._take = self.client.register_script(_TAKE_WINDOW)
         self._settle = self.client.register_script(_SETTLE_WINDOW)
         self._indirect = self.client.register_script(_GET_INDIRECT)
-        self._settle_hupdate = self.client.register_script(_SETTLE_AND_HUPDATE)
 
     async def _call(self, coro):
         try:
@@ -223,11 +203,6 @@ class RedisStore:
         if values:
             pipe.hset(key, mapping=values)
         await self._call(pipe.execute())
-
-    async def settle_and_hupdate(self, keys, amount, window_s, key, increments, values):
-        args = [amount, window_s, len(increments), *(x for item in increments.items() for x in item),
-                *(x for item in values.items() for x in item)]
-        await self._call(self._settle_hupdate(keys=[*keys, key], args=args))
 
     async def hset(self, key, mapping):
         await self._call(self.client.hset(key, mapping=mapping))
@@ -378,10 +353,6 @@ class MemoryStore:
         for field, amount in increments.items():
             record[field] = str(int(record.get(field, 0)) + amount)
         self._data[key] = {**record, **values}
-
-    async def settle_and_hupdate(self, keys, amount, window_s, key, increments, values):
-        await self.settle_window(keys, amount, window_s)  # no await inside either: one atomic step
-        await self.hupdate(key, increments, values)
 
     async def hset(self, key, mapping):
         current = self._live(key)

@@ -1,6 +1,3 @@
-import json
-from dataclasses import asdict
-
 from core.types import GenerationRequest, SamplingParams
 from serve_app.state.cache import cache_key, wants_cache
 from serve_app.state.sessions import trim_to_fit
@@ -26,13 +23,6 @@ def test_cache_key_covers_tenant_endpoint_model_identity_and_sampling():
     for change in ({"tenant": "k2"}, {"endpoint": "chat"}, {"model": "n"}, {"identity": "rev2"}):
         assert cache_key(_req(temperature=0), **{**base, **change}) != key
     assert cache_key(_req(temperature=0, top_k=3), **base) != key
-
-
-def test_cache_key_reads_sampling_as_asdict_would():
-    """cache_key takes vars(sampling) (cheaper): the same JSON as asdict while every field is a plain value."""
-    every = SamplingParams(max_tokens=5, temperature=0, stop=("a", "b"), seed=3, grammar="root ::= x",
-                           logit_bias=((1, 2.0),), logprobs=2, ignore_eos=True)
-    assert json.dumps(vars(every), sort_keys=True) == json.dumps(asdict(every), sort_keys=True)
 
 
 def test_trim_drops_oldest_turns_but_keeps_system_and_newest():

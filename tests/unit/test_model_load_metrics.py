@@ -92,18 +92,3 @@ def test_queued_gauge_per_model_and_node():
     assert 'aicore_model_requests_in_flight{model="a",node="n1"} 3.0' in text
     assert 'aicore_model_replica_load_duration_seconds{model="a",node="n1"} 0.5' in text
     assert 'model="b"' not in text.split("# HELP aicore_model_requests_queued")[1].split("# HELP")[0]
-
-
-def test_hub_counts_request_events_per_label_set():
-    """Request events land on their own labels' series (the hub keeps each series' child once made)."""
-    from serve_app.ops.metrics import RequestEvent
-
-    hit = RequestEvent("/api/v1/generate", "a", 200, 0.01, prompt_tokens=5, completion_tokens=2, cache="hit", key_id="k1")
-    hub = MetricsHub()
-    hub.record([hit, hit, RequestEvent("/api/v1/generate", "a", 429, 0.001, key_id="k2", error_type="requests")])
-    text = hub.render().decode()
-    assert _sample(text, 'aicore_requests_total{model="a",route="/api/v1/generate",status="200"}') == 2
-    assert _sample(text, 'aicore_requests_total{model="a",route="/api/v1/generate",status="429"}') == 1
-    assert _sample(text, 'aicore_key_tokens_total{key_id="k1",kind="prompt"}') == 10
-    assert _sample(text, 'aicore_key_errors_total{key_id="k2"}') == 1
-    assert _sample(text, 'aicore_cache_requests_total{model="a",result="hit"}') == 2

@@ -75,12 +75,6 @@ def test_hupdate_get_indirect_and_settle_window(store):
         await store.settle_window(["t:w"], 4, 60)
         await store.settle_window(["t:w"], -3, 60)
         assert await store.get("t:w") == "1" and 0 < await store.ttl("t:w") <= 60
-        await store.settle_and_hupdate(["t:w"], 2, 60, "t:u", {"requests": 1}, {"last": "10"})
-        assert await store.get("t:w") == "3" and 0 < await store.ttl("t:w") <= 60
-        assert await store.hgetall("t:u") == {"requests": "4", "errors": "1", "last": "10"}
-        await store.delete("t:w")
-        await store.settle_and_hupdate(["t:w"], -2, 60, "t:u", {}, {"last": "11"})  # nothing to give back
-        assert await store.get("t:w") is None and (await store.hgetall("t:u"))["last"] == "11"
     run(scenario())
 
 
