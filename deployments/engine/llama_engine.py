@@ -22,103 +22,24 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import math
-import random
 import time
-from collections import OrderedDict
 from dataclasses import asdict
-from typing import Any, Optional
+from typing import Optional
 
+from deployments.engine.adapters import Adapters
 from deployments.engine.admission import WaitingRoom
 from deployments.engine.grammar import GrammarSampler
 from deployments.engine.loop import StepLoop
+from deployments.engine.samplers import end_token_bias, sampler_chain, token_bytes
 from deployments.engine.saved_prompts import MIN_SAVED_TOKENS, SavedPrompts
 from deployments.engine.sequence import Sequence, Slot, common_prefix
 from deployments.engine.steps import StepRecord
 from core.errors import BackendFailure, InvalidRequest, ModelUnavailable
-from core.types import SamplingParams
 
 logger = logging.getLogger("aicore.engine")
 
-MIN_P = 0.05  # as llama-cpp-python's generate, which served GGUF models before this engine
-PENALTY_LAST_N = 64
 RESTORE_GAIN = 16  # a saved conversation is restored when it spares this many more tokens than a slot
 SHARE_GAIN = 64  # a running sequence's prompt prefix is copied when it spares this many more tokens
-
-
-def token_bytes(lib, vocab, token: int) -> bytes:
-    """One token's text. `Llama.detokenize` copies through a 32-byte buffer and drops longer tokens
-    (SmolLM2 has whitespace runs of 46 bytes, for code indentation); this grows the buffer instead."""
-    size = 64
-    while True:
-        buffer = ctypes.create_string_buffer(size)
-        n = lib.llama_token_to_piece(vocab, token, buffer, size, 0, False)
-        if n >= 0:
-            return buffer.raw[:n]
-        size = -n  # llama.cpp answers -(bytes needed) when the buffer is too small
-
-
-def end_token_bias(lib, vocab, n_vocab: int):
-    """A logit bias of -inf for every end-of-generation token, built once per model."""
-    ends = [t for t in range(n_vocab) if lib.llama_vocab_is_eog(vocab, t)]
-    return (lib.llama_logit_bias * len(ends))(*[lib.llama_logit_bias(t, -math.inf) for t in ends])
-
-
-def sampler_chain(lib, sampling: SamplingParams, n_vocab: int, end_bias=None):
-    """The sampler of one sequence: `ignore_eos` bans the end-of-generation tokens (as llama.cpp's
-    server and the padded engine do: never an empty end token in the middle of the text; not under a
-    grammar, whose answer ends where the grammar does), the request's logit bias, then
-    penalties, then greedy (temperature 0) or top-k, top-p, min-p, temperature and a seeded draw."""
-    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-    add = lib.llama_sampler_chain_add
-    if sampling.ignore_eos and end_bias and not sampling.grammar:  # the sampler copies the bias
-        add(chain, lib.llama_sampler_init_logit_bias(n_vocab, len(end_bias), end_bias))
-    if sampling.logit_bias:
-        bias = (lib.llama_logit_bias * len(sampling.logit_bias))(
-            *[lib.llama_logit_bias(token, value) for token, value in sampling.logit_bias])
-        add(chain, lib.llama_sampler_init_logit_bias(n_vocab, len(bias), bias))
-    add(chain, lib.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, sampling.repeat_penalty,
-                                                sampling.frequency_penalty, sampling.presence_penalty))
-    if sampling.temperature <= 0:
-        add(chain, lib.llama_sampler_init_greedy())
-        return chain
-    add(chain, lib.llama_sampler_init_top_k(sampling.top_k))
-    add(chain, lib.llama_sampler_init_top_p(sampling.top_p, 1))
-    add(chain, lib.llama_sampler_init_min_p(MIN_P, 1))
-    add(chain, lib.llama_sampler_init_temp(sampling.temperature))
-    seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**31 - 1)
-    add(chain, lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-    return chain
-
-
-class Adapters:
-    """GGUF LoRA adapters in memory, least recently used first; never frees one a sequence uses."""
-
-    def __init__(self, lib, model, paths: dict[str, Any], keep: int, model_name: str):
-        self.lib, self.model, self.paths, self.keep, self.model_name = lib, model, paths, keep, model_name
-        self.loaded: OrderedDict[str, Any] = OrderedDict()
-
-    def get(self, name: str, in_use: set) -> Any:
-        if name not in self.loaded:
-            path = str(self.paths[name])
-            adapter = self.lib.llama_adapter_lora_init(self.model, path.encode("utf-8"))
-            if not adapter:  # a file made for another base model, or not a GGUF LoRA
-                logger.error("llama.cpp could not load LoRA %s", path, extra={"model": self.model_name})
-                raise BackendFailure(f"adapter {name!r} of model {self.model_name!r} could not be loaded; "
-                                     "the server log has the reason")
-            self.loaded[name] = adapter
-        self.loaded.move_to_end(name)
-        for old in [n for n in self.loaded if n not in in_use and n != name]:
-            if len(self.loaded) <= self.keep:
-                break
-            self.lib.llama_adapter_lora_free(self.loaded.pop(old))
-            logger.info("adapter evicted", extra={"model": self.model_name, "adapter": old})
-        return self.loaded[name]
-
-    def free(self) -> None:
-        for adapter in self.loaded.values():
-            self.lib.llama_adapter_lora_free(adapter)
-        self.loaded.clear()
 
 
 class LlamaBatchEngine(StepLoop):

@@ -118,7 +118,7 @@ def test_a_greedy_draw_after_rows_were_moved_still_reads_token_ids(smollm2):
     import numpy as np
 
     from deployments.engine.grammar import GrammarSampler
-    from deployments.engine.llama_engine import sampler_chain
+    from deployments.engine.samplers import sampler_chain
 
     model = smollm2.model.model
     params = lib.llama_context_default_params()
