@@ -68,6 +68,10 @@ class Generation:
         rest = _Replay([final] if result.text else [])
         return cls(entry, first, rest, time.monotonic(), cache="hit", adapter=adapter)
 
+    def cancel(self) -> None:
+        """Stop the model's work on a generation that will not be read."""
+        self._rest.cancel()
+
     async def chunks(self) -> AsyncIterator[GenerationChunk]:
         try:
             async with aclosing(self._chunks()) as chunks:  # closed at once: the model's stream is cancelled

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import logging
 from typing import Awaitable, Callable, Optional
 
@@ -28,6 +28,7 @@ from core.types import (
 from core.access_errors import TooManyMessages
 from serve_app.state.cache import ResponseCache, cache_key, wants_cache
 from serve_app.access.content_filter import ContentPolicy
+from serve_app.choices import Choices
 from serve_app.generation import Generation, OnClose, OnComplete, next_chunk
 from serve_app.model_router import ModelEntry, ModelRouter
 from serve_app.pipeline import Admission, token_bound
@@ -164,8 +165,19 @@ class GenerationService:
         if turn is not None:
             messages, save = self._fit(entry, turn, sampling)
             callbacks.append(save)
+        request = self._request(admission, adapter, request_id, sampling, prompt, messages, priority,
+                                turn.conversation if turn is not None else None)
+        self._check(entry, request)
+        generation = await self._generate(entry, adapter, request, options, callbacks,
+                                          (turn.release,) if turn is not None else ())
+        generation.prompt_estimate = prompt_estimate
+        return self._observe(generation, prompt, messages)
+
+    def _request(self, admission: Admission, adapter: Optional[str], request_id: str, sampling: SamplingParams,
+                 prompt: Optional[str], messages: Optional[list[dict]], priority: Optional[str],
+                 conversation: Optional[str]) -> GenerationRequest:
         key_id = admission.principal.key_id
-        request = GenerationRequest(
+        return GenerationRequest(
             adapter=adapter,
             request_id=request_id,
             sampling=sampling,
@@ -174,13 +186,45 @@ class GenerationService:
             key_id=key_id,
             priority=admission.priority(priority),
             cache_scope="shared" if self.settings.prefix_cache_scope == "shared" else key_id,
-            conversation=turn.conversation if turn is not None else None,
+            conversation=conversation,
         )
-        self._check(entry, request)
-        generation = await self._generate(entry, adapter, request, options, callbacks,
-                                          (turn.release,) if turn is not None else ())
-        generation.prompt_estimate = prompt_estimate
-        return self._observe(generation, prompt, messages)
+
+    async def start_choices(self, admission: Admission, model: Optional[str], request_id: str,
+                            sampling: SamplingParams, n: int, *, prompt: Optional[str] = None,
+                            messages: Optional[list[dict]] = None, options: Optional[RequestOptions] = None,
+                            priority: Optional[str] = None) -> Choices:
+        """OpenAI's `n`: n answers to one prompt, `n x max_tokens` reserved. They reach the engine
+        together, so it computes their common prompt once and copies it (its burst followers).
+        With a seed, choice i samples with seed + i: repeatable, yet different choices. Not
+        cached (the cache keeps one answer) and not with a session (a session keeps one answer)."""
+        if n == 1:
+            return Choices([await self.start(admission, model, request_id, sampling, prompt=prompt,
+                                             messages=messages, options=options, priority=priority)], admission)
+        principal = admission.principal
+        options = options or RequestOptions(endpoint="-", tenant=principal.key_id, owner=principal.key_id)
+        if options.session_id is not None:
+            raise InvalidRequest("n above 1 cannot be combined with session_id: a session keeps one answer a turn",
+                                 param="n")
+        entry, adapter = self.router.resolve_adapter(model or principal.default_model, "generate", principal.may_use)
+        prompt_estimate = token_bound([prompt] if prompt is not None else [m["content"] for m in messages or ()])
+        answer = sampling.max_tokens or entry.config.default_max_tokens
+        await admission.limit(entry.name, prompt_estimate + n * answer)
+        requests = [self._request(admission, adapter, f"{request_id}-{i}", _seeded(sampling, i), prompt, messages,
+                                  priority, None) for i in range(n)]
+        self._check(entry, requests[0])
+        uncached = replace(options, cache=False)
+        started = await asyncio.gather(*(self._generate(entry, adapter, r, uncached, []) for r in requests),
+                                       return_exceptions=True)
+        failed = next((s for s in started if isinstance(s, BaseException)), None)
+        if failed is not None:
+            for generation in started:
+                if isinstance(generation, Generation):
+                    generation.cancel()
+            raise failed
+        for generation in started:
+            generation.prompt_estimate = prompt_estimate
+            self._observe(generation, prompt, messages)
+        return Choices(list(started), admission)
 
     async def _generate(self, entry: ModelEntry, adapter: Optional[str], request: GenerationRequest,
                         options: RequestOptions, callbacks: list[OnComplete],
@@ -226,6 +270,10 @@ class GenerationService:
         return generation
 
 
+
+
+def _seeded(sampling: SamplingParams, index: int) -> SamplingParams:
+    return sampling if sampling.seed is None else replace(sampling, seed=(sampling.seed + index) % 2**64)
 
 
 class EmbeddingService:

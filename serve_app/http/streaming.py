@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import AsyncIterator, Callable, Iterable, Optional
+from typing import Any, AsyncIterator, Callable, Iterable, Optional, Union
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from core.types import GenerationChunk
 from serve_app.http.errors import sse_error_event
+from serve_app.choices import Choices
 from serve_app.generation import Generation
 
 logger = logging.getLogger("aicore.stream")
@@ -24,9 +24,9 @@ def _event(payload: dict) -> str:
 
 def sse_stream(
     request: Request,
-    generation: Generation,
-    on_chunk: Callable[[GenerationChunk], Iterable[dict]],
-    on_end: Callable[[Generation], Iterable[dict]],
+    generation: Union[Generation, Choices],
+    on_chunk: Callable[[Any], Iterable[dict]],  # a Generation's chunk; of Choices, (index, chunk)
+    on_end: Callable[[Any], Iterable[dict]],
     first: Iterable[dict] = (),
     headers: Optional[dict[str, str]] = None,
 ) -> StreamingResponse:

@@ -9,6 +9,7 @@ and change nothing else: the server and its schema are tested as they are.
   * a model's context is counted in tokens (400 context_length_exceeded): the cheap bounds above
     keep every prompt far inside the 2048-token contexts of the test models (256 for embeddings);
   * `dimensions` must equal the embedding model's size (400): positive cases send none;
+  * `n` above 1 does not combine with `session_id` (400);
   * a key's `default_model` must be one of its `models` (400), also against the stored key on a
     PATCH: positive cases add it to `models`; a PATCH of one of them clears the other;
   * all messages together, not each one, are limited to MAX_PROMPT_LENGTH (kept by PROMPT_CHARS);
@@ -84,6 +85,8 @@ def _cheap_generation(body: dict) -> None:
             body[field] = MAX_TOKENS
     if body.get("max_tokens") is None:
         body["max_tokens"] = MAX_TOKENS
+    if _is_count(body.get("n")) and body["n"] > 1 and isinstance(body.get("session_id"), str):
+        body["n"] = 1  # a session keeps one answer a turn: n above 1 with session_id is a 400
     if "prompt" in body:
         body["prompt"] = _short(body["prompt"])
     messages = body.get("messages")

@@ -52,7 +52,7 @@ BAD = [
     ("/api/v1/chat", {"messages": []}, "messages"),
     ("/api/v1/chat", {"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
     ("/api/v1/chat", {"messages": [{"role": "user"}]}, "messages.0.content"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 9}, "n"),
     ("/v1/chat/completions", {"messages": "hello"}, "messages"),
     ("/v1/completions", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ("/v1/completions", {"prompt": "one two three four five", "max_tokens": 2046}, "max_tokens"),

@@ -128,7 +128,7 @@ def test_streamed_tool_calls_arrive_as_deltas(oai):
      "response_format.json_schema.schema", "multipleOf"),
     ({"top_logprobs": 2}, "top_logprobs", "logprobs: true"),
     ({"audio": {"voice": "alloy"}}, "audio", "audio"),
-    ({"n": 2}, "n", "n=1"),
+    ({"n": 9}, "n", "8"),
     ({"frobnicate": 1}, "frobnicate", "unrecognized"),
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "nope"),
     ({"logit_bias": {"99999999": 5}}, "logit_bias", "99999999"),

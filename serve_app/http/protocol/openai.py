@@ -44,6 +44,10 @@ NOT_DONE = {
 }
 
 
+# OpenAI allows up to 128; each choice is a sequence in the engine, and a replica runs few at once.
+MAX_CHOICES = 8
+
+
 def not_done(field: str, *nothing) -> BeforeValidator:
     """Lets through null and the values in `nothing`; refuses any other with the field's reason."""
     def check(value):
@@ -63,7 +67,8 @@ class _OpenAIRequest(SamplingFields):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: Int = Field(0, ge=0, le=2**31 - 1, description="Extension; 0 disables top-k as in OpenAI.")
     repeat_penalty: float = Field(1.0, gt=0, le=10, description="Extension (llama.cpp).")
-    n: Int = Field(1, description="Only 1 is supported.", json_schema_extra={"minimum": 1, "maximum": 1})
+    n: Int = Field(1, ge=1, le=MAX_CHOICES, description=f"Answers to return (1 to {MAX_CHOICES}); they share the "
+                   "prompt's computation. Not with `session_id`; never cached.")
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     cache: Optional[bool] = Field(None, description="Extension: true caches a sampled answer, false bypasses.")
@@ -82,13 +87,6 @@ class _OpenAIRequest(SamplingFields):
     function_call: Annotated[None, not_done("function_call")] = Field(None, description="Refused: send tool_choice.")
     reasoning_effort: Annotated[None, not_done("reasoning_effort")] = None
     verbosity: Annotated[None, not_done("verbosity")] = None
-
-    @field_validator("n")
-    @classmethod
-    def _single_choice(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError("only n=1 is supported")
-        return value
 
 
 class FunctionDefinition(BaseModel):

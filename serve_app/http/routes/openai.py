@@ -47,14 +47,14 @@ from serve_app.http.protocol.common import CalledFunction, ToolCall
 from serve_app.tool_calls import ToolUse, read_answer
 from serve_app.http.routes.common import cache_headers, request_options, streamed
 from serve_app.http.routes.statuses import CHAT, EMBEDDING, GENERATION, KEYED, MODEL_CARD, links, responses_for
-from serve_app.generation import Generation
+from serve_app.choices import Choices
 from serve_app.http.streaming import sse_stream
 
 router = APIRouter(prefix="/v1")
 
 
-def _usage(generation: Generation) -> UsageInfo:
-    u = generation.usage
+def _usage(choices: Choices) -> UsageInfo:
+    u = choices.usage
     return UsageInfo(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens)
 
 
@@ -108,91 +108,109 @@ def _calls(text: str, finish_reason: Optional[str]) -> tuple[Optional[str], list
 async def chat_completions(body: ChatCompletionRequest, request: Request,
                            admission: Admission = Depends(require_caller)):
     tool_use, sampling, messages = _tool_use(body, body.to_sampling_params(), [m.as_dict() for m in body.messages])
-    generation = await request.app.state.generation.start(
-        admission, body.model, request_id_var.get(), sampling, messages=messages, priority=body.priority,
+    choices = await request.app.state.generation.start_choices(
+        admission, body.model, request_id_var.get(), sampling, body.n, messages=messages, priority=body.priority,
         options=request_options(request, admission.principal, "chat.completions", body.cache, body.session_id),
     )
-    name = generation.model_id
-    headers = cache_headers(generation)
+    name = choices.model_id
+    headers = cache_headers(choices)
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-    def chunk(delta: Delta, finish=None, choices=True, logprobs=None) -> dict:
-        choice = [ChatChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)] if choices else []
+    def chunk(delta: Delta, finish=None, choices=True, logprobs=None, index=0) -> dict:
+        choice = [ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)] if choices else []
         return _dump(ChatCompletionChunk(id=cid, created=created, model=name, choices=choice))
+
+    def ending(index: int, text: str, finish: Optional[str]) -> list[dict]:
+        """A choice's last events: with tools, its answer (read whole) as calls or text; its finish."""
+        events = []
+        if tool_use is not None:
+            content, calls, finish = _calls(text, finish)
+            if calls:
+                events.append(chunk(Delta(tool_calls=[ToolCallDelta(index=i, **c.model_dump())
+                                                      for i, c in enumerate(calls)]), index=index))
+            elif content:
+                events.append(chunk(Delta(content=content), index=index))
+        return events + [chunk(Delta(), finish or "length", index=index)]
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        answer: list[str] = []  # with tools: the answer is read whole, then sent as calls or text
+        answers: dict[int, list[str]] = {i: [] for i in range(len(choices))}  # read whole with tools
+        open_choices = set(answers)
 
-        def on_chunk(c) -> list[dict]:
+        def on_chunk(item) -> list[dict]:
+            index, c = item
+            events = []
             if tool_use is not None:
-                answer.append(c.text)
-                return []
-            if not (c.text or c.logprobs):
-                return []
-            return [chunk(Delta(content=c.text), logprobs=_chat_logprobs(c.logprobs))]
-
-        def on_end(g: Generation) -> list[dict]:
-            events, finish = [], g.finish_reason
-            if tool_use is not None:
-                content, calls, finish = _calls("".join(answer), finish)
-                if calls:
-                    events.append(chunk(Delta(tool_calls=[ToolCallDelta(index=i, **c.model_dump())
-                                                          for i, c in enumerate(calls)])))
-                elif content:
-                    events.append(chunk(Delta(content=content)))
-            events.append(chunk(Delta(), finish))
-            if include_usage:
-                events.append({**chunk(Delta(), choices=False), "usage": _dump(_usage(g))})
+                answers[index].append(c.text)
+            elif c.text or c.logprobs:
+                events.append(chunk(Delta(content=c.text), logprobs=_chat_logprobs(c.logprobs), index=index))
+            if c.finish_reason and len(choices) > 1:  # one choice ends while others go on
+                open_choices.discard(index)
+                events += ending(index, "".join(answers[index]), c.finish_reason)
             return events
 
-        return sse_stream(request, generation, on_chunk=on_chunk, on_end=on_end,
-                          first=[chunk(Delta(role="assistant", content=""))], headers=headers)
-    result = await generation.collect()
-    content, calls, finish = result.text, [], result.finish_reason
-    if tool_use is not None:
-        content, calls, finish = _calls(result.text, finish)
-    return JSONResponse(_dump(ChatCompletion(
-        id=cid, created=created, model=name,
-        choices=[ChatChoice(message=ChatMessageOut(content=content, tool_calls=calls or None), finish_reason=finish,
-                            logprobs=_chat_logprobs(result.logprobs))],
-        usage=_usage(generation),
-    )), headers=headers)
+        def on_end(_) -> list[dict]:
+            events = []
+            for index in sorted(open_choices):
+                events += ending(index, "".join(answers[index]), choices.generations[index].finish_reason)
+            if include_usage:
+                events.append({**chunk(Delta(), choices=False), "usage": _dump(_usage(choices))})
+            return events
+
+        first = [chunk(Delta(role="assistant", content=""), index=i) for i in range(len(choices))]
+        return sse_stream(request, choices, on_chunk=on_chunk, on_end=on_end, first=first, headers=headers)
+    out = []
+    for index, result in enumerate(await choices.collect()):
+        content, calls, finish = result.text, [], result.finish_reason
+        if tool_use is not None:
+            content, calls, finish = _calls(result.text, finish)
+        out.append(ChatChoice(index=index, message=ChatMessageOut(content=content, tool_calls=calls or None),
+                              finish_reason=finish, logprobs=_chat_logprobs(result.logprobs)))
+    return JSONResponse(_dump(ChatCompletion(id=cid, created=created, model=name, choices=out,
+                                             usage=_usage(choices))), headers=headers)
 
 
 @router.post("/completions", responses=responses_for(KEYED, GENERATION, streamed(Completion, COMPLETION_SSE_EXAMPLE)))
 async def completions(body: CompletionRequest, request: Request, admission: Admission = Depends(require_caller)):
-    generation = await request.app.state.generation.start(
-        admission, body.model, request_id_var.get(), body.to_sampling_params(), prompt=body.prompt,
+    choices = await request.app.state.generation.start_choices(
+        admission, body.model, request_id_var.get(), body.to_sampling_params(), body.n, prompt=body.prompt,
         priority=body.priority, options=request_options(request, admission.principal, "completions", body.cache),
     )
-    name = generation.model_id
-    headers = cache_headers(generation)
+    name = choices.model_id
+    headers = cache_headers(choices)
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
-    def completion(text: str, finish=None, usage=None, logprobs=None) -> dict:
-        choice = CompletionChoice(text=text, finish_reason=finish, logprobs=logprobs)
-        return _dump(Completion(id=cid, created=created, model=name, choices=[choice], usage=usage))
+    def completion(parts: list[CompletionChoice], usage=None) -> dict:
+        return _dump(Completion(id=cid, created=created, model=name, choices=parts, usage=usage))
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        sent = 0  # characters streamed so far: where the next chunk's text_offset starts
+        sent = [0] * len(choices)  # characters streamed per choice: where its next text_offset starts
+        open_choices = set(range(len(choices)))
 
-        def on_chunk(c) -> list[dict]:
-            nonlocal sent
-            if not (c.text or c.logprobs):
+        def on_chunk(item) -> list[dict]:
+            index, c = item
+            finish = c.finish_reason if len(choices) > 1 else None  # one choice ends while others go on
+            if finish:
+                open_choices.discard(index)
+            if not (c.text or c.logprobs or finish):
                 return []
-            logprobs, sent = _completion_logprobs(c.logprobs, sent), sent + len(c.text)
-            return [completion(c.text, logprobs=logprobs)]
+            logprobs, sent[index] = _completion_logprobs(c.logprobs, sent[index]), sent[index] + len(c.text)
+            return [completion([CompletionChoice(index=index, text=c.text, finish_reason=finish, logprobs=logprobs)])]
 
-        return sse_stream(
-            request, generation, on_chunk=on_chunk,
-            on_end=lambda g: [completion("", g.finish_reason, _usage(g) if include_usage else None)],
-            headers=headers,
-        )
-    result = await generation.collect()
-    return JSONResponse(completion(result.text, result.finish_reason, _usage(generation),
-                                   _completion_logprobs(result.logprobs)), headers=headers)
+        def on_end(_) -> list[dict]:
+            usage = _usage(choices) if include_usage else None
+            ends = [CompletionChoice(index=i, text="", finish_reason=choices.generations[i].finish_reason or "length")
+                    for i in sorted(open_choices)]
+            if len(choices) > 1 and usage is not None:  # OpenAI sends the usage in a chunk of its own
+                return [completion(ends)] * bool(ends) + [completion([], usage)]
+            return [completion(ends, usage)] if ends else []
+
+        return sse_stream(request, choices, on_chunk=on_chunk, on_end=on_end, headers=headers)
+    parts = [CompletionChoice(index=i, text=r.text, finish_reason=r.finish_reason,
+                              logprobs=_completion_logprobs(r.logprobs))
+             for i, r in enumerate(await choices.collect())]
+    return JSONResponse(completion(parts, _usage(choices)), headers=headers)
 
 
 def _encode(vector: list[float], encoding_format: str) -> Union[list[float], str]:
