@@ -36,9 +36,11 @@ def test_openai_content_parts_and_developer_role():
         {"role": "system", "content": "be brief"}, {"role": "user", "content": "ab"}]
 
 
-def test_openai_single_choice_and_prompt():
-    with pytest.raises(ValidationError):
-        ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], n=3)
+def test_openai_choices_bounded_and_single_prompt():
+    assert ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], n=8).n == 8
+    for n in (0, 9):
+        with pytest.raises(ValidationError):
+            ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], n=n)
     assert CompletionRequest(prompt=["only"]).prompt == "only"
     with pytest.raises(ValidationError):
         CompletionRequest(prompt=["a", "b"])
