@@ -146,10 +146,6 @@ class ModelDeployment:
             self.in_flight -= 1
             await self._reporter.ended()
 
-    def count_message_tokens(self, messages: list[dict]) -> list[int]:
-        """Per message: its content's tokens plus a few for the role markers of a chat template."""
-        return [self.backend.count_tokens(m["content"]) + 4 for m in messages]
-
     def forget_conversation(self, conversation: str) -> int:
         """A server-side session was deleted: drop the KV this replica kept of it."""
         return self.backend.forget_conversation(conversation)

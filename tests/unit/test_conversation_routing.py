@@ -52,7 +52,7 @@ def test_a_prompt_is_known_by_its_first_characters():
 
 def test_other_calls_have_no_key():
     assert affinity_key("embed", ["req-1", ["some text"]]) is None
-    assert affinity_key("count_message_tokens", [[{"role": "user", "content": "hi"}]]) is None
+    assert affinity_key("status", []) is None and affinity_key("reconfigure", [{"name": "x"}]) is None
     assert affinity_key("stream", [GenerationRequest("r", SamplingParams())]) is None  # nothing to hash
     assert affinity_key("stream", []) is None
 
