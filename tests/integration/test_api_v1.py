@@ -1,5 +1,6 @@
 """/api/v1 through the real Serve app and the real SmolLM2 and gemma3 GGUF models."""
 
+import re
 from datetime import datetime
 
 from tests.integration.conftest import ALL_MODELS, DEFAULT, GEMMA, MINILM, MINILM_INT8
@@ -55,7 +56,7 @@ def test_chat_answers_coherently(client):
     assert r.status_code == 200, r.text
     body = r.json()
     _check_response(body, DEFAULT)
-    assert "hello" in body["response"].lower() or "hi" in body["response"].lower()
+    assert re.search(r"\b(hello|hi)\b", body["response"].lower()), body["response"]
 
 
 def test_chat_second_model_with_configured_template(client):

@@ -74,8 +74,8 @@ def test_exact_behind_nginx_on_the_same_host(header):
     trusted = parse_networks(["127.0.0.1/32"])
     seen = through_uvicorn("127.0.0.1", header, UVICORN_DEFAULT)
     got = original_client(seen, header, trusted, ProxyTrust.parse(UVICORN_DEFAULT), "127.0.0.1")
-    if header and "::1" in header:
-        assert got in (None, client_address("127.0.0.1", header, trusted))
+    if header and "::1" in header:  # an IPv6 peer named last: nginx's address cannot be told from it
+        assert got is None
     else:
         assert got == client_address("127.0.0.1", header, trusted)
 
@@ -85,8 +85,8 @@ def test_the_measured_spoof_no_longer_works():
     proxy = ProxyTrust.parse(UVICORN_DEFAULT)
     seen = through_uvicorn("127.0.0.1", "10.1.2.3", UVICORN_DEFAULT)
     assert seen == "10.1.2.3"  # what Ray's proxy hands on
-    got = original_client(seen, "10.1.2.3", (), proxy, "127.0.0.1")
-    assert got is None or str(got) == "127.0.0.1"
+    # the address cannot be known (the peer may have been rewritten): None, so an allowlist refuses
+    assert original_client(seen, "10.1.2.3", (), proxy, "127.0.0.1") is None
     assert original_client("127.0.0.1", None, (), proxy, "127.0.0.1") == parse_address("127.0.0.1")
 
 
