@@ -176,8 +176,7 @@ class Admission:
 
     @property
     def usage_owner(self) -> str:
-        """Whose usage series and quotas it counts in: a web token's minter, else its own key."""
-        return self.principal.minted_by or self.principal.key_id
+        return self.principal.usage_owner
 
     def priority(self, requested: Optional[str]) -> str:
         """The request's own choice, else `batch` for batch work or a key whose default is batch."""

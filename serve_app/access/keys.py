@@ -221,7 +221,7 @@ class KeyService:
         if record is None:
             return []
         owner = record.minted_by or record.id
-        quotas = quotas_of(record.minter_quotas or {}) if record.minted_by else quotas_of(record)
+        quotas = quotas_of(record.minter_quotas or {}) if record.web_token else quotas_of(record)
         states = self.clock.states(owner, quotas, time.time())
         counts = await self.store.hgetall_many([state.check[0] for state in states])
         return [QuotaUsage(name=s.quota.name, limit=s.quota.limit, used=int(c.get(s.quota.counter, 0)),

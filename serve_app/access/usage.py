@@ -6,8 +6,8 @@ Buckets, on the shared store, each one hash with its own expiry (bounded by desi
   aicore:usage:d:<start>   day buckets (UTC days), kept 400 days
 with fields `<key id>|<model>|<counter>` (counters: requests, errors, prompt_tokens,
 completion_tokens; model `-` for requests that named none). Reading every key for a range is one
-HGETALL per bucket, pipelined. A web token writes under its minter's id: thousands of
-short-lived tokens add no series.
+HGETALL per bucket, pipelined. A web token writes under its minter's id (one a bootstrap key
+minted, under `web-tokens`): thousands of short-lived tokens add no series.
 
 Quotas: calendar days and months in QUOTA_TIMEZONE (a zoneinfo name, default UTC), counted in
   aicore:quota:<key id>:day:<YYYY-MM-DD>    fields requests, tokens
@@ -37,6 +37,7 @@ from serve_app.state.store import HashUpdate, QuotaCheck
 
 COUNTERS = ("requests", "errors", "prompt_tokens", "completion_tokens")
 NO_MODEL = "-"
+WEB_TOKENS_OWNER = "web-tokens"  # whose usage the web tokens a bootstrap key minted count in
 MAX_BUCKETS = 1500  # the most buckets one series read spans (a day of minutes is 1440)
 PERIOD_KEEP_S = 86400  # a quota period's counters outlive its end by this much
 

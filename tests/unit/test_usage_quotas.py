@@ -16,7 +16,7 @@ from serve_app.access.auth import Principal
 from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
 from serve_app.access.usage import (
-    MAX_BUCKETS, STEPS, Quota, QuotaClock, bucket_key, bucket_start, bucket_starts, csv_cell, duration_text,
+    MAX_BUCKETS, STEPS, WEB_TOKENS_OWNER, Quota, QuotaClock, bucket_key, bucket_start, bucket_starts, csv_cell, duration_text,
     series_csv,
 )
 from serve_app.http.protocol.keys import KeyCreate, KeyUpdate
@@ -197,6 +197,10 @@ def test_a_web_token_counts_against_its_minters_quota_and_series(store):
         assert [(q.name, q.limit, q.used) for q in minter_usage.quotas] == [("tokens-day", 50, 60)]
         assert (await keys.usage(token.id)).quotas == minter_usage.quotas  # shared
         assert (await keys.usage(token.id)).requests == 3  # its own running total stays its own
+        unminted = await keys.create(KeyCreate(name="boot", models=["m1"], rate_limit_per_minute=5,
+                                               tokens_per_minute=9, expires_in_s=60), web_token=True)
+        assert Principal.from_record(await keys.record(unminted.id)).usage_owner == WEB_TOKENS_OWNER
+        assert Principal.from_record(await keys.record(minter.id)).usage_owner == minter.id
         cleared = await keys.update(minter.id, KeyUpdate(daily_token_quota=None))
         assert cleared.daily_token_quota is None and (await keys.usage(minter.id)).quotas == []
     run(scenario())
