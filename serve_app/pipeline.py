@@ -169,6 +169,7 @@ class Admission:
         self.closed = False
         self.running: tuple[str, ...] = ()  # whose in-flight requests it counts in
         self.model: Optional[str] = None  # what it was limited for: its usage's model
+        self.admitted = False  # passed its limits and quotas: counts in the quota periods
 
     @property
     def key_id(self) -> str:
@@ -186,7 +187,7 @@ class Admission:
 
     async def limit(self, model: Optional[str] = None, reserve_tokens: int = 0) -> None:
         """The model is allowed to the key, then one request and `reserve_tokens` are taken
-        from the key's per-minute limits (RateLimited: 429 with Retry-After)."""
+        from the key's per-minute limits, once its quotas allow (RateLimited, QuotaExceeded: 429)."""
         if model is not None:
             self.principal.check_model(model)
             self.model = model
@@ -207,6 +208,7 @@ class Admission:
             owners = (self.key_id, *(pool.name.replace(ADDRESS_POOL, "@") for pool in pools))
             self.pipeline.in_flight.take(owners)  # RateLimited: close() gives the reservation back
             self.running = owners
+        self.admitted = True
 
     def _pools(self, limits: Limits) -> tuple[Pool, ...]:
         """A web token shares its minter's budget (the minter's own windows, with the minter's
@@ -255,7 +257,7 @@ class Admission:
             if not self.delegated:
                 await self.pipeline.keys.record_usage(
                     self.key_id, status, self.prompt_tokens, self.completion_tokens, model=self.model,
-                    owner=self.usage_owner, admitted=self.reservation is not None and not self.principal.bootstrap)
+                    owner=self.usage_owner, admitted=self.admitted)
         except Exception as error:  # the answer is already on its way: never fail it here
             logger.warning("could not record usage for %s: %s", self.key_id, type(error).__name__)
 

@@ -204,3 +204,12 @@ def test_a_web_token_counts_against_its_minters_quota_and_series(store):
         cleared = await keys.update(minter.id, KeyUpdate(daily_token_quota=None))
         assert cleared.daily_token_quota is None and (await keys.usage(minter.id)).quotas == []
     run(scenario())
+
+
+def test_the_cli_sets_the_same_quota_fields():
+    from serve_app import keys_cli
+    from serve_app.access.usage import QUOTA_FIELDS
+
+    assert keys_cli.QUOTA_FIELDS == QUOTA_FIELDS
+    args = keys_cli._parser().parse_args(["update", "key-1", "--daily-token-quota", "5", "--monthly-request-quota", "0"])
+    assert keys_cli._fields(args) == {"daily_token_quota": 5, "monthly_request_quota": 0}
