@@ -61,17 +61,23 @@ def _apply(admin: httpx.Client, url: str, key: dict, condition: str, other_model
         patch = {"rate_limit_per_minute": 1}
     elif condition == "over_tpm":
         patch = {"tokens_per_minute": 1}
-    elif condition == "over_quota":
+    elif condition == "over_quota":  # tokens spent today first (the bot's key may have spent some already)
+        _spend_tokens(url, key)
         patch = {"daily_token_quota": 1}
     if patch is not None:
         r = admin.patch(f"/api/v1/keys/{key_id}", json=patch)
         assert r.status_code == 200, r.text
     if condition == "over_rpm":  # the minute's one request, spent on a listing
         assert httpx.get(url + "/v1/models", headers=_headers(key["key"])).status_code == 200
-    if condition in ("over_tpm", "over_quota"):  # a few tokens spent on an embedding: the window (day) is past 1
-        r = httpx.post(url + "/v1/embeddings", headers=_headers(key["key"]), json={"model": EMBEDDER, "input": "hello"},
-                       timeout=120)
-        assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] > 1, r.text
+    if condition == "over_tpm":  # a few tokens spent: the window is past 1
+        _spend_tokens(url, key)
+
+
+def _spend_tokens(url: str, key: dict) -> None:
+    """A few tokens spent on an embedding."""
+    r = httpx.post(url + "/v1/embeddings", headers=_headers(key["key"]), json={"model": EMBEDDER, "input": "hello"},
+                   timeout=120)
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] > 1, r.text
 
 
 def _http_error(r: httpx.Response) -> tuple[int, str]:
