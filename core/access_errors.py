@@ -64,6 +64,7 @@ class QuotaExceeded(RateLimited):
     `quota_exceeded`; `param` names the quota (`tokens-day`, ...), Retry-After says when it resets."""
 
     code = "quota_exceeded"
+    used_ratio = 1.0  # the share of the quota used (the admission sets it)
 
     def __init__(self, message: str, *, quota: str = "", retry_after_s: int = 1, headers: Optional[dict] = None):
         super().__init__(message, kind="quota", retry_after_s=retry_after_s, param=quota, headers=headers)

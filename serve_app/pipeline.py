@@ -32,7 +32,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Optional
 
-from core.access_errors import PermissionDenied, RateLimited
+from core.access_errors import PermissionDenied, QuotaExceeded, RateLimited
 from core.errors import AICoreError
 from serve_app.access.ratelimit import Limits, Pool, Reservation
 
@@ -200,7 +200,11 @@ class Admission:
         limits = limiter.limits(self.principal.rate_limit_per_minute, self.principal.tokens_per_minute)
         pools = self._pools(limits)
         quotas = limiter.clock.states(self.usage_owner, self.principal.quotas, time.time())
-        self.reservation = await limiter.admit(self.key_id, limits, reserve_tokens, pools, quotas, self.usage_owner)
+        try:
+            self.reservation = await limiter.admit(self.key_id, limits, reserve_tokens, pools, quotas, self.usage_owner)
+        except QuotaExceeded as error:
+            self.pipeline.on_quota(self.usage_owner, error.param, error.used_ratio)
+            raise
         self.context.outcome.ratelimit_headers = self.reservation.headers
         for name, share in self.reservation.quota_used:
             self.pipeline.on_quota(self.usage_owner, name, share)

@@ -128,10 +128,12 @@ class RateLimiter:
 
     def _over_quota(self, state: QuotaState, used: int, whose: str, now: float, headers: dict) -> QuotaExceeded:
         quota, wait_s = state.quota, state.resets_at - now
-        return QuotaExceeded(
+        error = QuotaExceeded(
             f"{quota.title()} of key {whose} reached: limit {quota.limit}, used {used}. It resets at "
             f"{self.clock.iso(state.resets_at)} (in {math.ceil(wait_s)}s).", quota=quota.name,
             retry_after_s=math.ceil(wait_s), headers=headers)
+        error.used_ratio = used / quota.limit  # for the gauge: a refusal is at 1 or more
+        return error
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         """The request is over: its real tokens replace its reservation in every window that holds it."""
