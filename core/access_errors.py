@@ -59,6 +59,21 @@ class RateLimited(AICoreError):
                                                "headers": self.headers})
 
 
+class QuotaExceeded(RateLimited):
+    """429 once a key's daily or monthly token or request quota is used up: type `quota`, code
+    `quota_exceeded`; `param` names the quota (`tokens-day`, ...), Retry-After says when it resets."""
+
+    code = "quota_exceeded"
+    used_ratio = 1.0  # the share of the quota used (the admission sets it)
+
+    def __init__(self, message: str, *, quota: str = "", retry_after_s: int = 1, headers: Optional[dict] = None):
+        super().__init__(message, kind="quota", retry_after_s=retry_after_s, param=quota, headers=headers)
+
+    def __reduce__(self):
+        return (QuotaExceeded, (self.message,), {"type": self.type, "param": self.param,
+                                                 "retry_after_s": self.retry_after_s, "headers": self.headers})
+
+
 class BodyTooLarge(AICoreError):
     status, type, code = 413, "invalid_request_error", "body_too_large"
 

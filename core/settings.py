@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     web_token_keep_s: float = Field(
         86400, gt=0, description="An expired web token's entries (record, usage) are kept this long, then expire.",
     )
+    quota_timezone: str = Field(
+        "UTC", description="Time zone (IANA name, e.g. Europe/Berlin) whose calendar days and months the keys' daily "
+        "and monthly quotas count in.",
+    )
     ready_requires_redis: bool = Field(
         False, description="Readiness answers 503 while REDIS_URL is set and Redis is unreachable."
     )
@@ -242,6 +246,17 @@ class Settings(BaseSettings):
                 f"API_KEYS: {len(short)} key(s) shorter than {MIN_API_KEY_LENGTH} characters; use generated keys, "
                 "e.g. $(python3 -c 'import secrets; print(secrets.token_hex(24))'), or set ALLOW_SHORT_API_KEYS=true"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _known_quota_timezone(self) -> "Settings":
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(self.quota_timezone)
+        except (KeyError, ValueError, OSError):  # not found (a KeyError), or not a zone name at all
+            raise ValueError(f"QUOTA_TIMEZONE: unknown time zone {self.quota_timezone!r} (an IANA name such as "
+                             "UTC or Europe/Berlin)") from None
         return self
 
     @model_validator(mode="after")

@@ -17,12 +17,13 @@ from serve_app.http.cors import ConfiguredCORS
 from serve_app.http.errors import install_error_handlers
 from serve_app.http.guard import GuardMiddleware
 from serve_app.access.keys import KeyService
-from serve_app.ops.metrics import MetricsRecorder
+from serve_app.ops.metrics import MetricsRecorder, QuotaEvent
 from serve_app.http.middleware import RequestContextMiddleware
 from serve_app.ops.model_control import ModelControl
 from serve_app.pipeline import Pipeline
 from serve_app.http.openapi import install_openapi
 from serve_app.access.ratelimit import RateLimiter
+from serve_app.access.usage import QuotaClock
 from serve_app.http.routes import api_v1, integrations, keys, openai, web
 from serve_app.model_router import ModelRouter
 from serve_app.serving import EmbeddingService, GenerationService
@@ -55,12 +56,14 @@ def create_app(
             settings.cache_redis_url, on_error=lambda: metrics.count("store_errors"), password=settings.redis_password)
         cache = ResponseCache(cache_store, settings.cache_ttl_s, on_write=lambda n: metrics.count("cache_bytes", n))
     app.state.generation = GenerationService(router, settings, cache, app.state.sessions)
-    app.state.keys = KeyService(store, router.entries, settings.web_token_keep_s)
-    app.state.limiter = RateLimiter(store, settings.rate_limit_per_minute, settings.tokens_per_minute)
+    quota_clock = QuotaClock(settings.quota_timezone)
+    app.state.keys = KeyService(store, router.entries, settings.web_token_keep_s, quota_clock)
+    app.state.limiter = RateLimiter(store, settings.rate_limit_per_minute, settings.tokens_per_minute, quota_clock)
     app.state.auth = Authenticator(
         settings.api_keys, settings.api_key_header, app.state.keys, store, settings.store_failure_mode,
     )
-    app.state.pipeline = Pipeline(app.state.auth, app.state.limiter, app.state.keys, settings.max_in_flight_per_key)
+    app.state.pipeline = Pipeline(app.state.auth, app.state.limiter, app.state.keys, settings.max_in_flight_per_key,
+                                  on_quota=lambda key_id, quota, share: metrics.record(QuotaEvent(key_id, quota, share)))
     app.state.batch = BatchService(app.state.generation, settings, app.state.pipeline)
     # Jobs and Telegram chats are reached through any ingress replica: without Redis they live in the shared hub.
     shared = RemoteStore(chat_hub) if chat_hub is not None and not settings.redis_url else store
@@ -80,6 +83,7 @@ def create_app(
     app.include_router(api_v1.router)
     app.include_router(openai.router)
     app.include_router(keys.router)
+    app.include_router(keys.usage_router)
     app.include_router(integrations.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")

@@ -21,6 +21,10 @@ import urllib.error
 import urllib.request
 from typing import Optional
 
+# The key's quota fields (serve_app/access/usage.py QUOTA_FIELDS), kept here: the CLI needs only the stdlib.
+QUOTA_FIELDS = {"tokens-day": "daily_token_quota", "tokens-month": "monthly_token_quota",
+                "requests-day": "daily_request_quota", "requests-month": "monthly_request_quota"}
+
 
 def _call(base: str, admin_key: str, method: str, path: str, body: Optional[dict] = None) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
@@ -44,6 +48,7 @@ def _fields(args: argparse.Namespace) -> dict:
         "name": args.name, "owner": args.owner, "scopes": _csv(args.scopes), "models": _csv(args.models),
         "default_model": args.default_model, "rate_limit_per_minute": args.rpm, "tokens_per_minute": args.tpm,
         "ip_allowlist": _csv(args.ip_allowlist), "expires_at": args.expires_at,
+        **{field: getattr(args, field) for field in QUOTA_FIELDS.values()},
     }
     if getattr(args, "expires_in_s", None) is not None:
         fields["expires_in_s"] = args.expires_in_s
@@ -76,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--default-model")
         sub.add_argument("--rpm", type=int, help="requests per minute (0: unlimited)")
         sub.add_argument("--tpm", type=int, help="tokens per minute (0: unlimited)")
+        for quota, field in QUOTA_FIELDS.items():  # --daily-token-quota ...
+            sub.add_argument("--" + field.replace("_", "-"), type=int,
+                             help=f"{quota.replace('-', ' per ')} in QUOTA_TIMEZONE (0: none)")
         sub.add_argument("--ip-allowlist", help="comma-separated CIDRs")
         sub.add_argument("--expires-at", type=int, help="unix time")
         if name == "create":

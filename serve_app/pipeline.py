@@ -13,10 +13,13 @@ the request's size:
   4. the key may use the model;
   5. requests per minute, and tokens per minute with prompt + `max_tokens` reserved at once
      (one atomic store call: serve_app/access/ratelimit.py).
+     The key's daily and monthly quotas (a web token's: its minter's) are checked in the same
+     store call (serve_app/access/usage.py: 429 `quota_exceeded`).
 The content filter, cache and sessions follow in the services. When the request ends,
 `Admission.close` settles the reservation to the tokens really used (a client that left is
 charged for what it got, a request refused later, e.g. for overload, gives it back) and
-records the key's usage. Outcomes are typed: `Outcome` is the one record of a request that the
+records the key's usage: its running totals, the usage buckets of its model and its quota
+periods, in one store call. Outcomes are typed: `Outcome` is the one record of a request that the
 access log, metrics and response headers read.
 """
 
@@ -24,11 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Optional
 
-from core.access_errors import PermissionDenied, RateLimited
+from core.access_errors import PermissionDenied, QuotaExceeded, RateLimited
 from core.errors import AICoreError
 from serve_app.access.ratelimit import Limits, Pool, Reservation
 
@@ -164,10 +168,16 @@ class Admission:
         self.delegated = False  # its work was split into admissions of their own (batch items)
         self.closed = False
         self.running: tuple[str, ...] = ()  # whose in-flight requests it counts in
+        self.model: Optional[str] = None  # what it was limited for: its usage's model
+        self.admitted = False  # passed its limits and quotas: counts in the quota periods
 
     @property
     def key_id(self) -> str:
         return self.principal.key_id
+
+    @property
+    def usage_owner(self) -> str:
+        return self.principal.usage_owner
 
     def priority(self, requested: Optional[str]) -> str:
         """The request's own choice, else `batch` for batch work or a key whose default is batch."""
@@ -177,22 +187,32 @@ class Admission:
 
     async def limit(self, model: Optional[str] = None, reserve_tokens: int = 0) -> None:
         """The model is allowed to the key, then one request and `reserve_tokens` are taken
-        from the key's per-minute limits (RateLimited: 429 with Retry-After)."""
+        from the key's per-minute limits, once its quotas allow (RateLimited, QuotaExceeded: 429)."""
         if model is not None:
             self.principal.check_model(model)
+            self.model = model
         if self.reservation is not None:  # counted once per admission
             return
         if self.principal.bootstrap:
             self.reservation = Reservation(self.key_id, self.pipeline.limiter.limits(0, 0))
             return
-        limits = self.pipeline.limiter.limits(self.principal.rate_limit_per_minute, self.principal.tokens_per_minute)
+        limiter = self.pipeline.limiter
+        limits = limiter.limits(self.principal.rate_limit_per_minute, self.principal.tokens_per_minute)
         pools = self._pools(limits)
-        self.reservation = await self.pipeline.limiter.admit(self.key_id, limits, reserve_tokens, pools)
+        quotas = limiter.clock.states(self.usage_owner, self.principal.quotas, time.time())
+        try:
+            self.reservation = await limiter.admit(self.key_id, limits, reserve_tokens, pools, quotas, self.usage_owner)
+        except QuotaExceeded as error:
+            self.pipeline.on_quota(self.usage_owner, error.param, error.used_ratio)
+            raise
         self.context.outcome.ratelimit_headers = self.reservation.headers
+        for name, share in self.reservation.quota_used:
+            self.pipeline.on_quota(self.usage_owner, name, share)
         if model is not None:  # model work (not listings): after the limits, so a burst they refuse holds nothing
             owners = (self.key_id, *(pool.name.replace(ADDRESS_POOL, "@") for pool in pools))
             self.pipeline.in_flight.take(owners)  # RateLimited: close() gives the reservation back
             self.running = owners
+        self.admitted = True
 
     def _pools(self, limits: Limits) -> tuple[Pool, ...]:
         """A web token shares its minter's budget (the minter's own windows, with the minter's
@@ -239,7 +259,9 @@ class Admission:
             if self.reservation is not None:
                 await self.pipeline.limiter.settle(self.reservation, used)
             if not self.delegated:
-                await self.pipeline.keys.record_usage(self.key_id, status, self.prompt_tokens, self.completion_tokens)
+                await self.pipeline.keys.record_usage(
+                    self.key_id, status, self.prompt_tokens, self.completion_tokens, model=self.model,
+                    owner=self.usage_owner, admitted=self.admitted)
         except Exception as error:  # the answer is already on its way: never fail it here
             logger.warning("could not record usage for %s: %s", self.key_id, type(error).__name__)
 
@@ -251,11 +273,13 @@ class Admission:
 
 
 class Pipeline:
-    def __init__(self, auth: "Authenticator", limiter: "RateLimiter", keys: "KeyService", max_in_flight_per_key: int = 0):
+    def __init__(self, auth: "Authenticator", limiter: "RateLimiter", keys: "KeyService", max_in_flight_per_key: int = 0,
+                 on_quota: Callable[[str, str, float], None] = lambda key_id, quota, share: None):
         self.auth = auth
         self.limiter = limiter
         self.keys = keys
         self.in_flight = InFlight(max_in_flight_per_key)
+        self.on_quota = on_quota  # (key id, quota name, share used) at each admission of a key with quotas
 
     async def admit(self, context: RequestContext, *scopes: str) -> Admission:
         """Steps 1-3: the key valid now, one of `scopes`, the key's IP allowlist."""

@@ -26,6 +26,7 @@ from core.access_errors import (
     KeyRevoked,
 )
 from serve_app.access.keys import KeyService, StoredKey, hash_key
+from serve_app.access.usage import WEB_TOKENS_OWNER, Quota, quotas_of
 from serve_app.access.netguard import allowed, parse_address, parse_networks
 from serve_app.pipeline import Admission, Outcome, RequestContext
 from serve_app.state.store import Store, StoreUnavailable
@@ -48,6 +49,8 @@ class Principal:
     expires_at: Optional[int] = None
     minted_by: Optional[str] = None  # a web token's minter: its budget is shared (serve_app/pipeline.py)
     minter_limits: Optional[tuple[int, int]] = None
+    quotas: tuple[Quota, ...] = ()  # a web token's: its minter's, as they were at minting (shared counters)
+    web_token: bool = False
     bootstrap: bool = False
 
     def check_model(self, name: str) -> None:
@@ -70,7 +73,17 @@ class Principal:
             rate_limit_per_minute=record.rate_limit_per_minute,
             tokens_per_minute=record.tokens_per_minute, expires_at=record.expires_at,
             minted_by=record.minted_by, minter_limits=getattr(record, "minter_limits", None),
+            quotas=quotas_of(record.minter_quotas or {}) if record.web_token else quotas_of(record),
+            web_token=record.web_token,
         )
+
+    @property
+    def usage_owner(self) -> str:
+        """Whose usage series and quotas its requests count in: a web token's minter (one that a
+        bootstrap key minted: all such tokens together), else its own key."""
+        if self.web_token:
+            return self.minted_by or WEB_TOKENS_OWNER
+        return self.key_id
 
 
 class Authenticator:

@@ -6,6 +6,7 @@ Stored through the shared store (Redis or one process's memory):
   aicore:keys            set of the ids of keys made by an admin (bounded by what admins make)
   aicore:webtokens       sorted set: web token id -> when its entries expire
   aicore:usage:<id>      hash of counters: requests, errors, prompt_tokens, completion_tokens, last_used_at
+  usage buckets and quota periods: serve_app/access/usage.py (a web token's under its minter)
 
 A web token (`mint_web_token`) is a key like the others, marked `web_token`, with the `inference`
 scope only, named models, limits and an expiry of at most a day. Every entry of it (record, hash
@@ -23,8 +24,11 @@ from typing import Callable, Iterable, Optional
 
 from core.errors import InvalidRequest
 from core.access_errors import KeyConflict, KeyNotFound
+from serve_app.access.usage import (
+    STEPS, QuotaClock, bucket_key, bucket_starts, bucket_updates, quotas_of, series_rows,
+)
 from serve_app.http.protocol.keys import (
-    WEB_TOKEN_MAX_TTL_S, KeyCreate, KeyCreated, KeyUpdate, KeyUsage, KeyView, WebTokenCreate,
+    WEB_TOKEN_MAX_TTL_S, KeyCreate, KeyCreated, KeyUpdate, KeyUsage, KeyView, QuotaUsage, WebTokenCreate,
 )
 from serve_app.state.store import Store
 
@@ -46,20 +50,25 @@ class StoredKey(KeyView):
     # A web token's share of its minter's budget: the minter's requests and tokens per minute
     # when it minted (0: unlimited). Its requests count in the minter's own windows too.
     minter_limits: Optional[tuple[int, int]] = None
+    # A web token counts against its minter's quotas: the minter's quota fields when it minted.
+    minter_quotas: Optional[dict[str, int]] = None
 
     def view(self) -> KeyView:
-        return KeyView(**self.model_dump(exclude={"hash", "minter_limits"}))
+        return KeyView(**self.model_dump(exclude={"hash", "minter_limits", "minter_quotas"}))
 
 
 class KeyService:
-    def __init__(self, store: Store, model_names: Iterable[str], web_token_keep_s: float = WEB_TOKEN_KEEP_S):
+    def __init__(self, store: Store, model_names: Iterable[str], web_token_keep_s: float = WEB_TOKEN_KEEP_S,
+                 clock: Optional[QuotaClock] = None):
         self.store = store
         self.model_names = set(model_names)
         self.web_token_keep_s = web_token_keep_s
+        self.clock = clock or QuotaClock()
 
     # -- administration -------------------------------------------------------------------
     async def create(self, spec: KeyCreate, web_token: bool = False, minted_by: Optional[str] = None,
-                     minter_limits: Optional[tuple[int, int]] = None) -> KeyCreated:
+                     minter_limits: Optional[tuple[int, int]] = None,
+                     minter_quotas: Optional[dict[str, int]] = None) -> KeyCreated:
         self._check_models(spec.models, spec.default_model)
         now = int(time.time())
         key, key_id = KEY_PREFIX + secrets.token_urlsafe(32), "key-" + secrets.token_hex(8)
@@ -67,7 +76,7 @@ class KeyService:
         if spec.expires_in_s:
             fields["expires_at"] = now + spec.expires_in_s
         record = StoredKey(id=key_id, key_prefix=key[:8], created_at=now, hash=hash_key(key), web_token=web_token,
-                           minted_by=minted_by, minter_limits=minter_limits, **fields)
+                           minted_by=minted_by, minter_limits=minter_limits, minter_quotas=minter_quotas, **fields)
         if web_token:
             _check_web_token(record)
         await self._save(record)
@@ -91,7 +100,8 @@ class KeyService:
         if minter is None:
             return await self.create(key, web_token=True)
         return await self.create(key, web_token=True, minted_by=minter.key_id,
-                                 minter_limits=(minter.requests_per_minute, minter.tokens_per_minute))
+                                 minter_limits=(minter.requests_per_minute, minter.tokens_per_minute),
+                                 minter_quotas=minter.quotas or None)
 
     async def adopt(self, key: str, spec: KeyCreate, created_at: Optional[int] = None) -> Optional[KeyView]:
         """Store a key that already exists elsewhere (an older system's plaintext key) by its hash,
@@ -182,22 +192,47 @@ class KeyService:
         return record
 
     # -- usage ----------------------------------------------------------------------------
-    async def record_usage(self, key_id: str, status: int, prompt_tokens: int, completion_tokens: int) -> None:
+    async def record_usage(self, key_id: str, status: int, prompt_tokens: int, completion_tokens: int,
+                           model: Optional[str] = None, owner: Optional[str] = None, admitted: bool = False) -> None:
+        """The key's running totals, the usage buckets of `owner` (a web token's minter) and
+        `model`, and, for a request that was `admitted`, the owner's quota periods: one round trip."""
+        now = time.time()
         counters = {"requests": 1, "errors": int(status >= 400), "prompt_tokens": prompt_tokens,
                     "completion_tokens": completion_tokens}
-        await self.store.hupdate(_USAGE + key_id, {k: v for k, v in counters.items() if v},
-                                 {"last_used_at": str(int(time.time()))})  # one round trip
+        counters = {k: v for k, v in counters.items() if v}
+        updates = [(_USAGE + key_id, counters, {"last_used_at": str(int(now))}, None)]
+        updates += bucket_updates(owner or key_id, model, counters, now)
+        if admitted:
+            updates += self.clock.counter_updates(owner or key_id, prompt_tokens + completion_tokens, now)
+        await self.store.hupdate_many(updates)
 
     async def usage(self, key_id: str, known: bool = False) -> KeyUsage:
-        if not known:
-            await self._require(key_id)
+        record = None if known else await self._require(key_id)
         counters = await self.store.hgetall(_USAGE + key_id)
         numbers = {k: int(v) for k, v in counters.items() if k != "last_used_at"}
         last = counters.get("last_used_at")
         return KeyUsage(
             id=key_id, **numbers, total_tokens=numbers.get("prompt_tokens", 0) + numbers.get("completion_tokens", 0),
-            last_used_at=int(last) if last else None,
+            last_used_at=int(last) if last else None, quotas=await self._quota_usage(record),
         )
+
+    async def _quota_usage(self, record: Optional[StoredKey]) -> list[QuotaUsage]:
+        """Each quota of the key (a web token: its minter's) with what its period used so far."""
+        if record is None:
+            return []
+        owner = record.minted_by or record.id
+        quotas = quotas_of(record.minter_quotas or {}) if record.web_token else quotas_of(record)
+        states = self.clock.states(owner, quotas, time.time())
+        counts = await self.store.hgetall_many([state.check[0] for state in states])
+        return [QuotaUsage(name=s.quota.name, limit=s.quota.limit, used=int(c.get(s.quota.counter, 0)),
+                           resets_at=int(s.resets_at)) for s, c in zip(states, counts)]
+
+    async def series(self, step: str, start: int, end: int, key_id: Optional[str] = None,
+                     model: Optional[str] = None) -> list[dict]:
+        """Usage rows of [start, end) in `step` buckets: one key's (a web token's: its minter's) or all."""
+        starts = bucket_starts(STEPS[step], start, end)
+        hashes = await self.store.hgetall_many([bucket_key(STEPS[step], s) for s in starts])
+        return series_rows(starts, hashes, key_id, model)
 
     # -- internals ------------------------------------------------------------------------
     def _check_models(self, models: Optional[list[str]], default_model: Optional[str],
@@ -262,6 +297,7 @@ class Minter:
     tokens_per_minute: int
     expires_at: Optional[int] = None
     priority: str = "interactive"
+    quotas: Optional[dict[str, int]] = None  # its quota fields: its tokens count against them
 
     def may_use(self, name: str) -> bool:
         return self.models is None or name in self.models

@@ -19,10 +19,11 @@ from typing import Optional
 
 from core.errors import AICoreError, AuthenticationFailed, NotEnabled, Overloaded, PermissionDenied
 from core.types import SamplingParams
-from core.access_errors import RateLimited
+from core.access_errors import QuotaExceeded, RateLimited
 from serve_app.access.auth import Principal
 from serve_app.state.chat_history import ChatHistory
 from serve_app.state.session_trim import block_window
+from serve_app.access.usage import duration_text
 from serve_app.pipeline import Admission
 from serve_app.http.protocol.telegram import TgMessage, TgReplyParameters, TgSendMessage, TgUpdate
 from serve_app.serving import GenerationService
@@ -232,6 +233,9 @@ class TelegramBot:
                 )
                 result = await generation.collect()
             return result.text.strip() or "(the model gave an empty answer)"
+        except QuotaExceeded as error:  # the bot's key used up its day or month: say so, not "busy"
+            raise ChatRefused(f"I have reached my usage quota. Please try again in "
+                              f"{duration_text(error.retry_after_s)}.") from None
         except RateLimited as error:
             raise ChatRefused(f"I am answering too many people right now. Please try again in "
                               f"{error.retry_after_s} s.") from None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from core.load_events import ModelLoadEvent, report_load  # noqa: F401 (re-exported)
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 logger = logging.getLogger("aicore.metrics")
 
@@ -47,6 +47,15 @@ class CountEvent:
 
     name: str  # a key of MetricsHub.counters
     amount: float = 1
+
+
+@dataclass(frozen=True)
+class QuotaEvent:
+    """The share of one quota a key (a web token's minter) had used when a request was admitted."""
+
+    key_id: str
+    quota: str  # tokens-day, tokens-month, requests-day, requests-month
+    used_ratio: float
 
 
 class MetricsHub:
@@ -96,6 +105,10 @@ class MetricsHub:
             buckets=LOAD_BUCKETS, registry=self.registry,
         )
 
+        self.quota_used = Gauge(
+            "aicore_quota_used_ratio", "Share of a key's quota used in the current period (at its last admission; "
+            "1 or more: refused with quota_exceeded).", ["key_id", "quota"], registry=self.registry)
+
         self.counters = {
             "store_errors": Counter("aicore_store_errors", "Failed calls to the shared store (Redis).",
                                     registry=self.registry),
@@ -107,6 +120,9 @@ class MetricsHub:
         for e in events:
             if isinstance(e, CountEvent):
                 self.counters[e.name].inc(e.amount)
+                continue
+            if isinstance(e, QuotaEvent):
+                self.quota_used.labels(e.key_id, e.quota).set(e.used_ratio)
                 continue
             if isinstance(e, ModelLoadEvent):
                 self.loads.labels(e.model, "ok" if e.ok else "failed").inc()

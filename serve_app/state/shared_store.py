@@ -24,7 +24,7 @@ PURGE_EVERY_S = 60.0
 CALL_TIMEOUT_S = 5.0  # a hub that does not answer (stopped, restarting) is unavailable, never a hang
 STORE_METHODS = frozenset({
     "get", "set", "compare_and_set", "delete", "incr_window", "take_window", "settle_window", "get_indirect",
-    "hupdate", "hset", "hgetall", "hincrby", "sadd", "srem", "smembers", "zadd_expiring", "zlive",
+    "hupdate", "hupdate_many", "hgetall_many", "hset", "hgetall", "hincrby", "sadd", "srem", "smembers", "zadd_expiring", "zlive",
     "count", "ttl", "expire",
 })
 
@@ -80,8 +80,8 @@ class RemoteStore:
     async def incr_window(self, key: str, amount: int, window_s: int) -> int:
         return await self._call("incr_window", key, amount, window_s)
 
-    async def take_window(self, windows: list, reserve: int, window_s: int) -> tuple:
-        return tuple(await self._call("take_window", windows, reserve, window_s))
+    async def take_window(self, windows: list, reserve: int, window_s: int, quotas: list = ()) -> tuple:
+        return tuple(await self._call("take_window", windows, reserve, window_s, list(quotas)))
 
     async def settle_window(self, keys: list[str], amount: int, window_s: int) -> None:
         await self._call("settle_window", keys, amount, window_s)
@@ -91,6 +91,12 @@ class RemoteStore:
 
     async def hupdate(self, key: str, increments: dict[str, int], values: dict[str, str]) -> None:
         await self._call("hupdate", key, increments, values)
+
+    async def hupdate_many(self, updates: list) -> None:
+        await self._call("hupdate_many", updates)
+
+    async def hgetall_many(self, keys: list[str]) -> list[dict[str, str]]:
+        return await self._call("hgetall_many", keys)
 
     async def hset(self, key: str, mapping: dict[str, str]) -> None:
         await self._call("hset", key, mapping)

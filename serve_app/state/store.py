@@ -13,6 +13,12 @@ import time
 from typing import Callable, Optional, Protocol
 
 from core.errors import AICoreError
+from serve_app.state.store_scripts import (
+    COMPARE_AND_SET, GET_INDIRECT, HUPDATE_MANY, INCR_WINDOW, SETTLE_WINDOW, TAKE_WINDOW,
+)
+
+
+PURGE_EVERY_S = 60.0  # how often a MemoryStore drops expired entries that nobody reads again
 
 
 class StoreUnavailable(AICoreError):
@@ -22,10 +28,16 @@ class StoreUnavailable(AICoreError):
 # One pair of rate-limit windows: requests key, tokens key, requests per window, tokens per window
 # (0: that limit is off).
 Window = tuple[str, str, int, int]
-# What take_window answers: the verdict (0 admitted, 1 over requests, 2 over tokens), the index
-# of the window pair that refused (-1: none), and per pair (requests used, its seconds left,
-# tokens used, its seconds left).
-Taken = tuple[int, int, list[tuple[int, float, int, float]]]
+# One quota checked at admission: the hash holding the period's counters, the counter's field,
+# the limit (refused once the counter is at or over it).
+QuotaCheck = tuple[str, str, int]
+# What take_window answers: the verdict (0 admitted, 1 over requests, 2 over tokens, 3 over a
+# quota), the index of the window pair (or, for 3, of the quota) that refused (-1: none), per
+# pair (requests used, its seconds left, tokens used, its seconds left), and per quota its count.
+Taken = tuple[int, int, list[tuple[int, float, int, float]], list[int]]
+# One hash changed by hupdate_many: its key, counters to add, values to set, and a time to live
+# set when the hash has none yet (None: never expires).
+HashUpdate = tuple[str, dict[str, int], dict[str, str], Optional[float]]
 
 
 class Store(Protocol):
@@ -36,10 +48,13 @@ class Store(Protocol):
     async def set(self, key: str, value: str, ttl_s: Optional[float] = None) -> None: ...
     async def delete(self, *keys: str) -> None: ...
     async def incr_window(self, key: str, amount: int, window_s: int) -> int: ...
-    async def take_window(self, windows: list[Window], reserve: int, window_s: int) -> Taken: ...
+    async def take_window(self, windows: list[Window], reserve: int, window_s: int,
+                          quotas: list[QuotaCheck] = ()) -> Taken: ...
     async def settle_window(self, keys: list[str], amount: int, window_s: int) -> None: ...
     async def get_indirect(self, index_key: str, prefix: str) -> Optional[str]: ...
     async def hupdate(self, key: str, increments: dict[str, int], values: dict[str, str]) -> None: ...
+    async def hupdate_many(self, updates: list[HashUpdate]) -> None: ...
+    async def hgetall_many(self, keys: list[str]) -> list[dict[str, str]]: ...
     async def hset(self, key: str, mapping: dict[str, str]) -> None: ...
     async def hgetall(self, key: str) -> dict[str, str]: ...
     async def hincrby(self, key: str, field: str, amount: int) -> int: ...
@@ -52,82 +67,6 @@ class Store(Protocol):
     async def count(self, prefix: str) -> int: ...
     async def ttl(self, key: str) -> Optional[float]: ...
     async def expire(self, key: str, ttl_s: float) -> None: ...
-
-
-# INCRBY then set the window's expiry once, atomically: concurrent callers see distinct totals.
-_INCR_WINDOW = """
-local total = redis.call('INCRBY', KEYS[1], ARGV[1])
-if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return total
-"""
-
-# A rate-limit admission in one round trip, over one or more pairs of windows (a key's own;
-# for a web token also its minter's pool and the pool of the client's address): count the
-# request in every requests window (RPM), then reserve `reserve` tokens in every tokens window
-# (TPM) unless one already holds some and they would pass its limit (an empty window takes any
-# one request, so a reservation larger than the limit still runs, alone). Nothing is reserved
-# when refused. KEYS: requests and tokens key of each pair; ARGV: reserve, window, then rpm and
-# tpm of each pair. Returns the verdict (0 admitted, 1 over a request limit, 2 over a token
-# limit), the 1-based pair that refused, then per pair: requests used, its window's ms left,
-# tokens used, its ms left.
-_TAKE_WINDOW = """
-local reserve, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-local function add(key, amount)
-  local total = redis.call('INCRBY', key, amount)
-  if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, window) end
-  return total
-end
-local verdict, which, used = 0, 0, {}
-for i = 1, #KEYS / 2 do
-  local rpm, tpm = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
-  local requests, tokens = 0, 0
-  if rpm > 0 then
-    requests = add(KEYS[2 * i - 1], 1)
-    if verdict == 0 and requests > rpm then verdict, which = 1, i end
-  end
-  if tpm > 0 then
-    tokens = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-    if verdict == 0 and (tokens >= tpm or (tokens > 0 and tokens + reserve > tpm)) then verdict, which = 2, i end
-  end
-  used[i] = {requests, tokens, tpm}
-end
-local out = {verdict, which}
-for i = 1, #KEYS / 2 do
-  local tokens = used[i][2]
-  if verdict == 0 and reserve > 0 and used[i][3] > 0 then tokens = add(KEYS[2 * i], reserve) end
-  table.insert(out, used[i][1])
-  table.insert(out, redis.call('PTTL', KEYS[2 * i - 1]))
-  table.insert(out, tokens)
-  table.insert(out, redis.call('PTTL', KEYS[2 * i]))
-end
-return out
-"""
-
-# Settle a reservation: add `amount` (negative gives tokens back) to each window that still lives,
-# never below zero (a negative window would let anything pass); a positive amount opens a new window.
-_SETTLE_WINDOW = """
-local amount = tonumber(ARGV[1])
-for _, key in ipairs(KEYS) do
-  local current = redis.call('GET', key)
-  if current then
-    redis.call('SET', key, math.max(0, tonumber(current) + amount), 'KEEPTTL')
-  elseif amount > 0 then redis.call('SET', key, amount, 'EX', ARGV[2]) end
-end
-return 0
-"""
-
-# Follow an index in one round trip: the value at `prefix .. GET(index)` (an API key's record by hash).
-_GET_INDIRECT = """
-local id = redis.call('GET', KEYS[1])
-if not id then return false end
-return redis.call('GET', ARGV[1] .. id)
-"""
-
-# Replace a string only if it still holds what the caller read (an optimistic read-modify-write).
-_COMPARE_AND_SET = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end
-return 0
-"""
 
 
 class RedisStore:
@@ -150,11 +89,12 @@ class RedisStore:
             health_check_interval=15, retry=Retry(NoBackoff(), 1),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
-        self._incr = self.client.register_script(_INCR_WINDOW)
-        self._cas = self.client.register_script(_COMPARE_AND_SET)
-        self._take = self.client.register_script(_TAKE_WINDOW)
-        self._settle = self.client.register_script(_SETTLE_WINDOW)
-        self._indirect = self.client.register_script(_GET_INDIRECT)
+        self._incr = self.client.register_script(INCR_WINDOW)
+        self._cas = self.client.register_script(COMPARE_AND_SET)
+        self._take = self.client.register_script(TAKE_WINDOW)
+        self._settle = self.client.register_script(SETTLE_WINDOW)
+        self._indirect = self.client.register_script(GET_INDIRECT)
+        self._hupdate_many = self.client.register_script(HUPDATE_MANY)
 
     async def _call(self, coro):
         try:
@@ -180,13 +120,16 @@ class RedisStore:
     async def incr_window(self, key, amount, window_s):
         return int(await self._call(self._incr(keys=[key], args=[amount, window_s])))
 
-    async def take_window(self, windows, reserve, window_s):
+    async def take_window(self, windows, reserve, window_s, quotas=()):
         keys = [name for requests_key, tokens_key, _, _ in windows for name in (requests_key, tokens_key)]
-        args = [reserve, window_s] + [limit for _, _, rpm, tpm in windows for limit in (rpm, tpm)]
+        keys += [hash_key for hash_key, _, _ in quotas]
+        args = [reserve, window_s, len(quotas)] + [limit for _, _, rpm, tpm in windows for limit in (rpm, tpm)]
+        args += [part for _, field, limit in quotas for part in (field, limit)]
         answer = [int(value) for value in await self._call(self._take(keys=keys, args=args))]
+        end = 2 + 4 * len(windows)
         used = [(answer[i], _seconds(answer[i + 1], window_s), answer[i + 2], _seconds(answer[i + 3], window_s))
-                for i in range(2, len(answer), 4)]
-        return answer[0], answer[1] - 1, used
+                for i in range(2, end, 4)]
+        return answer[0], answer[1] - 1, used, answer[end:]
 
     async def settle_window(self, keys, amount, window_s):
         if amount and keys:
@@ -203,6 +146,24 @@ class RedisStore:
         if values:
             pipe.hset(key, mapping=values)
         await self._call(pipe.execute())
+
+    async def hupdate_many(self, updates):
+        """Every hash's counters, values and first expiry in one round trip (one script)."""
+        keys, args = [], []
+        for key, increments, values, ttl_s in updates:
+            keys.append(key)
+            args += [int(ttl_s) if ttl_s else 0, len(increments), len(values)]
+            args += [part for item in increments.items() for part in item]
+            args += [part for item in values.items() for part in item]
+        if keys:
+            await self._call(self._hupdate_many(keys=keys, args=args))
+
+    async def hgetall_many(self, keys):
+        """Several hashes in one round trip (a usage series: one hash per bucket)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return list(await self._call(pipe.execute())) if keys else []
 
     async def hset(self, key, mapping):
         await self._call(self.client.hset(key, mapping=mapping))
@@ -265,6 +226,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._data: dict[str, object] = {}
         self._expiry: dict[str, float] = {}
+        self._purged_at = time.monotonic()
 
     def _live(self, key: str):
         deadline = self._expiry.get(key)
@@ -303,12 +265,18 @@ class MemoryStore:
     async def incr_window(self, key, amount, window_s):
         return self._add_window(key, amount, window_s)
 
-    async def take_window(self, windows, reserve, window_s):
+    async def take_window(self, windows, reserve, window_s, quotas=()):
         # No await inside: atomic on the event loop, as the Lua script is in Redis.
         verdict, which, counts = 0, -1, []
+        counted = [int(self._hash(hash_key).get(field, 0)) for hash_key, field, _ in quotas]
+        for index, ((_, _, limit), count) in enumerate(zip(quotas, counted)):
+            if verdict == 0 and count >= limit:
+                verdict, which = 3, index
         for index, (requests_key, tokens_key, rpm, tpm) in enumerate(windows):
             requests = tokens = 0
-            if rpm > 0:
+            if rpm > 0 and verdict == 3:
+                requests = int(self._live(requests_key) or 0)
+            elif rpm > 0:
                 requests = self._add_window(requests_key, 1, window_s)
                 if verdict == 0 and requests > rpm:
                     verdict, which = 1, index
@@ -322,7 +290,7 @@ class MemoryStore:
             if verdict == 0 and reserve > 0 and tpm > 0:
                 tokens = self._add_window(tokens_key, reserve, window_s)
             used.append((requests, self._left(requests_key, window_s), tokens, self._left(tokens_key, window_s)))
-        return verdict, which, used
+        return verdict, which, used, counted
 
     async def settle_window(self, keys, amount, window_s):
         for key in keys:
@@ -353,6 +321,25 @@ class MemoryStore:
         for field, amount in increments.items():
             record[field] = str(int(record.get(field, 0)) + amount)
         self._data[key] = {**record, **values}
+
+    async def hupdate_many(self, updates):
+        if time.monotonic() - self._purged_at > PURGE_EVERY_S:  # buckets nobody reads again still go
+            self.purge_expired()
+        for key, increments, values, ttl_s in updates:
+            record = self._hash(key)
+            for field, amount in increments.items():
+                record[field] = str(int(record.get(field, 0)) + amount)
+            record.update(values)
+            if ttl_s and key not in self._expiry:
+                self._expire(key, ttl_s)
+            self._data[key] = record
+
+    async def hgetall_many(self, keys):
+        return [dict(self._hash(key)) for key in keys]
+
+    def _hash(self, key: str) -> dict:
+        current = self._live(key)
+        return current if isinstance(current, dict) else {}
 
     async def hset(self, key, mapping):
         current = self._live(key)
@@ -411,7 +398,7 @@ class MemoryStore:
 
     def purge_expired(self) -> int:
         """Drop every expired key now (reads drop them lazily; a long-lived store calls this)."""
-        now = time.monotonic()
+        now = self._purged_at = time.monotonic()
         gone = [key for key, deadline in self._expiry.items() if deadline <= now]
         for key in gone:
             self._data.pop(key, None)

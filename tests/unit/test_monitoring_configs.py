@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from serve_app.ops.metrics import MetricsHub, ModelLoadEvent, RequestEvent
+from serve_app.ops.metrics import MetricsHub, ModelLoadEvent, QuotaEvent, RequestEvent
 from serve_app.ops.model_metrics import render_model_metrics
 from serve_app.ops.status import ModelView
 from tests.conftest import ROOT
@@ -21,7 +21,7 @@ def _exported_names() -> set[str]:
     hub = MetricsHub()
     hub.record([RequestEvent("/v1/completions", "m", 500, 0.5, 3, 4, 0.1, tokens_per_s=12.0,
                                error_type="server_error", error_code="backend_error"),
-                ModelLoadEvent("m", True, 2.0), ModelLoadEvent("m", False, 0.1)])
+                ModelLoadEvent("m", True, 2.0), ModelLoadEvent("m", False, 0.1), QuotaEvent("k", "tokens-day", 0.5)])
     live = {"in_flight": 1, "queued": 0, "rss_bytes": 10, "load_time_s": 0.3, "cancelled": 0, "node_id": "n"}
     reports = [{"node_id": "n", "node_memory_total": 100, "node_memory_available": 40, "memory_alert": False}]
     view = ModelView("ready", 1, live, lifecycle={"reports": reports})
@@ -37,7 +37,8 @@ def test_alert_rules_parse_and_use_real_metrics():
     rules = yaml.safe_load((CONFIGS / "prometheus-alerts.yml").read_text())
     alerts = [r for g in rules["groups"] for r in g["rules"]]
     names = {r["alert"] for r in alerts}
-    assert {"AICoreHighErrorRate", "AICoreSlowFirstToken", "AICoreModelMemoryHigh", "AICoreModelFailed"} <= names
+    assert {"AICoreHighErrorRate", "AICoreSlowFirstToken", "AICoreModelMemoryHigh", "AICoreModelFailed",
+            "AICoreQuotaNearlyUsed"} <= names
     assert all(r["expr"] and r["labels"]["severity"] in ("warning", "critical") for r in alerts)
     used = _used([r["expr"] for r in alerts])
     assert used and used <= _exported_names(), used - _exported_names()

@@ -30,6 +30,9 @@ KEY_EXAMPLE = {
     "priority": "interactive", "rate_limit_per_minute": 60, "tokens_per_minute": 20000, "ip_allowlist": ["203.0.113.0/24"],
     "expires_at": 1803089057, "enabled": True, "created_at": 1795313057, "revoked_at": None, "web_token": False,
 }
+QUOTA_DESCRIPTION = ("{0} per calendar {1} in QUOTA_TIMEZONE (prompt plus completion tokens; requests admitted); "
+                     "once used up, requests answer 429 `quota_exceeded` until the {1} ends. Null or 0: none. "
+                     "The key's web tokens count against it.")
 WEB_TOKEN_DEFAULT_TTL_S = 3600
 WEB_TOKEN_MAX_TTL_S = 86400
 
@@ -67,6 +70,10 @@ class KeyCreate(_KeyFields):
     expires_at: Optional[Int] = Field(None, description="Unix time after which the key stops working.")
     expires_in_s: Optional[PositiveInt] = Field(None, description="Alternative to expires_at: seconds from now.")
     enabled: bool = True
+    daily_token_quota: Optional[NonNegativeInt] = Field(None, description=QUOTA_DESCRIPTION.format("Tokens", "day"))
+    monthly_token_quota: Optional[NonNegativeInt] = Field(None, description=QUOTA_DESCRIPTION.format("Tokens", "month"))
+    daily_request_quota: Optional[NonNegativeInt] = Field(None, description=QUOTA_DESCRIPTION.format("Requests", "day"))
+    monthly_request_quota: Optional[NonNegativeInt] = Field(None, description=QUOTA_DESCRIPTION.format("Requests", "month"))
 
 
 class KeyUpdate(_KeyFields):
@@ -89,6 +96,10 @@ class KeyUpdate(_KeyFields):
     ip_allowlist: list[str] = Field(None, json_schema_extra=_NETWORKS)
     expires_at: Optional[Int] = None
     enabled: bool = None
+    daily_token_quota: Optional[NonNegativeInt] = None
+    monthly_token_quota: Optional[NonNegativeInt] = None
+    daily_request_quota: Optional[NonNegativeInt] = None
+    monthly_request_quota: Optional[NonNegativeInt] = None
 
 
 class KeyView(BaseModel):
@@ -115,6 +126,10 @@ class KeyView(BaseModel):
     web_token: bool = Field(False, description="Minted by POST /api/v1/keys/web-tokens for a public web page: "
                             "`inference` scope only, named models, its own limits, a short expiry.")
     minted_by: Optional[str] = Field(None, description="A web token's minter: the id of the key that minted it.")
+    daily_token_quota: Optional[int] = None
+    monthly_token_quota: Optional[int] = None
+    daily_request_quota: Optional[int] = None
+    monthly_request_quota: Optional[int] = None
 
 
 class KeyCreated(KeyView):
@@ -162,11 +177,19 @@ class KeyList(BaseModel):
     data: list[KeyView]
 
 
+class QuotaUsage(BaseModel):
+    name: Literal["tokens-day", "tokens-month", "requests-day", "requests-month"]
+    limit: int
+    used: int = Field(description="Used in the current period (a web token's: its minter's, shared).")
+    resets_at: int = Field(description="Unix time the period ends (calendar day or month in QUOTA_TIMEZONE).")
+
+
 class KeyUsage(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"id": "key-7f3a9c2e51d04b86", "object": "api_key.usage", "requests": 1520, "errors": 12,
          "prompt_tokens": 48210,
-         "completion_tokens": 61877, "total_tokens": 110087, "last_used_at": 1795313057},
+         "completion_tokens": 61877, "total_tokens": 110087, "last_used_at": 1795313057,
+         "quotas": [{"name": "tokens-day", "limit": 200000, "used": 18250, "resets_at": 1795392000}]},
     ]})
 
     id: str
@@ -177,3 +200,31 @@ class KeyUsage(BaseModel):
     completion_tokens: int = 0
     total_tokens: int = 0
     last_used_at: Optional[int] = None
+    quotas: list[QuotaUsage] = Field([], description="The key's quotas (a web token's: its minter's) and their use.")
+
+
+UsageStep = Literal["minute", "hour", "day"]
+
+
+class UsageRow(BaseModel):
+    time: int = Field(description="The bucket's start (unix s; day buckets are UTC days).")
+    key_id: str = Field(description="The key (a web token's usage counts under its minter).")
+    model: str = Field(description="The model the requests were for; `-` for requests that named none.")
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class UsageSeries(BaseModel):
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [
+        {"object": "list", "step": "hour", "start": 1795309200, "end": 1795316400, "data": [
+            {"time": 1795309200, "key_id": "key-7f3a9c2e51d04b86", "model": "smollm2-135m-instruct",
+             "requests": 41, "errors": 1, "prompt_tokens": 5120, "completion_tokens": 8044}]},
+    ]})
+
+    object: Literal["list"] = "list"
+    step: UsageStep
+    start: int
+    end: int
+    data: list[UsageRow] = Field(description="Non-empty buckets only, sorted by time, key and model.")

@@ -1,14 +1,21 @@
 """HTTP routes of key management (`/api/v1/keys`: the admin scope; minting web tokens: the `tokens`
-or `admin` scope); the logic lives in serve_app/access/keys.py."""
+or `admin` scope) and of usage over time (`/api/v1/usage`: admin); the logic lives in
+serve_app/access/keys.py and serve_app/access/usage.py."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+import time
+from typing import Literal, Optional
+
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from serve_app.access.auth import Principal, require_admin, require_minter
 from serve_app.access.keys import Minter
-from serve_app.http.protocol.keys import KeyCreate, KeyCreated, KeyList, KeyUpdate, KeyUsage, KeyView, WebTokenCreate
-from serve_app.http.routes.statuses import BODY, KEY, KEY_CHANGE, KEYED, links, responses_for
+from serve_app.access.usage import MAX_BUCKETS, quota_fields, series_csv
+from serve_app.http.protocol.keys import (
+    KeyCreate, KeyCreated, KeyList, KeyUpdate, KeyUsage, KeyView, UsageSeries, UsageStep, WebTokenCreate,
+)
+from serve_app.http.routes.statuses import BODY, KEY, KEY_CHANGE, KEYED, QUERY, links, responses_for
 
 router = APIRouter(prefix="/api/v1/keys")
 ADMIN = [Depends(require_admin)]
@@ -44,7 +51,7 @@ def _minter(request: Request, principal: Principal) -> Minter | None:
         return None
     limits = request.app.state.limiter.limits(principal.rate_limit_per_minute, principal.tokens_per_minute)
     return Minter(principal.key_id, principal.models, limits.requests, limits.tokens, principal.expires_at,
-                  principal.priority)
+                  principal.priority, quota_fields(principal.quotas))
 
 
 @router.get("", response_model=KeyList, dependencies=ADMIN, responses=responses_for(KEYED))
@@ -78,3 +85,31 @@ async def key_usage(key_id: str, request: Request):
     bootstrap = key_id in request.app.state.auth.bootstrap_ids
     return await _keys(request).usage(key_id, known=bootstrap)
 
+
+
+usage_router = APIRouter(prefix="/api/v1/usage")
+_CSV_EXAMPLE = ("time,key_id,model,requests,errors,prompt_tokens,completion_tokens\n"
+                "1795309200,key-7f3a9c2e51d04b86,smollm2-135m-instruct,41,1,5120,8044\n")
+
+
+@usage_router.get("", response_model=UsageSeries, dependencies=ADMIN, responses=responses_for(
+        KEYED, QUERY, {200: {"content": {"text/csv": {"schema": {"type": "string"}, "example": _CSV_EXAMPLE}},
+                             "description": "The series (format=csv: a header row, then one row per bucket, key "
+                             "and model; cells starting with = + - @ are prefixed with ')."}}))
+async def usage_series(request: Request, key_id: Optional[str] = Query(None, description="One key (a web token's "
+                       "usage is under its minter); omitted: every key."),
+                       model: Optional[str] = Query(None, description="One model; `-`: requests that named none."),
+                       start: Optional[int] = Query(None, description="Unix s; omitted: an hour before `end`."),
+                       end: Optional[int] = Query(None, description="Unix s, exclusive; omitted: now."),
+                       step: UsageStep = Query("hour", description="Bucket size (minute buckets are kept a day, "
+                                               f"hour buckets 31 days, day buckets 400 days); at most {MAX_BUCKETS} "
+                                               "buckets per read."),
+                       format: Literal["json", "csv"] = Query("json")):
+    """Usage over time: requests, errors, prompt and completion tokens per key and model in time buckets."""
+    end = int(time.time()) + 1 if end is None else end
+    start = end - 3600 if start is None else start
+    rows = await _keys(request).series(step, start, end, key_id, model)
+    if format == "csv":
+        return Response(series_csv(rows), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="aicore-usage.csv"'})
+    return UsageSeries(step=step, start=start, end=end, data=rows)

@@ -37,6 +37,7 @@ from core.access_errors import (
     KeyNotFound,
     KeyRevoked,
     PermissionDenied,
+    QuotaExceeded,
     RateLimited,
     TooManyMessages,
 )
@@ -52,9 +53,9 @@ class KeyErrors(tuple):
     """The errors of checking an API key: an operation listing them takes a key."""
 
 # A key is checked (require_key, require_admin, require_metrics): missing or bad key, wrong scope
-# or address, over its rate limits, the key store unreachable.
+# or address, over its rate limits or quotas, the key store unreachable.
 KEYED = KeyErrors((AuthenticationFailed, KeyRevoked, KeyDisabled, KeyExpired, PermissionDenied, AddressNotAllowed,
-                   RateLimited, StoreUnavailable))
+                   RateLimited, QuotaExceeded, StoreUnavailable))
 # A JSON body: invalid (400: invalid_value, invalid_json), larger than MAX_BODY_BYTES (413).
 BODY: Errors = (InvalidRequest, BodyTooLarge)
 QUERY: Errors = (InvalidRequest,)  # an invalid query parameter

@@ -22,6 +22,7 @@ from tests.integration.security.conftest import ADMIN_KEY, EMBEDDER, MODEL, TELE
 
 BOT_DOWN = "Sorry, this bot is not available right now."  # the bot's key is refused: the operator's log says why
 BOT_BUSY = "I am answering too many people right now."
+BOT_QUOTA = "I have reached my usage quota."
 CONDITIONS = {  # name: (HTTP status, error code, the message a Telegram chat gets)
     "revoked": (401, "key_revoked", BOT_DOWN),
     "expired": (401, "key_expired", BOT_DOWN),
@@ -31,6 +32,7 @@ CONDITIONS = {  # name: (HTTP status, error code, the message a Telegram chat ge
     "ip_not_allowed": (403, "ip_not_allowed", BOT_DOWN),
     "over_rpm": (429, "rate_limit_exceeded", BOT_BUSY),
     "over_tpm": (429, "rate_limit_exceeded", BOT_BUSY),
+    "over_quota": (429, "quota_exceeded", BOT_QUOTA),  # its daily token quota used up
 }
 KEY_LEVEL = {"revoked", "expired", "disabled", "wrong_scope", "ip_not_allowed"}  # refused before any body is read
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}
@@ -59,15 +61,23 @@ def _apply(admin: httpx.Client, url: str, key: dict, condition: str, other_model
         patch = {"rate_limit_per_minute": 1}
     elif condition == "over_tpm":
         patch = {"tokens_per_minute": 1}
+    elif condition == "over_quota":  # tokens spent today first (the bot's key may have spent some already)
+        _spend_tokens(url, key)
+        patch = {"daily_token_quota": 1}
     if patch is not None:
         r = admin.patch(f"/api/v1/keys/{key_id}", json=patch)
         assert r.status_code == 200, r.text
     if condition == "over_rpm":  # the minute's one request, spent on a listing
         assert httpx.get(url + "/v1/models", headers=_headers(key["key"])).status_code == 200
-    if condition == "over_tpm":  # a few tokens spent on an embedding: the window is past 1
-        r = httpx.post(url + "/v1/embeddings", headers=_headers(key["key"]), json={"model": EMBEDDER, "input": "hello"},
-                       timeout=120)
-        assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] > 1, r.text
+    if condition == "over_tpm":  # a few tokens spent: the window is past 1
+        _spend_tokens(url, key)
+
+
+def _spend_tokens(url: str, key: dict) -> None:
+    """A few tokens spent on an embedding."""
+    r = httpx.post(url + "/v1/embeddings", headers=_headers(key["key"]), json={"model": EMBEDDER, "input": "hello"},
+                   timeout=120)
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] > 1, r.text
 
 
 def _http_error(r: httpx.Response) -> tuple[int, str]:
@@ -164,7 +174,7 @@ def test_telegram_commands_answer_within_telegrams_limit(url):
 
 def test_telegram_updates_are_refused_as_chat_messages(url, admin, telegram_key):
     restore = {"expires_at": int(time.time()) + 3600, "enabled": True, "scopes": ["inference"], "models": None,
-               "ip_allowlist": [], "rate_limit_per_minute": 0, "tokens_per_minute": 0}
+               "ip_allowlist": [], "rate_limit_per_minute": 0, "tokens_per_minute": 0, "daily_token_quota": None}
     update_ids = iter(range(880001, 889999))
     assert not _telegram(url, "Say hi", next(update_ids)).startswith("Sorry")  # the bot's key works
     for condition in [c for c in CONDITIONS if c != "revoked"] + ["revoked"]:  # revoking is for good: last
