@@ -46,12 +46,20 @@ const AICoreMarkdown = (() => {
   // ---- inline: code spans, escapes, links, bare URLs, emphasis; everything else is text ----
 
   const PUNCTUATION = /[!-/:-@[-`{-~]/;
-  const BARE_URL = /^(?:https?:\/\/|mailto:)[^\s<>"`]+/i;
+  // Sticky patterns (flag y) match at lastIndex: no copy of the rest of the text at each character.
+  const URL_RUN = /(?:https?:\/\/|mailto:)[^\s<>"`]+/iy;
+  const MARKER_RUN = /`+|\*+|_+/y;
+
+  function runAt(pattern, s, at) {
+    pattern.lastIndex = at;
+    const match = pattern.exec(s);
+    return match ? match[0] : null;
+  }
 
   // [text](url "title") starting at `at` (the "["): {text, url, end} or null.
   function linkAt(s, at) {
     let depth = 0, i = at;
-    for (; i < s.length && i - at < 2000; i++) {  // bounded: a run of "[" costs no more than this
+    for (; i < s.length && i - at < 500; i++) {  // bounded: each "[" of a long run scans no further
       if (s[i] === "\\") { i++; continue; }
       if (s[i] === "[") depth++;
       else if (s[i] === "]" && --depth === 0) break;
@@ -71,16 +79,19 @@ const AICoreMarkdown = (() => {
 
   // A bare URL without the trailing punctuation that ends its sentence (and an unmatched ")").
   function bareUrlAt(s, at) {
-    const match = BARE_URL.exec(s.slice(at));
-    if (!match) return null;
-    let url = match[0].replace(/[.,:;!?'*_~]+$/, "");
+    const run = runAt(URL_RUN, s, at);
+    if (!run) return null;
+    let url = run.replace(/[.,:;!?'*_~]+$/, "");
     while (url.endsWith(")") && url.split("(").length < url.split(")").length) url = url.slice(0, -1);
     return url.length > url.indexOf(":") + 3 ? url : null;
   }
 
   // The closing run of `marker` (exactly that long) for an emphasis opened before `from`: not
-  // preceded by whitespace, and for "_" not inside a word (snake_case_names stay text).
-  function closerOf(s, marker, from) {
+  // preceded by whitespace, and for "_" not inside a word (snake_case_names stay text). Whether a
+  // run closes does not depend on the opener, so once none is found after `from`, none is after any
+  // later point either (`misses` remembers: many unmatched "*" cost one scan, not one each).
+  function closerOf(s, marker, from, misses) {
+    if (from >= (misses.get(marker) ?? Infinity)) return -1;
     for (let i = s.indexOf(marker, from); i !== -1; i = s.indexOf(marker, i + 1)) {
       let end = i;
       while (s[end] === marker[0]) end++;
@@ -89,6 +100,7 @@ const AICoreMarkdown = (() => {
       }
       i = end - 1;
     }
+    misses.set(marker, Math.min(from, misses.get(marker) ?? Infinity));
     return -1;
   }
 
@@ -97,13 +109,15 @@ const AICoreMarkdown = (() => {
     let text = "";
     const flush = () => { if (text) out.push(text); text = ""; };
     const emit = (node) => { flush(); out.push(node); };
+    const misses = new Map();  // closers and code-span ends known to be absent (see closerOf)
     if (depth > MAX_DEPTH) return [s];
     for (let i = 0; i < s.length;) {
       const c = s[i];
       if (c === "\\" && PUNCTUATION.test(s[i + 1] || "")) { text += s[i + 1]; i += 2; continue; }
       if (c === "`") {
-        const run = /^`+/.exec(s.slice(i))[0];
-        const close = s.indexOf(run, i + run.length);
+        const run = runAt(MARKER_RUN, s, i);
+        const close = i + run.length >= (misses.get(run) ?? Infinity) ? -1 : s.indexOf(run, i + run.length);
+        if (close === -1) misses.set(run, Math.min(i + run.length, misses.get(run) ?? Infinity));
         if (close !== -1 && s[close + run.length] !== "`") {
           let code = s.slice(i + run.length, close).replace(/\n/g, " ");
           if (/^ .*[^ ].* $/.test(code)) code = code.slice(1, -1);
@@ -130,18 +144,17 @@ const AICoreMarkdown = (() => {
         if (href) { emit(link(href, url)); i += url.length; continue; }
       }
       if (c === "<") {  // <https://...> autolinks; any other "<" is a literal character
-        const close = s.indexOf(">", i);
-        const href = close !== -1 && bareUrlAt(s.slice(i + 1, close), 0) === s.slice(i + 1, close) &&
-                     safeHref(s.slice(i + 1, close));
-        if (href && !inLink) { emit(link(href, s.slice(i + 1, close))); i = close + 1; continue; }
+        const url = inLink ? null : runAt(URL_RUN, s, i + 1);
+        const href = url && s[i + 1 + url.length] === ">" && safeHref(url);
+        if (href) { emit(link(href, url)); i += url.length + 2; continue; }
       }
       if (c === "*" || c === "_") {
-        const run = /^(\*+|_+)/.exec(s.slice(i))[0];
+        const run = runAt(MARKER_RUN, s, i);
         const size = Math.min(run.length, 3);
         const marker = c.repeat(size);
         const opens = s[i + run.length] && !/\s/.test(s[i + run.length]) &&
                       !(c === "_" && /\w/.test(s[i - 1] || ""));
-        const close = opens && run.length <= 3 ? closerOf(s, marker, i + size + 1) : -1;
+        const close = opens && run.length <= 3 ? closerOf(s, marker, i + size + 1, misses) : -1;
         if (close !== -1) {
           const inner = inline(s.slice(i + size, close), depth + 1, inLink);
           const node = size === 1 ? el("em", ...inner)
