@@ -145,11 +145,18 @@ def test_cors_preflight_and_simple_request(base_url):
 def test_chat_page_and_its_files_are_served(base_url):
     page = httpx.get(base_url + "/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert '<script src="/static/chat.js">' in page.text
-    assert "default-src 'self'" in page.headers["content-security-policy"]
-    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]  # no other site frames it
+    assert '<script src="/static/markdown.js">' in page.text and '<script src="/static/chat.js">' in page.text
+    policy = [d.strip() for d in page.headers["content-security-policy"].split(";")]
+    for directive in ("default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self'",
+                      "object-src 'none'", "base-uri 'none'", "require-trusted-types-for 'script'",
+                      "frame-ancestors 'none'"):  # the last: no other site frames it
+        assert directive in policy, (directive, policy)
+    assert "unsafe-inline" not in page.headers["content-security-policy"]
     assert page.headers["x-frame-options"] == "DENY"
     script = httpx.get(base_url + "/static/chat.js")
     assert script.status_code == 200 and "/api/v1/ws" in script.text
-    assert "innerHTML" not in script.text and "insertAdjacentHTML" not in script.text
+    renderer = httpx.get(base_url + "/static/markdown.js")
+    assert renderer.status_code == 200 and "AICoreMarkdown" in renderer.text
+    for code in (script.text, renderer.text):
+        assert "innerHTML" not in code and "insertAdjacentHTML" not in code and "outerHTML" not in code
     assert httpx.get(base_url + "/static/chat.css").status_code == 200

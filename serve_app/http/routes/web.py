@@ -10,12 +10,18 @@ from fastapi.responses import FileResponse
 from serve_app.integrations.ws_session import WsGate, WsLimits, WsSession
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-# Only the page's own files and its own WebSocket: no inline script, nothing from elsewhere; no
-# other site may frame the page (it holds a key: clickjacking).
+# Only the page's own files and its own WebSocket: no inline script or style, no image or anything
+# else from elsewhere (a model answer naming a URL cannot make the page load it); the browser itself
+# refuses HTML parsed from strings (Trusted Types: innerHTML and the like throw); no other site may
+# frame the page (it holds a key: clickjacking).
+PAGE_CSP = "; ".join([
+    "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self'", "connect-src 'self' ws: wss:",
+    "object-src 'none'", "base-uri 'none'", "form-action 'none'", "frame-ancestors 'none'",
+    "require-trusted-types-for 'script'", "trusted-types 'none'",
+])
 PAGE_HEADERS = {
     "Cache-Control": "no-cache",
-    "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; "
-                               "frame-ancestors 'none'",
+    "Content-Security-Policy": PAGE_CSP,
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",

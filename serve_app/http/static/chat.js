@@ -1,7 +1,8 @@
 // AI Core chat page: one WebSocket to /api/v1/ws, the conversation kept in localStorage, the key
 // only in sessionStorage (gone when the tab closes; never written where other tabs or later
 // visitors of this browser profile could read it).
-// Everything shown (model output included) is set with textContent, never parsed as HTML.
+// Nothing is ever parsed as HTML: the user's text and errors are set with textContent, the model's
+// answers are rendered by markdown.js, which builds DOM nodes (raw HTML in an answer stays text).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -31,10 +32,19 @@ let counter = 0;
 
 function status(text) { $("status").textContent = text; }
 
+// An answer is shown as its Markdown rendered; anything else (the user's text, errors) as text.
+function show(div, text) {
+  if (div.classList.contains("assistant") && !div.classList.contains("error")) {
+    div.replaceChildren(AICoreMarkdown.render(text));
+  } else {
+    div.textContent = text;
+  }
+}
+
 function bubble(role, text) {
   const div = document.createElement("div");
   div.className = "msg " + role;
-  div.textContent = text;
+  show(div, text);
   $("log").appendChild(div);
   div.scrollIntoView({ block: "end" });
   return div;
@@ -93,7 +103,7 @@ function onMessage(msg) {
   if (!p) return;
   if (msg.type === "token") {
     p.text += msg.text;
-    p.div.textContent = p.text;
+    show(p.div, p.text);  // the whole answer so far, re-rendered: Markdown may change earlier lines
     p.div.dataset.chunks = String(Number(p.div.dataset.chunks || 0) + 1);
     p.div.scrollIntoView({ block: "end" });
   } else if (msg.type === "done") {
@@ -108,9 +118,9 @@ function onMessage(msg) {
 
 function finish(id, p, state, text) {
   pending.delete(id);
-  p.div.textContent = text;
-  p.div.dataset.state = state;
   if (state === "error") p.div.classList.add("error");
+  show(p.div, text);
+  p.div.dataset.state = state;
   $("send").disabled = false;
 }
 
