@@ -63,8 +63,9 @@ def _web_token_fields(args: argparse.Namespace) -> dict:
 
 LIST_PAGE = 200  # the API's largest page of keys
 CONSOLE_LINK_TTL_S = 900
-# The console link's key: read-only would do for looking, but the console's buttons change things.
-CONSOLE_LINK_SCOPES = ["admin"]
+# The console link's key has what a bootstrap key has: `admin` for the console's buttons, `inference`
+# because the models list and the batch jobs list (GET /api/v1/models, /generate/batch/jobs) ask for it.
+CONSOLE_LINK_SCOPES = ["admin", "inference"]
 
 
 def _console_link(args: argparse.Namespace) -> int:
