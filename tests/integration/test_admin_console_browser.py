@@ -70,9 +70,11 @@ def wait_for(browser: Browser, expression: str, what: str, polls: int = 1200):
 def log_in(browser: Browser, url: str, key: str) -> None:
     browser.open(url + "/admin")
     assert browser.js("document.getElementById('who').textContent") == "not logged in"
+    assert browser.js("getComputedStyle(document.getElementById('tabs')).display") == "none"
     browser.js(f"document.getElementById('admin-key').value = {json.dumps(key)};"
                "document.getElementById('login').requestSubmit(); true")
     wait_for(browser, "!document.getElementById('tabs').hidden", "logged in")
+    assert browser.js("getComputedStyle(document.getElementById('login')).display") == "none"
 
 
 def open_screen(browser: Browser, name: str) -> None:
@@ -158,7 +160,7 @@ def test_the_console_link_logs_in_lists_jobs_and_unloads_a_model(url, browser, a
     token = link.split("#token=", 1)[1]
 
     browser.call("Page.navigate", url=link)
-    wait_for(browser, "location.pathname === '/admin' && !document.getElementById('tabs').hidden",
+    wait_for(browser, "location.pathname === '/admin' && document.getElementById('tabs')?.hidden === false",
              "logged in by the link")
     assert browser.js("location.href") == url + "/admin"  # the fragment is gone from the address bar
     assert browser.js("location.hash") == ""
@@ -169,6 +171,13 @@ def test_the_console_link_logs_in_lists_jobs_and_unloads_a_model(url, browser, a
     wait_for(browser, row, "the job listed")
     # submitted by the bootstrap key, listed for the link's own (another admin) key
     assert browser.js(f"{row}.cells[1].textContent") == job.json()["owner"]
+
+    # endpoints this server lacks (usage, audit: other parts of the API) are said so, not a crash
+    for screen, body in (("usage", "usage-body"), ("audit", "audit-body")):
+        open_screen(browser, screen)
+        expected = ("usage" if screen == "usage" else "audit log") + ": not available on this server"
+        wait_for(browser, f"document.getElementById('{body}').textContent === {json.dumps(expected)}",
+                 f"{screen} not available")
 
     open_screen(browser, "models")
     model_row = f"document.querySelector('#models-table tr[data-model={json.dumps(MODEL)}]')"
