@@ -1,6 +1,6 @@
 """The operator's console (/admin) in a real headless Chromium against a real server and Redis:
-log in, create a key (shown once) and use it with the `openai` package, see its usage, revoke it
-and see the client refused; the console link's fragment logs in and leaves the address bar; the
+log in, create a key (shown once) and use it with the `openai` package, see its usage, edit and
+rotate it, revoke it and see the client refused; the console link's fragment logs in and leaves the address bar; the
 jobs screen lists a job; the models screen unloads a model. Values render as text, never markup."""
 
 from __future__ import annotations
@@ -138,8 +138,33 @@ def test_a_key_made_in_the_console_works_shows_its_usage_and_stops_when_revoked(
     }})()""", "usage counted")
     assert int(counted[0]) == 1 and int(counted[1].replace(",", "")) == used
 
+    # edit: the form comes filled with the key's fields; only what changed differs afterwards
+    browser.js(f"{key_row(created['id'])}.querySelector('button.edit').click(); true")
+    assert browser.js("document.getElementById('key-form').elements.rate_limit_per_minute.value") == "100"
+    browser.js("""(() => {
+        const form = document.getElementById('key-form');
+        form.elements.rate_limit_per_minute.value = '120';
+        form.requestSubmit();
+        return true;
+    })()""")
+    wait_for(browser, f"document.getElementById('notice').textContent === 'key {created['id']} saved'", "key saved")
+    edited = admin.get(f"/api/v1/keys/{created['id']}").json()
+    assert edited["rate_limit_per_minute"] == 120
+    assert {k: v for k, v in edited.items() if k != "rate_limit_per_minute"} == \
+        {k: v for k, v in created.items() if k != "rate_limit_per_minute"}
+
+    # rotate: a new secret shown once; the old one stops, the new one works
     browser.js("window.__aicoreConfirm = true;"
-               f"{key_row(created['id'])}.querySelector('button.revoke').click(); true")
+               f"{key_row(created['id'])}.querySelector('button.rotate').click(); true")
+    rotated = wait_for(browser, "!document.getElementById('new-key').hidden && "
+                       "document.getElementById('new-key-value').textContent !== "
+                       f"{json.dumps(secret)} && document.getElementById('new-key-value').textContent", "rotated")
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi."}], max_tokens=2)
+    client = openai.OpenAI(base_url=url + "/v1", api_key=rotated, max_retries=0, timeout=300)
+    assert client.models.list().data[0].id == MODEL
+
+    browser.js(f"{key_row(created['id'])}.querySelector('button.revoke').click(); true")
     wait_for(browser, f"{key_row(created['id'])} && "
              f"{key_row(created['id'])}.querySelector('td.state').textContent === 'revoked'", "key revoked")
     assert admin.get(f"/api/v1/keys/{created['id']}").json()["revoked_at"] is not None
