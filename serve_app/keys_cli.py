@@ -5,10 +5,12 @@
     python -m serve_app.keys_cli show KEY_ID | usage KEY_ID | rotate KEY_ID | revoke KEY_ID
     python -m serve_app.keys_cli update KEY_ID --disable --models smollm2-135m-instruct
     python -m serve_app.keys_cli web-token --models smollm2-135m-instruct --rpm 10 --tpm 5000 --ttl 3600
+    python -m serve_app.keys_cli console-link --ttl 900
 
 The server is AICORE_URL (default http://127.0.0.1:8000); the admin key is AICORE_ADMIN_KEY
 (a bootstrap key from API_KEYS, or a managed key with the admin scope; `web-token` also takes a
-key with the `tokens` scope). Prints JSON.
+key with the `tokens` scope). Prints JSON; `console-link` prints a link to the operator's console
+(/admin) that logs in with a new short-lived admin key carried in the link's fragment.
 """
 
 from __future__ import annotations
@@ -64,6 +66,41 @@ def _web_token_fields(args: argparse.Namespace) -> dict:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+LIST_PAGE = 200  # the API's largest page of keys
+CONSOLE_LINK_TTL_S = 900
+# The console link's key has what a bootstrap key has: `admin` for the console's buttons, `inference`
+# because the models list and the batch jobs list (GET /api/v1/models, /generate/batch/jobs) ask for it.
+CONSOLE_LINK_SCOPES = ["admin", "inference"]
+
+
+def _console_link(args: argparse.Namespace) -> int:
+    """A new admin key that expires in --ttl seconds, in the fragment of a link to /admin: a browser
+    never sends the fragment (so it stays out of proxy logs), and the page moves it to sessionStorage."""
+    status, payload = _call(args.url, args.admin_key, "POST", "", {
+        "name": args.name, "scopes": CONSOLE_LINK_SCOPES, "expires_in_s": args.ttl})
+    if status >= 400:
+        print(json.dumps(payload, indent=2), file=sys.stderr)
+        return 1
+    print(f"{args.url.rstrip('/')}/admin#token={payload['key']}")
+    print(f"key {payload['id']} expires at {payload['expires_at']} (unix time); revoke it with "
+          f"`python -m serve_app.keys_cli revoke {payload['id']}`", file=sys.stderr)
+    return 0
+
+
+def _list_all(args: argparse.Namespace) -> tuple[int, dict]:
+    """Every key: the list is paged, so follow `has_more`."""
+    keys: list = []
+    after = ""
+    while True:
+        status, page = _call(args.url, args.admin_key, "GET", f"?limit={LIST_PAGE}{after}")
+        if status >= 400:
+            return status, page
+        keys += page["data"]
+        if not page.get("has_more"):
+            return status, {"object": "list", "data": keys}
+        after = f"&after={page['last_id']}"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serve_app.keys_cli", description="Manage AI Core API keys.")
     parser.add_argument("--url", default=os.environ.get("AICORE_URL", "http://127.0.0.1:8000"))
@@ -98,7 +135,10 @@ def _parser() -> argparse.ArgumentParser:
     web.add_argument("--tpm", type=int, help="tokens per minute (default 20000)")
     web.add_argument("--ip-allowlist", help="comma-separated CIDRs")
     web.add_argument("--ttl", type=int, help="seconds until it expires (default 3600, at most 86400)")
-    commands.add_parser("list")
+    link = commands.add_parser("console-link", help="mint a short-lived admin key and print a link to /admin")
+    link.add_argument("--ttl", type=int, default=CONSOLE_LINK_TTL_S, help="seconds until it expires (default 900)")
+    link.add_argument("--name", default="console-link")
+    commands.add_parser("list", help="every key (all pages)")
     for name in ("show", "usage", "rotate", "revoke"):
         commands.add_parser(name).add_argument("id")
     return parser
@@ -113,15 +153,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         "create": lambda: ("POST", "", _fields(args)),
         "update": lambda: ("PATCH", f"/{args.id}", _fields(args)),
         "web-token": lambda: ("POST", "/web-tokens", _web_token_fields(args)),
-        "list": lambda: ("GET", "", None),
         "show": lambda: ("GET", f"/{args.id}", None),
         "usage": lambda: ("GET", f"/{args.id}/usage", None),
         "rotate": lambda: ("POST", f"/{args.id}/rotate", None),
         "revoke": lambda: ("DELETE", f"/{args.id}", None),
     }
-    method, path, body = routes[args.command]()
     try:
-        status, payload = _call(args.url, args.admin_key, method, path, body)
+        if args.command == "console-link":
+            return _console_link(args)
+        if args.command == "list":
+            status, payload = _list_all(args)
+        else:
+            method, path, body = routes[args.command]()
+            status, payload = _call(args.url, args.admin_key, method, path, body)
     except (urllib.error.URLError, OSError) as error:
         print(f"cannot reach {args.url}: {error}", file=sys.stderr)
         return 1

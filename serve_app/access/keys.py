@@ -28,7 +28,7 @@ from serve_app.access.usage import (
     STEPS, QuotaClock, bucket_key, bucket_starts, bucket_updates, quotas_of, series_rows,
 )
 from serve_app.http.protocol.keys import (
-    WEB_TOKEN_MAX_TTL_S, KeyCreate, KeyCreated, KeyUpdate, KeyUsage, KeyView, QuotaUsage, WebTokenCreate,
+    WEB_TOKEN_MAX_TTL_S, KeyCreate, KeyCreated, KeyList, KeyUpdate, KeyUsage, KeyView, QuotaUsage, WebTokenCreate,
 )
 from serve_app.state.store import Store
 
@@ -132,6 +132,23 @@ class KeyService:
                 await self.store.srem(_IDS, key_id)
                 await self.store.delete(_USAGE + key_id)
         return sorted((r.view() for r in records if r), key=lambda r: r.created_at)
+
+    async def page(self, limit: int, after: Optional[str] = None, search: Optional[str] = None) -> KeyList:
+        """Keys in the order they were made, `limit` of them after the key `after` (the previous
+        page's `last_id`), only those whose name, owner, id or key prefix contain `search`
+        (case-insensitive)."""
+        keys = await self.list()
+        if after is not None:
+            ids = [k.id for k in keys]
+            if after not in ids:
+                raise InvalidRequest(f"after: no listed key with id {after!r}", param="after")
+            keys = keys[ids.index(after) + 1:]
+        if search:
+            needle = search.casefold()
+            keys = [k for k in keys if any(needle in (v or "").casefold() for v in (k.name, k.owner, k.id, k.key_prefix))]
+        data = keys[:limit]
+        return KeyList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
+                       has_more=len(keys) > limit)
 
     async def get(self, key_id: str) -> KeyView:
         return (await self._require(key_id)).view()

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_wheel_contains_the_chat_page(tmp_path):
+def test_the_wheel_contains_the_chat_page_and_the_console(tmp_path):
     source = tmp_path / "src"  # a copy: setuptools writes build/ and *.egg-info where it builds
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("serve_app", "deployments", "core"):
@@ -20,5 +20,7 @@ def test_the_wheel_contains_the_chat_page(tmp_path):
                     "-w", str(tmp_path), str(source)], check=True, cwd=tmp_path)
     wheel = next(tmp_path.glob("ai_core-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    served = {str(p.relative_to(ROOT)) for p in (ROOT / "serve_app" / "http" / "static").iterdir()}
-    assert served and served <= names, served - names
+    static = ROOT / "serve_app" / "http" / "static"
+    served = {str(p.relative_to(ROOT)) for p in static.rglob("*") if p.is_file()}
+    assert "serve_app/http/static/admin/index.html" in served and "serve_app/http/static/index.html" in served
+    assert served <= names, served - names

@@ -170,11 +170,23 @@ class WebTokenCreate(_KeyFields):
         return KeyCreate(scopes=["inference"], **self.model_dump())
 
 
+KEY_LIST_LIMIT_DEFAULT = 50  # keys on a page of GET /api/v1/keys when the caller names no limit
+KEY_LIST_LIMIT_MAX = 200
+
+
 class KeyList(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"object": "list", "data": [KEY_EXAMPLE]}]})
+    """A page of keys in the order they were made (OpenAI's list object, as the batch jobs list)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "object": "list", "data": [KEY_EXAMPLE], "first_id": KEY_EXAMPLE["id"], "last_id": KEY_EXAMPLE["id"],
+        "has_more": False,
+    }]})
 
     object: Literal["list"] = "list"
     data: list[KeyView]
+    first_id: Optional[str] = None
+    last_id: Optional[str] = Field(None, description="Pass as `after` for the next page.")
+    has_more: bool = Field(False, description="More keys match after `last_id`.")
 
 
 class QuotaUsage(BaseModel):

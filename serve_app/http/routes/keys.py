@@ -13,7 +13,8 @@ from serve_app.access.auth import Principal, require_admin, require_minter
 from serve_app.access.keys import Minter
 from serve_app.access.usage import MAX_BUCKETS, quota_fields, series_csv
 from serve_app.http.protocol.keys import (
-    KeyCreate, KeyCreated, KeyList, KeyUpdate, KeyUsage, KeyView, UsageSeries, UsageStep, WebTokenCreate,
+    KEY_LIST_LIMIT_DEFAULT, KEY_LIST_LIMIT_MAX, KeyCreate, KeyCreated, KeyList, KeyUpdate, KeyUsage, KeyView,
+    UsageSeries, UsageStep, WebTokenCreate,
 )
 from serve_app.http.routes.statuses import BODY, KEY, KEY_CHANGE, KEYED, QUERY, links, responses_for
 
@@ -54,9 +55,17 @@ def _minter(request: Request, principal: Principal) -> Minter | None:
                   principal.priority, quota_fields(principal.quotas))
 
 
-@router.get("", response_model=KeyList, dependencies=ADMIN, responses=responses_for(KEYED))
-async def list_keys(request: Request):
-    return KeyList(data=await _keys(request).list())
+@router.get("", response_model=KeyList, dependencies=ADMIN, responses=responses_for(KEYED, QUERY))
+async def list_keys(
+    request: Request,
+    limit: int = Query(KEY_LIST_LIMIT_DEFAULT, ge=1, le=KEY_LIST_LIMIT_MAX, description="Keys on this page."),
+    after: Optional[str] = Query(None, max_length=64, description="The `last_id` of the previous page."),
+    search: Optional[str] = Query(None, max_length=100, description="Keys whose name, owner, id or key prefix "
+                                  "contain this (case-insensitive)."),
+):
+    """Keys in the order they were made, a page at a time (`has_more`, then `after=last_id`). A caller
+    that names no `limit` gets the first 50: follow `has_more` for the rest."""
+    return await _keys(request).page(limit, after=after, search=search)
 
 
 @router.get("/{key_id}", response_model=KeyView, dependencies=ADMIN, responses=responses_for(KEYED, KEY))

@@ -1,4 +1,4 @@
-"""Web client routes: the WebSocket API and the chat page at `/`."""
+"""Web client routes: the WebSocket API, the chat page at `/` and the operator's console at `/admin`."""
 
 from __future__ import annotations
 
@@ -27,6 +27,16 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 
+# The console (static/admin/) holds an admin key: stricter still. It only calls this server's own
+# API, posts no form anywhere, and loads nothing but its own script and style.
+ADMIN_PAGE_HEADERS = {
+    **PAGE_HEADERS,
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self'; style-src 'self'; "
+                               "script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+                               "form-action 'none'",
+    "Cache-Control": "no-store",
+}
+
 router = APIRouter()
 
 
@@ -47,3 +57,9 @@ async def websocket(ws: WebSocket):
 @router.get("/", include_in_schema=False)
 async def chat_page():
     return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
+
+
+@router.get("/admin", include_in_schema=False)
+async def admin_console():
+    """The operator's console: a static page that calls the admin API with the key pasted into it."""
+    return FileResponse(STATIC_DIR / "admin" / "index.html", headers=ADMIN_PAGE_HEADERS)

@@ -46,7 +46,7 @@ def test_a_minted_token_chats_on_its_models_under_its_limits(url, admin):
     _error(_chat(url, minted["key"], GEMMA), 404, "model_not_found")  # as if it did not exist
     models = httpx.get(f"{url}/v1/models", headers={"X-API-Key": minted["key"]}, timeout=60).json()
     assert [m["id"] for m in models["data"]] == [DEFAULT]
-    listed = {k["id"]: k for k in admin.get("/api/v1/keys").json()["data"]}
+    listed = {k["id"]: k for k in admin.get("/api/v1/keys", params={"search": minted["id"]}).json()["data"]}
     assert listed[minted["id"]]["web_token"] is True and "key" not in listed[minted["id"]]
 
 

@@ -1,0 +1,101 @@
+"""The key list is paged (`limit`, `after`, `search`) like the batch jobs list; the console page at
+/admin is served with its strict headers (in-process app on the memory store; the page itself in a
+browser: tests/integration/test_admin_console_browser.py)."""
+
+import asyncio
+import re
+
+import httpx
+import pytest
+
+from core.errors import InvalidRequest
+from serve_app.access.keys import KeyService
+from serve_app.http.protocol.keys import KeyCreate
+from serve_app.state.store import MemoryStore
+from tests.unit.test_web_token_minting import BOOT, _app
+
+
+def _service_with(names):
+    async def make():
+        keys = KeyService(MemoryStore(), {"m1"})
+        made = [await keys.create(KeyCreate(name=name, owner=f"owner-{i % 2}")) for i, name in enumerate(names)]
+        return keys, made
+    return asyncio.run(make())
+
+
+def test_pages_follow_last_id_until_has_more_is_false():
+    # keys made in the same second are ordered by id: the order is (created_at, id), the same on every call
+    keys, made = _service_with([f"k{i}" for i in range(7)])
+    seen, after = [], None
+    for _ in range(10):  # bounded: 7 keys in pages of 3 are 3 pages
+        page = asyncio.run(keys.page(3, after=after))
+        assert len(page.data) <= 3 and page.last_id == page.data[-1].id and page.first_id == page.data[0].id
+        seen += [k.id for k in page.data]
+        if not page.has_more:
+            break
+        after = page.last_id
+    assert sorted(seen) == sorted(k.id for k in made) and len(seen) == len(set(seen)) == 7
+    assert [k.id for k in asyncio.run(keys.page(50)).data] == seen  # one order: the order they were made
+
+
+def test_search_matches_name_owner_id_and_prefix_case_insensitively():
+    keys, made = _service_with(["Telegram-Bot", "email-bot", "site"])
+    assert sorted(k.name for k in asyncio.run(keys.page(50, search="BOT")).data) == ["Telegram-Bot", "email-bot"]
+    assert [k.name for k in asyncio.run(keys.page(50, search="owner-1")).data] == ["email-bot"]
+    assert [k.id for k in asyncio.run(keys.page(50, search=made[2].id)).data] == [made[2].id]
+    assert made[2].id in [k.id for k in asyncio.run(keys.page(50, search=made[2].key_prefix)).data]
+    empty = asyncio.run(keys.page(50, search="nothing-like-this"))
+    assert empty.data == [] and not empty.has_more and empty.last_id is None
+    with pytest.raises(InvalidRequest) as info:
+        asyncio.run(keys.page(5, after="key-0000000000000000"))
+    assert info.value.param == "after"
+
+
+def test_the_route_pages_with_a_default_and_a_maximum_limit_and_refuses_bad_values():
+    app, _ = _app()
+    boot = {"X-API-Key": BOOT}
+
+    async def scenario(c):
+        for i in range(52):
+            assert (await c.post("/api/v1/keys", headers=boot, json={"name": f"n{i}"})).status_code == 201
+        first = (await c.get("/api/v1/keys", headers=boot)).json()  # no parameters: the first 50
+        assert first["object"] == "list" and len(first["data"]) == 50 and first["has_more"] is True
+        rest = (await c.get("/api/v1/keys", headers=boot, params={"after": first["last_id"]})).json()
+        assert len(rest["data"]) == 2 and rest["has_more"] is False
+        names = {k["name"] for k in first["data"] + rest["data"]}
+        assert names == {f"n{i}" for i in range(52)}  # each key on exactly one page
+        assert len((await c.get("/api/v1/keys", headers=boot, params={"limit": 200})).json()["data"]) == 52
+        found = (await c.get("/api/v1/keys", headers=boot, params={"search": "N5"})).json()
+        assert sorted(k["name"] for k in found["data"]) == ["n5", "n50", "n51"]
+        for params, param in (({"limit": 201}, "limit"), ({"limit": 0}, "limit"), ({"after": "key-missing"}, "after")):
+            r = await c.get("/api/v1/keys", headers=boot, params=params)
+            assert r.status_code == 400, (params, r.text)
+            assert r.json()["error"]["type"] == "invalid_request_error" and param in r.text
+
+    async def main():
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            await scenario(client)
+    asyncio.run(main())
+
+
+def test_the_console_page_is_served_with_a_strict_policy_and_its_files_exist():
+    app, _ = _app()
+
+    async def main():
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            page = await c.get("/admin")
+            assert page.status_code == 200 and "<script src=\"/static/admin/admin.js\">" in page.text
+            csp = page.headers["content-security-policy"]
+            for directive in ("default-src 'self'", "connect-src 'self'", "script-src 'self'", "object-src 'none'",
+                              "base-uri 'none'", "frame-ancestors 'none'", "form-action 'none'"):
+                assert directive in csp
+            assert "unsafe" not in csp and page.headers["x-frame-options"] == "DENY"
+            assert "<script>" not in page.text and " style=" not in page.text
+            assert not re.search(r"\son[a-z]+\s*=", page.text)  # no inline event handler
+            for name in ("admin.js", "keys.js", "screens.js", "admin.css"):
+                asset = await c.get(f"/static/admin/{name}")
+                assert asset.status_code == 200 and asset.content, name
+                assert "innerHTML" not in asset.text and "insertAdjacentHTML" not in asset.text, name
+    asyncio.run(main())
