@@ -94,6 +94,16 @@ class Settings(BaseSettings):
     web_token_keep_s: float = Field(
         86400, gt=0, description="An expired web token's entries (record, usage) are kept this long, then expire.",
     )
+    audit_retention_days: float = Field(
+        90, gt=0, description="Audit log entries (admin actions, refused admin attempts) are kept this many days.",
+    )
+    audit_max_entries: int = Field(
+        1_000_000, ge=1, description="The most admin-action entries the audit log keeps (the oldest go first).",
+    )
+    audit_refused_max_entries: int = Field(
+        100_000, ge=1, description="The most refused-attempt entries the audit log keeps, apart from the admin "
+        "actions' (a flood of refused requests evicts older refusals, never an action).",
+    )
     ready_requires_redis: bool = Field(
         False, description="Readiness answers 503 while REDIS_URL is set and Redis is unreachable."
     )

@@ -163,14 +163,14 @@ class AuditLog:
 
     async def record(self, actor: Actor, client_ip: Optional[str], action: str, target: Optional[str],
                      outcome: str = "ok", status: int = 200, changes: Optional[dict] = None,
-                     route: Optional[str] = None) -> Optional[str]:
+                     route: Optional[str] = None, reason: Optional[str] = None) -> Optional[str]:
         """Append one entry; its id, or None when the store could not take it. Never raises: the
         action it records has happened (or was refused) already, so the entry goes to the log
         `aicore.audit` instead."""
         entry = {"actor_id": actor.id, "actor_name": actor.name, "client_ip": client_ip, "action": action,
                  "target": target, "outcome": outcome, "status": status, "changes": changes or {}}
-        if route is not None:
-            entry["route"] = route
+        if route is not None:  # a refused attempt: the route asked, the error code answered
+            entry["route"], entry["reason"] = route, reason
         refused = action == REFUSED
         data = json.dumps(entry, separators=(",", ":"), default=str)
         try:
