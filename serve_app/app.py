@@ -60,6 +60,7 @@ def create_app(
     # Next to the keys it speaks of: in Redis, or (without REDIS_URL) in this replica's memory.
     app.state.audit = AuditLog.for_store(store, retention_days=settings.audit_retention_days,
                                          max_entries=settings.audit_max_entries,
+                                         mint_max_entries=settings.audit_mint_max_entries,
                                          refused_max_entries=settings.audit_refused_max_entries)
     app.state.limiter = RateLimiter(store, settings.rate_limit_per_minute, settings.tokens_per_minute)
     app.state.auth = Authenticator(

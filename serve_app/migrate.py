@@ -7,7 +7,7 @@ the Telegram bot's chats, the audit log.
     python -m serve_app.migrate import-legacy --keys keys.csv --history chats.jsonl [--apply]
 
 The file is versioned JSON. Keys travel as their SHA-256 records (the keys themselves are never
-stored anywhere), so the same keys authenticate on the new instance. The audit log's two streams travel
+stored anywhere), so the same keys authenticate on the new instance. The audit log's three streams travel
 with their entry ids (so times and `before` cursors stay as they were). Import refuses to overwrite
 anything that exists unless `--force`; `--dry-run` only reports. Response-cache entries and
 rate-limit windows are transient and are not moved. State lives in Redis: an instance without
@@ -31,10 +31,10 @@ from typing import Optional
 FORMAT, VERSION = "aicore-migration", 1
 # What is moved, and the Redis type each must have: key records, hash index, id set, usage
 # counters, sessions and their per-key index, Telegram chats, the audit log's streams (actions,
-# refused attempts). Import writes nothing else.
+# web-token mints, refused attempts). Import writes nothing else.
 KINDS = {"aicore:key:*": "string", "aicore:keyhash:*": "string", "aicore:keys": "set", "aicore:usage:*": "hash",
          "session:*": "string", "sessions:*": "set", "aicore:telegram:chat:*": "string",
-         "aicore:audit": "stream", "aicore:audit:refused": "stream"}
+         "aicore:audit": "stream", "aicore:audit:tokens": "stream", "aicore:audit:refused": "stream"}
 STREAM_ID = re.compile(r"[0-9]{1,15}-[0-9]{1,19}")
 PATTERNS = tuple(KINDS)
 

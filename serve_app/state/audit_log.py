@@ -1,15 +1,16 @@
 """The audit log: who did what to keys, models, jobs and the configuration, and who was refused.
 
-Two append-only streams, newest first when read, each bounded by AUDIT_RETENTION_DAYS and a
-length cap, trimmed exactly at every append (Redis: XADD MAXLEN and XTRIM MINID in one script; at the
-rate admin actions come, exact trimming costs nothing and the bounds are what they say):
-  aicore:audit          admin actions (a caller with a key did them: bounded by what admins and
-                        web-token minters do; AUDIT_MAX_ENTRIES)
-  aicore:audit:refused  refused attempts at admin routes (anyone can cause these, so they have
-                        their own, smaller cap, AUDIT_REFUSED_MAX_ENTRIES: a flood of refused
-                        requests evicts older refusals, never an admin action)
-Ids are stream ids `<ms>-<seq>`, even sequence numbers in the first stream and odd in the second,
-so an id names one entry of either and both merge into one order. Without REDIS_URL each ingress
+Three append-only streams, read as one, newest first; each bounded by AUDIT_RETENTION_DAYS and
+its own length cap, trimmed exactly at every append (Redis: XADD MAXLEN and XTRIM MINID in one
+script; exact trimming costs little at these rates, and the bounds are what they say):
+  aicore:audit          admin actions (keys, models, jobs, config): AUDIT_MAX_ENTRIES
+  aicore:audit:tokens   web-token mints (a public site's backend mints one per visitor): their
+                        own cap, AUDIT_MINT_MAX_ENTRIES
+  aicore:audit:refused  refused attempts at admin routes (anyone can cause them): their own cap,
+                        AUDIT_REFUSED_MAX_ENTRIES
+so a flood of mints or of refused requests evicts older entries of its own kind, never an admin
+action. Ids are stream ids `<ms>-<seq>` whose sequence number is the stream's index modulo 3, so
+an id names one entry of any stream and the three merge into one order. Without REDIS_URL each ingress
 replica keeps its own log in memory, as it keeps its own keys. Entries never hold a key's secret
 or hash: callers pass field changes of key views (serve_app/access/keys.py has no secret there).
 """
@@ -26,15 +27,15 @@ from typing import Any, Optional
 
 logger = logging.getLogger("aicore.audit")
 
-ACTIONS_STREAM, REFUSED_STREAM = "aicore:audit", "aicore:audit:refused"
-STREAMS = (ACTIONS_STREAM, REFUSED_STREAM)
-REFUSED = "admin.refused"
+ACTIONS_STREAM, MINTS_STREAM, REFUSED_STREAM = "aicore:audit", "aicore:audit:tokens", "aicore:audit:refused"
+STREAMS = (ACTIONS_STREAM, MINTS_STREAM, REFUSED_STREAM)  # an entry's sequence number is its index modulo 3
+REFUSED, MINT = "admin.refused", "web_token.mint"
 SCAN_CHUNK = 200  # entries read per round trip while filtering
 SCAN_MAX = 5000  # entries one page examines per stream at most; then `next_before` continues
 Id = tuple[int, int]
 
-# Append one entry with an id above the stream's last one and of the stream's parity, then trim
-# by length and age. KEYS: the stream; ARGV: parity, max length, oldest id kept (ms), entry JSON.
+# Append one entry with an id above the stream's last one and of the stream's index (modulo 3),
+# then trim by length and age. KEYS: the stream; ARGV: index, max length, oldest id kept (ms), JSON.
 _APPEND = """
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -42,13 +43,17 @@ local seq = tonumber(ARGV[1])
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #last > 0 then
   local lms, lseq = string.match(last[1][1], '(%d+)-(%d+)')
-  if tonumber(lms) >= ms then ms, seq = tonumber(lms), tonumber(lseq) + 2 end
+  if tonumber(lms) >= ms then ms, seq = tonumber(lms), tonumber(lseq) + 3 end
 end
 local id = string.format('%d-%d', ms, seq)
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], id, 'e', ARGV[4])
 redis.call('XTRIM', KEYS[1], 'MINID', ARGV[3])
 return id
 """
+
+
+def stream_of(action: str) -> str:
+    return {REFUSED: REFUSED_STREAM, MINT: MINTS_STREAM}.get(action, ACTIONS_STREAM)
 
 
 def parse_id(value: str) -> Id:
@@ -86,9 +91,7 @@ class Query:
                    (("actor_id", self.actor_id), ("action", self.action), ("target", self.target)))
 
     def streams(self) -> tuple[str, ...]:
-        if self.action is None:
-            return STREAMS
-        return (REFUSED_STREAM,) if self.action == REFUSED else (ACTIONS_STREAM,)
+        return STREAMS if self.action is None else (stream_of(self.action),)
 
     def upper(self) -> Optional[Id]:
         """The exclusive upper bound of ids to read."""
@@ -109,11 +112,11 @@ class MemoryStreams:
     def __init__(self) -> None:
         self.streams: dict[str, deque] = {name: deque() for name in STREAMS}
 
-    async def append(self, stream: str, parity: int, data: str, max_len: int, min_ms: int) -> str:
+    async def append(self, stream: str, index: int, data: str, max_len: int, min_ms: int) -> str:
         entries = self.streams[stream]
-        entry_id = (int(time.time() * 1000), parity)
+        entry_id = (int(time.time() * 1000), index)
         if entries and entries[-1][0] >= entry_id:
-            entry_id = (entries[-1][0][0], entries[-1][0][1] + 2)
+            entry_id = (entries[-1][0][0], entries[-1][0][1] + len(STREAMS))
         entries.append((entry_id, data))
         while entries and (len(entries) > max_len or entries[0][0][0] < min_ms):
             entries.popleft()
@@ -137,8 +140,8 @@ class RedisStreams:
         self.store = store
         self._append = store.client.register_script(_APPEND)
 
-    async def append(self, stream: str, parity: int, data: str, max_len: int, min_ms: int) -> str:
-        return await self.store._call(self._append(keys=[stream], args=[parity, max_len, min_ms, data]))
+    async def append(self, stream: str, index: int, data: str, max_len: int, min_ms: int) -> str:
+        return await self.store._call(self._append(keys=[stream], args=[index, max_len, min_ms, data]))
 
     async def newest(self, stream: str, upper: Optional[Id], lower: Optional[Id], count: int) -> list[tuple[Id, str]]:
         if upper == (0, 0):
@@ -151,11 +154,10 @@ class RedisStreams:
 
 class AuditLog:
     def __init__(self, streams: Any, retention_days: float = 90, max_entries: int = 1_000_000,
-                 refused_max_entries: int = 100_000):
+                 mint_max_entries: int = 100_000, refused_max_entries: int = 100_000):
         self.streams = streams
         self.retention_s = retention_days * 86400
-        self.max_entries = max_entries
-        self.refused_max_entries = refused_max_entries
+        self.caps = {ACTIONS_STREAM: max_entries, MINTS_STREAM: mint_max_entries, REFUSED_STREAM: refused_max_entries}
 
     @classmethod
     def for_store(cls, store: Any, **settings: Any) -> "AuditLog":
@@ -171,11 +173,10 @@ class AuditLog:
                  "target": target, "outcome": outcome, "status": status, "changes": changes or {}}
         if route is not None:  # a refused attempt: the route asked, the error code answered
             entry["route"], entry["reason"] = route, reason
-        refused = action == REFUSED
+        stream = stream_of(action)
         data = json.dumps(entry, separators=(",", ":"), default=str)
         try:
-            return await self.streams.append(REFUSED_STREAM if refused else ACTIONS_STREAM, int(refused),
-                                             data, self.refused_max_entries if refused else self.max_entries,
+            return await self.streams.append(stream, STREAMS.index(stream), data, self.caps[stream],
                                              int((time.time() - self.retention_s) * 1000))
         except Exception as error:  # noqa: BLE001 - the store is down or refused: keep the entry in the log
             logger.error("audit entry not stored (%s): %s", type(error).__name__, data)

@@ -63,9 +63,10 @@ def test_pages_newest_first_across_both_streams_without_gaps(make_log):
         recorded = []
         for n in range(7):
             recorded.append(await log.record(ADMIN, "10.0.0.1", "key.create", f"key-{n}", status=201))
+            recorded.append(await log.record(ADMIN, "10.0.0.1", "web_token.mint", f"key-t{n}", status=201))
             recorded.append(await log.record(Actor("key-x"), "10.0.0.9", REFUSED, None, outcome="refused",
                                              status=403, route="POST /api/v1/keys"))
-        assert len(set(recorded)) == 14  # one id per entry, both streams
+        assert len(set(recorded)) == 21  # one id per entry, all three streams
         seen, before = [], None
         while True:
             entries, before = await log.page(Query(limit=3, before=before))
@@ -98,19 +99,21 @@ def test_filters_select_actor_action_target_and_time(make_log):
 
 def test_retention_and_length_caps_trim_each_stream_on_its_own(make_log):
     async def scenario():
-        capped = make_log(max_entries=3, refused_max_entries=2)
+        capped = make_log(max_entries=3, mint_max_entries=1, refused_max_entries=2)
         actions = [await capped.record(ADMIN, None, "key.create", f"key-{n}") for n in range(5)]
-        for n in range(6):  # a flood of refusals evicts older refusals only
+        for n in range(6):  # floods of refusals and mints evict older entries of their own kind only
             await capped.record(Actor(f"anon-{n}"), None, REFUSED, None, outcome="refused", status=401)
+            await capped.record(ADMIN, None, "web_token.mint", f"key-t{n}", status=201)
         kept, _ = await capped.page(Query(limit=200))
         assert [e["id"] for e in kept if e["action"] == "key.create"] == actions[:-4:-1]
         assert [e["actor_id"] for e in kept if e["action"] == REFUSED] == ["anon-5", "anon-4"]
+        assert [e["target"] for e in kept if e["action"] == "web_token.mint"] == ["key-t5"]
         await asyncio.sleep(0.01)  # the next entry is at least 1 ms newer than every entry above
         short = make_log(retention_days=0.005 / 86400)  # keeps 5 ms
         newest = await short.record(ADMIN, None, "config.reload", "models.json")
         remaining, _ = await short.page(Query(action="config.reload"))
         assert [e["id"] for e in remaining] == [newest]
-        assert [e["id"] for e in (await short.page(Query(limit=200)))[0] if e["action"] != REFUSED] == [newest]
+        assert [e["id"] for e in (await short.page(Query(limit=200)))[0] if e["action"] == "key.create"] == []
     run(scenario())
 
 
