@@ -79,3 +79,27 @@ def test_audit_paging_and_bad_filters():
             r = await c.get("/api/v1/audit", headers=ADMIN, params=bad)
             assert r.status_code == 400 and r.json()["error"]["param"], (bad, r.text)
     _run(_app(), scenario)
+
+
+def test_a_job_cancel_is_recorded_and_admin_read_may_not_cancel_another_keys_job():
+    async def scenario(c):
+        bot = (await c.post("/api/v1/keys", headers=ADMIN, json={"name": "mailer"})).json()
+        viewer = (await c.post("/api/v1/keys", headers=ADMIN, json={"name": "watcher",
+                                                                    "scopes": ["admin_read", "inference"]})).json()
+        bot_h, viewer_h = {"X-API-Key": bot["key"]}, {"X-API-Key": viewer["key"]}
+        job = await c.post("/api/v1/generate/batch/jobs", headers=bot_h,
+                           json={"items": [{"prompt": "hi", "model": "no-such-model"}]})
+        assert job.status_code == 202, job.text
+        job_id = job.json()["id"]
+        assert (await c.get(f"/api/v1/generate/batch/jobs/{job_id}", headers=viewer_h)).status_code == 200
+        refused = await c.post(f"/api/v1/generate/batch/jobs/{job_id}/cancel", headers=viewer_h)
+        assert refused.status_code == 403 and "'admin'" in refused.json()["error"]["message"]
+        unknown = await c.post("/api/v1/generate/batch/jobs/bjob_000000000000000000000000/cancel", headers=bot_h)
+        assert unknown.status_code == 404
+        assert (await c.post(f"/api/v1/generate/batch/jobs/{job_id}/cancel", headers=bot_h)).status_code in (200, 202)
+        entries = (await _audit(c, action="job.cancel"))["data"]
+        assert [(e["actor_id"], e["target"], e["outcome"], e["status"]) for e in entries][1:] == [
+            (viewer["id"], job_id, "failed", 403)]  # the job it could not see is not recorded
+        assert entries[0]["actor_id"] == bot["id"] and entries[0]["actor_name"] == "mailer"
+        assert entries[0]["target"] == job_id and entries[0]["outcome"] == "ok"
+    _run(_app(), scenario)

@@ -77,8 +77,9 @@ async def get_batch_job(job_id: str, request: Request, principal: Principal = De
 async def cancel_batch_job(job_id: str, request: Request, principal: Principal = Depends(require_job_canceller)):
     """Cancel a job: the submitting key's own, or any job with the `admin` scope (recorded in the audit log)."""
     jobs = request.app.state.batch_jobs
+    # A job this key cannot see (404) is not recorded: any inference key could fill the log with those.
+    before = await jobs.get(job_id, principal, with_results=False)
     async with audited(request, principal, "job.cancel", job_id) as action:
-        before = await jobs.get(job_id, principal, with_results=False)
         job = await jobs.cancel(job_id, principal)
         action.status = 200 if job.status in TERMINAL else 202
         action.seen({"status": before.status}, {"status": job.status})
