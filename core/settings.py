@@ -98,6 +98,20 @@ class Settings(BaseSettings):
         "UTC", description="Time zone (IANA name, e.g. Europe/Berlin) whose calendar days and months the keys' daily "
         "and monthly quotas count in.",
     )
+    audit_retention_days: float = Field(
+        90, gt=0, description="Audit log entries (admin actions, refused admin attempts) are kept this many days.",
+    )
+    audit_max_entries: int = Field(
+        1_000_000, ge=1, description="The most admin-action entries the audit log keeps (the oldest go first).",
+    )
+    audit_mint_max_entries: int = Field(
+        100_000, ge=1, description="The most web-token-mint entries the audit log keeps, apart from the admin "
+        "actions' (a site minting one token per visitor evicts older mints, never an action).",
+    )
+    audit_refused_max_entries: int = Field(
+        100_000, ge=1, description="The most refused-attempt entries the audit log keeps, apart from the admin "
+        "actions' (a flood of refused requests evicts older refusals, never an action).",
+    )
     ready_requires_redis: bool = Field(
         False, description="Readiness answers 503 while REDIS_URL is set and Redis is unreachable."
     )

@@ -49,6 +49,7 @@ def render(source: Path, revision: str | None = None) -> dict:
     from deployments.memory import footprint
     from deployments.model_deployment import ReplicaContext, entry_revision
     from serve_app.builder import deployment_name, model_actor_options
+    from serve_app.ops.reload_audit import config_revision
     from core.settings import Settings
 
     config = yaml.safe_load(source.read_text())
@@ -69,7 +70,9 @@ def render(source: Path, revision: str | None = None) -> dict:
                                                   revisions[name])}
         for name, entry in models.items()
     ]
-    overrides.append({"name": "ingress", "user_config": {"revisions": revisions}})
+    # The ingress records each reload in the audit log: by this command, with the config's revision.
+    overrides.append({"name": "ingress", "user_config": {"revisions": revisions, "deployed_by": "scripts.deploy",
+                                                        "config_revision": config_revision(revisions)}})
     app["deployments"] = overrides
     return config
 

@@ -24,13 +24,14 @@ from serve_app.pipeline import Pipeline
 from serve_app.http.openapi import install_openapi
 from serve_app.access.ratelimit import RateLimiter
 from serve_app.access.usage import QuotaClock
-from serve_app.http.routes import api_v1, integrations, keys, openai, web
+from serve_app.http.routes import api_v1, audit, integrations, keys, openai, web
 from serve_app.model_router import ModelRouter
 from serve_app.serving import EmbeddingService, GenerationService
 from serve_app.state.sessions import SessionStore
 from core.settings import Settings
 from serve_app.state.shared_store import RemoteStore
 from serve_app.ops.status import ModelStatus
+from serve_app.state.audit_log import AuditLog
 from serve_app.state.store import make_store
 from serve_app.integrations.telegram import TelegramBot
 from serve_app.integrations.telegram_access import TelegramAccess
@@ -58,6 +59,11 @@ def create_app(
     app.state.generation = GenerationService(router, settings, cache, app.state.sessions)
     quota_clock = QuotaClock(settings.quota_timezone)
     app.state.keys = KeyService(store, router.entries, settings.web_token_keep_s, quota_clock)
+    # Next to the keys it speaks of: in Redis, or (without REDIS_URL) in this replica's memory.
+    app.state.audit = AuditLog.for_store(store, retention_days=settings.audit_retention_days,
+                                         max_entries=settings.audit_max_entries,
+                                         mint_max_entries=settings.audit_mint_max_entries,
+                                         refused_max_entries=settings.audit_refused_max_entries)
     app.state.limiter = RateLimiter(store, settings.rate_limit_per_minute, settings.tokens_per_minute, quota_clock)
     app.state.auth = Authenticator(
         settings.api_keys, settings.api_key_header, app.state.keys, store, settings.store_failure_mode,
@@ -84,6 +90,7 @@ def create_app(
     app.include_router(openai.router)
     app.include_router(keys.router)
     app.include_router(keys.usage_router)
+    app.include_router(audit.router)
     app.include_router(integrations.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")

@@ -20,6 +20,7 @@ from serve_app.model_router import ModelEntry, ModelRouter
 from core.settings import Settings
 from serve_app.ops.metrics import MetricsHub
 from serve_app.ops.status import ModelStatus
+from serve_app.ops.reload_audit import record_reload
 
 
 logger = logging.getLogger("aicore.ingress")
@@ -74,13 +75,20 @@ class Ingress:
         """Model replicas' load events, when this replica keeps the metrics (no hub)."""
         self._app.state.metrics.record_many(events)
 
-    def reconfigure(self, user_config: dict) -> None:
+    async def reconfigure(self, user_config: dict) -> None:
         """`scripts.deploy` sends each model's revision: re-read the changed entries (limits, cache
-        identity, footprint) from models.json. Adding or removing a model needs a full deploy."""
+        identity, footprint) from models.json. Adding or removing a model needs a full deploy.
+        Each reload is recorded in the audit log, its actor the deploy command and the config's
+        revision (`config_revision`, a hash of every model's revision)."""
         revisions = user_config.get("revisions") or {}
         changed = [name for name, rev in revisions.items() if self._revisions.get(name) != rev]
         if not changed or self._context is None or not self._context.config_path:
             return
+        before = dict(self._revisions)
+        self._reload(revisions, changed)
+        await record_reload(self._app.state, user_config, before, self._revisions, self._context.config_path)
+
+    def _reload(self, revisions: dict, changed: list[str]) -> None:
         models = load_models_file(Path(self._context.config_path)).models
         router, control = self._app.state.router, self._app.state.control
         for name in changed:

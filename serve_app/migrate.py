@@ -1,5 +1,5 @@
 """Move an instance's state to another: model configuration, API keys (as hashes), usage, chat sessions,
-the Telegram bot's chats.
+the Telegram bot's chats, the audit log.
 
     python -m serve_app.migrate export --redis redis://old:6379/0 --models models.json -o aicore-export.json
     python -m serve_app.migrate import aicore-export.json --redis redis://new:6379/0 --models-out models.json --dry-run
@@ -7,7 +7,8 @@ the Telegram bot's chats.
     python -m serve_app.migrate import-legacy --keys keys.csv --history chats.jsonl [--apply]
 
 The file is versioned JSON. Keys travel as their SHA-256 records (the keys themselves are never
-stored anywhere), so the same keys authenticate on the new instance. Import refuses to overwrite
+stored anywhere), so the same keys authenticate on the new instance. The audit log's three streams travel
+with their entry ids (so times and `before` cursors stay as they were). Import refuses to overwrite
 anything that exists unless `--force`; `--dry-run` only reports. Response-cache entries and
 rate-limit windows are transient and are not moved. State lives in Redis: an instance without
 REDIS_URL keeps keys and sessions in its process memory, which no tool can read from outside.
@@ -21,6 +22,7 @@ import argparse
 import fnmatch
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,9 +30,12 @@ from typing import Optional
 
 FORMAT, VERSION = "aicore-migration", 1
 # What is moved, and the Redis type each must have: key records, hash index, id set, usage
-# counters, sessions and their per-key index, Telegram chats. Import writes nothing else.
+# counters, sessions and their per-key index, Telegram chats, the audit log's streams (actions,
+# web-token mints, refused attempts). Import writes nothing else.
 KINDS = {"aicore:key:*": "string", "aicore:keyhash:*": "string", "aicore:keys": "set", "aicore:usage:*": "hash",
-         "session:*": "string", "sessions:*": "set", "aicore:telegram:chat:*": "string"}
+         "session:*": "string", "sessions:*": "set", "aicore:telegram:chat:*": "string",
+         "aicore:audit": "stream", "aicore:audit:tokens": "stream", "aicore:audit:refused": "stream"}
+STREAM_ID = re.compile(r"[0-9]{1,15}-[0-9]{1,19}")
 PATTERNS = tuple(KINDS)
 
 
@@ -59,7 +64,8 @@ def export_state(redis_url: str, models_path: Optional[Path]) -> dict:
             kind = client.type(name)
             if kind != KINDS[pattern]:  # not one of ours: import would refuse it
                 continue
-            value = {"string": client.get, "hash": client.hgetall, "set": lambda n: sorted(client.smembers(n))}[kind]
+            value = {"string": client.get, "hash": client.hgetall, "set": lambda n: sorted(client.smembers(n)),
+                     "stream": lambda n: [[entry_id, fields] for entry_id, fields in client.xrange(n)]}[kind]
             ttl_ms = client.pttl(name)
             entries.append({"key": name, "type": kind, "value": value(name), "ttl_ms": ttl_ms if ttl_ms > 0 else None})
     models = json.loads(models_path.read_text()) if models_path else None
@@ -79,7 +85,8 @@ def _check(data: dict) -> None:
         name = entry.get("key") if isinstance(entry, dict) else None
         kind = expected_kind(name) if isinstance(name, str) else None
         if kind is None:
-            raise ValueError(f"entry {index} ({name!r}) is not an AI Core key, key index, usage, session or Telegram chat record")
+            raise ValueError(f"entry {index} ({name!r}) is not an AI Core key, key index, usage, session, "
+                             "Telegram chat record or audit log")
         if entry.get("type") != kind or not _value_fits(kind, entry.get("value")):
             raise ValueError(f"entry {index} ({name!r}) must be a Redis {kind}")
         ttl = entry.get("ttl_ms")
@@ -91,8 +98,19 @@ def _value_fits(kind: str, value) -> bool:
     if kind == "string":
         return isinstance(value, str)
     if kind == "hash":
-        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        return _str_dict(value)
+    if kind == "stream":  # [[id, fields], ...] with ids rising, as XADD takes them
+        if not isinstance(value, list) or not all(
+                isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and STREAM_ID.fullmatch(e[0])
+                and _str_dict(e[1]) and e[1] for e in value):
+            return False
+        ids = [tuple(int(part) for part in e[0].split("-")) for e in value]
+        return all(a < b for a, b in zip(ids, ids[1:]))
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _str_dict(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
 
 
 def write_private(path: Path, text: str, overwrite: bool) -> None:
@@ -132,6 +150,9 @@ def import_state(data: dict, redis_url: str, models_out: Optional[Path], dry_run
             pipe.hset(name, mapping=value)
         elif kind == "set" and value:
             pipe.sadd(name, *value)
+        elif kind == "stream":
+            for entry_id, fields in value:
+                pipe.xadd(name, fields, id=entry_id)
         if entry.get("ttl_ms"):
             pipe.pexpire(name, entry["ttl_ms"])
         pipe.execute()

@@ -2,10 +2,12 @@
 
 Keys are kept only as SHA-256 hashes and compared in constant time. The FastAPI dependencies
 below are the HTTP adapter of the one admission path (serve_app/pipeline.py): `require_key`
-(inference scope), `require_admin`, `require_metrics` (the `metrics` or `admin` scope) and
+(inference scope), `require_admin`, `require_admin_read` (the `admin` or `admin_read` scope: reads
+of keys, usage, jobs and the audit log), `require_metrics` (the `metrics` or `admin` scope) and
 `require_minter` (the `tokens` or `admin` scope) admit the request and count it against the
 key's limits at once; `require_caller` admits a generation, embedding or batch request whose
-limits the service takes once it knows the model and the request's size.
+limits the service takes once it knows the model and the request's size. The admin dependencies
+record a refused attempt (no or a bad key, a missing scope, a key's address) in the audit log.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Optional
 from fastapi import Request
 from starlette.requests import HTTPConnection
 
-from core.errors import AuthenticationFailed, ModelNotFound
+from core.errors import AICoreError, AuthenticationFailed, ModelNotFound
 from core.access_errors import (
     AddressNotAllowed,
+    PermissionDenied,
     KeyDisabled,
     KeyExpired,
     KeyRevoked,
@@ -29,10 +32,13 @@ from serve_app.access.keys import KeyService, StoredKey, hash_key
 from serve_app.access.usage import WEB_TOKENS_OWNER, Quota, quotas_of
 from serve_app.access.netguard import allowed, parse_address, parse_networks
 from serve_app.pipeline import Admission, Outcome, RequestContext
+from serve_app.state.audit_log import REFUSED, Actor
 from serve_app.state.store import Store, StoreUnavailable
 
-__all__ = ["Principal", "Authenticator", "hash_key", "require_key", "require_admin", "require_metrics",
-           "require_minter", "require_caller"]
+__all__ = ["Principal", "Authenticator", "hash_key", "require_key", "require_admin", "require_admin_read",
+           "require_metrics", "require_minter", "require_caller", "require_job_reader", "require_job_canceller"]
+
+BOOTSTRAP_NAME = "API_KEYS"  # the audit log's name of a bootstrap key
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class Principal:
 
     key_id: str
     scopes: frozenset[str] = frozenset({"inference", "admin"})
+    name: Optional[str] = BOOTSTRAP_NAME  # the key's name (the audit log's actor)
     models: Optional[frozenset[str]] = None  # None: every model
     default_model: Optional[str] = None
     priority: str = "interactive"  # of requests that name none
@@ -64,10 +71,14 @@ class Principal:
     def allowed_models(self, names) -> list[str]:
         return [n for n in names if self.may_use(n)]
 
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.key_id, self.name)
+
     @classmethod
     def from_record(cls, record: StoredKey) -> "Principal":
         return cls(
-            key_id=record.id, scopes=frozenset(record.scopes),
+            key_id=record.id, scopes=frozenset(record.scopes), name=record.name,
             models=frozenset(record.models) if record.models is not None else None,
             default_model=record.default_model, priority=record.priority,
             rate_limit_per_minute=record.rate_limit_per_minute,
@@ -148,8 +159,13 @@ def http_context(connection: HTTPConnection, channel: str = "http") -> RequestCo
     return RequestContext(channel, connection.app.state.auth.presented(connection), outcome.client_ip, outcome)
 
 
-async def _admitted(request: Request, *scopes: str, count: bool = True) -> Admission:
-    admission = await request.app.state.pipeline.admit(http_context(request), *scopes)
+async def _admitted(request: Request, *scopes: str, count: bool = True, audited: bool = False) -> Admission:
+    try:
+        admission = await request.app.state.pipeline.admit(http_context(request), *scopes)
+    except (AuthenticationFailed, PermissionDenied) as error:
+        if audited:
+            await _record_refused(request, error)
+        raise
     Outcome.of(request).admissions.append(admission)  # the guard closes it when the response ends
     if count:
         await admission.limit()
@@ -167,12 +183,48 @@ async def require_caller(request: Request) -> Admission:
 
 
 async def require_admin(request: Request) -> Principal:
-    return (await _admitted(request, "admin")).principal
+    """Every change of keys, models, other keys' jobs: the `admin` scope."""
+    return (await _admitted(request, "admin", audited=True)).principal
+
+
+async def require_admin_read(request: Request) -> Principal:
+    """Reads for people who watch but do not operate (keys, usage, jobs, the audit log): `admin_read` or `admin`."""
+    return (await _admitted(request, "admin", "admin_read", audited=True)).principal
 
 
 async def require_minter(request: Request) -> Principal:
     """Minting web tokens: the `tokens` scope (a public site's backend: that and nothing else) or `admin`."""
-    return (await _admitted(request, "tokens", "admin")).principal
+    return (await _admitted(request, "tokens", "admin", audited=True)).principal
+
+
+async def require_job_reader(request: Request) -> Principal:
+    """Batch job listings and status: a key's own jobs (`inference`), or every key's (`admin`, `admin_read`)."""
+    return (await _admitted(request, "inference", "admin", "admin_read")).principal
+
+
+async def require_job_canceller(request: Request) -> Principal:
+    """Cancelling a batch job: a key's own (`inference`), or any (`admin`; `admin_read` changes nothing)."""
+    return (await _admitted(request, "inference", "admin")).principal
+
+
+async def _record_refused(request: Request, error: AICoreError) -> None:
+    """An admin route refused for the key (none, unknown, revoked, disabled, expired, from another
+    address) or its scope: who, as far as the key tells (its id and name when it is a stored key;
+    an unknown key's text is never recorded), from where, which route, why. Refused attempts have
+    their own capped stream (serve_app/state/audit_log.py), so a flood of them stays bounded."""
+    app, outcome = request.app, Outcome.of(request)
+    key_id, name = outcome.key_id, None
+    try:
+        presented = app.state.auth.presented(request)
+        key_id = key_id or (await app.state.keys.id_of(presented) if presented else None)
+        if key_id and key_id not in app.state.auth.bootstrap_ids:
+            name = (await app.state.keys.record(key_id)).name
+    except AICoreError:  # the store is down or the key went away: record what is known
+        pass
+    await app.state.audit.record(
+        Actor(key_id or "anonymous", name), outcome.client_ip, REFUSED, None, outcome="refused",
+        status=error.status, changes={}, route=f"{request.method} {request.url.path}",
+        reason=error.code)
 
 
 async def require_metrics(request: Request) -> Principal:

@@ -37,6 +37,7 @@ _RECORD, _BY_HASH, _IDS, _USAGE = "aicore:key:", "aicore:keyhash:", "aicore:keys
 _WEB_TOKENS = "aicore:webtokens"
 MODIFY_ATTEMPTS = 20  # a record changed this many times while one change is applied: 409
 WEB_TOKEN_KEEP_S = 86400  # default of the setting: an expired web token's entries are kept this long
+Seen = Callable[[KeyView, KeyView], None]  # a change's record before and after, as views
 
 
 def hash_key(key: str) -> str:
@@ -157,7 +158,7 @@ class KeyService:
         """The whole stored record (what admission reads: a web token's minter limits too)."""
         return await self._require(key_id)
 
-    async def update(self, key_id: str, patch: KeyUpdate) -> KeyView:
+    async def update(self, key_id: str, patch: KeyUpdate, seen: Optional[Seen] = None) -> KeyView:
         changes = patch.model_dump(include=patch.model_fields_set)
         for required in ("name", "scopes", "ip_allowlist", "enabled", "priority"):
             if required in changes and changes[required] is None:
@@ -170,17 +171,17 @@ class KeyService:
                 _check_web_token(updated, KeyConflict)
             return updated
 
-        return (await self._modify(key_id, change)).view()
+        return (await self._modify(key_id, change, seen)).view()
 
-    async def revoke(self, key_id: str) -> KeyView:
+    async def revoke(self, key_id: str, seen: Optional[Seen] = None) -> KeyView:
         def change(record: StoredKey) -> StoredKey:
             if record.revoked_at is not None:
                 return record
             return record.model_copy(update={"revoked_at": int(time.time()), "enabled": False})
 
-        return (await self._modify(key_id, change)).view()
+        return (await self._modify(key_id, change, seen)).view()
 
-    async def rotate(self, key_id: str) -> KeyCreated:
+    async def rotate(self, key_id: str, seen: Optional[Seen] = None) -> KeyCreated:
         """A new secret for the same id and settings; the old secret stops working at once."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         old_hashes: list[str] = []
@@ -194,7 +195,7 @@ class KeyService:
 
         # The record (whose hash lookups compare against) changes first: from then on the old
         # secret fails even while its index entry still exists, and a revoke sees the new record.
-        record = await self._modify(key_id, change)
+        record = await self._modify(key_id, change, seen)
         await self.store.set(_BY_HASH + record.hash, key_id, ttl_s=self._keep_s(record))
         await self.store.delete(_BY_HASH + old_hashes[0])
         return KeyCreated(key=key, **record.view().model_dump())
@@ -265,10 +266,12 @@ class KeyService:
             if models is not None and default_model not in models:
                 raise InvalidRequest("default_model must be one of models", param="default_model")
 
-    async def _modify(self, key_id: str, change: Callable[[StoredKey], StoredKey]) -> StoredKey:
+    async def _modify(self, key_id: str, change: Callable[[StoredKey], StoredKey],
+                      seen: Optional[Seen] = None) -> StoredKey:
         """Read-modify-write of one record that never undoes a concurrent change (a revoke during
         an update or a rotate): the write happens only if the record is still what was read,
-        otherwise the change is applied again to the newer record."""
+        otherwise the change is applied again to the newer record. `seen` gets the views before
+        and after of the write that happened (the audit log's before/after: no secret, no hash)."""
         for _ in range(MODIFY_ATTEMPTS):
             raw = await self.store.get(_RECORD + key_id)
             if raw is None:
@@ -276,10 +279,14 @@ class KeyService:
             current = StoredKey.model_validate_json(raw)
             updated = change(current)
             if updated == current:
+                if seen is not None:
+                    seen(current.view(), current.view())
                 return current
             if await self.store.compare_and_set(_RECORD + key_id, raw, updated.model_dump_json()):
                 if updated.web_token:  # the write dropped the record's expiry
                     await self.store.expire(_RECORD + key_id, self._keep_s(updated))
+                if seen is not None:
+                    seen(current.view(), updated.view())
                 return updated
         raise KeyConflict(f"key {key_id!r} is being changed by other requests; try again", param="id")
 

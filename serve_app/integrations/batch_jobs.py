@@ -40,6 +40,7 @@ import time
 import uuid
 from typing import Any, Callable, Optional
 
+from core.access_errors import PermissionDenied
 from core.errors import InvalidRequest
 from core.settings import Settings
 from serve_app.http.protocol.batch import BatchItemResult, BatchRequest
@@ -63,6 +64,11 @@ from serve_app.state.batch_job_records import JobRecord, JobRecords
 from serve_app.state.store import Store, StoreUnavailable
 
 logger = logging.getLogger("aicore.batch_jobs")
+SEES_EVERY_JOB = frozenset({"admin", "admin_read"})  # scopes that list and read every key's jobs
+
+
+def sees_every_job(principal: Any) -> bool:
+    return bool(SEES_EVERY_JOB & principal.scopes)
 
 
 class BatchJobService(BatchJobRunner):
@@ -118,7 +124,7 @@ class BatchJobService(BatchJobRunner):
                    limit: int = 20, after: Optional[str] = None) -> BatchJobList:
         """Jobs newest first, a page of `limit` after the job `after`: every job for an admin
         (`owner`: one key's), a key's own otherwise (another `owner` lists nothing)."""
-        if "admin" not in principal.scopes:
+        if not sees_every_job(principal):
             if owner not in (None, principal.key_id):
                 return BatchJobList(data=[], has_more=False)
             owner = principal.key_id
@@ -147,6 +153,8 @@ class BatchJobService(BatchJobRunner):
 
     async def cancel(self, job_id: str, principal: Any) -> BatchJob:
         record = await self._owned(job_id, principal)
+        if record.owner != principal.key_id and "admin" not in principal.scopes:  # admin_read sees, never changes
+            raise PermissionDenied("this API key lacks the 'admin' scope: only an admin cancels another key's job")
         if record.status not in TERMINAL:
             await self.records.update(job_id, {"cancel_requested": "1"})
             job = self.jobs.get(job_id)
@@ -175,7 +183,7 @@ class BatchJobService(BatchJobRunner):
 
     async def _owned(self, job_id: str, principal: Any) -> JobRecord:
         record = await self.records.load(job_id) if re.fullmatch(JOB_ID_PATTERN, job_id) else None
-        if record is None or (record.owner != principal.key_id and "admin" not in principal.scopes):
+        if record is None or (record.owner != principal.key_id and not sees_every_job(principal)):
             raise JobNotFound(f"batch job {job_id!r} does not exist", param="job_id")
         return await self._check_alive(record)
 

@@ -101,6 +101,17 @@ def test_one_model_is_replaced_while_both_stream(app):
     assert finished_cleanly(kept_out)  # the other model never noticed
     assert app.entry(DEFAULT)["pid"] == kept_pid  # and was not restarted
 
+    # The reload is in the audit log: by the deploy command, with the config's revision.
+    def reloads():
+        r = httpx.get(app.base_url + "/api/v1/audit", params={"action": "config.reload"},
+                      headers={"X-API-Key": KEY}, timeout=60)
+        return r.json()["data"]
+    assert app.wait(lambda: reloads())
+    [entry] = reloads()
+    assert entry["actor_id"] == "scripts.deploy" and entry["actor_name"].startswith("config ")
+    assert entry["outcome"] == "ok" and entry["target"] == "models.json"
+    assert list(entry["changes"]) == [f"revision.{SWAPPED}"]
+
     # The new replica serves the new entry: no max_tokens given, the new default applies.
     r = httpx.post(app.base_url + "/v1/completions", headers={"X-API-Key": KEY}, timeout=300,
                    json={"model": SWAPPED, "prompt": "Hello", "ignore_eos": True})

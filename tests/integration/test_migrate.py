@@ -16,6 +16,7 @@ from serve_app.access.auth import Authenticator
 from serve_app.state.chat_history import ChatHistory
 from serve_app.access.keys import KeyService
 from serve_app.http.protocol.keys import KeyCreate
+from serve_app.state.audit_log import REFUSED, Actor, AuditLog, Query
 from serve_app.state.sessions import SessionStore
 from serve_app.state.store import RedisStore
 from tests.integration.redis_process import RedisProcess
@@ -49,9 +50,15 @@ def test_export_import_keeps_keys_and_sessions(instances, tmp_path):
         await telegram.set_model("4211", models[0])
         await telegram.append("4211", [{"role": "user", "content": "ahoy"}, {"role": "assistant", "content": "hi Ann"}])
         await telegram.first_delivery(829301457)  # transient: not exported
-        return created
+        audit = AuditLog.for_store(store)
+        await audit.record(Actor("boot-1", "API_KEYS"), "10.0.0.1", "key.create", created.id, status=201,
+                           changes={"name": {"before": None, "after": "telegram-bot"}})
+        await audit.record(Actor("anonymous"), "10.0.0.9", REFUSED, None, outcome="refused", status=401,
+                           route="GET /api/v1/keys", reason="invalid_api_key")
+        return created, (await audit.page(Query()))[0]
 
-    created = asyncio.run(populate())
+    created, audit_entries = asyncio.run(populate())
+    assert [e["action"] for e in audit_entries] == [REFUSED, "key.create"]
     export = tmp_path / "export.json"
     done = _cli("export", "--redis", old.url, "--models", str(ROOT / "models.json"), "-o", str(export))
     assert done.returncode == 0, done.stderr
@@ -78,6 +85,7 @@ def test_export_import_keeps_keys_and_sessions(instances, tmp_path):
         assert chat.model == models[0] and [m["content"] for m in chat.messages] == ["ahoy", "hi Ann"]
         assert 0 < await store.ttl("aicore:telegram:chat:4211") <= 3600  # it still expires when idle
         assert await ChatHistory(store).first_delivery(829301457)  # update ids are not moved
+        assert (await AuditLog.for_store(store).page(Query()))[0] == audit_entries  # same ids, times, entries
 
     asyncio.run(check_new_instance())
 
@@ -118,6 +126,9 @@ def test_export_file_is_readable_by_its_owner_only(instances, tmp_path):
     ({"key": "aicore:keys", "type": "string", "value": "x"}, "must be a Redis set"),
     ({"key": "aicore:usage:key-1", "type": "string", "value": "x"}, "must be a Redis hash"),
     ({"key": "aicore:key:key-1", "type": "string", "value": {"a": "b"}}, "must be a Redis string"),
+    ({"key": "aicore:audit", "type": "stream", "value": [["2-0", {"e": "{}"}], ["1-0", {"e": "{}"}]]},
+     "must be a Redis stream"),
+    ({"key": "aicore:audit:reload:a:b", "type": "string", "value": "1"}, "is not an AI Core key"),
 ])
 def test_import_refuses_entries_that_are_not_ours(instances, tmp_path, entry, complaint):
     _, new = instances

@@ -8,13 +8,14 @@ import asyncio
 
 import pytest
 
-from core.access_errors import RateLimited
+from core.access_errors import PermissionDenied, RateLimited
 from core.errors import InvalidRequest
 from serve_app.integrations.batch import prepare
 from serve_app.state.batch_job_records import JobRecord, JobRecords
 from serve_app.integrations.batch_job_common import STALE_BEATS, ResultQuotaExceeded, TooManyBatchJobs, new_job_id
 from serve_app.http.protocol.batch import BatchRequest
 from serve_app.http.protocol.keys import KeyUpdate
+from serve_app.access.auth import Principal
 from serve_app.state.store import MemoryStore
 from tests.unit.batch_jobs_support import (
     ADMIN, BOOT, Runner, _body, _invalid, _key, _service, _submit, _until,
@@ -216,4 +217,23 @@ def test_results_expire_with_the_job_and_it_leaves_the_listing(make_store):
         assert await service.records.results(job.id) == [] and await service.records.load(job.id) is None
         assert (await service.list(owner)).data == []
         assert job.id not in {j.id for j in (await service.list(ADMIN, limit=100)).data}
+    asyncio.run(scenario())
+
+
+def test_admin_read_sees_every_job_and_cancels_none_of_another_keys(make_store):
+    async def scenario():
+        runner = Runner(hold={0})
+        service = _service(make_store(), runner)
+        owner = await _key(service)
+        viewer = Principal(key_id="key-viewer", scopes=frozenset({"inference", "admin_read"}))
+        running = await _submit(service, _body(1), owner)
+        await _until(lambda: runner.started == [0])
+        assert running.id in [j.id for j in (await service.list(viewer, limit=100)).data]
+        assert (await service.get(running.id, viewer)).status == "running"
+        with pytest.raises(PermissionDenied, match="'admin'"):
+            await service.cancel(running.id, viewer)
+        assert (await service.get(running.id, owner)).status == "running"
+        assert (await service.cancel(running.id, owner)).status == "cancelled"  # its own key may
+        runner.release.set()
+        await service.shutdown()
     asyncio.run(scenario())

@@ -6,6 +6,7 @@ import json
 import yaml
 
 from scripts.deploy import render
+from serve_app.ops.reload_audit import config_revision
 from tests.conftest import ROOT
 
 
@@ -35,6 +36,10 @@ def test_one_changed_entry_changes_one_override(tmp_path, monkeypatch):
     assert old["model-minilm-l6-v2"] != new["model-minilm-l6-v2"]
     env = new["model-minilm-l6-v2"]["ray_actor_options"]["runtime_env"]["env_vars"]
     assert env["AICORE_MODEL_REVISION"] == new["ingress"]["user_config"]["revisions"]["minilm-l6-v2"]
+    # The ingress records the reload in the audit log: by this command, with the config's revision.
+    assert new["ingress"]["user_config"]["deployed_by"] == "scripts.deploy"
+    assert new["ingress"]["user_config"]["config_revision"] != old["ingress"]["user_config"]["config_revision"]
+    assert new["ingress"]["user_config"]["config_revision"] == config_revision(new["ingress"]["user_config"]["revisions"])
     args_before, args_after = before["applications"][0]["args"], after["applications"][0]["args"]
     assert args_before == args_after  # same models, same code: no rebuild of the app
 

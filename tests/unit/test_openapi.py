@@ -4,7 +4,7 @@ from pydantic import BaseModel
 
 from scripts.export_openapi import TARGET, openapi_text
 from serve_app.integrations.batch import parse_item
-from serve_app.http.protocol import api_v1, batch, batch_jobs, errors, keys, openai, telegram
+from serve_app.http.protocol import api_v1, audit, batch, batch_jobs, errors, keys, openai, telegram
 
 
 def test_committed_openapi_is_current():
@@ -65,7 +65,7 @@ def test_every_successful_response_has_an_example():
 
 def _protocol_models() -> dict[str, type[BaseModel]]:
     models = {}
-    for module in (api_v1, batch, batch_jobs, errors, keys, openai, telegram):
+    for module in (api_v1, audit, batch, batch_jobs, errors, keys, openai, telegram):
         for name, value in vars(module).items():
             if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == module.__name__:
                 models[name] = value

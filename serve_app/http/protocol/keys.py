@@ -16,9 +16,11 @@ NETWORK_SCHEMA = {"anyOf": [{"type": "string", "pattern": rf"^{_OCTET}(\.{_OCTET
                             {"type": "string", "format": "ipv6"}]}
 _NETWORKS = {"items": NETWORK_SCHEMA}
 
-Scope = Literal["inference", "admin", "metrics", "tokens"]
-SCOPES_DESCRIPTION = ("`inference`, `admin`, `metrics` (read /api/v1/metrics only) and/or `tokens` (mint web tokens "
-                      "only, each within this key's own models and limits: a public site's backend).")
+Scope = Literal["inference", "admin", "admin_read", "metrics", "tokens"]
+SCOPES_DESCRIPTION = ("`inference`, `admin`, `admin_read` (read-only administration: sees keys, usage, every key's "
+                      "batch jobs and the audit log; changes nothing), `metrics` (read /api/v1/metrics only) and/or "
+                      "`tokens` (mint web tokens only, each within this key's own models and limits: a public site's "
+                      "backend).")
 Priority = Literal["interactive", "batch"]
 PRIORITY_DESCRIPTION = ("Priority of the key's requests that name none: `batch` (bulk work such as the email "
                         "bot's) waits behind `interactive` requests and never takes their reserved slots.")

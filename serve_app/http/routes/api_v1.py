@@ -36,6 +36,7 @@ from serve_app.ops.conversations import forget_conversation
 from serve_app.ops.model_metrics import render_model_metrics
 from serve_app.ops.readiness import readiness
 from serve_app.http.replies import generate_response, iso_time, now_iso, summary
+from serve_app.http.routes.audit import audited
 from serve_app.http.routes.common import cache_headers, request_options, streamed
 from serve_app.http.routes.statuses import CHAT, EMBEDDING, GENERATION, KEYED, LOAD, SESSION, links, responses_for
 from serve_app.ops.status import ModelView
@@ -157,12 +158,17 @@ async def _model_state(request: Request, name: str) -> ModelStateResponse:
              responses=responses_for(KEYED, LOAD, {202: {"model": ModelStateResponse}}))
 async def load_model(body: ModelLoadRequest, request: Request, principal: Principal = Depends(require_admin)):
     """Load a model now (admin). Idempotent: a loaded model answers 200 at once."""
-    entry = request.app.state.router.resolve(body.model, may_use=principal.may_use)
-    state, replicas = await request.app.state.control.load(entry.name, wait=body.wait)
-    if not body.wait and state != "ready":
-        reply = ModelStateResponse(model=entry.name, state=state, replicas=replicas)
-        return JSONResponse(reply.model_dump(), status_code=202)
-    return await _model_state(request, entry.name)
+    async with audited(request, principal, "model.load", body.model) as action:
+        entry = request.app.state.router.resolve(body.model, may_use=principal.may_use)
+        action.target, before = entry.name, await _model_state(request, entry.name)
+        state, replicas = await request.app.state.control.load(entry.name, wait=body.wait)
+        if not body.wait and state != "ready":
+            reply = ModelStateResponse(model=entry.name, state=state, replicas=replicas)
+            action.status = 202
+        else:
+            reply = await _model_state(request, entry.name)
+        action.seen(before.model_dump(exclude={"model"}), reply.model_dump(exclude={"model"}))
+    return JSONResponse(reply.model_dump(), status_code=202) if action.status == 202 else reply
 
 
 @router.post("/models/unload", response_model=ModelStateResponse,
@@ -171,14 +177,19 @@ async def unload_model(body: ModelUnloadRequest, request: Request, principal: Pr
     """Unload a model (admin): drain its requests (or cancel them with `force`), free its memory.
     Idempotent. The next request loads it again unless `disable` was given. `wait: false`
     answers 202 at once and unloads in the background."""
-    entry, control = request.app.state.router.resolve(body.model, may_use=principal.may_use), request.app.state.control
-    if not body.wait:
-        control.start_unload(entry.name, force=body.force, disable=body.disable)
-        reply = ModelStateResponse(model=entry.name, state="unloading", replicas=(await control.replicas(entry.name))[1],
-                                   disabled=body.disable)
-        return JSONResponse(reply.model_dump(), status_code=202)
-    await control.unload(entry.name, force=body.force, disable=body.disable)
-    return await _model_state(request, entry.name)
+    async with audited(request, principal, "model.disable" if body.disable else "model.unload", body.model) as action:
+        entry, control = request.app.state.router.resolve(body.model, may_use=principal.may_use), request.app.state.control
+        action.target, before = entry.name, await _model_state(request, entry.name)
+        if not body.wait:
+            control.start_unload(entry.name, force=body.force, disable=body.disable)
+            reply = ModelStateResponse(model=entry.name, state="unloading",
+                                       replicas=(await control.replicas(entry.name))[1], disabled=body.disable)
+            action.status = 202
+        else:
+            await control.unload(entry.name, force=body.force, disable=body.disable)
+            reply = await _model_state(request, entry.name)
+        action.seen(before.model_dump(exclude={"model"}), reply.model_dump(exclude={"model"}))
+    return JSONResponse(reply.model_dump(), status_code=202) if action.status == 202 else reply
 
 
 @router.get("/health", response_model=HealthResponse)

@@ -7,7 +7,7 @@ from typing import Optional, Union
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 
-from serve_app.access.auth import Principal, require_caller, require_key
+from serve_app.access.auth import Principal, require_caller, require_job_canceller, require_job_reader
 from serve_app.integrations.batch_jobs import ResultQuotaExceeded, TooManyBatchJobs
 from serve_app.pipeline import Admission, Outcome
 from serve_app.http.protocol.batch import BatchRequest, BatchResponse
@@ -15,6 +15,7 @@ from serve_app.http.protocol.batch_jobs import (
     JOB_ID_PATTERN, LIST_LIMIT_MAX, TERMINAL, BatchJob, BatchJobList, BatchJobRequest, JobStatus,
 )
 from serve_app.http.protocol.telegram import TgNoReply, TgSendMessage, TgUpdate
+from serve_app.http.routes.audit import audited
 from serve_app.http.routes.statuses import BODY, JOB, KEYED, QUERY, WEBHOOK, links, responses_for
 
 router = APIRouter(prefix="/api/v1")
@@ -50,22 +51,22 @@ async def submit_batch_job(body: BatchJobRequest, request: Request, admission: A
 @router.get("/generate/batch/jobs", response_model=BatchJobList, response_model_exclude_none=True,
             responses=responses_for(KEYED, QUERY))
 async def list_batch_jobs(
-    request: Request, principal: Principal = Depends(require_key),
+    request: Request, principal: Principal = Depends(require_job_reader),
     owner: Optional[str] = Query(None, max_length=64, description="Jobs of this key id only (admins; "
                                  "another key lists only its own jobs, whatever this says)."),
     status: Optional[JobStatus] = Query(None, description="Jobs in this status only."),
     limit: int = Query(20, ge=1, le=LIST_LIMIT_MAX, description="Jobs on this page."),
     after: Optional[str] = Query(None, pattern=JOB_ID_PATTERN, description="The `last_id` of the previous page."),
 ):
-    """Jobs newest first, without their results: every job for a key with the `admin` scope,
-    a key's own otherwise. Kept jobs only (BATCH_JOB_TTL_S)."""
+    """Jobs newest first, without their results: every job for a key with the `admin` or `admin_read`
+    scope, a key's own otherwise. Kept jobs only (BATCH_JOB_TTL_S)."""
     jobs = await request.app.state.batch_jobs.list(principal, owner=owner, status=status, limit=limit, after=after)
     return JSONResponse(jobs.model_dump(mode="json", exclude_none=True))
 
 
 @router.get("/generate/batch/jobs/{job_id}", response_model=BatchJob, response_model_exclude_none=True,
             responses=responses_for(KEYED, QUERY, JOB))
-async def get_batch_job(job_id: str, request: Request, principal: Principal = Depends(require_key),
+async def get_batch_job(job_id: str, request: Request, principal: Principal = Depends(require_job_reader),
                         results: bool = Query(True, description="false: status and counts only.")):
     return _job(await request.app.state.batch_jobs.get(job_id, principal, with_results=results))
 
@@ -73,9 +74,16 @@ async def get_batch_job(job_id: str, request: Request, principal: Principal = De
 @router.post("/generate/batch/jobs/{job_id}/cancel", response_model=BatchJob, responses=responses_for(KEYED, JOB, {202: {
     "model": BatchJob, "description": "Cancel requested; the job has not reached its final state yet: poll it.",
 }}))
-async def cancel_batch_job(job_id: str, request: Request, principal: Principal = Depends(require_key)):
-    job = await request.app.state.batch_jobs.cancel(job_id, principal)
-    return _job(job, 200 if job.status in TERMINAL else 202)
+async def cancel_batch_job(job_id: str, request: Request, principal: Principal = Depends(require_job_canceller)):
+    """Cancel a job: the submitting key's own, or any job with the `admin` scope (recorded in the audit log)."""
+    jobs = request.app.state.batch_jobs
+    # A job this key cannot see (404) is not recorded: any inference key could fill the log with those.
+    before = await jobs.get(job_id, principal, with_results=False)
+    async with audited(request, principal, "job.cancel", job_id) as action:
+        job = await jobs.cancel(job_id, principal)
+        action.status = 200 if job.status in TERMINAL else 202
+        action.seen({"status": before.status}, {"status": job.status})
+    return _job(job, action.status)
 
 
 def telegram_secret(request: Request, x_telegram_bot_api_secret_token: Optional[str] = Header(None)) -> None:

@@ -1,6 +1,8 @@
-"""HTTP routes of key management (`/api/v1/keys`: the admin scope; minting web tokens: the `tokens`
-or `admin` scope) and of usage over time (`/api/v1/usage`: admin); the logic lives in
-serve_app/access/keys.py and serve_app/access/usage.py."""
+"""HTTP routes of key management (`/api/v1/keys`: changes need the admin scope, reads `admin` or
+`admin_read`; minting web tokens: the `tokens` or `admin` scope) and of usage over time
+(`/api/v1/usage`: `admin` or `admin_read`); the logic lives in serve_app/access/keys.py and
+serve_app/access/usage.py. Every change and mint is recorded in the audit log, with the key's
+fields before and after (never its secret or hash)."""
 
 from __future__ import annotations
 
@@ -9,17 +11,18 @@ from typing import Literal, Optional
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from serve_app.access.auth import Principal, require_admin, require_minter
+from serve_app.access.auth import Principal, require_admin, require_admin_read, require_minter
 from serve_app.access.keys import Minter
 from serve_app.access.usage import MAX_BUCKETS, quota_fields, series_csv
 from serve_app.http.protocol.keys import (
     KEY_LIST_LIMIT_DEFAULT, KEY_LIST_LIMIT_MAX, KeyCreate, KeyCreated, KeyList, KeyUpdate, KeyUsage, KeyView,
     UsageSeries, UsageStep, WebTokenCreate,
 )
+from serve_app.http.routes.audit import audited
 from serve_app.http.routes.statuses import BODY, KEY, KEY_CHANGE, KEYED, QUERY, links, responses_for
 
 router = APIRouter(prefix="/api/v1/keys")
-ADMIN = [Depends(require_admin)]
+READER = [Depends(require_admin_read)]
 
 
 def _keys(request: Request):
@@ -29,12 +32,16 @@ def _keys(request: Request):
 _KEY = "/api/v1/keys/{key_id}"
 
 
-@router.post("", response_model=KeyCreated, status_code=201, dependencies=ADMIN,
+@router.post("", response_model=KeyCreated, status_code=201,
              responses=responses_for(KEYED, BODY, links(
     201, GetKey=("get", _KEY, "/id"), UpdateKey=("patch", _KEY, "/id"), RotateKey=("post", _KEY + "/rotate", "/id"),
     KeyUsage=("get", _KEY + "/usage", "/id"), RevokeKey=("delete", _KEY, "/id"))))
-async def create_key(body: KeyCreate, request: Request):
-    return await _keys(request).create(body)
+async def create_key(body: KeyCreate, request: Request, principal: Principal = Depends(require_admin)):
+    async with audited(request, principal, "key.create") as action:
+        created = await _keys(request).create(body)
+        action.target, action.status = created.id, 201
+        action.seen(None, created)
+    return created
 
 
 @router.post("/web-tokens", response_model=KeyCreated, status_code=201, responses=responses_for(KEYED, BODY))
@@ -43,7 +50,11 @@ async def mint_web_token(body: WebTokenCreate, request: Request, principal: Prin
     Needs the `tokens` scope (minting only) or `admin`; a managed key's token stays within that key's
     own models, requests and tokens per minute, expiry and priority (a model outside them: 400
     `model_not_found`, as for one that does not exist; a limit above them: 400)."""
-    return await _keys(request).mint_web_token(body, _minter(request, principal))
+    async with audited(request, principal, "web_token.mint") as action:
+        minted = await _keys(request).mint_web_token(body, _minter(request, principal))
+        action.target, action.status = minted.id, 201
+        action.seen(None, minted)
+    return minted
 
 
 def _minter(request: Request, principal: Principal) -> Minter | None:
@@ -55,7 +66,7 @@ def _minter(request: Request, principal: Principal) -> Minter | None:
                   principal.priority, quota_fields(principal.quotas))
 
 
-@router.get("", response_model=KeyList, dependencies=ADMIN, responses=responses_for(KEYED, QUERY))
+@router.get("", response_model=KeyList, dependencies=READER, responses=responses_for(KEYED, QUERY))
 async def list_keys(
     request: Request,
     limit: int = Query(KEY_LIST_LIMIT_DEFAULT, ge=1, le=KEY_LIST_LIMIT_MAX, description="Keys on this page."),
@@ -68,28 +79,34 @@ async def list_keys(
     return await _keys(request).page(limit, after=after, search=search)
 
 
-@router.get("/{key_id}", response_model=KeyView, dependencies=ADMIN, responses=responses_for(KEYED, KEY))
+@router.get("/{key_id}", response_model=KeyView, dependencies=READER, responses=responses_for(KEYED, KEY))
 async def get_key(key_id: str, request: Request):
     return await _keys(request).get(key_id)
 
 
-@router.patch("/{key_id}", response_model=KeyView, dependencies=ADMIN, responses=responses_for(KEYED, BODY, KEY_CHANGE))
-async def update_key(key_id: str, body: KeyUpdate, request: Request):
-    return await _keys(request).update(key_id, body)
+@router.patch("/{key_id}", response_model=KeyView, responses=responses_for(KEYED, BODY, KEY_CHANGE))
+async def update_key(key_id: str, body: KeyUpdate, request: Request, principal: Principal = Depends(require_admin)):
+    async with audited(request, principal, "key.update", key_id) as action:
+        view = await _keys(request).update(key_id, body, seen=action.seen)
+        enabled = action.changes.get("enabled")
+        if enabled is not None:  # turned off or on (other fields may change with it: all are in `changes`)
+            action.name = "key.enable" if enabled["after"] else "key.disable"
+        return view
 
 
-@router.delete("/{key_id}", response_model=KeyView, dependencies=ADMIN, responses=responses_for(KEYED, KEY_CHANGE))
-async def revoke_key(key_id: str, request: Request):
-    return await _keys(request).revoke(key_id)
+@router.delete("/{key_id}", response_model=KeyView, responses=responses_for(KEYED, KEY_CHANGE))
+async def revoke_key(key_id: str, request: Request, principal: Principal = Depends(require_admin)):
+    async with audited(request, principal, "key.revoke", key_id) as action:
+        return await _keys(request).revoke(key_id, seen=action.seen)
 
 
-@router.post("/{key_id}/rotate", response_model=KeyCreated, dependencies=ADMIN,
-             responses=responses_for(KEYED, KEY_CHANGE))
-async def rotate_key(key_id: str, request: Request):
-    return await _keys(request).rotate(key_id)
+@router.post("/{key_id}/rotate", response_model=KeyCreated, responses=responses_for(KEYED, KEY_CHANGE))
+async def rotate_key(key_id: str, request: Request, principal: Principal = Depends(require_admin)):
+    async with audited(request, principal, "key.rotate", key_id) as action:
+        return await _keys(request).rotate(key_id, seen=action.seen)
 
 
-@router.get("/{key_id}/usage", response_model=KeyUsage, dependencies=ADMIN, responses=responses_for(KEYED, KEY))
+@router.get("/{key_id}/usage", response_model=KeyUsage, dependencies=READER, responses=responses_for(KEYED, KEY))
 async def key_usage(key_id: str, request: Request):
     bootstrap = key_id in request.app.state.auth.bootstrap_ids
     return await _keys(request).usage(key_id, known=bootstrap)
@@ -101,7 +118,7 @@ _CSV_EXAMPLE = ("time,key_id,model,requests,errors,prompt_tokens,completion_toke
                 "1795309200,key-7f3a9c2e51d04b86,smollm2-135m-instruct,41,1,5120,8044\n")
 
 
-@usage_router.get("", response_model=UsageSeries, dependencies=ADMIN, responses=responses_for(
+@usage_router.get("", response_model=UsageSeries, dependencies=READER, responses=responses_for(
         KEYED, QUERY, {200: {"content": {"text/csv": {"schema": {"type": "string"}, "example": _CSV_EXAMPLE}},
                              "description": "The series (format=csv: a header row, then one row per bucket, key "
                              "and model; cells starting with = + - @ are prefixed with ')."}}))
