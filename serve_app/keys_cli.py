@@ -68,16 +68,16 @@ def _web_token_fields(args: argparse.Namespace) -> dict:
 
 LIST_PAGE = 200  # the API's largest page of keys
 CONSOLE_LINK_TTL_S = 900
-# The console link's key has what a bootstrap key has: `admin` for the console's buttons, `inference`
-# because the models list and the batch jobs list (GET /api/v1/models, /generate/batch/jobs) ask for it.
-CONSOLE_LINK_SCOPES = ["admin", "inference"]
+# The console link's key operates (`admin`) or, with --read-only, watches (`admin_read`); neither
+# can run a model: the console needs no `inference`.
+CONSOLE_LINK_SCOPES = {False: ["admin"], True: ["admin_read"]}
 
 
 def _console_link(args: argparse.Namespace) -> int:
     """A new admin key that expires in --ttl seconds, in the fragment of a link to /admin: a browser
     never sends the fragment (so it stays out of proxy logs), and the page moves it to sessionStorage."""
     status, payload = _call(args.url, args.admin_key, "POST", "", {
-        "name": args.name, "scopes": CONSOLE_LINK_SCOPES, "expires_in_s": args.ttl})
+        "name": args.name, "scopes": CONSOLE_LINK_SCOPES[args.read_only], "expires_in_s": args.ttl})
     if status >= 400:
         print(json.dumps(payload, indent=2), file=sys.stderr)
         return 1
@@ -138,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     link = commands.add_parser("console-link", help="mint a short-lived admin key and print a link to /admin")
     link.add_argument("--ttl", type=int, default=CONSOLE_LINK_TTL_S, help="seconds until it expires (default 900)")
     link.add_argument("--name", default="console-link")
+    link.add_argument("--read-only", action="store_true", help="an admin_read key: sees everything, changes nothing")
     commands.add_parser("list", help="every key (all pages)")
     for name in ("show", "usage", "rotate", "revoke"):
         commands.add_parser(name).add_argument("id")

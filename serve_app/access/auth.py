@@ -36,7 +36,8 @@ from serve_app.state.audit_log import REFUSED, Actor
 from serve_app.state.store import Store, StoreUnavailable
 
 __all__ = ["Principal", "Authenticator", "hash_key", "require_key", "require_admin", "require_admin_read",
-           "require_metrics", "require_minter", "require_caller", "require_job_reader", "require_job_canceller"]
+           "require_metrics", "require_minter", "require_caller", "require_job_reader", "require_job_canceller",
+           "require_model_viewer"]
 
 BOOTSTRAP_NAME = "API_KEYS"  # the audit log's name of a bootstrap key
 
@@ -228,5 +229,10 @@ async def _record_refused(request: Request, error: AICoreError) -> None:
 
 
 async def require_metrics(request: Request) -> Principal:
-    """Metrics list every key id and its usage: `metrics` (a scraper's key) or `admin`."""
-    return (await _admitted(request, "metrics", "admin")).principal
+    """Metrics list every key id and its usage: `metrics` (a scraper's key), `admin` or `admin_read`."""
+    return (await _admitted(request, "metrics", "admin", "admin_read")).principal
+
+
+async def require_model_viewer(request: Request) -> Principal:
+    """The model list with states and replicas: callers (`inference`) and operators (`admin`, `admin_read`)."""
+    return (await _admitted(request, "inference", "admin", "admin_read")).principal

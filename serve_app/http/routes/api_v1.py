@@ -9,7 +9,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from core.errors import SessionNotFound
-from serve_app.access.auth import Principal, require_admin, require_caller, require_key, require_metrics
+from serve_app.access.auth import (
+    Principal, require_admin, require_caller, require_key, require_metrics, require_model_viewer,
+)
 from serve_app.pipeline import Admission
 from serve_app.state.store import StoreUnavailable
 from core.logs import request_id_var
@@ -116,7 +118,7 @@ async def embeddings(body: EmbedRequest, request: Request, admission: Admission 
 
 
 @router.get("/models", response_model=ModelsResponse, responses=responses_for(KEYED))
-async def models(request: Request, principal: Principal = Depends(require_key)):
+async def models(request: Request, principal: Principal = Depends(require_model_viewer)):
     views = await _views(request)
     admin = "admin" in principal.scopes  # a failed model's reason (Ray's text: paths, tracebacks): admins only
     listing = []
