@@ -6,8 +6,11 @@ taken in headless Chromium over the DevTools protocol (Page.captureScreenshot).
     # or start one here (Redis and SmolLM2 only), seed it, shoot, stop it:
     .venv/bin/python -m scripts.console_screenshots --start
 
-`--seed` makes a demo key, one chat request with it and one batch job first, so the screens are
-not empty (it changes the server: use a test server).
+`--seed` makes demo keys, a few chat requests with one (until a small daily token quota on it is
+reached, so its next request is refused with quota_exceeded), revokes another, and submits one
+batch job first, so every screen shows real data: the usage chart, a full quota bar (the keys
+screen's picture shows the demo key's usage), audit entries (it changes the server: use a test
+server).
 """
 
 from __future__ import annotations
@@ -33,22 +36,36 @@ START_KEY = "console-screenshots-admin-key"
 SCREENS = {
     "models": "document.querySelectorAll('#models-table tbody tr').length > 0",
     "keys": "document.querySelectorAll('#keys-table tbody tr').length > 0",
-    "usage": "document.getElementById('usage-body').childElementCount > 0",
+    "usage": "document.querySelectorAll('#usage-body svg.chart rect').length > 0",
     "jobs": "document.querySelectorAll('#jobs-table tbody tr').length > 0",
-    "audit": "document.getElementById('audit-body').childElementCount > 0",
+    "audit": "document.querySelectorAll('#audit-table tbody tr').length > 0",
 }
+DEMO_KEY = "telegram-bot"
+DAILY_TOKEN_QUOTA = 120
 
 
 def seed(url: str, admin_key: str) -> None:
+    """Demo keys; chat requests with one until its daily token quota refuses the next (429
+    quota_exceeded); another key revoked; a batch job: each screen then has something to show."""
     with httpx.Client(base_url=url, headers={"X-API-Key": admin_key}, timeout=300) as admin:
-        demo = admin.post("/api/v1/keys", json={"name": "telegram-bot", "owner": "ops@example.com",
-                                                "rate_limit_per_minute": 60, "tokens_per_minute": 20000})
+        demo = admin.post("/api/v1/keys", json={"name": DEMO_KEY, "owner": "ops@example.com",
+                                                "rate_limit_per_minute": 60, "tokens_per_minute": 20000,
+                                                "daily_token_quota": DAILY_TOKEN_QUOTA})
         demo.raise_for_status()
-        admin.post("/api/v1/keys", json={"name": "email-bot", "owner": "ops@example.com", "priority": "batch"})
-        chat = httpx.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {demo.json()['key']}"},
-                          json={"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}],
-                                "max_tokens": 8}, timeout=300)
-        chat.raise_for_status()
+        email = admin.post("/api/v1/keys", json={"name": "email-bot", "owner": "ops@example.com",
+                                                 "priority": "batch"})
+        email.raise_for_status()
+        headers = {"Authorization": f"Bearer {demo.json()['key']}"}
+        for prompt in ("Say hi.", "Name a colour.", "Count to three.", "Say bye.", "Name a fruit.", "Say yes."):
+            chat = httpx.post(url + "/v1/chat/completions", headers=headers, timeout=300,
+                              json={"model": MODEL, "messages": [{"role": "user", "content": prompt}],
+                                    "max_tokens": 8})
+            if chat.status_code == 429:
+                break  # the quota reached: this refusal shows as an error in the usage chart
+            chat.raise_for_status()
+        old = admin.post("/api/v1/keys", json={"name": "old-demo", "owner": "ops@example.com"})
+        old.raise_for_status()
+        admin.delete(f"/api/v1/keys/{old.json()['id']}").raise_for_status()
         admin.post("/api/v1/generate/batch/jobs", json={"items": [
             {"id": "a", "prompt": "One, two,", "max_tokens": 4}]}).raise_for_status()
 
@@ -66,6 +83,11 @@ def shoot(url: str, admin_key: str, out: Path) -> list[Path]:
         for screen, loaded in SCREENS.items():
             browser.js(f"document.querySelector('#tabs button[data-screen={screen}]').click(); true")
             _poll(browser, loaded)
+            if screen == "keys":  # the demo key's usage and quota bars under the list
+                browser.js("(() => { const row = [...document.querySelectorAll('#keys-table tbody tr')]"
+                           f".find((tr) => tr.querySelector('td.name').textContent === {json.dumps(DEMO_KEY)});"
+                           " if (row) row.querySelector('button.usage').click(); return true; })()")
+                _poll(browser, "document.querySelector('#key-usage .quota') !== null")
             time.sleep(0.3)  # let the layout settle before the picture
             shot = browser.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
             path = out / f"console-{screen}.png"
@@ -107,7 +129,7 @@ def main() -> None:
     parser.add_argument("--url", default=os.environ.get("AICORE_URL", "http://127.0.0.1:8000"))
     parser.add_argument("--admin-key", default=os.environ.get("AICORE_ADMIN_KEY"))
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
-    parser.add_argument("--seed", action="store_true", help="make demo keys, a request and a batch job first")
+    parser.add_argument("--seed", action="store_true", help="make demo keys, requests (one key up to its quota), a revocation and a batch job first")
     parser.add_argument("--start", action="store_true", help="start a server (and Redis) here; implies --seed")
     args = parser.parse_args()
     if args.start:

@@ -1,7 +1,12 @@
 """The operator's console (/admin) in a real headless Chromium against a real server and Redis:
-log in, create a key (shown once) and use it with the `openai` package, see its usage, edit and
-rotate it, revoke it and see the client refused; the console link's fragment logs in and leaves the address bar; the
-jobs screen lists a job; the models screen unloads a model. Values render as text, never markup."""
+log in, create a key (shown once) and use it with the `openai` package, see its usage (the keys
+screen's counters, the usage screen's chart and rows, equal to GET /api/v1/usage), edit and rotate
+it, set a daily token quota from the page and see the next request refused (429 quota_exceeded)
+and the key's quota bar full, revoke it and see the client refused and the revocation (and the
+creation) in the audit screen; the console link's fragment logs in and leaves the address bar, its
+`admin` key sees the models, jobs, usage and audit screens and unloads a model; a `--read-only`
+link (`admin_read`) sees the screens and its changes are refused (403) and then hidden. Values
+render as text, never markup."""
 
 from __future__ import annotations
 
@@ -78,8 +83,85 @@ def log_in(browser: Browser, url: str, key: str) -> None:
 
 
 def open_screen(browser: Browser, name: str) -> None:
+    body = f"document.getElementById('{name}-body')"  # usage and audit: filled once their call answered
+    if name in ("usage", "audit"):
+        browser.js(f"{body}.replaceChildren(); true")
     browser.js(f"document.querySelector('#tabs button[data-screen={name}]').click(); true")
     wait_for(browser, f"!document.getElementById('screen-{name}').hidden", f"{name} screen shown")
+    if name in ("usage", "audit"):
+        wait_for(browser, f"{body}.childElementCount > 0", f"{name} screen filled")
+
+
+def fill_and_submit(browser: Browser, form: str, values: dict[str, str]) -> None:
+    """Set the inputs by id and submit the form `form` (its submit handler calls the API)."""
+    sets = "".join(f"document.getElementById({json.dumps(k)}).value = {json.dumps(v)};" for k, v in values.items())
+    browser.js(f"{sets} document.getElementById({json.dumps(form)}).requestSubmit(); true")
+
+
+def show_usage(browser: Browser, key_id: str = "", model: str = "") -> None:
+    """Filter the usage screen (already shown and filled) and wait for its new answer."""
+    browser.js("document.getElementById('usage-body').replaceChildren(); true")
+    fill_and_submit(browser, "usage-form", {"usage-key": key_id, "usage-model": model})
+    wait_for(browser, "document.getElementById('usage-body').childElementCount > 0", "the usage screen filled")
+
+
+def usage_totals(admin: httpx.Client, key_id: str) -> dict[str, int]:
+    """The key's requests, errors and tokens over the last hour, per minute, from GET /api/v1/usage."""
+    end = int(time.time()) + 1
+    rows = admin.get("/api/v1/usage", params={"key_id": key_id, "start": end - 3600, "end": end,
+                                              "step": "minute"}).json()["data"]
+    assert all(row["key_id"] == key_id for row in rows)
+    return {field: sum(row[field] for row in rows)
+            for field in ("requests", "errors", "prompt_tokens", "completion_tokens")}
+
+
+def page_usage_row(browser: Browser, key_id: str):
+    """The usage screen's row for the key, as {requests, errors, prompt, completion, tokens}, or None."""
+    return browser.js(f"""(() => {{
+        const row = document.querySelector('#usage-keys tr[data-key={json.dumps(key_id)}]');
+        if (!row) return null;
+        const n = (c) => Number(row.querySelector('td.' + c).textContent.replace(/,/g, ''));
+        return {{requests: n('requests'), errors: n('errors'), prompt: n('prompt'), completion: n('completion'),
+                 tokens: n('tokens')}};
+    }})()""")
+
+
+def audit_rows(browser: Browser) -> list[dict]:
+    return browser.js("""[...document.querySelectorAll('#audit-table tbody tr')].map((tr) => ({
+        id: tr.dataset.entry, action: tr.querySelector('td.action').textContent,
+        target: tr.querySelector('td.target').textContent, outcome: tr.querySelector('td.outcome').textContent,
+        changes: tr.querySelector('td.changes').textContent}))""")
+
+
+def show_audit(browser: Browser, **filters: str) -> list[dict]:
+    """Filter the audit screen (actor, action, target) and the rows it then shows."""
+    browser.js("document.getElementById('audit-body').replaceChildren(); true")
+    fill_and_submit(browser, "audit-form", {"audit-actor": filters.get("actor", ""),
+                                            "audit-action": filters.get("action", ""),
+                                            "audit-target": filters.get("target", "")})
+    wait_for(browser, "document.getElementById('audit-body').childElementCount > 0", "the audit screen filled")
+    return audit_rows(browser)
+
+
+def mint_link(url: str, *flags: str) -> tuple[str, str, str]:
+    """`keys_cli console-link`: the link, its key and the key's id (printed on stderr)."""
+    env = {**os.environ, "AICORE_URL": url, "AICORE_ADMIN_KEY": ADMIN_KEY, "PYTHONPATH": str(ROOT)}
+    minted = subprocess.run([sys.executable, "-m", "serve_app.keys_cli", "console-link", "--ttl", "600", *flags],
+                            env=env, capture_output=True, text=True, check=True)
+    link = minted.stdout.strip()
+    assert link.startswith(url + "/admin#token=aic-"), minted.stdout
+    key_id = minted.stderr.split()[1]
+    assert key_id.startswith("key-"), minted.stderr
+    return link, link.split("#token=", 1)[1], key_id
+
+
+def open_link(browser: Browser, url: str, link: str, token: str) -> None:
+    browser.call("Page.navigate", url=link)
+    wait_for(browser, "location.pathname === '/admin' && document.getElementById('tabs')?.hidden === false",
+             "logged in by the link")
+    assert browser.js("location.href") == url + "/admin"  # the fragment is gone from the address bar
+    assert browser.js("location.hash") == ""
+    assert browser.js("sessionStorage.getItem('aicore.admin_key')") == token
 
 
 def key_row(key_id: str) -> str:
@@ -125,6 +207,12 @@ def test_a_key_made_in_the_console_works_shows_its_usage_and_stops_when_revoked(
     assert browser.js("document.getElementById('new-key-value').textContent") == ""
     assert secret not in browser.js("document.body.textContent")
 
+    # the usage screen, filtered to the new key: nothing yet (its creation was the admin's request)
+    open_screen(browser, "usage")
+    show_usage(browser, created["id"])
+    assert browser.js("document.querySelector('#usage-body .usage-none') !== null")
+    assert browser.js("document.querySelectorAll('#usage-body svg.chart rect').length") == 0
+
     client = openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0, timeout=300)
     reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi."}],
                                            max_tokens=5, temperature=0)
@@ -138,7 +226,26 @@ def test_a_key_made_in_the_console_works_shows_its_usage_and_stops_when_revoked(
     }})()""", "usage counted")
     assert int(counted[0]) == 1 and int(counted[1].replace(",", "")) == used
 
+    # the usage screen: the chart has bars now, and the key's row says what GET /api/v1/usage says
+    for _ in range(600):  # the series is written at the request's end: poll the API until it has it
+        totals = usage_totals(admin, created["id"])
+        if totals["requests"] >= 1:
+            break
+        time.sleep(0.1)
+    assert totals == {"requests": 1, "errors": 0, "prompt_tokens": reply.usage.prompt_tokens,
+                      "completion_tokens": reply.usage.completion_tokens}, totals
+    open_screen(browser, "usage")
+    show_usage(browser, created["id"], MODEL)
+    assert page_usage_row(browser, created["id"]) == {
+        "requests": totals["requests"], "errors": totals["errors"], "prompt": totals["prompt_tokens"],
+        "completion": totals["completion_tokens"], "tokens": used}
+    assert browser.js("document.querySelectorAll('#usage-keys tbody tr').length") == 1
+    assert browser.js("document.querySelectorAll('#usage-body svg.chart rect').length") >= 2  # both charts moved
+    assert browser.js("document.querySelectorAll('#usage-body img').length") == 0
+
     # edit: the form comes filled with the key's fields; only what changed differs afterwards
+    open_screen(browser, "keys")
+    wait_for(browser, f"{key_row(created['id'])}", "the key listed again")
     browser.js(f"{key_row(created['id'])}.querySelector('button.edit').click(); true")
     assert browser.js("document.getElementById('key-form').elements.rate_limit_per_minute.value") == "100"
     browser.js("""(() => {
@@ -164,6 +271,41 @@ def test_a_key_made_in_the_console_works_shows_its_usage_and_stops_when_revoked(
     client = openai.OpenAI(base_url=url + "/v1", api_key=rotated, max_retries=0, timeout=300)
     assert client.models.list().data[0].id == MODEL
 
+    # a daily token quota below what the key used today, set from the edit form: the next request is
+    # refused (429 quota_exceeded) and the key's tokens-day bar is full
+    wait_for(browser, f"{key_row(created['id'])}", "the key listed after the rotation")
+    browser.js(f"{key_row(created['id'])}.querySelector('button.edit').click(); true")
+    assert browser.js("document.getElementById('key-form').elements.daily_token_quota.value") == ""
+    browser.js("""(() => {
+        const form = document.getElementById('key-form');
+        form.elements.daily_token_quota.value = '1';
+        form.requestSubmit();
+        return true;
+    })()""")
+    wait_for(browser, f"document.getElementById('notice').textContent === 'key {created['id']} saved'",
+             "quota saved")
+    quoted = admin.get(f"/api/v1/keys/{created['id']}").json()
+    assert quoted["daily_token_quota"] == 1 and quoted["rate_limit_per_minute"] == 120
+    with pytest.raises(openai.RateLimitError) as over:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=5)
+    assert over.value.status_code == 429 and over.value.code == "quota_exceeded", over.value.body
+    quota = next(q for q in admin.get(f"/api/v1/keys/{created['id']}/usage").json()["quotas"]
+                 if q["name"] == "tokens-day")
+    assert quota["limit"] == 1 and quota["used"] >= quota["limit"] and quota["used"] == used, quota
+    wait_for(browser, f"{key_row(created['id'])}", "the key listed after the quota")
+    browser.js(f"{key_row(created['id'])}.querySelector('button.usage').click(); true")
+    bar = f"document.querySelector('#key-usage[data-id={json.dumps(created['id'])}] [data-quota=tokens-day]')"
+    wait_for(browser, bar, "the quota bar shown")
+    shown = browser.js(f"""(() => {{
+        const bar = {bar}, track = bar.querySelector('[role=progressbar]'), fill = bar.querySelector('.fill');
+        return {{text: bar.querySelector('.quota-text').textContent, full: bar.classList.contains('full'),
+                 width: fill.style.width, ratio: fill.getBoundingClientRect().width / track.getBoundingClientRect().width,
+                 now: Number(track.getAttribute('aria-valuenow')), max: Number(track.getAttribute('aria-valuemax'))}};
+    }})()""")
+    assert shown["full"] and shown["width"] == "100%" and abs(shown["ratio"] - 1) < 0.01, shown
+    assert shown["now"] == shown["max"] == quota["limit"], shown
+    assert shown["text"].startswith(f"tokens-day: {quota['used']:,} of {quota['limit']:,} used (reached"), shown
+
     browser.js(f"{key_row(created['id'])}.querySelector('button.revoke').click(); true")
     wait_for(browser, f"{key_row(created['id'])} && "
              f"{key_row(created['id'])}.querySelector('td.state').textContent === 'revoked'", "key revoked")
@@ -172,24 +314,32 @@ def test_a_key_made_in_the_console_works_shows_its_usage_and_stops_when_revoked(
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=5)
     assert refused.value.status_code == 401
 
+    # the audit screen: the revocation and the creation of the key, each filterable by action
+    open_screen(browser, "audit")
+    revokes = show_audit(browser, action="key.revoke", target=created["id"])
+    logged = admin.get("/api/v1/audit", params={"action": "key.revoke", "target": created["id"]}).json()["data"]
+    assert [r["id"] for r in revokes] == [e["id"] for e in logged] and len(revokes) == 1, revokes
+    assert revokes[0]["action"] == "key.revoke" and revokes[0]["target"] == created["id"]
+    assert revokes[0]["outcome"].startswith("ok") and "revoked_at" in revokes[0]["changes"]
+    creates = show_audit(browser, action="key.create", target=created["id"])
+    assert [(r["action"], r["target"]) for r in creates] == [("key.create", created["id"])], creates
+    assert XSS_NAME in creates[0]["changes"]  # the name, as text
+    updates = show_audit(browser, action="key.update", target=created["id"])
+    assert {r["action"] for r in updates} == {"key.update"} and len(updates) == 2, updates
+    assert any("daily_token_quota: null → 1" in r["changes"] for r in updates), updates
+    every = show_audit(browser, target=created["id"])
+    assert {"key.create", "key.update", "key.rotate", "key.revoke"} <= {r["action"] for r in every}, every
+    assert browser.js("document.querySelectorAll('#audit-body img').length") == 0
+    assert browser.js("window.__pwned === undefined")
+
 
 def test_the_console_link_logs_in_lists_jobs_and_unloads_a_model(url, browser, admin):
     job = admin.post("/api/v1/generate/batch/jobs", json={"items": [
         {"id": "a", "prompt": "One, two,", "max_tokens": 4, "temperature": 0, "cache": False}]})
     assert job.status_code == 202, job.text
-    env = {**os.environ, "AICORE_URL": url, "AICORE_ADMIN_KEY": ADMIN_KEY, "PYTHONPATH": str(ROOT)}
-    minted = subprocess.run([sys.executable, "-m", "serve_app.keys_cli", "console-link", "--ttl", "600"],
-                            env=env, capture_output=True, text=True, check=True)
-    link = minted.stdout.strip()
-    assert link.startswith(url + "/admin#token=aic-"), minted.stdout
-    token = link.split("#token=", 1)[1]
-
-    browser.call("Page.navigate", url=link)
-    wait_for(browser, "location.pathname === '/admin' && document.getElementById('tabs')?.hidden === false",
-             "logged in by the link")
-    assert browser.js("location.href") == url + "/admin"  # the fragment is gone from the address bar
-    assert browser.js("location.hash") == ""
-    assert browser.js("sessionStorage.getItem('aicore.admin_key')") == token
+    link, token, link_id = mint_link(url)
+    assert admin.get(f"/api/v1/keys/{link_id}").json()["scopes"] == ["admin"]  # no inference
+    open_link(browser, url, link, token)
 
     open_screen(browser, "jobs")
     row = f"document.querySelector('#jobs-table tr[data-job={json.dumps(job.json()['id'])}]')"
@@ -197,12 +347,15 @@ def test_the_console_link_logs_in_lists_jobs_and_unloads_a_model(url, browser, a
     # submitted by the bootstrap key, listed for the link's own (another admin) key
     assert browser.js(f"{row}.cells[1].textContent") == job.json()["owner"]
 
-    # endpoints this server lacks (usage, audit: other parts of the API) are said so, not a crash
-    for screen, body in (("usage", "usage-body"), ("audit", "audit-body")):
-        open_screen(browser, screen)
-        expected = ("usage" if screen == "usage" else "audit log") + ": not available on this server"
-        wait_for(browser, f"document.getElementById('{body}').textContent === {json.dumps(expected)}",
-                 f"{screen} not available")
+    # usage: every key's, the link's own key among them (its console calls are its requests)
+    open_screen(browser, "usage")
+    show_usage(browser, link_id)
+    assert page_usage_row(browser, link_id)["requests"] >= 1
+    assert browser.js("document.querySelectorAll('#usage-body svg.chart rect').length") >= 2
+    # audit: the link key's creation, by the bootstrap key
+    open_screen(browser, "audit")
+    created = show_audit(browser, action="key.create", target=link_id)
+    assert [(r["action"], r["target"]) for r in created] == [("key.create", link_id)], created
 
     open_screen(browser, "models")
     model_row = f"document.querySelector('#models-table tr[data-model={json.dumps(MODEL)}]')"
@@ -213,3 +366,46 @@ def test_the_console_link_logs_in_lists_jobs_and_unloads_a_model(url, browser, a
              "the model shown unloaded", polls=6000)
     states = {m["name"]: m["state"] for m in admin.get("/api/v1/models").json()["models"]}
     assert states[MODEL] == "unloaded"
+    open_screen(browser, "audit")
+    unloads = show_audit(browser, action="model.unload", actor=link_id)
+    assert [(r["action"], r["target"]) for r in unloads] == [("model.unload", MODEL)], unloads
+
+
+def test_a_read_only_link_sees_the_screens_and_its_changes_are_refused(url, browser, admin):
+    victim = admin.post("/api/v1/keys", json={"name": "read-only-target", "owner": "console-read-only"}).json()
+    link, token, link_id = mint_link(url, "--read-only")
+    assert admin.get(f"/api/v1/keys/{link_id}").json()["scopes"] == ["admin_read"]
+    open_link(browser, url, link, token)
+    states = {m["name"]: m["state"] for m in admin.get("/api/v1/models").json()["models"]}
+
+    open_screen(browser, "models")
+    model_row = f"document.querySelector('#models-table tr[data-model={json.dumps(MODEL)}]')"
+    wait_for(browser, model_row, "the model listed")
+    assert browser.js(f"{model_row}.querySelector('td.state').textContent").startswith(states[MODEL])
+    open_screen(browser, "jobs")
+    wait_for(browser, "document.querySelectorAll('#jobs-table tbody tr').length > 0", "jobs listed")
+    open_screen(browser, "usage")
+    show_usage(browser, link_id)
+    assert page_usage_row(browser, link_id)["requests"] >= 1
+    open_screen(browser, "keys")
+    fill_and_submit(browser, "keys-search", {"keys-query": "console-read-only"})
+    wait_for(browser, key_row(victim["id"]), "the key listed")
+
+    # a change is refused by the API (403), said so, and the change buttons are hidden from then on
+    assert browser.js(f"getComputedStyle({key_row(victim['id'])}.querySelector('button.revoke')).display") != "none"
+    browser.js(f"window.__aicoreConfirm = true; {key_row(victim['id'])}.querySelector('button.revoke').click(); true")
+    wait_for(browser, "document.getElementById('notice').textContent.includes('(403')", "the revoke refused")
+    assert browser.js("document.body.classList.contains('read-only')")
+    for change in ("revoke", "edit", "rotate", "toggle"):
+        assert browser.js(f"getComputedStyle({key_row(victim['id'])}.querySelector('button.{change}')).display") \
+            == "none", change
+    assert browser.js("getComputedStyle(document.getElementById('key-form-box')).display") == "none"
+    assert admin.get(f"/api/v1/keys/{victim['id']}").json()["revoked_at"] is None
+    open_screen(browser, "models")
+    wait_for(browser, model_row, "the model listed again")
+    assert browser.js(f"getComputedStyle({model_row}.querySelector('button.unload')).display") == "none"
+    # the refusal is in the audit log, which the read-only key may read
+    open_screen(browser, "audit")
+    refusals = show_audit(browser, action="admin.refused", actor=link_id)
+    assert refusals and {r["action"] for r in refusals} == {"admin.refused"}, refusals
+    assert any(f"/api/v1/keys/{victim['id']}" in r["outcome"] for r in refusals), refusals

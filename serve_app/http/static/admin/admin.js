@@ -72,7 +72,7 @@ function notice(text, ok) {
   box.hidden = !text;
 }
 
-// Run an action, report its refusal as the API worded it (a 404 of an endpoint this server lacks: said so).
+// Run an action, report its refusal as the API worded it (message, status and error code).
 async function attempt(action, done) {
   try {
     const result = await action();
@@ -82,15 +82,6 @@ async function attempt(action, done) {
     notice(error instanceof ApiError ? `${error.message} (${error.status}${error.code ? " " + error.code : ""})`
       : String(error));
     return undefined;
-  }
-}
-
-const NOT_AVAILABLE = "not available on this server";
-// An endpoint another part of the server may not have yet: its 404 is shown, not thrown.
-async function optional(path) {
-  try { return await api("GET", path); } catch (error) {
-    if (error instanceof ApiError && error.status === 404 && error.code !== "key_not_found") return null;
-    throw error;
   }
 }
 

@@ -79,25 +79,35 @@ async function showKeyUsage(key) {
   const lines = [el("h3", {}, `Usage of ${key.name} (${key.id})`),
     el("p", {}, `${num(usage.requests)} requests, ${num(usage.errors)} errors, ${num(usage.prompt_tokens)} prompt + `
       + `${num(usage.completion_tokens)} completion tokens; last used ${time(usage.last_used_at) || "never"}`)];
-  for (const quota of usage.quotas || []) lines.push(quotaBar(quota));
-  if (!usage.quotas) lines.push(el("p", { class: "muted" }, "quotas: " + NOT_AVAILABLE));
+  for (const quota of usage.quotas) lines.push(quotaBar(quota));
+  if (!usage.quotas.length) lines.push(el("p", { class: "muted quotas-none" }, "no quotas"));
   box.replaceChildren(...lines);
+  box.dataset.id = key.id;
   box.hidden = false;
 }
 
+// One quota (GET /api/v1/keys/{id}/usage: name, limit, used, resets_at) as a bar: full (and red)
+// once used reaches the limit, when the API refuses the key's next request (quota_exceeded).
 function quotaBar(quota) {
-  const share = quota.limit ? Math.min(1, quota.used / quota.limit) : 0;
-  const fill = el("div", { class: "fill" + (share > 0.9 ? " high" : "") });
+  const share = quota.limit > 0 ? Math.min(1, quota.used / quota.limit) : 0;
+  const full = quota.limit > 0 && quota.used >= quota.limit;
+  const fill = el("div", { class: "fill" + (full ? " full" : share > 0.9 ? " high" : "") });
   fill.style.width = (share * 100).toFixed(1) + "%";  // CSSOM, not a style attribute: allowed by the CSP
-  return el("div", { class: "quota" }, `${quota.name}: ${num(quota.used)} of ${num(quota.limit)}`
-    + (quota.resets_at ? `, resets ${time(quota.resets_at)}` : ""), el("div", { class: "track" }, fill));
+  const track = el("div", { class: "track" }, fill);
+  track.setAttribute("role", "progressbar");
+  track.setAttribute("aria-valuemin", "0");
+  track.setAttribute("aria-valuemax", String(quota.limit));
+  track.setAttribute("aria-valuenow", String(Math.min(quota.used, quota.limit)));
+  return el("div", { class: "quota" + (full ? " full" : ""), data: { quota: quota.name } },
+    el("span", { class: "quota-text" }, `${quota.name}: ${num(quota.used)} of ${num(quota.limit)} used`
+      + (full ? " (reached: requests refused)" : "") + (quota.resets_at ? `, resets ${time(quota.resets_at)}` : "")),
+    track);
 }
 
 // -- the create / edit form -------------------------------------------------------------
 const LIST_FIELDS = ["models", "ip_allowlist"];
 const NUMBER_FIELDS = ["rate_limit_per_minute", "tokens_per_minute", "expires_in_s", "expires_at",
   "daily_token_quota", "monthly_token_quota", "daily_request_quota", "monthly_request_quota"];
-const QUOTAS = NUMBER_FIELDS.slice(4);
 const TEXT_FIELDS = ["name", "owner", "default_model", "priority"];
 
 function formValues(form) {
@@ -116,14 +126,12 @@ function formValues(form) {
   return values;
 }
 
-// What to send: on create, the fields given; on edit, every field this key has (null clears it)
-// and a quota only where the server has quotas (the key shows the field) or one was typed.
+// What to send: on create, the fields given; on edit, every field (null clears it: no quota).
 function keyBody(values, key) {
   const body = {};
   for (const [name, value] of Object.entries(values)) {
     if (name === "expires_in_s" && key) continue;
     if (key) {
-      if (QUOTAS.includes(name) && !(name in key) && value === null) continue;
       if (name === "ip_allowlist" && value === null) body[name] = [];
       else body[name] = value;
     } else if (value !== null) body[name] = value;

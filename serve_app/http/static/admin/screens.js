@@ -55,30 +55,35 @@ const RANGES = { hour: [3600, "minute"], day: [86400, "hour"], month: [30 * 8640
 
 async function showUsage() {
   const [span, step] = RANGES[$("usage-range").value];
-  const end = Math.floor(Date.now() / 1000);
-  const usage = await optional("/api/v1/usage" + query({
+  const end = Math.floor(Date.now() / 1000) + 1;  // end is exclusive: this second's requests included
+  const usage = await api("GET", "/api/v1/usage" + query({
     start: end - span, end, step, key_id: $("usage-key").value.trim(), model: $("usage-model").value.trim(),
   }));
   const body = $("usage-body");
-  if (usage === null) { body.replaceChildren(el("p", { class: "muted" }, "usage: " + NOT_AVAILABLE)); return; }
   const buckets = new Map(), byKey = new Map();
   for (const row of usage.data) {
     const tokens = row.prompt_tokens + row.completion_tokens;
     const bucket = buckets.get(row.time) || { tokens: 0, errors: 0, requests: 0 };
     bucket.tokens += tokens; bucket.requests += row.requests; bucket.errors += row.errors;
     buckets.set(row.time, bucket);
-    const key = byKey.get(row.key_id) || { requests: 0, tokens: 0 };
-    key.requests += row.requests; key.tokens += tokens;
+    const key = byKey.get(row.key_id) || { requests: 0, errors: 0, prompt: 0, completion: 0, tokens: 0 };
+    key.requests += row.requests; key.errors += row.errors; key.prompt += row.prompt_tokens;
+    key.completion += row.completion_tokens; key.tokens += tokens;
     byKey.set(row.key_id, key);
   }
   const top = [...byKey.entries()].sort((a, b) => b[1].tokens - a[1].tokens).slice(0, 10);
+  const cell = (name, value) => el("td", { class: name }, num(value));
   body.replaceChildren(
     el("h3", {}, "Tokens per " + step), barChart(buckets, "tokens", usage.start, usage.end),
     el("h3", {}, "Requests per " + step + " (errors in red)"), barChart(buckets, "requests", usage.start, usage.end),
     el("h3", {}, "Top keys"),
-    el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Key"), el("th", {}, "Requests"), el("th", {}, "Tokens"))),
-      el("tbody", {}, top.map(([id, k]) => el("tr", {}, el("td", {}, id), el("td", {}, num(k.requests)),
-        el("td", {}, num(k.tokens)))))));
+    top.length ? el("table", { id: "usage-keys" },
+      el("thead", {}, el("tr", {}, ["Key", "Requests", "Errors", "Prompt tokens", "Completion tokens", "Tokens"]
+        .map((h) => el("th", {}, h)))),
+      el("tbody", {}, top.map(([id, k]) => el("tr", { data: { key: id } }, el("td", { class: "key" }, id),
+        cell("requests", k.requests), cell("errors", k.errors), cell("prompt", k.prompt),
+        cell("completion", k.completion), cell("tokens", k.tokens)))))
+      : el("p", { class: "muted usage-none" }, "no requests in this range"));
 }
 screens.usage = showUsage;
 $("usage-form").addEventListener("submit", (event) => { event.preventDefault(); attempt(showUsage); });
@@ -141,24 +146,28 @@ let auditBefore = null;
 const unix = (input) => (input.value ? Math.floor(new Date(input.value).getTime() / 1000) : "");
 
 async function showAudit(older) {
-  const log = await optional("/api/v1/audit" + query({
+  const log = await api("GET", "/api/v1/audit" + query({
     actor_id: $("audit-actor").value.trim(), action: $("audit-action").value.trim(),
     target: $("audit-target").value.trim(), since: unix($("audit-since")), until: unix($("audit-until")),
     limit: 100, before: older ? auditBefore : "",
   }));
   const body = $("audit-body");
-  if (log === null) { body.replaceChildren(el("p", { class: "muted" }, "audit log: " + NOT_AVAILABLE)); return; }
   auditBefore = log.next_before;
   $("audit-more").disabled = !log.next_before;
-  const rows = log.data.map((entry) => el("tr", {},
-    el("td", {}, time(entry.time)), el("td", {}, entry.actor_name || "", el("div", { class: "muted" }, entry.actor_id || "")),
-    el("td", {}, entry.client_ip || ""), el("td", {}, entry.action), el("td", {}, entry.target || ""),
-    el("td", {}, `${entry.outcome || ""} ${entry.status ?? ""}`),
-    el("td", {}, Object.entries(entry.changes || {}).map(([field, c]) =>
+  const rows = log.data.map((entry) => el("tr", { data: { entry: entry.id, action: entry.action, target: entry.target ?? "" } },
+    el("td", { class: "time" }, time(entry.time)),
+    el("td", { class: "actor" }, entry.actor_name || "", el("div", { class: "muted" }, entry.actor_id || "")),
+    el("td", { class: "address" }, entry.client_ip || ""), el("td", { class: "action" }, entry.action),
+    el("td", { class: "target" }, entry.target || ""),
+    el("td", { class: "outcome outcome-" + (entry.outcome || "") }, `${entry.outcome || ""} ${entry.status ?? ""}`.trim(),
+      entry.route ? el("div", { class: "muted" }, entry.route) : null,
+      entry.reason ? el("div", { class: "muted" }, entry.reason) : null),
+    el("td", { class: "changes" }, Object.entries(entry.changes || {}).map(([field, c]) =>
       el("div", {}, `${field}: ${JSON.stringify(c.before)} → ${JSON.stringify(c.after)}`)))));
   const table = older && body.querySelector("tbody");
   if (table) { table.append(...rows); return; }
-  body.replaceChildren(el("table", {}, el("thead", {}, el("tr", {}, ["Time", "Actor", "Address", "Action", "Target",
+  if (!rows.length) { body.replaceChildren(el("p", { class: "muted audit-none" }, "no entries")); return; }
+  body.replaceChildren(el("table", { id: "audit-table" }, el("thead", {}, el("tr", {}, ["Time", "Actor", "Address", "Action", "Target",
     "Outcome", "Changes"].map((h) => el("th", {}, h)))), el("tbody", {}, rows)));
 }
 screens.audit = () => showAudit(false);
