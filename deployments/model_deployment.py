@@ -13,17 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Optional
 
+from core.errors import AICoreError, BackendFailure, ModelUnloaded
+from core.load_events import ModelLoadEvent, report_load
+from core.logs import configure_logging, request_id_var
+from core.types import EmbeddingResult, GenerationChunk, GenerationRequest
+from deployments import lifecycle
 from deployments.backends import get_backend
 from deployments.config import ModelConfig, load_models_file
-from deployments import lifecycle
-from core.errors import AICoreError, BackendFailure, ModelUnloaded
 from deployments.memory import node_memory
 from deployments.ray_net import bind_replica_grpc_to_node_ip
 from deployments.streaming import coalesce, load_scaled_interval
-from core.types import EmbeddingResult, GenerationChunk, GenerationRequest
 from deployments.weights import resolve_weights, weights_revision
-from core.logs import configure_logging, request_id_var
-from core.load_events import ModelLoadEvent, report_load
 
 logger = logging.getLogger("aicore.model")
 

@@ -40,8 +40,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deployments.config import load_models_file
 from deployments.weights import resolve_weights
-from scripts.bench_concurrency import (KEY, MODEL, PARALLEL, _raise_on_sigterm, machine, markdown_table, percent,
-                                       ratio, seconds)
+from scripts.bench_concurrency import (
+    KEY,
+    MODEL,
+    PARALLEL,
+    _raise_on_sigterm,
+    machine,
+    markdown_table,
+    percent,
+    ratio,
+    seconds,
+)
 from scripts.llama_server import LlamaServer, check_runs, ensure_binary
 from scripts.machine_load import OtherLoad
 from scripts.serve_process import ROOT, ServeProcess

@@ -31,8 +31,8 @@ from typing import Callable, Optional
 from deployments.config import load_models_file
 from deployments.weights import resolve_weights
 from scripts.llama_server import LlamaServer, check_runs, ensure_binary
-from scripts.serve_process import ROOT, ServeProcess
 from scripts.machine_load import OtherLoad
+from scripts.serve_process import ROOT, ServeProcess
 from scripts.stream_load import run_load
 
 MODEL = "smollm2-135m-instruct"

@@ -45,12 +45,12 @@ def app_args(model_config_path: str, model_names, revision: str | None = None) -
 
 
 def render(source: Path, revision: str | None = None) -> dict:
+    from core.settings import Settings
     from deployments.config import load_models_file
     from deployments.memory import footprint
     from deployments.model_deployment import ReplicaContext, entry_revision
     from serve_app.builder import deployment_name, model_actor_options
     from serve_app.ops.reload_audit import config_revision
-    from core.settings import Settings
 
     config = yaml.safe_load(source.read_text())
     app = config["applications"][0]

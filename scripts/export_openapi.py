@@ -13,9 +13,9 @@ import json
 import sys
 from pathlib import Path
 
+from core.settings import Settings
 from serve_app.app import create_app
 from serve_app.model_router import ModelRouter
-from core.settings import Settings
 from serve_app.ops.status import ModelStatus
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from core.types import GenerationRequest, SamplingParams
 from deployments.backends import get_backend
 from deployments.config import ModelConfig
-from core.types import GenerationRequest, SamplingParams
 
 
 async def _run(backend, adapter=None, tokens=64):

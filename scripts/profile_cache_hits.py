@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 from scripts.bench_cache import BODY, KEY, PATH, check
-from scripts.noop_serve_app import IMPORT_PATH as NOOP
 from scripts.cpu_per_request import TICKS_PER_S, cpu_ticks
+from scripts.noop_serve_app import IMPORT_PATH as NOOP
 from scripts.profile_request_path import processes, pyspy, top_frames
 from scripts.serve_process import ServeProcess
 from scripts.wrk_load import lua_script, run_wrk

@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from scripts.haproxy_mode import HAProxyRun
 from core.settings import Settings
+from scripts.haproxy_mode import HAProxyRun
 from serve_app.http.proxy_http import IMPORT_PATH as PROXY_CALLBACK
 
 ROOT = Path(__file__).resolve().parent.parent

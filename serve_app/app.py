@@ -8,33 +8,33 @@ from typing import Any, Optional
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from core.settings import Settings
 from serve_app.access.auth import Authenticator
-from serve_app.integrations.batch import BatchService
-from serve_app.integrations.batch_jobs import BatchJobService
-from serve_app.state.cache import ResponseCache
-from serve_app.state.chat_history import ChatHistory
+from serve_app.access.keys import KeyService
+from serve_app.access.ratelimit import RateLimiter
+from serve_app.access.usage import QuotaClock
 from serve_app.http.cors import ConfiguredCORS
 from serve_app.http.errors import install_error_handlers
 from serve_app.http.guard import GuardMiddleware
-from serve_app.access.keys import KeyService
-from serve_app.ops.metrics import MetricsRecorder, QuotaEvent
 from serve_app.http.middleware import RequestContextMiddleware
-from serve_app.ops.model_control import ModelControl
-from serve_app.pipeline import Pipeline
 from serve_app.http.openapi import install_openapi
-from serve_app.access.ratelimit import RateLimiter
-from serve_app.access.usage import QuotaClock
 from serve_app.http.routes import api_v1, audit, integrations, keys, openai, web
-from serve_app.model_router import ModelRouter
-from serve_app.serving import EmbeddingService, GenerationService
-from serve_app.state.sessions import SessionStore
-from core.settings import Settings
-from serve_app.state.shared_store import RemoteStore
-from serve_app.ops.status import ModelStatus
-from serve_app.state.audit_log import AuditLog
-from serve_app.state.store import make_store
+from serve_app.integrations.batch import BatchService
+from serve_app.integrations.batch_jobs import BatchJobService
 from serve_app.integrations.telegram import TelegramBot
 from serve_app.integrations.telegram_access import TelegramAccess
+from serve_app.model_router import ModelRouter
+from serve_app.ops.metrics import MetricsRecorder, QuotaEvent
+from serve_app.ops.model_control import ModelControl
+from serve_app.ops.status import ModelStatus
+from serve_app.pipeline import Pipeline
+from serve_app.serving import EmbeddingService, GenerationService
+from serve_app.state.audit_log import AuditLog
+from serve_app.state.cache import ResponseCache
+from serve_app.state.chat_history import ChatHistory
+from serve_app.state.sessions import SessionStore
+from serve_app.state.shared_store import RemoteStore
+from serve_app.state.store import make_store
 
 
 def create_app(

@@ -14,18 +14,17 @@ from ray import serve
 from ray.serve.config import AutoscalingConfig as RayAutoscaling
 from ray.serve.config import AutoscalingPolicy, RequestRouterConfig
 
+from core.logs import configure_logging
+from core.settings import Settings
 from deployments.config import ModelConfig, ModelsFile, load_models_file
 from deployments.lifecycle import ModelScalingPolicy
 from deployments.memory import footprint
 from deployments.model_deployment import REVISION_ENV, ModelDeployment, ReplicaContext, entry_revision
 from deployments.routing import ConversationRouter
-from serve_app.ingress import INGRESS_NAME, Ingress, ModelSpec
-from core.logs import configure_logging
 from serve_app.access.content_filter import ContentPolicy
-from serve_app.hub import Hub
 from serve_app.access.netguard import parse_networks
-from core.settings import Settings
-
+from serve_app.hub import Hub
+from serve_app.ingress import INGRESS_NAME, Ingress, ModelSpec
 
 # The ingress's Serve options; scripts/noop_serve_app.py gives its no-op the same (a like-for-like floor).
 INGRESS_SERVE_OPTIONS = {

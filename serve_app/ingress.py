@@ -10,18 +10,17 @@ from typing import Any, Optional
 
 from ray import serve
 
+from core.logs import configure_logging
+from core.settings import Settings
 from deployments.config import ModelConfig, load_models_file
 from deployments.memory import footprint
 from deployments.model_deployment import ReplicaContext, entry_revision
 from deployments.ray_net import bind_replica_grpc_to_node_ip
 from serve_app.app import create_app
-from core.logs import configure_logging
 from serve_app.model_router import ModelEntry, ModelRouter
-from core.settings import Settings
 from serve_app.ops.metrics import MetricsHub
-from serve_app.ops.status import ModelStatus
 from serve_app.ops.reload_audit import record_reload
-
+from serve_app.ops.status import ModelStatus
 
 logger = logging.getLogger("aicore.ingress")
 

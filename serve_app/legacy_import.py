@@ -213,8 +213,8 @@ def run(keys_path: Optional[Path], history_path: Optional[Path], redis_url: str,
     MODEL_CONFIG_PATH) from the environment, as the server reads them."""
     import asyncio
 
-    from deployments.config import load_models_file
     from core.settings import Settings
+    from deployments.config import load_models_file
     from serve_app.state.store import RedisStore
 
     settings = Settings()

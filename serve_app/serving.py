@@ -8,33 +8,33 @@ before the first token can still become a proper HTTP error, not a broken stream
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, replace
-import logging
 from typing import Awaitable, Callable, Optional
 
+from core.access_errors import TooManyMessages
 from core.errors import (
     ContextLengthExceeded,
     InvalidRequest,
     ModelUnavailable,
     PromptTooLong,
 )
+from core.settings import Settings
 from core.types import (
     EmbeddingResult,
     GenerationRequest,
     GenerationResult,
     SamplingParams,
 )
-from core.access_errors import TooManyMessages
-from serve_app.state.cache import ResponseCache, cache_key, wants_cache
 from serve_app.access.content_filter import ContentPolicy
 from serve_app.choices import Choices
 from serve_app.generation import Generation, OnClose, OnComplete, next_chunk
+from serve_app.http.protocol.api_v1 import MAX_EMBEDDING_INPUTS
 from serve_app.model_router import ModelEntry, ModelRouter
 from serve_app.pipeline import Admission, token_bound
-from serve_app.http.protocol.api_v1 import MAX_EMBEDDING_INPUTS
+from serve_app.state.cache import ResponseCache, cache_key, wants_cache
 from serve_app.state.sessions import SessionStore, SessionTurn
-from core.settings import Settings
 from serve_app.state.store import StoreUnavailable
 
 logger = logging.getLogger("aicore.serving")

@@ -17,9 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import AsyncIterator, Callable, ClassVar, Iterator, Optional
 
-from deployments.config import ModelConfig
 from core.errors import InvalidRequest
 from core.types import EmbeddingResult, GenerationChunk, GenerationRequest
+from deployments.config import ModelConfig
 
 logger = logging.getLogger("aicore.backend")
 

@@ -19,10 +19,10 @@ from typing import AsyncIterator, Union
 
 import numpy as np
 
-from deployments.backends.base import Backend, EngineThread
-from deployments.backends.microbatch import MicroBatcher
 from core.errors import ContextLengthExceeded, InvalidRequest
 from core.types import EmbeddingResult, GenerationChunk, GenerationRequest
+from deployments.backends.base import Backend, EngineThread
+from deployments.backends.microbatch import MicroBatcher
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -17,16 +17,16 @@ import logging
 from contextlib import aclosing
 from typing import AsyncIterator
 
+from core.errors import InvalidRequest
+from core.types import GenerationChunk, GenerationRequest
 from deployments.backends.base import Backend, register_backend
-from deployments.backends.text import check_logit_bias, token_budget
 from deployments.engine.admission import WaitingRoom
 from deployments.engine.llama_engine import Adapters, LlamaBatchEngine
 from deployments.engine.loop import stream_sequence
 from deployments.engine.sequence import Outlet, Sequence
 from deployments.engine.sizing import auto_parallel, kv_bytes_per_token
-from core.errors import InvalidRequest
+from deployments.engine.text import check_logit_bias, token_budget
 from deployments.memory import parse_size
-from core.types import GenerationChunk, GenerationRequest
 
 logger = logging.getLogger("aicore.backend.gguf")
 

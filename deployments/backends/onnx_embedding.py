@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from deployments.backends.base import register_backend
-from deployments.backends.onnx_runtime import open_session
 from deployments.backends.embedding import EmbeddingBackend
+from deployments.backends.onnx_runtime import open_session
 
 
 @register_backend("onnx", task="embed")

@@ -12,16 +12,16 @@ import logging
 from contextlib import aclosing
 from typing import AsyncIterator, Optional
 
+from core.errors import InvalidRequest
+from core.types import GenerationChunk, GenerationRequest
 from deployments.backends.base import Backend
-from deployments.backends.text import check_logit_bias, token_budget
 from deployments.engine.admission import WaitingRoom
 from deployments.engine.loop import stream_sequence
 from deployments.engine.padded_engine import PaddedBatchEngine, TensorModel, TextSequence
 from deployments.engine.sequence import Outlet
 from deployments.engine.sizing import auto_parallel
-from core.errors import InvalidRequest
+from deployments.engine.text import check_logit_bias, token_budget
 from deployments.memory import parse_size
-from core.types import GenerationChunk, GenerationRequest
 
 logger = logging.getLogger("aicore.backend")
 

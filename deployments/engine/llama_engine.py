@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict
 from typing import Optional
 
+from core.errors import BackendFailure, InvalidRequest, ModelUnavailable
 from deployments.engine.adapters import Adapters
 from deployments.engine.admission import WaitingRoom
 from deployments.engine.grammar import GrammarSampler
@@ -34,7 +35,6 @@ from deployments.engine.samplers import end_token_bias, sampler_chain, token_byt
 from deployments.engine.saved_prompts import MIN_SAVED_TOKENS, SavedPrompts
 from deployments.engine.sequence import Sequence, Slot, common_prefix
 from deployments.engine.steps import StepRecord
-from core.errors import BackendFailure, InvalidRequest, ModelUnavailable
 
 logger = logging.getLogger("aicore.engine")
 

@@ -13,11 +13,11 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Any, AsyncIterator, Callable, Optional
 
+from core.errors import BackendFailure, ModelUnavailable
+from core.types import GenerationChunk
 from deployments.engine.admission import WaitingRoom
 from deployments.engine.sequence import Sequence
 from deployments.engine.steps import StepLog
-from core.errors import BackendFailure, ModelUnavailable
-from core.types import GenerationChunk
 
 logger = logging.getLogger("aicore.engine")
 

@@ -36,13 +36,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from deployments.backends.sampling import choose
-from deployments.backends.text import TokenText
+from core.errors import BackendFailure
 from deployments.engine.admission import WaitingRoom
+from deployments.engine.logits_sampling import choose
 from deployments.engine.loop import StepLoop
 from deployments.engine.sequence import Sequence
 from deployments.engine.steps import StepRecord
-from core.errors import BackendFailure
+from deployments.engine.text import TokenText
 
 logger = logging.getLogger("aicore.engine")
 

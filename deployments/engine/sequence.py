@@ -6,8 +6,9 @@ import codecs
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from deployments.backends.text import StopMatcher
 from core.types import GenerationChunk, SamplingParams, Usage
+from deployments.engine.text import StopMatcher
+
 
 # What the engine hands a request's consumer: a chunk, an exception (the request failed), or None (the end).
 # `Outlet.put` runs on the consumer's event loop; the engine gathers a step's items per loop and

@@ -20,17 +20,17 @@ from typing import Optional
 from fastapi import Request
 from starlette.requests import HTTPConnection
 
-from core.errors import AICoreError, AuthenticationFailed, ModelNotFound
 from core.access_errors import (
     AddressNotAllowed,
-    PermissionDenied,
     KeyDisabled,
     KeyExpired,
     KeyRevoked,
+    PermissionDenied,
 )
+from core.errors import AICoreError, AuthenticationFailed, ModelNotFound
 from serve_app.access.keys import KeyService, StoredKey, hash_key
-from serve_app.access.usage import WEB_TOKENS_OWNER, Quota, quotas_of
 from serve_app.access.netguard import allowed, parse_address, parse_networks
+from serve_app.access.usage import WEB_TOKENS_OWNER, Quota, quotas_of
 from serve_app.pipeline import Admission, Outcome, RequestContext
 from serve_app.state.audit_log import REFUSED, Actor
 from serve_app.state.store import Store, StoreUnavailable

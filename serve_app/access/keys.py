@@ -22,13 +22,27 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
-from core.errors import InvalidRequest
 from core.access_errors import KeyConflict, KeyNotFound
+from core.errors import InvalidRequest
 from serve_app.access.usage import (
-    STEPS, QuotaClock, bucket_key, bucket_starts, bucket_updates, quotas_of, series_rows,
+    STEPS,
+    QuotaClock,
+    bucket_key,
+    bucket_starts,
+    bucket_updates,
+    quotas_of,
+    series_rows,
 )
 from serve_app.http.protocol.keys import (
-    WEB_TOKEN_MAX_TTL_S, KeyCreate, KeyCreated, KeyList, KeyUpdate, KeyUsage, KeyView, QuotaUsage, WebTokenCreate,
+    WEB_TOKEN_MAX_TTL_S,
+    KeyCreate,
+    KeyCreated,
+    KeyList,
+    KeyUpdate,
+    KeyUsage,
+    KeyView,
+    QuotaUsage,
+    WebTokenCreate,
 )
 from serve_app.state.store import Store
 

@@ -28,7 +28,8 @@ import csv
 import io
 import math
 from dataclasses import dataclass
-from datetime import date, datetime, time as day_time, timedelta
+from datetime import date, datetime, timedelta
+from datetime import time as day_time
 from typing import Iterable, Optional
 from zoneinfo import ZoneInfo
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from starlette.middleware.cors import CORSMiddleware
 from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
 from core.errors import InvalidRequest

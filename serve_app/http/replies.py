@@ -6,9 +6,9 @@ import time
 from datetime import datetime, timezone
 from typing import Optional, Union
 
+from serve_app.generation import Generation
 from serve_app.http.email_format import to_email
 from serve_app.http.protocol.api_v1 import ChatRequest, GenerateRequest, GenerateResponse
-from serve_app.generation import Generation
 
 
 def now_iso() -> str:

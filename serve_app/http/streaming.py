@@ -9,9 +9,9 @@ from typing import Any, AsyncIterator, Callable, Iterable, Optional, Union
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from serve_app.http.errors import sse_error_event
 from serve_app.choices import Choices
 from serve_app.generation import Generation
+from serve_app.http.errors import sse_error_event
 
 logger = logging.getLogger("aicore.stream")
 

@@ -17,8 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from core.errors import InvalidRequest, Overloaded
+from core.settings import Settings
 from serve_app.http.errors import error_body, to_aicore_error, validation_error
-from serve_app.pipeline import Admission, Pipeline
 from serve_app.http.protocol.batch import (
     BatchChatItem,
     BatchGenerateItem,
@@ -28,8 +28,8 @@ from serve_app.http.protocol.batch import (
     BatchTotals,
 )
 from serve_app.http.replies import generate_response
+from serve_app.pipeline import Admission, Pipeline
 from serve_app.serving import GenerationService, RequestOptions
-from core.settings import Settings
 
 Item = Union[BatchGenerateItem, BatchChatItem]
 MAX_OVERLOAD_WAIT_S = 30  # longest pause before a job asks an overloaded model again

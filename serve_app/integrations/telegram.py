@@ -17,18 +17,18 @@ import uuid
 from dataclasses import dataclass
 from typing import Optional
 
-from core.errors import AICoreError, AuthenticationFailed, NotEnabled, Overloaded, PermissionDenied
-from core.types import SamplingParams
 from core.access_errors import QuotaExceeded, RateLimited
+from core.errors import AICoreError, AuthenticationFailed, NotEnabled, Overloaded, PermissionDenied
+from core.settings import Settings
+from core.types import SamplingParams
 from serve_app.access.auth import Principal
+from serve_app.access.usage import duration_text
+from serve_app.http.protocol.telegram import TgMessage, TgReplyParameters, TgSendMessage, TgUpdate
+from serve_app.integrations.telegram_access import UNAVAILABLE, ChatRefused, TelegramAccess
+from serve_app.pipeline import Admission
+from serve_app.serving import GenerationService
 from serve_app.state.chat_history import ChatHistory
 from serve_app.state.session_trim import block_window
-from serve_app.access.usage import duration_text
-from serve_app.pipeline import Admission
-from serve_app.http.protocol.telegram import TgMessage, TgReplyParameters, TgSendMessage, TgUpdate
-from serve_app.serving import GenerationService
-from core.settings import Settings
-from serve_app.integrations.telegram_access import UNAVAILABLE, ChatRefused, TelegramAccess
 
 logger = logging.getLogger("aicore.telegram")
 

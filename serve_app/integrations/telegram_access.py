@@ -18,9 +18,9 @@ import math
 from typing import Optional
 
 from core.errors import AICoreError
+from core.settings import Settings
 from serve_app.access.auth import Principal
 from serve_app.pipeline import Admission, Pipeline, RequestContext
-from core.settings import Settings
 from serve_app.state.store import Store, StoreUnavailable
 
 logger = logging.getLogger("aicore.telegram")

@@ -33,9 +33,8 @@ from core.access_errors import BodyTooLarge
 from core.errors import AICoreError, AuthenticationFailed, InvalidRequest, RequestCancelled
 from core.logs import request_id_var
 from serve_app.access.auth import Principal
-from serve_app.http.errors import validation_error, error_body, to_aicore_error
+from serve_app.http.errors import error_body, to_aicore_error, validation_error
 from serve_app.http.middleware import record_request
-from serve_app.pipeline import CLIENT_GONE, Outcome, Pipeline, RequestContext
 from serve_app.http.protocol.ws import (
     CLIENT_MESSAGES,
     WsAuth,
@@ -57,6 +56,7 @@ from serve_app.integrations.ws_gate import (  # noqa: F401 (WsLimits, TRY_AGAIN_
     WsGate,
     WsLimits,
 )
+from serve_app.pipeline import CLIENT_GONE, Outcome, Pipeline, RequestContext
 from serve_app.serving import GenerationService, RequestOptions
 
 logger = logging.getLogger("aicore.ws")

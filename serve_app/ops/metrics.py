@@ -15,8 +15,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from core.load_events import ModelLoadEvent, report_load  # noqa: F401 (re-exported)
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from core.load_events import ModelLoadEvent, report_load  # noqa: F401 (re-exported)
 
 logger = logging.getLogger("aicore.metrics")
 

@@ -12,12 +12,12 @@ import logging
 import time
 from typing import Awaitable, Callable, Optional
 
-from deployments import lifecycle
 from core.errors import InsufficientMemory, ModelDisabled, ModelUnavailable
+from core.settings import Settings
+from deployments import lifecycle
 from deployments.lifecycle import Control
 from deployments.memory import node_memory, parse_size
 from serve_app.model_router import ModelEntry, ModelRouter
-from core.settings import Settings
 from serve_app.ops.refreshed import Refreshed
 from serve_app.ops.status import ModelStatus, ModelView
 

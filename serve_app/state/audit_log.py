@@ -18,8 +18,8 @@ or hash: callers pass field changes of key views (serve_app/access/keys.py has n
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass

@@ -14,9 +14,13 @@ from typing import Callable, Optional, Protocol
 
 from core.errors import AICoreError
 from serve_app.state.store_scripts import (
-    COMPARE_AND_SET, GET_INDIRECT, HUPDATE_MANY, INCR_WINDOW, SETTLE_WINDOW, TAKE_WINDOW,
+    COMPARE_AND_SET,
+    GET_INDIRECT,
+    HUPDATE_MANY,
+    INCR_WINDOW,
+    SETTLE_WINDOW,
+    TAKE_WINDOW,
 )
-
 
 PURGE_EVERY_S = 60.0  # how often a MemoryStore drops expired entries that nobody reads again
 

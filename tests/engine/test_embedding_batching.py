@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import ContextLengthExceeded
 from deployments.backends import get_backend
 from deployments.config import parse_models
-from core.errors import ContextLengthExceeded
 from deployments.weights import resolve_weights
 
 MODELS = {

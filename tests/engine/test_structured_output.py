@@ -18,7 +18,6 @@ from serve_app.structured_output import json_object_grammar, schema_grammar
 from tests.engine.test_llama_engine import run, steps
 from tests.structured_models import EMAIL, Triage
 
-
 SCHEMAS = {
     "triage (pydantic, strict)": to_strict_json_schema(Triage),
     "nested arrays with bounds": {

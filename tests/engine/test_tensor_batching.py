@@ -12,9 +12,9 @@ import asyncio
 
 import pytest
 
+from core.types import GenerationRequest, SamplingParams
 from deployments.backends import get_backend
 from deployments.config import parse_models
-from core.types import GenerationRequest, SamplingParams
 
 TOPICS = ["a lighthouse keeper", "a lost cat", "the first snow", "a broken clock", "a market in Lisbon",
           "a robot gardener", "an old violin", "a night train", "a desert well", "a chess prodigy",

@@ -78,7 +78,6 @@ def formats_server(tmp_path_factory, tiny_dir):
               "stream_interval_ms": 0}  # these tests watch token-by-token streaming
     from scripts.convert_to_gguf import convert_lora, convert_model
     from scripts.convert_to_onnx import export
-
     from tests.tiny_models import tiny_lora
 
     folder = tmp_path_factory.mktemp("formats")

@@ -3,7 +3,7 @@
 import openai
 import pytest
 
-from tests.integration.conftest import ALL_MODELS, GEMMA, DEFAULT, KEY
+from tests.integration.conftest import ALL_MODELS, DEFAULT, GEMMA, KEY
 
 
 @pytest.fixture

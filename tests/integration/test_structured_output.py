@@ -17,7 +17,6 @@ from websockets.sync.client import connect
 from tests.integration.conftest import DEFAULT, KEY
 from tests.structured_models import EMAIL, Address, Triage
 
-
 TRIAGE_SCHEMA = to_strict_json_schema(Triage)
 RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "triage", "schema": TRIAGE_SCHEMA, "strict": True}}
 WEATHER = {"type": "function", "function": {

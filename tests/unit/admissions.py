@@ -2,8 +2,8 @@
 
 from serve_app.access.auth import Principal
 from serve_app.access.keys import KeyService
-from serve_app.pipeline import Admission, Pipeline, RequestContext
 from serve_app.access.ratelimit import RateLimiter
+from serve_app.pipeline import Admission, Pipeline, RequestContext
 from serve_app.state.store import MemoryStore
 
 ANYONE = Principal(key_id="unit-key", scopes=frozenset({"inference"}))

@@ -2,8 +2,8 @@
 
 import pytest
 
-from deployments.engine.admission import WaitingRoom
 from core.errors import Overloaded
+from deployments.engine.admission import WaitingRoom
 
 
 def room(**kw) -> WaitingRoom:

@@ -7,7 +7,14 @@ import os
 import pytest
 
 from serve_app.state.audit_log import (
-    ACTIONS_STREAM, REFUSED, STREAMS, Actor, AuditLog, Query, field_changes, parse_id,
+    ACTIONS_STREAM,
+    REFUSED,
+    STREAMS,
+    Actor,
+    AuditLog,
+    Query,
+    field_changes,
+    parse_id,
 )
 from serve_app.state.store import MemoryStore, RedisStore
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.settings import Settings
 from deployments.config import load_models_file
 from scripts.serve_process import free_port
 from serve_app.app import create_app
 from serve_app.model_router import ModelEntry, ModelRouter
-from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BOOT = "unit-boot-key-0123456789"

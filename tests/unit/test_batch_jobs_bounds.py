@@ -10,15 +10,23 @@ import pytest
 
 from core.access_errors import PermissionDenied, RateLimited
 from core.errors import InvalidRequest
-from serve_app.integrations.batch import prepare
-from serve_app.state.batch_job_records import JobRecord, JobRecords
-from serve_app.integrations.batch_job_common import STALE_BEATS, ResultQuotaExceeded, TooManyBatchJobs, new_job_id
+from serve_app.access.auth import Principal
 from serve_app.http.protocol.batch import BatchRequest
 from serve_app.http.protocol.keys import KeyUpdate
-from serve_app.access.auth import Principal
+from serve_app.integrations.batch import prepare
+from serve_app.integrations.batch_job_common import STALE_BEATS, ResultQuotaExceeded, TooManyBatchJobs, new_job_id
+from serve_app.state.batch_job_records import JobRecord, JobRecords
 from serve_app.state.store import MemoryStore
 from tests.unit.batch_jobs_support import (
-    ADMIN, BOOT, Runner, _body, _invalid, _key, _service, _submit, _until,
+    ADMIN,
+    BOOT,
+    Runner,
+    _body,
+    _invalid,
+    _key,
+    _service,
+    _submit,
+    _until,
 )
 from tests.unit.stores import store_params
 

@@ -8,8 +8,7 @@ import json
 import httpx
 import pytest
 
-from scripts.bench_concurrency import (chat_table, levels_table, markdown_table, percent, ratio, requests_at,
-                                       seconds)
+from scripts.bench_concurrency import chat_table, levels_table, markdown_table, percent, ratio, requests_at, seconds
 from scripts.machine_load import busy_ticks, process_ticks
 from scripts.stream_load import LoadResult, Outcome, one_stream, percentile, request_body
 

@@ -3,8 +3,8 @@
 import pytest
 
 from core.access_errors import ContentFiltered
-from serve_app.access.content_filter import ContentPolicy
 from core.settings import Settings
+from serve_app.access.content_filter import ContentPolicy
 
 
 def policy(**kw) -> ContentPolicy:

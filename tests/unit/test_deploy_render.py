@@ -61,8 +61,8 @@ def test_a_given_code_revision_rebuilds_the_app_and_nothing_else_changes(tmp_pat
 def test_the_app_started_by_run_server_has_the_arguments_deploy_renders(tmp_path, monkeypatch):
     """So the first `scripts.deploy` after command one changes no app argument: a changed entry then
     restarts that model only, not the whole app (ingress, hubs) as a rebuild does."""
-    from scripts.run_server import _app_args, render_config
     from core.settings import Settings
+    from scripts.run_server import _app_args, render_config
 
     monkeypatch.chdir(tmp_path)
     shipped = json.loads((ROOT / "models.json").read_text())["models"]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from core.types import GenerationChunk, GenerationRequest, SamplingParams
 from deployments.backends.base import EngineThread, ThreadedBackend
 from deployments.config import parse_models
-from core.types import GenerationChunk, GenerationRequest, SamplingParams
 
 CONFIG = parse_models({"models": {"m": {"type": "gguf", "path": "x.gguf"}}}).models["m"]
 

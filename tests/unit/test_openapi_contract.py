@@ -6,10 +6,10 @@ import asyncio
 
 import httpx
 
+from core.settings import Settings
 from serve_app.app import create_app
 from serve_app.http.routes.statuses import BODY, GENERATION, KEYED, responses_for
 from serve_app.model_router import ModelRouter
-from core.settings import Settings
 from serve_app.ops.status import ModelStatus
 
 KEY = "k" * 16

@@ -8,11 +8,11 @@ import zlib
 import numpy as np
 
 import deployments.backends  # noqa: F401  (first, as in a replica: the engine modules import backend helpers)
+from core.types import SamplingParams
 from deployments.engine.admission import WaitingRoom
 from deployments.engine.loop import stream_sequence
 from deployments.engine.padded_engine import PaddedBatchEngine, TensorModel, TextSequence
 from deployments.engine.sequence import Outlet
-from core.types import SamplingParams
 
 VOCAB = 50
 

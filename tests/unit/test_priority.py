@@ -5,14 +5,14 @@ batch items default to batch. Routing logic only: a stand-in model handle record
 import asyncio
 from types import SimpleNamespace
 
-from deployments.config import load_models_file
+from core.settings import Settings
 from core.types import GenerationChunk, SamplingParams, Usage
+from deployments.config import load_models_file
 from serve_app.access.auth import Principal
-from serve_app.integrations.batch import BatchService
 from serve_app.http.protocol.batch import BatchRequest
+from serve_app.integrations.batch import BatchService
 from serve_app.model_router import ModelEntry, ModelRouter
 from serve_app.serving import GenerationService
-from core.settings import Settings
 from tests.conftest import ROOT
 from tests.unit.admissions import admission, pipeline
 

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from deployments.backends.text import StopMatcher
+from deployments.engine.text import StopMatcher
 from serve_app.http.protocol.api_v1 import ChatRequest, GenerateRequest
 from serve_app.http.protocol.openai import ChatCompletionRequest, CompletionRequest
 
@@ -61,7 +61,7 @@ def test_stop_matcher_flushes_unfinished_prefix():
 
 
 def test_token_text_waits_out_partial_characters_and_stop_prefixes():
-    from deployments.backends.text import TokenText
+    from deployments.engine.text import TokenText
 
     # a fake whole-sequence decoder: ids -> the text so far ("\ufffd" while a character is split)
     decoded = {1: "Hel", 2: "Hello \ufffd", 3: "Hello wo", 4: "Hello world END tail"}

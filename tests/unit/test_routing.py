@@ -2,11 +2,11 @@
 
 import pytest
 
-from deployments.config import parse_models
 from core.errors import InvalidRequest, ModelNotFound
+from core.settings import Settings
+from deployments.config import parse_models
 from serve_app.builder import pick_defaults
 from serve_app.model_router import ModelEntry, ModelRouter
-from core.settings import Settings
 
 MODELS = parse_models({"models": {
     "chat": {"type": "gguf", "path": "x.gguf"},

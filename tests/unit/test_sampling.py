@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from deployments.backends.sampling import choose
-from deployments.backends.text import token_budget
 from core.errors import ContextLengthExceeded
 from core.types import SamplingParams
+from deployments.engine.logits_sampling import choose
+from deployments.engine.text import token_budget
 
 LOGITS = np.array([0.0, 3.0, 2.9, -1.0, 1.0])
 

@@ -10,7 +10,7 @@ import pytest
 
 from core.errors import SessionBusy
 from core.settings import Settings
-from core.types import GenerationChunk, GenerationResult, Usage
+from core.types import GenerationChunk, GenerationResult, SamplingParams, Usage
 from deployments.config import load_models_file
 from serve_app.model_router import ModelEntry, ModelRouter
 from serve_app.ops.conversations import forget_conversation
@@ -18,7 +18,6 @@ from serve_app.serving import GenerationService, RequestOptions
 from serve_app.state.session_trim import attribute, block_window, trim_to_fit
 from serve_app.state.sessions import SessionStore
 from serve_app.state.store import MemoryStore
-from core.types import SamplingParams
 from tests.conftest import ROOT
 from tests.unit.admissions import admission
 from tests.unit.stores import store_params

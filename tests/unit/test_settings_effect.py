@@ -13,13 +13,13 @@ import httpx
 import pytest
 import yaml
 
-from deployments.config import load_models_file
 from core.errors import ModelUnavailable
+from core.settings import Settings
 from core.types import GenerationChunk, SamplingParams, Usage
+from deployments.config import load_models_file
 from serve_app.app import create_app
 from serve_app.model_router import ModelEntry, ModelRouter
 from serve_app.serving import GenerationService
-from core.settings import Settings
 from tests.conftest import ROOT
 from tests.unit.admissions import admission
 

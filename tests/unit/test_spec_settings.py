@@ -14,10 +14,10 @@ import redis
 import yaml
 
 from core.errors import AICoreError, ModelUnavailable
+from core.settings import Settings
 from scripts.serve_process import free_port
 from serve_app.builder import build_app
 from serve_app.http.errors import error_response
-from core.settings import Settings
 from serve_app.state.store import RedisStore, StoreUnavailable
 from tests.conftest import ROOT
 

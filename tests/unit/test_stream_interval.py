@@ -2,8 +2,8 @@
 
 import asyncio
 
-from deployments.streaming import coalesce, load_scaled_interval
 from core.types import GenerationChunk
+from deployments.streaming import coalesce, load_scaled_interval
 
 
 def test_interval_keeps_the_base_for_few_streams_and_grows_with_many():

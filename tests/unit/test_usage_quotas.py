@@ -16,7 +16,16 @@ from serve_app.access.auth import Principal
 from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
 from serve_app.access.usage import (
-    MAX_BUCKETS, STEPS, WEB_TOKENS_OWNER, Quota, QuotaClock, bucket_key, bucket_start, bucket_starts, csv_cell, duration_text,
+    MAX_BUCKETS,
+    STEPS,
+    WEB_TOKENS_OWNER,
+    Quota,
+    QuotaClock,
+    bucket_key,
+    bucket_start,
+    bucket_starts,
+    csv_cell,
+    duration_text,
     series_csv,
 )
 from serve_app.http.protocol.keys import KeyCreate, KeyUpdate

@@ -10,13 +10,13 @@ import httpx
 import pytest
 
 from core.errors import InvalidRequest
+from core.settings import Settings
 from deployments.config import load_models_file
 from serve_app.access.keys import KeyService, Minter
 from serve_app.app import create_app
 from serve_app.http.protocol.keys import WebTokenCreate
 from serve_app.model_router import ModelEntry, ModelRouter
 from serve_app.state.store import MemoryStore
-from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BOOT = "unit-boot-key-0123456789"

@@ -7,7 +7,14 @@ import pytest
 
 from core.access_errors import KeyConflict
 from serve_app.access.keys import (
-    _BY_HASH, _IDS, _RECORD, _USAGE, _WEB_TOKENS, WEB_TOKEN_KEEP_S, KeyService, hash_key,
+    _BY_HASH,
+    _IDS,
+    _RECORD,
+    _USAGE,
+    _WEB_TOKENS,
+    WEB_TOKEN_KEEP_S,
+    KeyService,
+    hash_key,
 )
 from serve_app.http.protocol.keys import KeyCreate, KeyUpdate, WebTokenCreate
 from tests.unit.stores import store_params

@@ -8,7 +8,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from core.types import SamplingParams
 
-
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 MAX_STOP_SEQUENCES = 4
 

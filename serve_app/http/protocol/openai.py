@@ -13,9 +13,9 @@ from serve_app.http.protocol.common import (
     ChatMessage,
     Int,
     PositiveInt,
-    integral,
     SamplingFields,
     ToolCall,
+    integral,
     model_names,
     schema_limits,
 )

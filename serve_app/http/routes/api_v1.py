@@ -9,12 +9,15 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from core.errors import SessionNotFound
-from serve_app.access.auth import (
-    Principal, require_admin, require_caller, require_key, require_metrics, require_model_viewer,
-)
-from serve_app.pipeline import Admission
-from serve_app.state.store import StoreUnavailable
 from core.logs import request_id_var
+from serve_app.access.auth import (
+    Principal,
+    require_admin,
+    require_caller,
+    require_key,
+    require_metrics,
+    require_model_viewer,
+)
 from serve_app.http.protocol.api_v1 import (
     GENERATE_SSE_EXAMPLE,
     METRICS_EXAMPLE,
@@ -34,15 +37,17 @@ from serve_app.http.protocol.api_v1 import (
     SessionDetail,
     SessionList,
 )
-from serve_app.ops.conversations import forget_conversation
-from serve_app.ops.model_metrics import render_model_metrics
-from serve_app.ops.readiness import readiness
 from serve_app.http.replies import generate_response, iso_time, now_iso, summary
 from serve_app.http.routes.audit import audited
 from serve_app.http.routes.common import cache_headers, request_options, streamed
 from serve_app.http.routes.statuses import CHAT, EMBEDDING, GENERATION, KEYED, LOAD, SESSION, links, responses_for
-from serve_app.ops.status import ModelView
 from serve_app.http.streaming import sse_stream
+from serve_app.ops.conversations import forget_conversation
+from serve_app.ops.model_metrics import render_model_metrics
+from serve_app.ops.readiness import readiness
+from serve_app.ops.status import ModelView
+from serve_app.pipeline import Admission
+from serve_app.state.store import StoreUnavailable
 
 router = APIRouter(prefix="/api/v1")
 

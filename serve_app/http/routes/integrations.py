@@ -8,15 +8,21 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 
 from serve_app.access.auth import Principal, require_caller, require_job_canceller, require_job_reader
-from serve_app.integrations.batch_jobs import ResultQuotaExceeded, TooManyBatchJobs
-from serve_app.pipeline import Admission, Outcome
 from serve_app.http.protocol.batch import BatchRequest, BatchResponse
 from serve_app.http.protocol.batch_jobs import (
-    JOB_ID_PATTERN, LIST_LIMIT_MAX, TERMINAL, BatchJob, BatchJobList, BatchJobRequest, JobStatus,
+    JOB_ID_PATTERN,
+    LIST_LIMIT_MAX,
+    TERMINAL,
+    BatchJob,
+    BatchJobList,
+    BatchJobRequest,
+    JobStatus,
 )
 from serve_app.http.protocol.telegram import TgNoReply, TgSendMessage, TgUpdate
 from serve_app.http.routes.audit import audited
 from serve_app.http.routes.statuses import BODY, JOB, KEYED, QUERY, WEBHOOK, links, responses_for
+from serve_app.integrations.batch_jobs import ResultQuotaExceeded, TooManyBatchJobs
+from serve_app.pipeline import Admission, Outcome
 
 router = APIRouter(prefix="/api/v1")
 

@@ -15,8 +15,17 @@ from serve_app.access.auth import Principal, require_admin, require_admin_read, 
 from serve_app.access.keys import Minter
 from serve_app.access.usage import MAX_BUCKETS, quota_fields, series_csv
 from serve_app.http.protocol.keys import (
-    KEY_LIST_LIMIT_DEFAULT, KEY_LIST_LIMIT_MAX, KeyCreate, KeyCreated, KeyList, KeyUpdate, KeyUsage, KeyView,
-    UsageSeries, UsageStep, WebTokenCreate,
+    KEY_LIST_LIMIT_DEFAULT,
+    KEY_LIST_LIMIT_MAX,
+    KeyCreate,
+    KeyCreated,
+    KeyList,
+    KeyUpdate,
+    KeyUsage,
+    KeyView,
+    UsageSeries,
+    UsageStep,
+    WebTokenCreate,
 )
 from serve_app.http.routes.audit import audited
 from serve_app.http.routes.statuses import BODY, KEY, KEY_CHANGE, KEYED, QUERY, links, responses_for

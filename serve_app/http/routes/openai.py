@@ -14,9 +14,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from core.errors import InvalidRequest
-from serve_app.access.auth import Principal, require_caller, require_key
-from serve_app.pipeline import Admission
 from core.logs import request_id_var
+from serve_app.access.auth import Principal, require_caller, require_key
+from serve_app.choices import Choices
+from serve_app.http.protocol.common import CalledFunction, ToolCall
 from serve_app.http.protocol.openai import (
     CHAT_SSE_EXAMPLE,
     COMPLETION_SSE_EXAMPLE,
@@ -26,8 +27,10 @@ from serve_app.http.protocol.openai import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatMessageOut,
+    ChoiceLogprobs,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     Delta,
     Embedding,
@@ -36,19 +39,16 @@ from serve_app.http.protocol.openai import (
     EmbeddingUsage,
     ModelCard,
     ModelList,
-    ChoiceLogprobs,
-    CompletionLogprobs,
     TokenLogprob,
     ToolCallDelta,
     TopLogprob,
     UsageInfo,
 )
-from serve_app.http.protocol.common import CalledFunction, ToolCall
-from serve_app.tool_calls import ToolUse, read_answer
 from serve_app.http.routes.common import cache_headers, request_options, streamed
 from serve_app.http.routes.statuses import CHAT, EMBEDDING, GENERATION, KEYED, MODEL_CARD, links, responses_for
-from serve_app.choices import Choices
 from serve_app.http.streaming import sse_stream
+from serve_app.pipeline import Admission
+from serve_app.tool_calls import ToolUse, read_answer
 
 router = APIRouter(prefix="/v1")
 

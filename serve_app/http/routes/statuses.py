@@ -10,6 +10,20 @@ from __future__ import annotations
 
 from typing import Iterable, Union
 
+from core.access_errors import (
+    AddressNotAllowed,
+    BodyTooLarge,
+    ContentFiltered,
+    KeyConflict,
+    KeyDisabled,
+    KeyExpired,
+    KeyNotFound,
+    KeyRevoked,
+    PermissionDenied,
+    QuotaExceeded,
+    RateLimited,
+    TooManyMessages,
+)
 from core.errors import (
     AICoreError,
     AuthenticationFailed,
@@ -27,22 +41,8 @@ from core.errors import (
     SessionNotFound,
 )
 from core.errors import PermissionDenied as WrongSecret
-from core.access_errors import (
-    AddressNotAllowed,
-    BodyTooLarge,
-    ContentFiltered,
-    KeyConflict,
-    KeyDisabled,
-    KeyExpired,
-    KeyNotFound,
-    KeyRevoked,
-    PermissionDenied,
-    QuotaExceeded,
-    RateLimited,
-    TooManyMessages,
-)
-from serve_app.integrations.batch_jobs import JobNotFound
 from serve_app.http.protocol.errors import ErrorResponse
+from serve_app.integrations.batch_jobs import JobNotFound
 from serve_app.state.store import StoreUnavailable
 
 Errors = tuple[type[AICoreError], ...]

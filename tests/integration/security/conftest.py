@@ -10,11 +10,10 @@ proxy here) or, by binding their source address, from 127.0.0.2 (not trusted).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
 from pathlib import Path
-
-import asyncio
 
 import httpx
 import pytest
