@@ -105,11 +105,11 @@ class Settings(BaseSettings):
         1_000_000, ge=1, description="The most admin-action entries the audit log keeps (the oldest go first).",
     )
     audit_mint_max_entries: int = Field(
-        100_000, ge=1, description="The most web-token-mint entries the audit log keeps, apart from the admin "
+        10_000, ge=1, description="The most web-token-mint entries the audit log keeps, apart from the admin "
         "actions' (a site minting one token per visitor evicts older mints, never an action).",
     )
     audit_refused_max_entries: int = Field(
-        100_000, ge=1, description="The most refused-attempt entries the audit log keeps, apart from the admin "
+        10_000, ge=1, description="The most refused-attempt entries the audit log keeps, apart from the admin "
         "actions' (a flood of refused requests evicts older refusals, never an action).",
     )
     ready_requires_redis: bool = Field(

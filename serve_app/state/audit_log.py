@@ -154,7 +154,7 @@ class RedisStreams:
 
 class AuditLog:
     def __init__(self, streams: Any, retention_days: float = 90, max_entries: int = 1_000_000,
-                 mint_max_entries: int = 100_000, refused_max_entries: int = 100_000):
+                 mint_max_entries: int = 10_000, refused_max_entries: int = 10_000):
         self.streams = streams
         self.retention_s = retention_days * 86400
         self.caps = {ACTIONS_STREAM: max_entries, MINTS_STREAM: mint_max_entries, REFUSED_STREAM: refused_max_entries}
