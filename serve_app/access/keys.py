@@ -156,7 +156,7 @@ class KeyService:
         if after is not None:
             ids = [k.id for k in keys]
             if after not in ids:
-                raise InvalidRequest(f"after: no listed key with id {after!r}", param="after")
+                raise KeyNotFound(f"after: no listed key with id {after!r}", param="after")
             keys = keys[ids.index(after) + 1:]
         if search:
             needle = search.casefold()

@@ -198,8 +198,25 @@ def _consistent_key(body: dict, method: str) -> None:
         body["models"] = None  # nor the new default among the stored models: allow every model
 
 
+STEP_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+MAX_BUCKETS = 1500  # serve_app/access/usage.py: the most buckets one usage read spans
+
+
+def _usage_range(query: dict) -> None:
+    """`end` after `start`, at most MAX_BUCKETS steps apart (400 otherwise): an `end` that breaks
+    this becomes one step after `start` (a value the schema allows)."""
+    step = STEP_SECONDS.get(query.get("step", "hour"))
+    start, end = query.get("start"), query.get("end")
+    if step is None or not _is_count(start) or (end is not None and not _is_count(end)):
+        return  # a negative case (or no start: the server's defaults are consistent)
+    if end is None or end <= start or (end - start) / step > MAX_BUCKETS - 1:  # an unaligned start adds one
+        query["end"] = int(start) + step
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
+    if case.operation.path == "/api/v1/usage" and isinstance(case.query, dict):
+        _usage_range(case.query)
     body, path = case.body, case.operation.path
     if not isinstance(body, dict):
         return

@@ -8,7 +8,7 @@ import re
 import httpx
 import pytest
 
-from core.errors import InvalidRequest
+from core.access_errors import KeyNotFound
 from serve_app.access.keys import KeyService
 from serve_app.http.protocol.keys import KeyCreate
 from serve_app.state.store import MemoryStore
@@ -46,7 +46,7 @@ def test_search_matches_name_owner_id_and_prefix_case_insensitively():
     assert made[2].id in [k.id for k in asyncio.run(keys.page(50, search=made[2].key_prefix)).data]
     empty = asyncio.run(keys.page(50, search="nothing-like-this"))
     assert empty.data == [] and not empty.has_more and empty.last_id is None
-    with pytest.raises(InvalidRequest) as info:
+    with pytest.raises(KeyNotFound) as info:
         asyncio.run(keys.page(5, after="key-0000000000000000"))
     assert info.value.param == "after"
 
@@ -67,9 +67,10 @@ def test_the_route_pages_with_a_default_and_a_maximum_limit_and_refuses_bad_valu
         assert len((await c.get("/api/v1/keys", headers=boot, params={"limit": 200})).json()["data"]) == 52
         found = (await c.get("/api/v1/keys", headers=boot, params={"search": "N5"})).json()
         assert sorted(k["name"] for k in found["data"]) == ["n5", "n50", "n51"]
-        for params, param in (({"limit": 201}, "limit"), ({"limit": 0}, "limit"), ({"after": "key-missing"}, "after")):
+        for params, param, status in (({"limit": 201}, "limit", 400), ({"limit": 0}, "limit", 400),
+                                      ({"after": "key-missing"}, "after", 404)):
             r = await c.get("/api/v1/keys", headers=boot, params=params)
-            assert r.status_code == 400, (params, r.text)
+            assert r.status_code == status, (params, r.text)
             assert r.json()["error"]["type"] == "invalid_request_error" and param in r.text
 
     async def main():

@@ -75,7 +75,7 @@ def _minter(request: Request, principal: Principal) -> Minter | None:
                   principal.priority, quota_fields(principal.quotas))
 
 
-@router.get("", response_model=KeyList, dependencies=READER, responses=responses_for(KEYED, QUERY))
+@router.get("", response_model=KeyList, dependencies=READER, responses=responses_for(KEYED, QUERY, KEY))
 async def list_keys(
     request: Request,
     limit: int = Query(KEY_LIST_LIMIT_DEFAULT, ge=1, le=KEY_LIST_LIMIT_MAX, description="Keys on this page."),
