@@ -202,12 +202,19 @@ STEP_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 MAX_BUCKETS = 1500  # serve_app/access/usage.py: the most buckets one usage read spans
 
 
+def _integer(value: Any) -> Any:
+    """A query value as the server reads it (the coverage phase may send numbers as text)."""
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value):
+        return int(value)
+    return value if _is_count(value) else None
+
+
 def _usage_range(query: dict) -> None:
     """`end` after `start`, at most MAX_BUCKETS steps apart (400 otherwise): an `end` that breaks
     this becomes one step after `start` (a value the schema allows)."""
     step = STEP_SECONDS.get(query.get("step", "hour"))
-    start, end = query.get("start"), query.get("end")
-    if step is None or not _is_count(start) or (end is not None and not _is_count(end)):
+    start, end = _integer(query.get("start")), _integer(query.get("end"))
+    if step is None or start is None or ("end" in query and end is None):
         return  # a negative case (or no start: the server's defaults are consistent)
     if end is None or end <= start or (end - start) / step > MAX_BUCKETS - 1:  # an unaligned start adds one
         query["end"] = int(start) + step
@@ -215,8 +222,10 @@ def _usage_range(query: dict) -> None:
 
 @schemathesis.hook
 def before_call(context, case, kwargs):
-    if case.operation.path == "/api/v1/usage" and isinstance(case.query, dict):
-        _usage_range(case.query)
+    if case.operation.path == "/api/v1/usage":
+        for query in (case.query, kwargs.get("params")):  # the call's own copy is what is sent
+            if isinstance(query, dict):
+                _usage_range(query)
     body, path = case.body, case.operation.path
     if not isinstance(body, dict):
         return

@@ -11,7 +11,6 @@ from tests.integration.security.conftest import ADMIN_KEY, EMBEDDER, MODEL, from
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 INFERENCE = [
-    ("GET", "/api/v1/models", None),
     ("POST", "/api/v1/generate", {"prompt": "hi", "max_tokens": 2, "model": MODEL}),
     ("POST", "/api/v1/chat", {**CHAT, "model": MODEL}),
     ("GET", "/v1/models", None),
@@ -30,7 +29,8 @@ ADMIN = [
     ("POST", "/api/v1/models/load", {"model": MODEL}),  # loaded already: idempotent
 ]
 METRICS = [("GET", "/api/v1/metrics", None)]
-ALL = INFERENCE + ADMIN + METRICS
+MODEL_LIST = [("GET", "/api/v1/models", None)]  # callers and operators (admin, admin_read: the console)
+ALL = INFERENCE + MODEL_LIST + ADMIN + METRICS
 MODEL_ROUTES = [r for r in INFERENCE if r[2] is not None or r[1].endswith(MODEL)]
 ids = lambda routes: [f"{m} {p}" for m, p, _ in routes]  # noqa: E731
 
@@ -166,7 +166,13 @@ def test_metrics_need_the_metrics_or_admin_scope(url, keys):
         assert "metrics" in error["message"] and "admin" in error["message"]
 
 
-@pytest.mark.parametrize("method,path,body", INFERENCE + ADMIN, ids=ids(INFERENCE + ADMIN))
+def test_the_model_list_is_for_callers_and_operators_only(url, keys):
+    for name in ("inference", "admin_only"):
+        r = httpx.get(url + "/api/v1/models", headers={"X-API-Key": keys[name]["key"]}, timeout=60)
+        assert r.status_code == 200 and MODEL in r.text, (name, r.text)
+
+
+@pytest.mark.parametrize("method,path,body", INFERENCE + MODEL_LIST + ADMIN, ids=ids(INFERENCE + MODEL_LIST + ADMIN))
 def test_a_metrics_key_reads_only_metrics(url, keys, method, path, body):
     with httpx.Client(base_url=url, timeout=60) as c:
         _error(_call(c, method, _path(path, url), body, key=keys["metrics_only"]["key"]), 403, "insufficient_scope")
