@@ -212,7 +212,8 @@ def _integer(value: Any) -> Any:
 def _usage_range(query: dict) -> None:
     """`end` after `start`, at most MAX_BUCKETS steps apart (400 otherwise): an `end` that breaks
     this becomes one step after `start` (a value the schema allows)."""
-    step = STEP_SECONDS.get(query.get("step", "hour"))
+    step = query.get("step", "hour")
+    step = STEP_SECONDS.get(step) if isinstance(step, str) else None
     start, end = _integer(query.get("start")), _integer(query.get("end"))
     if step is None or start is None or ("end" in query and end is None):
         return  # a negative case (or no start: the server's defaults are consistent)
