@@ -107,14 +107,14 @@ def _poll(browser: Browser, expression: str, polls: int = 200) -> bool:
 
 
 @contextlib.contextmanager
-def started_server():
-    """Redis and a server with SmolLM2 only, stopped on leaving."""
+def started_server(key: str = START_KEY):
+    """Redis and a server with SmolLM2 only and `key` as its bootstrap key, stopped on leaving."""
     redis_server = RedisProcess().start()
     data = json.loads((ROOT / "models.json").read_text())
     data["models"] = {MODEL: data["models"][MODEL]}
     models_file = Path(tempfile.mkdtemp(prefix="aicore-shots-")) / "models.json"
     models_file.write_text(json.dumps(data))
-    server = ServeProcess(env={"API_KEYS": START_KEY, "REDIS_URL": redis_server.url, "LOG_FORMAT": "text"},
+    server = ServeProcess(env={"API_KEYS": key, "REDIS_URL": redis_server.url, "LOG_FORMAT": "text"},
                           args={"model_config_path": str(models_file)})
     try:
         server.start(ready_models=(MODEL,))
