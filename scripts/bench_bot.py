@@ -20,7 +20,11 @@ streamed, response cache bypassed, once the run is over. Ratios count only when 
 every turn. Run it under the CPU lock on a shared machine:
 
     flock /tmp/aicore-cpu.lock .venv/bin/python -m scripts.bench_bot [--chats 32] [--turns 6]
-        [--think-s 0] [--runs sessions,history,llama] [--redis] [--verify 3] [--json out.json]
+        [--think-s 0] [--runs sessions,history,llama] [--repeat 1] [--redis] [--verify 3] [--json out.json]
+
+`--repeat 2` runs each AI Core mode twice, in the order sessions, history, history, sessions: a
+server's first run on a machine tends to run a little slower than the next, and a single pair in
+a fixed order then decides a comparison that is within that difference.
 """
 
 from __future__ import annotations
@@ -174,7 +178,7 @@ def summarize(done: dict, turns: int) -> dict:
         "prompt_tokens": sum((o.usage or {}).get("prompt_tokens", 0) for o in ok),
         "turn1_prompt_tokens_mean": sum((o.usage or {}).get("prompt_tokens", 0) for o in firsts) / max(len(firsts), 1),
         "ttft_later_p50_s": percentile(later, 50), "ttft_later_p95_s": percentile(later, 95),
-        "ttft_first_p50_s": percentile(first, 50),
+        "ttft_first_p50_s": percentile(first, 50), "ttft_later_s": later, "ttft_first_s": first,
         "cache_hits": sum(o.cache == "HIT" for o in flat), "cache_misses": sum(o.cache == "MISS" for o in flat),
         "prefilled_tokens": None, "reused_tokens": None, "prefill_source": "not available",
     }
@@ -183,6 +187,44 @@ def summarize(done: dict, turns: int) -> dict:
                        reused_tokens=sum(t.get("cache_n", 0) for t in timings),
                        prefill_source=f"timings of {len(timings)}/{len(ok)} answers")
     return summary
+
+
+def combine(runs: list[dict]) -> dict:
+    """One mode's repetitions as one run: times, tokens and turns added, percentiles over every turn."""
+    if len(runs) == 1:
+        return {**runs[0], "walls_s": [runs[0]["wall_s"]]}
+    add = lambda name: sum(r[name] for r in runs)  # noqa: E731
+    later = [t for r in runs for t in r["ttft_later_s"]]
+    first = [t for r in runs for t in r["ttft_first_s"]]
+    checks = [r["alone_check"] for r in runs]
+    counted_prefill = all(r["prefilled_tokens"] is not None for r in runs)
+    return {
+        "wall_s": add("wall_s"), "walls_s": [r["wall_s"] for r in runs], "turns_expected": add("turns_expected"),
+        "turns_answered": add("turns_answered"), "errors": add("errors"),
+        "error_samples": sorted({e for r in runs for e in r["error_samples"]})[:5],
+        "completion_tokens": add("completion_tokens"), "tokens_per_s": add("completion_tokens") / add("wall_s"),
+        "prompt_tokens": add("prompt_tokens"),
+        "turn1_prompt_tokens_mean": sum(r["turn1_prompt_tokens_mean"] for r in runs) / len(runs),
+        "ttft_later_p50_s": percentile(later, 50), "ttft_later_p95_s": percentile(later, 95),
+        "ttft_first_p50_s": percentile(first, 50), "ttft_later_s": later, "ttft_first_s": first,
+        "cache_hits": add("cache_hits"), "cache_misses": add("cache_misses"),
+        "prefilled_tokens": add("prefilled_tokens") if counted_prefill else None,
+        "reused_tokens": add("reused_tokens") if counted_prefill else None,
+        "prefill_source": runs[0]["prefill_source"],
+        "others_cpu_share": sum(r["others_cpu_share"] for r in runs) / len(runs),
+        "alone_check": {"checked": sum(c["checked"] for c in checks), "matches": sum(c["matches"] for c in checks),
+                        "mismatches": [m for c in checks for m in c["mismatches"]]},
+    }
+
+
+def order(runs: list[str], repeat: int) -> list[str]:
+    """Every run `repeat` times; AI Core's two modes take turns going first (ABBA...), so that what
+    the first of a pair pays (or the second gains) weighs on both modes alike; llama-server once."""
+    ours = [r for r in runs if r != "llama"]
+    planned = []
+    for i in range(repeat):
+        planned += ours if i % 2 == 0 else ours[::-1]
+    return planned + (["llama"] if "llama" in runs else [])
 
 
 def measure(base_url: str, headers: dict, args, sessions: bool, server_pid: int, aicore: bool) -> dict:
@@ -229,7 +271,8 @@ def report(run: dict) -> str:
     rows = [[label] + [fmt(res[n]) for n in names] for label, fmt in (
         ("turns answered", lambda s: f"{s['turns_answered']}/{s['turns_expected']}"),
         ("errors", lambda s: str(s["errors"])),
-        ("wall time", lambda s: seconds(s["wall_s"])),
+        ("wall time", lambda s: seconds(s["wall_s"]) + (
+            f" ({' + '.join(seconds(w) for w in s['walls_s'])})" if len(s["walls_s"]) > 1 else "")),
         ("throughput (completion tok / wall s)", lambda s: f"{s['tokens_per_s']:.1f}"),
         ("completion tokens", lambda s: str(s["completion_tokens"])),
         ("first token p50, turns >= 2", lambda s: seconds(s["ttft_later_p50_s"])),
@@ -254,6 +297,7 @@ def report(run: dict) -> str:
         f"Command: `{run['command']}`",
         f"Model: {MODEL} ({run['gguf']}), context {run['context_length']} per sequence; AI Core store: {run['store']}; "
         f"llama-server: {run['llama_server']}",
+        f"Order of the runs: {', '.join(run['order'])}. "
         f"{run['chats']} chats x {run['turns']} turns, think time {run['think_s']} s, system prompt + first question "
         f"{_turn1(res)} prompt tokens, answers <= {MAX_TOKENS} tokens at temperature 0, streamed. Prefilled / reused: "
         + "; ".join(f"{RUNS[n]}: {res[n]['prefill_source']}" for n in names) + ".",
@@ -284,6 +328,8 @@ def main() -> None:
     parser.add_argument("--think-s", type=float, default=0.0, help="seconds between a chat's turns")
     parser.add_argument("--runs", default="sessions,history,llama", help="which runs, comma-separated")
     parser.add_argument("--redis", action="store_true", help="AI Core with REDIS_URL: a private redis-server")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="AI Core's runs this many times each, taking turns going first; figures added up")
     parser.add_argument("--verify", type=int, default=3, help="chats whose last turn is sent again alone")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
@@ -314,15 +360,19 @@ def main() -> None:
 
             redis = RedisProcess().start()
             env["REDIS_URL"] = redis.url
-        for name in runs:
+        measured: dict[str, list[dict]] = {}
+        for name in order(runs, args.repeat):
             print(f"{RUNS[name]}:", file=sys.stderr, flush=True)
             if name == "llama":
                 with llama:
-                    run["results"][name] = measure(llama.base_url, {}, args, False, llama.proc.pid, aicore=False)
+                    measured.setdefault(name, []).append(
+                        measure(llama.base_url, {}, args, False, llama.proc.pid, aicore=False))
                 continue
             with ServeProcess(env=env) as server:  # a fresh server per run: nothing cached from the other
-                run["results"][name] = measure(server.base_url, {"X-API-Key": KEY}, args, name == "sessions",
-                                               server.proc.pid, aicore=True)
+                measured.setdefault(name, []).append(measure(server.base_url, {"X-API-Key": KEY}, args,
+                                                             name == "sessions", server.proc.pid, aicore=True))
+        run["results"] = {name: combine(measured[name]) for name in RUNS if name in measured}
+        run["order"] = order(runs, args.repeat)
     finally:
         if redis:
             redis.stop()
