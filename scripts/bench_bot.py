@@ -129,8 +129,9 @@ async def drive(base_url: str, headers: dict, chats: int, turns: int, think_s: f
 
 
 def engine_counters(base_url: str, headers: dict) -> Optional[dict]:
-    """AI Core's engine counters for MODEL (prefilled / reused prompt tokens since load), None if absent.
-    Replicas publish their figures every 0.5-2 s: wait that long before reading."""
+    """AI Core's engine counters for MODEL since load (`prefilled` / `reused` prompt tokens, and
+    every other `aicore_engine_*` counter by its sample name), None if absent. Replicas publish
+    their figures every 0.5-2 s: wait that long before reading."""
     time.sleep(2.5)
     r = httpx.get(base_url + "/api/v1/metrics", headers=headers, timeout=30)
     if r.status_code != 200:
@@ -139,9 +140,11 @@ def engine_counters(base_url: str, headers: dict) -> Optional[dict]:
     found: dict = {}
     for family in text_string_to_metric_families(r.text):
         for sample in family.samples:
-            if sample.name in wanted and sample.labels.get("model") == MODEL:
-                found[wanted[sample.name]] = found.get(wanted[sample.name], 0) + int(sample.value)
-    return found if len(found) == 2 else None
+            if (sample.labels.get("model") == MODEL and sample.name.startswith("aicore_engine_")
+                    and sample.name.endswith(("_total", "_sum", "_count"))):
+                name = wanted.get(sample.name, sample.name.removeprefix("aicore_engine_"))
+                found[name] = found.get(name, 0) + sample.value
+    return found if {"prefilled", "reused"} <= set(found) else None
 
 
 def check_alone(base_url: str, headers: dict, done: dict, turns: int, count: int, extra: dict) -> dict:
@@ -212,6 +215,7 @@ def combine(runs: list[dict]) -> dict:
         "reused_tokens": add("reused_tokens") if counted_prefill else None,
         "prefill_source": runs[0]["prefill_source"],
         "others_cpu_share": sum(r["others_cpu_share"] for r in runs) / len(runs),
+        "engine": {name: sum(r.get("engine", {}).get(name, 0) for r in runs) for name in runs[0].get("engine", {})},
         "alone_check": {"checked": sum(c["checked"] for c in checks), "matches": sum(c["matches"] for c in checks),
                         "mismatches": [m for c in checks for m in c["mismatches"]]},
     }
@@ -239,8 +243,9 @@ def measure(base_url: str, headers: dict, args, sessions: bool, server_pid: int,
     summary["others_cpu_share"] = share
     after = engine_counters(base_url, headers) if aicore else None
     if before and after:
-        summary.update(prefilled_tokens=after["prefilled"] - before["prefilled"],
-                       reused_tokens=after["reused"] - before["reused"], prefill_source="engine counters (/api/v1/metrics)")
+        summary.update(prefilled_tokens=int(after["prefilled"] - before["prefilled"]),
+                       reused_tokens=int(after["reused"] - before["reused"]), prefill_source="engine counters (/api/v1/metrics)",
+                       engine={name: round(after[name] - before.get(name, 0), 3) for name in after})
     elif aicore:
         summary["prefill_source"] = "engine counters not found in /api/v1/metrics"
     extra = {"body": {"cache": False}, "headers": {"Cache-Control": "no-cache"}} if aicore else {}
@@ -258,6 +263,20 @@ def _tokens(s: dict) -> str:
     if s.get("prefilled_tokens") is None:
         return "-"
     return f"{s['prefilled_tokens']} / {s['reused_tokens']}"
+
+
+def _engine_time(s: dict) -> str:
+    e = s.get("engine") or {}
+    if "prefill_seconds_total" not in e:
+        return "-"
+    return f"{e['prefill_seconds_total']:.1f} / {e['decode_seconds_total']:.1f}; {e.get('step_tokens_count', 0):.0f}"
+
+
+def _saved(s: dict) -> str:
+    e = s.get("engine") or {}
+    if "saved_prompt_saved_total" not in e:
+        return "-"
+    return f"{e['saved_prompt_saved_total']:.0f} / {e['saved_prompt_restored_total']:.0f}"
 
 
 def counted(a: Optional[dict], b: Optional[dict]) -> bool:
@@ -280,6 +299,8 @@ def report(run: dict) -> str:
         ("first token p50, turn 1", lambda s: seconds(s["ttft_first_p50_s"])),
         ("prompt tokens (usage, all turns)", lambda s: str(s["prompt_tokens"])),
         ("prompt tokens prefilled / reused", _tokens),
+        ("engine seconds: prefill / decode; steps", _engine_time),
+        ("KV saved to host RAM / restored", _saved),
         ("response-cache hits (misses)", lambda s: f"{s['cache_hits']} ({s['cache_misses']})"),
         ("answers equal to the same request alone", lambda s: f"{s['alone_check']['matches']}/{s['alone_check']['checked']}"),
         ("other processes' CPU", lambda s: percent(s["others_cpu_share"])),
