@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         10_000, ge=1, description="The most web-token-mint entries the audit log keeps, apart from the admin "
         "actions' (a site minting one token per visitor evicts older mints, never an action).",
     )
+    audit_mint_retention_s: float = Field(
+        172_800, gt=0, description="Web-token-mint entries are kept this long (the mint stream expires this long "
+        "after its newest mint); the default covers the longest a token lives (a day) and the day its records are "
+        "kept after (WEB_TOKEN_KEEP_S's default).",
+    )
     audit_refused_max_entries: int = Field(
         10_000, ge=1, description="The most refused-attempt entries the audit log keeps, apart from the admin "
         "actions' (a flood of refused requests evicts older refusals, never an action).",

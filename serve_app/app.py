@@ -63,6 +63,7 @@ def create_app(
     app.state.audit = AuditLog.for_store(store, retention_days=settings.audit_retention_days,
                                          max_entries=settings.audit_max_entries,
                                          mint_max_entries=settings.audit_mint_max_entries,
+                                         mint_retention_s=settings.audit_mint_retention_s,
                                          refused_max_entries=settings.audit_refused_max_entries)
     app.state.limiter = RateLimiter(store, settings.rate_limit_per_minute, settings.tokens_per_minute, quota_clock)
     app.state.auth = Authenticator(

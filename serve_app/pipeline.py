@@ -15,11 +15,17 @@ the request's size:
      (one atomic store call: serve_app/access/ratelimit.py).
      The key's daily and monthly quotas (a web token's: its minter's) are checked in the same
      store call (serve_app/access/usage.py: 429 `quota_exceeded`).
-The content filter, cache and sessions follow in the services. When the request ends,
-`Admission.close` settles the reservation to the tokens really used (a client that left is
-charged for what it got, a request refused later, e.g. for overload, gives it back) and
-records the key's usage: its running totals, the usage buckets of its model and its quota
-periods, in one store call. Outcomes are typed: `Outcome` is the one record of a request that the
+The content filter, cache and sessions follow in the services. Every admission is settled once,
+by `Admission.close`, with the status taken from how the request ended (`status_of`): a
+WebSocket message, a batch item or a Telegram update runs inside `Admission.settling()`; an HTTP
+response's admissions are settled by the guard, with the response's status, before its last
+byte leaves (or, when it never ends, as a client that left). Each admission records its own
+usage: a batch item is a request of its own, admitted with the key looked up again; the
+synchronous batch call itself only checks the key (it is no request); a batch job's submission
+is one request (no tokens) and each item another. `close` settles the reservation to the
+tokens really used (a client that left is charged for what it got, a request refused later,
+e.g. for overload, gives it back) and records the key's usage: its running totals, the usage
+buckets of its model and its quota periods, in one store call. Outcomes are typed: `Outcome` is the one record of a request that the
 access log, metrics and response headers read.
 """
 
@@ -30,10 +36,11 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Optional
 
-from core.access_errors import PermissionDenied, QuotaExceeded, RateLimited
-from core.errors import AICoreError
+from core.access_errors import KeyNotFound, PermissionDenied, QuotaExceeded, RateLimited
+from core.errors import AICoreError, AuthenticationFailed, RequestCancelled
 from serve_app.access.ratelimit import Limits, Pool, Reservation
 
 if TYPE_CHECKING:
@@ -43,7 +50,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("aicore.pipeline")
 
-CLIENT_GONE = 499  # the status a request is recorded with when the client left before its end
 ADDRESS_POOL = ":addr:"  # a web token pool's name: <minter>:addr:<client address>
 
 # A request's tokens are reserved before the model counts them, from a bound that never falls
@@ -55,11 +61,14 @@ TEMPLATE_TOKENS = 64  # the template's own text and a default system prompt
 MESSAGE_TOKENS = 8  # each message's role markers
 
 
-def status_of(error: BaseException) -> int:
-    """The status a request that ended with `error` is settled and logged with."""
+def status_of(error: Optional[BaseException] = None) -> int:
+    """The status a request is settled and logged with, from how it ended: done (no error), its
+    error's, or a cancel's (the client left, or a job was cancelled, before its end)."""
+    if error is None:
+        return int(HTTPStatus.OK)
     if isinstance(error, asyncio.CancelledError):
-        return CLIENT_GONE  # the client left (or a job was cancelled) before its end
-    return error.status if isinstance(error, AICoreError) else 500
+        return RequestCancelled.status
+    return error.status if isinstance(error, AICoreError) else int(HTTPStatus.INTERNAL_SERVER_ERROR)
 
 
 def text_token_bound(text: str) -> int:
@@ -106,7 +115,10 @@ class Outcome:
             outcome = state["outcome"] = cls()
         return outcome
 
-    async def close_admissions(self, status: int) -> None:
+    async def settle(self, ended: Optional[BaseException] = None, status: Optional[int] = None) -> None:
+        """Settle the request's admissions: with `status` (an HTTP response's, as it ends), else
+        as `ended` says (None: done; a cancel: the client left)."""
+        status = status if status is not None else status_of(ended)
         for admission in self.admissions:
             await admission.close(status)
 
@@ -165,7 +177,6 @@ class Admission:
         self.reservation: Optional[Reservation] = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
-        self.delegated = False  # its work was split into admissions of their own (batch items)
         self.closed = False
         self.running: tuple[str, ...] = ()  # whose in-flight requests it counts in
         self.model: Optional[str] = None  # what it was limited for: its usage's model
@@ -246,7 +257,7 @@ class Admission:
         except BaseException as error:
             await asyncio.shield(self.close(status_of(error)))
             raise
-        await asyncio.shield(self.close(200))
+        await asyncio.shield(self.close(status_of()))
 
     async def close(self, status: int) -> None:
         """Settle the reservation and record the key's usage; once, and never failing the answer."""
@@ -258,13 +269,11 @@ class Admission:
         try:
             if self.reservation is not None:
                 await self.pipeline.limiter.settle(self.reservation, used)
-            if not self.delegated:
-                await self.pipeline.keys.record_usage(
-                    self.key_id, status, self.prompt_tokens, self.completion_tokens, model=self.model,
-                    owner=self.usage_owner, admitted=self.admitted)
+            await self.pipeline.keys.record_usage(
+                self.key_id, status, self.prompt_tokens, self.completion_tokens, model=self.model,
+                owner=self.usage_owner, admitted=self.admitted)
         except Exception as error:  # the answer is already on its way: never fail it here
             logger.warning("could not record usage for %s: %s", self.key_id, type(error).__name__)
-
 
     def _stop_running(self) -> None:
         if self.running:
@@ -281,17 +290,31 @@ class Pipeline:
         self.in_flight = InFlight(max_in_flight_per_key)
         self.on_quota = on_quota  # (key id, quota name, share used) at each admission of a key with quotas
 
-    async def admit(self, context: RequestContext, *scopes: str) -> Admission:
-        """Steps 1-3: the key valid now, one of `scopes`, the key's IP allowlist."""
-        principal = await self.auth.check(context.key, context.client_ip)
+    async def admit(self, context: RequestContext, *scopes: str, known: Optional["Principal"] = None) -> Admission:
+        """Steps 1-3 (`check`), then the request's admission: its limits, usage and settling."""
+        return Admission(self, context, await self.check(context, *scopes, known=known))
+
+    async def check(self, context: RequestContext, *scopes: str, known: Optional["Principal"] = None) -> "Principal":
+        """Steps 1-3: the key valid now, one of `scopes`, the key's IP allowlist. `known`: a key
+        checked before whose secret is not kept (a batch job's items), looked up again by its id."""
+        if known is None:
+            principal = await self.auth.check(context.key, context.client_ip)
+        else:
+            principal = await self._again(known, context.client_ip)
         context.outcome.key_id = principal.key_id
         if scopes and not principal.scopes.intersection(scopes):
             raise PermissionDenied(f"this API key lacks the {' or '.join(repr(s) for s in scopes)} scope")
-        return Admission(self, context, principal)
+        return principal
 
-    def admit_part(self, parent: Admission, channel: str = "batch") -> Admission:
-        """An admission for one part of an admitted request (a batch item): same caller, its own
-        limits and usage. The parent then records no usage of its own."""
-        parent.delegated = True
-        context = RequestContext(channel, None, parent.context.client_ip, parent.context.outcome)
-        return Admission(self, context, parent.principal)
+    async def _again(self, known: "Principal", client_ip: Optional[str]) -> "Principal":
+        """The key as it stands now, by id (one store read): what `Authenticator.check` checks after
+        finding a presented key. Bootstrap keys (API_KEYS) cannot change."""
+        from serve_app.access.auth import usable  # auth imports this module
+
+        if known.bootstrap:
+            return known
+        try:
+            record = await self.keys.record(known.key_id)  # StoreUnavailable: not now, not refused
+        except KeyNotFound:
+            raise AuthenticationFailed("this API key no longer exists") from None
+        return usable(record, client_ip)

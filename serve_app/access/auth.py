@@ -5,8 +5,9 @@ below are the HTTP adapter of the one admission path (serve_app/pipeline.py): `r
 (inference scope), `require_admin`, `require_admin_read` (the `admin` or `admin_read` scope: reads
 of keys, usage, jobs and the audit log), `require_metrics` (the `metrics` or `admin` scope) and
 `require_minter` (the `tokens` or `admin` scope) admit the request and count it against the
-key's limits at once; `require_caller` admits a generation, embedding or batch request whose
-limits the service takes once it knows the model and the request's size. The admin dependencies
+key's limits at once; `require_caller` admits a generation, embedding or batch-job request whose
+limits the service takes once it knows the model and the request's size; `require_batch_caller`
+only checks the key of a synchronous batch call, whose items are admitted one by one. The admin dependencies
 record a refused attempt (no or a bad key, a missing scope, a key's address) in the audit log.
 """
 
@@ -36,7 +37,7 @@ from serve_app.state.audit_log import REFUSED, Actor
 from serve_app.state.store import Store, StoreUnavailable
 
 __all__ = ["Principal", "Authenticator", "hash_key", "require_key", "require_admin", "require_admin_read",
-           "require_metrics", "require_minter", "require_caller", "require_job_reader", "require_job_canceller",
+           "require_metrics", "require_minter", "require_caller", "require_batch_caller", "require_job_reader", "require_job_canceller",
            "require_model_viewer"]
 
 BOOTSTRAP_NAME = "API_KEYS"  # the audit log's name of a bootstrap key
@@ -181,6 +182,14 @@ async def require_key(request: Request) -> Principal:
 async def require_caller(request: Request) -> Admission:
     """Generation, embedding and batch routes: the service takes the limits (model, size)."""
     return await _admitted(request, "inference", count=False)
+
+
+async def require_batch_caller(request: Request) -> RequestContext:
+    """The synchronous batch: the key checked for the call (a refusal is its HTTP error), which is
+    no request of its own: each item is admitted as one, the key looked up again."""
+    context = http_context(request)
+    await request.app.state.pipeline.check(context, "inference")
+    return context
 
 
 async def require_admin(request: Request) -> Principal:

@@ -7,9 +7,10 @@ bodies over MAX_BODY_BYTES (413) before any parsing, chunked bodies included, an
 arrive whole within BODY_TIMEOUT_S (408, connection closed: a slow upload cannot hold a request
 open; headers are Ray's proxy's business, docs/security.md#slow-and-large-clients). On the way out:
 `X-Content-Type-Options: nosniff` and the key's x-ratelimit-* headers on every response, and,
-before the last body byte leaves, the request's admissions are closed (serve_app/pipeline.py:
-tokens settled, usage recorded, so the next request sees them); a response that never ends
-(the client left) closes them when the app returns.
+before the last body byte leaves, the request's admissions are settled with the response's status
+(serve_app/pipeline.py: tokens settled, usage recorded, so the next request sees them); a
+response that never ends is settled when the app returns, as a client that left, or with the
+error that ended it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from core.access_errors import AddressNotAllowed, BodyTimeout, BodyTooLarge
 from serve_app.access.netguard import allowed, parse_networks
 from serve_app.http.errors import error_response
 from serve_app.http.proxy_headers import ENV, NOTHING_TRUSTED, ProxyTrust, original_client
-from serve_app.pipeline import CLIENT_GONE, Outcome
+from serve_app.pipeline import Outcome
 
 logger = logging.getLogger("aicore.guard")
 
@@ -73,7 +74,7 @@ class GuardMiddleware:
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 status["ended"] = True
-                await outcome.close_admissions(status["code"])
+                await outcome.settle(status=status["code"])
             await send(message)
 
         if not allowed(address, self.allowlist):
@@ -85,8 +86,12 @@ class GuardMiddleware:
             return await error_response(error)(scope, receive, guarded_send)
         try:
             await self.app(scope, receive, guarded_send)
-        finally:  # the client left mid-answer (or the app failed): settle what it got, even when cancelled
-            await asyncio.shield(outcome.close_admissions(status["code"] if status["ended"] else CLIENT_GONE))
+        except BaseException as error:  # the app failed or was cancelled before its response ended
+            if not status["ended"]:
+                await asyncio.shield(outcome.settle(error))
+            raise
+        if not status["ended"]:  # the app returned and its response never ended: the client left
+            await asyncio.shield(outcome.settle(asyncio.CancelledError()))
 
     async def _bounded_body(self, scope, receive):
         """Read the whole body up front (it is small by construction) and replay it to the app.

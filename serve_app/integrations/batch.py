@@ -2,8 +2,10 @@
 
 At most `batch_concurrency` items of one batch generate at a time, so a batch never takes
 more of a model than a few single requests would; one bad item is that item's error only.
-Each item is a request of its own in the admission pipeline: it counts against the key's
-requests and tokens per minute, and its usage is recorded (the batch call itself is not).
+Each item is a request of its own in the admission pipeline: admitted with the key looked up
+again, it counts against the key's requests and tokens per minute and settles its own usage.
+The synchronous batch call itself only checks the key (a key-level refusal is its HTTP error)
+and is no request; a job's submission is one (serve_app/integrations/batch_jobs.py).
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from serve_app.http.protocol.batch import (
     BatchTotals,
 )
 from serve_app.http.replies import generate_response
-from serve_app.pipeline import Admission, Pipeline
+from serve_app.pipeline import Admission, Outcome, Pipeline, RequestContext
 from serve_app.serving import GenerationService, RequestOptions
 
 Item = Union[BatchGenerateItem, BatchChatItem]
+Admit = Callable[[], Awaitable[Admission]]  # an item's admission, the key looked up again
 MAX_OVERLOAD_WAIT_S = 30  # longest pause before a job asks an overloaded model again
 # An item's `id` (BatchGenerateItem.id): an id longer than this is never echoed in a result.
 ITEM_ID_MAX_CHARS = next(m.max_length for m in BatchGenerateItem.model_fields["id"].metadata
@@ -109,7 +112,8 @@ class BatchService:
         self.settings = settings
         self.pipeline = pipeline
 
-    async def run(self, body: BatchRequest, caller: Admission) -> BatchResponse:
+    async def run(self, body: BatchRequest, caller: RequestContext) -> BatchResponse:
+        """The items of one call by `caller` (its key checked already), each admitted on its own."""
         if len(body.items) > self.settings.batch_max_items:
             raise InvalidRequest(
                 f"{len(body.items)} items; a batch takes at most {self.settings.batch_max_items}",
@@ -118,26 +122,43 @@ class BatchService:
         started = time.monotonic()
         gate = asyncio.Semaphore(self.settings.batch_concurrency)
 
+        items: list[RequestContext] = []
+
+        async def admit() -> Admission:
+            context = RequestContext("batch", caller.key, caller.client_ip, Outcome(client_ip=caller.client_ip))
+            items.append(context)
+            return await self.pipeline.admit(context, "inference")
+
         async def one(entry: Prepared) -> BatchItemResult:
             if entry.error is not None:
                 return entry.failed(entry.error)
             async with gate:
-                return await self.generate(entry, caller)
+                try:
+                    return await self.generate(entry, admit)
+                except Exception as refused:  # the key changed since the call began: this item's error
+                    return entry.failed(refused)
 
         results = list(await asyncio.gather(*(one(entry) for entry in prepare(body.items, body.format))))
+        outcome = caller.outcome  # the call's access-log line and headers: its items' tokens, the last limits
+        for item in items:
+            outcome.prompt_tokens += item.outcome.prompt_tokens
+            outcome.completion_tokens += item.outcome.completion_tokens
+            outcome.ratelimit_headers = item.outcome.ratelimit_headers or outcome.ratelimit_headers
+            outcome.model = item.outcome.model or outcome.model
         return BatchResponse(results=results, totals=totals(results, started))
 
-    async def generate(self, entry: Prepared, caller: Admission, retry_overloaded: bool = False,
-                       refresh: Optional[Callable[[], Awaitable[Admission]]] = None) -> BatchItemResult:
-        """Run one valid item; its failure (unknown model, overload, ...) is its result.
+    async def generate(self, entry: Prepared, admit: Admit, retry_overloaded: bool = False) -> BatchItemResult:
+        """Run one valid item, admitted by `admit` (the key looked up again: its refusal, e.g. a
+        revoke, is raised, not the item's result) and settled on its own; its failure (unknown
+        model, limits, overload, ...) is its result.
 
         `retry_overloaded` (asynchronous jobs): a model that refuses for overload (503) is asked
-        again after its Retry-After, for as long as it takes; the job's cancel stops the wait.
-        `refresh` (jobs): the caller as it stands now, for each attempt after the first (the key
-        looked up again: its error, e.g. a revoke, is raised to the job)."""
+        again after its Retry-After, for as long as it takes, each attempt admitted anew; the
+        job's cancel stops the wait."""
         while True:
+            admission = await admit()
             try:
-                async with self.pipeline.admit_part(caller).settling() as admission:
+                async with admission.settling():
                     return await self._generate(entry, admission)
             except Exception as error:
                 mapped = to_aicore_error(error)
@@ -145,8 +166,6 @@ class BatchService:
                     return entry.failed(mapped)
             wait_s = getattr(mapped, "retry_after", None) or getattr(mapped, "retry_after_s", 1)
             await asyncio.sleep(min(wait_s, MAX_OVERLOAD_WAIT_S))
-            if refresh is not None:
-                caller = await refresh()
 
     async def _generate(self, entry: Prepared, admission: Admission) -> BatchItemResult:
         item, key_id = entry.item, admission.key_id

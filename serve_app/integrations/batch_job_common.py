@@ -1,5 +1,5 @@
-"""What the batch job service and its runner share: errors, job ids, the key looked up again
-before each item, a job this replica runs, and the final `error` bodies of a stopped job."""
+"""What the batch job service and its runner share: errors, job ids, a job this replica runs,
+and the final `error` bodies of a stopped job."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from core.access_errors import KeyNotFound, PermissionDenied, RateLimited
-from core.errors import AICoreError, AuthenticationFailed
+from core.access_errors import RateLimited
+from core.errors import AICoreError
 from serve_app.http.errors import error_body
 from serve_app.http.protocol.batch import BatchItemResult
 from serve_app.integrations.batch import Prepared
@@ -48,24 +48,6 @@ def new_job_id(now: float) -> str:
     global _last_id_us
     _last_id_us = max(int(now * 1_000_000) % 16 ** 13, _last_id_us + 1)
     return f"bjob_{_last_id_us:013x}{secrets.token_hex(6)[:11]}"
-
-
-async def current_principal(keys: Any, submitted: Any, client_ip: Optional[str]) -> Any:
-    """The job's key as it stands now, looked up by id (one store read): what `Authenticator.check`
-    checks after finding a presented key, and the `inference` scope. Bootstrap keys (API_KEYS)
-    cannot change. Raises the error that stops the job."""
-    from serve_app.access.auth import usable  # auth imports the pipeline, as this module does
-
-    if submitted.bootstrap:
-        return submitted
-    try:
-        record = await keys.record(submitted.key_id)  # StoreUnavailable: the item cannot run now
-    except KeyNotFound:
-        raise AuthenticationFailed("this API key no longer exists") from None
-    principal = usable(record, client_ip)
-    if "inference" not in principal.scopes:
-        raise PermissionDenied("this API key lacks the 'inference' scope")
-    return principal
 
 
 @dataclass(eq=False)

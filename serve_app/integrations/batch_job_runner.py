@@ -15,12 +15,11 @@ from serve_app.integrations.batch_job_common import (
     CANCEL_POLL_S,
     LocalJob,
     ResultQuotaExceeded,
-    current_principal,
     interrupted_error,
     stopped_error,
     to_json,
 )
-from serve_app.pipeline import Admission, Pipeline, RequestContext
+from serve_app.pipeline import Admission, Outcome, Pipeline, RequestContext
 from serve_app.state.batch_job_records import JobRecord, JobRecords
 from serve_app.state.store import StoreUnavailable
 
@@ -75,13 +74,11 @@ class BatchJobRunner:
         # overran the shared state hub (found by tests/integration/test_openapi_fuzz.py).
         async with gate:
             try:  # the key as it stands now, before every item (and each retry of an overloaded one)
-                caller = await self._caller(job)
                 if entry.error is not None:
+                    await self.pipeline.check(self._context(job), "inference", known=job.principal)
                     result = entry.failed(entry.error)
                 else:
-                    job.started.add(entry.index)
-                    result = await self.batch.generate(entry, caller, retry_overloaded=True,
-                                                       refresh=lambda: self._caller(job))
+                    result = await self.batch.generate(entry, lambda: self._admit(job, entry), retry_overloaded=True)
             except StoreUnavailable as error:  # the key cannot be checked: the item does not run
                 result = entry.failed(entry.error or error)
             except AICoreError as refused:  # revoked, disabled, expired, gone, scope or address lost
@@ -96,10 +93,16 @@ class BatchJobRunner:
                 logger.warning("batch job %s: progress not written (store unavailable)", job.record.id)
             await self._charge(job, result)
 
-    async def _caller(self, job: LocalJob) -> Admission:
-        """An admission for the next item under the key as it is now (looked up by id)."""
-        principal = await current_principal(self.pipeline.keys, job.principal, job.client_ip)
-        return Admission(self.pipeline, RequestContext("batch", None, job.client_ip), principal)
+    async def _admit(self, job: LocalJob, entry: Prepared) -> Admission:
+        """The item's admission under the key as it is now (looked up by id: nothing of it is kept
+        from the submission but its id); a refusal stops the job."""
+        admission = await self.pipeline.admit(self._context(job), "inference", known=job.principal)
+        job.started.add(entry.index)
+        return admission
+
+    @staticmethod
+    def _context(job: LocalJob) -> RequestContext:
+        return RequestContext("batch", None, job.client_ip, Outcome(client_ip=job.client_ip))
 
     async def _charge(self, job: LocalJob, result: BatchItemResult) -> None:
         """Count the stored result against the key's bytes; past the quota the job ends `failed`."""

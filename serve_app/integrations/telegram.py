@@ -202,10 +202,10 @@ class TelegramBot:
         return f"Model set to {name}."
 
     async def _answer(self, chat: Chat, text: str) -> str:
+        await self.access.count_chat(chat.id)  # first: a refused chat leaves no admission unsettled
         admission = await self.access.admit(chat.client_ip)  # the bot's key, through the one pipeline
         state = await self.chats.get(chat.key)
         model = self._model(state.model, admission.principal)
-        await self.access.count_chat(chat.id)
         user = {"role": "user", "content": text}
         history = block_window(state.messages + [user], self.settings.telegram_history_messages)
         try:

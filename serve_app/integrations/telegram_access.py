@@ -56,22 +56,26 @@ class TelegramAccess:
     async def admit(self, client_ip: Optional[str] = None) -> Admission:
         """The bot's key, checked as a client's key is on every request (the store is read each time,
         so a revoke or a change of its limits applies to the next update)."""
+        context = RequestContext("telegram", self.key, client_ip)
+        return Admission(self.pipeline, context, await self._checked(context))
+
+    async def principal(self, client_ip: Optional[str] = None) -> Principal:
+        """The bot's key as it stands now, for a command that starts no request (`/model`)."""
+        return await self._checked(RequestContext("telegram", self.key, client_ip))
+
+    async def _checked(self, context: RequestContext) -> Principal:
         try:
-            admission = await self.pipeline.admit(RequestContext("telegram", self.key, client_ip), "inference")
+            principal = await self.pipeline.check(context, "inference")
         except StoreUnavailable:
             raise
         except AICoreError as error:
             logger.error("TELEGRAM_API_KEY refused: %s (%s)", error.message, error.code)
             raise ChatRefused(UNAVAILABLE) from None
-        principal = admission.principal
         if "admin" in principal.scopes and not principal.bootstrap:
             logger.error("TELEGRAM_API_KEY %s has the admin scope: give the bot an inference-only key",
                          principal.key_id)
             raise ChatRefused(UNAVAILABLE)
-        return admission
-
-    async def principal(self, client_ip: Optional[str] = None) -> Principal:
-        return (await self.admit(client_ip)).principal
+        return principal
 
     async def count_chat(self, chat_id: int) -> None:
         """One model answer for the chat in its own per-minute window (TELEGRAM_CHAT_RPM)."""

@@ -56,7 +56,7 @@ from serve_app.integrations.ws_gate import (  # noqa: F401 (WsLimits, TRY_AGAIN_
     WsGate,
     WsLimits,
 )
-from serve_app.pipeline import CLIENT_GONE, Outcome, Pipeline, RequestContext
+from serve_app.pipeline import Outcome, Pipeline, RequestContext, status_of
 from serve_app.serving import GenerationService, RequestOptions
 
 logger = logging.getLogger("aicore.ws")
@@ -131,7 +131,7 @@ class WsSession:
                     message = f"no auth message within {self.limits.auth_timeout_s:g}s"
                     raise Refused(POLICY_VIOLATION, message, AuthenticationFailed(message, code="auth_timeout")) from None
                 self.key = _auth_key(raw)
-            self.principal = (await self.pipeline.admit(self._context(), "inference")).principal
+            self.principal = await self.pipeline.check(self._context(), "inference")  # no request yet
         except Refused as refused:
             await self.gate.failed(self.outcome.client_ip)
             await self._close(refused)
@@ -205,7 +205,7 @@ class WsSession:
         self.tasks[message.id] = asyncio.create_task(self._serve(message))
 
     async def _serve(self, message: Union[WsGenerate, WsChat]) -> None:
-        status = CLIENT_GONE  # until it ends otherwise: the client left (the task was cancelled)
+        ended: Optional[BaseException] = asyncio.CancelledError()  # until it ends otherwise: the client left
         started, context = time.monotonic(), self._context()
         request_id = uuid.uuid4().hex
         request_id_var.set(request_id)  # this task's own: its error bodies and its access-log line
@@ -228,7 +228,7 @@ class WsSession:
                         parts.append(chunk.text)
                         await self._send(WsToken(id=message.id, text=chunk.text))
             usage = generation.usage
-            status = 200
+            ended = None
             await self._send(WsDone(
                 id=message.id, model=generation.entry.name, response="".join(parts),
                 finish_reason=generation.finish_reason,
@@ -239,13 +239,12 @@ class WsSession:
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            failure = to_aicore_error(error)
-            status = failure.status
+            ended = failure = to_aicore_error(error)
             context.outcome.error_type, context.outcome.error_code = failure.type, failure.code
             await self._send_error(message.id, error)
         finally:
             self.tasks.pop(message.id, None)
-            record_request(self.record, context.outcome, method="WS", route=ROUTE, status=status,
+            record_request(self.record, context.outcome, method="WS", route=ROUTE, status=status_of(ended),
                            latency=time.monotonic() - started, ws_id=message.id, connection_id=self.connection_id)
 
     @staticmethod

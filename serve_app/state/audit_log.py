@@ -1,13 +1,17 @@
 """The audit log: who did what to keys, models, jobs and the configuration, and who was refused.
 
-Three append-only streams, read as one, newest first; each bounded by AUDIT_RETENTION_DAYS and
-its own length cap, trimmed exactly at every append (Redis: XADD MAXLEN and XTRIM MINID in one
-script; exact trimming costs little at these rates, and the bounds are what they say):
-  aicore:audit          admin actions (keys, models, jobs, config): AUDIT_MAX_ENTRIES
+Three append-only streams, read as one, newest first; each bounded by a retention and its own
+length cap, trimmed exactly at every append (Redis: XADD MAXLEN and XTRIM MINID in one script;
+exact trimming costs little at these rates, and the bounds are what they say):
+  aicore:audit          admin actions (keys, models, jobs, config): AUDIT_MAX_ENTRIES,
+                        AUDIT_RETENTION_DAYS
   aicore:audit:tokens   web-token mints (a public site's backend mints one per visitor): their
-                        own cap, AUDIT_MINT_MAX_ENTRIES
+                        own cap, AUDIT_MINT_MAX_ENTRIES, and their own retention,
+                        AUDIT_MINT_RETENTION_S; the stream itself also expires that long after
+                        its newest mint, so a burst of mints leaves nothing once it is that old
+                        (trimming alone runs only when the next mint comes)
   aicore:audit:refused  refused attempts at admin routes (anyone can cause them): their own cap,
-                        AUDIT_REFUSED_MAX_ENTRIES
+                        AUDIT_REFUSED_MAX_ENTRIES, AUDIT_RETENTION_DAYS
 so a flood of mints or of refused requests evicts older entries of its own kind, never an admin
 action. Ids are stream ids `<ms>-<seq>` whose sequence number is the stream's index modulo 3, so
 an id names one entry of any stream and the three merge into one order. Without REDIS_URL each ingress
@@ -35,7 +39,8 @@ SCAN_MAX = 5000  # entries one page examines per stream at most; then `next_befo
 Id = tuple[int, int]
 
 # Append one entry with an id above the stream's last one and of the stream's index (modulo 3),
-# then trim by length and age. KEYS: the stream; ARGV: index, max length, oldest id kept (ms), JSON.
+# then trim by length and age. KEYS: the stream; ARGV: index, max length, oldest id kept (ms), JSON,
+# and the stream's own lifetime after this entry (ms; 0: none).
 _APPEND = """
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -48,6 +53,7 @@ end
 local id = string.format('%d-%d', ms, seq)
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], id, 'e', ARGV[4])
 redis.call('XTRIM', KEYS[1], 'MINID', ARGV[3])
+if tonumber(ARGV[5]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 return id
 """
 
@@ -112,8 +118,8 @@ class MemoryStreams:
     def __init__(self) -> None:
         self.streams: dict[str, deque] = {name: deque() for name in STREAMS}
 
-    async def append(self, stream: str, index: int, data: str, max_len: int, min_ms: int) -> str:
-        entries = self.streams[stream]
+    async def append(self, stream: str, index: int, data: str, max_len: int, min_ms: int, expire_ms: int = 0) -> str:
+        entries = self.streams[stream]  # one process's memory: trimming by age at each append bounds it
         entry_id = (int(time.time() * 1000), index)
         if entries and entries[-1][0] >= entry_id:
             entry_id = (entries[-1][0][0], entries[-1][0][1] + len(STREAMS))
@@ -140,8 +146,8 @@ class RedisStreams:
         self.store = store
         self._append = store.client.register_script(_APPEND)
 
-    async def append(self, stream: str, index: int, data: str, max_len: int, min_ms: int) -> str:
-        return await self.store._call(self._append(keys=[stream], args=[index, max_len, min_ms, data]))
+    async def append(self, stream: str, index: int, data: str, max_len: int, min_ms: int, expire_ms: int = 0) -> str:
+        return await self.store._call(self._append(keys=[stream], args=[index, max_len, min_ms, data, expire_ms]))
 
     async def newest(self, stream: str, upper: Optional[Id], lower: Optional[Id], count: int) -> list[tuple[Id, str]]:
         if upper == (0, 0):
@@ -154,9 +160,11 @@ class RedisStreams:
 
 class AuditLog:
     def __init__(self, streams: Any, retention_days: float = 90, max_entries: int = 1_000_000,
-                 mint_max_entries: int = 10_000, refused_max_entries: int = 10_000):
+                 mint_max_entries: int = 10_000, refused_max_entries: int = 10_000,
+                 mint_retention_s: float = 172_800):
         self.streams = streams
         self.retention_s = retention_days * 86400
+        self.mint_retention_s = mint_retention_s
         self.caps = {ACTIONS_STREAM: max_entries, MINTS_STREAM: mint_max_entries, REFUSED_STREAM: refused_max_entries}
 
     @classmethod
@@ -175,9 +183,11 @@ class AuditLog:
             entry["route"], entry["reason"] = route, reason
         stream = stream_of(action)
         data = json.dumps(entry, separators=(",", ":"), default=str)
+        retention_s = self.mint_retention_s if stream == MINTS_STREAM else self.retention_s
+        expire_ms = math.ceil(retention_s * 1000) if stream == MINTS_STREAM else 0
         try:
             return await self.streams.append(stream, STREAMS.index(stream), data, self.caps[stream],
-                                             int((time.time() - self.retention_s) * 1000))
+                                             int((time.time() - retention_s) * 1000), expire_ms)
         except Exception as error:  # noqa: BLE001 - the store is down or refused: keep the entry in the log
             logger.error("audit entry not stored (%s): %s", type(error).__name__, data)
             return None

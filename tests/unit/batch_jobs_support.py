@@ -31,8 +31,9 @@ class Runner:
         self.callers: list = []
         self.pipeline = None  # set by _service: the admissions and the key service of the jobs
 
-    async def generate(self, entry, caller, retry_overloaded=False, refresh=None):
+    async def generate(self, entry, admit, retry_overloaded=False):
         assert retry_overloaded  # jobs wait out overload instead of failing items
+        caller = await admit()  # the key looked up again: a refusal is raised to the job
         self.started.append(entry.index)
         self.callers.append(caller)
         try:

@@ -8,6 +8,7 @@ import pytest
 
 from serve_app.state.audit_log import (
     ACTIONS_STREAM,
+    MINTS_STREAM,
     REFUSED,
     STREAMS,
     Actor,
@@ -121,6 +122,25 @@ def test_retention_and_length_caps_trim_each_stream_on_its_own(make_log):
         remaining, _ = await short.page(Query(action="config.reload"))
         assert [e["id"] for e in remaining] == [newest]
         assert [e["id"] for e in (await short.page(Query(limit=200)))[0] if e["action"] == "key.create"] == []
+    run(scenario())
+
+
+def test_mints_have_their_own_retention_and_the_mint_stream_expires_after_its_newest(make_log):
+    async def scenario():
+        log = make_log(mint_retention_s=0.005)  # mints kept 5 ms; admin actions the default 90 days
+        action = await log.record(ADMIN, None, "key.create", "key-1")
+        await log.record(ADMIN, None, "web_token.mint", "key-t1", status=201)
+        await asyncio.sleep(0.01)
+        newest = await log.record(ADMIN, None, "web_token.mint", "key-t2", status=201)
+        kept, _ = await log.page(Query(limit=200))
+        assert [e["id"] for e in kept] == [newest, action]  # the older mint went, the action stayed
+        if log.streams.__class__.__name__ == "RedisStreams":  # the burst leaves nothing once it is old
+            import redis
+
+            direct = redis.Redis.from_url(REDIS_URL)
+            assert direct.pttl(ACTIONS_STREAM) == -1 and direct.pttl(MINTS_STREAM) <= 5
+            await asyncio.sleep(0.02)
+            assert not direct.exists(MINTS_STREAM) and direct.exists(ACTIONS_STREAM)
     run(scenario())
 
 

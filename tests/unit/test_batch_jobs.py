@@ -210,29 +210,33 @@ def test_items_of_a_job_wait_out_overload_while_the_sync_batch_reports_it(monkey
         service = _OverloadedThenOk()
         store = MemoryStore()
         pipeline = Pipeline(None, RateLimiter(store, 0, 0), KeyService(store, {}))
-        caller = Admission(pipeline, RequestContext("http", None, None), OWNER)
         batch = BatchService(service, Settings(), pipeline)
-        sync = await batch.generate(entry, caller)
+        admitted = []
+
+        async def admit():  # the item's admission, as the route's and the job's look the key up again
+            admitted.append(Admission(pipeline, RequestContext("batch", None, None), OWNER))
+            return admitted[-1]
+
+        sync = await batch.generate(entry, admit)
         assert sync.status == "error" and sync.error["type"] == "overloaded_error"
         service.calls = 0
-        refreshed = []
-
-        async def refresh():  # a job looks its key up again before every attempt after the first
-            refreshed.append(1)
-            return caller
-
-        job_item = await batch.generate(entry, caller, retry_overloaded=True, refresh=refresh)
+        admitted.clear()
+        job_item = await batch.generate(entry, admit, retry_overloaded=True)
         assert job_item.status == "ok" and job_item.result.response == "hello" and service.calls == 3
-        assert len(refreshed) == 2
-        # every attempt of an item is a request of the key's (the batch call itself is not)
-        assert (await pipeline.keys.usage("key-a", known=True)).requests == 4 and caller.delegated
+        assert len(admitted) == 3 and all(a.closed for a in admitted)  # each attempt admitted anew, settled
+        # every attempt of an item is a request of the key's, settled on its own
+        assert (await pipeline.keys.usage("key-a", known=True)).requests == 4
         service.calls = 0
+        attempts = []
 
-        async def revoked():
-            raise KeyRevoked("this API key has been revoked")
+        async def revoked_after_first():
+            if attempts:
+                raise KeyRevoked("this API key has been revoked")
+            attempts.append(1)
+            return Admission(pipeline, RequestContext("batch", None, None), OWNER)
 
         with pytest.raises(KeyRevoked):  # revoked while the item waited: no second attempt
-            await batch.generate(entry, caller, retry_overloaded=True, refresh=revoked)
+            await batch.generate(entry, revoked_after_first, retry_overloaded=True)
         assert service.calls == 1
     asyncio.run(scenario())
 

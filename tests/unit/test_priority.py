@@ -12,6 +12,7 @@ from serve_app.access.auth import Principal
 from serve_app.http.protocol.batch import BatchRequest
 from serve_app.integrations.batch import BatchService
 from serve_app.model_router import ModelEntry, ModelRouter
+from serve_app.pipeline import RequestContext
 from serve_app.serving import GenerationService
 from tests.conftest import ROOT
 from tests.unit.admissions import admission, pipeline
@@ -77,12 +78,22 @@ def test_request_priority_then_key_default_then_interactive():
     assert [r.priority for r in handle.requests] == ["interactive", "batch", "interactive", "batch"]
 
 
+class _Presented:
+    """Authenticator stand-in: the key the batch call presented is `principal` (each item looks it up)."""
+
+    def __init__(self, principal: Principal):
+        self.principal = principal
+
+    async def check(self, key, client_ip):
+        return self.principal
+
+
 def test_batch_items_default_to_batch_priority():
     handle = _Recording()
-    shared = pipeline()
-    batch = BatchService(_service(handle), Settings(api_keys="k" * 16), shared)
     principal = Principal(key_id="web", scopes=frozenset({"inference"}))
+    shared = pipeline(auth=_Presented(principal))
+    batch = BatchService(_service(handle), Settings(api_keys="k" * 16), shared)
     items = [{"id": "a", "prompt": "hi", "max_tokens": 1}, {"id": "b", "prompt": "hi", "max_tokens": 1,
                                                            "priority": "interactive"}]
-    asyncio.run(batch.run(BatchRequest(items=items), admission(principal, on=shared)))
+    asyncio.run(batch.run(BatchRequest(items=items), RequestContext("http", "the-presented-key", None)))
     assert sorted(r.priority for r in handle.requests) == ["batch", "interactive"]

@@ -93,7 +93,10 @@ def _pipeline(admitted: list):
     def presented(ws):
         return ws.headers.get("x-api-key")
 
-    return SimpleNamespace(auth=SimpleNamespace(presented=presented), admit=admit)
+    async def check(context, scope):  # the connection's own check: the key, no request
+        return (await admit(context, scope)).principal
+
+    return SimpleNamespace(auth=SimpleNamespace(presented=presented), admit=admit, check=check)
 
 
 def _service():

@@ -72,7 +72,10 @@ def _run_session(start) -> list:
     async def admit(context, scope):
         return Admission(log)
 
-    pipeline = SimpleNamespace(auth=SimpleNamespace(presented=lambda ws: "key"), admit=admit)
+    async def check(context, scope):
+        return (await admit(context, scope)).principal
+
+    pipeline = SimpleNamespace(auth=SimpleNamespace(presented=lambda ws: "key"), admit=admit, check=check)
     service = SimpleNamespace(router=SimpleNamespace(entries={"m": None}, default_model="m"), start=start)
     socket = Socket([json.dumps({"type": "generate", "id": "r1", "prompt": "Hello", "max_tokens": 1})], log)
     session = WsSession(socket, service, pipeline)

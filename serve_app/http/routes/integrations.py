@@ -7,7 +7,13 @@ from typing import Optional, Union
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 
-from serve_app.access.auth import Principal, require_caller, require_job_canceller, require_job_reader
+from serve_app.access.auth import (
+    Principal,
+    require_batch_caller,
+    require_caller,
+    require_job_canceller,
+    require_job_reader,
+)
 from serve_app.http.protocol.batch import BatchRequest, BatchResponse
 from serve_app.http.protocol.batch_jobs import (
     JOB_ID_PATTERN,
@@ -22,15 +28,15 @@ from serve_app.http.protocol.telegram import TgNoReply, TgSendMessage, TgUpdate
 from serve_app.http.routes.audit import audited
 from serve_app.http.routes.statuses import BODY, JOB, KEYED, QUERY, WEBHOOK, links, responses_for
 from serve_app.integrations.batch_jobs import ResultQuotaExceeded, TooManyBatchJobs
-from serve_app.pipeline import Admission, Outcome
+from serve_app.pipeline import Admission, Outcome, RequestContext
 
 router = APIRouter(prefix="/api/v1")
 
 
 @router.post("/generate/batch", response_model=BatchResponse, response_model_exclude_none=True,
              responses=responses_for(KEYED, BODY))
-async def generate_batch(body: BatchRequest, request: Request, admission: Admission = Depends(require_caller)):
-    return await request.app.state.batch.run(body, admission)
+async def generate_batch(body: BatchRequest, request: Request, caller: RequestContext = Depends(require_batch_caller)):
+    return await request.app.state.batch.run(body, caller)
 
 
 def _job(job: BatchJob, status_code: int = 200) -> JSONResponse:
