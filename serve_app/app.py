@@ -12,6 +12,7 @@ from core.settings import Settings
 from serve_app.access.auth import Authenticator
 from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
+from serve_app.access.refusals import routes_in_order
 from serve_app.access.usage import QuotaClock
 from serve_app.http.cors import ConfiguredCORS
 from serve_app.http.errors import install_error_handlers
@@ -86,13 +87,11 @@ def create_app(
     app.state.started_at = int(time.time())
     install_error_handlers(app)
     install_openapi(app)
-    app.include_router(api_v1.router)
-    app.include_router(openai.router)
-    app.include_router(keys.router)
-    app.include_router(keys.usage_router)
-    app.include_router(audit.router)
-    app.include_router(integrations.router)
-    app.include_router(web.router)
+    routers = (api_v1.router, openai.router, keys.router, keys.usage_router, audit.router, integrations.router,
+               web.router)
+    for included in routers:
+        app.include_router(included)
+    app.state.routes_in_order = routes_in_order(routers)  # which are admin routes (serve_app/access/refusals.py)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     app.add_middleware(GuardMiddleware, settings=settings)
     origins, methods, headers = settings.cors_origins, settings.cors_methods, settings.cors_headers
