@@ -26,6 +26,7 @@ from core.access_errors import KeyConflict, KeyNotFound
 from core.errors import InvalidRequest
 from serve_app.access.usage import (
     STEPS,
+    Quota,
     QuotaClock,
     bucket_key,
     bucket_starts,
@@ -254,6 +255,10 @@ class KeyService:
             return []
         owner = record.minted_by or record.id
         quotas = quotas_of(record.minter_quotas or {}) if record.web_token else quotas_of(record)
+        return await self.quota_usage(owner, quotas)
+
+    async def quota_usage(self, owner: str, quotas: Iterable[Quota]) -> list[QuotaUsage]:
+        """Each of `quotas`, counted under `owner`, with what its current period used so far."""
         states = self.clock.states(owner, quotas, time.time())
         counts = await self.store.hgetall_many([state.check[0] for state in states])
         return [QuotaUsage(name=s.quota.name, limit=s.quota.limit, used=int(c.get(s.quota.counter, 0)),
