@@ -14,6 +14,7 @@ from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
 from serve_app.access.refusals import routes_in_order
 from serve_app.access.usage import QuotaClock
+from serve_app.access.usage_buffer import UsageBuffer
 from serve_app.http.cors import ConfiguredCORS
 from serve_app.http.errors import install_error_handlers
 from serve_app.http.guard import GuardMiddleware
@@ -59,7 +60,11 @@ def create_app(
         cache = ResponseCache(cache_store, settings.cache_ttl_s, on_write=lambda n: metrics.count("cache_bytes", n))
     app.state.generation = GenerationService(router, settings, cache, app.state.sessions)
     quota_clock = QuotaClock(settings.quota_timezone)
-    app.state.keys = KeyService(store, router.entries, settings.web_token_keep_s, quota_clock)
+    # Usage buckets in Redis are summed in memory and written once per USAGE_FLUSH_S (0: at each request).
+    buffer = UsageBuffer(store, settings.usage_flush_s) if store.kind == "redis" and settings.usage_flush_s else None
+    app.state.keys = KeyService(store, router.entries, settings.web_token_keep_s, quota_clock, buffer)
+    if buffer is not None:
+        app.router.on_shutdown.append(buffer.flush)  # the replica stops: its last sums are written
     # Next to the keys it speaks of: in Redis, or (without REDIS_URL) in this replica's memory.
     app.state.audit = AuditLog.for_store(store, retention_days=settings.audit_retention_days,
                                          max_entries=settings.audit_max_entries,

@@ -34,6 +34,7 @@ from serve_app.access.usage import (
     quotas_of,
     series_rows,
 )
+from serve_app.access.usage_buffer import UsageBuffer
 from serve_app.http.protocol.keys import (
     WEB_TOKEN_MAX_TTL_S,
     KeyCreate,
@@ -75,11 +76,12 @@ class StoredKey(KeyView):
 
 class KeyService:
     def __init__(self, store: Store, model_names: Iterable[str], web_token_keep_s: float = WEB_TOKEN_KEEP_S,
-                 clock: Optional[QuotaClock] = None):
+                 clock: Optional[QuotaClock] = None, buffer: Optional[UsageBuffer] = None):
         self.store = store
         self.model_names = set(model_names)
         self.web_token_keep_s = web_token_keep_s
         self.clock = clock or QuotaClock()
+        self.buffer = buffer  # usage buckets summed in memory and written together; None: at each request
 
     # -- administration -------------------------------------------------------------------
     async def create(self, spec: KeyCreate, web_token: bool = False, minted_by: Optional[str] = None,
@@ -226,17 +228,25 @@ class KeyService:
 
     # -- usage ----------------------------------------------------------------------------
     async def record_usage(self, key_id: str, status: int, prompt_tokens: int, completion_tokens: int,
-                           model: Optional[str] = None, owner: Optional[str] = None, admitted: bool = False) -> None:
-        """The key's running totals, the usage buckets of `owner` (a web token's minter) and
-        `model`, and, for a request that was `admitted`, the owner's quota periods: one round trip."""
+                           model: Optional[str] = None, owner: Optional[str] = None, admitted: bool = False,
+                           quotas: bool = True) -> None:
+        """The key's running totals and, for a request that was `admitted`, the quota periods of
+        `owner` (a web token's minter): one round trip. The usage buckets, and the quota periods of
+        an owner without `quotas` (counted all the same, so that a quota set later counts the period
+        so far), go to the buffer (written together, once a second); without one, into the same trip."""
         now = time.time()
         counters = {"requests": 1, "errors": int(status >= 400), "prompt_tokens": prompt_tokens,
                     "completion_tokens": completion_tokens}
         counters = {k: v for k, v in counters.items() if v}
         updates = [(_USAGE + key_id, counters, {"last_used_at": str(int(now))}, None)]
-        updates += bucket_updates(owner or key_id, model, counters, now)
+        later = bucket_updates(owner or key_id, model, counters, now)
         if admitted:
-            updates += self.clock.counter_updates(owner or key_id, prompt_tokens + completion_tokens, now)
+            periods = self.clock.counter_updates(owner or key_id, prompt_tokens + completion_tokens, now)
+            (updates if quotas else later).extend(periods)  # admission reads these at once: never late
+        if self.buffer is None:
+            updates += later
+        else:
+            self.buffer.add(later)
         await self.store.hupdate_many(updates)
 
     async def usage(self, key_id: str, known: bool = False) -> KeyUsage:
@@ -253,6 +263,8 @@ class KeyService:
         """Each quota of the key (a web token: its minter's) with what its period used so far."""
         if record is None:
             return []
+        if self.buffer is not None:  # this replica's latest sums first
+            await self.buffer.flush()
         owner = record.minted_by or record.id
         quotas = quotas_of(record.minter_quotas or {}) if record.web_token else quotas_of(record)
         return await self.quota_usage(owner, quotas)
@@ -268,6 +280,8 @@ class KeyService:
                      model: Optional[str] = None) -> list[dict]:
         """Usage rows of [start, end) in `step` buckets: one key's (a web token's: its minter's) or all."""
         starts = bucket_starts(STEPS[step], start, end)
+        if self.buffer is not None:  # this replica's latest sums first
+            await self.buffer.flush()
         hashes = await self.store.hgetall_many([bucket_key(STEPS[step], s) for s in starts])
         return series_rows(starts, hashes, key_id, model)
 
