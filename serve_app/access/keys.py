@@ -5,6 +5,7 @@ Stored through the shared store (Redis or one process's memory):
   aicore:keyhash:<sha>   -> id, to find a presented key's record
   aicore:keys            set of the ids of keys made by an admin (bounded by what admins make)
   aicore:webtokens       sorted set: web token id -> when its entries expire
+  aicore:keys:order, aicore:webtokens:order   the list's order (serve_app/access/key_order.py)
   aicore:usage:<id>      hash of counters: requests, errors, prompt_tokens, completion_tokens, last_used_at
   usage buckets and quota periods: serve_app/access/usage.py (a web token's under its minter)
 
@@ -24,6 +25,7 @@ from typing import Callable, Iterable, Optional
 
 from core.access_errors import KeyConflict, KeyNotFound
 from core.errors import InvalidRequest
+from serve_app.access.key_order import KeyOrder
 from serve_app.access.usage import (
     STEPS,
     Quota,
@@ -82,6 +84,7 @@ class KeyService:
         self.web_token_keep_s = web_token_keep_s
         self.clock = clock or QuotaClock()
         self.buffer = buffer  # usage buckets summed in memory and written together; None: at each request
+        self.order = KeyOrder(store, web_token_keep_s)
 
     # -- administration -------------------------------------------------------------------
     async def create(self, spec: KeyCreate, web_token: bool = False, minted_by: Optional[str] = None,
@@ -106,6 +109,7 @@ class KeyService:
             await self.store.zadd_expiring(_WEB_TOKENS, key_id, time.time() + keep_s)
         else:
             await self.store.sadd(_IDS, key_id)
+        await self.order.add(key_id, now, web_token)
         return KeyCreated(key=key, **record.view().model_dump())
 
     async def mint_web_token(self, spec: WebTokenCreate, minter: Optional["Minter"] = None) -> KeyCreated:
@@ -136,6 +140,7 @@ class KeyService:
         await self._save(record)
         await self.store.set(_BY_HASH + digest, record.id)
         await self.store.sadd(_IDS, record.id)
+        await self.order.add(record.id, record.created_at, False)
         return record.view()
 
     async def id_of(self, key: str) -> Optional[str]:
@@ -154,19 +159,32 @@ class KeyService:
     async def page(self, limit: int, after: Optional[str] = None, search: Optional[str] = None) -> KeyList:
         """Keys in the order they were made, `limit` of them after the key `after` (the previous
         page's `last_id`), only those whose name, owner, id or key prefix contain `search`
-        (case-insensitive)."""
-        keys = await self.list()
-        if after is not None:
-            ids = [k.id for k in keys]
-            if after not in ids:
-                raise KeyNotFound(f"after: no listed key with id {after!r}", param="after")
-            keys = keys[ids.index(after) + 1:]
-        if search:
+        (case-insensitive). Without `search` a page reads the order indexes and its own records only."""
+        if not search:
+            await self.order.ensure(self.list)
+            cursor = None
+            if after is not None:
+                record = await self._load(after)
+                if record is None:
+                    raise _after_not_found(after)
+                cursor = (record.created_at, after)
+            keys = await self.order.page(limit + 1, cursor, self._view)
+        else:
+            keys = await self.list()
+            if after is not None:
+                ids = [k.id for k in keys]
+                if after not in ids:
+                    raise _after_not_found(after)
+                keys = keys[ids.index(after) + 1:]
             needle = search.casefold()
             keys = [k for k in keys if any(needle in (v or "").casefold() for v in (k.name, k.owner, k.id, k.key_prefix))]
         data = keys[:limit]
         return KeyList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
                        has_more=len(keys) > limit)
+
+    async def _view(self, key_id: str) -> Optional[KeyView]:
+        record = await self._load(key_id)
+        return record.view() if record else None
 
     async def get(self, key_id: str) -> KeyView:
         return (await self._require(key_id)).view()
@@ -375,6 +393,10 @@ class Minter:
         if self.priority == "batch":
             changes["priority"] = "batch"
         return key.model_copy(update=changes)
+
+
+def _after_not_found(after: str) -> KeyNotFound:
+    return KeyNotFound(f"after: no listed key with id {after!r}", param="after")
 
 
 def _check_web_token(record: StoredKey, error: type = InvalidRequest) -> None:
