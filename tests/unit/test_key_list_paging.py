@@ -137,19 +137,28 @@ def test_a_page_without_search_reads_only_its_own_keys(make_store):
         await raw.delete(*INDEXES)
         store = _Counting(raw)
         keys = KeyService(store, {"m1"}, web_token_keep_s=0.2)
-        made = [await keys.create(KeyCreate(name=f"k{i}")) for i in range(120)]
+        for i in range(120):
+            await keys.create(KeyCreate(name=f"k{i}"))
         token = await keys.mint_web_token(WebTokenCreate(models=["m1"], expires_in_s=1))
-        made += [await keys.create(KeyCreate(name=f"late{i}")) for i in range(3)]
+        for i in range(3):
+            await keys.create(KeyCreate(name=f"late{i}"))
+        listed = [k.id for k in await keys.list()]  # the order `list` gives: (created_at, id)
+        assert len(listed) == 124 and token.id in listed
         await keys.page(1)  # the one-time check that the order indexes hold every key
         store.reads = 0
-        page = await keys.page(5, after=made[60].id)
-        assert [k.id for k in page.data] == [k.id for k in made[61:66]] and page.has_more
+        page = await keys.page(5, after=listed[60])
+        assert [k.id for k in page.data] == listed[61:66] and page.has_more
         assert store.reads <= 1 + 2 + 6  # the cursor's record, the two indexes, six records (one tells has_more)
         everything = await keys.page(200)
-        assert [k.id for k in everything.data] == sorted([k.id for k in made] + [token.id], key=lambda i: (
-            next(k.created_at for k in everything.data if k.id == i), i))
-        assert token.id in [k.id for k in everything.data] and not everything.has_more
-        assert [k.id for k in everything.data] == [k.id for k in await keys.list()]  # the same order as before
+        assert [k.id for k in everything.data] == listed and not everything.has_more
+        pages, after = [], None
+        for _ in range(20):  # bounded: 124 keys in pages of 7
+            one = await keys.page(7, after=after)
+            pages += [k.id for k in one.data]
+            if not one.has_more:
+                break
+            after = one.last_id
+        assert pages == listed
         await asyncio.sleep(1.5)  # the web token's entries expire: it leaves the list and its index
         assert token.id not in [k.id for k in (await keys.page(200)).data]
         assert await raw.zafter("aicore:webtokens:order", None, 5) == []
@@ -161,12 +170,14 @@ def test_keys_stored_before_the_order_indexes_are_listed_in_order():
     async def scenario():
         store = MemoryStore()
         old = KeyService(store, {"m1"})
-        made = [await old.create(KeyCreate(name=f"k{i}")) for i in range(4)]
+        for i in range(4):
+            await old.create(KeyCreate(name=f"k{i}"))
         await store.delete("aicore:keys:order", "aicore:keys:order:ready")  # as a store from before them
         fresh = KeyService(store, {"m1"})
         first = await fresh.page(2)
         rest = await fresh.page(2, after=first.last_id)
-        assert [k.id for k in first.data + rest.data] == [k.id for k in made] and not rest.has_more
+        listed = [k.id for k in await old.list()]
+        assert [k.id for k in first.data + rest.data] == listed and len(listed) == 4 and not rest.has_more
     asyncio.run(scenario())
 
 
