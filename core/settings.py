@@ -98,6 +98,10 @@ class Settings(BaseSettings):
         "UTC", description="Time zone (IANA name, e.g. Europe/Berlin) whose calendar days and months the keys' daily "
         "and monthly quotas count in.",
     )
+    usage_flush_s: float = Field(
+        1.0, ge=0, description="How often each ingress replica writes the usage buckets it summed to Redis (one "
+        "script call); 0: at each request's end.",
+    )
     audit_retention_days: float = Field(
         90, gt=0, description="Audit log entries (admin actions, refused admin attempts) are kept this many days.",
     )

@@ -12,7 +12,9 @@ from core.settings import Settings
 from serve_app.access.auth import Authenticator
 from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
+from serve_app.access.refusals import routes_in_order
 from serve_app.access.usage import QuotaClock
+from serve_app.access.usage_buffer import UsageBuffer
 from serve_app.http.cors import ConfiguredCORS
 from serve_app.http.errors import install_error_handlers
 from serve_app.http.guard import GuardMiddleware
@@ -58,7 +60,11 @@ def create_app(
         cache = ResponseCache(cache_store, settings.cache_ttl_s, on_write=lambda n: metrics.count("cache_bytes", n))
     app.state.generation = GenerationService(router, settings, cache, app.state.sessions)
     quota_clock = QuotaClock(settings.quota_timezone)
-    app.state.keys = KeyService(store, router.entries, settings.web_token_keep_s, quota_clock)
+    # Usage buckets in Redis are summed in memory and written once per USAGE_FLUSH_S (0: at each request).
+    buffer = UsageBuffer(store, settings.usage_flush_s) if store.kind == "redis" and settings.usage_flush_s else None
+    app.state.keys = KeyService(store, router.entries, settings.web_token_keep_s, quota_clock, buffer)
+    if buffer is not None:
+        app.router.on_shutdown.append(buffer.flush)  # the replica stops: its last sums are written
     # Next to the keys it speaks of: in Redis, or (without REDIS_URL) in this replica's memory.
     app.state.audit = AuditLog.for_store(store, retention_days=settings.audit_retention_days,
                                          max_entries=settings.audit_max_entries,
@@ -87,13 +93,11 @@ def create_app(
     app.state.started_at = int(time.time())
     install_error_handlers(app)
     install_openapi(app)
-    app.include_router(api_v1.router)
-    app.include_router(openai.router)
-    app.include_router(keys.router)
-    app.include_router(keys.usage_router)
-    app.include_router(audit.router)
-    app.include_router(integrations.router)
-    app.include_router(web.router)
+    routers = (api_v1.router, openai.router, keys.router, keys.usage_router, audit.router, integrations.router,
+               web.router)
+    for included in routers:
+        app.include_router(included)
+    app.state.routes_in_order = routes_in_order(routers)  # which are admin routes (serve_app/access/refusals.py)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     app.add_middleware(GuardMiddleware, settings=settings)
     origins, methods, headers = settings.cors_origins, settings.cors_methods, settings.cors_headers

@@ -157,6 +157,7 @@ def import_state(data: dict, redis_url: str, models_out: Optional[Path], dry_run
             pipe.pexpire(name, entry["ttl_ms"])
         pipe.execute()
         report["written"] += 1
+    client.delete("aicore:keys:order:ready")  # the key list's order is rebuilt with the imported keys
     if models_out is not None and data.get("models") is not None:
         models_out.write_text(json.dumps(data["models"], indent=2) + "\n")
     return report

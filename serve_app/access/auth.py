@@ -8,7 +8,8 @@ of keys, usage, jobs and the audit log), `require_metrics` (the `metrics` or `ad
 key's limits at once; `require_caller` admits a generation, embedding or batch-job request whose
 limits the service takes once it knows the model and the request's size; `require_batch_caller`
 only checks the key of a synchronous batch call, whose items are admitted one by one. The admin dependencies
-record a refused attempt (no or a bad key, a missing scope, a key's address) in the audit log.
+record a refused attempt (no or a bad key, a missing scope, a key's address, its limits, the store
+down) in the audit log (serve_app/access/refusals.py).
 """
 
 from __future__ import annotations
@@ -26,19 +27,19 @@ from core.access_errors import (
     KeyDisabled,
     KeyExpired,
     KeyRevoked,
-    PermissionDenied,
 )
 from core.errors import AICoreError, AuthenticationFailed, ModelNotFound
 from serve_app.access.keys import KeyService, StoredKey, hash_key
 from serve_app.access.netguard import allowed, parse_address, parse_networks
+from serve_app.access.refusals import record_refused, records_refusals
 from serve_app.access.usage import WEB_TOKENS_OWNER, Quota, quotas_of
 from serve_app.pipeline import Admission, Outcome, RequestContext
-from serve_app.state.audit_log import REFUSED, Actor
+from serve_app.state.audit_log import Actor
 from serve_app.state.store import Store, StoreUnavailable
 
 __all__ = ["Principal", "Authenticator", "hash_key", "require_key", "require_admin", "require_admin_read",
-           "require_metrics", "require_minter", "require_caller", "require_batch_caller", "require_job_reader", "require_job_canceller",
-           "require_model_viewer"]
+           "require_metrics", "require_minter", "require_caller", "require_batch_caller", "require_job_reader",
+           "require_job_canceller", "require_model_viewer", "require_any_key"]
 
 BOOTSTRAP_NAME = "API_KEYS"  # the audit log's name of a bootstrap key
 
@@ -115,6 +116,10 @@ class Authenticator:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
+    def bootstrap_principal(self, key: str) -> Optional[Principal]:
+        """The bootstrap key (API_KEYS) with this secret, if it is one."""
+        return self._bootstrap(key)
+
     def _bootstrap(self, key: str) -> Optional[Principal]:
         digest = hash_key(key)
         match = None
@@ -164,19 +169,24 @@ def http_context(connection: HTTPConnection, channel: str = "http") -> RequestCo
 async def _admitted(request: Request, *scopes: str, count: bool = True, audited: bool = False) -> Admission:
     try:
         admission = await request.app.state.pipeline.admit(http_context(request), *scopes)
-    except (AuthenticationFailed, PermissionDenied) as error:
+        Outcome.of(request).admissions.append(admission)  # the guard closes it when the response ends
+        if count:
+            await admission.limit()
+    except AICoreError as error:  # refused: no key, its scope, its address, its limits, the store down
         if audited:
-            await _record_refused(request, error)
+            await record_refused(request.scope, error)
         raise
-    Outcome.of(request).admissions.append(admission)  # the guard closes it when the response ends
-    if count:
-        await admission.limit()
     return admission
 
 
 async def require_key(request: Request) -> Principal:
     """Listings and sessions: the `inference` scope, counted against the key's request limit."""
     return (await _admitted(request, "inference")).principal
+
+
+async def require_any_key(request: Request) -> Principal:
+    """A key asking about itself: any valid key, any scope, counted against its request limit."""
+    return (await _admitted(request)).principal
 
 
 async def require_caller(request: Request) -> Admission:
@@ -192,16 +202,19 @@ async def require_batch_caller(request: Request) -> RequestContext:
     return context
 
 
+@records_refusals
 async def require_admin(request: Request) -> Principal:
     """Every change of keys, models, other keys' jobs: the `admin` scope."""
     return (await _admitted(request, "admin", audited=True)).principal
 
 
+@records_refusals
 async def require_admin_read(request: Request) -> Principal:
     """Reads for people who watch but do not operate (keys, usage, jobs, the audit log): `admin_read` or `admin`."""
     return (await _admitted(request, "admin", "admin_read", audited=True)).principal
 
 
+@records_refusals
 async def require_minter(request: Request) -> Principal:
     """Minting web tokens: the `tokens` scope (a public site's backend: that and nothing else) or `admin`."""
     return (await _admitted(request, "tokens", "admin", audited=True)).principal
@@ -215,26 +228,6 @@ async def require_job_reader(request: Request) -> Principal:
 async def require_job_canceller(request: Request) -> Principal:
     """Cancelling a batch job: a key's own (`inference`), or any (`admin`; `admin_read` changes nothing)."""
     return (await _admitted(request, "inference", "admin")).principal
-
-
-async def _record_refused(request: Request, error: AICoreError) -> None:
-    """An admin route refused for the key (none, unknown, revoked, disabled, expired, from another
-    address) or its scope: who, as far as the key tells (its id and name when it is a stored key;
-    an unknown key's text is never recorded), from where, which route, why. Refused attempts have
-    their own capped stream (serve_app/state/audit_log.py), so a flood of them stays bounded."""
-    app, outcome = request.app, Outcome.of(request)
-    key_id, name = outcome.key_id, None
-    try:
-        presented = app.state.auth.presented(request)
-        key_id = key_id or (await app.state.keys.id_of(presented) if presented else None)
-        if key_id and key_id not in app.state.auth.bootstrap_ids:
-            name = (await app.state.keys.record(key_id)).name
-    except AICoreError:  # the store is down or the key went away: record what is known
-        pass
-    await app.state.audit.record(
-        Actor(key_id or "anonymous", name), outcome.client_ip, REFUSED, None, outcome="refused",
-        status=error.status, changes={}, route=f"{request.method} {request.url.path}",
-        reason=error.code)
 
 
 async def require_metrics(request: Request) -> Principal:

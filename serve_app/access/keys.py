@@ -5,6 +5,7 @@ Stored through the shared store (Redis or one process's memory):
   aicore:keyhash:<sha>   -> id, to find a presented key's record
   aicore:keys            set of the ids of keys made by an admin (bounded by what admins make)
   aicore:webtokens       sorted set: web token id -> when its entries expire
+  aicore:keys:order, aicore:webtokens:order   the list's order (serve_app/access/key_order.py)
   aicore:usage:<id>      hash of counters: requests, errors, prompt_tokens, completion_tokens, last_used_at
   usage buckets and quota periods: serve_app/access/usage.py (a web token's under its minter)
 
@@ -24,8 +25,10 @@ from typing import Callable, Iterable, Optional
 
 from core.access_errors import KeyConflict, KeyNotFound
 from core.errors import InvalidRequest
+from serve_app.access.key_order import KeyOrder
 from serve_app.access.usage import (
     STEPS,
+    Quota,
     QuotaClock,
     bucket_key,
     bucket_starts,
@@ -33,6 +36,7 @@ from serve_app.access.usage import (
     quotas_of,
     series_rows,
 )
+from serve_app.access.usage_buffer import UsageBuffer
 from serve_app.http.protocol.keys import (
     WEB_TOKEN_MAX_TTL_S,
     KeyCreate,
@@ -74,11 +78,13 @@ class StoredKey(KeyView):
 
 class KeyService:
     def __init__(self, store: Store, model_names: Iterable[str], web_token_keep_s: float = WEB_TOKEN_KEEP_S,
-                 clock: Optional[QuotaClock] = None):
+                 clock: Optional[QuotaClock] = None, buffer: Optional[UsageBuffer] = None):
         self.store = store
         self.model_names = set(model_names)
         self.web_token_keep_s = web_token_keep_s
         self.clock = clock or QuotaClock()
+        self.buffer = buffer  # usage buckets summed in memory and written together; None: at each request
+        self.order = KeyOrder(store, web_token_keep_s)
 
     # -- administration -------------------------------------------------------------------
     async def create(self, spec: KeyCreate, web_token: bool = False, minted_by: Optional[str] = None,
@@ -103,6 +109,7 @@ class KeyService:
             await self.store.zadd_expiring(_WEB_TOKENS, key_id, time.time() + keep_s)
         else:
             await self.store.sadd(_IDS, key_id)
+        await self.order.add(key_id, now, web_token)
         return KeyCreated(key=key, **record.view().model_dump())
 
     async def mint_web_token(self, spec: WebTokenCreate, minter: Optional["Minter"] = None) -> KeyCreated:
@@ -133,6 +140,7 @@ class KeyService:
         await self._save(record)
         await self.store.set(_BY_HASH + digest, record.id)
         await self.store.sadd(_IDS, record.id)
+        await self.order.add(record.id, record.created_at, False)
         return record.view()
 
     async def id_of(self, key: str) -> Optional[str]:
@@ -151,19 +159,32 @@ class KeyService:
     async def page(self, limit: int, after: Optional[str] = None, search: Optional[str] = None) -> KeyList:
         """Keys in the order they were made, `limit` of them after the key `after` (the previous
         page's `last_id`), only those whose name, owner, id or key prefix contain `search`
-        (case-insensitive)."""
-        keys = await self.list()
-        if after is not None:
-            ids = [k.id for k in keys]
-            if after not in ids:
-                raise KeyNotFound(f"after: no listed key with id {after!r}", param="after")
-            keys = keys[ids.index(after) + 1:]
-        if search:
+        (case-insensitive). Without `search` a page reads the order indexes and its own records only."""
+        if not search:
+            await self.order.ensure(self.list)
+            cursor = None
+            if after is not None:
+                record = await self._load(after)
+                if record is None:
+                    raise _after_not_found(after)
+                cursor = (record.created_at, after)
+            keys = await self.order.page(limit + 1, cursor, self._view)
+        else:
+            keys = await self.list()
+            if after is not None:
+                ids = [k.id for k in keys]
+                if after not in ids:
+                    raise _after_not_found(after)
+                keys = keys[ids.index(after) + 1:]
             needle = search.casefold()
             keys = [k for k in keys if any(needle in (v or "").casefold() for v in (k.name, k.owner, k.id, k.key_prefix))]
         data = keys[:limit]
         return KeyList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
                        has_more=len(keys) > limit)
+
+    async def _view(self, key_id: str) -> Optional[KeyView]:
+        record = await self._load(key_id)
+        return record.view() if record else None
 
     async def get(self, key_id: str) -> KeyView:
         return (await self._require(key_id)).view()
@@ -225,17 +246,25 @@ class KeyService:
 
     # -- usage ----------------------------------------------------------------------------
     async def record_usage(self, key_id: str, status: int, prompt_tokens: int, completion_tokens: int,
-                           model: Optional[str] = None, owner: Optional[str] = None, admitted: bool = False) -> None:
-        """The key's running totals, the usage buckets of `owner` (a web token's minter) and
-        `model`, and, for a request that was `admitted`, the owner's quota periods: one round trip."""
+                           model: Optional[str] = None, owner: Optional[str] = None, admitted: bool = False,
+                           quotas: bool = True) -> None:
+        """The key's running totals and, for a request that was `admitted`, the quota periods of
+        `owner` (a web token's minter): one round trip. The usage buckets, and the quota periods of
+        an owner without `quotas` (counted all the same, so that a quota set later counts the period
+        so far), go to the buffer (written together, once a second); without one, into the same trip."""
         now = time.time()
         counters = {"requests": 1, "errors": int(status >= 400), "prompt_tokens": prompt_tokens,
                     "completion_tokens": completion_tokens}
         counters = {k: v for k, v in counters.items() if v}
         updates = [(_USAGE + key_id, counters, {"last_used_at": str(int(now))}, None)]
-        updates += bucket_updates(owner or key_id, model, counters, now)
+        later = bucket_updates(owner or key_id, model, counters, now)
         if admitted:
-            updates += self.clock.counter_updates(owner or key_id, prompt_tokens + completion_tokens, now)
+            periods = self.clock.counter_updates(owner or key_id, prompt_tokens + completion_tokens, now)
+            (updates if quotas else later).extend(periods)  # admission reads these at once: never late
+        if self.buffer is None:
+            updates += later
+        else:
+            self.buffer.add(later)
         await self.store.hupdate_many(updates)
 
     async def usage(self, key_id: str, known: bool = False) -> KeyUsage:
@@ -252,8 +281,14 @@ class KeyService:
         """Each quota of the key (a web token: its minter's) with what its period used so far."""
         if record is None:
             return []
+        if self.buffer is not None:  # this replica's latest sums first
+            await self.buffer.flush()
         owner = record.minted_by or record.id
         quotas = quotas_of(record.minter_quotas or {}) if record.web_token else quotas_of(record)
+        return await self.quota_usage(owner, quotas)
+
+    async def quota_usage(self, owner: str, quotas: Iterable[Quota]) -> list[QuotaUsage]:
+        """Each of `quotas`, counted under `owner`, with what its current period used so far."""
         states = self.clock.states(owner, quotas, time.time())
         counts = await self.store.hgetall_many([state.check[0] for state in states])
         return [QuotaUsage(name=s.quota.name, limit=s.quota.limit, used=int(c.get(s.quota.counter, 0)),
@@ -263,6 +298,8 @@ class KeyService:
                      model: Optional[str] = None) -> list[dict]:
         """Usage rows of [start, end) in `step` buckets: one key's (a web token's: its minter's) or all."""
         starts = bucket_starts(STEPS[step], start, end)
+        if self.buffer is not None:  # this replica's latest sums first
+            await self.buffer.flush()
         hashes = await self.store.hgetall_many([bucket_key(STEPS[step], s) for s in starts])
         return series_rows(starts, hashes, key_id, model)
 
@@ -356,6 +393,10 @@ class Minter:
         if self.priority == "batch":
             changes["priority"] = "batch"
         return key.model_copy(update=changes)
+
+
+def _after_not_found(after: str) -> KeyNotFound:
+    return KeyNotFound(f"after: no listed key with id {after!r}", param="after")
 
 
 def _check_web_token(record: StoredKey, error: type = InvalidRequest) -> None:

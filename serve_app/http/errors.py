@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import AICoreError, InvalidRequest, ModelUnavailable, Overloaded
 from core.logs import request_id_var
+from serve_app.access.refusals import record_if_admin_route
 from serve_app.pipeline import Outcome
 
 logger = logging.getLogger("aicore.errors")
@@ -119,7 +120,9 @@ def allowed_methods(request: Request) -> list[str]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        return error_response(validation_error(exc), request)
+        error = validation_error(exc)
+        await record_if_admin_route(request.scope, error)  # an admin request refused for its body or query
+        return error_response(error, request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

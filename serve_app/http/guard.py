@@ -5,7 +5,8 @@ Ray's proxy did with it: serve_app/http/proxy_headers.py),
 apply the global IP allowlist to every HTTP request and WebSocket connection (403), refuse
 bodies over MAX_BODY_BYTES (413) before any parsing, chunked bodies included, and bodies that do not
 arrive whole within BODY_TIMEOUT_S (408, connection closed: a slow upload cannot hold a request
-open; headers are Ray's proxy's business, docs/security.md#slow-and-large-clients). On the way out:
+open; headers are Ray's proxy's business, docs/security.md#slow-and-large-clients); each of these
+refusals of a request for an admin route goes to the audit log (serve_app/access/refusals.py). On the way out:
 `X-Content-Type-Options: nosniff` and the key's x-ratelimit-* headers on every response, and,
 before the last body byte leaves, the request's admissions are settled with the response's status
 (serve_app/pipeline.py: tokens settled, usage recorded, so the next request sees them); a
@@ -21,6 +22,7 @@ from typing import Any, Optional
 
 from core.access_errors import AddressNotAllowed, BodyTimeout, BodyTooLarge
 from serve_app.access.netguard import allowed, parse_networks
+from serve_app.access.refusals import admin_route_of, record_refused
 from serve_app.http.errors import error_response
 from serve_app.http.proxy_headers import ENV, NOTHING_TRUSTED, ProxyTrust, original_client
 from serve_app.pipeline import Outcome
@@ -78,12 +80,12 @@ class GuardMiddleware:
             await send(message)
 
         if not allowed(address, self.allowlist):
-            error = AddressNotAllowed("this address may not use the API")
-            return await error_response(error)(scope, receive, guarded_send)
+            return await self._refuse(AddressNotAllowed("this address may not use the API"), scope, receive,
+                                      guarded_send)
         try:
             receive = await self._bounded_body(scope, receive)
         except (BodyTooLarge, BodyTimeout) as error:
-            return await error_response(error)(scope, receive, guarded_send)
+            return await self._refuse(error, scope, receive, guarded_send)
         try:
             await self.app(scope, receive, guarded_send)
         except BaseException as error:  # the app failed or was cancelled before its response ended
@@ -92,6 +94,13 @@ class GuardMiddleware:
             raise
         if not status["ended"]:  # the app returned and its response never ended: the client left
             await asyncio.shield(outcome.settle(asyncio.CancelledError()))
+
+    @staticmethod
+    async def _refuse(error, scope, receive, send):
+        """Answer the refusal; one asking for an admin route is a refused admin attempt (audit log)."""
+        if admin_route_of(scope):
+            await record_refused(scope, error)
+        return await error_response(error)(scope, receive, send)
 
     async def _bounded_body(self, scope, receive):
         """Read the whole body up front (it is small by construction) and replay it to the app.

@@ -21,6 +21,7 @@ or hash: callers pass field changes of key views (serve_app/access/keys.py has n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -36,6 +37,11 @@ STREAMS = (ACTIONS_STREAM, MINTS_STREAM, REFUSED_STREAM)  # an entry's sequence 
 REFUSED, MINT = "admin.refused", "web_token.mint"
 SCAN_CHUNK = 200  # entries read per round trip while filtering
 SCAN_MAX = 5000  # entries one page examines per stream at most; then `next_before` continues
+# Entries the store could not take (it is down) are kept in memory, up to this many (the oldest
+# go first), and written again every RETRY_S until it takes them: an outage is when refusals
+# (503 store_unavailable) and failed actions most need recording.
+PENDING_MAX = 1000
+RETRY_S = 1.0
 Id = tuple[int, int]
 
 # Append one entry with an id above the stream's last one and of the stream's index (modulo 3),
@@ -166,6 +172,8 @@ class AuditLog:
         self.retention_s = retention_days * 86400
         self.mint_retention_s = mint_retention_s
         self.caps = {ACTIONS_STREAM: max_entries, MINTS_STREAM: mint_max_entries, REFUSED_STREAM: refused_max_entries}
+        self.pending: deque[tuple[str, str]] = deque(maxlen=PENDING_MAX)  # (stream, entry JSON)
+        self._retrying: Optional[asyncio.Task] = None
 
     @classmethod
     def for_store(cls, store: Any, **settings: Any) -> "AuditLog":
@@ -174,23 +182,42 @@ class AuditLog:
     async def record(self, actor: Actor, client_ip: Optional[str], action: str, target: Optional[str],
                      outcome: str = "ok", status: int = 200, changes: Optional[dict] = None,
                      route: Optional[str] = None, reason: Optional[str] = None) -> Optional[str]:
-        """Append one entry; its id, or None when the store could not take it. Never raises: the
-        action it records has happened (or was refused) already, so the entry goes to the log
-        `aicore.audit` instead."""
+        """Append one entry; its id, or None when the store could not take it (then it is kept in
+        memory and written when the store is back, with the time it happened). Never raises: the
+        action it records has happened (or was refused) already."""
         entry = {"actor_id": actor.id, "actor_name": actor.name, "client_ip": client_ip, "action": action,
                  "target": target, "outcome": outcome, "status": status, "changes": changes or {}}
         if route is not None:  # a refused attempt: the route asked, the error code answered
             entry["route"], entry["reason"] = route, reason
         stream = stream_of(action)
         data = json.dumps(entry, separators=(",", ":"), default=str)
+        try:
+            return await self._append(stream, data)
+        except Exception as error:  # noqa: BLE001 - the store is down or refused: keep the entry for later
+            logger.error("audit entry not stored yet (%s), kept to retry: %s", type(error).__name__, data)
+            late = json.dumps({**entry, "time": time.time()}, separators=(",", ":"), default=str)
+            self.pending.append((stream, late))
+            if self._retrying is None or self._retrying.done():
+                self._retrying = asyncio.get_running_loop().create_task(self._retry())
+            return None
+
+    async def _append(self, stream: str, data: str) -> str:
         retention_s = self.mint_retention_s if stream == MINTS_STREAM else self.retention_s
         expire_ms = math.ceil(retention_s * 1000) if stream == MINTS_STREAM else 0
-        try:
-            return await self.streams.append(stream, STREAMS.index(stream), data, self.caps[stream],
-                                             int((time.time() - retention_s) * 1000), expire_ms)
-        except Exception as error:  # noqa: BLE001 - the store is down or refused: keep the entry in the log
-            logger.error("audit entry not stored (%s): %s", type(error).__name__, data)
-            return None
+        return await self.streams.append(stream, STREAMS.index(stream), data, self.caps[stream],
+                                         int((time.time() - retention_s) * 1000), expire_ms)
+
+    async def _retry(self) -> None:
+        """Write the kept entries, oldest first, once the store takes them again."""
+        while self.pending:
+            await asyncio.sleep(RETRY_S)
+            while self.pending:
+                stream, data = self.pending[0]
+                try:
+                    await self._append(stream, data)
+                except Exception:  # noqa: BLE001 - still down: try again later
+                    break
+                self.pending.popleft()
 
     async def page(self, query: Query) -> tuple[list[dict], Optional[str]]:
         """Entries newest first matching `query`, and the `before` of the next page (None: no more).

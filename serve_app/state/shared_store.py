@@ -25,7 +25,7 @@ CALL_TIMEOUT_S = 5.0  # a hub that does not answer (stopped, restarting) is unav
 STORE_METHODS = frozenset({
     "get", "set", "compare_and_set", "delete", "incr_window", "take_window", "settle_window", "get_indirect",
     "hupdate", "hupdate_many", "hgetall_many", "hset", "hgetall", "hincrby", "sadd", "srem", "smembers", "zadd_expiring", "zlive",
-    "count", "ttl", "expire",
+    "zadd", "zrem", "zafter", "count", "ttl", "expire",
 })
 
 
@@ -121,6 +121,16 @@ class RemoteStore:
 
     async def zlive(self, key: str) -> set[str]:
         return await self._call("zlive", key)
+
+    async def zadd(self, key: str, member: str, score: float, drop_below: Optional[float] = None,
+                   expire_at: Optional[float] = None) -> None:
+        await self._call("zadd", key, member, score, drop_below, expire_at)
+
+    async def zrem(self, key: str, *members: str) -> None:
+        await self._call("zrem", key, *members)
+
+    async def zafter(self, key: str, after: Optional[tuple[float, str]], count: int) -> list[tuple[str, float]]:
+        return await self._call("zafter", key, after, count)
 
     async def ping(self) -> bool:
         try:

@@ -28,11 +28,12 @@ from serve_app.state.store_scripts import (
     SETTLE_WINDOW,
     TAKE_WINDOW,
 )
+from serve_app.state.store_zsets import MemoryZSets, RedisZSets
 
 PURGE_EVERY_S = 60.0  # how often a MemoryStore drops expired entries that nobody reads again
 
 
-class RedisStore:
+class RedisStore(RedisZSets):
     kind = "redis"
 
     def __init__(self, url: str, timeout_s: float = 1.0, on_error: Callable[[], None] = lambda: None,
@@ -181,7 +182,7 @@ class RedisStore:
         await self._call(self.client.pexpire(key, max(1, int(ttl_s * 1000))))
 
 
-class MemoryStore:
+class MemoryStore(MemoryZSets):
     """The single-replica default: the same semantics in one process (the event loop serialises)."""
 
     kind = "memory"

@@ -5,7 +5,8 @@ it, set a daily token quota from the page and see the next request refused (429 
 and the key's quota bar full, revoke it and see the client refused and the revocation (and the
 creation) in the audit screen; the console link's fragment logs in and leaves the address bar, its
 `admin` key sees the models, jobs, usage and audit screens and unloads a model; a `--read-only`
-link (`admin_read`) sees the screens and its changes are refused (403) and then hidden. Values
+link (`admin_read`) sees the screens and no change button from the start (the page asks
+GET /api/v1/keys/self at login); a hidden button clicked anyway is refused (403). Values
 render as text, never markup."""
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def test_a_key_made_in_the_console_works_shows_its_usage_and_stops_when_revoked(
     assert int(counted[0]) == 1 and int(counted[1].replace(",", "")) == used
 
     # the usage screen: the chart has bars now, and the key's row says what GET /api/v1/usage says
-    for _ in range(600):  # the series is written at the request's end: poll the API until it has it
+    for _ in range(600):  # the series is written within USAGE_FLUSH_S of the request: poll the API until it has it
         totals = usage_totals(admin, created["id"])
         if totals["requests"] >= 1:
             break
@@ -280,15 +281,18 @@ def test_a_read_only_link_sees_the_screens_and_its_changes_are_refused(url, brow
     fill_and_submit(browser, "keys-search", {"keys-query": "console-read-only"})
     wait_for(browser, key_row(victim["id"]), "the key listed")
 
-    # a change is refused by the API (403), said so, and the change buttons are hidden from then on
-    assert browser.js(f"getComputedStyle({key_row(victim['id'])}.querySelector('button.revoke')).display") != "none"
-    browser.js(f"window.__aicoreConfirm = true; {key_row(victim['id'])}.querySelector('button.revoke').click(); true")
-    wait_for(browser, "document.getElementById('notice').textContent.includes('(403')", "the revoke refused")
+    # the page knew the key's scope from GET /api/v1/keys/self at login: no change button was ever shown
+    assert browser.js("document.getElementById('who').textContent").endswith("(read only)")
     assert browser.js("document.body.classList.contains('read-only')")
     for change in ("revoke", "edit", "rotate", "toggle"):
         assert browser.js(f"getComputedStyle({key_row(victim['id'])}.querySelector('button.{change}')).display") \
             == "none", change
     assert browser.js("getComputedStyle(document.getElementById('key-form-box')).display") == "none"
+    assert browser.js("getComputedStyle(document.getElementById('token-form').closest('details')).display") == "none"
+    assert browser.js("[...document.querySelectorAll('button.change')].every(b => b.offsetParent === null)")
+    # a hidden button clicked anyway (a tampered page) is refused by the API (403), and said so
+    browser.js(f"window.__aicoreConfirm = true; {key_row(victim['id'])}.querySelector('button.revoke').click(); true")
+    wait_for(browser, "document.getElementById('notice').textContent.includes('(403')", "the revoke refused")
     assert admin.get(f"/api/v1/keys/{victim['id']}").json()["revoked_at"] is None
     open_screen(browser, "models")
     wait_for(browser, model_row, "the model listed again")

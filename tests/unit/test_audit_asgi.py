@@ -103,3 +103,40 @@ def test_a_job_cancel_is_recorded_and_admin_read_may_not_cancel_another_keys_job
         assert entries[0]["actor_id"] == bot["id"] and entries[0]["actor_name"] == "mailer"
         assert entries[0]["target"] == job_id and entries[0]["outcome"] == "ok"
     _run(_app(), scenario)
+
+
+def test_admin_requests_refused_by_limits_body_or_the_allowlist_are_recorded_once_each():
+    async def scenario(c):
+        operator = (await c.post("/api/v1/keys", headers=ADMIN, json={"name": "operator", "scopes": ["admin"],
+                                                                      "rate_limit_per_minute": 1})).json()
+        op_h = {"X-API-Key": operator["key"]}
+        bad = await c.post("/api/v1/keys", headers=op_h, json={"name": "x", "rate_limit_per_minute": -1})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "rate_limit_per_minute", bad.text
+        malformed = await c.post("/api/v1/keys", headers={**ADMIN, "content-type": "application/json"},
+                                 content=b"{not json")
+        assert malformed.status_code == 400 and malformed.json()["error"]["code"] == "invalid_json"
+        assert (await c.get("/api/v1/keys", headers=op_h)).status_code == 429  # its second request this minute (the bad body counted)
+        assert (await c.get("/v1/models", headers={"X-API-Key": "aic-not-a-key"})).status_code == 401  # not admin
+        refusals = (await _audit(c, action="admin.refused"))["data"]
+        assert [(e["actor_id"], e["actor_name"], e["route"], e["status"], e["reason"]) for e in refusals] == [
+            (operator["id"], "operator", "GET /api/v1/keys", 429, "rate_limit_exceeded"),
+            (refusals[1]["actor_id"], "API_KEYS", "POST /api/v1/keys", 400, "invalid_json"),
+            (operator["id"], "operator", "POST /api/v1/keys", 400, "invalid_value")]
+        assert refusals[1]["actor_id"].startswith("boot-")
+    _run(_app(), scenario)
+
+
+def test_an_admin_request_from_an_address_outside_the_allowlist_is_recorded():
+    async def scenario(c):
+        assert (await c.get("/api/v1/audit", headers=ADMIN)).status_code == 403
+        assert (await c.get("/v1/models", headers=ADMIN)).status_code == 403  # not an admin route: not recorded
+        assert (await c.get("/api/v1/keys/key-0000000000000000/usage", headers=ADMIN)).status_code == 403
+    app = _app(ip_allowlist=["10.0.0.0/8"])
+    _run(app, scenario, client_ip="192.0.2.7")
+
+    async def read(c):
+        refusals = (await _audit(c, action="admin.refused"))["data"]
+        assert [(e["actor_name"], e["client_ip"], e["route"], e["status"], e["reason"]) for e in refusals] == [
+            ("API_KEYS", "192.0.2.7", "GET /api/v1/keys/key-0000000000000000/usage", 403, "ip_not_allowed"),
+            ("API_KEYS", "192.0.2.7", "GET /api/v1/audit", 403, "ip_not_allowed")]
+    _run(app, read, client_ip="10.1.2.3")

@@ -3,9 +3,11 @@ streams, retention and length caps. The Redis one runs against a real server (sc
 
 import asyncio
 import os
+import time
 
 import pytest
 
+from serve_app.state import audit_log
 from serve_app.state.audit_log import (
     ACTIONS_STREAM,
     MINTS_STREAM,
@@ -13,6 +15,7 @@ from serve_app.state.audit_log import (
     STREAMS,
     Actor,
     AuditLog,
+    MemoryStreams,
     Query,
     field_changes,
     parse_id,
@@ -158,3 +161,31 @@ def test_field_changes_lists_only_what_changed():
     assert field_changes({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": None}) == {"b": {"before": 2, "after": 3}}
     assert field_changes(None, {"name": "x"}) == {"name": {"before": None, "after": "x"}}
     assert ACTIONS_STREAM == "aicore:audit"
+
+
+def test_an_entry_the_store_refused_is_written_when_it_is_back(monkeypatch):
+    monkeypatch.setattr(audit_log, "RETRY_S", 0.01)
+
+    class Flaky(MemoryStreams):
+        down = True
+
+        async def append(self, *args):
+            if self.down:
+                raise ConnectionError("down")
+            return await super().append(*args)
+
+    async def scenario():
+        streams = Flaky()
+        log = AuditLog(streams)
+        assert await log.record(ADMIN, "10.0.0.1", REFUSED, None, outcome="refused", status=503,
+                                route="GET /api/v1/keys", reason="store_unavailable") is None
+        at = time.time()
+        await asyncio.sleep(0.05)
+        assert (await log.page(Query()))[0] == []  # still down: kept
+        streams.down = False
+        while log.pending:
+            await asyncio.sleep(0.01)
+        [entry], _ = await log.page(Query())
+        assert (entry["reason"], entry["status"]) == ("store_unavailable", 503)
+        assert at - 1 < entry["time"] <= at  # when it happened, not when it was written
+    run(scenario())

@@ -3,15 +3,17 @@
 browser: tests/integration/test_admin_console_browser.py)."""
 
 import asyncio
+import os
 import re
+import time
 
 import httpx
 import pytest
 
 from core.access_errors import KeyNotFound
 from serve_app.access.keys import KeyService
-from serve_app.http.protocol.keys import KeyCreate
-from serve_app.state.store import MemoryStore
+from serve_app.http.protocol.keys import KeyCreate, WebTokenCreate
+from serve_app.state.store import MemoryStore, RedisStore
 from tests.unit.test_web_token_minting import BOOT, _app
 
 
@@ -100,3 +102,91 @@ def test_the_console_page_is_served_with_a_strict_policy_and_its_files_exist():
                 assert asset.status_code == 200 and asset.content, name
                 assert "innerHTML" not in asset.text and "insertAdjacentHTML" not in asset.text, name
     asyncio.run(main())
+
+
+class _Counting:
+    """A store that counts the reads a listing makes (records, index pages, sets, hashes)."""
+
+    def __init__(self, store):
+        self.store, self.reads = store, 0
+
+    def __getattr__(self, name):
+        method = getattr(self.store, name)
+        if name in ("get", "zafter", "smembers", "zlive", "hgetall", "get_indirect"):
+            async def counted(*args, **kwargs):
+                self.reads += 1
+                return await method(*args, **kwargs)
+            return counted
+        return method
+
+
+def _stores():
+    yield pytest.param(MemoryStore, id="memory")
+    url = os.environ.get("AICORE_TEST_REDIS_URL")
+    yield pytest.param(lambda: RedisStore(url), id="redis",
+                       marks=pytest.mark.skipif(not url, reason="scripts/test.sh sets AICORE_TEST_REDIS_URL"))
+
+
+INDEXES = ("aicore:keys", "aicore:keys:order", "aicore:keys:order:ready", "aicore:webtokens", "aicore:webtokens:order")
+
+
+@pytest.mark.parametrize("make_store", list(_stores()))
+def test_a_page_without_search_reads_only_its_own_keys(make_store):
+    async def scenario():
+        raw = make_store()
+        await raw.delete(*INDEXES)
+        store = _Counting(raw)
+        keys = KeyService(store, {"m1"}, web_token_keep_s=0.2)
+        for i in range(120):
+            await keys.create(KeyCreate(name=f"k{i}"))
+        token = await keys.mint_web_token(WebTokenCreate(models=["m1"], expires_in_s=1))
+        for i in range(3):
+            await keys.create(KeyCreate(name=f"late{i}"))
+        listed = [k.id for k in await keys.list()]  # the order `list` gives: (created_at, id)
+        assert len(listed) == 124 and token.id in listed
+        await keys.page(1)  # the one-time check that the order indexes hold every key
+        store.reads = 0
+        page = await keys.page(5, after=listed[60])
+        assert [k.id for k in page.data] == listed[61:66] and page.has_more
+        assert store.reads <= 1 + 2 + 6  # the cursor's record, the two indexes, six records (one tells has_more)
+        everything = await keys.page(200)
+        assert [k.id for k in everything.data] == listed and not everything.has_more
+        pages, after = [], None
+        for _ in range(20):  # bounded: 124 keys in pages of 7
+            one = await keys.page(7, after=after)
+            pages += [k.id for k in one.data]
+            if not one.has_more:
+                break
+            after = one.last_id
+        assert pages == listed
+        await asyncio.sleep(1.5)  # the web token's entries expire: it leaves the list and its index
+        assert token.id not in [k.id for k in (await keys.page(200)).data]
+        assert await raw.zafter("aicore:webtokens:order", None, 5) == []
+        await raw.delete(*INDEXES)
+    asyncio.run(scenario())
+
+
+def test_keys_stored_before_the_order_indexes_are_listed_in_order():
+    async def scenario():
+        store = MemoryStore()
+        old = KeyService(store, {"m1"})
+        for i in range(4):
+            await old.create(KeyCreate(name=f"k{i}"))
+        await store.delete("aicore:keys:order", "aicore:keys:order:ready")  # as a store from before them
+        fresh = KeyService(store, {"m1"})
+        first = await fresh.page(2)
+        rest = await fresh.page(2, after=first.last_id)
+        listed = [k.id for k in await old.list()]
+        assert [k.id for k in first.data + rest.data] == listed and len(listed) == 4 and not rest.has_more
+    asyncio.run(scenario())
+
+
+def test_the_web_token_index_drops_tokens_older_than_any_can_live_and_expires():
+    async def scenario():
+        store = MemoryStore()
+        await store.zadd("aicore:webtokens:order", "old", 100.0)
+        now = time.time()
+        await store.zadd("aicore:webtokens:order", "new", now, drop_below=now - 10, expire_at=now + 10)
+        assert await store.zafter("aicore:webtokens:order", None, 5) == [("new", now)]
+        assert 9 < await store.ttl("aicore:webtokens:order") <= 10
+    asyncio.run(scenario())

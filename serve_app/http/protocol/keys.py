@@ -242,3 +242,31 @@ class UsageSeries(BaseModel):
     start: int
     end: int
     data: list[UsageRow] = Field(description="Non-empty buckets only, sorted by time, key and model.")
+
+
+class KeySelf(BaseModel):
+    """The key presenting the request, as it stands: what it may do, never its secret or hash."""
+
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [{
+        "id": "key-7f3a9c2e51d04b86", "object": "api_key.self", "name": "ops-watcher", "bootstrap": False,
+        "web_token": False, "minted_by": None, "scopes": ["admin_read"], "models": None, "default_model": None,
+        "priority": "interactive", "rate_limit_per_minute": 60, "tokens_per_minute": 0, "expires_at": None,
+        "quotas": [{"name": "tokens-day", "limit": 100000, "used": 5120, "resets_at": 1796169600}],
+    }]})
+
+    id: str
+    object: Literal["api_key.self"] = "api_key.self"
+    name: Optional[str] = Field(None, description="`API_KEYS` for a bootstrap key.")
+    bootstrap: bool = Field(False, description="A bootstrap key (API_KEYS): every scope, no limits.")
+    web_token: bool = False
+    minted_by: Optional[str] = Field(None, description="A web token's minter.")
+    scopes: list[Scope]
+    models: Optional[list[str]] = Field(None, description="Models the key may use; null: all.")
+    default_model: Optional[str] = None
+    priority: Priority = "interactive"
+    rate_limit_per_minute: int = Field(description="Requests per minute in effect (the key's or the default); "
+                                       "0: unlimited.")
+    tokens_per_minute: int = Field(description="Tokens per minute in effect; 0: unlimited.")
+    expires_at: Optional[int] = None
+    quotas: list[QuotaUsage] = Field([], description="Its quotas (a web token's: its minter's, shared) and their "
+                                     "use in the current period.")

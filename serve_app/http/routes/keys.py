@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from serve_app.access.auth import Principal, require_admin, require_admin_read, require_minter
+from serve_app.access.auth import Principal, require_admin, require_admin_read, require_any_key, require_minter
 from serve_app.access.keys import Minter
 from serve_app.access.usage import MAX_BUCKETS, quota_fields, series_csv
 from serve_app.http.protocol.keys import (
@@ -20,6 +20,7 @@ from serve_app.http.protocol.keys import (
     KeyCreate,
     KeyCreated,
     KeyList,
+    KeySelf,
     KeyUpdate,
     KeyUsage,
     KeyView,
@@ -86,6 +87,23 @@ async def list_keys(
     """Keys in the order they were made, a page at a time (`has_more`, then `after=last_id`). A caller
     that names no `limit` gets the first 50: follow `has_more` for the rest."""
     return await _keys(request).page(limit, after=after, search=search)
+
+
+@router.get("/self", response_model=KeySelf, responses=responses_for(KEYED))
+async def own_key(request: Request, principal: Principal = Depends(require_any_key)):
+    """The key that presents this request: its id, name, scopes, models, limits in effect and quotas
+    with their use (never a secret). Any valid key, of any scope: what a client (the console) needs to
+    know what it may do before it tries."""
+    limits = request.app.state.limiter.limits(principal.rate_limit_per_minute, principal.tokens_per_minute)
+    quotas = await _keys(request).quota_usage(principal.usage_owner, principal.quotas) if principal.quotas else []
+    return KeySelf(
+        id=principal.key_id, name=principal.name, bootstrap=principal.bootstrap, web_token=principal.web_token,
+        minted_by=principal.minted_by, scopes=sorted(principal.scopes),
+        models=sorted(principal.models) if principal.models is not None else None,
+        default_model=principal.default_model, priority=principal.priority,
+        rate_limit_per_minute=0 if principal.bootstrap else limits.requests,
+        tokens_per_minute=0 if principal.bootstrap else limits.tokens, expires_at=principal.expires_at,
+        quotas=quotas)
 
 
 @router.get("/{key_id}", response_model=KeyView, dependencies=READER, responses=responses_for(KEYED, KEY))

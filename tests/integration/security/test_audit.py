@@ -94,3 +94,32 @@ def test_admin_read_sees_keys_and_the_audit_and_changes_nothing(url, make_key):
         assert [e["route"] for e in refusals] == [f"DELETE /api/v1/keys/{target['id']}", "POST /api/v1/keys"]
     with httpx.Client(base_url=url, timeout=120, headers={"X-API-Key": ADMIN_KEY}) as admin:
         assert admin.get(f"/api/v1/keys/{target['id']}").json()["revoked_at"] is None
+
+
+def test_admin_requests_refused_by_limits_the_allowlist_or_their_body_are_recorded_once_each(url, make_key):
+    operator = make_key(name="limited-operator", scopes=["admin"], rate_limit_per_minute=3)
+    with httpx.Client(base_url=url, timeout=120, headers={"X-API-Key": operator["key"]}) as c:
+        bad = c.post("/api/v1/keys", json={"name": ""})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "name", bad.text
+        malformed = c.post("/api/v1/keys", content=b'{"name": ', headers={"content-type": "application/json"})
+        assert malformed.status_code == 400 and malformed.json()["error"]["code"] == "invalid_json", malformed.text
+        assert c.post("/api/v1/models/load", json={}).status_code == 400
+        assert c.get("/api/v1/keys", params={"limit": 1}).status_code == 200  # its third request this minute
+        limited = c.get("/api/v1/keys", params={"limit": 1})
+        assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limit_exceeded"
+    outside = "192.0.2.44"  # behind the trusted proxy, outside IP_ALLOWLIST
+    with httpx.Client(base_url=url, timeout=120, headers={"X-API-Key": ADMIN_KEY, "X-Forwarded-For": outside}) as c:
+        for path in ("/api/v1/audit", "/v1/models"):  # the second is no admin route: not recorded
+            r = c.get(path)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "ip_not_allowed", r.text
+    with httpx.Client(base_url=url, timeout=120, headers={"X-API-Key": ADMIN_KEY}) as admin:
+        mine = _audit(admin, action="admin.refused", actor_id=operator["id"])
+        assert [(e["route"], e["status"], e["reason"], e["actor_name"], e["client_ip"]) for e in mine] == [
+            ("GET /api/v1/keys", 429, "rate_limit_exceeded", "limited-operator", "127.0.0.1"),
+            ("POST /api/v1/models/load", 400, "invalid_value", "limited-operator", "127.0.0.1"),
+            ("POST /api/v1/keys", 400, "invalid_json", "limited-operator", "127.0.0.1"),
+            ("POST /api/v1/keys", 400, "invalid_value", "limited-operator", "127.0.0.1")]
+        from_outside = [e for e in _audit(admin, action="admin.refused") if e["client_ip"] == outside]
+        assert [(e["route"], e["status"], e["reason"], e["actor_name"]) for e in from_outside] == [
+            ("GET /api/v1/audit", 403, "ip_not_allowed", "API_KEYS")], from_outside
+        assert from_outside[0]["actor_id"].startswith("boot-")

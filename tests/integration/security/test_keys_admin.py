@@ -146,3 +146,26 @@ def test_cli_create_use_rotate_revoke(url):
     assert httpx.get(url + "/v1/models", headers=new, timeout=60).json()["error"]["code"] == "key_revoked"
     rc, refused = _cli(url, "list", admin_key="wrong")
     assert rc == 1 and refused["error"]["type"] == "authentication_error"
+
+
+def test_every_key_reads_what_it_may_do_and_never_a_secret(url, admin, make_key):
+    watcher = make_key(name="self-watcher", scopes=["admin_read"], rate_limit_per_minute=40, daily_token_quota=5000)
+    bot = make_key(name="self-bot", scopes=["inference"], models=[MODEL], tokens_per_minute=900)
+    token = admin.post("/api/v1/keys/web-tokens", json={"models": [MODEL], "expires_in_s": 60}).json()
+    seen = {}
+    for name, key in (("watcher", watcher["key"]), ("bot", bot["key"]), ("token", token["key"]), ("boot", ADMIN_KEY)):
+        r = httpx.get(url + "/api/v1/keys/self", headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert key not in r.text and "hash" not in r.json() and r.json()["object"] == "api_key.self"
+        seen[name] = r.json()
+    assert (seen["watcher"]["id"], seen["watcher"]["name"], seen["watcher"]["scopes"]) == (
+        watcher["id"], "self-watcher", ["admin_read"])
+    assert seen["watcher"]["rate_limit_per_minute"] == 40
+    [quota] = seen["watcher"]["quotas"]
+    assert (quota["name"], quota["limit"]) == ("tokens-day", 5000) and quota["used"] >= 0
+    assert (seen["bot"]["scopes"], seen["bot"]["models"], seen["bot"]["tokens_per_minute"]) == (
+        ["inference"], [MODEL], 900)
+    assert seen["token"]["web_token"] and seen["token"]["id"] == token["id"] and seen["token"]["minted_by"] is None
+    assert seen["boot"]["bootstrap"] and seen["boot"]["name"] == "API_KEYS" and "admin" in seen["boot"]["scopes"]
+    r = httpx.get(url + "/api/v1/keys/self", headers={"X-API-Key": "aic-not-a-key-0000000000"}, timeout=60)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"

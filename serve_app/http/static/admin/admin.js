@@ -111,14 +111,23 @@ for (const tab of document.querySelectorAll("#tabs button")) tab.addEventListene
 async function login() {
   if (!secret.get()) return;
   $("who").textContent = "checking the key...";
+  let me;
   try {
-    await api("GET", "/api/v1/keys?limit=1");  // admin (or admin_read) keys only
+    me = await api("GET", "/api/v1/keys/self");  // any valid key: its own scopes, before anything is tried
   } catch (error) {
     $("who").textContent = "refused: " + error.message;
     if (error instanceof ApiError && (error.status === 401 || error.status === 403)) secret.clear();
     return;
   }
-  $("who").textContent = "logged in";
+  const scopes = me.scopes || [];
+  if (!scopes.includes("admin") && !scopes.includes("admin_read")) {
+    $("who").textContent = "refused: this key has neither the admin nor the admin_read scope";
+    secret.clear();
+    return;
+  }
+  // A read-only key never sees a change button; the API refuses its changes all the same.
+  readOnly(!scopes.includes("admin"));
+  $("who").textContent = `logged in as ${me.name || me.id}` + (scopes.includes("admin") ? "" : " (read only)");
   $("login").hidden = true;
   $("logout").hidden = false;
   $("tabs").hidden = false;
