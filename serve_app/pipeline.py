@@ -32,8 +32,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Optional
 
-from core.access_errors import PermissionDenied, QuotaExceeded, RateLimited
-from core.errors import AICoreError
+from core.errors import AICoreError, PermissionDenied, QuotaExceeded, RateLimited
 from serve_app.access.ratelimit import Limits, Pool, Reservation
 
 if TYPE_CHECKING:

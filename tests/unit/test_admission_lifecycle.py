@@ -6,8 +6,7 @@ import asyncio
 
 import pytest
 
-from core.access_errors import RateLimited
-from core.errors import ModelUnavailable
+from core.errors import ModelUnavailable, RateLimited
 from serve_app.pipeline import CLIENT_GONE, Pipeline
 from tests.unit.admissions import ANYONE, admission, pipeline
 
