@@ -1,4 +1,4 @@
-"""Cache hits against three floors, in one run, with `wrk` as the load generator (issue 27).
+"""Cache hits against three floors, in one run, with `wrk` as the load generator.
 
 Targets, each started alone, measured, stopped:
 - floor: a plain uvicorn + FastAPI app answering POST /api/v1/generate with a constant

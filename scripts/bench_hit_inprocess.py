@@ -1,4 +1,4 @@
-"""AI Core's own CPU per cache hit: the ingress app alone, in this process, without Ray (issue 27).
+"""AI Core's own CPU per cache hit: the ingress app alone, in this process, without Ray.
 
 The real FastAPI app (`create_app`: every middleware, auth, limits, usage, cache, metrics, access
 log) with the shipped models.json; the model handle is a stand-in that answers the one miss that

@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Command two: install what the tests need (Redis and Chromium included), start services, run the whole suite.
 # Extra arguments go to pytest.
+#
+# --quick: the quick loop. ruff, then every test that needs no Ray, no image build and no browser
+# (tests/unit, tests/engine, tests/deploy but the image), against a private Redis as below. It
+# installs only what those tests use, and sets up .venv only when it lacks the test tools: after a
+# change of dependencies run the whole command (or EXTRAS=test scripts/setup.sh) once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+quick=0
+if [ "${1:-}" = "--quick" ]; then quick=1; shift; fi
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -10,7 +18,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # Compose (docker-compose.yml is parsed, no engine needed). The lock timeout waits out other apt runs.
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
-command -v chromium >/dev/null || missing+=(chromium)  # the chat page's browser test (headless)
+[ "$quick" = 1 ] || command -v chromium >/dev/null || missing+=(chromium)  # the chat page's browser test (headless)
 command -v nginx >/dev/null || missing+=(nginx)
 command -v openssl >/dev/null || missing+=(openssl)
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
@@ -31,7 +39,9 @@ if ! command -v promtool >/dev/null && [ ! -x .tools/bin/promtool ]; then
   rm -rf "$tmp"
 fi
 export PATH="$PWD/.tools/bin:$PATH"
-EXTRAS=test scripts/setup.sh
+if [ "$quick" = 0 ] || [ ! -x .venv/bin/ruff ] || ! .venv/bin/python -c 'import pytest, httpx, core' 2>/dev/null; then
+  EXTRAS=test scripts/setup.sh
+fi
 
 # A private Redis on a free loopback port for the tests that need one; stopped on exit.
 REDIS_PORT=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -42,6 +52,10 @@ export AICORE_TEST_REDIS_URL="redis://127.0.0.1:${REDIS_PORT}/0"
 export HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
 
 .venv/bin/ruff check .  # seconds: an unused import or undefined name fails before the long suites
+if [ "$quick" = 1 ]; then
+  .venv/bin/python -m pytest tests/unit tests/engine tests/deploy --ignore=tests/deploy/test_image.py "$@"
+  exit 0  # (not exec: the EXIT trap stops Redis)
+fi
 .venv/bin/python -m pytest tests "$@"
 
 # The API suites again with INGRESS_MODE=haproxy (Ray Serve's HAProxy in front of the ingress

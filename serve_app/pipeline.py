@@ -39,8 +39,15 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Optional
 
-from core.access_errors import KeyNotFound, PermissionDenied, QuotaExceeded, RateLimited
-from core.errors import AICoreError, AuthenticationFailed, RequestCancelled
+from core.errors import (
+    AICoreError,
+    AuthenticationFailed,
+    KeyNotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    RateLimited,
+    RequestCancelled,
+)
 from serve_app.access.ratelimit import Limits, Pool, Reservation
 
 if TYPE_CHECKING:

@@ -13,12 +13,13 @@ import time
 from dataclasses import dataclass, replace
 from typing import Awaitable, Callable, Optional
 
-from core.access_errors import TooManyMessages
 from core.errors import (
     ContextLengthExceeded,
     InvalidRequest,
     ModelUnavailable,
     PromptTooLong,
+    StoreUnavailable,
+    TooManyMessages,
 )
 from core.settings import Settings
 from core.types import (
@@ -35,7 +36,6 @@ from serve_app.model_router import ModelEntry, ModelRouter
 from serve_app.pipeline import Admission, token_bound
 from serve_app.state.cache import ResponseCache, cache_key, wants_cache
 from serve_app.state.sessions import SessionStore, SessionTurn
-from serve_app.state.store import StoreUnavailable
 
 logger = logging.getLogger("aicore.serving")
 

@@ -81,7 +81,7 @@ class WaitingRoom(Generic[T]):
             self.refused[priority] += 1
             why = (f"{len(self)} requests are waiting (the limit is {self.max_queued})" if too_many else
                    f"the estimated wait of {self.estimated_wait_s(ahead):.0f}s passes {self.max_wait_s:g}s")
-            raise Overloaded(f"the model is overloaded: {why}; retry later", retry_after=self.retry_after_s())
+            raise Overloaded(f"the model is overloaded: {why}; retry later", retry_after_s=self.retry_after_s())
         self._queues[priority].append(item, tenant)
 
     def remove(self, item: T) -> bool:

@@ -22,20 +22,23 @@ from typing import Optional
 from fastapi import Request
 from starlette.requests import HTTPConnection
 
-from core.access_errors import (
+from core.errors import (
     AddressNotAllowed,
+    AICoreError,
+    AuthenticationFailed,
     KeyDisabled,
     KeyExpired,
     KeyRevoked,
+    ModelNotFound,
+    StoreUnavailable,
 )
-from core.errors import AICoreError, AuthenticationFailed, ModelNotFound
 from serve_app.access.keys import KeyService, StoredKey, hash_key
 from serve_app.access.netguard import allowed, parse_address, parse_networks
 from serve_app.access.refusals import record_refused, records_refusals
 from serve_app.access.usage import WEB_TOKENS_OWNER, Quota, quotas_of
 from serve_app.pipeline import Admission, Outcome, RequestContext
 from serve_app.state.audit_log import Actor
-from serve_app.state.store import Store, StoreUnavailable
+from serve_app.state.store import Store
 
 __all__ = ["Principal", "Authenticator", "hash_key", "require_key", "require_admin", "require_admin_read",
            "require_metrics", "require_minter", "require_caller", "require_batch_caller", "require_job_reader",

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Iterable, Optional
 
-from core.access_errors import ContentFiltered
+from core.errors import ContentFiltered
 
 
 def _compile(terms: Iterable[str], patterns: Iterable[str]) -> Optional[re.Pattern]:

@@ -23,8 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
-from core.access_errors import KeyConflict, KeyNotFound
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, KeyConflict, KeyNotFound
 from serve_app.access.key_order import KeyOrder
 from serve_app.access.usage import (
     STEPS,

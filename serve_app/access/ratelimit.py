@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from core.access_errors import QuotaExceeded, RateLimited
+from core.errors import QuotaExceeded, RateLimited
 from serve_app.access.usage import QuotaClock, QuotaState, quota_headers
 from serve_app.state.store import Store
 

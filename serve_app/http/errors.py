@@ -43,7 +43,7 @@ def to_aicore_error(exc: BaseException) -> AICoreError:
     if isinstance(exc, AICoreError):
         return exc
     if _ray_backpressure(exc):
-        return Overloaded("the model is overloaded: every replica's queue is full; retry later", retry_after=5)
+        return Overloaded("the model is overloaded: every replica's queue is full; retry later", retry_after_s=5)
     if _ray_unavailable(exc) or isinstance(exc, asyncio.TimeoutError):
         return ModelUnavailable("the model is not available right now; retry shortly")
     logger.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))

@@ -20,7 +20,7 @@ import asyncio
 import logging
 from typing import Any, Optional
 
-from core.access_errors import AddressNotAllowed, BodyTimeout, BodyTooLarge
+from core.errors import AddressNotAllowed, BodyTimeout, BodyTooLarge
 from serve_app.access.netguard import allowed, parse_networks
 from serve_app.access.refusals import admin_route_of, record_refused
 from serve_app.http.errors import error_response

@@ -164,7 +164,7 @@ class BatchService:
                 mapped = to_aicore_error(error)
                 if not (retry_overloaded and _waits(mapped)):
                     return entry.failed(mapped)
-            wait_s = getattr(mapped, "retry_after", None) or getattr(mapped, "retry_after_s", 1)
+            wait_s = getattr(mapped, "retry_after_s", None) or 1
             await asyncio.sleep(min(wait_s, MAX_OVERLOAD_WAIT_S))
 
     async def _generate(self, entry: Prepared, admission: Admission) -> BatchItemResult:

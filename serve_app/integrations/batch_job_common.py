@@ -8,7 +8,6 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from core.access_errors import RateLimited
 from core.errors import AICoreError
 from serve_app.http.errors import error_body
 from serve_app.http.protocol.batch import BatchItemResult
@@ -19,24 +18,6 @@ JOBS_PATH = "/api/v1/generate/batch/jobs"
 CANCEL_POLL_S = 0.5  # how often a runner reads its jobs' records for a cancel request
 CANCEL_WAIT_S = 5.0  # how long a cancel call waits for the job to reach its final state
 STALE_BEATS = 6  # heartbeats missed before a job counts as interrupted
-
-
-class JobNotFound(AICoreError):
-    """No such job, or one this key may not see (the same answer: ids are not confirmed to others)."""
-
-    status, type, code = 404, "invalid_request_error", "batch_job_not_found"
-
-
-class TooManyBatchJobs(RateLimited):
-    """The key has BATCH_JOBS_PER_KEY jobs queued or running already."""
-
-    code = "too_many_batch_jobs"
-
-
-class ResultQuotaExceeded(RateLimited):
-    """The key's jobs stored BATCH_JOB_RESULT_BYTES_PER_KEY bytes of results in this window."""
-
-    code = "batch_result_quota_exceeded"
 
 
 _last_id_us = 0

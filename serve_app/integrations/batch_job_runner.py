@@ -7,21 +7,19 @@ import asyncio
 import logging
 from typing import Callable
 
-from core.errors import AICoreError, RequestCancelled
+from core.errors import AICoreError, RequestCancelled, ResultQuotaExceeded, StoreUnavailable
 from core.settings import Settings
 from serve_app.http.protocol.batch import BatchItemResult
 from serve_app.integrations.batch import BatchService, Prepared
 from serve_app.integrations.batch_job_common import (
     CANCEL_POLL_S,
     LocalJob,
-    ResultQuotaExceeded,
     interrupted_error,
     stopped_error,
     to_json,
 )
 from serve_app.pipeline import Admission, Outcome, Pipeline, RequestContext
 from serve_app.state.batch_job_records import JobRecord, JobRecords
-from serve_app.state.store import StoreUnavailable
 
 logger = logging.getLogger("aicore.batch_jobs")
 

@@ -40,8 +40,14 @@ import time
 import uuid
 from typing import Any, Callable, Optional
 
-from core.access_errors import PermissionDenied
-from core.errors import InvalidRequest
+from core.errors import (
+    InvalidRequest,
+    JobNotFound,
+    PermissionDenied,
+    ResultQuotaExceeded,
+    StoreUnavailable,
+    TooManyBatchJobs,
+)
 from core.settings import Settings
 from serve_app.http.protocol.batch import BatchItemResult, BatchRequest
 from serve_app.http.protocol.batch_jobs import JOB_ID_PATTERN, TERMINAL, BatchJob, BatchJobCounts, BatchJobList
@@ -50,10 +56,7 @@ from serve_app.integrations.batch_job_common import (
     CANCEL_WAIT_S,
     JOBS_PATH,
     STALE_BEATS,
-    JobNotFound,
     LocalJob,
-    ResultQuotaExceeded,
-    TooManyBatchJobs,
     interrupted_error,
     new_job_id,
     to_json,
@@ -61,7 +64,7 @@ from serve_app.integrations.batch_job_common import (
 from serve_app.integrations.batch_job_runner import BatchJobRunner
 from serve_app.pipeline import Admission
 from serve_app.state.batch_job_records import JobRecord, JobRecords
-from serve_app.state.store import Store, StoreUnavailable
+from serve_app.state.store import Store
 
 logger = logging.getLogger("aicore.batch_jobs")
 SEES_EVERY_JOB = frozenset({"admin", "admin_read"})  # scopes that list and read every key's jobs

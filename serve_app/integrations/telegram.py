@@ -17,8 +17,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Optional
 
-from core.access_errors import QuotaExceeded, RateLimited
-from core.errors import AICoreError, AuthenticationFailed, NotEnabled, Overloaded, PermissionDenied
+from core.errors import (
+    AICoreError,
+    AuthenticationFailed,
+    NotEnabled,
+    Overloaded,
+    QuotaExceeded,
+    RateLimited,
+    WrongSecret,
+)
 from core.settings import Settings
 from core.types import SamplingParams
 from serve_app.access.auth import Principal
@@ -130,7 +137,7 @@ class TelegramBot:
         if not presented:
             raise AuthenticationFailed("missing X-Telegram-Bot-Api-Secret-Token header")
         if not hmac.compare_digest(presented.encode(), secret.encode()):
-            raise PermissionDenied("wrong X-Telegram-Bot-Api-Secret-Token")
+            raise WrongSecret("wrong X-Telegram-Bot-Api-Secret-Token")
 
     async def handle(self, update: TgUpdate, client_ip: Optional[str] = None) -> Optional[TgSendMessage]:
         """The sendMessage to return, or None when the update needs no answer. `client_ip`: the
@@ -213,7 +220,7 @@ class TelegramBot:
         except AICoreError as error:  # tell the chat; an HTTP error would make Telegram retry
             logger.warning("telegram answer failed", extra={"model": model, "error": error.message})
             if isinstance(error, Overloaded):
-                shown = f"the service is busy; try again in {error.retry_after} s"
+                shown = f"the service is busy; try again in {error.retry_after_s} s"
             else:
                 shown = error.message if error.status < 500 else "the model failed; try again later"
             return f"Sorry, I could not answer: {shown}"

@@ -17,11 +17,11 @@ import logging
 import math
 from typing import Optional
 
-from core.errors import AICoreError
+from core.errors import AICoreError, StoreUnavailable
 from core.settings import Settings
 from serve_app.access.auth import Principal
 from serve_app.pipeline import Admission, Pipeline, RequestContext
-from serve_app.state.store import Store, StoreUnavailable
+from serve_app.state.store import Store
 
 logger = logging.getLogger("aicore.telegram")
 

@@ -10,8 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from core.access_errors import RateLimited
-from core.errors import AICoreError, Overloaded
+from core.errors import AICoreError, Overloaded, RateLimited
 
 logger = logging.getLogger("aicore.ws")
 

@@ -29,8 +29,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from core.access_errors import BodyTooLarge
-from core.errors import AICoreError, AuthenticationFailed, InvalidRequest, RequestCancelled
+from core.errors import AICoreError, AuthenticationFailed, BodyTooLarge, InvalidRequest, RequestCancelled
 from core.logs import request_id_var
 from serve_app.access.auth import Principal
 from serve_app.http.errors import error_body, to_aicore_error, validation_error

@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from core.errors import StoreUnavailable
 from serve_app.state.audit_log import Actor, field_changes
-from serve_app.state.store import StoreUnavailable
 
 DEPLOY_ACTOR = "scripts.deploy"
 RELOAD_MARK = "aicore:audit:reload:"  # <before>:<after> config revision: who records it

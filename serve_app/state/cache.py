@@ -14,8 +14,9 @@ import logging
 from dataclasses import asdict
 from typing import Callable, Optional
 
+from core.errors import StoreUnavailable
 from core.types import GenerationRequest, GenerationResult, Usage
-from serve_app.state.store import Store, StoreUnavailable
+from serve_app.state.store import Store
 
 logger = logging.getLogger("aicore.cache")
 

@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
-from core.access_errors import KeyConflict
+from core.errors import KeyConflict
 from serve_app.state.session_trim import block_window
 from serve_app.state.store import Store
 

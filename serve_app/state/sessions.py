@@ -16,10 +16,10 @@ import logging
 import time
 from typing import Optional
 
-from core.errors import SessionBusy
+from core.errors import SessionBusy, StoreUnavailable
 from core.types import GenerationResult
 from serve_app.state.session_trim import answer_tokens, attribute, estimate, stored_counts, trim_to_fit
-from serve_app.state.store import Store, StoreUnavailable
+from serve_app.state.store import Store
 
 logger = logging.getLogger("aicore.sessions")
 

@@ -15,8 +15,8 @@ import logging
 import time
 from typing import Any, Optional
 
-from core.errors import AICoreError
-from serve_app.state.store import MemoryStore, StoreUnavailable
+from core.errors import AICoreError, StoreUnavailable
+from serve_app.state.store import MemoryStore
 
 logger = logging.getLogger("aicore.store")
 

@@ -12,11 +12,11 @@ import asyncio
 import time
 from typing import Callable, Optional
 
+from core.errors import StoreUnavailable
 from serve_app.state.store_contract import (  # noqa: F401 (the contract, re-exported)
     HashUpdate,
     QuotaCheck,
     Store,
-    StoreUnavailable,
     Taken,
     Window,
 )

@@ -1,16 +1,10 @@
 """The shared store's contract: the primitives both stores provide (serve_app/state/store.py has
-Redis's and the in-memory one), the shapes they take and answer, and its one error."""
+Redis's and the in-memory one) and the shapes they take and answer. Its one error,
+`StoreUnavailable`, is in core/errors.py with every other."""
 
 from __future__ import annotations
 
 from typing import Optional, Protocol
-
-from core.errors import AICoreError
-
-
-class StoreUnavailable(AICoreError):
-    status, type, code = 503, "server_error", "store_unavailable"
-
 
 # One pair of rate-limit windows: requests key, tokens key, requests per window, tokens per window
 # (0: that limit is off).

@@ -1,4 +1,4 @@
-"""The shipped image as a user builds it (issue 16, item 1).
+"""The shipped image as a user builds it.
 
 `scripts/check_image.sh` builds the unchanged Dockerfile with podman (Debian's; no Docker daemon or
 registry needed, the base image made from a debootstrap root file system), starts it with host

@@ -199,7 +199,7 @@ def test_a_full_queue_refuses_at_once_and_every_admitted_request_completes(smoll
         return refused.value, rest[-1], await second
 
     refused, first_final, (_, second_final) = asyncio.run(scenario())
-    assert refused.status == 503 and refused.retry_after >= 1
+    assert refused.status == 503 and refused.retry_after_s >= 1
     assert first_final.finish_reason == "length" and first_final.usage.completion_tokens == 30
     assert second_final.finish_reason in ("stop", "length")
     assert backend.engine_report()["refused"]["interactive"] == 1

@@ -1,4 +1,4 @@
-"""Updates without failed requests (issue 16 item 4): while streaming clients and a steady request
+"""Updates without failed requests: while streaming clients and a steady request
 rate run, directly and through the shipped nginx.conf, `scripts.deploy` applies a changed
 models.json entry and then a new code revision (the whole app rebuilt). No request fails and no
 stream is cut (scripts/update_drill.py counts both)."""

@@ -37,7 +37,7 @@ def test_a_full_room_refuses_at_once_with_retry_after():
     with pytest.raises(Overloaded) as refused:
         r.admit("c", "interactive", free_slots=0)
     assert refused.value.status == 503
-    assert refused.value.retry_after == 8  # (two waiting + one) x 10 s / 4 slots = 7.5 s
+    assert refused.value.retry_after_s == 8  # (two waiting + one) x 10 s / 4 slots = 7.5 s
     assert refused.value.headers == {"Retry-After": "8"}
     assert r.refused["interactive"] == 1 and len(r) == 2
 
@@ -72,8 +72,8 @@ def test_removed_requests_leave_the_queue():
 def test_overloaded_keeps_retry_after_across_pickling():
     import pickle
 
-    error = pickle.loads(pickle.dumps(Overloaded("busy", retry_after=7)))
-    assert isinstance(error, Overloaded) and error.retry_after == 7 and error.code == "model_overloaded"
+    error = pickle.loads(pickle.dumps(Overloaded("busy", retry_after_s=7)))
+    assert isinstance(error, Overloaded) and error.retry_after_s == 7 and error.code == "model_overloaded"
 
 
 def test_keys_take_turns_within_a_class_first_come_within_a_key():

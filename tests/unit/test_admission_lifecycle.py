@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.access_errors import RateLimited
-from core.errors import ModelUnavailable, RequestCancelled
+from core.errors import ModelUnavailable, RateLimited, RequestCancelled
 from core.settings import Settings
 from core.types import GenerationResult, Usage
 from deployments.config import load_models_file

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from core.access_errors import KeyRevoked
-from core.errors import InvalidRequest, Overloaded
+from core.errors import InvalidRequest, JobNotFound, KeyRevoked, Overloaded
 from core.settings import Settings
 from core.types import GenerationResult, Usage
 from deployments.config import load_models_file
@@ -23,7 +22,7 @@ from serve_app.generation import Generation
 from serve_app.http.protocol.batch import BatchRequest
 from serve_app.integrations import batch as batch_module
 from serve_app.integrations.batch import BatchService, prepare
-from serve_app.integrations.batch_job_common import STALE_BEATS, JobNotFound, new_job_id
+from serve_app.integrations.batch_job_common import STALE_BEATS, new_job_id
 from serve_app.model_router import ModelEntry
 from serve_app.pipeline import Admission, Pipeline, RequestContext
 from serve_app.state.batch_job_records import JobRecord, JobRecords
@@ -198,7 +197,7 @@ class _OverloadedThenOk:
         await admission.limit(model)
         self.calls += 1
         if self.calls <= 2:
-            raise Overloaded("busy", retry_after=7)
+            raise Overloaded("busy", retry_after_s=7)
         return Generation.replay(self.entry, GenerationResult("hello", "stop", Usage(2, 1)))
 
 

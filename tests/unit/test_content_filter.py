@@ -2,7 +2,7 @@
 
 import pytest
 
-from core.access_errors import ContentFiltered
+from core.errors import ContentFiltered
 from core.settings import Settings
 from serve_app.access.content_filter import ContentPolicy
 

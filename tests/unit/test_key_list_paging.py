@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from core.access_errors import KeyNotFound
+from core.errors import KeyNotFound
 from serve_app.access.keys import KeyService
 from serve_app.http.protocol.keys import KeyCreate, WebTokenCreate
 from serve_app.state.store import MemoryStore, RedisStore

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from core.access_errors import KeyConflict
+from core.errors import KeyConflict
 from serve_app.access.keys import KeyService
 from serve_app.http.protocol.keys import KeyCreate, KeyUpdate
 from serve_app.state.store import MemoryStore, RedisStore

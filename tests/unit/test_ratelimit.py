@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from core.access_errors import RateLimited
+from core.errors import RateLimited
 from serve_app.access.ratelimit import Limits, Pool, RateLimiter, Reservation, reset_text
 from tests.unit.test_store import store  # noqa: F401  (both stores: memory, and Redis when available)
 

@@ -13,12 +13,12 @@ import pytest
 import redis
 import yaml
 
-from core.errors import AICoreError, ModelUnavailable
+from core.errors import AICoreError, ModelUnavailable, StoreUnavailable
 from core.settings import Settings
 from scripts.serve_process import free_port
 from serve_app.builder import build_app
 from serve_app.http.errors import error_response
-from serve_app.state.store import RedisStore, StoreUnavailable
+from serve_app.state.store import RedisStore
 from tests.conftest import ROOT
 
 SMOLLM = "smollm2-135m-instruct"

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from serve_app.state.store import MemoryStore, RedisStore, StoreUnavailable
+from core.errors import StoreUnavailable
+from serve_app.state.store import MemoryStore, RedisStore
 
 REDIS_URL = os.environ.get("AICORE_TEST_REDIS_URL")
 

@@ -10,8 +10,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from core.access_errors import QuotaExceeded
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, QuotaExceeded
 from serve_app.access.auth import Principal
 from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter

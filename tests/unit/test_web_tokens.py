@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from core.access_errors import KeyConflict
+from core.errors import KeyConflict
 from serve_app.access.keys import (
     _BY_HASH,
     _IDS,

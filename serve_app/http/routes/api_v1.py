@@ -8,7 +8,7 @@ from typing import Optional, Union
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from core.errors import SessionNotFound
+from core.errors import SessionNotFound, StoreUnavailable
 from core.logs import request_id_var
 from serve_app.access.auth import (
     Principal,
@@ -47,7 +47,6 @@ from serve_app.ops.model_metrics import render_model_metrics
 from serve_app.ops.readiness import readiness
 from serve_app.ops.status import ModelView
 from serve_app.pipeline import Admission
-from serve_app.state.store import StoreUnavailable
 
 router = APIRouter(prefix="/api/v1")
 

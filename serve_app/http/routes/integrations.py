@@ -7,6 +7,7 @@ from typing import Optional, Union
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 
+from core.errors import ResultQuotaExceeded, TooManyBatchJobs
 from serve_app.access.auth import (
     Principal,
     require_batch_caller,
@@ -27,7 +28,6 @@ from serve_app.http.protocol.batch_jobs import (
 from serve_app.http.protocol.telegram import TgNoReply, TgSendMessage, TgUpdate
 from serve_app.http.routes.audit import audited
 from serve_app.http.routes.statuses import BODY, JOB, KEYED, QUERY, WEBHOOK, links, responses_for
-from serve_app.integrations.batch_jobs import ResultQuotaExceeded, TooManyBatchJobs
 from serve_app.pipeline import Admission, Outcome, RequestContext
 
 router = APIRouter(prefix="/api/v1")

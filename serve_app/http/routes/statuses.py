@@ -10,40 +10,38 @@ from __future__ import annotations
 
 from typing import Iterable, Union
 
-from core.access_errors import (
+from core.errors import (
     AddressNotAllowed,
+    AICoreError,
+    AuthenticationFailed,
+    BackendFailure,
     BodyTooLarge,
     ContentFiltered,
+    ContextLengthExceeded,
+    InsufficientMemory,
+    InvalidRequest,
+    JobNotFound,
     KeyConflict,
     KeyDisabled,
     KeyExpired,
     KeyNotFound,
     KeyRevoked,
-    PermissionDenied,
-    QuotaExceeded,
-    RateLimited,
-    TooManyMessages,
-)
-from core.errors import (
-    AICoreError,
-    AuthenticationFailed,
-    BackendFailure,
-    ContextLengthExceeded,
-    InsufficientMemory,
-    InvalidRequest,
     ModelDisabled,
     ModelNotFound,
     ModelUnavailable,
     NotEnabled,
     Overloaded,
+    PermissionDenied,
     PromptTooLong,
+    QuotaExceeded,
+    RateLimited,
     SessionBusy,
     SessionNotFound,
+    StoreUnavailable,
+    TooManyMessages,
+    WrongSecret,
 )
-from core.errors import PermissionDenied as WrongSecret
 from serve_app.http.protocol.errors import ErrorResponse
-from serve_app.integrations.batch_jobs import JobNotFound
-from serve_app.state.store import StoreUnavailable
 
 Errors = tuple[type[AICoreError], ...]
 KEY_MARK = "x-api-key"  # on the 401 of operations that check a key: serve_app/http/openapi.py declares the key

@@ -1,6 +1,6 @@
 """What listens where, and who the client is, with the app started both ways the README gives.
 
-Two real `serve run`s of SmolLM2 (issue 15, items 4 and 5):
+Two real `serve run`s of SmolLM2:
 - `started`: as `scripts/serve.sh` starts it (scripts.run_server's environment), with
   API_HOST=0.0.0.0 so that the API port is the one thing meant to face the network, and no
   trusted proxy;
@@ -60,7 +60,7 @@ def _status(client: httpx.Client, key: str, **headers) -> int:
     return client.get("/v1/models", headers={"X-API-Key": key, **headers}).status_code
 
 
-# -- item 5: nothing of Ray on the network ---------------------------------------------------
+# -- nothing of Ray on the network -----------------------------------------------------------
 
 def _listeners(server: ServeProcess) -> list[tuple[str, int, str]]:
     """(address, port, process) of every TCP socket listening in the app's processes."""
@@ -128,7 +128,7 @@ def test_the_start_path_runs_model_replicas_at_normal_priority(started, plain):
     assert {p.nice() for p in _model_replicas(plain)} == {15}
 
 
-# -- item 4: only TRUSTED_PROXIES decides who the client is ------------------------------------
+# -- only TRUSTED_PROXIES decides who the client is --------------------------------------------
 
 def test_the_start_path_sees_127_0_0_1_itself_whatever_the_header_says(started):
     only_10, only_local = _key(started.base_url, ["10.0.0.0/8"]), _key(started.base_url, ["127.0.0.1/32"])

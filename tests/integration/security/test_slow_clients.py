@@ -1,4 +1,4 @@
-"""Slow and many clients (issue 23, item 8): directly against the API port and through the shipped
+"""Slow and many clients: directly against the API port and through the shipped
 nginx.conf, hundreds of connections that send their headers or body a byte at a time are held
 open while normal requests (GET /api/v1/health, an authenticated GET /v1/models) are still served.
 

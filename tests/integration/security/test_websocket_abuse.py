@@ -1,5 +1,5 @@
-"""Sockets before auth, through Ray's proxy and the real app (issue 23, item 4), and a socket's
-requests in the access log and per-key metrics (item 7).
+"""Sockets before auth, through Ray's proxy and the real app, and a socket's
+requests in the access log and per-key metrics.
 
 Each test that fails an authentication connects from its own loopback address (127.0.0.1x):
 failures are counted per address in the server's Redis, and five in a minute refuse the address.
