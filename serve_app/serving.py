@@ -36,6 +36,7 @@ from serve_app.model_router import ModelEntry, ModelRouter
 from serve_app.pipeline import Admission, token_bound
 from serve_app.state.cache import ResponseCache, cache_key, wants_cache
 from serve_app.state.sessions import SessionStore, SessionTurn
+from serve_app.tool_calls import ToolUse
 
 logger = logging.getLogger("aicore.serving")
 
@@ -110,11 +111,12 @@ class GenerationService:
             raise InvalidRequest("sessions are not enabled on this server", param="session_id")
         return await self.sessions.begin(options.owner, options.session_id)
 
-    def _fit(self, entry: ModelEntry, turn: SessionTurn, sampling: SamplingParams) -> tuple[list[dict], OnComplete]:
+    def _fit(self, entry: ModelEntry, turn: SessionTurn, sampling: SamplingParams,
+             reserved: int = 0) -> tuple[list[dict], OnComplete]:
         """The session's messages trimmed to the context (counted from earlier turns' usage: no call
-        to the model), and the saver of the answer."""
+        to the model) less `reserved` tokens (the tools' description), and the saver of the answer."""
         answer_room = sampling.max_tokens or entry.config.default_max_tokens
-        budget = entry.config.context_length - answer_room - TEMPLATE_MARGIN_TOKENS
+        budget = entry.config.context_length - answer_room - TEMPLATE_MARGIN_TOKENS - reserved
         messages = turn.fit(budget, self.settings.max_messages)
 
         async def save(result: GenerationResult) -> None:
@@ -136,8 +138,14 @@ class GenerationService:
         messages: Optional[list[dict]] = None,
         options: Optional[RequestOptions] = None,
         priority: Optional[str] = None,  # the request's own: "interactive" or "batch"
+        tools: Optional[ToolUse] = None,
     ) -> Generation:
-        """Admit (model, limits with prompt + max_tokens reserved), then start the generation."""
+        """Admit (model, limits with prompt + max_tokens reserved), then start the generation.
+        With `tools` the answer is constrained to calls (or a text answer) and the tools are
+        described in the conversation after the session's history is added, so a session keeps
+        the conversation, not the description; the channel reads the answer (tool_calls.ToolAnswer)."""
+        if tools is not None:
+            sampling = tools.constrain(sampling)  # a bad schema is a 400 before anything is counted
         principal = admission.principal
         entry, adapter = self.router.resolve_adapter(model or principal.default_model, "generate", principal.may_use)
         key_id = principal.key_id
@@ -145,7 +153,7 @@ class GenerationService:
         turn = await self._begin(options) if options.session_id is not None and messages is not None else None
         try:
             generation = await self._start(admission, entry, adapter, request_id, sampling, prompt, messages,
-                                           options, priority, turn)
+                                           options, priority, turn, tools)
         except BaseException:
             if turn is not None:
                 await turn.release()
@@ -155,16 +163,20 @@ class GenerationService:
 
     async def _start(self, admission: Admission, entry: ModelEntry, adapter: Optional[str], request_id: str,
                      sampling: SamplingParams, prompt: Optional[str], messages: Optional[list[dict]],
-                     options: RequestOptions, priority: Optional[str], turn: Optional[SessionTurn]) -> Generation:
+                     options: RequestOptions, priority: Optional[str], turn: Optional[SessionTurn],
+                     tools: Optional[ToolUse] = None) -> Generation:
         if turn is not None:
             messages = turn.combine(messages)
-        texts = [prompt] if prompt is not None else [m["content"] for m in messages or ()]
+        described = tools.described() if tools is not None and messages is not None else ""
+        texts = [prompt] if prompt is not None else [m["content"] for m in messages or ()] + [described] * bool(described)
         prompt_estimate = token_bound(texts)
         await admission.limit(entry.name, prompt_estimate + (sampling.max_tokens or entry.config.default_max_tokens))
         callbacks: list[OnComplete] = []
         if turn is not None:
-            messages, save = self._fit(entry, turn, sampling)
+            messages, save = self._fit(entry, turn, sampling, token_bound([described]) if described else 0)
             callbacks.append(save)
+        if described:
+            messages = tools.prompt(messages)
         request = self._request(admission, adapter, request_id, sampling, prompt, messages, priority,
                                 turn.conversation if turn is not None else None)
         self._check(entry, request)
@@ -192,19 +204,21 @@ class GenerationService:
     async def start_choices(self, admission: Admission, model: Optional[str], request_id: str,
                             sampling: SamplingParams, n: int, *, prompt: Optional[str] = None,
                             messages: Optional[list[dict]] = None, options: Optional[RequestOptions] = None,
-                            priority: Optional[str] = None) -> Choices:
+                            priority: Optional[str] = None, tools: Optional[ToolUse] = None) -> Choices:
         """OpenAI's `n`: n answers to one prompt, `n x max_tokens` reserved. They reach the engine
         together, so it computes their common prompt once and copies it (its burst followers).
         With a seed, choice i samples with seed + i: repeatable, yet different choices. Not
         cached (the cache keeps one answer) and not with a session (a session keeps one answer)."""
         if n == 1:
-            return Choices([await self.start(admission, model, request_id, sampling, prompt=prompt,
-                                             messages=messages, options=options, priority=priority)], admission)
+            return Choices([await self.start(admission, model, request_id, sampling, prompt=prompt, messages=messages,
+                                             options=options, priority=priority, tools=tools)], admission)
         principal = admission.principal
         options = options or RequestOptions(endpoint="-", tenant=principal.key_id, owner=principal.key_id)
         if options.session_id is not None:
             raise InvalidRequest("n above 1 cannot be combined with session_id: a session keeps one answer a turn",
                                  param="n")
+        if tools is not None and messages is not None:
+            sampling, messages = tools.constrain(sampling), tools.prompt(messages)
         entry, adapter = self.router.resolve_adapter(model or principal.default_model, "generate", principal.may_use)
         prompt_estimate = token_bound([prompt] if prompt is not None else [m["content"] for m in messages or ()])
         answer = sampling.max_tokens or entry.config.default_max_tokens
@@ -268,8 +282,6 @@ class GenerationService:
                 f"{m['role']}: {m['content']}" for m in messages or ()
             )
         return generation
-
-
 
 
 def _seeded(sampling: SamplingParams, index: int) -> SamplingParams:

@@ -4,22 +4,28 @@ The tools are described in a system message; the model answers one JSON object, 
 a grammar built from the tools' parameter schemas:
 - `{"tool_call": {"name": ..., "arguments": {...}}}` (or `{"tool_calls": [...]}` when parallel
   calls are allowed): the calls, whose arguments always validate against their function's schema;
-- `{"response": "..."}`: a text answer (only with `tool_choice: "auto"`).
+- `{"response": "..."}`: a text answer (only with `tool_choice: "auto"`); with a JSON
+  `response_format` its value is a JSON value generated under the response's schema instead.
 `tool_choice` `required` or a named function leaves out the `response` branch (and the other
-functions). Earlier calls and tool results go back into the conversation as the same JSON text,
-so the model sees its own format (`calls_as_text`, `result_as_text`).
+functions), so a response_format changes nothing there. Earlier calls and tool results go back
+into the conversation as the same JSON text, so the model sees its own format (`calls_as_text`,
+`result_as_text`). Every channel takes this one path: the GenerationService applies a `ToolUse`
+(`constrain`, `prompt`) and the channel reads the answer with `ToolAnswer` / `read_answer`.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Optional
 
 from core.errors import InvalidRequest
+from core.types import SamplingParams
+from serve_app.structured_output import PARAM as RESPONSE_SCHEMA_PARAM
 from serve_app.structured_output import schema_grammar
+from serve_app.tool_stream import AnswerScanner, ArgumentsPiece, CallStart, Event, TextPiece
 
 MAX_PARALLEL_CALLS = 8
 
@@ -29,6 +35,7 @@ TOOLS_PROMPT = (
 )
 AUTO_SHAPE = ('either {"tool_call": {"name": <tool name>, "arguments": {...}}} to call a tool, '
               'or {"response": <your answer>} to answer the user directly')
+RESPONSE_SCHEMA_NOTE = ", where <your answer> is a JSON value valid under this JSON Schema: {schema}"
 REQUIRED_SHAPE = '{"tool_call": {"name": <tool name>, "arguments": {...}}} to call a tool'
 PARALLEL_NOTE = ' (or {"tool_calls": [...]} to call several at once)'
 
@@ -67,9 +74,13 @@ class ToolUse:
     tools: tuple  # protocol Tool models
     choice: str  # "auto", "required" or a function's name
     parallel: bool
+    response_schema: Optional[dict] = None  # what a text answer must be (a JSON response_format), with auto
+    response_strict: bool = True
 
     @classmethod
-    def of(cls, tools, tool_choice, parallel_tool_calls) -> Optional["ToolUse"]:
+    def of(cls, tools, tool_choice, parallel_tool_calls, response_format=None) -> Optional["ToolUse"]:
+        """The request's tools, or None (no tools, or `none`: then only response_format constrains).
+        `response_format` is the protocol ResponseFormat: a JSON one shapes the text answer of `auto`."""
         if not tools or tool_choice == "none":
             return None
         names = [t.function.name for t in tools]
@@ -81,7 +92,12 @@ class ToolUse:
             if choice not in names:
                 raise InvalidRequest(f"tool_choice names {choice!r}, which is not among the tools",
                                      param="tool_choice")
-        return cls(tuple(tools), choice, parallel_tool_calls is not False)
+        schema, strict = None, True
+        if choice == "auto" and response_format is not None and response_format.type != "text":
+            spec = response_format.json_schema
+            schema = (spec.json_schema if spec is not None else None) or {"type": "object"}
+            strict = spec is None or spec.strict is not False
+        return cls(tuple(tools), choice, parallel_tool_calls is not False, schema, strict)
 
     @cached_property
     def _chosen(self) -> list:
@@ -104,7 +120,7 @@ class ToolUse:
                                                            "maxItems": MAX_PARALLEL_CALLS}}})
         if self.choice == "auto":
             branches.append({"type": "object", "additionalProperties": False, "required": ["response"],
-                             "properties": {"response": {"type": "string"}}})
+                             "properties": {"response": self.response_schema or {"type": "string"}}})
         return branches[0] if len(branches) == 1 else {"anyOf": branches}
 
     def grammar(self) -> str:
@@ -112,32 +128,88 @@ class ToolUse:
             if tool.function.parameters is not None:
                 schema_grammar(tool.function.parameters, strict=bool(tool.function.strict),
                                param=f"tools[{index}].function.parameters")
-        strict = all(bool(t.function.strict) for t in self._chosen)
+        if self.response_schema is not None:
+            schema_grammar(self.response_schema, strict=self.response_strict, param=RESPONSE_SCHEMA_PARAM)
+        strict = all(bool(t.function.strict) for t in self._chosen) and self.response_strict
         return schema_grammar(self.answer_schema(), strict=strict, param="tools")
 
-    def prompt(self, messages: list[dict]) -> list[dict]:
-        """The conversation with the tools described in its system message."""
+    def constrain(self, sampling: SamplingParams) -> SamplingParams:
+        """The sampling with the answer's grammar in place of a response_format's (which, with
+        `auto`, now shapes the `response` branch instead)."""
+        return replace(sampling, grammar=self.grammar())
+
+    @cached_property
+    def _description(self) -> str:
         described = [{"name": t.function.name, "description": t.function.description or "",
                       "parameters": t.function.parameters or {"type": "object"}} for t in self._chosen]
         shape = AUTO_SHAPE if self.choice == "auto" else REQUIRED_SHAPE
-        text = TOOLS_PROMPT.format(tools=json.dumps(described, ensure_ascii=False),
+        if self.response_schema is not None:
+            shape += RESPONSE_SCHEMA_NOTE.format(schema=json.dumps(self.response_schema, ensure_ascii=False))
+        return TOOLS_PROMPT.format(tools=json.dumps(described, ensure_ascii=False),
                                    shape=shape + (PARALLEL_NOTE if self.parallel else ""))
+
+    def described(self) -> str:
+        """The tools' description, as the system message carries it."""
+        return self._description
+
+    def prompt(self, messages: list[dict]) -> list[dict]:
+        """The conversation with the tools described in its system message."""
+        text = self._description
         if messages and messages[0]["role"] == "system":
             return [{"role": "system", "content": messages[0]["content"] + "\n\n" + text}] + messages[1:]
         return [{"role": "system", "content": text}] + messages
 
 
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+class ToolAnswer:
+    """One answer read as it streams (any channel): the text answer's pieces as they come, the
+    calls once complete. A call's id is made when its name is complete, so a stream and the
+    answer read at the end name it alike."""
+
+    def __init__(self):
+        self.scanner = AnswerScanner()
+        self.ids: list[str] = []
+        self.raw: list[str] = []
+
+    @classmethod
+    def whole(cls, text: str) -> "ToolAnswer":
+        """A whole answer, read at once."""
+        answer = cls()
+        answer.feed(text)
+        answer.finish()
+        return answer
+
+    def feed(self, text: str) -> list[Event]:
+        self.raw.append(text)
+        events = self.scanner.feed(text)
+        self.ids += [new_call_id() for e in events if isinstance(e, CallStart)]
+        return events
+
+    def finish(self) -> list[Event]:
+        return self.scanner.finish()
+
+    def text(self, events: list[Event]) -> str:
+        return "".join(e.text for e in events if isinstance(e, TextPiece))
+
+    def result(self, finish_reason: str) -> tuple[Optional[str], list[OutputCall], str]:
+        """(content, calls, finish_reason). An answer cut short (no complete JSON: `length`) is
+        returned as its text, never as a half call."""
+        scanner = self.scanner
+        if not scanner.complete:
+            return "".join(self.raw), [], finish_reason
+        if not scanner.calls:
+            return "".join(scanner.text), [], finish_reason
+        calls = [OutputCall(id=self.ids[i], name=c.name, arguments=c.arguments) for i, c in enumerate(scanner.calls)]
+        return None, calls, "tool_calls"
+
+
 def read_answer(text: str, finish_reason: str) -> tuple[Optional[str], list[OutputCall], str]:
-    """(content, calls, finish_reason) of an answer in the generic format. An answer cut short (no
-    complete JSON: `length`) is returned as its text, never as a half call."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text, [], finish_reason
-    if "response" in data:
-        response = data["response"]
-        return response if isinstance(response, str) else json.dumps(response), [], finish_reason
-    listed = data["tool_calls"] if "tool_calls" in data else [data["tool_call"]]
-    calls = [OutputCall(id=f"call_{uuid.uuid4().hex[:24]}", name=c["name"],
-                        arguments=json.dumps(c["arguments"], ensure_ascii=False)) for c in listed]
-    return None, calls, "tool_calls"
+    """(content, calls, finish_reason) of a whole answer in the generic format (ToolAnswer.result).
+    The arguments are the model's own JSON text, as a stream sends them."""
+    return ToolAnswer.whole(text).result(finish_reason)
+
+
+__all__ = ["ArgumentsPiece", "CallStart", "TextPiece", "ToolAnswer", "ToolUse", "read_answer"]

@@ -9,6 +9,8 @@ from typing import Optional, Union
 from serve_app.generation import Generation
 from serve_app.http.email_format import to_email
 from serve_app.http.protocol.api_v1 import ChatRequest, GenerateRequest, GenerateResponse
+from serve_app.http.protocol.common import CalledFunction, ToolCall
+from serve_app.tool_calls import OutputCall, ToolAnswer
 
 
 def now_iso() -> str:
@@ -33,7 +35,23 @@ def summary(generation: Generation, text: str, session_id: Optional[str] = None)
     return {**fields, "session_id": session_id} if session_id else fields
 
 
+def wire_calls(calls: list[OutputCall]) -> Optional[list[ToolCall]]:
+    """Calls in OpenAI's `tool_calls` shape (every channel's); None without calls."""
+    return [ToolCall(id=c.id, function=CalledFunction(name=c.name, arguments=c.arguments)) for c in calls] or None
+
+
+def tool_fields(answer: ToolAnswer, finish_reason: Optional[str]) -> dict:
+    """An `/api/v1` answer's `response` (the text answer), `tool_calls` and `finish_reason`, read
+    from an answer with tools (streamed or whole)."""
+    content, calls, finish = answer.result(finish_reason or "length")
+    return {"response": content or "", "tool_calls": wire_calls(calls), "finish_reason": finish}
+
+
 def generate_response(generation: Generation, text: str, body: Union[GenerateRequest, ChatRequest],
-                      session_id: Optional[str] = None) -> GenerateResponse:
-    email = to_email(text, body.email) if body.format == "email" else None
-    return GenerateResponse(**summary(generation, text, session_id), email=email)
+                      session_id: Optional[str] = None, answer: Optional[ToolAnswer] = None) -> GenerateResponse:
+    """`answer`: the answer read with tools (then `text` is not used: its text answer is)."""
+    fields = summary(generation, text, session_id)
+    if answer is not None:
+        fields.update(tool_fields(answer, generation.finish_reason))
+    email = to_email(fields["response"], body.email) if body.format == "email" else None
+    return GenerateResponse(**fields, email=email)

@@ -32,6 +32,7 @@ from serve_app.http.protocol.batch import (
 from serve_app.http.replies import generate_response
 from serve_app.pipeline import Admission, Outcome, Pipeline, RequestContext
 from serve_app.serving import GenerationService, RequestOptions
+from serve_app.tool_calls import ToolAnswer
 
 Item = Union[BatchGenerateItem, BatchChatItem]
 Admit = Callable[[], Awaitable[Admission]]  # an item's admission, the key looked up again
@@ -169,16 +170,18 @@ class BatchService:
 
     async def _generate(self, entry: Prepared, admission: Admission) -> BatchItemResult:
         item, key_id = entry.item, admission.key_id
+        tools = item.tool_use() if isinstance(item, BatchChatItem) else None
         generation = await self.service.start(
             admission, item.model, uuid.uuid4().hex, item.to_sampling_params(),
             prompt=item.prompt if isinstance(item, BatchGenerateItem) else None,
             messages=[m.as_dict() for m in item.messages] if isinstance(item, BatchChatItem) else None,
-            priority=item.priority,
+            priority=item.priority, tools=tools,
             options=RequestOptions(endpoint="-", tenant=key_id, owner=key_id, cache=item.cache),
         )
         result = await generation.collect()
+        answer = ToolAnswer.whole(result.text) if tools is not None else None  # read as on every channel
         return BatchItemResult(index=entry.index, id=item.id, status="ok",
-                               result=generate_response(generation, result.text, item))
+                               result=generate_response(generation, result.text, item, answer=answer))
 
 
 def _waits(error: Exception) -> bool:

@@ -46,6 +46,7 @@ from serve_app.http.protocol.ws import (
     WsToken,
     WsUsage,
 )
+from serve_app.http.replies import tool_fields
 from serve_app.integrations.ws_gate import (  # noqa: F401 (WsLimits, TRY_AGAIN_LATER: imported from here too)
     AUTH_FIRST,
     MESSAGE_TOO_BIG,
@@ -57,6 +58,7 @@ from serve_app.integrations.ws_gate import (  # noqa: F401 (WsLimits, TRY_AGAIN_
 )
 from serve_app.pipeline import Outcome, Pipeline, RequestContext, status_of
 from serve_app.serving import GenerationService, RequestOptions
+from serve_app.tool_calls import ToolAnswer
 
 logger = logging.getLogger("aicore.ws")
 
@@ -216,21 +218,28 @@ class WsSession:
             async with admission.settling():
                 prompt = message.prompt if isinstance(message, WsGenerate) else None
                 messages = [m.as_dict() for m in message.messages] if isinstance(message, WsChat) else None
+                tools = message.tool_use() if isinstance(message, WsChat) else None
                 generation = await self.service.start(
                     admission, message.model, request_id, message.to_sampling_params(),
-                    prompt=prompt, messages=messages, priority=message.priority,
+                    prompt=prompt, messages=messages, priority=message.priority, tools=tools,
                     options=self._options(admission.principal, getattr(message, "session_id", None)),
                 )
+                answer = ToolAnswer() if tools is not None else None  # tokens: the text answer only
                 parts = []
                 async for chunk in generation.chunks():
-                    if chunk.text:
-                        parts.append(chunk.text)
-                        await self._send(WsToken(id=message.id, text=chunk.text))
+                    text = answer.text(answer.feed(chunk.text)) if answer is not None else chunk.text
+                    if text:
+                        parts.append(text)
+                        await self._send(WsToken(id=message.id, text=text))
+                if answer is not None and (text := answer.text(answer.finish())):
+                    await self._send(WsToken(id=message.id, text=text))
             usage = generation.usage
             ended = None
+            fields = {"response": "".join(parts), "finish_reason": generation.finish_reason}
+            if answer is not None:
+                fields = tool_fields(answer, generation.finish_reason)
             await self._send(WsDone(
-                id=message.id, model=generation.entry.name, response="".join(parts),
-                finish_reason=generation.finish_reason,
+                id=message.id, model=generation.entry.name, **fields,
                 usage=WsUsage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
                               total_tokens=usage.total_tokens),
                 processing_time=round(time.monotonic() - generation.started, 4),

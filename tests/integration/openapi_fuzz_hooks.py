@@ -19,9 +19,9 @@ and change nothing else: the server and its schema are tested as they are.
     positive cases drop other messages' calls and give their null content an empty text;
   * a JSON schema (`response_format`, tool `parameters`) must itself be a valid schema the
     grammar can enforce, tool names must differ, a named `tool_choice` must be among the tools,
-    `response_format` JSON and tools do not combine, and a `logit_bias` token id must exist in the
-    model's vocabulary (400): positive cases send no schema (any object), one tool, `auto`, no
-    JSON format beside tools and no logit bias;
+    and a `logit_bias` token id must exist in the model's vocabulary (400): positive cases send
+    no schema (any object), one tool, `auto` and no logit bias (a JSON format beside the tools
+    stays: it shapes `auto`'s text answer);
   * `top_logprobs` above 0 needs `logprobs: true` (400): positive cases with alternatives ask for it.
 Only values the schema allows are changed, into values it allows: schemathesis decides after this
 hook whether a case is valid (it re-checks edited cases), and an invalid value stays as generated.
@@ -148,9 +148,6 @@ def _consistent_tools(body: dict) -> None:
                 and isinstance(choice["function"], dict) and set(choice["function"]) == {"name"} \
                 and isinstance(choice["function"]["name"], str):
             body["tool_choice"] = "auto"
-        spec = body.get("response_format")
-        if isinstance(spec, dict) and spec.get("type") in ("json_object", "json_schema"):
-            spec["type"], spec["json_schema"] = "text", None
     spec = body.get("response_format")
     if isinstance(spec, dict) and isinstance(spec.get("json_schema"), dict) \
             and isinstance(spec["json_schema"].get("schema"), dict):

@@ -11,6 +11,9 @@ from serve_app.http.protocol.common import (
     SESSION_ID_PATTERN,
     ChatMessage,
     SamplingFields,
+    ToolCall,
+    ToolFields,
+    WithoutEmptyCalls,
     model_names,
     schema_limits,
 )
@@ -56,7 +59,7 @@ class GenerateRequest(_Request):
                         json_schema_extra=PROMPT_LIMITS)
 
 
-class ChatRequest(_Request):
+class ChatRequest(ToolFields, _Request):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"model": "smollm2-135m-instruct", "messages": [{"role": "system", "content": "You are a helpful assistant."},
                                                        {"role": "user", "content": "Say hello."}],
@@ -99,7 +102,9 @@ class EmbedResponse(BaseModel):
     timestamp: str
 
 
-class GenerateResponse(BaseModel):
+class GenerateResponse(WithoutEmptyCalls):
+    DROPPED_WHEN_NONE = ("tool_calls", "finish_reason")
+
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"response": " blue because air scatters blue light more than red.", "model": "smollm2-135m-instruct",
          "tokens_used": 24, "processing_time": 0.31, "timestamp": "2026-11-27T02:04:17.221Z", "cached": False},
@@ -113,6 +118,11 @@ class GenerateResponse(BaseModel):
     cached: bool = Field(False, description="Answered from the response cache.")
     session_id: Optional[str] = Field(None, description="The session this turn was added to.")
     email: Optional[EmailReply] = Field(None, description="With format `email`: the reply, ready to send.")
+    tool_calls: Optional[list[ToolCall]] = Field(
+        None, description="With `tools`: the calls the model made (then `response` is empty), as OpenAI's "
+        "`message.tool_calls`; absent when it answered in text.")
+    finish_reason: Optional[str] = Field(
+        None, description="With `tools`: `tool_calls` when the model called, else `stop` or `length`.")
 
 
 class SessionSummary(BaseModel):

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from core.types import SamplingParams
 
@@ -62,6 +70,69 @@ class ToolCall(BaseModel):
     id: str = Field(min_length=1, max_length=128)
     type: Literal["function"] = "function"
     function: CalledFunction
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: Optional[str] = Field(None, max_length=4096)
+    parameters: Optional[dict] = Field(None, description="JSON Schema of the arguments; omitted: any object.")
+    strict: Optional[bool] = Field(None, description="true: unsupported schema keywords are refused, not dropped.")
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ChosenFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["function"]
+    function: ChosenFunction
+
+
+class ToolFields(BaseModel):
+    """`tools`, `tool_choice`, `parallel_tool_calls`: the same on every chat channel (serve_app/tool_calls.py)."""
+
+    model_config = ConfigDict(strict=True)
+
+    tools: Optional[list[Tool]] = Field(None, max_length=64, description="Functions the model may call (GGUF "
+                                        "models; the calls come back as `tool_calls`).")
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = Field(
+        None, description="Default `auto`: the model calls or answers in text; `required`: at least one call; "
+        "a named function: that one; `none`: no call.")
+    parallel_tool_calls: Optional[bool] = Field(None, description="Default true: several calls in one answer.")
+
+    def tool_use(self):
+        """The request's ToolUse (serve_app/tool_calls.py), or None without tools."""
+        from serve_app.tool_calls import ToolUse
+
+        return ToolUse.of(self.tools, self.tool_choice, self.parallel_tool_calls,
+                          getattr(self, "response_format", None))
+
+
+class WithoutEmptyCalls(BaseModel):
+    """`tool_calls` (and the other fields of `DROPPED_WHEN_NONE`) appear only when set, as in OpenAI's answers."""
+
+    DROPPED_WHEN_NONE: ClassVar[tuple[str, ...]] = ("tool_calls",)
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_calls(self, handler):
+        data = handler(self)
+        for name in self.DROPPED_WHEN_NONE:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class ChatMessage(BaseModel):

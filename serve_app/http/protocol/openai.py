@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_serializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from serve_app.http.protocol.api_v1 import EMBEDDING_INPUT_LIMITS
 from serve_app.http.protocol.common import (
@@ -15,6 +15,8 @@ from serve_app.http.protocol.common import (
     PositiveInt,
     SamplingFields,
     ToolCall,
+    ToolFields,
+    WithoutEmptyCalls,
     integral,
     model_names,
     schema_limits,
@@ -89,36 +91,7 @@ class _OpenAIRequest(SamplingFields):
     verbosity: Annotated[None, not_done("verbosity")] = None
 
 
-class FunctionDefinition(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    description: Optional[str] = Field(None, max_length=4096)
-    parameters: Optional[dict] = Field(None, description="JSON Schema of the arguments; omitted: any object.")
-    strict: Optional[bool] = Field(None, description="true: unsupported schema keywords are refused, not dropped.")
-
-
-class Tool(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    type: Literal["function"]
-    function: FunctionDefinition
-
-
-class ChosenFunction(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    name: str
-
-
-class NamedToolChoice(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    type: Literal["function"]
-    function: ChosenFunction
-
-
-class ChatCompletionRequest(_OpenAIRequest):
+class ChatCompletionRequest(ToolFields, _OpenAIRequest):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Name three colours."}],
          "max_tokens": 40},
@@ -132,9 +105,6 @@ class ChatCompletionRequest(_OpenAIRequest):
     logprobs: Optional[bool] = Field(None, description="Return each token's log probability (GGUF models).")
     top_logprobs: Optional[Annotated[int, Field(ge=0, le=20), BeforeValidator(integral)]] = Field(
         None, description="Alternatives per token; needs logprobs.")
-    tools: Optional[list[Tool]] = Field(None, max_length=64, description="Functions the model may call.")
-    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
-    parallel_tool_calls: Optional[bool] = Field(None, description="Default true: several calls in one answer.")
     session_id: Optional[str] = Field(None, pattern=SESSION_ID_PATTERN, description="Extension: server-side history.")
 
     @field_validator("top_logprobs")
@@ -192,18 +162,7 @@ class UsageInfo(BaseModel):
     total_tokens: int
 
 
-class _WithoutEmptyCalls(BaseModel):
-    """`tool_calls` appears only when there are calls, as in OpenAI's answers."""
-
-    @model_serializer(mode="wrap")
-    def _drop_empty_calls(self, handler):
-        data = handler(self)
-        if data.get("tool_calls") is None:
-            data.pop("tool_calls", None)
-        return data
-
-
-class ChatMessageOut(_WithoutEmptyCalls):
+class ChatMessageOut(WithoutEmptyCalls):
     role: Literal["assistant"] = "assistant"
     content: Optional[str]
     tool_calls: Optional[list[ToolCall]] = None
@@ -248,11 +207,22 @@ class ChatCompletion(BaseModel):
     usage: UsageInfo
 
 
-class ToolCallDelta(ToolCall):
+class FunctionDelta(BaseModel):
+    name: Optional[str] = None
+    arguments: Optional[str] = Field(None, description="The next fragment of the arguments' JSON text.")
+
+
+class ToolCallDelta(BaseModel):
+    """A streamed call, as OpenAI streams it: its first delta has the id, type and name (arguments
+    empty), the next ones fragments of the arguments only."""
+
     index: int
+    id: Optional[str] = None
+    type: Optional[Literal["function"]] = None
+    function: FunctionDelta
 
 
-class Delta(_WithoutEmptyCalls):
+class Delta(WithoutEmptyCalls):
     role: Optional[str] = None
     content: Optional[str] = None
     tool_calls: Optional[list[ToolCallDelta]] = None

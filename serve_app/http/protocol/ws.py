@@ -2,7 +2,8 @@
 
 Client -> server: `auth` (unless the key came in the handshake headers), then any number of
 `generate` / `chat` requests (each with a client-chosen `id`, answered concurrently) and
-`cancel`. Server -> client: `ready`, then per request `token` events, one `done` with usage,
+`cancel`. Server -> client: `ready`, then per request `token` events (with `tools`: the text
+answer's pieces only), one `done` with usage (and the `tool_calls`),
 or one `error` (an OpenAI error object); an `error` without `id` concerns the socket itself.
 """
 
@@ -13,6 +14,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.http.protocol.api_v1 import ChatRequest, GenerateRequest
+from serve_app.http.protocol.common import ToolCall, WithoutEmptyCalls
 
 RequestId = Annotated[str, Field(min_length=1, max_length=64, description="Chosen by the client; echoed back.")]
 
@@ -63,12 +65,14 @@ class WsToken(BaseModel):
     text: str
 
 
-class WsDone(BaseModel):
+class WsDone(WithoutEmptyCalls):
     type: Literal["done"] = "done"
     id: str
     model: str
-    response: str = Field(description="The whole answer (the tokens joined).")
-    finish_reason: Optional[str]
+    response: str = Field(description="The whole answer (the tokens joined); with `tools`, the text answer.")
+    finish_reason: Optional[str] = Field(description="`tool_calls` when the model called tools.")
+    tool_calls: Optional[list[ToolCall]] = Field(None, description="With `tools`: the calls, as OpenAI's "
+                                                 "`message.tool_calls`; absent when the model answered in text.")
     usage: WsUsage
     processing_time: float
 

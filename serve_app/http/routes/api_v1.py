@@ -37,7 +37,7 @@ from serve_app.http.protocol.api_v1 import (
     SessionDetail,
     SessionList,
 )
-from serve_app.http.replies import generate_response, iso_time, now_iso, summary
+from serve_app.http.replies import generate_response, iso_time, now_iso, summary, tool_fields
 from serve_app.http.routes.audit import audited
 from serve_app.http.routes.common import cache_headers, request_options, streamed
 from serve_app.http.routes.statuses import CHAT, EMBEDDING, GENERATION, KEYED, LOAD, SESSION, links, responses_for
@@ -47,6 +47,7 @@ from serve_app.ops.model_metrics import render_model_metrics
 from serve_app.ops.readiness import readiness
 from serve_app.ops.status import ModelView
 from serve_app.pipeline import Admission
+from serve_app.tool_calls import ToolAnswer
 
 router = APIRouter(prefix="/api/v1")
 
@@ -54,23 +55,38 @@ router = APIRouter(prefix="/api/v1")
 async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], admission: Admission,
                endpoint: str, prompt: Optional[str] = None, messages: Optional[list[dict]] = None):
     session_id = getattr(body, "session_id", None)
+    tools = body.tool_use() if isinstance(body, ChatRequest) else None
     generation = await request.app.state.generation.start(
         admission, body.model, request_id_var.get(), body.to_sampling_params(),
-        prompt=prompt, messages=messages, priority=body.priority,
+        prompt=prompt, messages=messages, priority=body.priority, tools=tools,
         options=request_options(request, admission.principal, endpoint, body.cache, session_id),
     )
     headers = cache_headers(generation)
+    answer = ToolAnswer() if tools is not None else None  # with tools: text answer streamed, calls at the end
     if body.stream:
         name = generation.model_id
-        return sse_stream(
-            request,
-            generation,
-            on_chunk=lambda c: [{"response": c.text, "model": name, "done": False}] if c.text else [],
-            on_end=lambda g: [{**summary(g, "", session_id), "done": True, "finish_reason": g.finish_reason}],
-            headers=headers,
-        )
+
+        def piece(text: str) -> list[dict]:
+            return [{"response": text, "model": name, "done": False}] if text else []
+
+        def on_chunk(c) -> list[dict]:
+            return piece(answer.text(answer.feed(c.text)) if answer is not None else c.text)
+
+        def on_end(g) -> list[dict]:
+            done = {**summary(g, "", session_id), "done": True, "finish_reason": g.finish_reason}
+            if answer is None:
+                return [done]
+            last = piece(answer.text(answer.finish()))
+            fields = tool_fields(answer, g.finish_reason)
+            calls = fields["tool_calls"]
+            done.update(finish_reason=fields["finish_reason"],
+                        **({"tool_calls": [c.model_dump() for c in calls]} if calls else {}))
+            return last + [done]
+
+        return sse_stream(request, generation, on_chunk=on_chunk, on_end=on_end, headers=headers)
     result = await generation.collect()
-    reply = generate_response(generation, result.text, body, session_id)
+    whole = ToolAnswer.whole(result.text) if tools is not None else None
+    reply = generate_response(generation, result.text, body, session_id, whole)
     return JSONResponse(reply.model_dump(exclude_none=True), headers=headers)
 
 

@@ -7,7 +7,6 @@ import base64
 import sys
 import time
 import uuid
-from dataclasses import replace
 from typing import Optional, Union
 
 from fastapi import APIRouter, Depends, Request
@@ -17,7 +16,6 @@ from core.errors import InvalidRequest
 from core.logs import request_id_var
 from serve_app.access.auth import Principal, require_caller, require_key
 from serve_app.choices import Choices
-from serve_app.http.protocol.common import CalledFunction, ToolCall
 from serve_app.http.protocol.openai import (
     CHAT_SSE_EXAMPLE,
     COMPLETION_SSE_EXAMPLE,
@@ -37,6 +35,7 @@ from serve_app.http.protocol.openai import (
     EmbeddingList,
     EmbeddingRequest,
     EmbeddingUsage,
+    FunctionDelta,
     ModelCard,
     ModelList,
     TokenLogprob,
@@ -44,11 +43,12 @@ from serve_app.http.protocol.openai import (
     TopLogprob,
     UsageInfo,
 )
+from serve_app.http.replies import wire_calls
 from serve_app.http.routes.common import cache_headers, request_options, streamed
 from serve_app.http.routes.statuses import CHAT, EMBEDDING, GENERATION, KEYED, MODEL_CARD, links, responses_for
 from serve_app.http.streaming import sse_stream
 from serve_app.pipeline import Admission
-from serve_app.tool_calls import ToolUse, read_answer
+from serve_app.tool_calls import ArgumentsPiece, CallStart, TextPiece, ToolAnswer, read_answer
 
 router = APIRouter(prefix="/v1")
 
@@ -87,29 +87,30 @@ def _completion_logprobs(entries, offset: int = 0) -> Optional[CompletionLogprob
                               text_offset=offsets)
 
 
-def _tool_use(body: ChatCompletionRequest, sampling, messages: list[dict]):
-    """The tools of the request: the conversation that describes them and the grammar of the answer."""
-    tool_use = ToolUse.of(body.tools, body.tool_choice, body.parallel_tool_calls)
-    if tool_use is None:
-        return None, sampling, messages
-    if sampling.grammar is not None:
-        raise InvalidRequest("response_format json_object or json_schema together with tools is not supported: "
-                             "send one of them", param="response_format")
-    return tool_use, replace(sampling, grammar=tool_use.grammar()), tool_use.prompt(messages)
-
-
-def _calls(text: str, finish_reason: Optional[str]) -> tuple[Optional[str], list[ToolCall], Optional[str]]:
-    content, calls, finish = read_answer(text, finish_reason)
-    return content, [ToolCall(id=c.id, function=CalledFunction(name=c.name, arguments=c.arguments))
-                     for c in calls], finish
+def _tool_deltas(answer: ToolAnswer, events) -> list[Delta]:
+    """OpenAI's deltas of what an answer's text completed: text pieces as content, a call's first
+    delta once its name is complete (id, type, name, empty arguments), then its argument fragments."""
+    deltas = []
+    for event in events:
+        if isinstance(event, TextPiece):
+            deltas.append(Delta(content=event.text))
+        elif isinstance(event, CallStart):
+            deltas.append(Delta(tool_calls=[ToolCallDelta(index=event.index, id=answer.ids[event.index],
+                                                          type="function",
+                                                          function=FunctionDelta(name=event.name, arguments=""))]))
+        elif isinstance(event, ArgumentsPiece):
+            deltas.append(Delta(tool_calls=[ToolCallDelta(index=event.index,
+                                                          function=FunctionDelta(arguments=event.text))]))
+    return deltas
 
 
 @router.post("/chat/completions", responses=responses_for(KEYED, CHAT, streamed(ChatCompletion, CHAT_SSE_EXAMPLE)))
 async def chat_completions(body: ChatCompletionRequest, request: Request,
                            admission: Admission = Depends(require_caller)):
-    tool_use, sampling, messages = _tool_use(body, body.to_sampling_params(), [m.as_dict() for m in body.messages])
+    tool_use = body.tool_use()
     choices = await request.app.state.generation.start_choices(
-        admission, body.model, request_id_var.get(), sampling, body.n, messages=messages, priority=body.priority,
+        admission, body.model, request_id_var.get(), body.to_sampling_params(), body.n,
+        messages=[m.as_dict() for m in body.messages], priority=body.priority, tools=tool_use,
         options=request_options(request, admission.principal, "chat.completions", body.cache, body.session_id),
     )
     name = choices.model_id
@@ -120,39 +121,36 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
         choice = [ChatChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)] if choices else []
         return _dump(ChatCompletionChunk(id=cid, created=created, model=name, choices=choice))
 
-    def ending(index: int, text: str, finish: Optional[str]) -> list[dict]:
-        """A choice's last events: with tools, its answer (read whole) as calls or text; its finish."""
-        events = []
-        if tool_use is not None:
-            content, calls, finish = _calls(text, finish)
-            if calls:
-                events.append(chunk(Delta(tool_calls=[ToolCallDelta(index=i, **c.model_dump())
-                                                      for i, c in enumerate(calls)]), index=index))
-            elif content:
-                events.append(chunk(Delta(content=content), index=index))
-        return events + [chunk(Delta(), finish or "length", index=index)]
-
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        answers: dict[int, list[str]] = {i: [] for i in range(len(choices))}  # read whole with tools
-        open_choices = set(answers)
+        # with tools, each choice's answer is read as it streams: text as content, calls as deltas
+        answers = {i: ToolAnswer() for i in range(len(choices))} if tool_use is not None else {}
+        open_choices = set(range(len(choices)))
+
+        def ending(index: int, finish: Optional[str]) -> list[dict]:
+            events = []
+            if tool_use is not None:
+                answer = answers[index]
+                events = [chunk(d, index=index) for d in _tool_deltas(answer, answer.finish())]
+                finish = answer.result(finish or "length")[2]
+            return events + [chunk(Delta(), finish or "length", index=index)]
 
         def on_chunk(item) -> list[dict]:
             index, c = item
             events = []
             if tool_use is not None:
-                answers[index].append(c.text)
+                events += [chunk(d, index=index) for d in _tool_deltas(answers[index], answers[index].feed(c.text))]
             elif c.text or c.logprobs:
                 events.append(chunk(Delta(content=c.text), logprobs=_chat_logprobs(c.logprobs), index=index))
             if c.finish_reason and len(choices) > 1:  # one choice ends while others go on
                 open_choices.discard(index)
-                events += ending(index, "".join(answers[index]), c.finish_reason)
+                events += ending(index, c.finish_reason)
             return events
 
         def on_end(_) -> list[dict]:
             events = []
             for index in sorted(open_choices):
-                events += ending(index, "".join(answers[index]), choices.generations[index].finish_reason)
+                events += ending(index, choices.generations[index].finish_reason)
             if include_usage:
                 events.append({**chunk(Delta(), choices=False), "usage": _dump(_usage(choices))})
             return events
@@ -163,8 +161,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     for index, result in enumerate(await choices.collect()):
         content, calls, finish = result.text, [], result.finish_reason
         if tool_use is not None:
-            content, calls, finish = _calls(result.text, finish)
-        out.append(ChatChoice(index=index, message=ChatMessageOut(content=content, tool_calls=calls or None),
+            content, calls, finish = read_answer(result.text, finish)
+        out.append(ChatChoice(index=index, message=ChatMessageOut(content=content, tool_calls=wire_calls(calls)),
                               finish_reason=finish, logprobs=_chat_logprobs(result.logprobs)))
     return JSONResponse(_dump(ChatCompletion(id=cid, created=created, model=name, choices=out,
                                              usage=_usage(choices))), headers=headers)

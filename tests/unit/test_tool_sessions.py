@@ -1,0 +1,65 @@
+"""The service's one tool path (GenerationService with a ToolUse) with a session: the replica gets
+the grammar and the tools' description, the session keeps the conversation (the call as the model
+wrote it, the tool's result) and never the description. Stand-in replica (tests/unit/test_session_turns.py);
+the real app and SmolLM2 in tests/integration/test_tool_channels.py."""
+
+import asyncio
+
+from core.types import GenerationChunk, Usage
+from serve_app.http.protocol.api_v1 import ChatRequest
+from serve_app.serving import RequestOptions
+from tests.unit.admissions import admission
+from tests.unit.test_session_turns import MODEL, OWNER, _Chunks, _Replica, _service
+
+CALL = '{"tool_call": {"name": "get_weather", "arguments": {"city": "Paris"}}}'
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}}}
+
+
+class _Answers(_Replica):
+    def __init__(self, answers):
+        super().__init__()
+        self.answers = list(answers)
+
+    @property
+    def stream(self):
+        replica = self
+
+        class _Remote:
+            @staticmethod
+            def remote(request):
+                replica.requests.append(request)
+                return _Chunks([GenerationChunk(text=replica.answers.pop(0)),
+                                GenerationChunk(finish_reason="stop", usage=Usage(300, 20))])
+        return _Remote()
+
+
+def test_a_session_keeps_the_calls_and_results_but_not_the_tools_description():
+    replica = _Answers([CALL, "It is sunny."])
+    service, sessions, _ = _service(replica)
+
+    async def turn(body: dict) -> str:
+        request = ChatRequest.model_validate({**body, "session_id": "s", "tools": [TOOL]})
+        generation = await service.start(
+            admission(), MODEL, "r", request.to_sampling_params(), messages=[m.as_dict() for m in request.messages],
+            tools=request.tool_use(), options=RequestOptions(endpoint="chat", owner=OWNER, session_id="s"))
+        return (await generation.collect()).text
+
+    async def scenario():
+        await turn({"messages": [{"role": "system", "content": "Be brief."},
+                                 {"role": "user", "content": "Weather in Paris?"}], "tool_choice": "required"})
+        await turn({"messages": [{"role": "tool", "tool_call_id": "call_1", "content": "18 degrees"}],
+                    "tool_choice": "none"})
+        return await sessions.load(OWNER, "s")
+
+    record = asyncio.run(scenario())
+    first, second = replica.requests
+    assert first.sampling.grammar is not None and second.sampling.grammar is None
+    assert first.messages[0]["role"] == "system" and first.messages[0]["content"].startswith("Be brief.\n\n")
+    assert "get_weather" in first.messages[0]["content"]
+    assert [m["role"] for m in second.messages] == ["system", "user", "assistant", "user"]
+    assert second.messages[0]["content"] == "Be brief." and second.messages[2]["content"] == CALL
+    stored = record["messages"]
+    assert [m["content"] for m in stored] == ["Be brief.", "Weather in Paris?", CALL,
+                                              '{"tool_response": {"tool_call_id": "call_1", "content": "18 degrees"}}',
+                                              "It is sunny."]
