@@ -278,7 +278,7 @@ class Admission:
                 await self.pipeline.limiter.settle(self.reservation, used)
             await self.pipeline.keys.record_usage(
                 self.key_id, status, self.prompt_tokens, self.completion_tokens, model=self.model,
-                owner=self.usage_owner, admitted=self.admitted, quotas=bool(self.principal.quotas))
+                owner=self.usage_owner, admitted=self.admitted)
         except Exception as error:  # the answer is already on its way: never fail it here
             logger.warning("could not record usage for %s: %s", self.key_id, type(error).__name__)
 

@@ -245,12 +245,12 @@ class KeyService:
 
     # -- usage ----------------------------------------------------------------------------
     async def record_usage(self, key_id: str, status: int, prompt_tokens: int, completion_tokens: int,
-                           model: Optional[str] = None, owner: Optional[str] = None, admitted: bool = False,
-                           quotas: bool = True) -> None:
+                           model: Optional[str] = None, owner: Optional[str] = None, admitted: bool = False) -> None:
         """The key's running totals and, for a request that was `admitted`, the quota periods of
-        `owner` (a web token's minter): one round trip. The usage buckets, and the quota periods of
-        an owner without `quotas` (counted all the same, so that a quota set later counts the period
-        so far), go to the buffer (written together, once a second); without one, into the same trip."""
+        `owner` (a web token's minter): one round trip. The quota periods are written at once for
+        every key, with quotas or not: a quota set later counts the period so far, and the next
+        request on any ingress replica reads them. The usage buckets go to the buffer (written
+        together, once a second); without one, into the same trip."""
         now = time.time()
         counters = {"requests": 1, "errors": int(status >= 400), "prompt_tokens": prompt_tokens,
                     "completion_tokens": completion_tokens}
@@ -259,7 +259,7 @@ class KeyService:
         later = bucket_updates(owner or key_id, model, counters, now)
         if admitted:
             periods = self.clock.counter_updates(owner or key_id, prompt_tokens + completion_tokens, now)
-            (updates if quotas else later).extend(periods)  # admission reads these at once: never late
+            updates.extend(periods)  # admission reads these at once, on any replica: never late
         if self.buffer is None:
             updates += later
         else:

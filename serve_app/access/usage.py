@@ -18,11 +18,11 @@ the month so far. Admission refuses once a counter is at or over its quota: a re
 are known only at its end, so the request that crosses a token quota runs whole, and requests
 running at once may pass a request quota by at most their number.
 
-The counters of a key with quotas are written by the one script that already records a request's
-running totals at its end (`Store.hupdate_many`), and checked in the one script that takes its
-rate limits. The buckets, and the counters of keys without quotas (which admission never reads),
-are summed in the ingress's memory and written once per USAGE_FLUSH_S
-(serve_app/access/usage_buffer.py).
+The counters of every key, with quotas or not, are written by the one script that already
+records a request's running totals at its end (`Store.hupdate_many`): a quota set later counts
+the period so far at the next request, on any ingress replica. They are checked in the one script
+that takes its rate limits. The buckets are summed in the ingress's memory and written once per
+USAGE_FLUSH_S (serve_app/access/usage_buffer.py).
 """
 
 from __future__ import annotations
