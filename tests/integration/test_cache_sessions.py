@@ -142,7 +142,9 @@ def _busy_stream(app):
 def test_session_continues_across_ingress_replicas_and_is_private(app):
     pids = set()
     turns = ["My name is Alice.", "What is my name?", "Thanks.", "Bye.", "One more.", "Last one."]
-    turns += [f"Extra turn {n}." for n in range(1, 5)]  # used only until both replicas have answered
+    # Used only until both replicas have answered: Serve's proxy picks a replica at random, and
+    # ten turns once all reached one of them. Sixteen turns stay well inside the 512-token context.
+    turns += [f"Extra turn {n}." for n in range(1, 11)]
     sent = 0
     for i, text in enumerate(turns, start=1):
         if i > 6 and len(pids - {None}) == 2:

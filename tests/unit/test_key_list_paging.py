@@ -58,17 +58,19 @@ def test_the_route_pages_with_a_default_and_a_maximum_limit_and_refuses_bad_valu
     boot = {"X-API-Key": BOOT}
 
     async def scenario(c):
+        # A "." never appears in a key's id (hex) or prefix (URL-safe base64): the search below
+        # can match the names only (a plain "n5" matched a random prefix now and then).
         for i in range(52):
-            assert (await c.post("/api/v1/keys", headers=boot, json={"name": f"n{i}"})).status_code == 201
+            assert (await c.post("/api/v1/keys", headers=boot, json={"name": f"n.{i}"})).status_code == 201
         first = (await c.get("/api/v1/keys", headers=boot)).json()  # no parameters: the first 50
         assert first["object"] == "list" and len(first["data"]) == 50 and first["has_more"] is True
         rest = (await c.get("/api/v1/keys", headers=boot, params={"after": first["last_id"]})).json()
         assert len(rest["data"]) == 2 and rest["has_more"] is False
         names = {k["name"] for k in first["data"] + rest["data"]}
-        assert names == {f"n{i}" for i in range(52)}  # each key on exactly one page
+        assert names == {f"n.{i}" for i in range(52)}  # each key on exactly one page
         assert len((await c.get("/api/v1/keys", headers=boot, params={"limit": 200})).json()["data"]) == 52
-        found = (await c.get("/api/v1/keys", headers=boot, params={"search": "N5"})).json()
-        assert sorted(k["name"] for k in found["data"]) == ["n5", "n50", "n51"]
+        found = (await c.get("/api/v1/keys", headers=boot, params={"search": "N.5"})).json()
+        assert sorted(k["name"] for k in found["data"]) == ["n.5", "n.50", "n.51"]
         for params, param, status in (({"limit": 201}, "limit", 400), ({"limit": 0}, "limit", 400),
                                       ({"after": "key-missing"}, "after", 404)):
             r = await c.get("/api/v1/keys", headers=boot, params=params)
