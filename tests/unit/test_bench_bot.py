@@ -1,8 +1,8 @@
-"""The pure parts of scripts/bench_bot.py: the order of the runs and how repetitions add up.
+"""The pure parts of scripts/bench_bot.py (scripts/bench_repeats.py): the order of the runs and how repetitions add up.
 
 The servers and the timing are exercised by running the benchmark itself (docs/benchmarks.md)."""
 
-from scripts.bench_bot import combine, order
+from scripts.bench_repeats import combine, order
 
 
 def test_the_two_modes_take_turns_going_first_and_llama_server_runs_once_at_the_end():

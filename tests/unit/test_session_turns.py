@@ -134,10 +134,12 @@ class _Replica:
             @staticmethod
             def remote(request):
                 replica.requests.append(request)
-                prompt = 10 * len(request.messages)
-                return _Chunks([GenerationChunk(text="fine"), GenerationChunk(finish_reason="stop",
-                                                                              usage=Usage(prompt, 2))])
+                return _Chunks(replica.answer(request))
         return _Remote()
+
+    def answer(self, request) -> list:
+        prompt = 10 * len(request.messages)
+        return [GenerationChunk(text="fine"), GenerationChunk(finish_reason="stop", usage=Usage(prompt, 2))]
 
 
 class _Chunks:

@@ -9,7 +9,7 @@ from core.types import GenerationChunk, Usage
 from serve_app.http.protocol.api_v1 import ChatRequest
 from serve_app.serving import RequestOptions
 from tests.unit.admissions import admission
-from tests.unit.test_session_turns import MODEL, OWNER, _Chunks, _Replica, _service
+from tests.unit.test_session_turns import MODEL, OWNER, _Replica, _service
 
 CALL = '{"tool_call": {"name": "get_weather", "arguments": {"city": "Paris"}}}'
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -21,17 +21,8 @@ class _Answers(_Replica):
         super().__init__()
         self.answers = list(answers)
 
-    @property
-    def stream(self):
-        replica = self
-
-        class _Remote:
-            @staticmethod
-            def remote(request):
-                replica.requests.append(request)
-                return _Chunks([GenerationChunk(text=replica.answers.pop(0)),
-                                GenerationChunk(finish_reason="stop", usage=Usage(300, 20))])
-        return _Remote()
+    def answer(self, request) -> list:
+        return [GenerationChunk(text=self.answers.pop(0)), GenerationChunk(finish_reason="stop", usage=Usage(300, 20))]
 
 
 def test_a_session_keeps_the_calls_and_results_but_not_the_tools_description():
