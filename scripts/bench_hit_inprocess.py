@@ -114,7 +114,7 @@ async def run(args) -> None:
     app = build(args.redis_url)
     key = KEY
     if args.managed:
-        from serve_app.http.protocol.keys import KeyCreate
+        from serve_app.protocol.keys import KeyCreate
 
         spec = KeyCreate(name="bench", rate_limit_per_minute=10**9, tokens_per_minute=10**12)
         key = (await app.state.keys.create(spec)).key

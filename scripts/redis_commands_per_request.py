@@ -22,8 +22,8 @@ import json
 from serve_app.access.auth import Authenticator
 from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
-from serve_app.http.protocol.keys import KeyCreate
 from serve_app.pipeline import Pipeline, RequestContext
+from serve_app.protocol.keys import KeyCreate
 from serve_app.state.store import RedisStore
 
 try:  # the usage buffer (USAGE_FLUSH_S); older revisions write every bucket at each request

@@ -39,7 +39,7 @@ if ! command -v promtool >/dev/null && [ ! -x .tools/bin/promtool ]; then
   rm -rf "$tmp"
 fi
 export PATH="$PWD/.tools/bin:$PATH"
-if [ "$quick" = 0 ] || [ ! -x .venv/bin/ruff ] || ! .venv/bin/python -c 'import pytest, httpx, core' 2>/dev/null; then
+if [ "$quick" = 0 ] || [ ! -x .venv/bin/ruff ] || [ ! -x .venv/bin/lint-imports ] || ! .venv/bin/python -c 'import pytest, httpx, core' 2>/dev/null; then
   EXTRAS=test scripts/setup.sh
 fi
 
@@ -52,6 +52,7 @@ export AICORE_TEST_REDIS_URL="redis://127.0.0.1:${REDIS_PORT}/0"
 export HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
 
 .venv/bin/ruff check .  # seconds: an unused import or undefined name fails before the long suites
+.venv/bin/lint-imports --no-cache  # seconds: the import layers ([tool.importlinter] in pyproject.toml)
 if [ "$quick" = 1 ]; then
   .venv/bin/python -m pytest tests/unit tests/engine tests/deploy --ignore=tests/deploy/test_image.py "$@"
   exit 0  # (not exec: the EXIT trap stops Redis)

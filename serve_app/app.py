@@ -12,7 +12,6 @@ from core.settings import Settings
 from serve_app.access.auth import Authenticator
 from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
-from serve_app.access.refusals import routes_in_order
 from serve_app.access.usage import QuotaClock
 from serve_app.access.usage_buffer import UsageBuffer
 from serve_app.http.cors import ConfiguredCORS
@@ -20,6 +19,7 @@ from serve_app.http.errors import install_error_handlers
 from serve_app.http.guard import GuardMiddleware
 from serve_app.http.middleware import RequestContextMiddleware
 from serve_app.http.openapi import install_openapi
+from serve_app.http.refusals import routes_in_order
 from serve_app.http.routes import api_v1, audit, integrations, keys, openai, web
 from serve_app.integrations.batch import BatchService
 from serve_app.integrations.batch_jobs import BatchJobService
@@ -97,7 +97,7 @@ def create_app(
                web.router)
     for included in routers:
         app.include_router(included)
-    app.state.routes_in_order = routes_in_order(routers)  # which are admin routes (serve_app/access/refusals.py)
+    app.state.routes_in_order = routes_in_order(routers)  # which are admin routes (serve_app/http/refusals.py)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     app.add_middleware(GuardMiddleware, settings=settings)
     origins, methods, headers = settings.cors_origins, settings.cors_methods, settings.cors_headers

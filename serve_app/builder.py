@@ -15,6 +15,7 @@ from ray.serve.config import AutoscalingConfig as RayAutoscaling
 from ray.serve.config import AutoscalingPolicy, RequestRouterConfig
 
 from core.logs import configure_logging
+from core.netguard import parse_networks
 from core.settings import Settings
 from deployments.config import ModelConfig, ModelsFile, load_models_file
 from deployments.lifecycle import ModelScalingPolicy
@@ -22,7 +23,6 @@ from deployments.memory import footprint
 from deployments.model_deployment import REVISION_ENV, ModelDeployment, ReplicaContext, entry_revision
 from deployments.routing import ConversationRouter
 from serve_app.access.content_filter import ContentPolicy
-from serve_app.access.netguard import parse_networks
 from serve_app.hub import Hub
 from serve_app.ingress import INGRESS_NAME, Ingress, ModelSpec
 

@@ -8,9 +8,10 @@ import time
 from contextlib import aclosing
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
+from core.token_bounds import text_token_bound
 from core.types import GenerationChunk, GenerationResult, Usage
 from serve_app.model_router import ModelEntry
-from serve_app.pipeline import Admission, text_token_bound
+from serve_app.pipeline import Admission
 
 OnComplete = Callable[[GenerationResult], Awaitable[None]]
 OnClose = Callable[[], Awaitable[None]]  # runs when the stream ends, completed or not (a session's lease)

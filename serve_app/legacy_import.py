@@ -19,7 +19,7 @@ from typing import Any, Optional
 from pydantic import ValidationError
 
 from serve_app.access.keys import KeyService, hash_key
-from serve_app.http.protocol.keys import KeyCreate
+from serve_app.protocol.keys import KeyCreate
 from serve_app.state.sessions import SessionStore
 
 KEY_FIELDS = ("key", "name", "owner", "scopes", "models", "default_model", "rate_limit_per_minute",

@@ -37,7 +37,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Optional
 
 from core.errors import (
     AICoreError,
@@ -48,10 +48,10 @@ from core.errors import (
     RateLimited,
     RequestCancelled,
 )
+from serve_app.access.auth import Authenticator, Principal, usable
 from serve_app.access.ratelimit import Limits, Pool, Reservation
 
 if TYPE_CHECKING:
-    from serve_app.access.auth import Authenticator, Principal
     from serve_app.access.keys import KeyService
     from serve_app.access.ratelimit import RateLimiter
 
@@ -59,13 +59,6 @@ logger = logging.getLogger("aicore.pipeline")
 
 ADDRESS_POOL = ":addr:"  # a web token pool's name: <minter>:addr:<client address>
 
-# A request's tokens are reserved before the model counts them, from a bound that never falls
-# short: every token of the shipped tokenizers (byte-level BPE, SentencePiece with byte
-# fallback, WordPiece) covers at least one UTF-8 byte, and the chat template adds a few tokens
-# per message and a default system prompt at most. Four characters a token undercounted digits
-# and CJK four times over (a TPM limit then let four times its tokens through).
-TEMPLATE_TOKENS = 64  # the template's own text and a default system prompt
-MESSAGE_TOKENS = 8  # each message's role markers
 
 
 def status_of(error: Optional[BaseException] = None) -> int:
@@ -76,20 +69,6 @@ def status_of(error: Optional[BaseException] = None) -> int:
     if isinstance(error, asyncio.CancelledError):
         return RequestCancelled.status
     return error.status if isinstance(error, AICoreError) else int(HTTPStatus.INTERNAL_SERVER_ERROR)
-
-
-def text_token_bound(text: str) -> int:
-    """At least as many tokens as `text` alone makes (its UTF-8 bytes)."""
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
-def token_bound(texts: Iterable[str]) -> int:
-    """At least as many tokens as `texts` make with any shipped tokenizer and chat template."""
-    count = total = 0
-    for text in texts:
-        count += 1
-        total += text_token_bound(text)
-    return total + TEMPLATE_TOKENS + MESSAGE_TOKENS * count if count else 0
 
 
 @dataclass
@@ -316,8 +295,6 @@ class Pipeline:
     async def _again(self, known: "Principal", client_ip: Optional[str]) -> "Principal":
         """The key as it stands now, by id (one store read): what `Authenticator.check` checks after
         finding a presented key. Bootstrap keys (API_KEYS) cannot change."""
-        from serve_app.access.auth import usable  # auth imports this module
-
         if known.bootstrap:
             return known
         try:

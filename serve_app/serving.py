@@ -22,6 +22,7 @@ from core.errors import (
     TooManyMessages,
 )
 from core.settings import Settings
+from core.token_bounds import token_bound
 from core.types import (
     EmbeddingResult,
     GenerationRequest,
@@ -31,9 +32,9 @@ from core.types import (
 from serve_app.access.content_filter import ContentPolicy
 from serve_app.choices import Choices
 from serve_app.generation import Generation, OnClose, OnComplete, next_chunk
-from serve_app.http.protocol.api_v1 import MAX_EMBEDDING_INPUTS
 from serve_app.model_router import ModelEntry, ModelRouter
-from serve_app.pipeline import Admission, token_bound
+from serve_app.pipeline import Admission
+from serve_app.protocol.api_v1 import MAX_EMBEDDING_INPUTS
 from serve_app.state.cache import ResponseCache, cache_key, wants_cache
 from serve_app.state.sessions import SessionStore, SessionTurn
 from serve_app.tool_calls import ToolUse

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Awaitable, Callable, Iterable, Optional
 
-from serve_app.http.protocol.keys import WEB_TOKEN_MAX_TTL_S, KeyView
+from serve_app.protocol.keys import WEB_TOKEN_MAX_TTL_S, KeyView
 from serve_app.state.store import Store
 
 ORDER, WEB_ORDER, ORDER_READY = "aicore:keys:order", "aicore:webtokens:order", "aicore:keys:order:ready"

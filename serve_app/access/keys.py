@@ -36,7 +36,7 @@ from serve_app.access.usage import (
     series_rows,
 )
 from serve_app.access.usage_buffer import UsageBuffer
-from serve_app.http.protocol.keys import (
+from serve_app.protocol.keys import (
     WEB_TOKEN_MAX_TTL_S,
     KeyCreate,
     KeyCreated,

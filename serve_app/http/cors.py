@@ -7,7 +7,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
 from core.errors import InvalidRequest
-from serve_app.http.errors import error_body
+from serve_app.error_mapping import error_body
 
 
 class ConfiguredCORS(CORSMiddleware):

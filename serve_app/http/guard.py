@@ -6,7 +6,7 @@ apply the global IP allowlist to every HTTP request and WebSocket connection (40
 bodies over MAX_BODY_BYTES (413) before any parsing, chunked bodies included, and bodies that do not
 arrive whole within BODY_TIMEOUT_S (408, connection closed: a slow upload cannot hold a request
 open; headers are Ray's proxy's business, docs/security.md#slow-and-large-clients); each of these
-refusals of a request for an admin route goes to the audit log (serve_app/access/refusals.py). On the way out:
+refusals of a request for an admin route goes to the audit log (serve_app/http/refusals.py). On the way out:
 `X-Content-Type-Options: nosniff` and the key's x-ratelimit-* headers on every response, and,
 before the last body byte leaves, the request's admissions are settled with the response's status
 (serve_app/pipeline.py: tokens settled, usage recorded, so the next request sees them); a
@@ -21,10 +21,10 @@ import logging
 from typing import Any, Optional
 
 from core.errors import AddressNotAllowed, BodyTimeout, BodyTooLarge
-from serve_app.access.netguard import allowed, parse_networks
-from serve_app.access.refusals import admin_route_of, record_refused
+from core.netguard import allowed, parse_networks
 from serve_app.http.errors import error_response
 from serve_app.http.proxy_headers import ENV, NOTHING_TRUSTED, ProxyTrust, original_client
+from serve_app.http.refusals import admin_route_of, record_refused
 from serve_app.pipeline import Outcome
 
 logger = logging.getLogger("aicore.guard")

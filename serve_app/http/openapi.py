@@ -6,7 +6,7 @@ settings and no models, which is docs/openapi.json):
 - limits the server enforces from settings (`schema_limits` markers: MAX_PROMPT_LENGTH,
   MAX_MESSAGES, BATCH_MAX_ITEMS, BATCH_JOB_MAX_ITEMS) become maxLength / maxItems;
 - fields naming a model (`model_names` markers) list the configured models as their enum;
-- FastAPI's automatic 422 goes: validation errors answer 400 (serve_app/http/errors.py); error
+- FastAPI's automatic 422 goes: validation errors answer 400 (serve_app/error_mapping.py); error
   bodies are JSON on every route;
 - operations that check a key declare the key header (API_KEY_HEADER) or a bearer token;
 - with IP_ALLOWLIST set, every operation may answer 403 ip_not_allowed.
@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 from fastapi import FastAPI
 
-from serve_app.http.protocol.errors import ErrorResponse
 from serve_app.http.routes.statuses import KEY_MARK
+from serve_app.protocol.errors import ErrorResponse
 
 _SECURITY = [{"APIKeyHeader": []}, {"BearerToken": []}]
 _ERROR_REF = {"$ref": "#/components/schemas/" + ErrorResponse.__name__}

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from serve_app.access.netguard import Address, Network, client_address, parse_address
+from core.netguard import Address, Network, client_address, parse_address
 
 ENV = "FORWARDED_ALLOW_IPS"
 UVICORN_DEFAULT = "127.0.0.1,::1"

@@ -20,8 +20,9 @@ from pydantic import ValidationError
 
 from core.errors import InvalidRequest, Overloaded
 from core.settings import Settings
-from serve_app.http.errors import error_body, to_aicore_error, validation_error
-from serve_app.http.protocol.batch import (
+from serve_app.error_mapping import error_body, to_aicore_error, validation_error
+from serve_app.pipeline import Admission, Outcome, Pipeline, RequestContext
+from serve_app.protocol.batch import (
     BatchChatItem,
     BatchGenerateItem,
     BatchItemResult,
@@ -29,8 +30,7 @@ from serve_app.http.protocol.batch import (
     BatchResponse,
     BatchTotals,
 )
-from serve_app.http.replies import generate_response
-from serve_app.pipeline import Admission, Outcome, Pipeline, RequestContext
+from serve_app.replies import generate_response
 from serve_app.serving import GenerationService, RequestOptions
 from serve_app.tool_calls import ToolAnswer
 

@@ -9,7 +9,6 @@ from typing import Callable
 
 from core.errors import AICoreError, RequestCancelled, ResultQuotaExceeded, StoreUnavailable
 from core.settings import Settings
-from serve_app.http.protocol.batch import BatchItemResult
 from serve_app.integrations.batch import BatchService, Prepared
 from serve_app.integrations.batch_job_common import (
     CANCEL_POLL_S,
@@ -19,6 +18,7 @@ from serve_app.integrations.batch_job_common import (
     to_json,
 )
 from serve_app.pipeline import Admission, Outcome, Pipeline, RequestContext
+from serve_app.protocol.batch import BatchItemResult
 from serve_app.state.batch_job_records import JobRecord, JobRecords
 
 logger = logging.getLogger("aicore.batch_jobs")

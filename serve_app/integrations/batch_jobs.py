@@ -49,8 +49,6 @@ from core.errors import (
     TooManyBatchJobs,
 )
 from core.settings import Settings
-from serve_app.http.protocol.batch import BatchItemResult, BatchRequest
-from serve_app.http.protocol.batch_jobs import JOB_ID_PATTERN, TERMINAL, BatchJob, BatchJobCounts, BatchJobList
 from serve_app.integrations.batch import ITEM_ID_MAX_CHARS, BatchService, prepare
 from serve_app.integrations.batch_job_common import (
     CANCEL_WAIT_S,
@@ -63,6 +61,8 @@ from serve_app.integrations.batch_job_common import (
 )
 from serve_app.integrations.batch_job_runner import BatchJobRunner
 from serve_app.pipeline import Admission
+from serve_app.protocol.batch import BatchItemResult, BatchRequest
+from serve_app.protocol.batch_jobs import JOB_ID_PATTERN, TERMINAL, BatchJob, BatchJobCounts, BatchJobList
 from serve_app.state.batch_job_records import JobRecord, JobRecords
 from serve_app.state.store import Store
 

@@ -30,9 +30,9 @@ from core.settings import Settings
 from core.types import SamplingParams
 from serve_app.access.auth import Principal
 from serve_app.access.usage import duration_text
-from serve_app.http.protocol.telegram import TgMessage, TgReplyParameters, TgSendMessage, TgUpdate
 from serve_app.integrations.telegram_access import UNAVAILABLE, ChatRefused, TelegramAccess
 from serve_app.pipeline import Admission
+from serve_app.protocol.telegram import TgMessage, TgReplyParameters, TgSendMessage, TgUpdate
 from serve_app.serving import GenerationService
 from serve_app.state.chat_history import ChatHistory
 from serve_app.state.session_trim import block_window

@@ -26,7 +26,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
-from serve_app.http.protocol.batch import BatchItemResult
+from serve_app.protocol.batch import BatchItemResult
 from serve_app.state.store import Store
 
 PREFIX = "aicore:batchjob:"

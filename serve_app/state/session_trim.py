@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from serve_app.pipeline import MESSAGE_TOKENS, text_token_bound
+from core.token_bounds import MESSAGE_TOKENS, text_token_bound
 
 # An answer's role markers in the next prompt (the answer's own tokens are its completion tokens).
 # An error here is absorbed by the next user message's count (`attribute`), so it never accumulates.

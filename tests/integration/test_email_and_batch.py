@@ -2,7 +2,7 @@
 
 import html
 
-from serve_app.http.email_format import BODY_CLOSE, BODY_OPEN, QUOTE_CLOSE, QUOTE_OPEN
+from serve_app.email_format import BODY_CLOSE, BODY_OPEN, QUOTE_CLOSE, QUOTE_OPEN
 from tests.integration.conftest import BATCH_MAX_ITEMS, DEFAULT, GEMMA
 
 INCOMING = {

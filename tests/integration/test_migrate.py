@@ -14,7 +14,7 @@ from starlette.requests import Request
 from scripts.serve_process import ROOT
 from serve_app.access.auth import Authenticator
 from serve_app.access.keys import KeyService
-from serve_app.http.protocol.keys import KeyCreate
+from serve_app.protocol.keys import KeyCreate
 from serve_app.state.audit_log import REFUSED, Actor, AuditLog, Query
 from serve_app.state.chat_history import ChatHistory
 from serve_app.state.sessions import SessionStore

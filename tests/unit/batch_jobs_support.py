@@ -7,11 +7,11 @@ from core.settings import Settings
 from serve_app.access.auth import Principal
 from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
-from serve_app.http.protocol.api_v1 import GenerateResponse
-from serve_app.http.protocol.batch import BatchItemResult, BatchRequest
-from serve_app.http.protocol.keys import KeyCreate
 from serve_app.integrations.batch_jobs import BatchJobService
 from serve_app.pipeline import Admission, Pipeline, RequestContext
+from serve_app.protocol.api_v1 import GenerateResponse
+from serve_app.protocol.batch import BatchItemResult, BatchRequest
+from serve_app.protocol.keys import KeyCreate
 
 OWNER = Principal(key_id="key-a", scopes=frozenset({"inference"}))
 OTHER = Principal(key_id="key-b", scopes=frozenset({"inference"}))

@@ -17,11 +17,11 @@ from serve_app.access.auth import Authenticator
 from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
 from serve_app.generation import Generation
-from serve_app.http.protocol.batch import BatchRequest
-from serve_app.http.protocol.keys import KeyCreate
 from serve_app.integrations.batch import BatchService
 from serve_app.model_router import ModelEntry
 from serve_app.pipeline import Outcome, Pipeline, RequestContext, status_of
+from serve_app.protocol.batch import BatchRequest
+from serve_app.protocol.keys import KeyCreate
 from serve_app.state.store import MemoryStore
 from tests.unit.admissions import ANYONE, admission, pipeline
 

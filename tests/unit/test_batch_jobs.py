@@ -19,12 +19,12 @@ from deployments.config import load_models_file
 from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
 from serve_app.generation import Generation
-from serve_app.http.protocol.batch import BatchRequest
 from serve_app.integrations import batch as batch_module
 from serve_app.integrations.batch import BatchService, prepare
 from serve_app.integrations.batch_job_common import STALE_BEATS, new_job_id
 from serve_app.model_router import ModelEntry
 from serve_app.pipeline import Admission, Pipeline, RequestContext
+from serve_app.protocol.batch import BatchRequest
 from serve_app.state.batch_job_records import JobRecord, JobRecords
 from serve_app.state.store import MemoryStore
 from tests.unit.batch_jobs_support import ADMIN, OTHER, OWNER, Runner, _body, _key, _service, _submit, _until

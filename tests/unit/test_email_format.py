@@ -1,7 +1,7 @@
 import html
 
-from serve_app.http.email_format import BODY_CLOSE, BODY_OPEN, QUOTE_CLOSE, QUOTE_OPEN, reply_subject, to_email
-from serve_app.http.protocol.email import EmailOptions
+from serve_app.email_format import BODY_CLOSE, BODY_OPEN, QUOTE_CLOSE, QUOTE_OPEN, reply_subject, to_email
+from serve_app.protocol.email import EmailOptions
 
 
 def _between(text: str, start: str, end: str) -> str:

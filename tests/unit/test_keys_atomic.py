@@ -12,7 +12,7 @@ import pytest
 
 from core.errors import KeyConflict
 from serve_app.access.keys import KeyService
-from serve_app.http.protocol.keys import KeyCreate, KeyUpdate
+from serve_app.protocol.keys import KeyCreate, KeyUpdate
 from serve_app.state.store import MemoryStore, RedisStore
 
 REDIS_URL = os.environ.get("AICORE_TEST_REDIS_URL")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from serve_app.access.netguard import allowed, client_address, parse_address, parse_networks
+from core.netguard import allowed, client_address, parse_address, parse_networks
 
 TRUSTED = parse_networks(["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"])
 

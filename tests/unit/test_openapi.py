@@ -3,8 +3,8 @@ import json
 from pydantic import BaseModel
 
 from scripts.export_openapi import TARGET, openapi_text
-from serve_app.http.protocol import api_v1, audit, batch, batch_jobs, errors, keys, openai, telegram
 from serve_app.integrations.batch import parse_item
+from serve_app.protocol import api_v1, audit, batch, batch_jobs, errors, keys, openai, telegram
 
 
 def test_committed_openapi_is_current():

@@ -9,10 +9,10 @@ from core.settings import Settings
 from core.types import GenerationChunk, SamplingParams, Usage
 from deployments.config import load_models_file
 from serve_app.access.auth import Principal
-from serve_app.http.protocol.batch import BatchRequest
 from serve_app.integrations.batch import BatchService
 from serve_app.model_router import ModelEntry, ModelRouter
 from serve_app.pipeline import RequestContext
+from serve_app.protocol.batch import BatchRequest
 from serve_app.serving import GenerationService
 from tests.conftest import ROOT
 from tests.unit.admissions import admission, pipeline

@@ -2,8 +2,8 @@ import pytest
 from pydantic import ValidationError
 
 from deployments.engine.text import StopMatcher
-from serve_app.http.protocol.api_v1 import ChatRequest, GenerateRequest
-from serve_app.http.protocol.openai import ChatCompletionRequest, CompletionRequest
+from serve_app.protocol.api_v1 import ChatRequest, GenerateRequest
+from serve_app.protocol.openai import ChatCompletionRequest, CompletionRequest
 
 
 def test_api_v1_request_maps_to_sampling_params():

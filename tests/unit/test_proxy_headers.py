@@ -11,7 +11,7 @@ import itertools
 import pytest
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from serve_app.access.netguard import client_address, parse_address, parse_networks
+from core.netguard import client_address, parse_address, parse_networks
 from serve_app.http.proxy_headers import NOTHING_TRUSTED, UVICORN_DEFAULT, ProxyTrust, original_client
 
 PEERS = ["127.0.0.1", "127.0.0.2", "::1", "10.0.0.7", "203.0.113.9", "2001:db8::9"]

@@ -6,7 +6,7 @@ the real app and SmolLM2 in tests/integration/test_tool_channels.py."""
 import asyncio
 
 from core.types import GenerationChunk, Usage
-from serve_app.http.protocol.api_v1 import ChatRequest
+from serve_app.protocol.api_v1 import ChatRequest
 from serve_app.serving import RequestOptions
 from tests.unit.admissions import admission
 from tests.unit.test_session_turns import MODEL, OWNER, _Replica, _service

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from serve_app.http.protocol.openai import ChatCompletionRequest
+from serve_app.protocol.openai import ChatCompletionRequest
 from serve_app.tool_calls import ToolAnswer, read_answer
 from serve_app.tool_stream import AnswerScanner, ArgumentsPiece, CallStart, TextPiece
 

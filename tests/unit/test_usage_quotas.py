@@ -27,8 +27,8 @@ from serve_app.access.usage import (
     duration_text,
     series_csv,
 )
-from serve_app.http.protocol.keys import KeyCreate, KeyUpdate
 from serve_app.pipeline import Admission, Pipeline, RequestContext
+from serve_app.protocol.keys import KeyCreate, KeyUpdate
 from tests.unit.stores import store_params
 
 

@@ -14,8 +14,8 @@ from core.settings import Settings
 from deployments.config import load_models_file
 from serve_app.access.keys import KeyService, Minter
 from serve_app.app import create_app
-from serve_app.http.protocol.keys import WebTokenCreate
 from serve_app.model_router import ModelEntry, ModelRouter
+from serve_app.protocol.keys import WebTokenCreate
 from serve_app.state.store import MemoryStore
 
 ROOT = Path(__file__).resolve().parent.parent.parent

@@ -16,7 +16,7 @@ from serve_app.access.keys import (
     KeyService,
     hash_key,
 )
-from serve_app.http.protocol.keys import KeyCreate, KeyUpdate, WebTokenCreate
+from serve_app.protocol.keys import KeyCreate, KeyUpdate, WebTokenCreate
 from tests.unit.stores import store_params
 
 

@@ -14,9 +14,9 @@ import pytest
 
 from core.errors import AuthenticationFailed
 from core.logs import request_id_var
-from serve_app.http.protocol import ws as protocol
 from serve_app.integrations.ws_session import Refused, WsGate, WsLimits, WsSession, _size
 from serve_app.pipeline import Admission as RealAdmission
+from serve_app.protocol import ws as protocol
 from serve_app.state.store import MemoryStore
 
 KEY = "good-key-0123456789"

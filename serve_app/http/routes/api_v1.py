@@ -10,15 +10,24 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from core.errors import SessionNotFound, StoreUnavailable
 from core.logs import request_id_var
-from serve_app.access.auth import (
-    Principal,
+from serve_app.access.auth import Principal
+from serve_app.http.dependencies import (
     require_admin,
     require_caller,
     require_key,
     require_metrics,
     require_model_viewer,
 )
-from serve_app.http.protocol.api_v1 import (
+from serve_app.http.routes.audit import audited
+from serve_app.http.routes.common import cache_headers, request_options, streamed
+from serve_app.http.routes.statuses import CHAT, EMBEDDING, GENERATION, KEYED, LOAD, SESSION, links, responses_for
+from serve_app.http.streaming import sse_stream
+from serve_app.ops.conversations import forget_conversation
+from serve_app.ops.model_metrics import render_model_metrics
+from serve_app.ops.readiness import readiness
+from serve_app.ops.status import ModelView
+from serve_app.pipeline import Admission
+from serve_app.protocol.api_v1 import (
     GENERATE_SSE_EXAMPLE,
     METRICS_EXAMPLE,
     ChatRequest,
@@ -37,16 +46,7 @@ from serve_app.http.protocol.api_v1 import (
     SessionDetail,
     SessionList,
 )
-from serve_app.http.replies import generate_response, iso_time, now_iso, summary, tool_fields
-from serve_app.http.routes.audit import audited
-from serve_app.http.routes.common import cache_headers, request_options, streamed
-from serve_app.http.routes.statuses import CHAT, EMBEDDING, GENERATION, KEYED, LOAD, SESSION, links, responses_for
-from serve_app.http.streaming import sse_stream
-from serve_app.ops.conversations import forget_conversation
-from serve_app.ops.model_metrics import render_model_metrics
-from serve_app.ops.readiness import readiness
-from serve_app.ops.status import ModelView
-from serve_app.pipeline import Admission
+from serve_app.replies import generate_response, iso_time, now_iso, summary, tool_fields
 from serve_app.tool_calls import ToolAnswer
 
 router = APIRouter(prefix="/api/v1")

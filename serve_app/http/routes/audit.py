@@ -10,10 +10,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
 from core.errors import AICoreError
-from serve_app.access.auth import Principal, require_admin_read
-from serve_app.http.protocol.audit import AUDIT_ID_PATTERN, AUDIT_LIMIT_MAX, MAX_TIME, AuditList
+from serve_app.access.auth import Principal
+from serve_app.http.dependencies import require_admin_read
 from serve_app.http.routes.statuses import KEYED, QUERY, responses_for
 from serve_app.pipeline import Outcome
+from serve_app.protocol.audit import AUDIT_ID_PATTERN, AUDIT_LIMIT_MAX, MAX_TIME, AuditList
 from serve_app.state import audit_log
 from serve_app.state.audit_log import field_changes
 

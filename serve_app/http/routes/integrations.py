@@ -8,15 +8,13 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 
 from core.errors import ResultQuotaExceeded, TooManyBatchJobs
-from serve_app.access.auth import (
-    Principal,
-    require_batch_caller,
-    require_caller,
-    require_job_canceller,
-    require_job_reader,
-)
-from serve_app.http.protocol.batch import BatchRequest, BatchResponse
-from serve_app.http.protocol.batch_jobs import (
+from serve_app.access.auth import Principal
+from serve_app.http.dependencies import require_batch_caller, require_caller, require_job_canceller, require_job_reader
+from serve_app.http.routes.audit import audited
+from serve_app.http.routes.statuses import BODY, JOB, KEYED, QUERY, WEBHOOK, links, responses_for
+from serve_app.pipeline import Admission, Outcome, RequestContext
+from serve_app.protocol.batch import BatchRequest, BatchResponse
+from serve_app.protocol.batch_jobs import (
     JOB_ID_PATTERN,
     LIST_LIMIT_MAX,
     TERMINAL,
@@ -25,10 +23,7 @@ from serve_app.http.protocol.batch_jobs import (
     BatchJobRequest,
     JobStatus,
 )
-from serve_app.http.protocol.telegram import TgNoReply, TgSendMessage, TgUpdate
-from serve_app.http.routes.audit import audited
-from serve_app.http.routes.statuses import BODY, JOB, KEYED, QUERY, WEBHOOK, links, responses_for
-from serve_app.pipeline import Admission, Outcome, RequestContext
+from serve_app.protocol.telegram import TgNoReply, TgSendMessage, TgUpdate
 
 router = APIRouter(prefix="/api/v1")
 

@@ -11,10 +11,13 @@ from typing import Literal, Optional
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from serve_app.access.auth import Principal, require_admin, require_admin_read, require_any_key, require_minter
+from serve_app.access.auth import Principal
 from serve_app.access.keys import Minter
 from serve_app.access.usage import MAX_BUCKETS, quota_fields, series_csv
-from serve_app.http.protocol.keys import (
+from serve_app.http.dependencies import require_admin, require_admin_read, require_any_key, require_minter
+from serve_app.http.routes.audit import audited
+from serve_app.http.routes.statuses import BODY, KEY, KEY_CHANGE, KEYED, QUERY, links, responses_for
+from serve_app.protocol.keys import (
     KEY_LIST_LIMIT_DEFAULT,
     KEY_LIST_LIMIT_MAX,
     KeyCreate,
@@ -28,8 +31,6 @@ from serve_app.http.protocol.keys import (
     UsageStep,
     WebTokenCreate,
 )
-from serve_app.http.routes.audit import audited
-from serve_app.http.routes.statuses import BODY, KEY, KEY_CHANGE, KEYED, QUERY, links, responses_for
 
 router = APIRouter(prefix="/api/v1/keys")
 READER = [Depends(require_admin_read)]

@@ -14,9 +14,14 @@ from fastapi.responses import JSONResponse
 
 from core.errors import InvalidRequest
 from core.logs import request_id_var
-from serve_app.access.auth import Principal, require_caller, require_key
+from serve_app.access.auth import Principal
 from serve_app.choices import Choices
-from serve_app.http.protocol.openai import (
+from serve_app.http.dependencies import require_caller, require_key
+from serve_app.http.routes.common import cache_headers, request_options, streamed
+from serve_app.http.routes.statuses import CHAT, EMBEDDING, GENERATION, KEYED, MODEL_CARD, links, responses_for
+from serve_app.http.streaming import sse_stream
+from serve_app.pipeline import Admission
+from serve_app.protocol.openai import (
     CHAT_SSE_EXAMPLE,
     COMPLETION_SSE_EXAMPLE,
     ChatChoice,
@@ -43,11 +48,7 @@ from serve_app.http.protocol.openai import (
     TopLogprob,
     UsageInfo,
 )
-from serve_app.http.replies import wire_calls
-from serve_app.http.routes.common import cache_headers, request_options, streamed
-from serve_app.http.routes.statuses import CHAT, EMBEDDING, GENERATION, KEYED, MODEL_CARD, links, responses_for
-from serve_app.http.streaming import sse_stream
-from serve_app.pipeline import Admission
+from serve_app.replies import wire_calls
 from serve_app.tool_calls import ArgumentsPiece, CallStart, TextPiece, ToolAnswer, read_answer
 
 router = APIRouter(prefix="/v1")

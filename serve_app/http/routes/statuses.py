@@ -3,7 +3,7 @@
 A route lists the groups of errors its path raises (`responses_for(KEYED, BODY, MODEL)`); each
 error class carries its status and code, so the OpenAPI document declares exactly those statuses,
 each with the OpenAI error body and the codes it may carry. Validation errors are 400 here, never
-FastAPI's 422 (serve_app/http/errors.py maps them; serve_app/http/openapi.py drops the 422 FastAPI adds).
+FastAPI's 422 (serve_app/error_mapping.py maps them; serve_app/http/openapi.py drops the 422 FastAPI adds).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from core.errors import (
     TooManyMessages,
     WrongSecret,
 )
-from serve_app.http.protocol.errors import ErrorResponse
+from serve_app.protocol.errors import ErrorResponse
 
 Errors = tuple[type[AICoreError], ...]
 KEY_MARK = "x-api-key"  # on the 401 of operations that check a key: serve_app/http/openapi.py declares the key

@@ -17,7 +17,7 @@ import pytest
 
 from scripts.serve_process import ROOT, ServeProcess
 from serve_app.access.keys import KeyService
-from serve_app.http.protocol.keys import KeyCreate, KeyCreated
+from serve_app.protocol.keys import KeyCreate, KeyCreated
 from serve_app.state.store import RedisStore
 from tests.integration.conftest import DEFAULT, GEMMA, TELEGRAM_BOT, TELEGRAM_SECRET
 from tests.integration.redis_process import RedisProcess

@@ -11,10 +11,10 @@ from core.settings import Settings
 from serve_app.access.auth import Authenticator
 from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
-from serve_app.http.protocol.telegram import TgUpdate
 from serve_app.integrations.telegram import TelegramBot
 from serve_app.integrations.telegram_access import NOT_HERE, UNAVAILABLE, TelegramAccess
 from serve_app.pipeline import Pipeline
+from serve_app.protocol.telegram import TgUpdate
 from serve_app.state.chat_history import ChatHistory
 from serve_app.state.store import RedisStore
 from tests.integration.clients.conftest import ADMIN_KEY, CHAT_RPM, STRANGER_ID

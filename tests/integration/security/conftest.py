@@ -20,7 +20,7 @@ import pytest
 
 from scripts.serve_process import ROOT, ServeProcess
 from serve_app.access.keys import KeyService
-from serve_app.http.protocol.keys import KeyCreate
+from serve_app.protocol.keys import KeyCreate
 from serve_app.state.store import RedisStore
 from tests.integration.redis_process import RedisProcess
 

@@ -223,7 +223,7 @@ def test_websocket_requests_are_requests_with_usage_and_tokens(url, admin):
 def test_concurrent_requests_never_overshoot_tpm_by_more_than_one_reservation(url, admin):
     prompt = "internationalization " * 6
     max_tokens = 8
-    from serve_app.pipeline import token_bound
+    from core.token_bounds import token_bound
 
     reservation = token_bound([prompt]) + max_tokens
     limit = 3 * reservation + 1

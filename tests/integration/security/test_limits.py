@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from serve_app.pipeline import token_bound
+from core.token_bounds import token_bound
 from tests.integration.security.conftest import MODEL
 
 RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")

@@ -6,10 +6,10 @@ import time
 from datetime import datetime, timezone
 from typing import Optional, Union
 
+from serve_app.email_format import to_email
 from serve_app.generation import Generation
-from serve_app.http.email_format import to_email
-from serve_app.http.protocol.api_v1 import ChatRequest, GenerateRequest, GenerateResponse
-from serve_app.http.protocol.common import CalledFunction, ToolCall
+from serve_app.protocol.api_v1 import ChatRequest, GenerateRequest, GenerateResponse
+from serve_app.protocol.common import CalledFunction, ToolCall
 from serve_app.tool_calls import OutputCall, ToolAnswer
 
 

@@ -6,7 +6,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serve_app.http.protocol.common import (
+from serve_app.protocol.common import (
     PROMPT_LIMITS,
     SESSION_ID_PATTERN,
     ChatMessage,
@@ -22,7 +22,7 @@ MAX_EMBEDDING_INPUTS = 2048  # strings in one embeddings request, as OpenAI
 # A string or a list of strings, none empty, each within MAX_PROMPT_LENGTH (enforced by EmbeddingService).
 EMBEDDING_INPUT_LIMITS = schema_limits(minLength=1, maxLength="max_prompt_length", minItems=1,
                                        maxItems=MAX_EMBEDDING_INPUTS)
-from serve_app.http.protocol.email import EmailOptions, EmailReply
+from serve_app.protocol.email import EmailOptions, EmailReply
 
 
 class _Request(SamplingFields):

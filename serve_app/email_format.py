@@ -10,7 +10,7 @@ import html
 import re
 from typing import Optional
 
-from serve_app.http.protocol.email import EmailOptions, EmailReply
+from serve_app.protocol.email import EmailOptions, EmailReply
 
 SUBJECT_MAX = 78
 HTML_HEAD = "<!DOCTYPE html>\n<html><body>"

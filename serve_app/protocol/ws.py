@@ -13,8 +13,8 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.http.protocol.api_v1 import ChatRequest, GenerateRequest
-from serve_app.http.protocol.common import ToolCall, WithoutEmptyCalls
+from serve_app.protocol.api_v1 import ChatRequest, GenerateRequest
+from serve_app.protocol.common import ToolCall, WithoutEmptyCalls
 
 RequestId = Annotated[str, Field(min_length=1, max_length=64, description="Chosen by the client; echoed back.")]
 

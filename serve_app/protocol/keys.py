@@ -6,8 +6,8 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from serve_app.access.netguard import parse_networks
-from serve_app.http.protocol.common import Int, NonNegativeInt, PositiveInt, integral, model_names
+from core.netguard import parse_networks
+from serve_app.protocol.common import Int, NonNegativeInt, PositiveInt, integral, model_names
 
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 # What the schema promises is accepted: IPv4 addresses and networks, IPv6 addresses. The server

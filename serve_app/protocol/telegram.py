@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.http.protocol.common import Int
+from serve_app.protocol.common import Int
 
 
 class _TelegramObject(BaseModel):

@@ -1,7 +1,7 @@
 """Refused attempts at admin routes, recorded once per request in the audit log's refused stream.
 
 An admin route is one whose dependencies include an admission marked `records_refusals`
-(serve_app/access/auth.py: the `admin`, `admin_read` and minting dependencies). A request to one
+(serve_app/http/dependencies.py: the `admin`, `admin_read` and minting dependencies). A request to one
 is recorded as refused wherever it is stopped before the route runs:
   - the guard (serve_app/http/guard.py): the global IP allowlist, a body too large or too slow;
   - admission: no or a bad key, a missing scope, the key's own allowlist, its rate limits or

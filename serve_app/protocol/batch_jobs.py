@@ -11,8 +11,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.http.protocol.batch import BatchItemResult, BatchRequest
-from serve_app.http.protocol.common import schema_limits
+from serve_app.protocol.batch import BatchItemResult, BatchRequest
+from serve_app.protocol.common import schema_limits
 
 JobStatus = Literal["queued", "running", "completed", "cancelled", "failed"]
 TERMINAL: frozenset[str] = frozenset({"completed", "cancelled", "failed"})

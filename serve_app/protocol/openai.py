@@ -7,8 +7,8 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from serve_app.http.protocol.api_v1 import EMBEDDING_INPUT_LIMITS
-from serve_app.http.protocol.common import (
+from serve_app.protocol.api_v1 import EMBEDDING_INPUT_LIMITS
+from serve_app.protocol.common import (
     SESSION_ID_PATTERN,
     ChatMessage,
     Int,

@@ -10,8 +10,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serve_app.http.protocol.api_v1 import ChatRequest, GenerateRequest, GenerateResponse
-from serve_app.http.protocol.common import schema_limits
+from serve_app.protocol.api_v1 import ChatRequest, GenerateRequest, GenerateResponse
+from serve_app.protocol.common import schema_limits
 
 ItemId = Field(min_length=1, max_length=128, description="Chosen by the caller; echoed in the result.")
 
