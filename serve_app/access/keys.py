@@ -1,4 +1,5 @@
-"""Managed API keys: create, list, update, rotate, revoke, look up, count usage. No HTTP here.
+"""Managed API keys: create, list, update, rotate, revoke, look up (usage in key_usage.py, web tokens' rules in
+web_tokens.py). No HTTP here.
 
 Stored through the shared store (Redis or one process's memory):
   aicore:key:<id>        the record as JSON (with the SHA-256 of the key, never the key)
@@ -20,37 +21,28 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from core.errors import InvalidRequest, KeyConflict, KeyNotFound
 from serve_app.access.key_order import KeyOrder
+from serve_app.access.key_usage import _USAGE, KeyUsageMixin
 from serve_app.access.usage import (
-    STEPS,
-    Quota,
     QuotaClock,
-    bucket_key,
-    bucket_starts,
-    bucket_updates,
-    quotas_of,
-    series_rows,
 )
 from serve_app.access.usage_buffer import UsageBuffer
+from serve_app.access.web_tokens import Minter, check_web_token
 from serve_app.protocol.keys import (
-    WEB_TOKEN_MAX_TTL_S,
     KeyCreate,
     KeyCreated,
     KeyList,
     KeyUpdate,
-    KeyUsage,
     KeyView,
-    QuotaUsage,
     WebTokenCreate,
 )
 from serve_app.state.store import Store
 
 KEY_PREFIX = "aic-"
-_RECORD, _BY_HASH, _IDS, _USAGE = "aicore:key:", "aicore:keyhash:", "aicore:keys", "aicore:usage:"
+_RECORD, _BY_HASH, _IDS = "aicore:key:", "aicore:keyhash:", "aicore:keys"
 _WEB_TOKENS = "aicore:webtokens"
 MODIFY_ATTEMPTS = 20  # a record changed this many times while one change is applied: 409
 WEB_TOKEN_KEEP_S = 86400  # default of the setting: an expired web token's entries are kept this long
@@ -75,7 +67,7 @@ class StoredKey(KeyView):
         return KeyView(**self.model_dump(exclude={"hash", "minter_limits", "minter_quotas"}))
 
 
-class KeyService:
+class KeyService(KeyUsageMixin):
     def __init__(self, store: Store, model_names: Iterable[str], web_token_keep_s: float = WEB_TOKEN_KEEP_S,
                  clock: Optional[QuotaClock] = None, buffer: Optional[UsageBuffer] = None):
         self.store = store
@@ -98,7 +90,7 @@ class KeyService:
         record = StoredKey(id=key_id, key_prefix=key[:8], created_at=now, hash=hash_key(key), web_token=web_token,
                            minted_by=minted_by, minter_limits=minter_limits, minter_quotas=minter_quotas, **fields)
         if web_token:
-            _check_web_token(record)
+            check_web_token(record)
         await self._save(record)
         keep_s = self._keep_s(record)
         await self.store.set(_BY_HASH + record.hash, key_id, ttl_s=keep_s)
@@ -202,7 +194,7 @@ class KeyService:
             updated = record.model_copy(update=changes)
             self._check_models(updated.models, updated.default_model)
             if updated.web_token:  # a schema-valid change this key's kind refuses: 409, not 400
-                _check_web_token(updated, KeyConflict)
+                check_web_token(updated, KeyConflict)
             return updated
 
         return (await self._modify(key_id, change, seen)).view()
@@ -242,65 +234,6 @@ class KeyService:
         if record is None or not hmac.compare_digest(record.hash, digest):
             return None
         return record
-
-    # -- usage ----------------------------------------------------------------------------
-    async def record_usage(self, key_id: str, status: int, prompt_tokens: int, completion_tokens: int,
-                           model: Optional[str] = None, owner: Optional[str] = None, admitted: bool = False) -> None:
-        """The key's running totals and, for a request that was `admitted`, the quota periods of
-        `owner` (a web token's minter): one round trip. The quota periods are written at once for
-        every key, with quotas or not: a quota set later counts the period so far, and the next
-        request on any ingress replica reads them. The usage buckets go to the buffer (written
-        together, once a second); without one, into the same trip."""
-        now = time.time()
-        counters = {"requests": 1, "errors": int(status >= 400), "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens}
-        counters = {k: v for k, v in counters.items() if v}
-        updates = [(_USAGE + key_id, counters, {"last_used_at": str(int(now))}, None)]
-        later = bucket_updates(owner or key_id, model, counters, now)
-        if admitted:
-            periods = self.clock.counter_updates(owner or key_id, prompt_tokens + completion_tokens, now)
-            updates.extend(periods)  # admission reads these at once, on any replica: never late
-        if self.buffer is None:
-            updates += later
-        else:
-            self.buffer.add(later)
-        await self.store.hupdate_many(updates)
-
-    async def usage(self, key_id: str, known: bool = False) -> KeyUsage:
-        record = None if known else await self._require(key_id)
-        counters = await self.store.hgetall(_USAGE + key_id)
-        numbers = {k: int(v) for k, v in counters.items() if k != "last_used_at"}
-        last = counters.get("last_used_at")
-        return KeyUsage(
-            id=key_id, **numbers, total_tokens=numbers.get("prompt_tokens", 0) + numbers.get("completion_tokens", 0),
-            last_used_at=int(last) if last else None, quotas=await self._quota_usage(record),
-        )
-
-    async def _quota_usage(self, record: Optional[StoredKey]) -> list[QuotaUsage]:
-        """Each quota of the key (a web token: its minter's) with what its period used so far."""
-        if record is None:
-            return []
-        if self.buffer is not None:  # this replica's latest sums first
-            await self.buffer.flush()
-        owner = record.minted_by or record.id
-        quotas = quotas_of(record.minter_quotas or {}) if record.web_token else quotas_of(record)
-        return await self.quota_usage(owner, quotas)
-
-    async def quota_usage(self, owner: str, quotas: Iterable[Quota]) -> list[QuotaUsage]:
-        """Each of `quotas`, counted under `owner`, with what its current period used so far."""
-        states = self.clock.states(owner, quotas, time.time())
-        counts = await self.store.hgetall_many([state.check[0] for state in states])
-        return [QuotaUsage(name=s.quota.name, limit=s.quota.limit, used=int(c.get(s.quota.counter, 0)),
-                           resets_at=int(s.resets_at)) for s, c in zip(states, counts)]
-
-    async def series(self, step: str, start: int, end: int, key_id: Optional[str] = None,
-                     model: Optional[str] = None) -> list[dict]:
-        """Usage rows of [start, end) in `step` buckets: one key's (a web token's: its minter's) or all."""
-        starts = bucket_starts(STEPS[step], start, end)
-        if self.buffer is not None:  # this replica's latest sums first
-            await self.buffer.flush()
-        hashes = await self.store.hgetall_many([bucket_key(STEPS[step], s) for s in starts])
-        return series_rows(starts, hashes, key_id, model)
 
     # -- internals ------------------------------------------------------------------------
     def _check_models(self, models: Optional[list[str]], default_model: Optional[str],
@@ -360,52 +293,5 @@ class KeyService:
         return record
 
 
-@dataclass(frozen=True)
-class Minter:
-    """The managed key minting a web token, as far as the token is bounded by it: its models, its
-    effective requests and tokens per minute (0: unlimited), its expiry and its priority."""
-
-    key_id: str
-    models: Optional[frozenset[str]]  # None: every model
-    requests_per_minute: int
-    tokens_per_minute: int
-    expires_at: Optional[int] = None
-    priority: str = "interactive"
-    quotas: Optional[dict[str, int]] = None  # its quota fields: its tokens count against them
-
-    def may_use(self, name: str) -> bool:
-        return self.models is None or name in self.models
-
-    def bound(self, spec: WebTokenCreate, key: KeyCreate) -> KeyCreate:
-        """`key` within the minter's limits: a limit asked above the minter's is a 400, one left out
-        is the default or the minter's, whichever is lower; the expiry and priority follow the minter."""
-        changes: dict = {}
-        for field, own in (("rate_limit_per_minute", self.requests_per_minute),
-                           ("tokens_per_minute", self.tokens_per_minute)):
-            asked = getattr(key, field)
-            if own and asked > own:
-                if field in spec.model_fields_set:
-                    raise InvalidRequest(f"{field} {asked} is above the minting key's own ({own})", param=field)
-                changes[field] = own
-        if self.expires_at is not None:  # a token never outlives its minter
-            changes["expires_in_s"] = max(1, min(key.expires_in_s, self.expires_at - int(time.time())))
-        if self.priority == "batch":
-            changes["priority"] = "batch"
-        return key.model_copy(update=changes)
-
-
 def _after_not_found(after: str) -> KeyNotFound:
     return KeyNotFound(f"after: no listed key with id {after!r}", param="after")
-
-
-def _check_web_token(record: StoredKey, error: type = InvalidRequest) -> None:
-    """What makes a web token one, at minting (400) and after any change (409: the key's kind refuses it)."""
-    if set(record.scopes) != {"inference"}:
-        raise error("a web token has the inference scope only", param="scopes")
-    if not record.models:
-        raise error("a web token names the models it may use", param="models")
-    if not record.rate_limit_per_minute or not record.tokens_per_minute:
-        raise error("a web token has its own requests and tokens per minute (above 0)",
-                    param="rate_limit_per_minute" if not record.rate_limit_per_minute else "tokens_per_minute")
-    if record.expires_at is None or record.expires_at > time.time() + WEB_TOKEN_MAX_TTL_S:
-        raise error(f"a web token expires within {WEB_TOKEN_MAX_TTL_S} s", param="expires_at")
