@@ -4,13 +4,11 @@ counts). Stored as serve_app/access/keys.py says; buckets and periods in serve_a
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import Iterable, Optional
 
+from serve_app.access.key_record import StoredKey
 from serve_app.access.usage import STEPS, Quota, bucket_key, bucket_starts, bucket_updates, quotas_of, series_rows
 from serve_app.protocol.keys import KeyUsage, QuotaUsage
-
-if TYPE_CHECKING:
-    from serve_app.access.keys import StoredKey
 
 _USAGE = "aicore:usage:"  # hash of counters: requests, errors, prompt_tokens, completion_tokens, last_used_at
 
@@ -50,7 +48,7 @@ class KeyUsageMixin:
             last_used_at=int(last) if last else None, quotas=await self._quota_usage(record),
         )
 
-    async def _quota_usage(self, record: Optional["StoredKey"]) -> list[QuotaUsage]:
+    async def _quota_usage(self, record: Optional[StoredKey]) -> list[QuotaUsage]:
         """Each quota of the key (a web token: its minter's) with what its period used so far."""
         if record is None:
             return []

@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Optional
 
 from core.errors import InvalidRequest, KeyConflict, KeyNotFound
 from serve_app.access.key_order import KeyOrder
+from serve_app.access.key_record import StoredKey
 from serve_app.access.key_usage import _USAGE, KeyUsageMixin
 from serve_app.access.usage import (
     QuotaClock,
@@ -53,18 +54,6 @@ def hash_key(key: str) -> str:
     import hashlib
 
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-class StoredKey(KeyView):
-    hash: str
-    # A web token's share of its minter's budget: the minter's requests and tokens per minute
-    # when it minted (0: unlimited). Its requests count in the minter's own windows too.
-    minter_limits: Optional[tuple[int, int]] = None
-    # A web token counts against its minter's quotas: the minter's quota fields when it minted.
-    minter_quotas: Optional[dict[str, int]] = None
-
-    def view(self) -> KeyView:
-        return KeyView(**self.model_dump(exclude={"hash", "minter_limits", "minter_quotas"}))
 
 
 class KeyService(KeyUsageMixin):

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from core.errors import InvalidRequest
+from serve_app.access.key_record import StoredKey
 from serve_app.protocol.keys import WEB_TOKEN_MAX_TTL_S, KeyCreate, WebTokenCreate
-
-if TYPE_CHECKING:
-    from serve_app.access.keys import StoredKey
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ class Minter:
         return key.model_copy(update=changes)
 
 
-def check_web_token(record: "StoredKey", error: type = InvalidRequest) -> None:
+def check_web_token(record: StoredKey, error: type = InvalidRequest) -> None:
     """What makes a web token one, at minting (400) and after any change (409: the key's kind refuses it)."""
     if set(record.scopes) != {"inference"}:
         raise error("a web token has the inference scope only", param="scopes")
