@@ -19,7 +19,7 @@ from serve_app.state.chat_history import ChatHistory
 from serve_app.state.store import RedisStore
 from tests.integration.clients.conftest import ADMIN_KEY, CHAT_RPM, STRANGER_ID
 from tests.integration.conftest import DEFAULT, GEMMA, TELEGRAM_BOT, TELEGRAM_SECRET
-from tests.unit.test_telegram_bot import FakeService
+from tests.unit.serve_app.integrations.test_telegram_bot import FakeService
 
 PATH = "/api/v1/webhooks/telegram"
 _update_ids = itertools.count(700000001)

@@ -188,7 +188,7 @@ def test_direct_huge_header_answers_431(url, inference_key):
     """Ray's proxy (httptools) would keep every header byte it is given (256 MiB grew it by
     480 MiB: docs/security.md): past MAX_HEADER_BYTES it answers 431 and closes. (The head is sent
     just over the limit: a server closing on unread bytes resets the connection, which could
-    drop its answer here; tests/unit/test_proxy_http.py shows the count runs as bytes arrive.)"""
+    drop its answer here; tests/unit/serve_app/http/test_proxy_http.py shows the count runs as bytes arrive.)"""
     async def run():
         reader, writer = await asyncio.open_connection("127.0.0.1", _port(url), local_addr=("127.0.0.8", 0))
         writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES + 1024))

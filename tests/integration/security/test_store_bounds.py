@@ -15,7 +15,7 @@ from tests.integration.security.conftest import MODEL
 
 # Kept without expiry by design: each is one per key an admin made (or the set of those ids).
 BOUNDED_BY_DESIGN = ("aicore:key:", "aicore:keyhash:", "aicore:usage:")
-# The audit log's streams: trimmed by age and a length cap at every append (tests/unit/test_audit_log.py).
+# The audit log's streams: trimmed by age and a length cap at every append (tests/unit/serve_app/state/test_audit_log.py).
 AUDIT_STREAMS = STREAMS
 # The ids of admin-made keys, their order and its marker: bounded by what admins make.
 ADMIN_KEY_INDEXES = ("aicore:keys", "aicore:keys:order", "aicore:keys:order:ready")

@@ -4,7 +4,6 @@ tests/integration/security/test_access.py)."""
 
 import asyncio
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,8 +16,8 @@ from serve_app.app import create_app
 from serve_app.model_router import ModelEntry, ModelRouter
 from serve_app.protocol.keys import WebTokenCreate
 from serve_app.state.store import MemoryStore
+from tests import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 BOOT = "unit-boot-key-0123456789"
 
 

@@ -1,7 +1,7 @@
 """The audit log and the `admin_read` scope over HTTP in-process (no Ray; the memory store). The real
 server with Redis is tested in tests/integration/security/test_audit.py."""
 
-from tests.unit.test_auth_asgi import BOOT, _app, _run
+from tests.unit.serve_app.test_auth_asgi import BOOT, _app, _run
 
 ADMIN = {"X-API-Key": BOOT}
 

@@ -8,7 +8,6 @@ Both store implementations are used; Redis when scripts/test.sh provides one.
 """
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
@@ -27,10 +26,9 @@ from serve_app.pipeline import Admission, Pipeline, RequestContext
 from serve_app.protocol.batch import BatchRequest
 from serve_app.state.batch_job_records import JobRecord, JobRecords
 from serve_app.state.store import MemoryStore
+from tests import ROOT
 from tests.unit.batch_jobs_support import ADMIN, OTHER, OWNER, Runner, _body, _key, _service, _submit, _until
 from tests.unit.stores import store_params
-
-ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @pytest.fixture(params=list(store_params()))

@@ -201,7 +201,7 @@ def test_app_uses_redis_password_and_a_separate_cache_redis(password_redis):
     from deployments.config import load_models_file
     from serve_app.app import create_app
     from serve_app.model_router import ModelEntry, ModelRouter
-    from tests.unit.test_auth_asgi import _Status
+    from tests.unit.serve_app.test_auth_asgi import _Status
 
     models = load_models_file(ROOT / "models.json").models
     router = ModelRouter({n: ModelEntry(n, c, None) for n, c in models.items()}, SMOLLM)

@@ -4,9 +4,8 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests import ROOT
 
 
 def test_the_wheel_contains_the_chat_page_and_the_console(tmp_path):

@@ -14,7 +14,7 @@ from core.errors import KeyNotFound
 from serve_app.access.keys import KeyService
 from serve_app.protocol.keys import KeyCreate, WebTokenCreate
 from serve_app.state.store import MemoryStore, RedisStore
-from tests.unit.test_web_token_minting import BOOT, _app
+from tests.unit.serve_app.test_web_token_minting import BOOT, _app
 
 
 def _service_with(names):

@@ -6,7 +6,6 @@ the real app with real models and Redis is tested in tests/integration/security.
 
 import asyncio
 import json
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,8 +15,8 @@ from deployments.config import load_models_file
 from scripts.serve_process import free_port
 from serve_app.app import create_app
 from serve_app.model_router import ModelEntry, ModelRouter
+from tests import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 BOOT = "unit-boot-key-0123456789"
 
 

@@ -4,7 +4,6 @@ pickling across Ray with everything set on it, and names retry-after one way."""
 import ast
 import inspect
 import pickle
-from pathlib import Path
 
 import pytest
 
@@ -21,8 +20,8 @@ from core.errors import (
     TooManyBatchJobs,
     WrongSecret,
 )
+from tests import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 CLASSES = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, AICoreError)]
 
 

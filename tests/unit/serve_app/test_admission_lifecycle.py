@@ -5,7 +5,6 @@ settle through `Outcome.settle`. Each admission records its own usage: a synchro
 items are admitted one by one with the key looked up again, the call itself is no request."""
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
@@ -23,9 +22,8 @@ from serve_app.pipeline import Outcome, Pipeline, RequestContext, status_of
 from serve_app.protocol.batch import BatchRequest
 from serve_app.protocol.keys import KeyCreate
 from serve_app.state.store import MemoryStore
+from tests import ROOT
 from tests.unit.admissions import ANYONE, admission, pipeline
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _usage(on: Pipeline) -> dict:

@@ -6,7 +6,7 @@ import pytest
 
 from core.errors import RateLimited
 from serve_app.access.ratelimit import Limits, Pool, RateLimiter, Reservation, reset_text
-from tests.unit.test_store import store  # noqa: F401  (both stores: memory, and Redis when available)
+from tests.unit.serve_app.state.test_store import store  # noqa: F401  (both stores: memory, and Redis when available)
 
 
 def run(coro):

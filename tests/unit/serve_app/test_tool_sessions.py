@@ -1,6 +1,6 @@
 """The service's one tool path (GenerationService with a ToolUse) with a session: the replica gets
 the grammar and the tools' description, the session keeps the conversation (the call as the model
-wrote it, the tool's result) and never the description. Stand-in replica (tests/unit/test_session_turns.py);
+wrote it, the tool's result) and never the description. Stand-in replica (tests/unit/serve_app/test_session_turns.py);
 the real app and SmolLM2 in tests/integration/test_tool_channels.py."""
 
 import asyncio
@@ -9,7 +9,7 @@ from core.types import GenerationChunk, Usage
 from serve_app.protocol.api_v1 import ChatRequest
 from serve_app.serving import RequestOptions
 from tests.unit.admissions import admission
-from tests.unit.test_session_turns import MODEL, OWNER, _Replica, _service
+from tests.unit.serve_app.test_session_turns import MODEL, OWNER, _Replica, _service
 
 CALL = '{"tool_call": {"name": "get_weather", "arguments": {"city": "Paris"}}}'
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {

@@ -6,7 +6,7 @@ from tests.conftest import COSTS, ROOT, cost_of
 
 
 def test_each_kind_of_test_gets_its_cost():
-    assert cost_of("tests/unit/test_errors.py") == "quick"
+    assert cost_of("tests/unit/core/test_errors.py") == "quick"
     assert cost_of("tests/deploy/test_deploy_files.py") == "quick"
     assert cost_of("tests/deploy/test_image.py") == "image"
     assert cost_of("tests/engine/test_llama_engine.py") == "weights"
