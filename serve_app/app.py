@@ -14,6 +14,8 @@ from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
 from serve_app.access.usage import QuotaClock
 from serve_app.access.usage_buffer import UsageBuffer
+from serve_app.batch.jobs import BatchJobService
+from serve_app.batch.service import BatchService
 from serve_app.http.cors import ConfiguredCORS
 from serve_app.http.errors import install_error_handlers
 from serve_app.http.guard import GuardMiddleware
@@ -21,10 +23,6 @@ from serve_app.http.middleware import RequestContextMiddleware
 from serve_app.http.openapi import install_openapi
 from serve_app.http.refusals import routes_in_order
 from serve_app.http.routes import api_v1, audit, integrations, keys, openai, web
-from serve_app.integrations.batch import BatchService
-from serve_app.integrations.batch_jobs import BatchJobService
-from serve_app.integrations.telegram import TelegramBot
-from serve_app.integrations.telegram_access import TelegramAccess
 from serve_app.model_router import ModelRouter
 from serve_app.ops.metrics import MetricsRecorder, QuotaEvent
 from serve_app.ops.model_control import ModelControl
@@ -37,6 +35,8 @@ from serve_app.state.chat_history import ChatHistory
 from serve_app.state.sessions import SessionStore
 from serve_app.state.shared_store import RemoteStore
 from serve_app.state.store import make_store
+from serve_app.telegram.access import TelegramAccess
+from serve_app.telegram.bot import TelegramBot
 
 
 def create_app(

@@ -76,6 +76,6 @@ class RequestContextMiddleware:
             self.record, Outcome.of(scope), method=scope.get("method", "WS"),
             route=getattr(scope.get("route"), "path", None) or "unmatched", status=status, latency=latency,
             peer=client[0] if client else None,
-            # A WebSocket's requests count one by one (serve_app/integrations/ws_session.py), not its upgrade.
+            # A WebSocket's requests count one by one (serve_app/websocket/session.py), not its upgrade.
             count_key=scope["type"] == "http",
         )

@@ -14,7 +14,7 @@ skip `scripts.run_server` (a plain `serve run`: 16 MiB at the proxy).
 
 The callback also returns one proxy middleware, `RefusedAddresses`: once the app has refused a
 socket because its address failed authentication too often (close reason "too many failed
-authentications from this address: retry in N s", serve_app/integrations/ws_session.py), the
+authentications from this address: retry in N s", serve_app/websocket/session.py), the
 proxy refuses that client's next sockets itself for those N seconds, the same way, without
 routing them to a replica: under a flood from refused addresses the ingress replicas do not see
 it. The client is the TCP peer and its X-Forwarded-For header together, so a refusal never spills

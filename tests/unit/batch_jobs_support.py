@@ -7,7 +7,7 @@ from core.settings import Settings
 from serve_app.access.auth import Principal
 from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
-from serve_app.integrations.batch_jobs import BatchJobService
+from serve_app.batch.jobs import BatchJobService
 from serve_app.pipeline import Admission, Pipeline, RequestContext
 from serve_app.protocol.api_v1 import GenerateResponse
 from serve_app.protocol.batch import BatchItemResult, BatchRequest

@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import FileResponse
 
-from serve_app.integrations.ws_session import WsGate, WsLimits, WsSession
+from serve_app.websocket.session import WsGate, WsLimits, WsSession
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # Only the page's own files and its own WebSocket: no inline script or style, no image or anything

@@ -11,15 +11,15 @@ from core.settings import Settings
 from serve_app.access.auth import Authenticator
 from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
-from serve_app.integrations.telegram import TelegramBot
-from serve_app.integrations.telegram_access import NOT_HERE, UNAVAILABLE, TelegramAccess
 from serve_app.pipeline import Pipeline
 from serve_app.protocol.telegram import TgUpdate
 from serve_app.state.chat_history import ChatHistory
 from serve_app.state.store import RedisStore
+from serve_app.telegram.access import NOT_HERE, UNAVAILABLE, TelegramAccess
+from serve_app.telegram.bot import TelegramBot
 from tests.integration.clients.conftest import ADMIN_KEY, CHAT_RPM, STRANGER_ID
 from tests.integration.conftest import DEFAULT, GEMMA, TELEGRAM_BOT, TELEGRAM_SECRET
-from tests.unit.serve_app.integrations.test_telegram_bot import FakeService
+from tests.unit.serve_app.telegram.test_telegram_bot import FakeService
 
 PATH = "/api/v1/webhooks/telegram"
 _update_ids = itertools.count(700000001)

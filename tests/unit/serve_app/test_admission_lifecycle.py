@@ -15,8 +15,8 @@ from deployments.config import load_models_file
 from serve_app.access.auth import Authenticator
 from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
+from serve_app.batch.service import BatchService
 from serve_app.generation import Generation
-from serve_app.integrations.batch import BatchService
 from serve_app.model_router import ModelEntry
 from serve_app.pipeline import Outcome, Pipeline, RequestContext, status_of
 from serve_app.protocol.batch import BatchRequest

@@ -3,7 +3,7 @@ import json
 from pydantic import BaseModel
 
 from scripts.export_openapi import TARGET, openapi_text
-from serve_app.integrations.batch import parse_item
+from serve_app.batch.service import parse_item
 from serve_app.protocol import api_v1, audit, batch, batch_jobs, errors, keys, openai, telegram
 
 

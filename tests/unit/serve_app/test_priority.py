@@ -9,7 +9,7 @@ from core.settings import Settings
 from core.types import GenerationChunk, SamplingParams, Usage
 from deployments.config import load_models_file
 from serve_app.access.auth import Principal
-from serve_app.integrations.batch import BatchService
+from serve_app.batch.service import BatchService
 from serve_app.model_router import ModelEntry, ModelRouter
 from serve_app.pipeline import RequestContext
 from serve_app.protocol.batch import BatchRequest

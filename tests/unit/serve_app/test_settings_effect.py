@@ -231,7 +231,7 @@ def test_content_filter_output_patterns_refuse_output():
 
 
 def test_telegram_model_and_history_settings():
-    from serve_app.integrations.telegram import TelegramBot
+    from serve_app.telegram.bot import TelegramBot
 
     app = _app(telegram_history_messages=2, telegram_history_ttl_s=60)
     chats = app.state.telegram.chats

@@ -33,15 +33,6 @@ from core.errors import AICoreError, AuthenticationFailed, BodyTooLarge, Invalid
 from core.logs import request_id_var
 from serve_app.access.auth import Principal
 from serve_app.error_mapping import error_body, to_aicore_error, validation_error
-from serve_app.integrations.ws_gate import (  # noqa: F401 (WsLimits, TRY_AGAIN_LATER: imported from here too)
-    AUTH_FIRST,
-    MESSAGE_TOO_BIG,
-    POLICY_VIOLATION,
-    TRY_AGAIN_LATER,
-    Refused,
-    WsGate,
-    WsLimits,
-)
 from serve_app.pipeline import Outcome, Pipeline, RequestContext, status_of
 from serve_app.protocol.ws import (
     CLIENT_MESSAGES,
@@ -59,6 +50,15 @@ from serve_app.replies import tool_fields
 from serve_app.request_log import record_request
 from serve_app.serving import GenerationService, RequestOptions
 from serve_app.tool_calls import ToolAnswer
+from serve_app.websocket.gate import (  # noqa: F401 (WsLimits, TRY_AGAIN_LATER: imported from here too)
+    AUTH_FIRST,
+    MESSAGE_TOO_BIG,
+    POLICY_VIOLATION,
+    TRY_AGAIN_LATER,
+    Refused,
+    WsGate,
+    WsLimits,
+)
 
 logger = logging.getLogger("aicore.ws")
 

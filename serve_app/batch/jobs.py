@@ -49,8 +49,7 @@ from core.errors import (
     TooManyBatchJobs,
 )
 from core.settings import Settings
-from serve_app.integrations.batch import ITEM_ID_MAX_CHARS, BatchService, prepare
-from serve_app.integrations.batch_job_common import (
+from serve_app.batch.job_common import (
     CANCEL_WAIT_S,
     JOBS_PATH,
     STALE_BEATS,
@@ -59,7 +58,8 @@ from serve_app.integrations.batch_job_common import (
     new_job_id,
     to_json,
 )
-from serve_app.integrations.batch_job_runner import BatchJobRunner
+from serve_app.batch.job_runner import BatchJobRunner
+from serve_app.batch.service import ITEM_ID_MAX_CHARS, BatchService, prepare
 from serve_app.pipeline import Admission
 from serve_app.protocol.batch import BatchItemResult, BatchRequest
 from serve_app.protocol.batch_jobs import JOB_ID_PATTERN, TERMINAL, BatchJob, BatchJobCounts, BatchJobList

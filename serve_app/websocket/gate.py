@@ -1,6 +1,6 @@
 """Sockets of `WS /api/v1/ws` before auth (docs/security.md#websockets-before-auth): the caps on
 unauthenticated sockets per address and in total, and the refusal of an address whose
-authentications keep failing. The connection itself: serve_app/integrations/ws_session.py."""
+authentications keep failing. The connection itself: serve_app/websocket/session.py."""
 
 from __future__ import annotations
 

@@ -17,10 +17,10 @@ from core.types import GenerationResult, Usage
 from deployments.config import load_models_file
 from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
+from serve_app.batch import service as batch_module
+from serve_app.batch.job_common import STALE_BEATS, new_job_id
+from serve_app.batch.service import BatchService, prepare
 from serve_app.generation import Generation
-from serve_app.integrations import batch as batch_module
-from serve_app.integrations.batch import BatchService, prepare
-from serve_app.integrations.batch_job_common import STALE_BEATS, new_job_id
 from serve_app.model_router import ModelEntry
 from serve_app.pipeline import Admission, Pipeline, RequestContext
 from serve_app.protocol.batch import BatchRequest

@@ -9,14 +9,14 @@ from typing import Callable
 
 from core.errors import AICoreError, RequestCancelled, ResultQuotaExceeded, StoreUnavailable
 from core.settings import Settings
-from serve_app.integrations.batch import BatchService, Prepared
-from serve_app.integrations.batch_job_common import (
+from serve_app.batch.job_common import (
     CANCEL_POLL_S,
     LocalJob,
     interrupted_error,
     stopped_error,
     to_json,
 )
+from serve_app.batch.service import BatchService, Prepared
 from serve_app.pipeline import Admission, Outcome, Pipeline, RequestContext
 from serve_app.protocol.batch import BatchItemResult
 from serve_app.state.batch_job_records import JobRecord, JobRecords

@@ -7,7 +7,7 @@ import asyncio
 import inspect
 import json
 
-from serve_app.integrations.ws_session import WsLimits
+from serve_app.websocket.session import WsLimits
 
 
 def test_rays_proxy_builds_uvicorn_config_without_ws_max_size():

@@ -5,7 +5,7 @@ more of a model than a few single requests would; one bad item is that item's er
 Each item is a request of its own in the admission pipeline: admitted with the key looked up
 again, it counts against the key's requests and tokens per minute and settles its own usage.
 The synchronous batch call itself only checks the key (a key-level refusal is its HTTP error)
-and is no request; a job's submission is one (serve_app/integrations/batch_jobs.py).
+and is no request; a job's submission is one (serve_app/batch/jobs.py).
 """
 
 from __future__ import annotations

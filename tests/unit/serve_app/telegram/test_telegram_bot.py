@@ -12,13 +12,13 @@ from core.types import Usage
 from serve_app.access.auth import Authenticator
 from serve_app.access.keys import KeyService
 from serve_app.access.ratelimit import RateLimiter
-from serve_app.integrations.telegram import MORE_HINT, TELEGRAM_LIMIT, TelegramBot, utf16_len, within_limit
-from serve_app.integrations.telegram_access import NOT_HERE, UNAVAILABLE, TelegramAccess
 from serve_app.pipeline import Pipeline
 from serve_app.protocol.keys import KeyCreate, KeyUpdate
 from serve_app.protocol.telegram import TgUpdate
 from serve_app.state.chat_history import ChatHistory
 from serve_app.state.store import MemoryStore
+from serve_app.telegram.access import NOT_HERE, UNAVAILABLE, TelegramAccess
+from serve_app.telegram.bot import MORE_HINT, TELEGRAM_LIMIT, TelegramBot, utf16_len, within_limit
 
 ADMIN = "telegram-unit-admin-0123"
 

@@ -1,4 +1,4 @@
-"""Sockets before auth and message sizes (serve_app/integrations/ws_session.py), with stand-ins
+"""Sockets before auth and message sizes (serve_app/websocket/session.py), with stand-ins
 for the socket, the pipeline and the model; tests/integration/security/test_websocket_abuse.py
 checks the same through Ray's proxy and the real app. Also: each request message of a socket is
 one access-log line and one metrics event. Uvicorn's limit in Ray's proxy: test_proxy_ws.py."""
@@ -14,10 +14,10 @@ import pytest
 
 from core.errors import AuthenticationFailed
 from core.logs import request_id_var
-from serve_app.integrations.ws_session import Refused, WsGate, WsLimits, WsSession, _size
 from serve_app.pipeline import Admission as RealAdmission
 from serve_app.protocol import ws as protocol
 from serve_app.state.store import MemoryStore
+from serve_app.websocket.session import Refused, WsGate, WsLimits, WsSession, _size
 
 KEY = "good-key-0123456789"
 

@@ -1,4 +1,4 @@
-from serve_app.integrations.telegram import TELEGRAM_LIMIT, Command, parse_command, split_message, utf16_len
+from serve_app.telegram.bot import TELEGRAM_LIMIT, Command, parse_command, split_message, utf16_len
 
 
 def test_6000_character_answer_splits_into_two_parts_at_a_word_break():

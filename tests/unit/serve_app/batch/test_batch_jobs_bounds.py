@@ -10,8 +10,8 @@ import pytest
 
 from core.errors import InvalidRequest, PermissionDenied, RateLimited, ResultQuotaExceeded, TooManyBatchJobs
 from serve_app.access.auth import Principal
-from serve_app.integrations.batch import prepare
-from serve_app.integrations.batch_job_common import STALE_BEATS, new_job_id
+from serve_app.batch.job_common import STALE_BEATS, new_job_id
+from serve_app.batch.service import prepare
 from serve_app.protocol.batch import BatchRequest
 from serve_app.protocol.keys import KeyUpdate
 from serve_app.state.batch_job_records import JobRecord, JobRecords

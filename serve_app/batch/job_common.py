@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from core.errors import AICoreError
+from serve_app.batch.service import Prepared
 from serve_app.error_mapping import error_body
-from serve_app.integrations.batch import Prepared
 from serve_app.protocol.batch import BatchItemResult
 from serve_app.state.batch_job_records import JobRecord
 

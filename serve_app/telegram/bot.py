@@ -2,7 +2,7 @@
 
 An update is answered by returning a `sendMessage` method as the webhook's response, so no
 outbound connection to Telegram is needed. Who is answered, under which key and limits, is
-`serve_app.integrations.telegram_access`; a refused chat is told so politely (HTTP 200), never with an error
+`serve_app.telegram.access`; a refused chat is told so politely (HTTP 200), never with an error
 Telegram would retry. Chats live on the shared store (`serve_app.state.chat_history`). An answer
 longer than Telegram's 4096 characters is split: the first part is the reply, the rest waits in
 the chat's state and `/more` sends the next part. Updates the bot cannot use (no text, repeated update_id, a command for
@@ -30,12 +30,12 @@ from core.settings import Settings
 from core.types import SamplingParams
 from serve_app.access.auth import Principal
 from serve_app.access.usage import duration_text
-from serve_app.integrations.telegram_access import UNAVAILABLE, ChatRefused, TelegramAccess
 from serve_app.pipeline import Admission
 from serve_app.protocol.telegram import TgMessage, TgReplyParameters, TgSendMessage, TgUpdate
 from serve_app.serving import GenerationService
 from serve_app.state.chat_history import ChatHistory
 from serve_app.state.session_trim import block_window
+from serve_app.telegram.access import UNAVAILABLE, ChatRefused, TelegramAccess
 
 logger = logging.getLogger("aicore.telegram")
 

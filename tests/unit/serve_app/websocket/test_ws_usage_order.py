@@ -14,8 +14,8 @@ import json
 from types import SimpleNamespace
 
 from core.errors import BackendFailure
-from serve_app.integrations.ws_session import WsSession
 from serve_app.pipeline import Admission as RealAdmission
+from serve_app.websocket.session import WsSession
 
 
 class Socket:

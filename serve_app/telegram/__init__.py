@@ -1,0 +1,1 @@
+"""The Telegram channel: the bot answering webhook updates under its managed key."""

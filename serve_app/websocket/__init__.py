@@ -1,0 +1,1 @@
+"""The WebSocket channel: one socket, many requests, each admitted on its own."""
