@@ -171,17 +171,18 @@ class BatchService:
     async def _generate(self, entry: Prepared, admission: Admission) -> BatchItemResult:
         item, key_id = entry.item, admission.key_id
         tools = item.tool_use() if isinstance(item, BatchChatItem) else None
+        session_id = getattr(item, "session_id", None)  # continued as by /api/v1/chat
         generation = await self.service.start(
             admission, item.model, uuid.uuid4().hex, item.to_sampling_params(),
             prompt=item.prompt if isinstance(item, BatchGenerateItem) else None,
             messages=[m.as_dict() for m in item.messages] if isinstance(item, BatchChatItem) else None,
             priority=item.priority, tools=tools,
-            options=RequestOptions(endpoint="-", tenant=key_id, owner=key_id, cache=item.cache),
+            options=RequestOptions(endpoint="-", tenant=key_id, owner=key_id, cache=item.cache, session_id=session_id),
         )
         result = await generation.collect()
         answer = ToolAnswer.whole(result.text) if tools is not None else None  # read as on every channel
-        return BatchItemResult(index=entry.index, id=item.id, status="ok",
-                               result=generate_response(generation, result.text, item, answer=answer))
+        reply = generate_response(generation, result.text, item, session_id, answer, result.logprobs)
+        return BatchItemResult(index=entry.index, id=item.id, status="ok", result=reply)
 
 
 def _waits(error: Exception) -> bool:

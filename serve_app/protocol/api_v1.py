@@ -10,7 +10,10 @@ from serve_app.protocol.common import (
     PROMPT_LIMITS,
     SESSION_ID_PATTERN,
     ChatMessage,
+    ChatTokenFields,
+    ChoiceLogprobs,
     SamplingFields,
+    StreamOptions,
     ToolCall,
     ToolFields,
     WithoutEmptyCalls,
@@ -25,12 +28,14 @@ EMBEDDING_INPUT_LIMITS = schema_limits(minLength=1, maxLength="max_prompt_length
 from serve_app.protocol.email import EmailOptions, EmailReply
 
 
-class _Request(SamplingFields):
+class _Request(ChatTokenFields, SamplingFields):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model: Optional[str] = Field(None, description="Model name; omitted means DEFAULT_MODEL.",
                                  json_schema_extra=model_names("generate"))
     stream: bool = Field(False, description="Answer as Server-Sent Events.")
+    stream_options: Optional[StreamOptions] = Field(
+        None, description="Accepted as in OpenAI; the last event always carries `tokens_used` (WebSocket: `usage`).")
     cache: Optional[bool] = Field(
         None, description="true: cache even a sampled answer; false: bypass the cache. Default: cache deterministic requests."
     )
@@ -103,7 +108,7 @@ class EmbedResponse(BaseModel):
 
 
 class GenerateResponse(WithoutEmptyCalls):
-    DROPPED_WHEN_NONE = ("tool_calls", "finish_reason")
+    DROPPED_WHEN_NONE = ("tool_calls", "finish_reason", "logprobs")
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"response": " blue because air scatters blue light more than red.", "model": "smollm2-135m-instruct",
@@ -123,6 +128,9 @@ class GenerateResponse(WithoutEmptyCalls):
         "`message.tool_calls`; absent when it answered in text.")
     finish_reason: Optional[str] = Field(
         None, description="With `tools`: `tool_calls` when the model called, else `stop` or `length`.")
+    logprobs: Optional[ChoiceLogprobs] = Field(
+        None, description="With `logprobs: true`: every generated token's log probability (and `top_logprobs` "
+        "alternatives), as OpenAI's chat `choices[].logprobs`; streamed: each event's tokens.")
 
 
 class SessionSummary(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import (
@@ -266,3 +267,55 @@ class SamplingFields(BaseModel):
             grammar=self.response_format.grammar() if self.response_format is not None else None,
             logit_bias=tuple(sorted((int(t), float(b)) for t, b in (self.logit_bias or {}).items())),
         )
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    include_usage: bool = False
+
+
+class ChatTokenFields(BaseModel):
+    """OpenAI chat's `max_completion_tokens`, `logprobs` and `top_logprobs`: one definition for
+    `/v1/chat/completions` and every `/api/v1` request (HTTP, WebSocket, batch items). Mixed in
+    before the class with `to_sampling_params`, which it extends."""
+
+    model_config = ConfigDict(strict=True)
+
+    max_completion_tokens: Optional[PositiveInt] = Field(
+        None, description="OpenAI's newer name of `max_tokens`; `max_tokens` wins when both are given.")
+    logprobs: Optional[bool] = Field(None, description="Return each token's log probability (GGUF models).")
+    top_logprobs: Optional[Annotated[int, Field(ge=0, le=20), BeforeValidator(integral)]] = Field(
+        None, description="Alternatives per token (0 to 20); needs logprobs.")
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _alternatives_need_logprobs(cls, value, info):
+        if value and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return value
+
+    def to_sampling_params(self) -> SamplingParams:
+        params = super().to_sampling_params()
+        if self.max_completion_tokens is not None and self.max_tokens is None:
+            params = replace(params, max_tokens=self.max_completion_tokens)
+        if self.logprobs:
+            params = replace(params, logprobs=self.top_logprobs or 0)
+        return params
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """OpenAI's chat `logprobs`: the shape of every channel that returns log probabilities."""
+
+    content: Optional[list[TokenLogprob]]
+    refusal: None = None

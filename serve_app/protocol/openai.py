@@ -11,9 +11,12 @@ from serve_app.protocol.api_v1 import EMBEDDING_INPUT_LIMITS
 from serve_app.protocol.common import (
     SESSION_ID_PATTERN,
     ChatMessage,
+    ChatTokenFields,
+    ChoiceLogprobs,
     Int,
     PositiveInt,
     SamplingFields,
+    StreamOptions,
     ToolCall,
     ToolFields,
     WithoutEmptyCalls,
@@ -21,13 +24,6 @@ from serve_app.protocol.common import (
     model_names,
     schema_limits,
 )
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(strict=True)
-
-    include_usage: bool = False
-
 
 # OpenAI's fields that AI Core does not do: the schema allows only the values that ask for nothing,
 # and any other is refused by name with the reason (docs/api.md, "Every request field").
@@ -91,7 +87,7 @@ class _OpenAIRequest(SamplingFields):
     verbosity: Annotated[None, not_done("verbosity")] = None
 
 
-class ChatCompletionRequest(ToolFields, _OpenAIRequest):
+class ChatCompletionRequest(ToolFields, ChatTokenFields, _OpenAIRequest):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Name three colours."}],
          "max_tokens": 40},
@@ -101,26 +97,7 @@ class ChatCompletionRequest(ToolFields, _OpenAIRequest):
 
     messages: list[ChatMessage] = Field(min_length=1, description="At most MAX_MESSAGES.",
                                         json_schema_extra=schema_limits(maxItems="max_messages"))
-    max_completion_tokens: Optional[PositiveInt] = None
-    logprobs: Optional[bool] = Field(None, description="Return each token's log probability (GGUF models).")
-    top_logprobs: Optional[Annotated[int, Field(ge=0, le=20), BeforeValidator(integral)]] = Field(
-        None, description="Alternatives per token; needs logprobs.")
     session_id: Optional[str] = Field(None, pattern=SESSION_ID_PATTERN, description="Extension: server-side history.")
-
-    @field_validator("top_logprobs")
-    @classmethod
-    def _alternatives_need_logprobs(cls, value, info):
-        if value and not info.data.get("logprobs"):
-            raise ValueError("top_logprobs needs logprobs: true")
-        return value
-
-    def to_sampling_params(self):
-        params = super().to_sampling_params()
-        if self.max_completion_tokens is not None and self.max_tokens is None:
-            params = replace(params, max_tokens=self.max_completion_tokens)
-        if self.logprobs:
-            params = replace(params, logprobs=self.top_logprobs or 0)
-        return params
 
 
 class CompletionRequest(_OpenAIRequest):
@@ -166,21 +143,6 @@ class ChatMessageOut(WithoutEmptyCalls):
     role: Literal["assistant"] = "assistant"
     content: Optional[str]
     tool_calls: Optional[list[ToolCall]] = None
-
-
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: Optional[list[int]]
-
-
-class TokenLogprob(TopLogprob):
-    top_logprobs: list[TopLogprob]
-
-
-class ChoiceLogprobs(BaseModel):
-    content: Optional[list[TokenLogprob]]
-    refusal: None = None
 
 
 class ChatChoice(BaseModel):

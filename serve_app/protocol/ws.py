@@ -3,7 +3,8 @@
 Client -> server: `auth` (unless the key came in the handshake headers), then any number of
 `generate` / `chat` requests (each with a client-chosen `id`, answered concurrently) and
 `cancel`. Server -> client: `ready`, then per request `token` events (with `tools`: the text
-answer's pieces only), one `done` with usage (and the `tool_calls`),
+answer's pieces only; with `logprobs`: each token's log probabilities), one `done` with usage
+(and the `tool_calls`),
 or one `error` (an OpenAI error object); an `error` without `id` concerns the socket itself.
 """
 
@@ -14,7 +15,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.protocol.api_v1 import ChatRequest, GenerateRequest
-from serve_app.protocol.common import ToolCall, WithoutEmptyCalls
+from serve_app.protocol.common import ChoiceLogprobs, ToolCall, WithoutEmptyCalls
 
 RequestId = Annotated[str, Field(min_length=1, max_length=64, description="Chosen by the client; echoed back.")]
 
@@ -59,10 +60,15 @@ class WsReady(BaseModel):
     default_model: str
 
 
-class WsToken(BaseModel):
+class WsToken(WithoutEmptyCalls):
+    DROPPED_WHEN_NONE = ("logprobs",)
+
     type: Literal["token"] = "token"
     id: str
     text: str
+    logprobs: Optional[ChoiceLogprobs] = Field(
+        None, description="With `logprobs: true`: this message's tokens, as OpenAI's chat `logprobs` (a message "
+        "may carry tokens whose text is still held back, and with `tools` the calls' tokens).")
 
 
 class WsDone(WithoutEmptyCalls):

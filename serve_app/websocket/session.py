@@ -46,7 +46,7 @@ from serve_app.protocol.ws import (
     WsToken,
     WsUsage,
 )
-from serve_app.replies import tool_fields
+from serve_app.replies import chat_logprobs, tool_fields
 from serve_app.request_log import record_request
 from serve_app.serving import GenerationService, RequestOptions
 from serve_app.tool_calls import ToolAnswer
@@ -228,9 +228,9 @@ class WsSession:
                 parts = []
                 async for chunk in generation.chunks():
                     text = answer.text(answer.feed(chunk.text)) if answer is not None else chunk.text
-                    if text:
-                        parts.append(text)
-                        await self._send(WsToken(id=message.id, text=text))
+                    parts.append(text)
+                    if text or chunk.logprobs:
+                        await self._send(WsToken(id=message.id, text=text, logprobs=chat_logprobs(chunk.logprobs)))
                 if answer is not None and (text := answer.text(answer.finish())):
                     await self._send(WsToken(id=message.id, text=text))
             usage = generation.usage

@@ -158,7 +158,7 @@ def _consistent_tools(body: dict) -> None:
         elif spec["type"] == "json_schema" and spec.get("json_schema") is None:
             spec["type"] = "json_object"
     top = body.get("top_logprobs")
-    if type(top) is int and 0 < top <= 20 and body.get("logprobs") in (None, False):
+    if _is_count(top) and 0 < top <= 20 and body.get("logprobs") in (None, False):  # 11.0 counts too
         body["logprobs"] = True  # alternatives need logprobs: true (400)
     bias = body.get("logit_bias")
     if isinstance(bias, dict) and len(bias) <= 300 and all(

@@ -172,6 +172,22 @@ def test_session_continues_across_ingress_replicas_and_is_private(app):
     assert httpx.get(app.base_url + "/api/v1/sessions/s-alice", headers={"X-API-Key": K1}).status_code == 404
 
 
+def test_a_batch_chat_item_continues_its_session_as_api_v1_chat_does(app):
+    def item(text: str) -> dict:
+        return {"id": "turn", "type": "chat", "session_id": "s-batch", "max_tokens": 6, "temperature": 0,
+                "messages": [{"role": "user", "content": text}]}
+
+    answers = []
+    for text in ("My name is Bob.", "What is my name?"):
+        r = post(app, "/api/v1/generate/batch", {"items": [item(text)]})
+        result = r.json()["results"][0]
+        assert result["status"] == "ok" and result["result"]["session_id"] == "s-batch", r.text
+        answers.append(result["result"]["response"])
+    history = httpx.get(app.base_url + "/api/v1/sessions/s-batch", headers={"X-API-Key": K1}).json()["messages"]
+    assert [(m["role"], m["content"]) for m in history] == [
+        ("user", "My name is Bob."), ("assistant", answers[0]), ("user", "What is my name?"), ("assistant", answers[1])]
+
+
 def test_session_trimming_keeps_the_system_prompt(app):
     system = {"role": "system", "content": "You are a terse assistant."}
     long_turn = "Here is a long remark about the weather and the sea. " * 12  # ~130 tokens

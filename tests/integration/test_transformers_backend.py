@@ -105,3 +105,16 @@ def test_structured_output_is_refused_by_name_where_it_cannot_be_honoured(format
         "model": TINY, "messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_object"}})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "response_format" and TINY in r.json()["error"]["message"]
+
+
+def test_logprobs_are_refused_by_name_on_every_channel(formats_client):
+    """Only the GGUF engine reports log probabilities: a 400 naming `logprobs` on /v1 and /api/v1
+    (WebSocket and batch items take the same check in serving.py), never an answer without them."""
+    for path, body in (("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]}),
+                       ("/api/v1/generate", {"prompt": "Hi"}), ("/api/v1/chat", {"messages": [{"role": "user", "content": "Hi"}]})):
+        r = formats_client.post(path, json={"model": TINY, **body, "logprobs": True, "top_logprobs": 2, "max_tokens": 2})
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["error"]["param"] == "logprobs" and TINY in r.json()["error"]["message"], r.text
+    r = formats_client.post("/api/v1/generate/batch", json={"items": [
+        {"id": "a", "model": TINY, "prompt": "Hi", "logprobs": True, "max_completion_tokens": 2}]})
+    assert r.status_code == 200 and r.json()["results"][0]["error"]["param"] == "logprobs", r.text

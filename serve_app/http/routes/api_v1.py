@@ -46,7 +46,7 @@ from serve_app.protocol.api_v1 import (
     SessionDetail,
     SessionList,
 )
-from serve_app.replies import generate_response, iso_time, now_iso, summary, tool_fields
+from serve_app.replies import chat_logprobs, generate_response, iso_time, now_iso, summary, tool_fields
 from serve_app.tool_calls import ToolAnswer
 
 router = APIRouter(prefix="/api/v1")
@@ -66,11 +66,14 @@ async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], admi
     if body.stream:
         name = generation.model_id
 
-        def piece(text: str) -> list[dict]:
-            return [{"response": text, "model": name, "done": False}] if text else []
+        def piece(text: str, logprobs=()) -> list[dict]:
+            event = {"response": text, "model": name, "done": False}
+            if logprobs:  # the event's tokens, in OpenAI's chat shape (with tools: the calls' tokens too)
+                event["logprobs"] = chat_logprobs(logprobs).model_dump(exclude_none=True)
+            return [event] if text or logprobs else []
 
         def on_chunk(c) -> list[dict]:
-            return piece(answer.text(answer.feed(c.text)) if answer is not None else c.text)
+            return piece(answer.text(answer.feed(c.text)) if answer is not None else c.text, c.logprobs)
 
         def on_end(g) -> list[dict]:
             done = {**summary(g, "", session_id), "done": True, "finish_reason": g.finish_reason}
@@ -86,7 +89,7 @@ async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], admi
         return sse_stream(request, generation, on_chunk=on_chunk, on_end=on_end, headers=headers)
     result = await generation.collect()
     whole = ToolAnswer.whole(result.text) if tools is not None else None
-    reply = generate_response(generation, result.text, body, session_id, whole)
+    reply = generate_response(generation, result.text, body, session_id, whole, result.logprobs)
     return JSONResponse(reply.model_dump(exclude_none=True), headers=headers)
 
 

@@ -30,7 +30,6 @@ from serve_app.protocol.openai import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatMessageOut,
-    ChoiceLogprobs,
     Completion,
     CompletionChoice,
     CompletionLogprobs,
@@ -43,12 +42,10 @@ from serve_app.protocol.openai import (
     FunctionDelta,
     ModelCard,
     ModelList,
-    TokenLogprob,
     ToolCallDelta,
-    TopLogprob,
     UsageInfo,
 )
-from serve_app.replies import wire_calls
+from serve_app.replies import chat_logprobs, token_text, wire_calls
 from serve_app.tool_calls import ArgumentsPiece, CallStart, TextPiece, ToolAnswer, read_answer
 
 router = APIRouter(prefix="/v1")
@@ -63,28 +60,14 @@ def _dump(model) -> dict:
     return model.model_dump(exclude_none=False)
 
 
-def _text(piece: bytes) -> str:
-    return piece.decode("utf-8", errors="replace")
-
-
-def _chat_logprobs(entries) -> Optional[ChoiceLogprobs]:
-    """OpenAI's chat shape of the engine's (bytes, logprob, alternatives) per token."""
-    if not entries:
-        return None
-    return ChoiceLogprobs(content=[TokenLogprob(
-        token=_text(piece), logprob=logprob, bytes=list(piece),
-        top_logprobs=[TopLogprob(token=_text(p), logprob=lp, bytes=list(p)) for p, lp in top],
-    ) for piece, logprob, top in entries])
-
-
 def _completion_logprobs(entries, offset: int = 0) -> Optional[CompletionLogprobs]:
     """OpenAI's legacy completions shape; `text_offset` counts characters from `offset`."""
     if not entries:
         return None
-    tokens = [_text(piece) for piece, _, _ in entries]
+    tokens = [token_text(piece) for piece, _, _ in entries]
     offsets = [offset + sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
     return CompletionLogprobs(tokens=tokens, token_logprobs=[lp for _, lp, _ in entries],
-                              top_logprobs=[{_text(p): lp for p, lp in top} for _, _, top in entries],
+                              top_logprobs=[{token_text(p): lp for p, lp in top} for _, _, top in entries],
                               text_offset=offsets)
 
 
@@ -142,7 +125,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
             if tool_use is not None:
                 events += [chunk(d, index=index) for d in _tool_deltas(answers[index], answers[index].feed(c.text))]
             elif c.text or c.logprobs:
-                events.append(chunk(Delta(content=c.text), logprobs=_chat_logprobs(c.logprobs), index=index))
+                events.append(chunk(Delta(content=c.text), logprobs=chat_logprobs(c.logprobs), index=index))
             if c.finish_reason and len(choices) > 1:  # one choice ends while others go on
                 open_choices.discard(index)
                 events += ending(index, c.finish_reason)
@@ -164,7 +147,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
         if tool_use is not None:
             content, calls, finish = read_answer(result.text, finish)
         out.append(ChatChoice(index=index, message=ChatMessageOut(content=content, tool_calls=wire_calls(calls)),
-                              finish_reason=finish, logprobs=_chat_logprobs(result.logprobs)))
+                              finish_reason=finish, logprobs=chat_logprobs(result.logprobs)))
     return JSONResponse(_dump(ChatCompletion(id=cid, created=created, model=name, choices=out,
                                              usage=_usage(choices))), headers=headers)
 

@@ -14,6 +14,7 @@ import pytest
 
 from core.errors import AuthenticationFailed
 from core.logs import request_id_var
+from core.types import GenerationChunk
 from serve_app.pipeline import Admission as RealAdmission
 from serve_app.protocol import ws as protocol
 from serve_app.state.store import MemoryStore
@@ -65,7 +66,7 @@ class Generation:
 
     async def chunks(self):
         self.admission.charge(2, 1)
-        yield SimpleNamespace(text="Hi")
+        yield GenerationChunk(text="Hi")
 
 
 class Admission:

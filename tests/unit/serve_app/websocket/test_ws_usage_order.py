@@ -14,6 +14,7 @@ import json
 from types import SimpleNamespace
 
 from core.errors import BackendFailure
+from core.types import GenerationChunk
 from serve_app.pipeline import Admission as RealAdmission
 from serve_app.websocket.session import WsSession
 
@@ -62,7 +63,7 @@ class Generation:
     started = 0.0
 
     async def chunks(self):
-        yield SimpleNamespace(text="Hi")
+        yield GenerationChunk(text="Hi")
 
 
 def _run_session(start) -> list:
