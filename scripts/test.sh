@@ -57,7 +57,7 @@ if [ "$quick" = 1 ]; then
   .venv/bin/python -m pytest tests/unit tests/engine tests/deploy --ignore=tests/deploy/test_image.py "$@"
   exit 0  # (not exec: the EXIT trap stops Redis)
 fi
-.venv/bin/python -m pytest tests "$@"
+.venv/bin/python -m pytest tests --durations=30 "$@"  # the slowest steps listed: where the run's time goes
 
 # The API suites again with INGRESS_MODE=haproxy (Ray Serve's HAProxy in front of the ingress
 # replicas, applied where each test starts its server), so that both ingress modes stay tested.
