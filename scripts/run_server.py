@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from core.settings import Settings
+from scripts.app_args import app_args
 from scripts.haproxy_mode import HAProxyRun
 from serve_app.http.proxy_http import IMPORT_PATH as PROXY_CALLBACK
 
@@ -108,7 +109,6 @@ def _app_args(settings: Settings, source: Path = ROOT / "serve_config.yaml") -> 
     """The arguments `scripts.deploy` renders (models file, model set, code revision); none when the
     models file does not load (the app's build then says why)."""
     from deployments.config import load_models_file
-    from scripts.deploy import app_args  # here: scripts.deploy imports this module
 
     named = (yaml.safe_load(source.read_text())["applications"][0].get("args") or {}).get("model_config_path")
     path = named or settings.model_config_path  # a file the config names wins, as in the app's build
