@@ -182,6 +182,6 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         name: ModelSpec(config, deployment_name(name), revisions[name], footprints[name])
         for name, config in models.models.items()
     }
-    return ingress.bind(settings, specs, handles, default_model, hub, hub, default_embedding_model,
-                        context)
+    return ingress.bind(settings=settings, models=specs, handles=handles, default_model=default_model,
+                        default_embedding_model=default_embedding_model, hub=hub, context=context)
 

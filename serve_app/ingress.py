@@ -41,13 +41,13 @@ class ModelSpec:
 class Ingress:
     def __init__(
         self,
+        *,
         settings: Settings,
         models: dict[str, ModelSpec],
         handles: dict[str, Any],
         default_model: Optional[str],
-        metrics_hub: Any,  # the hub's handle; None: this replica keeps the metrics (one replica)
-        chat_hub: Any = None,
         default_embedding_model: Optional[str] = None,
+        hub: Any = None,  # the hub's handle (several ingress replicas); None: this replica keeps metrics and state
         context: Optional[ReplicaContext] = None,
     ):
         bind_replica_grpc_to_node_ip()
@@ -61,9 +61,9 @@ class Ingress:
         self._app = create_app(
             settings,
             ModelRouter(entries, default_model, default_embedding_model),
-            metrics_hub if metrics_hub is not None else MetricsHub(),
+            hub if hub is not None else MetricsHub(),
             ModelStatus(app_name, {name: spec.deployment_name for name, spec in models.items()}),
-            chat_hub,
+            hub,
             {name: spec.footprint for name, spec in models.items()},
         )
 
