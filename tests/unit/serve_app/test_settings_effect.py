@@ -126,7 +126,7 @@ def test_log_level_sets_every_process_level(tmp_path, monkeypatch):
     try:
         app = build_app({})
         assert logging.getLogger("aicore").level == logging.WARNING
-        assert app._bound_deployment.init_args[-1].log_level == "WARNING"  # the model replicas' context
+        assert app._bound_deployment.init_kwargs["context"].log_level == "WARNING"  # the model replicas' context
     finally:
         logging.getLogger("aicore").setLevel(logging.INFO)
 
@@ -302,7 +302,7 @@ def test_memory_alert_percent_is_the_replicas_threshold(tmp_path, monkeypatch):
     (tmp_path / "models.json").write_text(json.dumps({"models": {MODEL: shipped}}))
     monkeypatch.setenv("MODEL_CONFIG_PATH", str(tmp_path / "models.json"))
     monkeypatch.setenv("MEMORY_ALERT_PERCENT", "75")
-    context = build_app({})._bound_deployment.init_args[-1]
+    context = build_app({})._bound_deployment.init_kwargs["context"]
     assert context.memory_alert_percent == 75
     reporter = _Reporter(SimpleNamespace(model_name=MODEL), context.memory_alert_percent)  # outside Serve: no thread
     reporter._alert(70.0)

@@ -32,9 +32,9 @@ def _one_model_file(folder, name="env-model"):
 
 
 def _ingress(app):
-    """The ingress deployment and the arguments it is bound with."""
+    """The ingress deployment and the (named) options it is bound with."""
     deployment = app._bound_deployment  # a Deployment with its bound arguments
-    return deployment, deployment.init_args
+    return deployment, deployment.init_kwargs
 
 
 def _shipped_args() -> dict:
@@ -58,7 +58,7 @@ def test_builder_serves_the_file_model_config_path_names(tmp_path, monkeypatch):
     monkeypatch.setenv("MODEL_CONFIG_PATH", str(_one_model_file(tmp_path)))
     monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path / "cache"))
     _, init_args = _ingress(build_app(_shipped_args()))
-    settings, specs = init_args[0], init_args[1]
+    settings, specs = init_args["settings"], init_args["models"]
     assert list(specs) == ["env-model"] and settings.model_config_path.endswith("models.json")
 
 
@@ -77,7 +77,7 @@ def test_api_workers_is_the_number_of_ingress_replicas(tmp_path, monkeypatch, en
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")  # several replicas need it (nothing connects here)
     monkeypatch.setenv("MODEL_CONFIG_PATH", str(_one_model_file(tmp_path)))
     deployment, init_args = _ingress(build_app({}))
-    assert deployment.num_replicas == replicas and init_args[0].ingress_replicas == replicas
+    assert deployment.num_replicas == replicas and init_args["settings"].ingress_replicas == replicas
 
 
 @pytest.mark.parametrize("env", [{"INGRESS_REPLICAS": "2"}, {"API_WORKERS": "3"}])
@@ -104,7 +104,7 @@ def test_debug_turns_on_debug_logs_everywhere(tmp_path, monkeypatch):
     assert Settings().log_level == "DEBUG" and Settings(debug=False).log_level == "INFO"
     try:
         _, init_args = _ingress(build_app({}))
-        context = init_args[-1]  # the ReplicaContext model replicas configure their logging from
+        context = init_args["context"]  # the ReplicaContext model replicas configure their logging from
         assert logging.getLogger("aicore").level == logging.DEBUG and context.log_level == "DEBUG"
     finally:
         logging.getLogger("aicore").setLevel(logging.INFO)
