@@ -11,7 +11,11 @@ from typing import Optional
 
 @dataclass(frozen=True)
 class SamplingParams:
+    # Resolved once, at the ingress: the client's max_tokens, else the model's default_max_tokens
+    # with `fit_max_tokens` set (a default is cut to the room the prompt leaves; an asked number
+    # that does not fit is refused). None (an engine driven directly): up to the context's end.
     max_tokens: Optional[int] = None
+    fit_max_tokens: bool = False
     temperature: float = 0.8
     top_p: float = 0.95
     top_k: int = 40

@@ -91,7 +91,7 @@ class GenerationService:
                 f"{param} is {size} characters; the limit is {self.settings.max_prompt_length}", param=param
             )
         wanted = request.sampling.max_tokens
-        if wanted is not None and wanted >= entry.config.context_length:
+        if not request.sampling.fit_max_tokens and wanted is not None and wanted >= entry.config.context_length:
             raise ContextLengthExceeded(
                 f"max_tokens {wanted} must be below model {entry.name!r}'s context of "
                 f"{entry.config.context_length} tokens",
@@ -116,8 +116,7 @@ class GenerationService:
              reserved: int = 0) -> tuple[list[dict], OnComplete]:
         """The session's messages trimmed to the context (counted from earlier turns' usage: no call
         to the model) less `reserved` tokens (the tools' description), and the saver of the answer."""
-        answer_room = sampling.max_tokens or entry.config.default_max_tokens
-        budget = entry.config.context_length - answer_room - TEMPLATE_MARGIN_TOKENS - reserved
+        budget = entry.config.context_length - sampling.max_tokens - TEMPLATE_MARGIN_TOKENS - reserved
         messages = turn.fit(budget, self.settings.max_messages)
 
         async def save(result: GenerationResult) -> None:
@@ -149,6 +148,7 @@ class GenerationService:
             sampling = tools.constrain(sampling)  # a bad schema is a 400 before anything is counted
         principal = admission.principal
         entry, adapter = self.router.resolve_adapter(model or principal.default_model, "generate", principal.may_use)
+        sampling = with_answer_tokens(sampling, entry)
         key_id = principal.key_id
         options = options or RequestOptions(endpoint="-", tenant=key_id, owner=key_id)
         turn = await self._begin(options) if options.session_id is not None and messages is not None else None
@@ -171,7 +171,7 @@ class GenerationService:
         described = tools.described() if tools is not None and messages is not None else ""
         texts = [prompt] if prompt is not None else [m["content"] for m in messages or ()] + [described] * bool(described)
         prompt_estimate = token_bound(texts)
-        await admission.limit(entry.name, prompt_estimate + (sampling.max_tokens or entry.config.default_max_tokens))
+        await admission.limit(entry.name, prompt_estimate + sampling.max_tokens)
         callbacks: list[OnComplete] = []
         if turn is not None:
             messages, save = self._fit(entry, turn, sampling, token_bound([described]) if described else 0)
@@ -221,9 +221,9 @@ class GenerationService:
         if tools is not None and messages is not None:
             sampling, messages = tools.constrain(sampling), tools.prompt(messages)
         entry, adapter = self.router.resolve_adapter(model or principal.default_model, "generate", principal.may_use)
+        sampling = with_answer_tokens(sampling, entry)
         prompt_estimate = token_bound([prompt] if prompt is not None else [m["content"] for m in messages or ()])
-        answer = sampling.max_tokens or entry.config.default_max_tokens
-        await admission.limit(entry.name, prompt_estimate + n * answer)
+        await admission.limit(entry.name, prompt_estimate + n * sampling.max_tokens)
         requests = [self._request(admission, adapter, f"{request_id}-{i}", _seeded(sampling, i), prompt, messages,
                                   priority, None) for i in range(n)]
         self._check(entry, requests[0])
@@ -328,3 +328,12 @@ class EmbeddingService:
             ) from None
         admission.charge(result.prompt_tokens, 0)
         return entry, result
+
+
+def with_answer_tokens(sampling: SamplingParams, entry: ModelEntry) -> SamplingParams:
+    """The one place a request's answer length is decided: the client's max_tokens, else the model's
+    default_max_tokens, which the replica may cut to the room the prompt leaves (`fit_max_tokens`).
+    Reservations, session trimming and the replica all read the result."""
+    if sampling.max_tokens is not None:
+        return sampling
+    return replace(sampling, max_tokens=entry.config.default_max_tokens, fit_max_tokens=True)

@@ -124,8 +124,8 @@ class GGUFBackend(Backend):
         if not tokens:
             raise InvalidRequest("the prompt is empty", param="prompt")
         s = request.sampling
-        budget = token_budget(self.model_name, self.config.context_length, self.config.default_max_tokens,
-                              len(tokens), s.max_tokens, "prompt" if request.messages is None else "messages")
+        budget = token_budget(self.model_name, self.config.context_length, len(tokens), s,
+                              "prompt" if request.messages is None else "messages")
         check_logit_bias(s.logit_bias, self.engine.n_vocab, self.model_name)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()

@@ -82,8 +82,8 @@ class TensorTextBackend(Backend):
         if not ids:
             raise InvalidRequest("the prompt is empty", param="prompt")
         s = request.sampling
-        budget = token_budget(self.model_name, self.config.context_length, self.config.default_max_tokens, len(ids),
-                              s.max_tokens, "prompt" if request.messages is None else "messages")
+        budget = token_budget(self.model_name, self.config.context_length, len(ids), s,
+                              "prompt" if request.messages is None else "messages")
         check_logit_bias(s.logit_bias, len(self.tokenizer), self.model_name)
         queue: asyncio.Queue = asyncio.Queue()
         sequence = TextSequence.create(

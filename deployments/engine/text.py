@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 from core.errors import ContextLengthExceeded, InvalidRequest
+from core.types import SamplingParams
 
 
-def token_budget(model: str, n_ctx: int, default: int, prompt_len: int, requested: Optional[int], param: str) -> int:
-    """Completion tokens allowed: `requested`, else `default`, within the room the prompt leaves."""
+def token_budget(model: str, n_ctx: int, prompt_len: int, sampling: SamplingParams, param: str) -> int:
+    """Completion tokens allowed: the request's resolved `max_tokens` within the room the prompt
+    leaves (a default is cut to it, an asked number must fit); none: the whole room."""
     if prompt_len >= n_ctx:
         raise ContextLengthExceeded(
             f"the prompt is {prompt_len} tokens; model {model!r} has a context of {n_ctx}", param=param
         )
     room = n_ctx - prompt_len
-    if requested is None:
-        return min(default, room)
+    requested = sampling.max_tokens
+    if requested is None or sampling.fit_max_tokens:
+        return room if requested is None else min(requested, room)
     if requested > room:
         raise ContextLengthExceeded(
             f"max_tokens {requested} plus the prompt's {prompt_len} tokens exceeds "

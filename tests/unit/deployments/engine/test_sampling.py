@@ -46,9 +46,12 @@ def test_penalties_move_greedy_choice():
 
 
 def test_token_budget():
-    assert token_budget("m", 100, 512, 10, None, "prompt") == 90
-    assert token_budget("m", 100, 20, 10, None, "prompt") == 20
+    default = SamplingParams(max_tokens=512, fit_max_tokens=True)  # the model's default: cut to the room
+    assert token_budget("m", 100, 10, default, "prompt") == 90
+    assert token_budget("m", 100, 10, SamplingParams(max_tokens=20, fit_max_tokens=True), "prompt") == 20
+    assert token_budget("m", 100, 10, SamplingParams(max_tokens=90), "prompt") == 90
+    assert token_budget("m", 100, 10, SamplingParams(), "prompt") == 90  # unresolved: up to the context's end
+    with pytest.raises(ContextLengthExceeded):  # an asked number that does not fit is refused
+        token_budget("m", 100, 10, SamplingParams(max_tokens=91), "prompt")
     with pytest.raises(ContextLengthExceeded):
-        token_budget("m", 100, 20, 10, 91, "prompt")
-    with pytest.raises(ContextLengthExceeded):
-        token_budget("m", 100, 20, 100, None, "prompt")
+        token_budget("m", 100, 100, default, "prompt")
