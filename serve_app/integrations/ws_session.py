@@ -58,7 +58,6 @@ from serve_app.integrations.ws_gate import (  # noqa: F401 (WsLimits, TRY_AGAIN_
 )
 from serve_app.pipeline import Outcome, Pipeline, RequestContext, status_of
 from serve_app.serving import GenerationService, RequestOptions
-from serve_app.tool_calls import ToolAnswer
 
 logger = logging.getLogger("aicore.ws")
 
@@ -224,7 +223,7 @@ class WsSession:
                     prompt=prompt, messages=messages, priority=message.priority, tools=tools,
                     options=self._options(admission.principal, getattr(message, "session_id", None)),
                 )
-                answer = ToolAnswer() if tools is not None else None  # tokens: the text answer only
+                answer = generation.tool_answer()  # tokens: the text answer only
                 parts = []
                 async for chunk in generation.chunks():
                     text = answer.text(answer.feed(chunk.text)) if answer is not None else chunk.text
