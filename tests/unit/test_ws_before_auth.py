@@ -63,6 +63,9 @@ class Generation:
     def __init__(self, admission):
         self.admission = admission
 
+    def tool_answer(self):
+        return None  # no tools
+
     async def chunks(self):
         self.admission.charge(2, 1)
         yield SimpleNamespace(text="Hi")
