@@ -110,3 +110,28 @@ def test_api_v1_chat_streams_the_calls_in_its_done_event(formats_client):
     assert all(not e["response"] for e in events)
     call = done["tool_calls"][0]
     jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER["function"]["parameters"])
+
+
+def test_auto_answers_in_text_or_calls_and_text_streams_as_content(oai):
+    greeting = [{"role": "system", "content": "Greet the user. Use the tool only when asked about the weather."},
+                {"role": "user", "content": "Hi there! How are you today?"}]
+    texts = 0
+    for seed in range(10):
+        r = oai.chat.completions.create(model=HERMES, messages=greeting, tools=[WEATHER], tool_choice="auto",
+                                        max_tokens=60, temperature=0.7, seed=seed)
+        choice = r.choices[0]
+        if choice.message.tool_calls:
+            assert choice.finish_reason == "tool_calls" and choice.message.content is None
+            _valid(choice.message.tool_calls[0])
+        else:  # a text answer never opens with a call's tag
+            assert choice.message.content and not choice.message.content.startswith("<"), choice
+            texts += 1
+    assert texts, "no text answer in 10 tries: the text branch was never taken"
+    chunks = [c for c in oai.chat.completions.create(model=HERMES, messages=greeting, tools=[WEATHER],
+                                                     tool_choice="auto", max_tokens=60, temperature=0.7, seed=seed,
+                                                     stream=True) if c.choices]
+    whole = oai.chat.completions.create(model=HERMES, messages=greeting, tools=[WEATHER], tool_choice="auto",
+                                        max_tokens=60, temperature=0.7, seed=seed).choices[0].message
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed == (whole.content or "") and bool(whole.tool_calls) == any(
+        c.choices[0].delta.tool_calls for c in chunks)
