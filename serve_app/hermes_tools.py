@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from serve_app.tool_stream import AnswerScanner, Event, TextPiece, _merged
+from serve_app.tool_stream import AnswerScanner, Event, TextPiece, merged
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 # A grammar's tokens: string literals, character classes, names, anything else one character at a time.
@@ -79,7 +79,7 @@ class HermesScanner:
         events: list[Event] = []
         for char in text:
             self._char(char, events)
-        return _merged(events)
+        return merged(events)
 
     def finish(self) -> list[Event]:
         """What the end of the text releases (a lone high surrogate of a cut answer)."""
@@ -121,9 +121,9 @@ class HermesScanner:
 
     def _call_char(self, char: str, events: list[Event]) -> None:
         inner = self._inner
-        if len(inner._stack) == CALL_DEPTH and char != "{":
+        if inner.depth == CALL_DEPTH and char != "{":
             return  # the line break before the call's JSON
-        inner._char(char, events)
-        if len(inner._stack) == CALL_DEPTH:  # the call's object closed
+        events += inner.feed(char)
+        if inner.depth == CALL_DEPTH:  # the call's object closed
             self._in_call, self.complete = False, True
             self._calls += 1
