@@ -49,6 +49,9 @@ class GenerationRequest:
     # The server-side session this turn belongs to ("<owner>/<session id>"): the engine tags the
     # conversation's kept KV with it, so that deleting the session drops that KV (forget_conversation).
     conversation: Optional[str] = None
+    # The tools, for a chat template that renders them itself (OpenAI's shape, as transformers'
+    # apply_chat_template(tools=...) takes them); None: any tools are described in the messages.
+    tools: Optional[tuple[dict, ...]] = None
 
 
 @dataclass

@@ -80,6 +80,12 @@ class ModelConfig(BaseModel):
     chat_format: Optional[str] = Field(
         None, description="Chat template name used when the weights carry none (llama.cpp names, e.g. `gemma`)."
     )
+    chat_template: Optional[str] = Field(
+        None, description="A Jinja chat template that replaces the weights' own (GGUF metadata, tokenizer "
+        "config): the template text itself, or the path of a `.jinja` file (absolute, or relative to "
+        "models.json's folder). Checked at load. A template that reads `tools` renders the request's tools "
+        "(docs/structured-output.md)."
+    )
     adapters: dict[str, str] = Field(
         default_factory=dict,
         description="LoRA adapters, name -> path (same forms as `path`): peft folders for transformers "
@@ -219,11 +225,30 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def parse_models(data: dict, source: str = "models config") -> ModelsFile:
+def _read_templates(models: ModelsFile, source: str, config_dir: Optional[Path]) -> ModelsFile:
+    """Each `chat_template` as its text (a file read), compiled once here so that a broken one
+    fails the load naming its model."""
+    from deployments.chat_template import check_template, read_template
+
+    for name, config in models.models.items():
+        if config.chat_template is None:
+            continue
+        try:
+            text = read_template(config.chat_template, config_dir)
+            check_template(text)
+        except ValueError as error:
+            raise ModelConfigError(f"{source}: model {name!r}, field chat_template: {error}") from None
+        models.models[name] = config.model_copy(update={"chat_template": text})
+    return models
+
+
+def parse_models(data: dict, source: str = "models config", config_dir: Optional[Path] = None) -> ModelsFile:
+    """`config_dir`: where relative template files are (models.json's folder; else the working directory)."""
     try:
-        return ModelsFile.model_validate(data)
+        models = ModelsFile.model_validate(data)
     except ValidationError as exc:
         raise ModelConfigError(f"{source}: {_describe(exc)}") from None
+    return _read_templates(models, source, config_dir)
 
 
 def load_models_file(path: Path) -> ModelsFile:
@@ -233,4 +258,4 @@ def load_models_file(path: Path) -> ModelsFile:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ModelConfigError(f"{path}: not valid JSON ({exc})") from None
-    return parse_models(data, str(path))
+    return parse_models(data, str(path), path.parent)

@@ -61,6 +61,12 @@ class Generation:
         self.output_text: Optional[str] = None  # kept when the log wants it
         self.prompt_text: Optional[str] = None
         self.log_chars = 0
+        self.tools = None  # the request's ToolUse, made for this model (its answer format)
+
+    def tool_answer(self):
+        """A reader of this generation's answer (tool_calls.ToolAnswer) when the request has tools:
+        the channel reads it without knowing the model's tool format."""
+        return self.tools.answer() if self.tools is not None else None
 
     @classmethod
     def replay(cls, entry: ModelEntry, result: GenerationResult, adapter: Optional[str] = None) -> "Generation":

@@ -12,6 +12,7 @@ from ray import serve
 
 from core.logs import configure_logging
 from core.settings import Settings
+from deployments.chat_template import model_template, tool_format
 from deployments.config import ModelConfig, load_models_file
 from deployments.memory import footprint
 from deployments.model_deployment import ReplicaContext, entry_revision
@@ -52,10 +53,11 @@ class Ingress:
     ):
         bind_replica_grpc_to_node_ip()
         configure_logging(settings.log_level, settings.log_format, settings.log_dir)
-        entries = {
-            name: ModelEntry(name, spec.config, handles[name], spec.identity) for name, spec in models.items()
-        }
         self._context = context
+        entries = {
+            name: ModelEntry(name, spec.config, handles[name], spec.identity, self._tool_format(spec.config))
+            for name, spec in models.items()
+        }
         self._revisions = {name: spec.identity for name, spec in models.items()}
         app_name = serve.get_replica_context().app_name
         self._app = create_app(
@@ -66,6 +68,15 @@ class Ingress:
             hub,
             {name: spec.footprint for name, spec in models.items()},
         )
+
+    def _tool_format(self, config: ModelConfig) -> Optional[str]:
+        """How the model's chat template takes tools, read from the template its replicas render."""
+        context = self._context
+        if context is None:
+            return tool_format(config.chat_template)
+        template = model_template(config, Path(context.cache_dir),
+                                  Path(context.config_dir) if context.config_dir else None)
+        return tool_format(template)
 
     def __serve_build_asgi_app__(self):
         return self._app
@@ -95,7 +106,8 @@ class Ingress:
             if entry is None or config is None or entry_revision(config, self._context) != revisions[name]:
                 logger.warning("model %s: models.json does not match the deployed revision; kept as it was", name)
                 continue
-            router.entries[name] = dataclasses.replace(entry, config=config, identity=revisions[name])
+            router.entries[name] = dataclasses.replace(entry, config=config, identity=revisions[name],
+                                                       tool_format=self._tool_format(config))
             control.footprints[name] = footprint(config, Path(self._context.cache_dir), Path(self._context.config_path).parent)
             self._revisions[name] = revisions[name]
             logger.info("model %s: now serving revision %s", name, revisions[name])

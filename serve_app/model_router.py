@@ -16,6 +16,9 @@ class ModelEntry:
     config: ModelConfig
     handle: Any  # ray.serve.handle.DeploymentHandle
     identity: str = ""  # weights revision + config: part of every cache key
+    # How its chat template takes tools (deployments/chat_template.py tool_format): None, the
+    # generic tool prompt; "hermes" or "generic", the template renders the tools itself.
+    tool_format: Optional[str] = None
 
 
 class ModelRouter:

@@ -37,7 +37,7 @@ from serve_app.pipeline import Admission
 from serve_app.protocol.api_v1 import MAX_EMBEDDING_INPUTS
 from serve_app.state.cache import ResponseCache, cache_key, wants_cache
 from serve_app.state.sessions import SessionStore, SessionTurn
-from serve_app.tool_calls import ToolUse
+from serve_app.tool_calls import ToolUse, for_template, message_text
 
 logger = logging.getLogger("aicore.serving")
 
@@ -85,7 +85,7 @@ class GenerationService:
                 raise TooManyMessages(
                     f"{len(request.messages)} messages; the limit is {self.settings.max_messages}", param="messages"
                 )
-            size, param = sum(len(m["content"]) for m in request.messages or ()), "messages"
+            size, param = sum(len(message_text(m)) for m in request.messages or ()), "messages"
         if size > self.settings.max_prompt_length:
             raise PromptTooLong(
                 f"{param} is {size} characters; the limit is {self.settings.max_prompt_length}", param=param
@@ -97,7 +97,7 @@ class GenerationService:
                 f"{entry.config.context_length} tokens",
                 param="max_tokens",
             )
-        texts = [request.prompt] if request.prompt is not None else [m["content"] for m in request.messages or ()]
+        texts = [request.prompt] if request.prompt is not None else [message_text(m) for m in request.messages or ()]
         self.policy.check_prompt(texts, param)
         if request.sampling.grammar is not None and entry.config.type != "gguf":
             raise InvalidRequest(
@@ -144,11 +144,12 @@ class GenerationService:
         With `tools` the answer is constrained to calls (or a text answer) and the tools are
         described in the conversation after the session's history is added, so a session keeps
         the conversation, not the description; the channel reads the answer (tool_calls.ToolAnswer)."""
-        if tools is not None:
-            sampling = tools.constrain(sampling)  # a bad schema is a 400 before anything is counted
         principal = admission.principal
         entry, adapter = self.router.resolve_adapter(model or principal.default_model, "generate", principal.may_use)
         sampling = with_answer_tokens(sampling, entry)
+        if tools is not None:
+            tools = tools.for_model(entry.tool_format)  # the answer's format follows the chat template
+            sampling = tools.constrain(sampling)  # a bad schema is a 400 before anything is counted
         key_id = principal.key_id
         options = options or RequestOptions(endpoint="-", tenant=key_id, owner=key_id)
         turn = await self._begin(options) if options.session_id is not None and messages is not None else None
@@ -169,26 +170,28 @@ class GenerationService:
         if turn is not None:
             messages = turn.combine(messages)
         described = tools.described() if tools is not None and messages is not None else ""
-        texts = [prompt] if prompt is not None else [m["content"] for m in messages or ()] + [described] * bool(described)
+        texts = [prompt] if prompt is not None else [message_text(m) for m in messages or ()] + [described] * bool(described)
         prompt_estimate = token_bound(texts)
         await admission.limit(entry.name, prompt_estimate + sampling.max_tokens)
         callbacks: list[OnComplete] = []
         if turn is not None:
             messages, save = self._fit(entry, turn, sampling, token_bound([described]) if described else 0)
             callbacks.append(save)
+        if messages is not None:
+            messages = for_template(messages, entry.tool_format is not None)
         if described:
             messages = tools.prompt(messages)
         request = self._request(admission, adapter, request_id, sampling, prompt, messages, priority,
-                                turn.conversation if turn is not None else None)
+                                turn.conversation if turn is not None else None, tools)
         self._check(entry, request)
         generation = await self._generate(entry, adapter, request, options, callbacks,
                                           (turn.release,) if turn is not None else ())
-        generation.prompt_estimate = prompt_estimate
+        generation.prompt_estimate, generation.tools = prompt_estimate, tools
         return self._observe(generation, prompt, messages)
 
     def _request(self, admission: Admission, adapter: Optional[str], request_id: str, sampling: SamplingParams,
                  prompt: Optional[str], messages: Optional[list[dict]], priority: Optional[str],
-                 conversation: Optional[str]) -> GenerationRequest:
+                 conversation: Optional[str], tools: Optional[ToolUse] = None) -> GenerationRequest:
         key_id = admission.principal.key_id
         return GenerationRequest(
             adapter=adapter,
@@ -200,6 +203,7 @@ class GenerationService:
             priority=admission.priority(priority),
             cache_scope="shared" if self.settings.prefix_cache_scope == "shared" else key_id,
             conversation=conversation,
+            tools=tools.template_tools() if tools is not None else None,
         )
 
     async def start_choices(self, admission: Admission, model: Optional[str], request_id: str,
@@ -218,14 +222,17 @@ class GenerationService:
         if options.session_id is not None:
             raise InvalidRequest("n above 1 cannot be combined with session_id: a session keeps one answer a turn",
                                  param="n")
-        if tools is not None and messages is not None:
-            sampling, messages = tools.constrain(sampling), tools.prompt(messages)
         entry, adapter = self.router.resolve_adapter(model or principal.default_model, "generate", principal.may_use)
         sampling = with_answer_tokens(sampling, entry)
-        prompt_estimate = token_bound([prompt] if prompt is not None else [m["content"] for m in messages or ()])
+        if messages is not None:
+            messages = for_template(messages, entry.tool_format is not None)
+        if tools is not None and messages is not None:
+            tools = tools.for_model(entry.tool_format)
+            sampling, messages = tools.constrain(sampling), tools.prompt(messages)
+        prompt_estimate = token_bound([prompt] if prompt is not None else [message_text(m) for m in messages or ()])
         await admission.limit(entry.name, prompt_estimate + n * sampling.max_tokens)
         requests = [self._request(admission, adapter, f"{request_id}-{i}", _seeded(sampling, i), prompt, messages,
-                                  priority, None) for i in range(n)]
+                                  priority, None, tools) for i in range(n)]
         self._check(entry, requests[0])
         uncached = replace(options, cache=False)
         started = await asyncio.gather(*(self._generate(entry, adapter, r, uncached, []) for r in requests),
@@ -237,7 +244,7 @@ class GenerationService:
                     generation.cancel()
             raise failed
         for generation in started:
-            generation.prompt_estimate = prompt_estimate
+            generation.prompt_estimate, generation.tools = prompt_estimate, tools
             self._observe(generation, prompt, messages)
         return Choices(list(started), admission)
 

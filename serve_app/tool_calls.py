@@ -1,4 +1,11 @@
-"""Tool calls in llama.cpp's generic format, which any model with a chat template can follow.
+"""Tool calls: one path for every channel, in the format the model's chat template calls for.
+
+`ToolUse.for_model` picks the format from the template (deployments/chat_template.py tool_format):
+a template that renders tools gets them natively (`template_tools`, `for_template` keeps the
+conversation's calls and results as messages) and, when it writes `<tool_call>` blocks, answers in
+the Hermes format (serve_app/hermes_tools.py); every other model gets llama.cpp's generic format,
+which any model with a chat template can follow (below). The channel reads either through the
+`ToolAnswer` its Generation hands out, never knowing which.
 
 The tools are described in a system message; the model answers one JSON object, generated under
 a grammar built from the tools' parameter schemas:
@@ -10,7 +17,7 @@ a grammar built from the tools' parameter schemas:
 functions), so a response_format changes nothing there. Earlier calls and tool results go back
 into the conversation as the same JSON text, so the model sees its own format (`calls_as_text`,
 `result_as_text`). Every channel takes this one path: the GenerationService applies a `ToolUse`
-(`constrain`, `prompt`) and the channel reads the answer with `ToolAnswer` / `read_answer`.
+(`for_model`, `constrain`, `prompt`) and the channel reads the answer with `Generation.tool_answer()`.
 """
 
 from __future__ import annotations
@@ -23,16 +30,15 @@ from typing import Optional
 
 from core.errors import InvalidRequest
 from core.types import SamplingParams
+from serve_app.hermes_tools import HermesScanner, hermes_grammar
 from serve_app.structured_output import PARAM as RESPONSE_SCHEMA_PARAM
 from serve_app.structured_output import schema_grammar
 from serve_app.tool_stream import AnswerScanner, ArgumentsPiece, CallStart, Event, TextPiece
 
 MAX_PARALLEL_CALLS = 8
 
-TOOLS_PROMPT = (
-    "You can call these tools (JSON Schema of each one's arguments):\n{tools}\n\n"
-    "Answer with one JSON object: {shape}."
-)
+TOOLS_PROMPT = "You can call these tools (JSON Schema of each one's arguments):\n{tools}\n\n"
+SHAPE_PROMPT = "Answer with one JSON object: {shape}."
 AUTO_SHAPE = ('either {"tool_call": {"name": <tool name>, "arguments": {...}}} to call a tool, '
               'or {"response": <your answer>} to answer the user directly')
 RESPONSE_SCHEMA_NOTE = ", where <your answer> is a JSON value valid under this JSON Schema: {schema}"
@@ -40,15 +46,17 @@ REQUIRED_SHAPE = '{"tool_call": {"name": <tool name>, "arguments": {...}}} to ca
 PARALLEL_NOTE = ' (or {"tool_calls": [...]} to call several at once)'
 
 
-def calls_as_text(calls, content: str = "") -> str:
-    """An assistant's earlier calls, as the model writes them."""
-    listed = []
-    for call in calls:
-        try:
-            arguments = json.loads(call.function.arguments)
-        except ValueError:
-            arguments = call.function.arguments
-        listed.append({"name": call.function.name, "arguments": arguments, "id": call.id})
+def _arguments(call: dict):
+    """A call's arguments as the model wrote them: the JSON value, or the text when it is no JSON."""
+    try:
+        return json.loads(call["function"]["arguments"])
+    except ValueError:
+        return call["function"]["arguments"]
+
+
+def calls_as_text(calls: list[dict], content: str = "") -> str:
+    """An assistant's earlier calls (OpenAI's shape), as the model writes them in the generic format."""
+    listed = [{"name": c["function"]["name"], "arguments": _arguments(c), "id": c["id"]} for c in calls]
     data = {"tool_call": listed[0]} if len(listed) == 1 else {"tool_calls": listed}
     if content:
         data["response"] = content
@@ -58,6 +66,30 @@ def calls_as_text(calls, content: str = "") -> str:
 def result_as_text(tool_call_id: Optional[str], content: str) -> str:
     """A tool's result, handed back to the model as a user turn (every template takes those)."""
     return json.dumps({"tool_response": {"tool_call_id": tool_call_id, "content": content}}, ensure_ascii=False)
+
+
+def for_template(messages: list[dict], native: bool) -> list[dict]:
+    """The conversation as the model's chat template takes it. `native` (a template that renders
+    tools): assistant `tool_calls` (their arguments as JSON values, as HF templates read them) and
+    `tool` messages as they are; otherwise both become JSON text in the generic format."""
+    out = []
+    for message in messages:
+        calls = message.get("tool_calls")
+        if calls and native:
+            message = {**message, "tool_calls": [{**c, "function": {**c["function"], "arguments": _arguments(c)}}
+                                                 for c in calls]}
+        elif calls:
+            message = {"role": "assistant", "content": calls_as_text(calls, message["content"])}
+        elif message["role"] == "tool" and not native:
+            message = {"role": "user", "content": result_as_text(message.get("tool_call_id"), message["content"])}
+        out.append(message)
+    return out
+
+
+def message_text(message: dict) -> str:
+    """What a message holds for the model, for size limits and content checks: its text and its calls."""
+    calls = message.get("tool_calls")
+    return message["content"] + (json.dumps(calls, ensure_ascii=False) if calls else "")
 
 
 @dataclass(frozen=True)
@@ -76,6 +108,8 @@ class ToolUse:
     parallel: bool
     response_schema: Optional[dict] = None  # what a text answer must be (a JSON response_format), with auto
     response_strict: bool = True
+    native: bool = False  # the model's chat template renders the tools (for_model)
+    format: str = "generic"  # how the answer is written: "generic" (one JSON object) or "hermes"
 
     @classmethod
     def of(cls, tools, tool_choice, parallel_tool_calls, response_format=None) -> Optional["ToolUse"]:
@@ -99,6 +133,23 @@ class ToolUse:
             strict = spec is None or spec.strict is not False
         return cls(tuple(tools), choice, parallel_tool_calls is not False, schema, strict)
 
+    def for_model(self, tool_format: Optional[str]) -> "ToolUse":
+        """These tools for a model whose template takes them so (ModelEntry.tool_format): None, the
+        generic prompt; "hermes", rendered by the template and answered in <tool_call> blocks;
+        "generic", rendered by the template and answered as the generic JSON object."""
+        if tool_format is None:
+            return self
+        return replace(self, native=True, format="hermes" if tool_format == "hermes" else "generic")
+
+    def template_tools(self) -> Optional[tuple[dict, ...]]:
+        """The tools as the chat template takes them (OpenAI's shape), when it renders them."""
+        if not self.native:
+            return None
+        return tuple({"type": "function", "function": {"name": t.function.name,
+                                                       "description": t.function.description or "",
+                                                       "parameters": t.function.parameters or {"type": "object"}}}
+                     for t in self._chosen)
+
     @cached_property
     def _chosen(self) -> list:
         """The tools the model may call, in their order; once per request (schema, grammar, prompt)."""
@@ -106,12 +157,16 @@ class ToolUse:
             return list(self.tools)
         return [t for t in self.tools if t.function.name == self.choice]
 
-    def answer_schema(self) -> dict:
+    def call_schema(self) -> dict:
+        """One call: `{"name": ..., "arguments": {...}}` of one of the chosen tools."""
         calls = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
                   "properties": {"name": {"const": tool.function.name},
                                  "arguments": tool.function.parameters or {"type": "object"}}}
                  for tool in self._chosen]
-        call = calls[0] if len(calls) == 1 else {"anyOf": calls}
+        return calls[0] if len(calls) == 1 else {"anyOf": calls}
+
+    def answer_schema(self) -> dict:
+        call = self.call_schema()
         branches = [{"type": "object", "additionalProperties": False, "required": ["tool_call"],
                      "properties": {"tool_call": call}}]
         if self.parallel:
@@ -131,7 +186,16 @@ class ToolUse:
         if self.response_schema is not None:
             schema_grammar(self.response_schema, strict=self.response_strict, param=RESPONSE_SCHEMA_PARAM)
         strict = all(bool(t.function.strict) for t in self._chosen) and self.response_strict
+        if self.format == "hermes":
+            return self._hermes_grammar(strict)
         return schema_grammar(self.answer_schema(), strict=strict, param="tools")
+
+    def _hermes_grammar(self, strict: bool) -> str:
+        text = None
+        if self.choice == "auto" and self.response_schema is not None:
+            text = schema_grammar(self.response_schema, strict=self.response_strict, param=RESPONSE_SCHEMA_PARAM)
+        return hermes_grammar(schema_grammar(self.call_schema(), strict=strict, param="tools"),
+                              MAX_PARALLEL_CALLS if self.parallel else 1, text, free_text=self.choice == "auto")
 
     def constrain(self, sampling: SamplingParams) -> SamplingParams:
         """The sampling with the answer's grammar in place of a response_format's (which, with
@@ -139,22 +203,33 @@ class ToolUse:
         return replace(sampling, grammar=self.grammar())
 
     @cached_property
-    def _description(self) -> str:
-        described = [{"name": t.function.name, "description": t.function.description or "",
-                      "parameters": t.function.parameters or {"type": "object"}} for t in self._chosen]
+    def _answer_shape(self) -> str:
+        """The generic answer's shape, as the system message tells it."""
         shape = AUTO_SHAPE if self.choice == "auto" else REQUIRED_SHAPE
         if self.response_schema is not None:
             shape += RESPONSE_SCHEMA_NOTE.format(schema=json.dumps(self.response_schema, ensure_ascii=False))
-        return TOOLS_PROMPT.format(tools=json.dumps(described, ensure_ascii=False),
-                                   shape=shape + (PARALLEL_NOTE if self.parallel else ""))
+        return SHAPE_PROMPT.format(shape=shape + (PARALLEL_NOTE if self.parallel else ""))
+
+    @cached_property
+    def _description(self) -> str:
+        described = [{"name": t.function.name, "description": t.function.description or "",
+                      "parameters": t.function.parameters or {"type": "object"}} for t in self._chosen]
+        return TOOLS_PROMPT.format(tools=json.dumps(described, ensure_ascii=False)) + self._answer_shape
+
+    def answer(self) -> "ToolAnswer":
+        """A reader of one answer in this format."""
+        return ToolAnswer(HermesScanner() if self.format == "hermes" else AnswerScanner())
 
     def described(self) -> str:
         """The tools' description, as the system message carries it."""
         return self._description
 
     def prompt(self, messages: list[dict]) -> list[dict]:
-        """The conversation with the tools described in its system message."""
-        text = self._description
+        """The conversation with the tools described in its system message; with a template that
+        renders the tools, as it is (hermes) or with the answer's shape alone (generic)."""
+        if self.native and self.format == "hermes":
+            return messages
+        text = self._answer_shape if self.native else self._description
         if messages and messages[0]["role"] == "system":
             return [{"role": "system", "content": messages[0]["content"] + "\n\n" + text}] + messages[1:]
         return [{"role": "system", "content": text}] + messages
@@ -169,18 +244,24 @@ class ToolAnswer:
     calls once complete. A call's id is made when its name is complete, so a stream and the
     answer read at the end name it alike."""
 
-    def __init__(self):
-        self.scanner = AnswerScanner()
+    def __init__(self, scanner=None):
+        self.scanner = scanner if scanner is not None else AnswerScanner()  # or a HermesScanner
         self.ids: list[str] = []
         self.raw: list[str] = []
 
     @classmethod
-    def whole(cls, text: str) -> "ToolAnswer":
+    def whole(cls, text: str, scanner=None) -> "ToolAnswer":
         """A whole answer, read at once."""
-        answer = cls()
+        answer = cls(scanner)
         answer.feed(text)
         answer.finish()
         return answer
+
+    def read(self, text: str, finish_reason: str) -> tuple[Optional[str], list["OutputCall"], str]:
+        """A whole answer, read at once with this reader: (content, calls, finish_reason)."""
+        self.feed(text)
+        self.finish()
+        return self.result(finish_reason)
 
     def feed(self, text: str) -> list[Event]:
         self.raw.append(text)

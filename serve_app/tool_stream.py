@@ -80,7 +80,12 @@ class AnswerScanner:
         events: list[Event] = []
         for char in text:
             self._char(char, events)
-        return _merged(events)
+        return merged(events)
+
+    @property
+    def depth(self) -> int:
+        """How many objects and arrays are open."""
+        return len(self._stack)
 
     def finish(self) -> list[Event]:
         """What the end of the text releases: a lone high surrogate of a cut answer."""
@@ -234,7 +239,7 @@ class AnswerScanner:
             events.append(CallStart(index, value))
 
 
-def _merged(events: list[Event]) -> list[Event]:
+def merged(events: list[Event]) -> list[Event]:
     """Neighbouring pieces of the same kind joined (one event per character otherwise)."""
     out: list[Event] = []
     for event in events:

@@ -79,7 +79,7 @@ class GGUFBackend(Backend):
         )
         logger.info("engine ready", extra={"model": self.model_name, "parallel": parallel,
                                            "kv_bytes_per_token": self.kv_bytes_per_token})
-        template = metadata.get("tokenizer.chat_template")
+        template = config.chat_template or metadata.get("tokenizer.chat_template")  # models.json's first
         self._formatter = None
         if template:
             eos, bos = self.model.token_eos(), self.model.token_bos()
@@ -111,10 +111,11 @@ class GGUFBackend(Backend):
         if self._formatter is None:
             raise InvalidRequest(
                 f"model {self.model_name!r} has no chat template: use completions, "
-                "or set chat_format in models.json",
+                "or set chat_template or chat_format in models.json",
                 param="messages",
             )
-        result = self._formatter(messages=[dict(m) for m in request.messages])
+        tools = {"tools": [dict(t) for t in request.tools]} if request.tools else {}  # templates that render them
+        result = self._formatter(messages=[dict(m) for m in request.messages], **tools)
         stops = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
         tokens = self.model.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
         return tokens, stops

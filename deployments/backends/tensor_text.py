@@ -63,10 +63,12 @@ class TensorTextBackend(Backend):
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.messages is None:
             return self.tokenizer(request.prompt or "").input_ids
-        if not self.tokenizer.chat_template:
+        template = self.config.chat_template or self.tokenizer.chat_template  # models.json's first
+        if not template:
             raise InvalidRequest(f"model {self.model_name!r} has no chat template: use completions", param="messages")
         text = self.tokenizer.apply_chat_template([dict(m) for m in request.messages], tokenize=False,
-                                                  add_generation_prompt=True)
+                                                  add_generation_prompt=True, chat_template=template,
+                                                  tools=[dict(t) for t in request.tools] if request.tools else None)
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def _decode(self, tokens: list[int]) -> str:

@@ -32,7 +32,6 @@ from serve_app.protocol.batch import (
 )
 from serve_app.replies import generate_response
 from serve_app.serving import GenerationService, RequestOptions
-from serve_app.tool_calls import ToolAnswer
 
 Item = Union[BatchGenerateItem, BatchChatItem]
 Admit = Callable[[], Awaitable[Admission]]  # an item's admission, the key looked up again
@@ -180,7 +179,9 @@ class BatchService:
             options=RequestOptions(endpoint="-", tenant=key_id, owner=key_id, cache=item.cache, session_id=session_id),
         )
         result = await generation.collect()
-        answer = ToolAnswer.whole(result.text) if tools is not None else None  # read as on every channel
+        answer = generation.tool_answer()  # read as on every channel
+        if answer is not None:
+            answer.read(result.text, result.finish_reason)
         reply = generate_response(generation, result.text, item, session_id, answer, result.logprobs)
         return BatchItemResult(index=entry.index, id=item.id, status="ok", result=reply)
 

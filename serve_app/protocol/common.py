@@ -165,18 +165,14 @@ class ChatMessage(BaseModel):
         return value
 
     def as_dict(self) -> dict:
-        """The message as the chat template sees it. Tool calls and tool results become JSON text in
-        the generic tool format (serve_app/tool_calls.py), which every chat template can render."""
+        """The message as the serving layer takes it: tool calls and tool results in OpenAI's shape,
+        written for the model's chat template once the model is known (tool_calls.for_template)."""
         text = "" if self.content is None else (
             self.content if isinstance(self.content, str) else "".join(p.text for p in self.content))
         if self.tool_calls:
-            from serve_app.tool_calls import calls_as_text
-
-            return {"role": "assistant", "content": calls_as_text(self.tool_calls, text)}
+            return {"role": "assistant", "content": text, "tool_calls": [c.model_dump() for c in self.tool_calls]}
         if self.role == "tool":
-            from serve_app.tool_calls import result_as_text
-
-            return {"role": "user", "content": result_as_text(self.tool_call_id, text)}
+            return {"role": "tool", "content": text, "tool_call_id": self.tool_call_id}
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 

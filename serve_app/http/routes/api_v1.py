@@ -47,7 +47,6 @@ from serve_app.protocol.api_v1 import (
     SessionList,
 )
 from serve_app.replies import chat_logprobs, generate_response, iso_time, now_iso, summary, tool_fields
-from serve_app.tool_calls import ToolAnswer
 
 router = APIRouter(prefix="/api/v1")
 
@@ -62,7 +61,7 @@ async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], admi
         options=request_options(request, admission.principal, endpoint, body.cache, session_id),
     )
     headers = cache_headers(generation)
-    answer = ToolAnswer() if tools is not None else None  # with tools: text answer streamed, calls at the end
+    answer = generation.tool_answer()  # with tools: text answer streamed, calls at the end
     if body.stream:
         name = generation.model_id
 
@@ -88,7 +87,9 @@ async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], admi
 
         return sse_stream(request, generation, on_chunk=on_chunk, on_end=on_end, headers=headers)
     result = await generation.collect()
-    whole = ToolAnswer.whole(result.text) if tools is not None else None
+    whole = generation.tool_answer()
+    if whole is not None:
+        whole.read(result.text, result.finish_reason)
     reply = generate_response(generation, result.text, body, session_id, whole, result.logprobs)
     return JSONResponse(reply.model_dump(exclude_none=True), headers=headers)
 

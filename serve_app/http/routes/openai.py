@@ -46,7 +46,7 @@ from serve_app.protocol.openai import (
     UsageInfo,
 )
 from serve_app.replies import chat_logprobs, token_text, wire_calls
-from serve_app.tool_calls import ArgumentsPiece, CallStart, TextPiece, ToolAnswer, read_answer
+from serve_app.tool_calls import ArgumentsPiece, CallStart, TextPiece, ToolAnswer
 
 router = APIRouter(prefix="/v1")
 
@@ -108,7 +108,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         # with tools, each choice's answer is read as it streams: text as content, calls as deltas
-        answers = {i: ToolAnswer() for i in range(len(choices))} if tool_use is not None else {}
+        answers = {i: g.tool_answer() for i, g in enumerate(choices.generations)} if tool_use is not None else {}
         open_choices = set(range(len(choices)))
 
         def ending(index: int, finish: Optional[str]) -> list[dict]:
@@ -145,7 +145,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     for index, result in enumerate(await choices.collect()):
         content, calls, finish = result.text, [], result.finish_reason
         if tool_use is not None:
-            content, calls, finish = read_answer(result.text, finish)
+            content, calls, finish = choices.generations[index].tool_answer().read(result.text, finish)
         out.append(ChatChoice(index=index, message=ChatMessageOut(content=content, tool_calls=wire_calls(calls)),
                               finish_reason=finish, logprobs=chat_logprobs(result.logprobs)))
     return JSONResponse(_dump(ChatCompletion(id=cid, created=created, model=name, choices=out,

@@ -51,6 +51,7 @@ def test_a_session_keeps_the_calls_and_results_but_not_the_tools_description():
     assert [m["role"] for m in second.messages] == ["system", "user", "assistant", "user"]
     assert second.messages[0]["content"] == "Be brief." and second.messages[2]["content"] == CALL
     stored = record["messages"]
-    assert [m["content"] for m in stored] == ["Be brief.", "Weather in Paris?", CALL,
-                                              '{"tool_response": {"tool_call_id": "call_1", "content": "18 degrees"}}',
-                                              "It is sunny."]
+    # kept in OpenAI's shape (the tool's result as a `tool` message), written for the template each turn
+    assert second.messages[3]["content"] == '{"tool_response": {"tool_call_id": "call_1", "content": "18 degrees"}}'
+    assert [m["content"] for m in stored] == ["Be brief.", "Weather in Paris?", CALL, "18 degrees", "It is sunny."]
+    assert stored[3] == {"role": "tool", "content": "18 degrees", "tool_call_id": "call_1"}

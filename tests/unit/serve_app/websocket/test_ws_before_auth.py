@@ -64,6 +64,9 @@ class Generation:
     def __init__(self, admission):
         self.admission = admission
 
+    def tool_answer(self):
+        return None  # no tools
+
     async def chunks(self):
         self.admission.charge(2, 1)
         yield GenerationChunk(text="Hi")

@@ -62,6 +62,9 @@ class Generation:
     finish_reason = "length"
     started = 0.0
 
+    def tool_answer(self):
+        return None  # no tools
+
     async def chunks(self):
         yield GenerationChunk(text="Hi")
 
