@@ -7,7 +7,8 @@ deployment's constructor (which runs before that server starts), makes the repli
 node's IP instead: 127.0.0.1 on the single-node run (scripts.run_server), the node's address
 in a cluster, so replicas on other nodes still reach it. Token authentication guards the
 server either way; this removes the surface. When Ray's code differs (an upgrade), nothing is
-changed and the socket-table test (tests/integration/test_listeners.py) reports it.
+changed and the socket-table test
+(tests/integration/security/test_network.py) reports it.
 
 In HAProxy mode (scripts/haproxy_mode.py) each ingress replica also serves HTTP itself on a port
 of its own ("direct ingress"), bound to `http_options.host`: every interface when API_HOST is

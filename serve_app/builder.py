@@ -41,7 +41,7 @@ def model_actor_options(config: ModelConfig, footprint: Optional[int] = None, re
     """Ray actor options of a model's replicas. `scripts.deploy` sends them as overrides with the
     entry's revision in the environment, so a changed entry restarts that model's replicas and no
     other. The build itself sets no revision: a replica with its own runtime_env cannot use a
-    pre-started Ray worker, which costs ~0.7 s per cold start (docs/benchmarks.md)."""
+    pre-started Ray worker, which slows every cold start (docs/benchmarks.md)."""
     actor_options: dict[str, Any] = {"num_cpus": config.num_cpus}
     if footprint:  # Ray reserves the footprint: it never places a replica where it does not fit
         actor_options["memory"] = footprint
@@ -157,7 +157,7 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
     # Several ingress replicas share one bound hub: model replicas report their loads to it, ingress
     # replicas their requests; it also holds their shared in-memory state when REDIS_URL is unset
     # (Telegram chats, batch jobs). One ingress replica (the default) keeps both in its own process
-    # and model replicas report to it by name: one Ray worker less (~88 MB PSS, docs/benchmarks.md).
+    # and model replicas report to it by name: one Ray worker (and its memory) less (docs/benchmarks.md).
     hub = None
     if settings.ingress_replicas > 1:
         hub = serve.deployment(Hub, name="hub", num_replicas=1, ray_actor_options={"num_cpus": 0.01}).bind()

@@ -3,7 +3,7 @@
 Deployed only with more than one ingress replica: one replica keeps both in its own process.
 
 Both need exactly one replica and almost no CPU; as one deployment they cost one Ray actor
-(~0.9% of a core idle and its own Python process of memory) instead of two.
+(its idle CPU and its own Python process of memory) instead of two (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ and headers) has arrived, so it cannot bound either. Ray Serve 2.60's proxy runs
 (`ray.serve._private.http_util.start_asgi_http_server`) with httptools when it is installed, and
 neither bounds them: uvicorn arms no timer on a new connection (its keep-alive timer runs only
 between two requests, and any byte cancels it), and httptools keeps every header byte it is given
-(a 256 MiB header grew the proxy by 480 MiB; h11 stops at 16 KiB but has no timer either). Ray's
+(so one huge header grows the proxy by its whole size; h11 stops at 16 KiB but has no timer either). Ray's
 `http_options` expose only `keep_alive_timeout_s`. Measured: docs/security.md#slow-and-large-clients.
 
 `bound_http(timeout_s, max_bytes)` makes every later `uvicorn.Config` wrap the protocol class it

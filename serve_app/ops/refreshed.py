@@ -1,6 +1,6 @@
 """A value that is slow to read (the Serve controller, the GCS), kept off the request path.
 
-Read on a request's critical path, a controller read and a GCS lookup cost ms to tens of ms of CPU
+Read on a request's critical path, a controller read and a GCS lookup cost the ingress CPU
 whenever the cached copy was older than its TTL, which at one request a second is every request
 (docs/benchmarks.md). A value is fresh within `ttl_s`; a caller that says `stale_ok` (the
 request path) gets a copy up to `stale_s` old at once while one read runs behind; older than

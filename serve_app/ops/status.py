@@ -55,7 +55,7 @@ def _value(field) -> str:
 def _serve_details() -> dict:
     """The controller's details as the plain dict it sends. `serve.status()` rebuilds them as
     pydantic models, which cloudpickles every deployment's autoscaling policy and router class:
-    two thirds of the ingress's CPU at one stream (py-spy, docs/benchmarks.md)."""
+    most of the ingress's CPU at one stream (py-spy profile: docs/benchmarks.md)."""
     from ray.serve.context import _get_global_client
 
     client = _get_global_client(raise_if_no_controller_running=False)

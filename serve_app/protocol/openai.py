@@ -26,7 +26,7 @@ from serve_app.protocol.common import (
 )
 
 # OpenAI's fields that AI Core does not do: the schema allows only the values that ask for nothing,
-# and any other is refused by name with the reason (docs/api.md, "Every request field").
+# and any other is refused by name with the reason (docs/structured-output.md, "Every request field").
 NOT_DONE = {
     "audio": "audio output is not supported",
     "prediction": "predicted outputs are not supported",

@@ -7,7 +7,7 @@ like an HTTP request: its own access-log line, metrics event and request id. Eve
 its own task; the socket closing (or a `cancel` message) cancels the task, and
 `Generation.chunks()` then cancels the model's stream.
 
-Before auth (docs/security.md#websockets-before-auth): the replica's `WsGate` (ws_gate.py) counts
+Before auth (docs/security.md#websockets-before-auth): the replica's `WsGate` (gate.py) counts
 the sockets not yet authenticated, per client address and in total, and refuses an address whose
 authentications keep failing (counted in the shared store). A socket without a key in its
 handshake must send `auth` first, within WS_AUTH_TIMEOUT_S, in at most WS_AUTH_FRAME_BYTES:

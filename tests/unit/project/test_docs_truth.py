@@ -1,6 +1,7 @@
 """The docs checked against the code, mechanically (no Ray): the README's settings table against
-`Settings`, its endpoint table against the routes the app serves, and every relative link and
-repository path written in README.md and docs/*.md against the repository."""
+`Settings`, its endpoint table against the routes the app serves, every relative link,
+repository path and named function or test written in README.md and docs/*.md against the
+repository, the files the code's comments name, and every error code the code sends against the docs."""
 
 from __future__ import annotations
 
@@ -218,6 +219,41 @@ def test_the_path_check_sees_paths():
     assert {"serve_app/builder.py", "models.json", "scripts/serve.sh"} <= _backticked_paths(README)
 
 
+def _defines(file: Path, name: str) -> bool:
+    return bool(re.search(rf"^\s*(async def|def|class) {re.escape(name)}\b|^{re.escape(name)}\b", file.read_text(), re.M))
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_named_functions_and_tests_are_in_the_file_named(doc):
+    """`file.py: name`, `file.py::name` (a path, or a bare test file name: one of the tests of that
+    name in the repository): the file defines `name`. Paths outside the repository (Ray's) are left out."""
+    ours = [p for p in ROOT.rglob("*.py") if p.relative_to(ROOT).parts[0] in TOP]
+    missing = []
+    for file, name in re.findall(r"`([\w./-]+\.py)(?:::|: )(\w+)", _prose(doc)):
+        if "/" in file and file.split("/")[0] not in TOP:
+            continue
+        candidates = [ROOT / file] if "/" in file else [p for p in ours if p.name == file]
+        if not any(c.exists() and _defines(c, name) for c in candidates):
+            missing.append(f"{file}: {name}")
+    assert missing == []
+
+
+_REPO_PATH_IN_CODE = re.compile(r"(?<![\w./-])((?:serve_app|core|deployments|scripts|tests|docs|configs|examples)"
+                                r"/[\w./-]*\.(?:py|md|sh|json|yml|yaml|html|js|css))\b")
+
+
+def test_comments_and_docstrings_name_files_that_exist():
+    """A repository file named in the code of serve_app/, core/ and deployments/ (a comment, a
+    docstring, a message) exists: a file that moved is named where it went."""
+    stale = []
+    for package in ("serve_app", "core", "deployments"):
+        for source in (ROOT / package).rglob("*.py"):
+            for path in set(_REPO_PATH_IN_CODE.findall(source.read_text())):
+                if not (ROOT / path.split("::")[0]).exists():
+                    stale.append(f"{source.relative_to(ROOT)}: {path}")
+    assert stale == []
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_doc_cites_a_file_outside_the_repository(doc):
     """A Markdown file named anywhere in a doc is in the repository; nothing climbs out of it."""
@@ -237,3 +273,18 @@ def test_every_error_code_is_in_the_error_guide():
              if issubclass(c, core.errors.AICoreError) and c.code}
     assert len(codes) > 20
     assert sorted(c for c in codes if f"`{c}`" not in text) == []
+
+
+def test_every_error_code_the_code_sends_is_documented():
+    """Codes given where an error is raised (`code="..."`), and those Ray's proxy answers with
+    (`serve_app/http/proxy_http.py`), are named in the error guide or, for WebSocket-only codes,
+    in the guides that describe the socket."""
+    sent = set()
+    for package in ("serve_app", "core", "deployments"):
+        for source in (ROOT / package).rglob("*.py"):
+            text = source.read_text()
+            sent |= set(re.findall(r"\bcode=\"([a-z_]+)\"", text))
+            sent |= set(re.findall(r"_answer\(\d+, \"[^\"]*\", \"([a-z_]+)\"", text))
+    assert {"invalid_value", "headers_too_large", "too_many_items"} <= sent  # the scan sees them
+    docs = "".join(p.read_text() for p in DOCS)
+    assert sorted(c for c in sent if f"`{c}`" not in docs) == []
