@@ -63,10 +63,17 @@ class Generation:
         self.log_chars = 0
         self.tools = None  # the request's ToolUse, made for this model (its answer format)
 
-    def tool_answer(self):
+    def tool_answer(self, whole: Optional[str] = None):
         """A reader of this generation's answer (tool_calls.ToolAnswer) when the request has tools:
-        the channel reads it without knowing the model's tool format."""
-        return self.tools.answer() if self.tools is not None else None
+        the channel reads it without knowing the model's tool format. `whole`: a finished answer's
+        text, read at once."""
+        if self.tools is None:
+            return None
+        answer = self.tools.answer()
+        if whole is not None:
+            answer.feed(whole)
+            answer.finish()
+        return answer
 
     @classmethod
     def replay(cls, entry: ModelEntry, result: GenerationResult, adapter: Optional[str] = None) -> "Generation":

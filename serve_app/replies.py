@@ -14,7 +14,7 @@ from serve_app.tool_calls import OutputCall, ToolAnswer
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_time(time.time())
 
 
 def iso_time(epoch: Optional[float]) -> Optional[str]:

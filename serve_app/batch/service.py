@@ -179,9 +179,7 @@ class BatchService:
             options=RequestOptions(endpoint="-", tenant=key_id, owner=key_id, cache=item.cache, session_id=session_id),
         )
         result = await generation.collect()
-        answer = generation.tool_answer()  # read as on every channel
-        if answer is not None:
-            answer.read(result.text, result.finish_reason)
+        answer = generation.tool_answer(result.text)  # read as on every channel
         reply = generate_response(generation, result.text, item, session_id, answer, result.logprobs)
         return BatchItemResult(index=entry.index, id=item.id, status="ok", result=reply)
 

@@ -87,9 +87,7 @@ async def _run(request: Request, body: Union[GenerateRequest, ChatRequest], admi
 
         return sse_stream(request, generation, on_chunk=on_chunk, on_end=on_end, headers=headers)
     result = await generation.collect()
-    whole = generation.tool_answer()
-    if whole is not None:
-        whole.read(result.text, result.finish_reason)
+    whole = generation.tool_answer(result.text)
     reply = generate_response(generation, result.text, body, session_id, whole, result.logprobs)
     return JSONResponse(reply.model_dump(exclude_none=True), headers=headers)
 
