@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import threading
@@ -19,11 +18,12 @@ from core.logs import configure_logging, request_id_var
 from core.types import EmbeddingResult, GenerationChunk, GenerationRequest
 from deployments import lifecycle
 from deployments.backends import get_backend
-from deployments.config import ModelConfig, load_models_file
+from deployments.config import ModelConfig
 from deployments.memory import node_memory
+from deployments.model_source import ModelSource
 from deployments.ray_net import bind_replica_grpc_to_node_ip
 from deployments.streaming import coalesce, load_scaled_interval
-from deployments.weights import resolve_weights, weights_revision
+from deployments.weights import resolve_weights
 
 logger = logging.getLogger("aicore.model")
 
@@ -40,6 +40,11 @@ class ReplicaContext:
     memory_alert_percent: float = 90.0
     config_path: Optional[str] = None  # models.json: a replica started by a redeploy reads its entry there
     request_timeout_s: float = 300.0  # the ingress's wait for a first token: longer queue waits are refused
+
+    @property
+    def source(self) -> Optional[ModelSource]:
+        """models.json, read by a replica that a redeploy started with a newer entry than the bound one."""
+        return ModelSource(Path(self.config_path), Path(self.cache_dir)) if self.config_path else None
 
 
 def _rss_bytes() -> int:
@@ -196,25 +201,15 @@ class ModelDeployment:
 REVISION_ENV = "AICORE_MODEL_REVISION"
 
 
-def entry_revision(config: ModelConfig, context: ReplicaContext) -> str:
-    """Weights revision + the entry: changes when the file or any parameter changes."""
-    config_dir = Path(context.config_dir) if context.config_dir else None
-    revision = weights_revision(config.path, Path(context.cache_dir), config_dir)
-    return hashlib.sha256((revision + config.model_dump_json()).encode()).hexdigest()[:16]
-
-
 def current_entry(context: ReplicaContext, model_name: str, bound: ModelConfig) -> ModelConfig:
     """The entry this replica was deployed with. `scripts.deploy` restarts only the deployments
     whose entry changed (their ray_actor_options carry the new revision in REVISION_ENV) without
     rebuilding the app, so the entry bound at build time may be older than the deployed one."""
-    wanted = os.environ.get(REVISION_ENV)
-    if not wanted or not context.config_path or entry_revision(bound, context) == wanted:
+    wanted, source = os.environ.get(REVISION_ENV), context.source
+    if not wanted or source is None or source.revision(bound) == wanted:
         return bound
-    try:
-        entry = load_models_file(Path(context.config_path)).models.get(model_name)
-    except Exception:
-        entry = None
-    if entry is not None and entry_revision(entry, context) == wanted:
+    entry = source.entry(model_name, wanted)
+    if entry is not None:
         return entry
     logger.warning("models.json no longer matches the deployed revision of %s; using the built entry", model_name)
     return bound

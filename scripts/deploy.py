@@ -29,9 +29,7 @@ from scripts.run_server import ROOT, server_env
 
 def render(source: Path, revision: str | None = None) -> dict:
     from core.settings import Settings
-    from deployments.config import load_models_file
-    from deployments.memory import footprint
-    from deployments.model_deployment import ReplicaContext, entry_revision
+    from deployments.model_source import ModelSource
     from serve_app.builder import deployment_name, model_actor_options
     from serve_app.ops.reload_audit import config_revision
 
@@ -41,16 +39,15 @@ def render(source: Path, revision: str | None = None) -> dict:
     settings = Settings(**{k.lower(): v for k, v in args.items()})
     os.chdir(source.parent if source.parent != Path("") else ROOT)  # relative paths as `serve deploy` sees them
     models_path = settings.resolve(settings.model_config_path)
-    models = load_models_file(models_path).models
-    context = ReplicaContext(cache_dir=str(settings.resolve(settings.model_cache_dir)), config_dir=str(models_path.parent))
-    revisions = {name: entry_revision(entry, context) for name, entry in models.items()}
+    model_source = ModelSource(models_path, settings.resolve(settings.model_cache_dir))
+    models = model_source.read().models
+    revisions = model_source.revisions(models)
     # The cluster builds from the file these revisions come from: MODEL_CONFIG_PATH of this shell
     # (as given, so it resolves on the head node as here) unless the config names one.
     args.update(app_args(args.get("model_config_path", settings.model_config_path), models, revision))
     overrides = [
         {"name": deployment_name(name),
-         "ray_actor_options": model_actor_options(entry, footprint(entry, Path(context.cache_dir), models_path.parent),
-                                                  revisions[name])}
+         "ray_actor_options": model_actor_options(entry, model_source.footprint(entry), revisions[name])}
         for name, entry in models.items()
     ]
     # The ingress records each reload in the audit log: by this command, with the config's revision.

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Optional
 
 from ray import serve
@@ -17,10 +16,10 @@ from ray.serve.config import AutoscalingPolicy, RequestRouterConfig
 from core.logs import configure_logging
 from core.netguard import parse_networks
 from core.settings import Settings
-from deployments.config import ModelConfig, ModelsFile, load_models_file
+from deployments.config import ModelConfig, ModelsFile
 from deployments.lifecycle import ModelScalingPolicy
-from deployments.memory import footprint
-from deployments.model_deployment import REVISION_ENV, ModelDeployment, ReplicaContext, entry_revision
+from deployments.model_deployment import REVISION_ENV, ModelDeployment, ReplicaContext
+from deployments.model_source import ModelSource
 from deployments.routing import ConversationRouter
 from serve_app.access.content_filter import ContentPolicy
 from serve_app.hub import Hub
@@ -137,7 +136,8 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
     parse_networks(settings.ip_allowlist + settings.trusted_proxies)  # bad CIDRs stop the start
     ContentPolicy.from_settings(settings)  # so do bad content-filter patterns
     config_path = settings.resolve(settings.model_config_path)
-    models = load_models_file(config_path)
+    source = ModelSource(config_path, settings.resolve(settings.model_cache_dir))
+    models = source.read()
     default_model, default_embedding_model = pick_defaults(models, settings)
 
     context = ReplicaContext(
@@ -150,9 +150,8 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         config_path=str(config_path),
         request_timeout_s=settings.request_timeout_s,
     )
-    footprints = {name: footprint(config, Path(context.cache_dir), config_path.parent)
-                  for name, config in models.models.items()}
-    revisions = {name: entry_revision(config, context) for name, config in models.models.items()}
+    footprints = {name: source.footprint(config) for name, config in models.models.items()}
+    revisions = source.revisions(models.models)
     check_fits(models, *_cluster_resources(), footprints)
     # Several ingress replicas share one bound hub: model replicas report their loads to it, ingress
     # replicas their requests; it also holds their shared in-memory state when REDIS_URL is unset

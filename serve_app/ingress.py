@@ -13,9 +13,8 @@ from ray import serve
 from core.logs import configure_logging
 from core.settings import Settings
 from deployments.chat_template import model_template, tool_format
-from deployments.config import ModelConfig, load_models_file
-from deployments.memory import footprint
-from deployments.model_deployment import ReplicaContext, entry_revision
+from deployments.config import ModelConfig
+from deployments.model_deployment import ReplicaContext
 from deployments.ray_net import bind_replica_grpc_to_node_ip
 from serve_app.app import create_app
 from serve_app.model_router import ModelEntry, ModelRouter
@@ -99,15 +98,15 @@ class Ingress:
         await record_reload(self._app.state, user_config, before, self._revisions, self._context.config_path)
 
     def _reload(self, revisions: dict, changed: list[str]) -> None:
-        models = load_models_file(Path(self._context.config_path)).models
+        source = self._context.source
         router, control = self._app.state.router, self._app.state.control
         for name in changed:
-            entry, config = router.entries.get(name), models.get(name)
-            if entry is None or config is None or entry_revision(config, self._context) != revisions[name]:
+            entry, config = router.entries.get(name), source.entry(name, revisions[name])
+            if entry is None or config is None:
                 logger.warning("model %s: models.json does not match the deployed revision; kept as it was", name)
                 continue
             router.entries[name] = dataclasses.replace(entry, config=config, identity=revisions[name],
                                                        tool_format=self._tool_format(config))
-            control.footprints[name] = footprint(config, Path(self._context.cache_dir), Path(self._context.config_path).parent)
+            control.footprints[name] = source.footprint(config)
             self._revisions[name] = revisions[name]
             logger.info("model %s: now serving revision %s", name, revisions[name])
