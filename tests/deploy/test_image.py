@@ -4,8 +4,9 @@
 registry needed, the base image made from a debootstrap root file system), starts it with host
 networking on a free loopback port, and checks readiness, every model of the image's models.json
 ready, a chat answer, an embedding, a non-root user, read-only code, and that failing health
-checks stop the container (Compose's restart). From a fresh machine this takes ~15 minutes on 2
-cores (llama.cpp compiles inside the image); the script installs podman & co. when missing.
+checks stop the container (Compose's restart). The build installs this machine's llama-cpp-python
+wheel (the one setup.sh built, with the Dockerfile's portable flags) instead of compiling llama.cpp
+a second time; about 4 minutes on 2 cores here. The script installs podman & co. when missing.
 
 AICORE_SKIP_IMAGE=1 skips it for a quick local run; CI (`.ci/run`) never sets it.
 """
