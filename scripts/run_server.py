@@ -39,12 +39,11 @@ QUIET_RAY_ENV = {
     "HF_HUB_OFFLINE": "1",
     # Ray starts every worker (model replicas, ingress, proxy) at nice 15, so any nice-0 process
     # (GCS, raylet, dashboard, Redis, nginx, the clients) preempts the llama.cpp threads, and one
-    # preempted thread stalls the other at the next barrier. Measured at 0 against 15, same run
-    # order: +20% tok/s at 1 and 16 streams (docs/benchmarks.md).
+    # preempted thread stalls the other at the next barrier (measured: docs/benchmarks.md).
     "RAY_worker_niceness": "0",
     # Ray's log monitor re-lists the log folder on every 0.1 s pass while it holds < 1000 files;
     # with these it looks for new files every 2 s (known files are still read every 0.1 s, and a new
-    # file is read from its start). Idle CPU of the log monitor 0.96% -> 0.43% of a core.
+    # file is read from its start). This halves the log monitor's idle CPU (docs/benchmarks.md).
     "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
     "LOG_NAME_UPDATE_INTERVAL_S": "2",
 }

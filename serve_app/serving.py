@@ -107,6 +107,19 @@ class GenerationService:
             raise InvalidRequest(f"model {entry.name!r} ({entry.config.type}) does not return log probabilities "
                                  "yet: logprobs need a GGUF model", param="logprobs")
 
+    def _resolve(self, admission: Admission, model: Optional[str], sampling: SamplingParams,
+                 tools: Optional[ToolUse]) -> tuple[ModelEntry, Optional[str], SamplingParams, Optional[ToolUse]]:
+        """The one place a request is resolved: its model entry and adapter (refused unless the key
+        may use them), its answer length (the model's default, or what the context leaves), and its
+        tools in the model's format with the answer constrained to them. Replicas resolve nothing again."""
+        principal = admission.principal
+        entry, adapter = self.router.resolve_adapter(model or principal.default_model, "generate", principal.may_use)
+        sampling = with_answer_tokens(sampling, entry)
+        if tools is not None:
+            tools = tools.for_model(entry.tool_format)  # the answer's format follows the chat template
+            sampling = tools.constrain(sampling)  # a bad schema is a 400 before anything is counted
+        return entry, adapter, sampling, tools
+
     async def _begin(self, options: RequestOptions) -> SessionTurn:
         if self.sessions is None:
             raise InvalidRequest("sessions are not enabled on this server", param="session_id")
@@ -145,11 +158,7 @@ class GenerationService:
         described in the conversation after the session's history is added, so a session keeps
         the conversation, not the description; the channel reads the answer (tool_calls.ToolAnswer)."""
         principal = admission.principal
-        entry, adapter = self.router.resolve_adapter(model or principal.default_model, "generate", principal.may_use)
-        sampling = with_answer_tokens(sampling, entry)
-        if tools is not None:
-            tools = tools.for_model(entry.tool_format)  # the answer's format follows the chat template
-            sampling = tools.constrain(sampling)  # a bad schema is a 400 before anything is counted
+        entry, adapter, sampling, tools = self._resolve(admission, model, sampling, tools)
         key_id = principal.key_id
         options = options or RequestOptions(endpoint="-", tenant=key_id, owner=key_id)
         turn = await self._begin(options) if options.session_id is not None and messages is not None else None
@@ -222,13 +231,11 @@ class GenerationService:
         if options.session_id is not None:
             raise InvalidRequest("n above 1 cannot be combined with session_id: a session keeps one answer a turn",
                                  param="n")
-        entry, adapter = self.router.resolve_adapter(model or principal.default_model, "generate", principal.may_use)
-        sampling = with_answer_tokens(sampling, entry)
+        entry, adapter, sampling, tools = self._resolve(admission, model, sampling, tools)
         if messages is not None:
             messages = for_template(messages, entry.tool_format is not None)
         if tools is not None and messages is not None:
-            tools = tools.for_model(entry.tool_format)
-            sampling, messages = tools.constrain(sampling), tools.prompt(messages)
+            messages = tools.prompt(messages)
         prompt_estimate = token_bound([prompt] if prompt is not None else [message_text(m) for m in messages or ()])
         await admission.limit(entry.name, prompt_estimate + n * sampling.max_tokens)
         requests = [self._request(admission, adapter, f"{request_id}-{i}", _seeded(sampling, i), prompt, messages,
