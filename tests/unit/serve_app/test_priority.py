@@ -3,10 +3,9 @@ batch items default to batch. Routing logic only: a stand-in model handle record
 (the engine's handling of priorities is tested on real weights in tests/engine)."""
 
 import asyncio
-from types import SimpleNamespace
 
 from core.settings import Settings
-from core.types import GenerationChunk, SamplingParams, Usage
+from core.types import SamplingParams, Usage
 from deployments.config import load_models_file
 from serve_app.access.auth import Principal
 from serve_app.batch.service import BatchService
@@ -16,43 +15,9 @@ from serve_app.protocol.batch import BatchRequest
 from serve_app.serving import GenerationService
 from tests.conftest import ROOT
 from tests.unit.admissions import admission, pipeline
+from tests.unit.in_process import FakeReplica
 
 MODEL = "smollm2-135m-instruct"
-
-
-class _Recording:
-    def __init__(self):
-        self.requests = []
-
-    def options(self, **_):
-        return self
-
-    @property
-    def stream(self):
-        def remote(request):
-            self.requests.append(request)
-
-            return _OneChunk()
-        return SimpleNamespace(remote=remote)
-
-
-class _OneChunk:
-    """A replica's stream that answers at once: one final chunk."""
-
-    def __init__(self):
-        self.done = False
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        if self.done:
-            raise StopAsyncIteration
-        self.done = True
-        return GenerationChunk(finish_reason="stop", usage=Usage(1, 0))
-
-    def cancel(self):
-        self.done = True
 
 
 def _service(handle) -> GenerationService:
@@ -62,7 +27,7 @@ def _service(handle) -> GenerationService:
 
 
 def test_request_priority_then_key_default_then_interactive():
-    handle = _Recording()
+    handle = FakeReplica(pieces=(), usage=Usage(1, 0))  # answers at once: one final chunk
     service = _service(handle)
     bulk_key = Principal(key_id="email-bot", scopes=frozenset({"inference"}), priority="batch")
     plain_key = Principal(key_id="web", scopes=frozenset({"inference"}))
@@ -89,7 +54,7 @@ class _Presented:
 
 
 def test_batch_items_default_to_batch_priority():
-    handle = _Recording()
+    handle = FakeReplica(pieces=(), usage=Usage(1, 0))  # answers at once: one final chunk
     principal = Principal(key_id="web", scopes=frozenset({"inference"}))
     shared = pipeline(auth=_Presented(principal))
     batch = BatchService(_service(handle), Settings(api_keys="k" * 16), shared)

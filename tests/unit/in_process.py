@@ -1,0 +1,102 @@
+"""The app in-process, without Ray: the real FastAPI app (routes, auth, limits, error mapping) over
+model handles that stand in for replicas. Routing logic only; real replicas with real weights are
+tested in tests/integration and tests/engine.
+
+    replica = FakeReplica(pieces=("Hel", "lo"))
+    run(app_over(replica), scenario)  # scenario(client): an httpx.AsyncClient on the app
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Optional, Sequence
+
+import httpx
+
+from core.settings import Settings
+from core.types import GenerationChunk, Usage
+from deployments.config import load_models_file
+from serve_app.app import create_app
+from serve_app.model_router import ModelEntry, ModelRouter
+from tests import ROOT
+
+MODEL = "smollm2-135m-instruct"
+KEY = "in-process-key-0123456789"
+
+
+class FakeStream:
+    """A replica's stream: the scripted chunks, `delay_s` before each; `fail` raised instead of the first."""
+
+    def __init__(self, chunks: Sequence[GenerationChunk], fail: Optional[BaseException] = None, delay_s: float = 0.0):
+        self.chunks, self.fail, self.delay_s, self.cancelled = list(chunks), fail, delay_s, False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> GenerationChunk:
+        await asyncio.sleep(self.delay_s)
+        if self.fail is not None:
+            raise self.fail
+        if not self.chunks:
+            raise StopAsyncIteration
+        return self.chunks.pop(0)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.chunks.clear()
+
+
+class FakeReplica:
+    """`handle.options(stream=True).stream.remote(request)` as Ray Serve's handle gives it: records
+    every GenerationRequest and answers `pieces`, then a final chunk with `usage`."""
+
+    def __init__(self, pieces: Sequence[str] = ("Hello", " there"), usage: Usage = Usage(5, 2),
+                 finish: str = "stop", fail: Optional[BaseException] = None, delay_s: float = 0.0):
+        self.pieces, self.usage, self.finish, self.fail, self.delay_s = pieces, usage, finish, fail, delay_s
+        self.requests: list = []
+        self.streams: list[FakeStream] = []
+
+    def options(self, **_):
+        return self
+
+    @property
+    def stream(self):
+        def remote(request):
+            self.requests.append(request)
+            chunks = [GenerationChunk(text=p) for p in self.pieces]
+            chunks.append(GenerationChunk(finish_reason=self.finish, usage=self.usage))
+            self.streams.append(FakeStream(chunks, self.fail, self.delay_s))
+            return self.streams[-1]
+        return SimpleNamespace(remote=remote)
+
+
+class ReadyStatus:
+    """ModelStatus without Ray Serve: every model ready with one replica."""
+
+    app_name, present, reasons = None, {}, {}
+
+    def __init__(self, models: Sequence[str] = (MODEL,)):
+        self.models = tuple(models)
+
+    async def states(self, fresh=False, stale_ok=False):
+        return {name: ("ready", 1) for name in self.models}
+
+
+def app_over(replica=None, models: Sequence[str] = (MODEL,), **settings):
+    """The app with the shipped models.json's `models`, each answered by `replica`; `settings`
+    override the defaults (API_KEYS is KEY unless given)."""
+    shipped = load_models_file(ROOT / "models.json").models
+    router = ModelRouter({name: ModelEntry(name, shipped[name], replica) for name in models}, models[0])
+    return create_app(Settings(**{"api_keys": KEY, **settings}), router, None, ReadyStatus(models))
+
+
+def run(app, scenario, client_ip: str = "127.0.0.1", raise_app_exceptions: bool = True):
+    """Run `scenario(client)` against `app` in-process; returns what the scenario returns.
+    `raise_app_exceptions=False`: an unhandled exception is answered (500) as the server answers
+    it, instead of raised in the test (Starlette re-raises it after answering)."""
+    async def main():
+        transport = httpx.ASGITransport(app=app, client=(client_ip, 4000), raise_app_exceptions=raise_app_exceptions)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers={"X-API-Key": KEY}) as client:
+            return await scenario(client)
+    return asyncio.run(main())
