@@ -57,43 +57,19 @@ if [ "$quick" = 1 ]; then
   .venv/bin/python -m pytest tests/unit tests/engine tests/deploy --ignore=tests/deploy/test_image.py "$@"
   exit 0  # (not exec: the EXIT trap stops Redis)
 fi
-if [ "$#" -gt 0 ]; then  # a run narrowed by arguments runs what they say, in one stream
-  .venv/bin/python -m pytest tests --durations=30 "$@"
-  exit 0
-fi
+.venv/bin/python -m pytest tests --durations=30 "$@"  # the slowest steps listed: where the run's time goes
 
-# The whole suite in two streams at once, each its own pytest: one stream of serve tests keeps
-# about 60% of 2 cores busy (they wait on servers and models), so the second stream's work fills
-# the rest. In the foreground: the engines on real weights and the real-Ray suites (tests/engine,
-# tests/integration). In the background: the pure tests and the image check (tests/unit,
-# tests/deploy), then the API suites again with INGRESS_MODE=haproxy (Ray Serve's HAProxy in front
-# of the ingress replicas, applied where each test starts its server), so that both ingress modes
-# stay tested. Left out of the HAProxy pass: the backend and engine suites (below the ingress),
-# deploys, clusters, nginx, the fuzz run, and test_network.py (proxy mode's socket table;
-# test_haproxy_mode.py checks HAProxy's). The background stream's output follows the foreground's.
-haproxy_suite=(test_api_v1.py test_auth_and_errors.py test_openai_client.py test_streaming_and_ops.py
-  test_websocket_and_cors.py test_cache_sessions.py test_chat_page_browser.py test_email_and_batch.py
-  test_batch_jobs.py test_embeddings.py test_lifecycle.py clients
-  security/test_access.py security/test_batch_jobs_access.py security/test_channels.py
-  security/test_input.py security/test_keys_admin.py security/test_limits.py
-  security/test_logging.py security/test_store_down.py)
-second_log=$(mktemp /tmp/aicore-tests-second.XXXXXX)
-(
-  rc=0
-  .venv/bin/python -m pytest -p no:cacheprovider tests/unit tests/deploy --durations=10 || rc=1
-  INGRESS_MODE=haproxy .venv/bin/python -m pytest -p no:cacheprovider "${haproxy_suite[@]/#/tests/integration/}" || rc=1
-  exit "$rc"
-) >"$second_log" 2>&1 &
-second=$!
-trap 'kill $(pgrep -P "$second") "$second" 2>/dev/null; kill "$REDIS_PID" 2>/dev/null || true' EXIT
-first_rc=0
-.venv/bin/python -m pytest tests/engine tests/integration --durations=30 || first_rc=$?  # the slowest steps listed
-second_rc=0
-wait "$second" || second_rc=$?
-echo "==== the second stream: tests/unit, tests/deploy (the image), the API suites with INGRESS_MODE=haproxy ===="
-cat "$second_log"
-rm -f "$second_log"
-if [ "$first_rc" != 0 ] || [ "$second_rc" != 0 ]; then
-  echo "FAILED: tests/engine + tests/integration exit $first_rc; the second stream exit $second_rc" >&2
-  exit 1
+# The API suites again with INGRESS_MODE=haproxy (Ray Serve's HAProxy in front of the ingress
+# replicas, applied where each test starts its server), so that both ingress modes stay tested.
+# Left out: the backend and engine suites (below the ingress), deploys, clusters, nginx, the fuzz
+# run, and test_network.py (proxy mode's socket table; test_haproxy_mode.py checks HAProxy's).
+# Only for the whole suite: a run narrowed by arguments runs what they say.
+if [ "$#" -eq 0 ]; then
+  haproxy_suite=(test_api_v1.py test_auth_and_errors.py test_openai_client.py test_streaming_and_ops.py
+    test_websocket_and_cors.py test_cache_sessions.py test_chat_page_browser.py test_email_and_batch.py
+    test_batch_jobs.py test_embeddings.py test_lifecycle.py clients
+    security/test_access.py security/test_batch_jobs_access.py security/test_channels.py
+    security/test_input.py security/test_keys_admin.py security/test_limits.py
+    security/test_logging.py security/test_store_down.py)
+  INGRESS_MODE=haproxy .venv/bin/python -m pytest "${haproxy_suite[@]/#/tests/integration/}"
 fi
