@@ -19,7 +19,6 @@ from core.settings import Settings
 from deployments.config import ModelConfig, ModelsFile
 from deployments.lifecycle import ModelScalingPolicy
 from deployments.model_deployment import REVISION_ENV, ModelDeployment, ReplicaContext
-from deployments.model_source import ModelSource
 from deployments.routing import ConversationRouter
 from serve_app.access.content_filter import ContentPolicy
 from serve_app.hub import Hub
@@ -136,10 +135,6 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
     parse_networks(settings.ip_allowlist + settings.trusted_proxies)  # bad CIDRs stop the start
     ContentPolicy.from_settings(settings)  # so do bad content-filter patterns
     config_path = settings.resolve(settings.model_config_path)
-    source = ModelSource(config_path, settings.resolve(settings.model_cache_dir))
-    models = source.read()
-    default_model, default_embedding_model = pick_defaults(models, settings)
-
     context = ReplicaContext(
         cache_dir=str(settings.resolve(settings.model_cache_dir)),
         config_dir=str(config_path.parent),
@@ -150,6 +145,9 @@ def build_app(args: Optional[dict] = None) -> serve.Application:
         config_path=str(config_path),
         request_timeout_s=settings.request_timeout_s,
     )
+    source = context.source  # the models.json the replicas and the ingress's reconfigure read too
+    models = source.read()
+    default_model, default_embedding_model = pick_defaults(models, settings)
     footprints = {name: source.footprint(config) for name, config in models.models.items()}
     revisions = source.revisions(models.models)
     check_fits(models, *_cluster_resources(), footprints)
