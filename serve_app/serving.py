@@ -221,7 +221,7 @@ class GenerationService:
                             priority: Optional[str] = None, tools: Optional[ToolUse] = None) -> Choices:
         """OpenAI's `n`: n answers to one prompt, `n x max_tokens` reserved. They reach the engine
         together, so it computes their common prompt once and copies it (its burst followers).
-        With a seed, choice i samples with seed + i: repeatable, yet different choices. Not
+        With a seed, choice i samples with seed + i: different choices, repeatable as a seed is. Not
         cached (the cache keeps one answer) and not with a session (a session keeps one answer)."""
         if n == 1:
             return Choices([await self.start(admission, model, request_id, sampling, prompt=prompt, messages=messages,
