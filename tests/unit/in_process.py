@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import httpx
 
 from core.settings import Settings
-from core.types import GenerationChunk, Usage
+from core.types import GenerationChunk, GenerationRequest, Usage
 from deployments.config import load_models_file
 from serve_app.app import create_app
 from serve_app.model_router import ModelEntry, ModelRouter
@@ -26,34 +26,55 @@ KEY = "in-process-key-0123456789"
 
 
 class FakeStream:
-    """A replica's stream: the scripted chunks, `delay_s` before each; `fail` raised instead of the first."""
+    """A replica's stream: the scripted chunks, `delay_s` before each; `fail` raised instead of the
+    first; `silent`: never a chunk (a replica that does not answer). Counts itself in `replica.running`
+    from its first chunk to its last."""
 
-    def __init__(self, chunks: Sequence[GenerationChunk], fail: Optional[BaseException] = None, delay_s: float = 0.0):
-        self.chunks, self.fail, self.delay_s, self.cancelled = list(chunks), fail, delay_s, False
+    def __init__(self, chunks: Sequence[GenerationChunk], fail: Optional[BaseException] = None, delay_s: float = 0.0,
+                 silent: bool = False, replica: Optional["FakeReplica"] = None):
+        self.chunks, self.fail, self.delay_s, self.silent, self.replica = list(chunks), fail, delay_s, silent, replica
+        self.cancelled, self.started = False, False
 
     def __aiter__(self):
         return self
 
     async def __anext__(self) -> GenerationChunk:
+        if self.silent:
+            await asyncio.sleep(3600)
+        if not self.started and self.replica is not None:
+            self.started = True
+            self.replica.running += 1
+            self.replica.peak = max(self.replica.peak, self.replica.running)
         await asyncio.sleep(self.delay_s)
         if self.fail is not None:
             raise self.fail
         if not self.chunks:
             raise StopAsyncIteration
-        return self.chunks.pop(0)
+        chunk = self.chunks.pop(0)
+        if not self.chunks and self.replica is not None:
+            self.replica.running -= 1
+        return chunk
 
     def cancel(self) -> None:
         self.cancelled = True
+        if self.chunks and self.started and self.replica is not None:
+            self.replica.running -= 1
         self.chunks.clear()
 
 
 class FakeReplica:
     """`handle.options(stream=True).stream.remote(request)` as Ray Serve's handle gives it: records
-    every GenerationRequest and answers `pieces`, then a final chunk with `usage`."""
+    every GenerationRequest and answers `pieces` (or `pieces(request)`), then a final chunk with
+    `usage` (or `usage(request)`).
+    It has no other method: a request path that asks the replica anything else fails. `peak`: the
+    most streams it answered at once."""
 
-    def __init__(self, pieces: Sequence[str] = ("Hello", " there"), usage: Usage = Usage(5, 2),
-                 finish: str = "stop", fail: Optional[BaseException] = None, delay_s: float = 0.0):
+    def __init__(self, pieces: Union[Sequence[str], Callable[[GenerationRequest], Sequence[str]]] = ("Hello", " there"),
+                 usage: Union[Usage, Callable[[GenerationRequest], Usage]] = Usage(5, 2),
+                 finish: str = "stop", fail: Optional[BaseException] = None, delay_s: float = 0.0,
+                 silent: bool = False):
         self.pieces, self.usage, self.finish, self.fail, self.delay_s = pieces, usage, finish, fail, delay_s
+        self.silent, self.running, self.peak = silent, 0, 0
         self.requests: list = []
         self.streams: list[FakeStream] = []
 
@@ -64,9 +85,11 @@ class FakeReplica:
     def stream(self):
         def remote(request):
             self.requests.append(request)
-            chunks = [GenerationChunk(text=p) for p in self.pieces]
-            chunks.append(GenerationChunk(finish_reason=self.finish, usage=self.usage))
-            self.streams.append(FakeStream(chunks, self.fail, self.delay_s))
+            pieces = self.pieces(request) if callable(self.pieces) else self.pieces
+            chunks = [GenerationChunk(text=p) for p in pieces]
+            usage = self.usage(request) if callable(self.usage) else self.usage
+            chunks.append(GenerationChunk(finish_reason=self.finish, usage=usage))
+            self.streams.append(FakeStream(chunks, self.fail, self.delay_s, self.silent, self))
             return self.streams[-1]
         return SimpleNamespace(remote=remote)
 

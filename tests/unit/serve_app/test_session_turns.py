@@ -10,7 +10,7 @@ import pytest
 
 from core.errors import SessionBusy
 from core.settings import Settings
-from core.types import GenerationChunk, GenerationResult, SamplingParams, Usage
+from core.types import GenerationResult, SamplingParams, Usage
 from deployments.config import load_models_file
 from serve_app.model_router import ModelEntry, ModelRouter
 from serve_app.ops.conversations import forget_conversation
@@ -20,6 +20,7 @@ from serve_app.state.sessions import SessionStore
 from serve_app.state.store import MemoryStore
 from tests.conftest import ROOT
 from tests.unit.admissions import admission
+from tests.unit.in_process import FakeReplica
 from tests.unit.stores import store_params
 
 MODEL = "smollm2-135m-instruct"
@@ -117,45 +118,9 @@ def test_a_turn_saved_over_a_newer_history_keeps_both(store):
     asyncio.run(scenario())
 
 
-class _Replica:
-    """A model handle with `stream` only: a session turn that asked the replica anything else fails."""
-
-    def __init__(self):
-        self.requests = []
-
-    def options(self, **_):
-        return self
-
-    @property
-    def stream(self):
-        replica = self
-
-        class _Remote:
-            @staticmethod
-            def remote(request):
-                replica.requests.append(request)
-                return _Chunks(replica.answer(request))
-        return _Remote()
-
-    def answer(self, request) -> list:
-        prompt = 10 * len(request.messages)
-        return [GenerationChunk(text="fine"), GenerationChunk(finish_reason="stop", usage=Usage(prompt, 2))]
-
-
-class _Chunks:
-    def __init__(self, chunks):
-        self.chunks, self.cancelled = list(chunks), False
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        if not self.chunks:
-            raise StopAsyncIteration
-        return self.chunks.pop(0)
-
-    def cancel(self):
-        self.cancelled = True
+def _replica() -> FakeReplica:
+    """Answers "fine"; its prompt usage is 10 tokens a message."""
+    return FakeReplica(pieces=("fine",), usage=lambda request: Usage(10 * len(request.messages), 2))
 
 
 def _service(replica, store=None):
@@ -178,7 +143,7 @@ def _turn(service, text, session_id="s1"):
 
 
 def test_a_session_turn_costs_one_replica_call_and_one_gate():
-    replica = _Replica()
+    replica = _replica()
     service, sessions, gated = _service(replica)
 
     async def scenario():
@@ -195,7 +160,7 @@ def test_a_session_turn_costs_one_replica_call_and_one_gate():
 
 
 def test_the_lease_is_released_when_a_turn_ends_or_fails_or_is_abandoned():
-    replica = _Replica()
+    replica = _replica()
     service, sessions, _ = _service(replica)
 
     async def scenario():

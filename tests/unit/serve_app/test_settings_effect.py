@@ -9,91 +9,34 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import httpx
 import pytest
 import yaml
 
 from core.errors import ModelUnavailable
 from core.settings import Settings
-from core.types import GenerationChunk, SamplingParams, Usage
+from core.types import SamplingParams, Usage
 from deployments.config import load_models_file
-from serve_app.app import create_app
 from serve_app.model_router import ModelEntry, ModelRouter
 from serve_app.serving import GenerationService
 from tests.conftest import ROOT
 from tests.unit.admissions import admission
-
-MODEL = "smollm2-135m-instruct"
-
-
-class _Status:
-    app_name, present, reasons = None, {}, {}
-
-    async def states(self, fresh=False, stale_ok=False):
-        return {MODEL: ("ready", 1)}
+from tests.unit.in_process import MODEL, FakeReplica, app_over, run
 
 
-class _Stream:
-    """A replica's stream: `delay_s` before each of a few pieces, or silence (never answers)."""
-
-    def __init__(self, handle, silent: bool):
-        self.handle, self.silent, self.sent, self.cancelled = handle, silent, 0, False
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        if self.silent:
-            await asyncio.sleep(3600)
-        if self.sent == 0:
-            self.handle.running += 1
-            self.handle.peak = max(self.handle.peak, self.handle.running)
-        await asyncio.sleep(self.handle.delay_s)
-        self.sent += 1
-        if self.sent <= 2:
-            return GenerationChunk(text=f"piece{self.sent} ")
-        if self.sent == 3:
-            self.handle.running -= 1
-            return GenerationChunk(finish_reason="stop", usage=Usage(3, 2))
-        raise StopAsyncIteration
-
-    def cancel(self):
-        self.cancelled = True
-
-
-class _Handle:
-    def __init__(self, silent=False, delay_s=0.0):
-        self.silent, self.delay_s, self.running, self.peak, self.streams = silent, delay_s, 0, 0, []
-
-    def options(self, **_):
-        return self
-
-    @property
-    def stream(self):
-        def remote(request):
-            self.streams.append(_Stream(self, self.silent))
-            return self.streams[-1]
-        return SimpleNamespace(remote=remote)
-
-
-def _router(handle=None):
+def _router(replica=None):
     config = load_models_file(ROOT / "models.json").models[MODEL]
-    return ModelRouter({MODEL: ModelEntry(MODEL, config, handle)}, MODEL)
+    return ModelRouter({MODEL: ModelEntry(MODEL, config, replica)}, MODEL)
 
 
-def _app(handle=None, **settings):
-    return create_app(Settings(**{"api_keys": "k", "allow_short_api_keys": True, **settings}), _router(handle), None, _Status())
+def _app(replica=None, **settings):
+    return app_over(replica, **{"api_keys": "k", "allow_short_api_keys": True, **settings})
 
 
-def _run(app, scenario):
-    async def main():
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 4000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await scenario(client)
-    return asyncio.run(main())
+def _replica(**kwargs) -> FakeReplica:
+    return FakeReplica(pieces=("piece1 ", "piece2 "), usage=Usage(3, 2), **kwargs)
 
 
-def test_api_host_and_api_port_reach_serve_run(monkeypatch):
+def test_api_host_and_api_port_reach_serverun(monkeypatch):
     """scripts/serve.sh runs scripts.run_server: it renders serve_config.yaml with them."""
     import scripts.run_server as run_server
 
@@ -136,7 +79,7 @@ def test_api_key_header_names_the_header():
         assert (await c.get("/v1/models", headers={"X-Team-Key": "k"})).status_code == 200
         assert (await c.get("/v1/models", headers={"X-API-Key": "k"})).status_code == 401
         assert (await c.get("/v1/models", headers={"Authorization": "Bearer k"})).status_code == 200
-    _run(_app(api_key_header="X-Team-Key"), scenario)
+    run(_app(api_key_header="X-Team-Key"), scenario)
 
 
 def test_cors_methods_and_headers():
@@ -146,28 +89,28 @@ def test_cors_methods_and_headers():
         assert r.status_code == 200
         assert "PATCH" in r.headers["access-control-allow-methods"]
         assert "x-custom" in r.headers["access-control-allow-headers"].lower()
-    _run(_app(cors_origins="https://web.example", cors_methods="GET,PATCH", cors_headers="X-Custom"), scenario)
+    run(_app(cors_origins="https://web.example", cors_methods="GET,PATCH", cors_headers="X-Custom"), scenario)
 
 
 def test_ready_min_memory_percent():
     async def scenario(c):
         return await c.get("/api/v1/health/ready")
-    assert _run(_app(ready_min_memory_percent=0), scenario).status_code == 200
-    refused = _run(_app(ready_min_memory_percent=100), scenario)
+    assert run(_app(ready_min_memory_percent=0), scenario).status_code == 200
+    refused = run(_app(ready_min_memory_percent=100), scenario)
     assert refused.status_code == 503 and "memory is available" in refused.json()["reasons"][0]
 
 
 def test_request_timeout_s_bounds_the_wait_for_a_first_token():
-    handle = _Handle(silent=True)
-    service = GenerationService(_router(handle), Settings(request_timeout_s=0.3))
+    replica = _replica(silent=True)
+    service = GenerationService(_router(replica), Settings(request_timeout_s=0.3))
     started = time.monotonic()
     with pytest.raises(ModelUnavailable, match="within 0.3s"):
         asyncio.run(service.start(admission(), MODEL, "r1", SamplingParams(max_tokens=4), prompt="hi"))
-    assert time.monotonic() - started < 5 and handle.streams[0].cancelled
+    assert time.monotonic() - started < 5 and replica.streams[0].cancelled
 
 
 def test_session_ttl_s_is_the_stored_lifetime():
-    app = _app(_Handle(), session_ttl_s=123)
+    app = _app(_replica(), session_ttl_s=123)
 
     async def scenario(c):
         r = await c.post("/api/v1/chat", headers={"X-API-Key": "k"},
@@ -177,7 +120,7 @@ def test_session_ttl_s_is_the_stored_lifetime():
         key = next(k for k in store._data if k.startswith("session:"))
         return await store.ttl(key)
 
-    assert 110 < _run(app, scenario) <= 123
+    assert 110 < run(app, scenario) <= 123
 
 
 def test_cache_shared_across_keys():
@@ -186,8 +129,8 @@ def test_cache_shared_across_keys():
         first = await c.post("/api/v1/generate", headers={"X-API-Key": "k"}, json=body)
         second = await c.post("/api/v1/generate", headers={"X-API-Key": "k2"}, json=body)
         return first.headers["x-cache"], second.headers["x-cache"]
-    assert _run(_app(_Handle(), api_keys="k,k2", cache_shared_across_keys=True), scenario) == ("MISS", "HIT")
-    assert _run(_app(_Handle(), api_keys="k,k2"), scenario) == ("MISS", "MISS")
+    assert run(_app(_replica(), api_keys="k,k2", cache_shared_across_keys=True), scenario) == ("MISS", "HIT")
+    assert run(_app(_replica(), api_keys="k,k2"), scenario) == ("MISS", "MISS")
 
 
 def test_batch_concurrency_bounds_items_generating_at_once():
@@ -196,15 +139,15 @@ def test_batch_concurrency_bounds_items_generating_at_once():
         r = await c.post("/api/v1/generate/batch", headers={"X-API-Key": "k"}, json={"items": items})
         assert r.status_code == 200 and r.json()["totals"]["succeeded"] == 6, r.text
     for concurrency in (1, 3):
-        handle = _Handle(delay_s=0.05)
-        _run(_app(handle, batch_concurrency=concurrency, cache_enabled=False), scenario)
-        assert handle.peak == concurrency
+        replica = _replica(delay_s=0.05)
+        run(_app(replica, batch_concurrency=concurrency, cache_enabled=False), scenario)
+        assert replica.peak == concurrency
 
 
 def test_log_prompt_chars_truncates_logged_prompts(caplog):
     import logging
 
-    app = _app(_Handle(), log_prompts=True, log_prompt_chars=5, cache_enabled=False)
+    app = _app(_replica(), log_prompts=True, log_prompt_chars=5, cache_enabled=False)
     records = []
     handler = logging.Handler()
     handler.emit = records.append
@@ -213,7 +156,7 @@ def test_log_prompt_chars_truncates_logged_prompts(caplog):
         async def scenario(c):
             await c.post("/api/v1/generate", headers={"X-API-Key": "k"},
                          json={"prompt": "A rather long prompt", "max_tokens": 4})
-        _run(app, scenario)
+        run(app, scenario)
     finally:
         logging.getLogger("aicore.access").removeHandler(handler)
     access = [r for r in records if getattr(r, "log_prompt", None) is not None]

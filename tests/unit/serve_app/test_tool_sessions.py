@@ -1,32 +1,30 @@
 """The service's one tool path (GenerationService with a ToolUse) with a session: the replica gets
 the grammar and the tools' description, the session keeps the conversation (the call as the model
-wrote it, the tool's result) and never the description. Stand-in replica (tests/unit/serve_app/test_session_turns.py);
+wrote it, the tool's result) and never the description. Stand-in replica (tests/unit/in_process.py);
 the real app and SmolLM2 in tests/integration/test_tool_channels.py."""
 
 import asyncio
 
-from core.types import GenerationChunk, Usage
+from core.types import Usage
 from serve_app.protocol.api_v1 import ChatRequest
 from serve_app.serving import RequestOptions
 from tests.unit.admissions import admission
-from tests.unit.serve_app.test_session_turns import MODEL, OWNER, _Replica, _service
+from tests.unit.in_process import FakeReplica
+from tests.unit.serve_app.test_session_turns import MODEL, OWNER, _service
 
 CALL = '{"tool_call": {"name": "get_weather", "arguments": {"city": "Paris"}}}'
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}}}
 
 
-class _Answers(_Replica):
-    def __init__(self, answers):
-        super().__init__()
-        self.answers = list(answers)
-
-    def answer(self, request) -> list:
-        return [GenerationChunk(text=self.answers.pop(0)), GenerationChunk(finish_reason="stop", usage=Usage(300, 20))]
+def _answers(answers) -> FakeReplica:
+    """Answers each request with the next of `answers`."""
+    texts = iter(answers)
+    return FakeReplica(pieces=lambda request: [next(texts)], usage=Usage(300, 20))
 
 
 def test_a_session_keeps_the_calls_and_results_but_not_the_tools_description():
-    replica = _Answers([CALL, "It is sunny."])
+    replica = _answers([CALL, "It is sunny."])
     service, sessions, _ = _service(replica)
 
     async def turn(body: dict) -> str:
