@@ -4,7 +4,7 @@ They keep schema-valid (positive) generation requests cheap and within what the 
 and change nothing else: the server and its schema are tested as they are.
 - Cheap: `max_tokens` at most MAX_TOKENS (an absent one is set), prompts and message contents at
   most PROMPT_CHARS characters, at most MESSAGES plainly valid messages (others are all kept),
-  EMBED_INPUTS embedding inputs.
+  EMBED_INPUTS embedding inputs, a session of its own for each case (a valid `session_id` suffixed).
 - What JSON Schema cannot state, so a schema-valid request could still be refused:
   * a model's context is counted in tokens (400 context_length_exceeded): the cheap bounds above
     keep every prompt far inside the 2048-token contexts of the test models (256 for embeddings);
@@ -29,20 +29,25 @@ hook whether a case is valid (it re-checks edited cases), and an invalid value s
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
 import schemathesis
 
+from serve_app.protocol.common import SESSION_ID_PATTERN
 from tests.integration.conftest import MAX_PROMPT_LENGTH
 
 MAX_MESSAGES = 256  # the server's MAX_MESSAGES (the default)
 MAX_EMBEDDING_INPUTS = 2048
 
 MAX_TOKENS = 4
-PROMPT_CHARS = 200
+# Generated text is mostly rare Unicode, up to 3 tokens a character: 6 messages of 200 characters
+# came to 1,900 tokens, prefilled for seconds and near the 2048-token context; 6 of 50 stay under 1,000.
+PROMPT_CHARS = 50
 MESSAGES = 6
 EMBED_INPUTS = 8
+_SESSION_SUFFIX = itertools.count()
 GENERATION_PATHS = {"/api/v1/generate", "/api/v1/chat", "/v1/completions", "/v1/chat/completions"}
 BATCH_PATHS = {"/api/v1/generate/batch", "/api/v1/generate/batch/jobs"}
 EMBEDDING_PATHS = {"/api/v1/embeddings", "/v1/embeddings"}
@@ -87,6 +92,12 @@ def _cheap_generation(body: dict) -> None:
         body["max_tokens"] = MAX_TOKENS
     if _is_count(body.get("n")) and body["n"] > 1 and isinstance(body.get("session_id"), str):
         body["n"] = 1  # a session keeps one answer a turn: n above 1 with session_id is a 400
+    session = body.get("session_id")
+    if isinstance(session, str) and re.fullmatch(SESSION_ID_PATTERN, session):
+        # Its own session for each case: cases that drew the same id (the schema's example, "0")
+        # grew one chat to 1,600 tokens, each turn prefilled anew for seconds, its prefix changed by
+        # the case's tools and format. A chat over several turns: test_cache_sessions.py and others.
+        body["session_id"] = f"{session[:120]}-{next(_SESSION_SUFFIX)}"
     if "prompt" in body:
         body["prompt"] = _short(body["prompt"])
     messages = body.get("messages")
