@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Command two: install what the tests need (Redis and Chromium included), start services, run the whole suite.
-# Extra arguments go to pytest.
+# Extra arguments go to pytest; a test path among them narrows the run to it.
 #
 # --quick: the quick loop. ruff, then every test that needs no Ray, no image build and no browser
 # (tests/unit, tests/engine, tests/deploy but the image), against a private Redis as below. It
@@ -53,11 +53,20 @@ export HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
 
 .venv/bin/ruff check .  # seconds: an unused import or undefined name fails before the long suites
 .venv/bin/lint-imports --no-cache  # seconds: the import layers ([tool.importlinter] in pyproject.toml)
+# A test path among the arguments narrows the run to it; otherwise the whole selection runs.
+narrowed=0
+for arg in "$@"; do
+  if [[ "$arg" != -* && -e "${arg%%::*}" ]]; then narrowed=1; fi
+done
 if [ "$quick" = 1 ]; then
-  .venv/bin/python -m pytest tests/unit tests/engine tests/deploy --ignore=tests/deploy/test_image.py "$@"
+  selection=(tests/unit tests/engine tests/deploy --ignore=tests/deploy/test_image.py)
+  [ "$narrowed" = 0 ] || selection=()
+  .venv/bin/python -m pytest "${selection[@]}" "$@"
   exit 0  # (not exec: the EXIT trap stops Redis)
 fi
-.venv/bin/python -m pytest tests --durations=30 "$@"  # the slowest steps listed: where the run's time goes
+selection=(tests)
+[ "$narrowed" = 0 ] || selection=()
+.venv/bin/python -m pytest "${selection[@]}" --durations=30 "$@"  # the slowest steps listed: where the run's time goes
 
 # The API suites again with INGRESS_MODE=haproxy (Ray Serve's HAProxy in front of the ingress
 # replicas, applied where each test starts its server), so that both ingress modes stay tested.
