@@ -108,6 +108,22 @@ def url(sec_server):
     return sec_server.base_url
 
 
+@pytest.fixture(scope="package", autouse=True)
+def expiring_web_tokens(request, sec_server, redis_server) -> tuple[set, bool]:
+    """200 web tokens living 5 s, each used once, made when this package's tests begin if
+    test_store_bounds.py is among them: it checks that nothing of them is left, and their entries
+    (a rate window lives 60 s) expire while the tests between run instead of while it waits.
+    Their ids, and whether their records existed right after."""
+    if not any(item.path.name == "test_store_bounds.py" for item in request.session.items):
+        return set(), False
+    import redis
+
+    from tests.integration.security.test_store_bounds import _mentioning, _tokens
+
+    ids = {t["id"] for t in _tokens(sec_server.base_url, ADMIN_KEY, 200, expires_in_s=5, use=True)}
+    return ids, bool(_mentioning(redis.Redis.from_url(redis_server.url, decode_responses=True), ids))
+
+
 @pytest.fixture
 def admin(url):
     with httpx.Client(base_url=url, headers={"X-API-Key": ADMIN_KEY}, timeout=120) as client:
