@@ -109,9 +109,13 @@ class ReadyStatus:
 def app_over(replica=None, models: Sequence[str] = (MODEL,), **settings):
     """The app with the shipped models.json's `models`, each answered by `replica`; `settings`
     override the defaults (API_KEYS is KEY unless given)."""
+    return create_app(Settings(**{"api_keys": KEY, **settings}), router_over(replica, models), None, ReadyStatus(models))
+
+
+def router_over(replica=None, models: Sequence[str] = (MODEL,)) -> ModelRouter:
+    """The shipped models.json's `models`, each answered by `replica`; the first is the default."""
     shipped = load_models_file(ROOT / "models.json").models
-    router = ModelRouter({name: ModelEntry(name, shipped[name], replica) for name in models}, models[0])
-    return create_app(Settings(**{"api_keys": KEY, **settings}), router, None, ReadyStatus(models))
+    return ModelRouter({name: ModelEntry(name, shipped[name], replica) for name in models}, models[0])
 
 
 def run(app, scenario, client_ip: str = "127.0.0.1", raise_app_exceptions: bool = True):

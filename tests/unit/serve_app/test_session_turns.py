@@ -20,7 +20,7 @@ from serve_app.state.sessions import SessionStore
 from serve_app.state.store import MemoryStore
 from tests.conftest import ROOT
 from tests.unit.admissions import admission
-from tests.unit.in_process import FakeReplica
+from tests.unit.in_process import FakeReplica, router_over
 from tests.unit.stores import store_params
 
 MODEL = "smollm2-135m-instruct"
@@ -124,8 +124,7 @@ def _replica() -> FakeReplica:
 
 
 def _service(replica, store=None):
-    config = load_models_file(ROOT / "models.json").models[MODEL]
-    router = ModelRouter({MODEL: ModelEntry(MODEL, config, replica)}, MODEL)
+    router = router_over(replica, (MODEL,))
     sessions = SessionStore(store or MemoryStore(), 3600)
     service = GenerationService(router, Settings(), None, sessions)
     gated = []

@@ -20,12 +20,7 @@ from serve_app.model_router import ModelEntry, ModelRouter
 from serve_app.serving import GenerationService
 from tests.conftest import ROOT
 from tests.unit.admissions import admission
-from tests.unit.in_process import MODEL, FakeReplica, app_over, run
-
-
-def _router(replica=None):
-    config = load_models_file(ROOT / "models.json").models[MODEL]
-    return ModelRouter({MODEL: ModelEntry(MODEL, config, replica)}, MODEL)
+from tests.unit.in_process import MODEL, FakeReplica, app_over, router_over, run
 
 
 def _app(replica=None, **settings):
@@ -102,7 +97,7 @@ def test_ready_min_memory_percent():
 
 def test_request_timeout_s_bounds_the_wait_for_a_first_token():
     replica = _replica(silent=True)
-    service = GenerationService(_router(replica), Settings(request_timeout_s=0.3))
+    service = GenerationService(router_over(replica), Settings(request_timeout_s=0.3))
     started = time.monotonic()
     with pytest.raises(ModelUnavailable, match="within 0.3s"):
         asyncio.run(service.start(admission(), MODEL, "r1", SamplingParams(max_tokens=4), prompt="hi"))
